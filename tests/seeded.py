@@ -1,0 +1,81 @@
+"""Seeded weights for golden-conformance tests (see tests/fixtures/asuka_flux_checkpoint_keys.json).
+
+The golden tensors in tests/fixtures were produced by the ASUKA authors' reference modules with
+weights built exactly as `seeded_state_dict` builds them, so a test can rebuild the same
+release-format state dict without downloading anything.
+"""
+
+import json
+import math
+from pathlib import Path
+from typing import Collection, Dict, Iterable, List, Sequence, Tuple
+
+import numpy as np
+import torch
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CHECKPOINT_KEYS = FIXTURES / "asuka_flux_checkpoint_keys.json"
+
+# Keys of `mae_300.pth` that hold the fixed 2-D sin-cos tables instead of random values.
+MAE_SINCOS_KEYS = ("pos_embed", "decoder_pos_embed")
+
+
+def load_checkpoint_keys(name: str) -> List[Tuple[str, List[int]]]:
+    """Ordered `(key, shape)` pairs of one released file, e.g. `"mae_300.pth:model"`."""
+    with open(CHECKPOINT_KEYS) as f:
+        table = json.load(f)
+    if name not in table:
+        raise KeyError(f"{name!r} not in {CHECKPOINT_KEYS.name}; known: {sorted(table)}")
+    return [(key, list(shape)) for key, shape in table[name]]
+
+
+def sincos_pos_embed_2d(dim: int, grid_size: int) -> torch.Tensor:
+    """MAE-style fixed 2-D sin-cos table, shape (1, grid_size**2, dim), float32.
+
+    Half of the channels encode the column (w) index, half the row (h) index, each as
+    `[sin(pos * omega), cos(pos * omega)]` with `omega = 1 / 10000 ** (i / (dim / 4))`.
+    """
+    if dim % 4 != 0:
+        raise ValueError(f"sin-cos embedding dim must be divisible by 4, got {dim}")
+    omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim / 4.0))
+    coords = np.arange(grid_size, dtype=np.float32)
+    grid_w, grid_h = np.meshgrid(coords, coords)  # grid_w varies along columns
+
+    def encode(pos: np.ndarray) -> np.ndarray:
+        out = np.einsum("m,d->md", pos.reshape(-1).astype(np.float64), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    table = np.concatenate([encode(grid_w), encode(grid_h)], axis=1)
+    return torch.from_numpy(table).float().unsqueeze(0)
+
+
+def _seeded_value(key: str, t: torch.Tensor) -> torch.Tensor:
+    if t.dim() == 0:
+        return 0.5 + 0.1 * t
+    if t.dim() == 1:
+        return 1 + 0.1 * t if key.endswith((".weight", ".scale")) else 0.1 * t
+    return t / math.sqrt(math.prod(t.shape[1:]))
+
+
+def seeded_state_dict(
+    keys_and_shapes: Iterable[Tuple[str, Sequence[int]]],
+    sincos_keys: Collection[str] = (),
+    seed: int = 0,
+) -> Dict[str, torch.Tensor]:
+    """Rebuild the seeded weights the golden tensors were computed with.
+
+    One `torch.Generator().manual_seed(seed)` draws `randn(shape)` for every key in order; the draw
+    is then scaled by the reference README's rule. Keys in `sincos_keys` (shape (1, N, D)) get the
+    fixed sin-cos table instead, but still consume their random draw so later keys match.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    state_dict = {}
+    for key, shape in keys_and_shapes:
+        t = torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
+        if key in sincos_keys:
+            _, num_tokens, dim = shape
+            state_dict[key] = sincos_pos_embed_2d(dim, math.isqrt(num_tokens))
+        else:
+            state_dict[key] = _seeded_value(key, t)
+    return state_dict
