@@ -1,1 +1,5 @@
 """Schedulers."""
+
+from .ir_sde import IRSDEScheduler, IRSDESchedulerOutput
+
+__all__ = ["IRSDEScheduler", "IRSDESchedulerOutput"]
