@@ -1,0 +1,32 @@
+"""`python -m asuka.convert <format> ...`: convert released checkpoints into diffusers folders.
+
+Each format registers one sub-command here (`add_<format>_command(subparsers)` from its module).
+"""
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from asuka.convert.release import add_asuka_flux_command
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m asuka.convert", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="FORMAT")
+    add_asuka_flux_command(subparsers)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one conversion; a bad release or output folder exits with status 2 and the error message."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except ValueError as error:
+        parser.exit(2, f"error: {error}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
