@@ -123,7 +123,11 @@ class AsukaDecoder(ModelMixin, ConfigMixin):
         if post_quant_conv is not None:
             model.post_quant_conv.load_state_dict(post_quant_conv.state_dict())
         parameter = next(vae.decoder.parameters())
-        return model.to(device=parameter.device, dtype=parameter.dtype)
+        model.to(device=parameter.device)
+        if parameter.dtype != model.dtype:  # diffusers logs a warning on every dtype cast, so only when needed
+            model.to(dtype=parameter.dtype)
+        # Same mode as the source VAE: train-mode blocks do not compute bit-identically to eval-mode ones.
+        return model.train(vae.training)
 
     def _check_inputs(self, latents: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> None:
         config = self.config
