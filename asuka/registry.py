@@ -231,7 +231,7 @@ def step_callback(progress: Optional[ProgressCallback], total: int) -> Optional[
         return None
 
     def callback(pipeline: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
-        progress(step + 1, total)
+        progress(min(step + 1, total), total)  # some schedulers (PNDM) take one step more than asked
         return callback_kwargs
 
     return callback
@@ -258,14 +258,17 @@ def _load_asuka_sd(model: Optional[str], device: str, dtype: torch.dtype, tiny: 
 
 
 def _run_asuka_sd(pipeline: Any, request: InpaintRequest, progress: Optional[ProgressCallback]) -> InpaintResult:
+    # Only aligners trained with a null embedding have a condition weight; for others it is ignored.
+    has_null = pipeline.aligner.config.null_embedding is not None
     output = pipeline(
         image=request.image,
         mask_image=request.mask,
         num_inference_steps=request.steps,
         generator=_generator(request.seed),
-        condition_weight=request.condition_weight,
+        condition_weight=request.condition_weight if has_null else None,
         keep_unmasked=request.keep_unmasked,
         callback_on_step_end=step_callback(progress, request.steps),
+        callback_on_step_end_tensor_inputs=[],  # progress needs only the step index
     )
     reconstruction = pipeline.mae_reconstruction(request.image, request.mask)[0]
     return InpaintResult(image=output.images[0], reconstruction=reconstruction)
@@ -313,6 +316,7 @@ def _run_sd(pipeline: Any, request: InpaintRequest, progress: Optional[ProgressC
         guidance_scale=request.guidance_scale if request.guidance_scale is not None else 1.0,
         generator=_generator(request.seed),
         callback_on_step_end=step_callback(progress, request.steps),
+        callback_on_step_end_tensor_inputs=[],  # progress needs only the step index
     )
     result = output.images[0].resize((width, height), Image.Resampling.BICUBIC)
     if request.keep_unmasked:

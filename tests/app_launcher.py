@@ -1,0 +1,63 @@
+"""Start `app.py` in a subprocess on a free localhost port, for the app tests (API, load, browser)."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+STARTUP_TIMEOUT_S = 300  # importing torch + diffusers on a busy 2-core CI box can take minutes
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def quiet_env(**extra: str) -> dict:
+    """Subprocess environment: one torch thread (the CI box is shared), no Hub, no telemetry."""
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
+               HF_HUB_DISABLE_TELEMETRY="1", PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
+
+
+@contextmanager
+def running_app(args: Sequence[str] = ("--tiny",), log_path: Path | None = None) -> Iterator[str]:
+    """Yield the base URL of a running `python app.py ARGS`; the process is stopped afterwards."""
+    port = free_port()
+    log = open(log_path, "w") if log_path else subprocess.DEVNULL
+    process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), *args, "--port", str(port)],
+                               cwd=ROOT, env=quiet_env(), stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"app.py exited with {process.returncode} before serving; see {log_path}")
+            try:
+                with urllib.request.urlopen(url + "gradio_api/info", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"app.py did not start within {STARTUP_TIMEOUT_S}s; see {log_path}")
+            time.sleep(1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if log_path:
+            log.close()

@@ -1,0 +1,132 @@
+"""The demo's `/inpaint` endpoint through gradio_client, against `python app.py --tiny` on localhost."""
+
+import json
+import urllib.request
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from asuka.imageio import load_image
+from app_launcher import ROOT, running_app
+
+H, W = 53, 77  # deliberately not a multiple of 8
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    with running_app(["--tiny"], tmp_path_factory.mktemp("app") / "app.log") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(app_url):
+    return Client(app_url, verbose=False)
+
+
+def _photo() -> np.ndarray:
+    return np.asarray(Image.open(ROOT / "examples" / "chelsea.jpg").convert("RGB").resize((W, H)))
+
+
+def _hole() -> np.ndarray:
+    hole = np.zeros((H, W), dtype=bool)
+    hole[15:40, 20:50] = True
+    return hole
+
+
+def call(client: Client, image_path, mask_path=None, layers=(), **settings):
+    """Call /inpaint; returns the named outputs."""
+    values = dict(method="asuka-sd", steps=2, seed=0, randomize_seed=False, condition_weight=1.0, guidance_scale=1.0,
+                  keep_unmasked=True, dilation=0, run_backbone=False)
+    values.update(settings)
+    editor = {"background": handle_file(str(image_path)), "layers": [handle_file(str(p)) for p in layers],
+              "composite": None}
+    outputs = client.predict(editor, handle_file(str(mask_path)) if mask_path else None, *values.values(),
+                             api_name="/inpaint")
+    names = ["result", "slider", "backbone", "reconstruction", "download", "seed", "mask"]
+    return dict(zip(names, outputs))
+
+
+def test_inpaint_keeps_size_and_unmasked_pixels(client, tmp_path):
+    photo, hole = _photo(), _hole()
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    Image.fromarray(hole.astype(np.uint8) * 255).save(tmp_path / "mask.png")
+    out = call(client, tmp_path / "photo.png", tmp_path / "mask.png", run_backbone=True)
+    result = np.asarray(Image.open(out["result"]).convert("RGB"))
+    assert result.shape == photo.shape
+    assert np.array_equal(result[~hole], photo[~hole])
+    assert (result[hole] != photo[hole]).any()
+    download = np.asarray(Image.open(out["download"]).convert("RGB"))  # the full-resolution file
+    assert np.array_equal(download, result)
+    before, after = (np.asarray(Image.open(p).convert("RGB")) for p in out["slider"])
+    assert np.array_equal(before, photo) and np.array_equal(after, result)
+    backbone = np.asarray(Image.open(out["backbone"]).convert("RGB"))
+    assert backbone.shape == photo.shape and np.array_equal(backbone[~hole], photo[~hole])
+    assert Image.open(out["reconstruction"]).size == (W, H)
+    assert np.array_equal(np.asarray(Image.open(out["mask"]).convert("L")) > 127, hole)
+
+
+def test_painted_layer_is_the_mask_and_dilation_grows_it(client, tmp_path):
+    photo = _photo()
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    layer = np.zeros((H, W, 4), dtype=np.uint8)
+    layer[20:30, 30:40] = (255, 0, 255, 255)  # a painted square on a transparent layer
+    Image.fromarray(layer, "RGBA").save(tmp_path / "layer.png")
+    out = call(client, tmp_path / "photo.png", layers=[tmp_path / "layer.png"], dilation=3)
+    mask = np.asarray(Image.open(out["mask"]).convert("L")) > 127
+    assert mask[20:30, 30:40].all() and mask[17, 35] and not mask[15, 35] and not mask[:, :20].any()
+    result = np.asarray(Image.open(out["result"]).convert("RGB"))
+    assert np.array_equal(result[~mask], photo[~mask])
+
+
+def test_uploaded_mask_overrides_painting(client, tmp_path):
+    photo, hole = _photo(), _hole()
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    Image.fromarray(hole.astype(np.uint8) * 255).save(tmp_path / "mask.png")
+    layer = np.zeros((H, W, 4), dtype=np.uint8)
+    layer[0:5, 0:5, 3] = 255
+    Image.fromarray(layer, "RGBA").save(tmp_path / "layer.png")
+    out = call(client, tmp_path / "photo.png", tmp_path / "mask.png", layers=[tmp_path / "layer.png"])
+    assert np.array_equal(np.asarray(Image.open(out["mask"]).convert("L")) > 127, hole)
+
+
+def test_empty_mask_is_a_message_not_a_crash(client, tmp_path):
+    Image.fromarray(_photo()).save(tmp_path / "photo.png")
+    Image.new("L", (W, H), 0).save(tmp_path / "mask.png")
+    with pytest.raises(AppError, match="mask is empty"):
+        call(client, tmp_path / "photo.png", tmp_path / "mask.png")
+    # the server still answers afterwards
+    Image.fromarray(_hole().astype(np.uint8) * 255).save(tmp_path / "mask.png")
+    assert Image.open(call(client, tmp_path / "photo.png", tmp_path / "mask.png")["result"]).size == (W, H)
+
+
+def test_exif_rotated_and_16_bit_inputs(client, tmp_path):
+    photo = _photo()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed turned 90 degrees clockwise: the upright image is H wide, W high
+    Image.fromarray(photo).save(tmp_path / "rotated.png", exif=exif.tobytes())
+    upright = np.asarray(load_image(tmp_path / "rotated.png"))
+    assert upright.shape == (W, H, 3)
+    hole = np.zeros((W, H), dtype=bool)
+    hole[10:30, 10:30] = True
+    Image.fromarray(hole.astype(np.uint8) * 255).save(tmp_path / "mask_upright.png")
+    result = np.asarray(Image.open(call(client, tmp_path / "rotated.png", tmp_path / "mask_upright.png")["result"]))
+    assert result.shape[:2] == (W, H) and np.array_equal(result[..., :3][~hole], upright[~hole])
+
+    grey16 = (np.asarray(Image.fromarray(photo).convert("L")).astype(np.uint16) * 257)
+    Image.fromarray(grey16).save(tmp_path / "deep.png")
+    Image.fromarray(_hole().astype(np.uint8) * 255).save(tmp_path / "mask.png")
+    expected = np.asarray(load_image(tmp_path / "deep.png"))
+    assert expected.std() > 10  # scaled to 8 bits, not clipped to white
+    result = np.asarray(Image.open(call(client, tmp_path / "deep.png", tmp_path / "mask.png")["result"]).convert("RGB"))
+    assert np.array_equal(result[~_hole()], expected[~_hole()])
+
+
+def test_tiny_banner_and_examples_are_in_the_page(app_url):
+    with urllib.request.urlopen(app_url + "config", timeout=30) as response:
+        config = json.loads(response.read())
+    text = json.dumps(config)
+    assert "random weights, for trying the interface" in text
+    assert "chelsea_mask.png" in text  # the examples table
