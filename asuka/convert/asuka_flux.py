@@ -93,8 +93,7 @@ def convert_aligner_state_dict(
         raise ValueError(f"key '0.weight' has shape {tuple(state_dict['0.weight'].shape)}, expected (hidden, in).")
     hidden_dim, in_dim = state_dict["0.weight"].shape
     head_dim = state_dict["1.norm.query_norm.scale"].shape[0]
-    indices = {int(m.group(1)) for m in map(_BLOCK_KEY.fullmatch, state_dict) if m}
-    num_blocks = max(indices) - 1
+    num_blocks = sum(1 for key in state_dict if key.endswith(".linear1.weight"))
     mlp_ratio = (state_dict["1.linear1.weight"].shape[0] - 3 * hidden_dim) / hidden_dim
 
     converted, release_names = {}, {}
