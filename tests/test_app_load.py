@@ -1,0 +1,82 @@
+"""Load and start-up behaviour: a full queue refuses politely; an unloadable model exits fast with guidance."""
+
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from gradio_client.utils import QueueError
+from PIL import Image
+
+from app_launcher import ROOT, quiet_env, running_app
+
+MAX_QUEUE = 2
+CALLS = 16
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    with running_app(["--tiny", "--max-queue", str(MAX_QUEUE)], tmp_path_factory.mktemp("app") / "app.log") as url:
+        yield url
+
+
+def _inputs(tmp_path):
+    photo = np.asarray(Image.open(ROOT / "examples" / "coffee.jpg").convert("RGB").resize((64, 48)))
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    mask = np.zeros((48, 64), dtype=np.uint8)
+    mask[10:30, 20:40] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    editor = {"background": handle_file(str(tmp_path / "photo.png")), "layers": [], "composite": None}
+    return editor, handle_file(str(tmp_path / "mask.png")), photo, mask > 0
+
+
+def _call(url, editor, mask, steps):
+    client = Client(url, verbose=False)
+    return client.predict(editor, mask, "asuka-sd", steps, 0, False, 1.0, 1.0, True, 0, False, api_name="/inpaint")
+
+
+def test_concurrent_calls_succeed_or_are_told_the_queue_is_full(app_url, tmp_path):
+    editor, mask, photo, hole = _inputs(tmp_path)
+
+    def one(_):
+        try:
+            return "ok", _call(app_url, editor, mask, 4)
+        except (QueueError, AppError) as error:
+            return "refused", str(error)
+
+    with ThreadPoolExecutor(CALLS) as pool:
+        outcomes = list(pool.map(one, range(CALLS)))
+    kinds = [kind for kind, _ in outcomes]
+    refusals = [detail for kind, detail in outcomes if kind == "refused"]
+    assert set(kinds) <= {"ok", "refused"} and "ok" in kinds
+    assert refusals, "16 simultaneous calls against a queue of 2 must overflow it"
+    assert all("queue is full" in detail.lower() for detail in refusals), refusals
+    for kind, outputs in outcomes:
+        if kind == "ok":
+            result = np.asarray(Image.open(outputs[0]).convert("RGB"))
+            assert result.shape == photo.shape and np.array_equal(result[~hole], photo[~hole])
+    # the server still answers once the burst is over
+    result = np.asarray(Image.open(_call(app_url, editor, mask, 1)[0]).convert("RGB"))
+    assert np.array_equal(result[~hole], photo[~hole])
+
+
+def test_unloadable_model_exits_fast_with_guidance():
+    process = subprocess.run(
+        [sys.executable, str(ROOT / "app.py"), "--model", "no-such-user/no-such-asuka-model", "--port", "0"],
+        cwd=ROOT, env=quiet_env(HF_HUB_OFFLINE="1"), capture_output=True, text=True, timeout=300,
+    )
+    assert process.returncode == 2
+    message = process.stderr
+    assert "no-such-user/no-such-asuka-model" in message
+    for hint in ("hf auth login", "accept its licence", "local folder", "--tiny"):
+        assert hint in message, message
+    assert "Traceback" not in message and "Traceback" not in process.stdout
+
+
+def test_missing_default_checkpoint_says_what_to_pass():
+    process = subprocess.run([sys.executable, str(ROOT / "app.py"), "--port", "0"], cwd=ROOT,
+                             env=quiet_env(HF_HUB_OFFLINE="1"), capture_output=True, text=True, timeout=300)
+    assert process.returncode == 2 and "--model" in process.stderr and "Traceback" not in process.stderr
