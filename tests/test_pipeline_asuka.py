@@ -1,0 +1,259 @@
+"""AsukaPipeline: diffusers equivalence, sizes, pixels, round trips, callbacks, outputs and errors."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from diffusers import DDIMScheduler
+
+from asuka import AsukaPipeline
+from asuka.pipelines.pipeline_asuka import plan_working_region
+from asuka.testing import make_tiny_pipeline
+
+STEPS = 2
+
+
+def make_image(width: int, height: int, seed: int = 0) -> PIL.Image.Image:
+    rng = np.random.RandomState(seed)
+    return PIL.Image.fromarray((rng.rand(height, width, 3) * 255).astype(np.uint8))
+
+
+def make_mask(width: int, height: int, box=None) -> PIL.Image.Image:
+    """A white rectangle (default: the middle third) on black."""
+    mask = np.zeros((height, width), np.uint8)
+    x0, y0, x1, y1 = box or (width // 3, height // 3, max(width // 3 + 1, 2 * width // 3), max(height // 3 + 1, 2 * height // 3))
+    mask[y0:y1, x0:x1] = 255
+    return PIL.Image.fromarray(mask)
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="module")
+def pipe() -> AsukaPipeline:
+    return make_tiny_pipeline("sd")
+
+
+def test_equals_diffusers_inpaint_pipeline_with_same_embeddings():
+    asuka = make_tiny_pipeline("sd", decoder=None)
+    backbone = make_tiny_pipeline("sd-backbone")
+    image, mask = make_image(64, 64), make_mask(64, 64)
+    embeds = torch.randn(1, 16, 32, generator=gen(3))
+    expected = backbone(
+        prompt_embeds=embeds, image=image, mask_image=mask, height=64, width=64, guidance_scale=1.0,
+        num_inference_steps=STEPS, generator=gen(), output_type="np",
+    ).images
+    ours = asuka(
+        image, mask, prompt_embeds=embeds, num_inference_steps=STEPS, generator=gen(), keep_unmasked=False,
+        output_type="np",
+    ).images
+    assert ours.shape == expected.shape
+    assert np.abs(ours - expected).max() <= 1e-5
+
+
+def test_asuka_conditioning_differs_from_given_embeddings(pipe):
+    image, mask = make_image(64, 64), make_mask(64, 64)
+    prior_run = pipe(image, mask, num_inference_steps=STEPS, generator=gen(), output_type="np").images
+    zeros_run = pipe(
+        image, mask, prompt_embeds=torch.zeros(1, 16, 32), num_inference_steps=STEPS, generator=gen(), output_type="np"
+    ).images
+    assert np.abs(prior_run - zeros_run).max() > 1e-4
+
+
+@pytest.mark.parametrize("size", [(64, 64), (123, 77), (77, 1000), (1000, 750)])
+def test_output_has_input_size_and_exact_unmasked_pixels(pipe, size):
+    width, height = size
+    image, mask = make_image(width, height), make_mask(width, height)
+    out = pipe(image, mask, num_inference_steps=STEPS, generator=gen()).images[0]
+    assert out.size == (width, height)
+    hole = np.asarray(mask) > 127
+    assert np.array_equal(np.asarray(out)[~hole], np.asarray(image)[~hole])
+    assert not np.array_equal(np.asarray(out)[hole], np.asarray(image)[hole])
+
+
+def test_large_image_works_on_a_crop_around_a_small_mask(pipe):
+    width, height = 4000, 3000
+    mask = make_mask(width, height, box=(2000, 1500, 2040, 1530))
+    hole = torch.from_numpy(np.asarray(mask) > 127)[None, None].float()
+    region = plan_working_region(hole, pipe.default_working_resolution, pipe.vae_scale_factor)
+    x0, y0, x1, y1 = region.box
+    assert x0 <= 2000 and y0 <= 1500 and x1 >= 2040 and y1 >= 1530
+    assert (x1 - x0) * (y1 - y0) < width * height / 100  # a crop, not a downscaled whole photo
+    image = make_image(width, height)
+    out = pipe(image, mask, num_inference_steps=STEPS, generator=gen(), keep_unmasked=False).images[0]
+    out_np, in_np = np.asarray(out), np.asarray(image)
+    outside_crop = np.ones((height, width), bool)
+    outside_crop[y0:y1, x0:x1] = False
+    assert out.size == (width, height)
+    assert np.array_equal(out_np[outside_crop], in_np[outside_crop])  # never resampled outside the crop
+
+
+def test_empty_mask_returns_input_without_denoising(pipe):
+    image = make_image(50, 40)
+    calls = []
+    out = pipe(
+        image, make_mask(50, 40, box=(0, 0, 0, 0)), num_inference_steps=STEPS,
+        callback_on_step_end=lambda p, i, t, kw: calls.append(i) or kw,
+    ).images[0]
+    assert calls == []
+    assert np.array_equal(np.asarray(out), np.asarray(image))
+
+
+def test_full_mask_gives_a_valid_image(pipe):
+    image = make_image(64, 64)
+    out = pipe(image, make_mask(64, 64, box=(0, 0, 64, 64)), num_inference_steps=STEPS, output_type="np").images
+    assert out.shape == (1, 64, 64, 3)
+    assert np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+
+
+def test_determinism(pipe):
+    image, mask = make_image(64, 64), make_mask(64, 64)
+    run = lambda seed: pipe(image, mask, num_inference_steps=STEPS, generator=gen(seed), output_type="np").images
+    a, b, c = run(0), run(0), run(1)
+    assert np.array_equal(a, b)
+    assert np.abs(a - c).max() > 1e-4
+
+
+def test_callback_runs_every_step_and_can_replace_latents():
+    pipe = make_tiny_pipeline("sd")
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)  # one timestep per step (PNDM adds one)
+    image, mask = make_image(64, 64), make_mask(64, 64)
+    seen = []
+
+    def record(p, i, t, tensors):
+        seen.append(i)
+        return tensors
+
+    baseline = pipe(image, mask, num_inference_steps=3, generator=gen(), callback_on_step_end=record, output_type="np").images
+    assert seen == [0, 1, 2]
+
+    def zero_last(p, i, t, tensors):
+        return {"latents": torch.zeros_like(tensors["latents"])} if i == 2 else tensors
+
+    replaced = pipe(image, mask, num_inference_steps=3, generator=gen(), callback_on_step_end=zero_last, output_type="latent").images
+    assert torch.count_nonzero(replaced) == 0
+    decoded = pipe(image, mask, num_inference_steps=3, generator=gen(), callback_on_step_end=zero_last, output_type="np").images
+    assert np.abs(decoded - baseline).max() > 1e-4
+
+
+@pytest.mark.parametrize("output_type", ["pil", "np", "pt", "latent"])
+def test_output_types_and_num_images_per_prompt(pipe, output_type):
+    image, mask = make_image(64, 48), make_mask(64, 48)
+    images = pipe(
+        [image, make_image(64, 48, seed=1)], mask, num_images_per_prompt=2, num_inference_steps=STEPS,
+        generator=gen(), output_type=output_type,
+    ).images
+    if output_type == "pil":
+        assert len(images) == 4 and all(im.size == (64, 48) for im in images)
+        assert np.asarray(images[0]).tolist() != np.asarray(images[1]).tolist()  # two samples of one image differ
+    elif output_type == "np":
+        assert images.shape == (4, 48, 64, 3)
+    elif output_type == "pt":
+        assert images.shape == (4, 3, 48, 64)
+    else:
+        assert images.shape == (4, 4, 24, 32)
+
+
+def test_numpy_and_tensor_inputs_match_pil(pipe):
+    image, mask = make_image(64, 64), make_mask(64, 64)
+    from_pil = pipe(image, mask, num_inference_steps=STEPS, generator=gen(), output_type="np").images
+    array = np.asarray(image).astype(np.float32) / 255
+    from_np = pipe(array, np.asarray(mask).astype(np.float32) / 255, num_inference_steps=STEPS, generator=gen(), output_type="np").images
+    tensor = torch.from_numpy(array).permute(2, 0, 1)
+    from_pt = pipe(tensor, torch.from_numpy(np.asarray(mask) / 255.0), num_inference_steps=STEPS, generator=gen(), output_type="np").images
+    assert np.abs(from_pil - from_np).max() <= 1e-6
+    assert np.abs(from_pil - from_pt).max() <= 1e-6
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"image": b"not an image"}, "`image` has type bytes"),
+        ({"image": "/nonexistent/photo.png"}, "could not read an image"),
+        ({"mask_image": make_mask(32, 64)}, "aspect ratios differ"),
+        ({"image": np.zeros((0, 10, 3), np.float32)}, "zero size"),
+        ({"mask_image": [make_mask(64, 64)] * 3, "image": [make_image(64, 64)] * 2}, "batch size 3"),
+        ({"prompt_embeds": torch.zeros(3, 16, 32)}, "`prompt_embeds` has batch size 3"),
+        ({"output_type": "jpeg"}, "`output_type`"),
+        ({"num_inference_steps": 0}, "`num_inference_steps`"),
+        ({"guidance_scale": 5.0}, "negative_prompt_embeds"),
+        ({"latents": torch.zeros(1, 4, 8, 8)}, "`latents` has shape"),
+    ],
+)
+def test_bad_input_raises_value_error(pipe, kwargs, message):
+    call = {"image": make_image(64, 64), "mask_image": make_mask(64, 64), "num_inference_steps": 1}
+    call.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        pipe(**call)
+
+
+def test_truncated_file_is_a_value_error(pipe, tmp_path):
+    path = tmp_path / "broken.png"
+    make_image(64, 64).save(path)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match="could not read an image|could not be decoded"):
+        pipe(str(path), make_mask(64, 64), num_inference_steps=1)
+
+
+def test_save_and_load_round_trip(pipe, tmp_path):
+    image, mask = make_image(64, 64), make_mask(64, 64)
+    before = pipe(image, mask, num_inference_steps=STEPS, generator=gen(), output_type="np").images
+    pipe.save_pretrained(tmp_path)
+    assert all((tmp_path / name / "diffusion_pytorch_model.safetensors").exists() for name in ("mae", "aligner", "decoder", "unet", "vae"))
+    loaded = AsukaPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    after = loaded(image, mask, num_inference_steps=STEPS, generator=gen(), output_type="np").images
+    assert np.array_equal(before, after)
+
+
+def test_hub_format_loads_without_the_asuka_package(pipe, tmp_path):
+    image, mask = make_image(64, 64), make_mask(64, 64)
+    expected = pipe(image, mask, num_inference_steps=STEPS, generator=gen(), output_type="np").images
+    folder = tmp_path / "hub"
+    pipe.save_pretrained(folder, hub_format=True)
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline_asuka", "AsukaPipeline"]
+    assert index["mae"] == ["mae", "AsukaMAE"] and (folder / "mae" / "mae.py").exists()
+    for name in ("pipeline_asuka.py", "mae/mae.py", "aligner/aligner.py", "decoder/decoder.py"):
+        assert "asuka" not in [line.split()[1].split(".")[0] for line in (folder / name).read_text().splitlines() if line.startswith(("import ", "from "))]
+    image.save(tmp_path / "image.png")
+    mask.save(tmp_path / "mask.png")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["asuka"] = None  # any `import asuka` now fails
+        try:
+            import asuka
+        except ImportError:
+            pass
+        else:
+            raise SystemExit("asuka is importable")
+        import numpy as np, torch, PIL.Image
+        from diffusers import DiffusionPipeline
+        pipe = DiffusionPipeline.from_pretrained({str(folder)!r}, trust_remote_code=True)
+        assert type(pipe).__name__ == "AsukaPipeline", type(pipe)
+        out = pipe(PIL.Image.open({str(tmp_path / "image.png")!r}), PIL.Image.open({str(tmp_path / "mask.png")!r}),
+                   num_inference_steps={STEPS}, generator=torch.Generator().manual_seed(0), output_type="np").images
+        np.save({str(tmp_path / "out.npy")!r}, out)
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert np.array_equal(np.load(tmp_path / "out.npy"), expected)
+
+
+def test_mae_reconstruction_preview(pipe):
+    image, mask = make_image(90, 60), make_mask(90, 60)
+    preview = pipe.mae_reconstruction(image, mask)[0]
+    hole = np.asarray(mask) > 127
+    assert preview.size == (90, 60)
+    assert np.array_equal(np.asarray(preview)[~hole], np.asarray(image)[~hole])
