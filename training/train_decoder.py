@@ -1,0 +1,286 @@
+"""Train the ASUKA mask-conditioned decoder (paper Sec. 3.3), starting from the base VAE decoder.
+
+The decoder reconstructs the original image from *corrupted* latents, conditioned on the
+unaugmented unmasked pixels and the mask, so that at inference it removes the colour shift and the
+artefacts of the diffusion model's latents while keeping the known region faithful:
+
+* colour augmentation: ColorJitter(0.15, 0.2, 0.1, 0.03) on the image that is encoded;
+* latent augmentation on 50% of samples: the frozen UNet's one-step x0 estimate from the noised
+  clean latent at a large timestep, conditioned on the clean masked-image latent and an all-zero
+  mask (paper Eq. 1);
+* loss: L1, plus optional LPIPS (`--lpips_weight`, needs the `lpips` package and its downloaded
+  weights) and an optional patch discriminator (`--discriminator_weight`), as in SD's VAE training.
+
+    accelerate launch training/train_decoder.py --pretrained_model_name_or_path <asuka-or-sd-inpaint folder> \\
+        --train_data_dir images/ --resolution 512 --max_train_steps 50000
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from PIL import Image
+from torch import nn
+
+from training.common import (
+    TrainingResult,
+    build_dataset,
+    build_parser,
+    finish,
+    load_component,
+    load_scheduler,
+    make_dataloader,
+    make_lr_scheduler,
+    make_optimizer,
+    optimizer_step,
+    parse_args,
+    register_diffusers_hooks,
+    resolve_train_steps,
+    resume_if_requested,
+    run_training,
+    setup_accelerator,
+    to_pil,
+    validation_batch,
+    weight_dtype_for,
+)
+
+COLOR_JITTER = {"brightness": 0.15, "contrast": 0.2, "saturation": 0.1, "hue": 0.03}
+
+
+def color_jitter(pixels: torch.Tensor, jitter: Optional[nn.Module] = None) -> torch.Tensor:
+    """Independent ColorJitter(0.15, 0.2, 0.1, 0.03) per sample of a (B,3,H,W) batch in [0,1]; stays in [0,1]."""
+    from torchvision.transforms import v2
+
+    jitter = jitter or v2.ColorJitter(**COLOR_JITTER)
+    return torch.stack([jitter(sample) for sample in pixels.float()]).clamp(0, 1).to(pixels.dtype)
+
+
+def one_step_x0(unet: nn.Module, scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
+                encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+    """The UNet's x0 estimate from `latents` noised to `timesteps`, with the clean latent as the
+    masked-image condition and an all-zero mask (nothing to inpaint) — paper Eq. 1."""
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    zero_mask = torch.zeros_like(latents[:, :1])
+    prediction = unet(torch.cat([noisy, zero_mask, latents], dim=1), timesteps, encoder_hidden_states=encoder_hidden_states).sample
+    alphas = scheduler.alphas_cumprod.to(latents.device)[timesteps].view(-1, 1, 1, 1).to(latents.dtype)
+    if scheduler.config.prediction_type == "v_prediction":
+        return alphas.sqrt() * noisy - (1 - alphas).sqrt() * prediction
+    return (noisy - (1 - alphas).sqrt() * prediction) / alphas.sqrt()
+
+
+def latent_augmentation(
+    latents: torch.Tensor, unet: nn.Module, scheduler, encoder_hidden_states: torch.Tensor,
+    timestep_range: Tuple[int, int], probability: float = 0.5, generator: Optional[torch.Generator] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Replace each sample's (scaled) latent by `one_step_x0` with `probability`, at a timestep drawn
+    from `timestep_range` (inclusive). Returns the latents and the boolean (B,) applied-mask."""
+    batch_size, device = latents.shape[0], latents.device
+    applied = torch.rand(batch_size, generator=generator, device="cpu").to(device) < probability
+    if not applied.any():
+        return latents, applied
+    low, high = timestep_range
+    count = int(applied.sum())
+    timesteps = torch.randint(low, high + 1, (count,), generator=generator, device="cpu").to(device)
+    noise = torch.randn(latents[applied].shape, generator=generator, device="cpu").to(device, latents.dtype)
+    with torch.no_grad():
+        estimate = one_step_x0(unet, scheduler, latents[applied], noise, timesteps, encoder_hidden_states[applied])
+    out = latents.clone()
+    out[applied] = estimate.to(latents.dtype)
+    return out, applied
+
+
+class PatchDiscriminator(ModelMixin, ConfigMixin):
+    """A PatchGAN-style discriminator (strided convs, one logit per patch), as used in LDM VAE training."""
+
+    @register_to_config
+    def __init__(self, in_channels: int = 3, base_channels: int = 64, num_layers: int = 3):
+        super().__init__()
+        layers: List[nn.Module] = [nn.Conv2d(in_channels, base_channels, 4, 2, 1), nn.LeakyReLU(0.2)]
+        channels = base_channels
+        for index in range(1, num_layers + 1):
+            out_channels = base_channels * min(2**index, 8)
+            stride = 2 if index < num_layers else 1
+            layers += [nn.Conv2d(channels, out_channels, 4, stride, 1), nn.GroupNorm(min(32, out_channels // 4), out_channels), nn.LeakyReLU(0.2)]
+            channels = out_channels
+        layers.append(nn.Conv2d(channels, 1, 4, 1, 1))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.layers(image)
+
+
+def build_decoder_parser():
+    parser = build_parser("Train the ASUKA mask-conditioned decoder from the base VAE decoder.")
+    add = parser.add_argument
+    add("--decoder_model_name_or_path", type=str, default=None,
+        help="Decoder to continue from; by default a fresh AsukaDecoder.from_vae(vae) (the base VAE decoder).")
+    add("--latent_aug_prob", type=float, default=0.5, help="Fraction of samples whose latent is replaced by the UNet's x0 estimate.")
+    add("--latent_aug_timestep_min", type=int, default=700, help="Smallest timestep of the latent augmentation.")
+    add("--latent_aug_timestep_max", type=int, default=999, help="Largest timestep of the latent augmentation.")
+    add("--no_color_jitter", action="store_true", help="Disable the colour augmentation of the encoded image.")
+    add("--lpips_weight", type=float, default=0.0, help="Weight of the LPIPS term (0 = off; needs `pip install lpips` and its weights).")
+    add("--discriminator_weight", type=float, default=0.0, help="Weight of the adversarial term (0 = no discriminator).")
+    add("--discriminator_start_step", type=int, default=0, help="Step from which the adversarial term is used.")
+    add("--discriminator_learning_rate", type=float, default=None, help="Discriminator lr (default: --learning_rate).")
+    add("--save_pipeline", action="store_true", help="Also write a complete AsukaPipeline to <output_dir>/pipeline.")
+    parser.set_defaults(learning_rate=8e-5, lr_scheduler="cosine")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> TrainingResult:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+    from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE
+
+    args = parse_args(build_decoder_parser(), argv)
+    if not 0 <= args.latent_aug_timestep_min <= args.latent_aug_timestep_max:
+        raise ValueError("--latent_aug_timestep_min/max must satisfy 0 <= min <= max.")
+    if args.lpips_weight > 0:
+        try:
+            import lpips
+        except ImportError as error:
+            raise ValueError("--lpips_weight > 0 needs the `lpips` package (pip install lpips; it downloads VGG weights).") from error
+    accelerator = setup_accelerator(args)
+    path = args.pretrained_model_name_or_path
+    vae = AutoencoderKL.from_pretrained(path, subfolder="vae", revision=args.revision, variant=args.variant)
+    unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", revision=args.revision, variant=args.variant)
+    noise_scheduler = DDPMScheduler.from_config(load_scheduler(path, revision=args.revision).config)
+    if args.latent_aug_timestep_max >= noise_scheduler.config.num_train_timesteps:
+        raise ValueError(f"--latent_aug_timestep_max must be < {noise_scheduler.config.num_train_timesteps} (the scheduler's train timesteps).")
+    has_prior = Path(path, "mae", "config.json").is_file() and Path(path, "aligner", "config.json").is_file()
+    if args.save_pipeline and not has_prior:
+        raise ValueError("--save_pipeline needs mae/ and aligner/ in --pretrained_model_name_or_path (an AsukaPipeline folder).")
+    mae = AsukaMAE.from_pretrained(path, subfolder="mae") if has_prior else None
+    aligner = AsukaAligner.from_pretrained(path, subfolder="aligner") if has_prior else None
+    if args.decoder_model_name_or_path:
+        decoder = load_component(AsukaDecoder, args.decoder_model_name_or_path, "decoder", args.revision)
+    else:
+        decoder = AsukaDecoder.from_vae(vae)
+
+    weight_dtype = weight_dtype_for(accelerator)
+    for frozen in (vae, unet, mae, aligner):
+        if frozen is not None:
+            frozen.requires_grad_(False)
+            frozen.eval()
+            frozen.to(accelerator.device, dtype=weight_dtype)
+    decoder.requires_grad_(True)
+    if args.gradient_checkpointing and decoder._supports_gradient_checkpointing:
+        decoder.enable_gradient_checkpointing()
+
+    trainables = {"decoder": decoder}
+    discriminator = None
+    if args.discriminator_weight > 0:
+        discriminator = PatchDiscriminator()
+        trainables["discriminator"] = discriminator
+    register_diffusers_hooks(accelerator, trainables)
+    optimizer = make_optimizer(args, decoder.parameters(), accelerator)
+    dataset = build_dataset(args, accelerator)
+    dataloader = make_dataloader(args, dataset)
+    resolve_train_steps(args, dataloader)
+    lr_scheduler = make_lr_scheduler(args, optimizer, accelerator)
+    decoder_model, optimizer, dataloader, lr_scheduler = accelerator.prepare(decoder, optimizer, dataloader, lr_scheduler)
+    if discriminator is not None:
+        disc_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=args.discriminator_learning_rate or args.learning_rate,
+                                           betas=(0.5, 0.9), weight_decay=args.adam_weight_decay)
+        discriminator, disc_optimizer = accelerator.prepare(discriminator, disc_optimizer)
+    perceptual = lpips.LPIPS(net="vgg").to(accelerator.device).eval().requires_grad_(False) if args.lpips_weight > 0 else None
+    _, steps_per_epoch = resolve_train_steps(args, dataloader)
+    if accelerator.is_main_process:
+        accelerator.init_trackers(args.tracker_project_name or "train_decoder", config={k: str(v) for k, v in vars(args).items() if k != "hub_token"})
+    initial_step = resume_if_requested(args, accelerator)
+    validation = validation_batch(dataset, args.num_validation_images)
+    scaling, shift = vae.config.scaling_factor, getattr(vae.config, "shift_factor", None) or 0.0
+
+    def conditioning(pixels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """UNet conditioning for the latent augmentation: the aligned MAE prior, or zeros for a plain backbone."""
+        if aligner is not None:
+            return aligner(mae.prior(pixels, torch.zeros_like(mask))).tokens.to(weight_dtype)
+        return torch.zeros(pixels.shape[0], 1, unet.config.cross_attention_dim, device=pixels.device, dtype=weight_dtype)
+
+    def corrupted_latents(pixels: torch.Tensor, mask: torch.Tensor, augment: bool = True) -> torch.Tensor:
+        """Unscaled latents of the colour-jittered image, half of them replaced by the UNet's x0 estimate."""
+        with torch.no_grad():
+            encoded = color_jitter(pixels) if augment and not args.no_color_jitter else pixels
+            latents = (vae.encode(encoded * 2 - 1).latent_dist.sample() - shift) * scaling
+            if augment and args.latent_aug_prob > 0:
+                latents, _ = latent_augmentation(latents, unet, noise_scheduler, conditioning(pixels, mask),
+                                                 (args.latent_aug_timestep_min, args.latent_aug_timestep_max), args.latent_aug_prob)
+        return (latents / scaling + shift).float()
+
+    def train_step(batch: Dict[str, torch.Tensor], global_step: int) -> Dict[str, torch.Tensor]:
+        pixels = batch["pixel_values"].to(accelerator.device, weight_dtype)
+        mask = batch["mask"].to(accelerator.device, weight_dtype)
+        latents = corrupted_latents(pixels, mask)
+        target = (pixels * 2 - 1).float()
+        output = decoder_model(latents, target, mask.float()).sample
+        l1 = F.l1_loss(output.float(), target)
+        loss, logs = l1, {"l1": l1.detach()}
+        if perceptual is not None:
+            logs["lpips"] = perceptual(output.float(), target).mean()
+            loss = loss + args.lpips_weight * logs["lpips"]
+        use_gan = discriminator is not None and global_step >= args.discriminator_start_step
+        if use_gan:
+            logs["generator_adv"] = -discriminator(output.float()).mean()  # hinge generator loss
+            loss = loss + args.discriminator_weight * logs["generator_adv"]
+        optimizer_step(accelerator, loss, list(decoder_model.parameters()), optimizer, lr_scheduler, args.max_grad_norm)
+        if use_gan:
+            real, fake = discriminator(target), discriminator(output.detach().float())
+            disc_loss = F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+            accelerator.backward(disc_loss)
+            disc_optimizer.step()
+            disc_optimizer.zero_grad(set_to_none=True)
+            logs["discriminator"] = disc_loss.detach()
+        logs.update(loss=loss, lr=torch.tensor(lr_scheduler.get_last_lr()[0]))
+        return logs
+
+    def validate(global_step: int) -> List[List[Image.Image]]:
+        if not accelerator.is_main_process:
+            return []
+        model = accelerator.unwrap_model(decoder_model)
+        pixels = validation["pixel_values"].to(accelerator.device, weight_dtype)
+        mask = validation["mask"].to(accelerator.device, weight_dtype)
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(args.seed or 0)  # the same corruption at every validation
+        latents = corrupted_latents(pixels, mask)
+        torch.random.set_rng_state(generator_state)
+        with torch.no_grad():
+            baseline = vae.decode(latents.to(weight_dtype)).sample.float()
+            decoded = model(latents, (pixels * 2 - 1).float(), mask.float()).sample
+        to01 = lambda x: (x.float() + 1) / 2  # noqa: E731
+        return [list(row) for row in zip(to_pil(pixels * (1 - mask)), to_pil(to01(baseline)), to_pil(to01(decoded)), to_pil(pixels))]
+
+    result, grid = run_training(args, accelerator, models=[decoder_model], dataloader=dataloader, steps_per_epoch=steps_per_epoch,
+                                initial_global_step=initial_step, train_step=train_step, validate=validate)
+
+    def save() -> Optional[str]:
+        trained = accelerator.unwrap_model(decoder_model)
+        trained.save_pretrained(args.output_dir)
+        if discriminator is not None:
+            accelerator.unwrap_model(discriminator).save_pretrained(str(Path(args.output_dir) / "discriminator"))
+        if not args.save_pipeline:
+            return None
+        from asuka import AsukaPipeline
+
+        pipe = AsukaPipeline(vae=vae, unet=unet, scheduler=load_scheduler(path, revision=args.revision), mae=mae, aligner=aligner, decoder=trained)
+        if weight_dtype != torch.float32:
+            pipe.to(torch.float32)
+        pipeline_dir = str(Path(args.output_dir) / "pipeline")
+        pipe.save_pretrained(pipeline_dir)
+        return pipeline_dir
+
+    return finish(args, accelerator, result, save, title="ASUKA decoder",
+                  description="A mask-conditioned ASUKA decoder (`asuka.models.AsukaDecoder`) trained from the base VAE decoder.",
+                  component="asuka-decoder", sample_grid=grid)
+
+
+if __name__ == "__main__":
+    main()

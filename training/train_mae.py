@@ -1,0 +1,127 @@
+"""Fine-tune the ASUKA inpainting MAE (paper Sec. 3.1) with the paper's mask mixture.
+
+Masks are enlarged to at least 75% masked patches (MAE mode). The loss is the pixel L2 on masked
+patches; every parameter is trained, including the partial-patch parts (`alpha` and the 4-channel
+`decoder_patch_embed`). AdamW with betas (0.9, 0.95) and weight decay 0.05.
+
+    accelerate launch training/train_mae.py --pretrained_model_name_or_path <folder with mae/ or an AsukaMAE> \\
+        --train_data_dir images/ --object_mask_dir object_masks/ --resolution 256 --max_train_steps 100000
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from training.common import (
+    TrainingResult,
+    build_dataset,
+    build_parser,
+    finish,
+    load_component,
+    make_dataloader,
+    make_lr_scheduler,
+    make_optimizer,
+    optimizer_step,
+    parse_args,
+    register_diffusers_hooks,
+    resolve_train_steps,
+    resume_if_requested,
+    run_training,
+    setup_accelerator,
+    to_pil,
+    validation_batch,
+)
+
+
+def masked_patch_l2(reconstruction: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Mean squared pixel error over the patches holding any hole pixel (the MAE's masked tokens).
+
+    `reconstruction` (B,3,S,S) in [0,1]; `image` (B,3,H,W) in [0,1] and `mask` (B,1,H,W), 1 = hole,
+    are resized to S like the MAE's own input handling (area for the image, nearest for the mask).
+    """
+    size = reconstruction.shape[-2:]
+    target = F.interpolate(image, size=size, mode="area") if image.shape[-2:] != size else image
+    hole = F.interpolate(mask, size=size, mode="nearest") if mask.shape[-2:] != size else mask
+    masked = F.max_pool2d((hole > 0.5).float(), patch_size)  # (B,1,n,n)
+    per_patch = F.avg_pool2d((reconstruction.float() - target.float()).pow(2).mean(1, keepdim=True), patch_size)
+    return (per_patch * masked).sum() / masked.sum().clamp(min=1.0)
+
+
+def build_mae_parser():
+    parser = build_parser("Fine-tune the ASUKA inpainting MAE with the paper's masks (pixel L2 on masked patches).")
+    parser.add_argument("--mae_min_patch_ratio", type=float, default=0.75, help="Masks are enlarged to at least this fraction of masked patches.")
+    parser.set_defaults(resolution=256, learning_rate=1e-4, lr_scheduler="cosine", adam_beta1=0.9, adam_beta2=0.95, adam_weight_decay=0.05)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> TrainingResult:
+    from asuka.models import AsukaMAE
+
+    args = parse_args(build_mae_parser(), argv)
+    accelerator = setup_accelerator(args)
+    mae = load_component(AsukaMAE, args.pretrained_model_name_or_path, "mae", args.revision)
+    mae.requires_grad_(True)  # all of it, alpha and decoder_patch_embed included
+    if args.gradient_checkpointing:
+        if mae._supports_gradient_checkpointing:
+            mae.enable_gradient_checkpointing()
+        else:
+            accelerator.print("AsukaMAE does not support gradient checkpointing; ignoring --gradient_checkpointing.")
+
+    register_diffusers_hooks(accelerator, {"mae": mae})
+    optimizer = make_optimizer(args, mae.parameters(), accelerator)
+    # Masks are generated at --resolution; an MAE patch covers patch_size * resolution / image_size pixels there.
+    mask_patch = max(1, round(mae.config.patch_size * args.resolution / mae.config.image_size))
+    dataset = build_dataset(args, accelerator, mae_mode=True, patch_size=mask_patch, mae_min_patch_ratio=args.mae_min_patch_ratio)
+    dataloader = make_dataloader(args, dataset)
+    resolve_train_steps(args, dataloader)
+    lr_scheduler = make_lr_scheduler(args, optimizer, accelerator)
+    mae_model, optimizer, dataloader, lr_scheduler = accelerator.prepare(mae, optimizer, dataloader, lr_scheduler)
+    _, steps_per_epoch = resolve_train_steps(args, dataloader)
+    if accelerator.is_main_process:
+        accelerator.init_trackers(args.tracker_project_name or "train_mae", config={k: str(v) for k, v in vars(args).items() if k != "hub_token"})
+    initial_step = resume_if_requested(args, accelerator)
+    validation = validation_batch(dataset, args.num_validation_images)
+
+    def train_step(batch: Dict[str, torch.Tensor], global_step: int) -> Dict[str, torch.Tensor]:
+        pixels, mask = batch["pixel_values"].to(accelerator.device), batch["mask"].to(accelerator.device)
+        reconstruction = mae_model(pixels, mask).reconstruction
+        loss = masked_patch_l2(reconstruction, pixels, mask, mae.config.patch_size)
+        optimizer_step(accelerator, loss, list(mae_model.parameters()), optimizer, lr_scheduler, args.max_grad_norm)
+        return {"loss": loss, "alpha": accelerator.unwrap_model(mae_model).alpha.detach(), "lr": torch.tensor(lr_scheduler.get_last_lr()[0])}
+
+    def validate(global_step: int) -> List[List[Image.Image]]:
+        if not accelerator.is_main_process:
+            return []
+        model = accelerator.unwrap_model(mae_model)
+        pixels, mask = validation["pixel_values"].to(accelerator.device), validation["mask"].to(accelerator.device)
+        with torch.no_grad():
+            reconstruction = model.reconstruct(pixels, mask)
+        size = reconstruction.shape[-2:]
+        hole = F.interpolate(mask, size=size, mode="nearest")
+        original = F.interpolate(pixels, size=size, mode="area")
+        composite = original * (1 - hole) + reconstruction * hole
+        return [list(row) for row in zip(to_pil(original * (1 - hole)), to_pil(reconstruction), to_pil(composite), to_pil(original))]
+
+    result, grid = run_training(args, accelerator, models=[mae_model], dataloader=dataloader, steps_per_epoch=steps_per_epoch,
+                                initial_global_step=initial_step, train_step=train_step, validate=validate)
+
+    def save() -> Optional[str]:
+        accelerator.unwrap_model(mae_model).save_pretrained(args.output_dir)
+        return None
+
+    return finish(args, accelerator, result, save, title="ASUKA inpainting MAE",
+                  description="An inpainting MAE fine-tuned with the ASUKA mask mixture (`asuka.models.AsukaMAE`).",
+                  component="asuka-mae", sample_grid=grid)
+
+
+if __name__ == "__main__":
+    main()
