@@ -84,12 +84,15 @@ def _score_and_report(args: argparse.Namespace, benchmark: Benchmark, pred_dir: 
 
 
 def _run(args: argparse.Namespace) -> None:
+    import torch
     from accelerate import PartialState
 
     from asuka.evaluation.runner import IMAGES_DIR, GenerationSettings, generate, read_generation_errors
     from asuka.registry import get_method
 
-    state = PartialState()
+    # Without CUDA, processes started by `accelerate launch --multi_gpu` (torchrun) only form a gloo
+    # group when the state is told to use the CPU; otherwise each would believe it is alone.
+    state = PartialState(cpu=not torch.cuda.is_available())
     benchmark = discover(args.data, args.layout)
     out_dir = Path(args.out)
     settings = GenerationSettings(args.method, args.model, args.tiny, args.steps, args.seed,
