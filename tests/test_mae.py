@@ -175,6 +175,11 @@ def test_bad_input_raises_value_error(image_shape, mask_shape, match):
         model.prior(torch.rand(image_shape), torch.zeros(mask_shape))
 
 
+def test_integer_image_raises_value_error():
+    with pytest.raises(ValueError, match="float"):
+        make_tiny_mae().prior(torch.zeros(1, 3, 32, 32, dtype=torch.uint8), torch.zeros(1, 1, 32, 32))
+
+
 def test_bad_config_raises_value_error():
     with pytest.raises(ValueError, match="prior_layer"):
         AsukaMAE(**{**TINY_CONFIG, "prior_layer": 3})

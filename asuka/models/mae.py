@@ -140,9 +140,14 @@ class AsukaMAE(ModelMixin, ConfigMixin):
 
     def _check_inputs(self, image: torch.Tensor, mask: torch.Tensor) -> None:
         channels = self.config.in_channels
-        if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[1] != channels:
-            got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-            raise ValueError(f"`image` must be a tensor of shape (B, {channels}, H, W) in [0, 1], got {got}.")
+        if (
+            not isinstance(image, torch.Tensor)
+            or not image.is_floating_point()
+            or image.ndim != 4
+            or image.shape[1] != channels
+        ):
+            got = f"{tuple(image.shape)} {image.dtype}" if isinstance(image, torch.Tensor) else type(image).__name__
+            raise ValueError(f"`image` must be a float tensor of shape (B, {channels}, H, W) in [0, 1], got {got}.")
         if not isinstance(mask, torch.Tensor) or mask.ndim != 4 or mask.shape[1] != 1:
             got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
             raise ValueError(f"`mask` must be a tensor of shape (B, 1, H, W) with 1 = hole, got {got}.")
