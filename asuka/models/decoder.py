@@ -126,7 +126,8 @@ class AsukaDecoder(ModelMixin, ConfigMixin):
         model.to(device=parameter.device)
         if parameter.dtype != model.dtype:  # diffusers logs a warning on every dtype cast, so only when needed
             model.to(dtype=parameter.dtype)
-        # Same mode as the source VAE: train-mode blocks do not compute bit-identically to eval-mode ones.
+        # Same mode as the source VAE: in training diffusers' ResnetBlock2D makes its shortcut input contiguous,
+        # which changes the conv kernels used, so train- and eval-mode decodes differ in the last bits.
         return model.train(vae.training)
 
     def _check_inputs(self, latents: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> None:
