@@ -204,8 +204,7 @@ class AsukaDecoder(ModelMixin, ConfigMixin):
 
 def _binary_mask(mask: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     """Area-resizes the mask and marks every touched position as hole (any value > 0 becomes 1)."""
-    resized = F.interpolate(mask, size=tuple(size), mode="area")
-    return torch.where(resized > 0, torch.ones_like(resized), resized)
+    return (F.interpolate(mask, size=tuple(size), mode="area") > 0).to(mask.dtype)
 
 
 def _blend(sample: torch.Tensor, feature: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
