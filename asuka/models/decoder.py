@@ -26,7 +26,8 @@ class AsukaConditionEncoder(nn.Module):
     `[b0, b1, ..., b_{n-1}, b_{n-1}]`: the first two at full resolution (3x3 convs), each later one at
     half the previous resolution (4x4 stride-2 convs). These are exactly the decoder's state shapes
     before its last blend (b0, full resolution) and at the entry of each up level (the last level
-    first). For the FLUX/SD decoder this is the release's `encoder.layers.{0..4}`.
+    first). For the FLUX.1-Fill release's decoder this is its `encoder.layers.{0..4}`; its golden output
+    shows that each feature is taken before the ReLU that feeds the next layer.
     """
 
     def __init__(self, in_channels: int, block_out_channels: Tuple[int, ...]):
