@@ -154,7 +154,7 @@ def inpaint_command(args: argparse.Namespace) -> int:
                 reason = str(error)
         if reason is not None:
             skipped.append(job.image)
-            bar.write(f"skipped {job.image}: {reason}")
+            bar.write(f"skipped {job.image}: {reason}", file=sys.stderr)
     bar.close()
     print(f"{written} written to {args.output}, {len(skipped)} skipped.", file=sys.stderr)
     return EXIT_SKIPPED if skipped else EXIT_OK
