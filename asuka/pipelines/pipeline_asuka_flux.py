@@ -1,0 +1,403 @@
+"""ASUKA for FLUX.1-Fill-dev: the frozen FLUX-Fill backbone with T5 and CLIP replaced by an MAE prior.
+
+The image conditioning follows the authors' release (`yikaiwang/ASUKA-FLUX.1-Fill`):
+
+* tokens  = token_aligner(mae.prior(image, mask))            (B, 256, 4096), in place of T5;
+* pooled  = pooled_aligner(mae.prior(image, mask)).mean(1)   (B, 768), in place of pooled CLIP;
+* both are pulled towards the release's null embeddings: null + condition_weight * (x - null)
+  (the aligners hold the null embeddings; the release uses condition_weight 0.5);
+* the latents are decoded by the 16-channel mask-conditioned `AsukaDecoder` after FLUX's unscaling
+  `z / 0.3611 + 0.1159` (read from the VAE config), or by the plain VAE when `decoder is None`.
+
+Everything FLUX-specific (latent packing, mask packing, image ids, timestep shift) is diffusers'
+`FluxFillPipeline` code, bound to this class rather than re-derived.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteScheduler, FluxFillPipeline
+from diffusers import FluxTransformer2DModel
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.pipelines.flux.pipeline_flux_fill import calculate_shift, retrieve_timesteps
+
+from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE
+from asuka.pipelines.pipeline_asuka import (
+    OUTPUT_TYPES,
+    AsukaPipeline,
+    AsukaPipelineOutput,
+    ImageInput,
+    crop_to_working,
+    image_to_tensor,
+    mask_to_tensor,
+    paste_from_working,
+    plan_working_region,
+    to_output_type,
+)
+
+# Sub-folders of a converted ASUKA-FLUX folder (see `asuka.convert.release`).
+ASUKA_FLUX_COMPONENTS = ("mae", "token_aligner", "pooled_aligner", "decoder")
+
+
+class AsukaFluxPipeline(DiffusionPipeline):
+    r"""FLUX.1-Fill inpainting conditioned on the visible image (ASUKA) instead of a text prompt.
+
+    Components: `vae` (FLUX AutoencoderKL, 16 latent channels), `transformer` (FLUX.1-Fill
+    `FluxTransformer2DModel`), `scheduler` (`FlowMatchEulerDiscreteScheduler`), `mae` (`AsukaMAE`),
+    `token_aligner` / `pooled_aligner` (`AsukaAligner`, 4096- and 768-wide in the release) and
+    `decoder` (`AsukaDecoder` or `None` for the plain VAE decoder). `working_resolution` (saved in the
+    pipeline config) is the default long side the backbone runs at.
+
+    Assemble from the gated FLUX repo and the converted ASUKA components (text encoders are never
+    loaded):
+
+    ```py
+    pipe = AsukaFluxPipeline.from_pretrained(
+        "black-forest-labs/FLUX.1-Fill-dev", asuka="path/or/repo-of-converted-asuka", torch_dtype=torch.bfloat16
+    )
+    ```
+    """
+
+    model_cpu_offload_seq = "mae->token_aligner->pooled_aligner->transformer->vae->decoder"
+    _optional_components = ["decoder"]
+    _callback_tensor_inputs = ["latents", "prompt_embeds"]
+
+    # diffusers' FLUX.1-Fill logic, reused as-is (they only need `vae`, `scheduler`, `vae_scale_factor`
+    # and `latent_channels` on `self`).
+    prepare_latents = FluxFillPipeline.prepare_latents
+    prepare_mask_latents = FluxFillPipeline.prepare_mask_latents
+    get_timesteps = FluxFillPipeline.get_timesteps
+    _encode_vae_image = FluxFillPipeline._encode_vae_image
+    _pack_latents = staticmethod(FluxFillPipeline._pack_latents)
+    _unpack_latents = staticmethod(FluxFillPipeline._unpack_latents)
+    _prepare_latent_image_ids = staticmethod(FluxFillPipeline._prepare_latent_image_ids)
+    # Shared with AsukaPipeline: batch expansion with a clear error, and the MAE's own reconstruction.
+    _repeat_to_batch = AsukaPipeline._repeat_to_batch
+    mae_reconstruction = AsukaPipeline.mae_reconstruction
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        transformer: FluxTransformer2DModel,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        mae: AsukaMAE,
+        token_aligner: AsukaAligner,
+        pooled_aligner: AsukaAligner,
+        decoder: AsukaDecoder | None = None,
+        working_resolution: int = 1024,
+    ):
+        super().__init__()
+        self.register_modules(
+            vae=vae,
+            transformer=transformer,
+            scheduler=scheduler,
+            mae=mae,
+            token_aligner=token_aligner,
+            pooled_aligner=pooled_aligner,
+            decoder=decoder,
+        )
+        self.register_to_config(working_resolution=working_resolution)
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.latent_channels = self.vae.config.latent_channels
+        self.image_processor = VaeImageProcessor(
+            vae_scale_factor=self.vae_scale_factor * 2, vae_latent_channels=self.latent_channels
+        )
+
+    def check_inputs(
+        self,
+        num_inference_steps: int,
+        num_images_per_prompt: int,
+        output_type: str,
+        prompt_embeds: torch.Tensor | None,
+        pooled_prompt_embeds: torch.Tensor | None,
+        callback_on_step_end_tensor_inputs: list[str],
+        working_resolution: int,
+    ) -> None:
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` is {output_type!r}; expected one of {OUTPUT_TYPES}.")
+        for name, value in (("num_inference_steps", num_inference_steps), ("num_images_per_prompt", num_images_per_prompt)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` is {value!r}; expected a positive integer.")
+        if (prompt_embeds is None) != (pooled_prompt_embeds is None):
+            raise ValueError("Pass both `prompt_embeds` and `pooled_prompt_embeds`, or neither (ASUKA conditioning).")
+        unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(
+                f"`callback_on_step_end_tensor_inputs` has {unknown}; expected names in {self._callback_tensor_inputs}."
+            )
+        if working_resolution < self.vae_scale_factor * 2:
+            raise ValueError(f"`working_resolution` is {working_resolution}; expected at least {self.vae_scale_factor * 2}.")
+
+    # ------------------------------------------------------------------ assembly
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        asuka: str | os.PathLike | None = None,
+        **kwargs: Any,
+    ) -> "AsukaFluxPipeline":
+        """Load a saved `AsukaFluxPipeline`, or assemble one from two sources.
+
+        With `asuka=None` this is `DiffusionPipeline.from_pretrained` on a folder written by
+        `save_pretrained`. With `asuka=` (a folder or Hub repo written by
+        `python -m asuka.convert asuka-flux`), `vae`, `transformer` and `scheduler` come from
+        `pretrained_model_name_or_path` (e.g. "black-forest-labs/FLUX.1-Fill-dev") and `mae`,
+        `token_aligner`, `pooled_aligner`, `decoder` from `asuka`. Components passed as keyword
+        arguments are used instead of loading them. `torch_dtype`, `cache_dir`, `token`, `revision`,
+        `local_files_only` and `variant` apply to the FLUX repo; all but `revision`/`variant` to `asuka`.
+        """
+        if asuka is None:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        components = {name: kwargs.pop(name) for name in list(kwargs) if name in cls._init_names()}
+        hub_keys = ("cache_dir", "token", "local_files_only", "revision", "variant", "torch_dtype")
+        load_kwargs = {key: kwargs.pop(key) for key in hub_keys if key in kwargs}
+        if kwargs:
+            raise ValueError(
+                f"Unsupported argument(s) {sorted(kwargs)} when assembling from two sources; accepted: "
+                f"{sorted(hub_keys)} and {sorted(cls._init_names())}."
+            )
+        base_classes = {"vae": AutoencoderKL, "transformer": FluxTransformer2DModel}
+        for name, model_class in base_classes.items():
+            if name not in components:
+                components[name] = model_class.from_pretrained(
+                    pretrained_model_name_or_path, subfolder=name, **load_kwargs
+                )
+        if "scheduler" not in components:
+            scheduler_kwargs = {k: v for k, v in load_kwargs.items() if k not in ("torch_dtype", "variant")}
+            components["scheduler"] = FlowMatchEulerDiscreteScheduler.from_pretrained(
+                pretrained_model_name_or_path, subfolder="scheduler", **scheduler_kwargs
+            )
+        asuka_kwargs = {k: v for k, v in load_kwargs.items() if k not in ("revision", "variant")}
+        for name, module in load_asuka_flux_components(asuka, **asuka_kwargs).items():
+            components.setdefault(name, module)
+        return cls(**components)
+
+    @classmethod
+    def _init_names(cls) -> set[str]:
+        return {"vae", "transformer", "scheduler", *ASUKA_FLUX_COMPONENTS, "working_resolution"}
+
+    # ------------------------------------------------------------------ conditioning
+
+    @torch.no_grad()
+    def encode_image_condition(
+        self,
+        image: torch.Tensor,
+        mask: torch.Tensor,
+        condition_weight: float | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens, pooled) that replace T5 and pooled CLIP: aligners over the MAE prior.
+
+        `image` is (B,3,H,W) in [0,1], `mask` (B,1,H,W) with 1 = hole; `condition_weight=None`
+        uses each aligner's configured weight (0.5 for the release).
+        """
+        device, dtype = self.mae.device, self.mae.dtype
+        prior = self.mae.prior(image.to(device, dtype), mask.to(device, dtype))
+        tokens = self.token_aligner(prior.to(self.token_aligner.dtype), condition_weight=condition_weight).tokens
+        pooled = self.pooled_aligner(prior.to(self.pooled_aligner.dtype), condition_weight=condition_weight).pooled
+        return tokens, pooled
+
+    # ------------------------------------------------------------------ call
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: ImageInput,
+        mask_image: ImageInput,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 30.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        num_images_per_prompt: int = 1,
+        prompt_embeds: torch.Tensor | None = None,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        condition_weight: float | None = None,
+        keep_unmasked: bool = True,
+        working_resolution: int | None = None,
+        padding_mask_crop: int | None = None,
+        sigmas: list[float] | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        joint_attention_kwargs: dict[str, Any] | None = None,
+        callback_on_step_end: Callable[[Any, int, torch.Tensor, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+    ) -> AsukaPipelineOutput | tuple:
+        r"""Inpaint `image` where `mask_image` is white.
+
+        Args:
+            image: image(s) of any size (PIL, path, numpy, tensor in [0, 1], or a list).
+            mask_image: white = repaint; the image's size or the same aspect ratio.
+            num_inference_steps / guidance_scale: the release uses 50 steps and FLUX guidance 30.
+            generator / latents: as in `FluxFillPipeline` (`latents` are packed, at the working size).
+            num_images_per_prompt: samples per input image.
+            prompt_embeds / pooled_prompt_embeds: override the ASUKA conditioning (both or neither), e.g. T5/CLIP
+                embeddings for the plain FLUX-Fill baseline; batch 1 or one per image.
+            condition_weight: interpolation towards the null embeddings (None: the aligners' own, 0.5 in the release).
+            keep_unmasked: paste only the hole back, so every unmasked pixel equals the input's exactly.
+            working_resolution: long side the backbone runs at (default `config.working_resolution`, 1024);
+                larger images are processed on a crop around the mask.
+            padding_mask_crop: always work on a crop around the mask with this many pixels of context.
+            sigmas: custom flow-matching sigmas (default: FLUX's linear schedule, shifted for the resolution).
+            output_type: `pil`, `np`, `pt` or `latent` (packed FLUX latents, as `FluxFillPipeline` returns them).
+            return_dict: return an `AsukaPipelineOutput` instead of a tuple.
+            joint_attention_kwargs: passed to the transformer's attention processors.
+            callback_on_step_end: called as `fn(pipe, step, timestep, tensors)` after each step; may replace tensors.
+            callback_on_step_end_tensor_inputs: which tensors the callback receives (`latents`, `prompt_embeds`).
+        """
+        # 1. Check and standardise the inputs
+        working_resolution = working_resolution or self.config.working_resolution
+        self.check_inputs(
+            num_inference_steps, num_images_per_prompt, output_type, prompt_embeds, pooled_prompt_embeds,
+            callback_on_step_end_tensor_inputs, working_resolution,
+        )
+        input_image = image_to_tensor(image)
+        batch_size = input_image.shape[0]
+        hole = self._repeat_to_batch(mask_to_tensor(mask_image, tuple(input_image.shape[-2:])), batch_size, "mask_image")
+        total = batch_size * num_images_per_prompt
+        device = self._execution_device
+
+        # 2. An empty mask has nothing to inpaint: return the input untouched
+        if not hole.any() and output_type != "latent":
+            self.maybe_free_model_hooks()
+            result = to_output_type(input_image.repeat_interleave(num_images_per_prompt, dim=0), output_type)
+            return AsukaPipelineOutput(images=result) if return_dict else (result,)
+
+        # 3. Cut the working region (the whole image, or a crop around the mask) at the backbone's resolution
+        region = plan_working_region(hole, working_resolution, self.vae_scale_factor * 2, padding_mask_crop)
+        work_image, work_hole = crop_to_working(input_image, hole, region)
+        init_image = self.image_processor.normalize(work_image)
+        width, height = region.size
+
+        # 4. Conditioning: tokens and pooled vector from the aligned MAE prior, unless embeddings are given
+        if prompt_embeds is None:
+            prompt_embeds, pooled_prompt_embeds = self.encode_image_condition(work_image, work_hole, condition_weight)
+        dtype = self.transformer.dtype
+        prompt_embeds = self._repeat_to_batch(prompt_embeds.to(device, dtype), batch_size, "prompt_embeds")
+        pooled_prompt_embeds = self._repeat_to_batch(
+            pooled_prompt_embeds.to(device, dtype), batch_size, "pooled_prompt_embeds"
+        )
+        prompt_embeds = prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
+        pooled_prompt_embeds = pooled_prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
+        text_ids = torch.zeros(prompt_embeds.shape[1], 3, device=device, dtype=dtype)
+
+        # 5. Timesteps: FLUX's flow-matching schedule, shifted for this resolution
+        sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps) if sigmas is None else sigmas
+        image_seq_len = (height // self.vae_scale_factor // 2) * (width // self.vae_scale_factor // 2)
+        mu = calculate_shift(
+            image_seq_len,
+            self.scheduler.config.get("base_image_seq_len", 256),
+            self.scheduler.config.get("max_image_seq_len", 4096),
+            self.scheduler.config.get("base_shift", 0.5),
+            self.scheduler.config.get("max_shift", 1.15),
+        )
+        timesteps, num_inference_steps = retrieve_timesteps(
+            self.scheduler, num_inference_steps, device, sigmas=sigmas, mu=mu
+        )
+        timesteps, num_inference_steps = self.get_timesteps(num_inference_steps, 1.0, device)
+
+        # 6. Noise latents and the packed masked-image latents + mask (FluxFillPipeline's own preparation)
+        latents, latent_image_ids = self.prepare_latents(
+            init_image, timesteps[:1].repeat(total), total, self.latent_channels, height, width, dtype, device,
+            generator, latents,
+        )
+        masked_image = (init_image * (1 - work_hole)).to(device=device, dtype=dtype)
+        packed_mask, masked_image_latents = self.prepare_mask_latents(
+            work_hole, masked_image, batch_size, self.latent_channels, num_images_per_prompt,
+            height, width, dtype, device, generator,
+        )
+        masked_image_latents = torch.cat((masked_image_latents, packed_mask), dim=-1)
+        guidance = None
+        if self.transformer.config.guidance_embeds:
+            guidance = torch.full([1], guidance_scale, device=device, dtype=torch.float32).expand(total)
+
+        # 7. Denoising loop
+        self._num_timesteps = len(timesteps)
+        with self.progress_bar(total=num_inference_steps) as progress_bar:
+            for i, t in enumerate(timesteps):
+                timestep = t.expand(latents.shape[0]).to(latents.dtype)
+                noise_pred = self.transformer(
+                    hidden_states=torch.cat((latents, masked_image_latents), dim=2),
+                    timestep=timestep / 1000,
+                    guidance=guidance,
+                    pooled_projections=pooled_prompt_embeds,
+                    encoder_hidden_states=prompt_embeds,
+                    txt_ids=text_ids,
+                    img_ids=latent_image_ids,
+                    joint_attention_kwargs=joint_attention_kwargs,
+                    return_dict=False,
+                )[0]
+                latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+
+                if callback_on_step_end is not None:
+                    tensors = {"latents": latents, "prompt_embeds": prompt_embeds}
+                    callback_kwargs = {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
+                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                    latents = callback_outputs.pop("latents", latents)
+                    prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
+                progress_bar.update()
+
+        if output_type == "latent":
+            self.maybe_free_model_hooks()
+            return AsukaPipelineOutput(images=latents) if return_dict else (latents,)
+
+        # 8. Decode: the mask-conditioned AsukaDecoder (or the plain VAE) after FLUX's unscaling
+        latents = self._unpack_latents(latents, height, width, self.vae_scale_factor)
+        decoded = self.decode_latents(
+            latents,
+            init_image.repeat_interleave(num_images_per_prompt, dim=0),
+            work_hole.repeat_interleave(num_images_per_prompt, dim=0),
+        )
+        generated = self.image_processor.denormalize(decoded.float().cpu())
+
+        # 9. Paste back into the full-resolution input and convert
+        result = paste_from_working(
+            generated,
+            input_image.repeat_interleave(num_images_per_prompt, dim=0),
+            hole.repeat_interleave(num_images_per_prompt, dim=0),
+            region,
+            keep_unmasked,
+        )
+        self.maybe_free_model_hooks()
+        result = to_output_type(result, output_type)
+        return AsukaPipelineOutput(images=result) if return_dict else (result,)
+
+    def decode_latents(self, latents: torch.Tensor, image: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
+        """Scaled, unpacked FLUX latents to [-1, 1] pixels: `z / scaling_factor + shift_factor`, then the decoder.
+
+        `image` ([-1, 1]) and `hole` (1 = repaint) at the working size condition the AsukaDecoder; with
+        `decoder=None` the plain VAE decodes.
+        """
+        latents = latents / self.vae.config.scaling_factor + self.vae.config.shift_factor
+        if self.decoder is None:
+            return self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0]
+        device, dtype = latents.device, self.decoder.dtype
+        return self.decoder(
+            latents.to(dtype), image.to(device, dtype), hole.to(device, dtype), return_dict=False
+        )[0]
+
+
+def load_asuka_flux_components(
+    asuka: str | os.PathLike, torch_dtype: torch.dtype | None = None, **hub_kwargs: Any
+) -> dict[str, torch.nn.Module]:
+    """`mae`, `token_aligner`, `pooled_aligner`, `decoder` from a converted folder or Hub repo.
+
+    `hub_kwargs` (`cache_dir`, `token`, `local_files_only`) go to `from_pretrained`. A folder without
+    all four components (for example a half-written one) raises `ValueError`.
+    """
+    classes = {"mae": AsukaMAE, "token_aligner": AsukaAligner, "pooled_aligner": AsukaAligner, "decoder": AsukaDecoder}
+    if os.path.isdir(asuka):
+        missing = [name for name in classes if not os.path.isfile(os.path.join(asuka, name, "config.json"))]
+        if missing:
+            raise ValueError(
+                f"{asuka} is not a converted ASUKA-FLUX folder: missing {missing}; accepted: the output of "
+                "`python -m asuka.convert asuka-flux` (sub-folders mae, token_aligner, pooled_aligner, decoder)."
+            )
+    dtype_kwargs = {} if torch_dtype is None else {"torch_dtype": torch_dtype}
+    return {
+        name: model_class.from_pretrained(asuka, subfolder=name, **dtype_kwargs, **hub_kwargs)
+        for name, model_class in classes.items()
+    }

@@ -1,0 +1,141 @@
+"""Tiny random ASUKA-FLUX pipeline for tests, the app's offline mode and benchmarks.
+
+Shapes follow FLUX.1-Fill exactly, only narrower: a 4-level AutoencoderKL with 16 latent channels
+and no (post-)quant conv (so 8x downsampling and 2x2 packing as in the real model), and a FLUX
+transformer whose `x_embedder` takes packed noise (16*4) + packed masked-image latents (16*4) +
+the packed 8x8 pixel mask (8*8*4) = 384 channels, like the real one.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+
+from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE
+
+# Scheduler settings of black-forest-labs/FLUX.1-Fill-dev (resolution-dependent shift).
+FLUX_SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000,
+    shift=3.0,
+    use_dynamic_shifting=True,
+    base_shift=0.5,
+    max_shift=1.15,
+    base_image_seq_len=256,
+    max_image_seq_len=4096,
+)
+
+LATENT_CHANNELS = 16
+TOKEN_DIM = 32  # stands in for T5's 4096
+POOLED_DIM = 24  # stands in for CLIP's 768 (deliberately different from TOKEN_DIM)
+
+
+def make_tiny_flux_components(seed: int = 0) -> dict:
+    """The seven components of a tiny `AsukaFluxPipeline`, deterministic from `seed`."""
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 16, 16),
+        layers_per_block=1,
+        latent_channels=LATENT_CHANNELS,
+        norm_num_groups=8,
+        sample_size=32,
+        scaling_factor=0.3611,
+        shift_factor=0.1159,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+    vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    mask_channels = vae_scale_factor * vae_scale_factor * 4
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=LATENT_CHANNELS * 4 * 2 + mask_channels,
+        out_channels=LATENT_CHANNELS * 4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=TOKEN_DIM,
+        pooled_projection_dim=POOLED_DIM,
+        guidance_embeds=True,
+        axes_dims_rope=(4, 6, 6),
+    )
+    mae = AsukaMAE(
+        image_size=32,
+        patch_size=8,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        decoder_embed_dim=16,
+        decoder_depth=2,
+        decoder_num_heads=2,
+        prior_layer=1,
+    )
+    num_tokens = mae.num_patches
+    token_aligner = AsukaAligner(
+        in_dim=16, hidden_dim=TOKEN_DIM, num_blocks=1, head_dim=16, num_tokens=num_tokens,
+        null_embedding="tokens", condition_weight=0.5,
+    )
+    pooled_aligner = AsukaAligner(
+        in_dim=16, hidden_dim=POOLED_DIM, num_blocks=1, head_dim=8, num_tokens=num_tokens,
+        null_embedding="pooled", condition_weight=0.5,
+    )
+    # Null embeddings start at zero in a fresh aligner; random ones make `condition_weight` observable.
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for aligner in (token_aligner, pooled_aligner):
+            for name, tensor in aligner.state_dict().items():
+                if "null" in name:
+                    tensor.copy_(torch.randn(tensor.shape, generator=generator))
+    decoder = AsukaDecoder.from_vae(vae)
+    scheduler = FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER_CONFIG)
+    for module in (vae, transformer, mae, token_aligner, pooled_aligner, decoder):
+        module.eval()
+    return dict(
+        vae=vae,
+        transformer=transformer,
+        scheduler=scheduler,
+        mae=mae,
+        token_aligner=token_aligner,
+        pooled_aligner=pooled_aligner,
+        decoder=decoder,
+    )
+
+
+#: Default long side of the tiny pipeline's working region (the real one uses FLUX's 1024).
+TINY_WORKING_RESOLUTION = 64
+
+
+def make_tiny_flux_pipeline(seed: int = 0, **kwargs):
+    """A complete tiny `AsukaFluxPipeline`; `kwargs` replace components (e.g. `decoder=None`)."""
+    from asuka.pipelines.pipeline_asuka_flux import AsukaFluxPipeline
+
+    components = make_tiny_flux_components(seed)
+    unknown = set(kwargs) - set(components) - {"working_resolution"}
+    if unknown:
+        raise ValueError(f"Unknown argument(s) {sorted(unknown)}; accepted: {sorted(components)}, working_resolution.")
+    components["working_resolution"] = TINY_WORKING_RESOLUTION
+    components.update(kwargs)
+    pipe = AsukaFluxPipeline(**components)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def make_tiny_flux_backbone_pipeline(seed: int = 0):
+    """diffusers' plain `FluxFillPipeline` on the same tiny VAE, transformer and scheduler (no text encoders)."""
+    from diffusers import FluxFillPipeline
+
+    components = make_tiny_flux_components(seed)
+    pipe = FluxFillPipeline(
+        scheduler=components["scheduler"],
+        vae=components["vae"],
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        transformer=components["transformer"],
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
