@@ -121,12 +121,17 @@ def test_run_writes_outputs_metrics_table_grid_then_resumes_without_work(tmp_pat
 
 @pytest.fixture()
 def inverting_pipeline(monkeypatch):
-    """asuka-sd stubbed by a cheap method that fills the hole with the inverted image (error tests need no diffusion)."""
+    """asuka-sd stubbed by a cheap method that fills the hole with the inverted image (error tests need no
+    diffusion); its third call fails like a pipeline error would."""
     from asuka.registry import InpaintResult
 
     spec = get_method("asuka-sd")
+    calls = []
 
     def run(pipeline, request, progress):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("simulated pipeline failure")
         hole = np.asarray(request.mask)[..., None] > 127
         image = np.asarray(request.image)
         return InpaintResult(Image.fromarray(np.where(hole, 255 - image, image)))
@@ -148,15 +153,16 @@ def test_per_file_errors_are_reported_and_the_run_goes_on(tmp_path, capsys, inve
     out = tmp_path / "run"
     assert main(["run", *TINY_RUN, "--data", str(data), "--out", str(out)]) == 0
     record = json.loads((out / "metrics.json").read_text())
-    assert set(record["errors"]) == {"0501.png", "1000.png", "1500.png", "1501.png"}
+    assert set(record["errors"]) == {"0500.png", "0501.png", "1000.png", "1500.png", "1501.png"}
+    assert "generation failed (RuntimeError: simulated pipeline failure)" in record["errors"]["0500.png"]
     assert "no mask" in record["errors"]["0501.png"]
     assert "32x32" in record["errors"]["1000.png"] and "32x16" in record["errors"]["1000.png"]
     assert "Could not read" in record["errors"]["1500.png"]
     assert "Could not read" in record["errors"]["1501.png"]
-    assert sorted(p.name for p in (out / "images").iterdir()) == ["0000.png", "0001.png", "0500.png"]
-    assert record["counts"]["all"] == 3 and np.isfinite(record["metrics"]["all"]["psnr"])
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["0000.png", "0001.png"]
+    assert record["counts"]["all"] == 2 and np.isfinite(record["metrics"]["all"]["psnr"])
     stderr = capsys.readouterr().err
-    assert "4 file(s) could not be used" in stderr and "no mask found" in stderr
+    assert "5 file(s) could not be used" in stderr and "no mask found" in stderr
 
     # scoring outputs made elsewhere: a missing and a wrongly sized output are reported the same way
     pred = tmp_path / "pred"
