@@ -45,7 +45,10 @@ def make_tiny_sd_components(seed: int = 0) -> Dict[str, torch.nn.Module]:
     )
     aligner = AsukaAligner(in_dim=32, hidden_dim=CROSS_ATTENTION_DIM, num_blocks=1, head_dim=16, num_tokens=16)
     decoder = AsukaDecoder.from_vae(vae)
-    return {"vae": vae, "unet": unet, "scheduler": scheduler, "mae": mae, "aligner": aligner, "decoder": decoder}
+    models = {"vae": vae, "unet": unet, "mae": mae, "aligner": aligner, "decoder": decoder}
+    for model in models.values():
+        model.eval()  # as from_pretrained leaves them, so a save/load round trip is bit-exact
+    return {"scheduler": scheduler, **models}
 
 
 def make_tiny_sd_pipeline(seed: int = 0, **overrides) -> AsukaPipeline:
