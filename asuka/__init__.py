@@ -13,6 +13,8 @@ _LAZY = {
     "AsukaFluxPipeline": "asuka.pipelines",
     "StrDiffusionPipeline": "asuka.pipelines",
     "IRSDEScheduler": "asuka.schedulers",
+    "StrDiffusionUNet": "asuka.models",
+    "StrDiffusionDiscriminator": "asuka.models",
 }
 
 __all__ = list(_LAZY)

@@ -3,5 +3,6 @@
 from .aligner import AsukaAligner, AsukaAlignerOutput
 from .decoder import AsukaDecoder
 from .mae import AsukaMAE
+from .strdiffusion import StrDiffusionDiscriminator, StrDiffusionUNet
 
-__all__ = ["AsukaAligner", "AsukaAlignerOutput", "AsukaDecoder", "AsukaMAE"]
+__all__ = ["AsukaAligner", "AsukaAlignerOutput", "AsukaDecoder", "AsukaMAE", "StrDiffusionDiscriminator", "StrDiffusionUNet"]
