@@ -150,8 +150,7 @@ def build_demo(cache: registry.PipelineCache, default_method: str, tiny: bool = 
                 editor = PhotoEditor(
                     label="Image — paint the region to repaint", type="pil", image_mode="RGBA", format="png",
                     sources=("upload", "clipboard"), transforms=(), layers=False,
-                    brush=gr.Brush(default_size=40, colors=["#ff00ff"], color_mode="fixed"),
-                    eraser=gr.Eraser(default_size=40), elem_id="editor",
+                    brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed"), eraser=gr.Eraser(), elem_id="editor",
                 )
                 mask_upload = gr.Image(label="Mask (optional, overrides the painting; white = repaint)",
                                        type="filepath", image_mode=None, sources=("upload", "clipboard"),
@@ -179,7 +178,7 @@ def build_demo(cache: registry.PipelineCache, default_method: str, tiny: bool = 
                 reconstruction = gr.Image(label="MAE reconstruction (what the prior thinks)", type="pil",
                                           format="png", interactive=False)
                 used_seed = gr.Number(label="Seed used", precision=0, interactive=False)
-                used_mask = gr.Image(label="Mask used", type="pil", format="png", interactive=False)
+                used_mask = gr.Image(label="Mask used", type="pil", format="png", interactive=False, elem_id="mask-used")
 
         examples = _examples()
         if examples:
