@@ -157,6 +157,9 @@ def _build(model_class: type, config: Mapping[str, Any], state_dict: Mapping[str
 
 def build_components(folder: Path, condition_weight: float = RELEASE_CONDITION_WEIGHT) -> dict[str, torch.nn.Module]:
     """Read, map and check every release file; returns `mae`, `token_aligner`, `pooled_aligner`, `decoder`."""
+    missing = [name for name in RELEASE_FILES if not (folder / name).is_file()]
+    if missing:
+        raise ValueError(f"Missing release file(s) {missing} in {folder}; the release needs {', '.join(RELEASE_FILES)}.")
     components: dict[str, torch.nn.Module] = {}
 
     mae_sd = tensor_state_dict(load_release_file(folder, MAE_FILE), MAE_FILE, "model")
@@ -174,7 +177,7 @@ def build_components(folder: Path, condition_weight: float = RELEASE_CONDITION_W
         config = aligner_config(aligner_sd, file)
         config.update(num_tokens=num_tokens, null_embedding=null_kind, condition_weight=condition_weight)
         null_shape = (1, num_tokens, config["hidden_dim"]) if null_kind == "tokens" else (1, config["hidden_dim"])
-        null = load_null_embedding(folder, null_file, null_shape)
+        null = load_null_embedding(folder, null_file, null_shape).to(aligner_sd["0.weight"].dtype)
         try:
             converted = convert_aligner_state_dict(aligner_sd, null_embedding=null)
             components[component] = _build(AsukaAligner, config, converted, file)
@@ -265,13 +268,17 @@ Use of these weights follows the terms of the original release. Source: `{source
 """
 
 
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not overwrite:
+        raise ValueError(f"--out {out} already exists and is not empty; choose another folder or pass --overwrite.")
+
+
 def write_components(
     components: Mapping[str, torch.nn.Module], out: Path, card: str, metadata: Mapping[str, Any], overwrite: bool = False
 ) -> Path:
     """Save the components as safetensors folders under `out`, atomically (temp folder + rename)."""
     out = Path(out)
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not overwrite:
-        raise ValueError(f"--out {out} already exists and is not empty; choose another folder or pass --overwrite.")
+    _check_out(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.incomplete-{uuid.uuid4().hex[:8]}"
     try:
@@ -309,6 +316,7 @@ def convert_asuka_flux(
     Returns the output folder. Every problem with the release raises `ValueError` naming the file
     (and key); nothing is left at `out` then.
     """
+    _check_out(Path(out), overwrite)  # before any heavy work
     folder = resolve_release(release, token=token)
     components = build_components(folder, condition_weight=condition_weight)
     hashes = {name: _sha256(folder / name) for name in RELEASE_FILES}

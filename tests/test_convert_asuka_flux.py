@@ -1,0 +1,241 @@
+"""The asuka-flux converter end to end: seeded release-format files -> CLI -> project modules == golden outputs.
+
+The seeded weights are exactly those the golden tensors were computed with (tests/seeded.py). The 4096-wide
+T5 aligner would be ~1B parameters; its file is written with the real key names at width 128 (the converter
+reads the width off the checkpoint), and checked for an exact weight round trip instead of a golden.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from asuka.convert.__main__ import main as convert_cli
+from asuka.convert.release import RELEASE_FILES, write_components
+from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE
+from asuka.pipelines.pipeline_asuka_flux import load_asuka_flux_components
+from asuka.testing.flux import make_tiny_flux_components
+from seeded import FIXTURES, MAE_SINCOS_KEYS, load_checkpoint_keys, seeded_state_dict
+
+DECODER_KEYS = "asuka_decoder.ckpt:state_dict (each key prefixed 'decoder.')"
+NARROW = 128  # stands in for T5's 4096
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual - expected).norm() / expected.norm()).item()
+
+
+def narrow_t5_keys(width: int):
+    """The T5 aligner's real key names, with every 4096-multiple dimension scaled to `width`."""
+    scale = {4096: width, 28672: 7 * width, 20480: 5 * width, 12288: 3 * width}
+    return [(key, [scale.get(dim, dim) for dim in shape]) for key, shape in load_checkpoint_keys("asuka_alignment_t5.pt")]
+
+
+def write_release(folder: Path) -> None:
+    """The six release files in their real formats, with seeded weights."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mae = seeded_state_dict(load_checkpoint_keys("mae_300.pth:model"), sincos_keys=MAE_SINCOS_KEYS)
+    torch.save({"model": mae, "epoch": 300}, folder / "mae_300.pth")
+    torch.save(seeded_state_dict(load_checkpoint_keys("asuka_alignment_clip.pt")), folder / "asuka_alignment_clip.pt")
+    torch.save(seeded_state_dict(narrow_t5_keys(NARROW)), folder / "asuka_alignment_t5.pt")
+    decoder = {"decoder." + k: v for k, v in seeded_state_dict(load_checkpoint_keys(DECODER_KEYS)).items()}
+    decoder.update({  # the training wrapper's other state, to be ignored
+        "encoder.conv_in.weight": torch.randn(128, 3, 3, 3),
+        "quant_conv.weight": torch.randn(32, 32, 1, 1),
+        "loss.logvar": torch.zeros(()),
+    })
+    torch.save({"state_dict": decoder, "global_step": 1000}, folder / "asuka_decoder.ckpt")
+    generator = torch.Generator().manual_seed(7)
+    torch.save(torch.randn(1, 768, generator=generator), folder / "vec.pt")
+    torch.save(torch.randn(1, 256, NARROW, generator=generator), folder / "txt_256.pt")
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("release")
+    write_release(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def converted(release, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("converted") / "asuka-flux"
+    assert convert_cli(["asuka-flux", "--release", str(release), "--out", str(out)]) == 0
+    return out
+
+
+# ------------------------------------------------------------------------------------------ golden
+
+
+def test_output_layout_and_model_card(converted, release):
+    for name in ("mae", "token_aligner", "pooled_aligner", "decoder"):
+        assert (converted / name / "config.json").is_file()
+        assert (converted / name / "diffusion_pytorch_model.safetensors").is_file()
+    card = (converted / "README.md").read_text()
+    assert "base_model: black-forest-labs/FLUX.1-Fill-dev" in card and "AsukaFluxPipeline.from_pretrained" in card
+    metadata = json.loads((converted / "conversion.json").read_text())
+    assert sorted(metadata["release_files_sha256"]) == sorted(RELEASE_FILES)
+    assert not [p for p in converted.parent.iterdir() if p.name.startswith(".")]  # no temp folders left
+
+
+def test_golden_mae(converted):
+    golden = load_file(FIXTURES / "golden_mae.safetensors")
+    mae = AsukaMAE.from_pretrained(converted / "mae")
+    with torch.no_grad():
+        out = mae(golden["image_01"], golden["mask"])
+    assert relative_error(out.prior, golden["prior"]) <= 1e-4
+    expected_pixels = golden["reconstruction"] * IMAGENET_STD + IMAGENET_MEAN  # golden is in normalised space
+    assert relative_error(out.reconstruction, expected_pixels) <= 1e-4
+
+
+def test_golden_pooled_aligner(converted, release):
+    golden = load_file(FIXTURES / "golden_aligner_768.safetensors")
+    aligner = AsukaAligner.from_pretrained(converted / "pooled_aligner")
+    assert aligner.config.null_embedding == "pooled" and aligner.config.condition_weight == 0.5
+    with torch.no_grad():
+        full = aligner(golden["prior"], condition_weight=1.0)
+        default = aligner(golden["prior"])
+    assert relative_error(full.tokens, golden["tokens"]) <= 1e-4
+    assert relative_error(full.pooled, golden["pooled"]) <= 1e-4
+    null = torch.load(release / "vec.pt", weights_only=True)
+    assert relative_error(default.pooled, null + 0.5 * (golden["pooled"] - null)) <= 1e-4
+
+
+def test_token_aligner_weights_and_null_round_trip(converted, release):
+    aligner = AsukaAligner.from_pretrained(converted / "token_aligner")
+    assert aligner.config.hidden_dim == NARROW and aligner.config.null_embedding == "tokens"
+    assert aligner.config.num_tokens == 256
+    release_sd = torch.load(release / "asuka_alignment_t5.pt", weights_only=True)
+    state = aligner.state_dict()
+    assert torch.equal(state["proj_in.weight"], release_sd["0.weight"])
+    assert torch.equal(state["blocks.3.linear2.weight"], release_sd["4.linear2.weight"])
+    assert torch.equal(state["norm_out.bias"], release_sd["5.bias"])
+    assert torch.equal(aligner.null_embed.detach(), torch.load(release / "txt_256.pt", weights_only=True))
+    assert not any("modulation" in key for key in state)  # unused by the forward pass, dropped
+    with torch.no_grad():
+        assert torch.equal(aligner(torch.randn(1, 256, 512), condition_weight=0.0).tokens, aligner.null_embed)
+
+
+def test_golden_decoder(converted):
+    golden = load_file(FIXTURES / "golden_decoder.safetensors")
+    decoder = AsukaDecoder.from_pretrained(converted / "decoder")
+    assert decoder.config.latent_channels == 16 and decoder.post_quant_conv is None
+    with torch.no_grad():
+        out = decoder(golden["z_unscaled"], golden["image"], golden["mask"]).sample
+    assert relative_error(out, golden["out"]) <= 1e-4
+
+
+def test_converted_folder_loads_as_pipeline_components(converted):
+    components = load_asuka_flux_components(converted)
+    assert sorted(components) == ["decoder", "mae", "pooled_aligner", "token_aligner"]
+
+
+# ------------------------------------------------------------------------------------------ errors
+
+
+def release_copy(release: Path, target: Path, skip: str = "") -> Path:
+    """A release folder of symlinks to the seeded files (cheap), without `skip`."""
+    target.mkdir()
+    for name in RELEASE_FILES:
+        if name != skip:
+            os.symlink(release / name, target / name)
+    return target
+
+
+def run_cli_error(release: Path, out: Path, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        convert_cli(["asuka-flux", "--release", str(release), "--out", str(out)])
+    assert exit_info.value.code == 2
+    assert not out.exists()  # nothing that could look like a converted folder
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
+    return capsys.readouterr().err
+
+
+def test_missing_file_is_named(release, tmp_path, capsys):
+    broken = release_copy(release, tmp_path / "release", skip="asuka_decoder.ckpt")
+    assert "asuka_decoder.ckpt" in run_cli_error(broken, tmp_path / "out", capsys)
+
+
+def test_wrong_shape_names_file_and_key(release, tmp_path, capsys):
+    broken = release_copy(release, tmp_path / "release", skip="asuka_alignment_clip.pt")
+    state = torch.load(release / "asuka_alignment_clip.pt", weights_only=True)
+    state["2.linear2.weight"] = state["2.linear2.weight"][:, :100]
+    torch.save(state, broken / "asuka_alignment_clip.pt")
+    error = run_cli_error(broken, tmp_path / "out", capsys)
+    assert "asuka_alignment_clip.pt" in error and "2.linear2.weight" in error
+
+
+def test_wrong_null_embedding_shape_is_named(release, tmp_path, capsys):
+    broken = release_copy(release, tmp_path / "release", skip="vec.pt")
+    torch.save(torch.zeros(1, 4096), broken / "vec.pt")
+    error = run_cli_error(broken, tmp_path / "out", capsys)
+    assert "vec.pt" in error and "(1, 768)" in error
+
+
+def test_unexpected_key_names_file_and_key(release, tmp_path, capsys):
+    broken = release_copy(release, tmp_path / "release", skip="asuka_decoder.ckpt")
+    checkpoint = torch.load(release / "asuka_decoder.ckpt", weights_only=True)
+    checkpoint["state_dict"]["decoder.up.9.block.0.conv1.weight"] = torch.zeros(3, 3, 3, 3)
+    torch.save(checkpoint, broken / "asuka_decoder.ckpt")
+    error = run_cli_error(broken, tmp_path / "out", capsys)
+    assert "asuka_decoder.ckpt" in error and "decoder.up.9.block.0.conv1.weight" in error
+
+
+class SideEffect:
+    """Unpickling this would create a file: the converter must never get that far."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_non_tensor_object_is_refused_without_unpickling(release, tmp_path, capsys):
+    broken = release_copy(release, tmp_path / "release", skip="mae_300.pth")
+    marker = tmp_path / "unpickled"
+    torch.save({"model": {"pos_embed": SideEffect(str(marker))}}, broken / "mae_300.pth")
+    error = run_cli_error(broken, tmp_path / "out", capsys)
+    assert "mae_300.pth" in error and "Refusing" in error
+    assert not marker.exists()
+
+
+def test_plain_non_tensor_value_is_refused(release, tmp_path, capsys):
+    broken = release_copy(release, tmp_path / "release", skip="asuka_alignment_t5.pt")
+    state = torch.load(release / "asuka_alignment_t5.pt", weights_only=True)
+    state["0.bias"] = [0.0] * NARROW
+    torch.save(state, broken / "asuka_alignment_t5.pt")
+    error = run_cli_error(broken, tmp_path / "out", capsys)
+    assert "asuka_alignment_t5.pt" in error and "'0.bias'" in error and "not a tensor" in error
+
+
+def test_existing_output_is_not_overwritten(release, converted, capsys):
+    before = sorted(p.name for p in converted.iterdir())
+    with pytest.raises(SystemExit):
+        convert_cli(["asuka-flux", "--release", str(release), "--out", str(converted)])
+    assert "--overwrite" in capsys.readouterr().err
+    assert sorted(p.name for p in converted.iterdir()) == before
+
+
+def test_half_written_output_never_looks_valid(tmp_path, monkeypatch):
+    """A failure while saving (here: the decoder, after the MAE and aligners) leaves nothing at --out."""
+    components = make_tiny_flux_components()
+    out = tmp_path / "out"
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(AsukaDecoder, "save_pretrained", fail)
+    with pytest.raises(OSError, match="disk full"):
+        write_components(components, out, card="", metadata={})
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+    partial = tmp_path / "partial"  # what an interrupted non-atomic writer would leave
+    components["mae"].save_pretrained(partial / "mae")
+    with pytest.raises(ValueError, match="decoder"):
+        load_asuka_flux_components(partial)
