@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
+from diffusers.utils.accelerate_utils import apply_forward_hook
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 from torch import nn
@@ -217,11 +218,13 @@ class AsukaMAE(ModelMixin, ConfigMixin):
         std = reconstruction.new_tensor(IMAGENET_STD).view(1, -1, 1, 1)
         return prior, reconstruction * std + mean
 
+    @apply_forward_hook  # so `enable_model_cpu_offload` moves the MAE to the accelerator for this non-forward entry
     def prior(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The generation prior `(B, num_patches, decoder_embed_dim)` of `image` (B, 3, H, W) in [0, 1] and
         `mask` (B, 1, H, W), 1 = hole. Any H, W; depends only on pixels outside the hole."""
         return self._run(image, mask, reconstruct=False)[0]
 
+    @apply_forward_hook
     def reconstruct(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The MAE's pixel estimate `(B, 3, image_size, image_size)` in [0, 1] pixel space (not clamped)."""
         return self._run(image, mask, reconstruct=True)[1]
