@@ -1,0 +1,28 @@
+"""The FLUX entries of the method registry, in tiny (offline) mode."""
+
+import numpy as np
+import PIL.Image
+
+from asuka.registry import InpaintRequest, get_method, load_pipeline, run_method
+
+
+def request() -> InpaintRequest:
+    rng = np.random.RandomState(0)
+    image = PIL.Image.fromarray((rng.rand(40, 56, 3) * 255).astype(np.uint8))
+    mask = np.zeros((40, 56), dtype=np.uint8)
+    mask[10:25, 20:40] = 255
+    return InpaintRequest(image=image, mask=PIL.Image.fromarray(mask), steps=2, seed=0)
+
+
+def test_asuka_flux_and_flux_fill_are_registered_and_run_tiny():
+    spec = get_method("asuka-flux")
+    assert spec.uses_condition_weight and spec.uses_guidance and spec.backbone == "flux-fill"
+    assert get_method("flux-fill").default_model == "black-forest-labs/FLUX.1-Fill-dev"
+    req = request()
+    keep = np.asarray(req.mask) == 0
+    for name in ("asuka-flux", "flux-fill"):
+        result = run_method(name, load_pipeline(name, tiny=True), req)
+        assert result.image.size == req.image.size
+        assert np.array_equal(np.asarray(result.image)[keep], np.asarray(req.image)[keep])
+        if name == "asuka-flux":
+            assert result.reconstruction.size == req.image.size
