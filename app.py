@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import io
 import logging
+import os
 import random
 import sys
 import tempfile
@@ -61,14 +62,17 @@ class PhotoEditor(gr.ImageEditor):
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="asuka inpainting demo")
-    parser.add_argument("--method", default="asuka-sd", help="registered method shown first (default asuka-sd)")
-    parser.add_argument("--model", default=None, help="Hub id or local folder of that method's weights")
+    env = os.environ.get  # Spaces cannot pass flags: ASUKA_METHOD / ASUKA_MODEL / ASUKA_TINY set the defaults
+    parser.add_argument("--method", default=env("ASUKA_METHOD", "asuka-sd"),
+                        help="registered method shown first (default asuka-sd)")
+    parser.add_argument("--model", default=env("ASUKA_MODEL"), help="Hub id or local folder of that method's weights")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", default=None, help="float16, bfloat16 or float32 (default: float16 on GPU)")
-    parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a container)")
+    parser.add_argument("--port", type=int, default=None, help="default: $GRADIO_SERVER_PORT or 7860")
+    parser.add_argument("--host", default=None, help="default: $GRADIO_SERVER_NAME or 127.0.0.1")
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
-    parser.add_argument("--tiny", action="store_true", help="random tiny weights, for trying the interface")
+    parser.add_argument("--tiny", action="store_true", default=env("ASUKA_TINY", "") in ("1", "true"),
+                        help="random tiny weights, for trying the interface")
     parser.add_argument("--max-queue", type=int, default=16, help="requests allowed to wait; more are refused")
     return parser.parse_args(argv)
 
