@@ -130,3 +130,17 @@ def test_tiny_banner_and_examples_are_in_the_page(app_url):
     text = json.dumps(config)
     assert "random weights, for trying the interface" in text
     assert "chelsea_mask.png" in text  # the examples table
+
+
+def test_huge_image_and_another_method(client, tmp_path):
+    big = Image.open(ROOT / "examples" / "rocket.jpg").convert("RGB").resize((3000, 2000))
+    big.save(tmp_path / "big.png")
+    hole = np.zeros((2000, 3000), dtype=bool)
+    hole[900:1100, 1400:1700] = True
+    Image.fromarray(hole.astype(np.uint8) * 255).save(tmp_path / "mask.png")
+    photo = np.asarray(big)
+    for method in ("asuka-sd", "sd"):  # the selector's other entry is loaded lazily on first use
+        out = call(client, tmp_path / "big.png", tmp_path / "mask.png", method=method)
+        result = np.asarray(Image.open(out["result"]).convert("RGB"))
+        assert result.shape == photo.shape and np.array_equal(result[~hole], photo[~hole])
+        assert (result[hole] != photo[hole]).any()
