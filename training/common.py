@@ -542,9 +542,10 @@ def write_model_card(folder: str, args: argparse.Namespace, title: str, descript
     from huggingface_hub import ModelCard, ModelCardData
 
     folder_path = Path(folder)
-    image_line = ""
     if sample_image is not None and Path(sample_image).is_file():
         shutil.copyfile(sample_image, folder_path / "sample_grid.png")
+    image_line = ""
+    if (folder_path / "sample_grid.png").is_file():  # this run's grid, or the one of the run it resumed
         image_line = "\n## Samples\n\n![samples](./sample_grid.png)\n"
     card_data = ModelCardData(
         license="apache-2.0", library_name="diffusers", base_model=args.pretrained_model_name_or_path,
@@ -662,6 +663,7 @@ def finish(args: argparse.Namespace, accelerator: "Accelerator", result: Trainin
     """Main process only: `save()` writes the final folder(s), then model card and optional push."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        print(f"process {accelerator.process_index} of {accelerator.num_processes} writes the final folder {args.output_dir}", flush=True)
         result.pipeline_dir = save()
         folder = result.pipeline_dir or args.output_dir
         write_model_card(folder, args, title, description, component, sample_grid)
