@@ -83,7 +83,12 @@ def load_release_file(folder: Path, name: str) -> Any:
     if not path.is_file():
         raise ValueError(f"Missing release file {name!r} in {folder}; the release needs {', '.join(RELEASE_FILES)}.")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        try:  # memory-mapped where the file format allows it: the T5 aligner alone is ~4 GB in float32
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as error:
+            if "mmap" not in str(error):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(
