@@ -8,12 +8,14 @@ import sys
 from typing import Optional, Sequence
 
 from asuka.convert.release import add_asuka_flux_command
+from asuka.convert.strdiffusion import add_strdiffusion_command
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m asuka.convert", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="FORMAT")
     add_asuka_flux_command(subparsers)
+    add_strdiffusion_command(subparsers)
     return parser
 
 

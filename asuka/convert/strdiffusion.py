@@ -10,7 +10,7 @@ errors that name the file and the key.
 import argparse
 import re
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Dict, Union
 
 import torch
 
@@ -125,17 +125,23 @@ def convert_strdiffusion(
     )
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `python -m asuka.convert strdiffusion`."""
+def add_strdiffusion_command(subparsers: argparse._SubParsersAction) -> None:
+    """Register `strdiffusion` on the `python -m asuka.convert` sub-command parser."""
+    parser = subparsers.add_parser(
+        "strdiffusion",
+        help="StrDiffusion (G.pth, Gs.pth, D.pth) -> StrDiffusionPipeline folder",
+        description=__doc__.split("\n\n")[0],
+    )
     parser.add_argument("--texture", required=True, help="texture denoiser checkpoint (pretrain_model_G)")
     parser.add_argument("--structure", required=True, help="structure denoiser checkpoint (pretrain_model_Gs)")
     parser.add_argument("--discriminator", required=True, help="discriminator checkpoint (pretrain_model_D)")
     parser.add_argument("--out", required=True, help="output pipeline folder")
-    parser.add_argument("--num-train-timesteps", type=int, default=100, help="T: 100 (PSV) or 400 (Places2)")
+    parser.add_argument("--num-train-timesteps", type=int, default=100, help="T: 100 (PSV models) or 400 (Places2)")
     parser.add_argument("--push-to-hub", default=None, metavar="REPO", help="also upload the folder to this Hub repo")
+    parser.set_defaults(func=run_strdiffusion_command)
 
 
-def main(args: argparse.Namespace) -> Path:
+def run_strdiffusion_command(args: argparse.Namespace) -> Path:
     """Convert, save with safetensors, optionally push; returns the output folder."""
     pipe = convert_strdiffusion(
         args.texture, args.structure, args.discriminator, num_train_timesteps=args.num_train_timesteps
@@ -144,13 +150,5 @@ def main(args: argparse.Namespace) -> Path:
     pipe.save_pretrained(out, safe_serialization=True)
     if args.push_to_hub:
         pipe.push_to_hub(args.push_to_hub)
-    print(f"wrote {out}")
+    print(f"Wrote {out}" + (f" and uploaded it to {args.push_to_hub}" if args.push_to_hub else ""))
     return out
-
-
-def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
-    """Stand-alone parser (or fill a sub-parser) for the strdiffusion conversion."""
-    parser = parser or argparse.ArgumentParser(description=__doc__)
-    add_arguments(parser)
-    parser.set_defaults(func=main)
-    return parser
