@@ -42,6 +42,7 @@ import torch
 from asuka.convert.asuka_flux import convert_aligner_state_dict, convert_mae_state_dict
 from asuka.convert.ldm_decoder import ASUKA_FLUX_DECODER_CONFIG, convert_decoder_state_dict
 from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE
+from asuka.pipelines.pipeline_asuka_flux import ASUKA_FLUX_COMPONENTS
 
 RELEASE_REPO = "yikaiwang/ASUKA-FLUX.1-Fill"
 BASE_MODEL = "black-forest-labs/FLUX.1-Fill-dev"
@@ -56,8 +57,6 @@ RELEASE_FILES = (MAE_FILE, TOKEN_ALIGNER_FILE, POOLED_ALIGNER_FILE, DECODER_FILE
 
 #: The release's interpolation towards the null embeddings (the authors' `--condition_weight`).
 RELEASE_CONDITION_WEIGHT = 0.5
-
-COMPONENT_FOLDERS = ("mae", "token_aligner", "pooled_aligner", "decoder")
 
 
 # ---------------------------------------------------------------------------------------- reading
@@ -288,7 +287,7 @@ def write_components(
     tmp = out.parent / f".{out.name}.incomplete-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir()
-        for name in COMPONENT_FOLDERS:
+        for name in ASUKA_FLUX_COMPONENTS:
             model = components[name]
             _unshare(model)
             model.save_pretrained(tmp / name, safe_serialization=True)
