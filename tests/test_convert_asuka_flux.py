@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from asuka.convert.__main__ import main as convert_cli
-from asuka.convert.release import RELEASE_FILES, write_components
+from asuka.convert.release import RELEASE_FILES, push_folder, resolve_release, write_components
 from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE
 from asuka.pipelines.pipeline_asuka_flux import load_asuka_flux_components
 from asuka.testing.flux import make_tiny_flux_components
@@ -239,3 +239,42 @@ def test_half_written_output_never_looks_valid(tmp_path, monkeypatch):
     components["mae"].save_pretrained(partial / "mae")
     with pytest.raises(ValueError, match="decoder"):
         load_asuka_flux_components(partial)
+
+
+# ------------------------------------------------------------------------------------------ Hub (faked, no network)
+
+
+def test_release_repo_id_downloads_only_the_release_files(monkeypatch, tmp_path):
+    import huggingface_hub
+
+    calls = []
+
+    def fake_snapshot_download(repo_id, allow_patterns, **kwargs):
+        calls.append((repo_id, sorted(allow_patterns)))
+        return str(tmp_path)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    assert resolve_release("yikaiwang/ASUKA-FLUX.1-Fill") == tmp_path
+    assert calls == [("yikaiwang/ASUKA-FLUX.1-Fill", sorted(RELEASE_FILES))]
+    with pytest.raises(ValueError, match="neither a folder nor a Hub repo"):
+        resolve_release("not a repo id")
+
+
+def test_push_to_hub_creates_the_repo_and_uploads_the_folder(monkeypatch, tmp_path):
+    import huggingface_hub
+
+    calls = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls.append(("init", token))
+
+        def create_repo(self, repo_id, exist_ok, private):
+            calls.append(("create", repo_id, exist_ok, private))
+
+        def upload_folder(self, repo_id, folder_path, commit_message):
+            calls.append(("upload", repo_id, folder_path))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    push_folder(tmp_path, "me/asuka-flux", token="t", private=True)
+    assert calls == [("init", "t"), ("create", "me/asuka-flux", True, True), ("upload", "me/asuka-flux", str(tmp_path))]

@@ -333,12 +333,17 @@ def convert_asuka_flux(
     }
     out = write_components(components, Path(out), model_card(str(release), hashes, condition_weight), metadata, overwrite)
     if push_to_hub:
-        from huggingface_hub import HfApi
-
-        api = HfApi(token=token)
-        api.create_repo(push_to_hub, exist_ok=True, private=private)
-        api.upload_folder(repo_id=push_to_hub, folder_path=str(out), commit_message="Add converted ASUKA-FLUX components")
+        push_folder(out, push_to_hub, token=token, private=private)
     return out
+
+
+def push_folder(folder: Path, repo_id: str, token: str | None = None, private: bool = False) -> None:
+    """Create `repo_id` (a model repo) if needed and upload the converted folder to it."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, exist_ok=True, private=private)
+    api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="Add converted ASUKA-FLUX components")
 
 
 # ---------------------------------------------------------------------------------------- CLI
