@@ -53,7 +53,7 @@ def test_equals_diffusers_flux_fill_with_explicit_embeddings():
     assert np.abs(actual - expected).max() <= 1e-5
 
 
-@pytest.mark.parametrize("size", [(64, 64), (37, 53), (23, 120)])
+@pytest.mark.parametrize("size", [(64, 64), (37, 53), (23, 120), (77, 1000)])
 def test_any_size_output_at_input_size_and_unmasked_pixels_exact(pipe, size):
     height, width = size
     image, mask = make_image(height, width), make_mask(height, width)
@@ -156,6 +156,12 @@ def test_output_types_and_num_images(pipe):
     assert np.array_equal(np.asarray(pil[1]), (array[1] * 255).round().astype(np.uint8))
     assert latents.shape == (2, (32 // 16) * (48 // 16), 16 * 4)  # packed, as FluxFillPipeline returns them
     assert isinstance(pipe(**kwargs, return_dict=False), tuple)
+
+
+def test_full_mask_gives_a_valid_image(pipe):
+    out = pipe(image=make_image(40, 24), mask_image=PIL.Image.new("L", (24, 40), 255), num_inference_steps=STEPS,
+               generator=generator(), output_type="np").images
+    assert out.shape == (1, 40, 24, 3) and np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
 
 
 def test_empty_mask_returns_input(pipe):
