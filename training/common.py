@@ -26,13 +26,16 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from PIL import Image
 
 from asuka.masks import IMAGE_EXTENSIONS, MaskGenerator
+
+if TYPE_CHECKING:  # accelerate is imported lazily, when a script starts
+    from accelerate import Accelerator
 
 logger = logging.getLogger("asuka.training")
 
@@ -131,7 +134,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = 
 
 
 # --------------------------------------------------------------------------- accelerator
-def setup_accelerator(args: argparse.Namespace) -> "Accelerator":  # noqa: F821
+def setup_accelerator(args: argparse.Namespace) -> "Accelerator":
     """Accelerator + ProjectConfiguration, logging, seeding and the output folder."""
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
@@ -154,12 +157,34 @@ def setup_accelerator(args: argparse.Namespace) -> "Accelerator":  # noqa: F821
     return accelerator
 
 
-def weight_dtype_for(accelerator: "Accelerator") -> torch.dtype:  # noqa: F821
+def weight_dtype_for(accelerator: "Accelerator") -> torch.dtype:
     """dtype for frozen models under the current mixed-precision mode."""
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
 
 
-def register_diffusers_hooks(accelerator: "Accelerator", trainables: Dict[str, torch.nn.Module]) -> None:  # noqa: F821
+def collective_save(accelerator: "Accelerator") -> bool:
+    """Whether saving needs every rank (sharded weights or optimizer state)."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+
+
+def save_diffusers_model(accelerator: "Accelerator", model: torch.nn.Module, directory: str) -> None:
+    """`save_pretrained` of a prepared model. Under FSDP call it on all ranks: the full state dict is gathered."""
+    from accelerate.utils import DistributedType
+
+    unwrapped = accelerator.unwrap_model(model)
+    if accelerator.distributed_type == DistributedType.FSDP:
+        state = accelerator.get_state_dict(model)  # collective; complete only on the main process
+        if accelerator.is_main_process:
+            copy = type(unwrapped).from_config(unwrapped.config)
+            copy.load_state_dict(state)
+            copy.save_pretrained(directory)
+    elif accelerator.is_main_process:
+        unwrapped.save_pretrained(directory)
+
+
+def register_diffusers_hooks(accelerator: "Accelerator", trainables: Dict[str, torch.nn.Module]) -> None:
     """Make `save_state`/`load_state` store each trained model as `<checkpoint>/<name>/` via save_pretrained.
 
     `trainables` maps a subfolder name to the (unwrapped) model; models are matched by identity so
@@ -174,11 +199,10 @@ def register_diffusers_hooks(accelerator: "Accelerator", trainables: Dict[str, t
         raise ValueError(f"register_diffusers_hooks: unexpected model {type(unwrapped).__name__}; known: {list(trainables)}.")
 
     def save_model_hook(models: List[torch.nn.Module], weights: List[Any], output_dir: str) -> None:
-        if accelerator.is_main_process:
-            for model in models:
-                accelerator.unwrap_model(model).save_pretrained(os.path.join(output_dir, _name_of(model)))
-                if weights:  # pop so accelerate does not save a second, non-diffusers copy
-                    weights.pop()
+        for model in models:
+            save_diffusers_model(accelerator, model, os.path.join(output_dir, _name_of(model)))
+            if weights:  # pop so accelerate does not save a second, non-diffusers copy
+                weights.pop()
 
     def load_model_hook(models: List[torch.nn.Module], input_dir: str) -> None:
         while models:
@@ -193,7 +217,7 @@ def register_diffusers_hooks(accelerator: "Accelerator", trainables: Dict[str, t
     accelerator.register_load_state_pre_hook(load_model_hook)
 
 
-def make_optimizer(args: argparse.Namespace, params: Any, accelerator: "Accelerator") -> torch.optim.Optimizer:  # noqa: F821
+def make_optimizer(args: argparse.Namespace, params: Any, accelerator: "Accelerator") -> torch.optim.Optimizer:
     """AdamW from the --adam_* flags (learning rate optionally scaled like the diffusers examples)."""
     if args.scale_lr:
         args.learning_rate *= args.gradient_accumulation_steps * args.train_batch_size * accelerator.num_processes
@@ -203,7 +227,7 @@ def make_optimizer(args: argparse.Namespace, params: Any, accelerator: "Accelera
     )
 
 
-def make_lr_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer, accelerator: "Accelerator") -> Any:  # noqa: F821
+def make_lr_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer, accelerator: "Accelerator") -> Any:
     """diffusers' `get_scheduler`, with step counts in per-process optimizer steps like the examples."""
     from diffusers.optimization import get_scheduler
 
@@ -224,17 +248,15 @@ def list_checkpoints(output_dir: str) -> List[Path]:
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
 
-def save_checkpoint(args: argparse.Namespace, accelerator: "Accelerator", global_step: int) -> Optional[Path]:  # noqa: F821
+def save_checkpoint(args: argparse.Namespace, accelerator: "Accelerator", global_step: int) -> Optional[Path]:
     """Rotate old checkpoints, then `save_state` to `checkpoint-<global_step>`.
 
     The state is written to a temporary folder and renamed at the end, so a run killed while
     saving never leaves a half-written checkpoint-N for `--resume_from_checkpoint latest`.
     """
-    from accelerate.utils import DistributedType
-
     final = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{global_step}"
     partial = Path(args.output_dir) / f".partial-{CHECKPOINT_PREFIX}{global_step}"
-    all_ranks_save = accelerator.distributed_type == DistributedType.DEEPSPEED
+    all_ranks_save = collective_save(accelerator)
     if accelerator.is_main_process:
         existing = list_checkpoints(args.output_dir)
         if args.checkpoints_total_limit is not None and len(existing) >= args.checkpoints_total_limit:
@@ -271,7 +293,7 @@ def resolve_resume_path(args: argparse.Namespace) -> Optional[Path]:
     return path
 
 
-def resume_if_requested(args: argparse.Namespace, accelerator: "Accelerator") -> int:  # noqa: F821
+def resume_if_requested(args: argparse.Namespace, accelerator: "Accelerator") -> int:
     """Load the requested checkpoint; returns the global step to continue from (0 = fresh start)."""
     path = resolve_resume_path(args)
     if path is None:
@@ -400,7 +422,7 @@ class StreamingImageDataset(torch.utils.data.IterableDataset):
             yield sample
 
 
-def build_dataset(args: argparse.Namespace, accelerator: "Accelerator", mae_mode: bool = False,  # noqa: F821
+def build_dataset(args: argparse.Namespace, accelerator: "Accelerator", mae_mode: bool = False,
                   patch_size: int = 16, mae_min_patch_ratio: float = 0.75) -> torch.utils.data.Dataset:
     """Dataset from --train_data_dir or --dataset_name/--streaming, with paper masks at --resolution."""
     masks = MaskGenerator(
@@ -483,7 +505,7 @@ def resolve_train_steps(args: argparse.Namespace, dataloader: torch.utils.data.D
     return args.max_train_steps, per_epoch
 
 
-def training_batches(args: argparse.Namespace, accelerator: "Accelerator", dataloader: Any,  # noqa: F821
+def training_batches(args: argparse.Namespace, accelerator: "Accelerator", dataloader: Any,
                      start_step: int, steps_per_epoch: int) -> Iterator[Dict[str, torch.Tensor]]:
     """Endless batch stream that resumes mid-epoch (skipping consumed batches of map-style data)."""
     epoch = start_step // steps_per_epoch
@@ -507,7 +529,7 @@ def to_pil(images: torch.Tensor) -> List[Image.Image]:
     return [Image.fromarray(a) for a in array]
 
 
-def log_validation(accelerator: "Accelerator", args: argparse.Namespace, rows: List[List[Image.Image]],  # noqa: F821
+def log_validation(accelerator: "Accelerator", args: argparse.Namespace, rows: List[List[Image.Image]],
                    global_step: int, name: str = "validation") -> Optional[Path]:
     """Save a grid (one row per sample) under output_dir/validation/ and send it to the trackers."""
     from diffusers.utils import make_image_grid
@@ -580,7 +602,7 @@ def push_folder_to_hub(args: argparse.Namespace, folder: str) -> str:
     return repo_id
 
 
-def optimizer_step(accelerator: "Accelerator", loss: torch.Tensor, params: Sequence[torch.nn.Parameter],  # noqa: F821
+def optimizer_step(accelerator: "Accelerator", loss: torch.Tensor, params: Sequence[torch.nn.Parameter],
                    optimizer: torch.optim.Optimizer, lr_scheduler: Any, max_grad_norm: float) -> None:
     """backward, clip on sync steps, step the optimizer and its schedule, clear gradients."""
     accelerator.backward(loss)
@@ -593,7 +615,7 @@ def optimizer_step(accelerator: "Accelerator", loss: torch.Tensor, params: Seque
 
 def run_training(
     args: argparse.Namespace,
-    accelerator: "Accelerator",  # noqa: F821
+    accelerator: "Accelerator",
     *,
     models: Sequence[torch.nn.Module],
     dataloader: Any,
@@ -658,13 +680,20 @@ def load_component(cls: Any, path: str, subfolder: str, revision: Optional[str] 
     return cls.from_pretrained(path, subfolder=subfolder, revision=revision)
 
 
-def finish(args: argparse.Namespace, accelerator: "Accelerator", result: TrainingResult, save: Callable[[], Optional[str]],  # noqa: F821
+def finish(args: argparse.Namespace, accelerator: "Accelerator", result: TrainingResult,
+           components: Dict[str, torch.nn.Module], write_pipeline: Optional[Callable[[], str]],
            title: str, description: str, component: str, sample_grid: Optional[Path]) -> TrainingResult:
-    """Main process only: `save()` writes the final folder(s), then model card and optional push."""
+    """Write the final folder (main process only), its model card, an optional pipeline folder, and push.
+
+    `components` maps a subfolder of --output_dir ("" = the folder itself) to a trained, prepared model.
+    `write_pipeline()` (main process, after the components are saved) returns the pipeline folder it wrote.
+    """
     accelerator.wait_for_everyone()
+    for subfolder, model in components.items():
+        save_diffusers_model(accelerator, model, str(Path(args.output_dir) / subfolder))
     if accelerator.is_main_process:
         print(f"process {accelerator.process_index} of {accelerator.num_processes} writes the final folder {args.output_dir}", flush=True)
-        result.pipeline_dir = save()
+        result.pipeline_dir = write_pipeline() if write_pipeline is not None else None
         folder = result.pipeline_dir or args.output_dir
         write_model_card(folder, args, title, description, component, sample_grid)
         if folder != args.output_dir:

@@ -261,15 +261,10 @@ def main(argv: Optional[Sequence[str]] = None) -> TrainingResult:
     result, grid = run_training(args, accelerator, models=[decoder_model], dataloader=dataloader, steps_per_epoch=steps_per_epoch,
                                 initial_global_step=initial_step, train_step=train_step, validate=validate)
 
-    def save() -> Optional[str]:
-        trained = accelerator.unwrap_model(decoder_model)
-        trained.save_pretrained(args.output_dir)
-        if discriminator is not None:
-            accelerator.unwrap_model(discriminator).save_pretrained(str(Path(args.output_dir) / "discriminator"))
-        if not args.save_pipeline:
-            return None
+    def write_pipeline() -> str:
         from asuka import AsukaPipeline
 
+        trained = AsukaDecoder.from_pretrained(args.output_dir)
         pipe = AsukaPipeline(vae=vae, unet=unet, scheduler=load_scheduler(path, revision=args.revision), mae=mae, aligner=aligner, decoder=trained)
         if weight_dtype != torch.float32:
             pipe.to(torch.float32)
@@ -277,7 +272,8 @@ def main(argv: Optional[Sequence[str]] = None) -> TrainingResult:
         pipe.save_pretrained(pipeline_dir)
         return pipeline_dir
 
-    return finish(args, accelerator, result, save, title="ASUKA decoder",
+    components = {"": decoder_model, **({"discriminator": discriminator} if discriminator is not None else {})}
+    return finish(args, accelerator, result, components, write_pipeline if args.save_pipeline else None, title="ASUKA decoder",
                   description="A mask-conditioned ASUKA decoder (`asuka.models.AsukaDecoder`) trained from the base VAE decoder.",
                   component="asuka-decoder", sample_grid=grid)
 

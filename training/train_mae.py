@@ -114,11 +114,7 @@ def main(argv: Optional[Sequence[str]] = None) -> TrainingResult:
     result, grid = run_training(args, accelerator, models=[mae_model], dataloader=dataloader, steps_per_epoch=steps_per_epoch,
                                 initial_global_step=initial_step, train_step=train_step, validate=validate)
 
-    def save() -> Optional[str]:
-        accelerator.unwrap_model(mae_model).save_pretrained(args.output_dir)
-        return None
-
-    return finish(args, accelerator, result, save, title="ASUKA inpainting MAE",
+    return finish(args, accelerator, result, {"": mae_model}, None, title="ASUKA inpainting MAE",
                   description="An inpainting MAE fine-tuned with the ASUKA mask mixture (`asuka.models.AsukaMAE`).",
                   component="asuka-mae", sample_grid=grid)
 
