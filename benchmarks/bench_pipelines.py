@@ -1,0 +1,583 @@
+"""ASUKA's overhead against the plain diffusers inpainting pipelines it is built on.
+
+What it measures (see benchmarks/README.md for figures and benchmarks/NOTES.md for the analysis):
+
+* inference: `AsukaPipeline` vs diffusers' `StableDiffusionInpaintPipeline` on the SAME module objects (UNet, VAE,
+  scheduler config), same size, steps, seed and guidance (none, ASUKA's default). The baseline gets CLIP-shaped
+  `prompt_embeds` (1, 77, 768) instead of a text encoder. Runs alternate A B A B ... after one warm-up each;
+  medians and their ratio are reported, with a per-stage breakdown (MAE prior, aligner, VAE encode, UNet
+  denoising, decode).
+* peak memory: one subprocess per configuration, each building only what it needs: peak RSS on CPU (the kernel's
+  high-water mark `VmHWM`, reset after the weights are built), `torch.cuda.max_memory_allocated` on GPU. The
+  baseline is measured twice: bare (UNet + VAE) and as users load it (with the CLIP text encoder).
+* training: one aligner training step (frozen MAE prior -> aligner -> frozen UNet eps-MSE, backward and AdamW on
+  the aligner) vs a bare frozen-UNet step whose only learnable input is a text-conditioning-sized embedding
+  (1, 77, 768) (backward through the same UNet, AdamW on the embedding), on the same cached latents batch.
+* optional: ASUKA-FLUX vs `FluxFillPipeline` with a depth-reduced FLUX transformer of the real widths (`--flux`).
+
+Models are full-size architectures with random weights, built from the public configs written below (no
+download). `--tiny` swaps in the tiny test components (used by tests/test_benchmarks.py so the code cannot rot).
+
+    python benchmarks/bench_pipelines.py                          # CPU: 256x256, 2 steps
+    python benchmarks/bench_pipelines.py --device cuda --dtype bf16 --size 512 --steps 50 --flux
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from diffusers import (
+    AutoencoderKL,
+    FlowMatchEulerDiscreteScheduler,
+    FluxFillPipeline,
+    FluxTransformer2DModel,
+    PNDMScheduler,
+    StableDiffusionInpaintPipeline,
+    UNet2DConditionModel,
+)
+
+from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE
+from asuka.pipelines import AsukaPipeline
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+TEXT_TOKENS = 77  # CLIP's sequence length: the baseline's prompt_embeds (B, 77, cross_attention_dim)
+FLUX_TEXT_TOKENS = 512  # FluxFillPipeline's default T5 max_sequence_length
+
+
+# ---------------------------------------------------------------------------------------------
+# Components: full-size public architectures with random weights, or the tiny test ones.
+# ---------------------------------------------------------------------------------------------
+
+
+def sd15_inpainting_unet() -> UNet2DConditionModel:
+    """The UNet of runwayml/stable-diffusion-inpainting (9 input channels), from its public config."""
+    return UNet2DConditionModel(
+        sample_size=64,
+        in_channels=9,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=768,
+        attention_head_dim=8,
+        norm_num_groups=32,
+        norm_eps=1e-5,
+        act_fn="silu",
+        downsample_padding=1,
+        flip_sin_to_cos=True,
+        freq_shift=0,
+        mid_block_scale_factor=1,
+    )
+
+
+def sd15_vae() -> AutoencoderKL:
+    """SD-1.x's KL VAE (f=8, 4 latent channels), from its public config."""
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=512,
+        scaling_factor=0.18215,
+    )
+
+
+def sd15_scheduler() -> PNDMScheduler:
+    """The scheduler config shipped with SD-1.5-inpainting."""
+    return PNDMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+        skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False,
+    )
+
+
+def sd_text_encoder() -> torch.nn.Module:
+    """SD-1.x's CLIP ViT-L/14 text encoder (what the baseline normally holds), from its public config."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(
+        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+        max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
+    )
+    return CLIPTextModel(config).eval()
+
+
+def build_sd_components(tiny: bool, parts: str = "asuka", seed: int = 0) -> Dict[str, torch.nn.Module]:
+    """`parts="asuka"`: vae, unet, scheduler, mae, aligner, decoder; `"backbone"`: only vae, unet, scheduler."""
+    if tiny:
+        from asuka.testing.sd import make_tiny_sd_components
+
+        components = make_tiny_sd_components(seed)
+    else:
+        torch.manual_seed(seed)
+        components = {"scheduler": sd15_scheduler(), "vae": sd15_vae(), "unet": sd15_inpainting_unet()}
+        if parts == "asuka":
+            # ViT-B/16 MAE with a 512-wide 8-block decoder, a 768-wide 4-block aligner: the defaults.
+            components.update(mae=AsukaMAE(), aligner=AsukaAligner(), decoder=AsukaDecoder.from_vae(components["vae"]))
+    if parts == "backbone":
+        components = {k: components[k] for k in ("scheduler", "vae", "unet")}
+    for name, module in components.items():
+        if name != "scheduler":
+            module.eval().requires_grad_(False)
+    return components
+
+
+def to_device(components: Dict, device: str, dtype: torch.dtype) -> Dict:
+    for name, module in components.items():
+        if isinstance(module, torch.nn.Module):
+            module.to(device=device)
+            if next(module.parameters()).dtype != dtype:  # diffusers warns on every dtype cast, so only when needed
+                module.to(dtype=dtype)
+    return components
+
+
+def sd_pipelines(components: Dict) -> Tuple[AsukaPipeline, StableDiffusionInpaintPipeline]:
+    """ASUKA and the diffusers baseline on the same module objects (each with its own scheduler instance)."""
+    scheduler = components["scheduler"]
+    asuka = AsukaPipeline(
+        vae=components["vae"], unet=components["unet"], scheduler=scheduler.__class__.from_config(scheduler.config),
+        mae=components["mae"], aligner=components["aligner"], decoder=components["decoder"],
+    )
+    base = StableDiffusionInpaintPipeline(
+        vae=components["vae"], text_encoder=None, tokenizer=None, unet=components["unet"],
+        scheduler=scheduler.__class__.from_config(scheduler.config), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    for pipe in (asuka, base):
+        pipe.set_progress_bar_config(disable=True)
+    return asuka, base
+
+
+def test_inputs(size: int) -> Tuple[PIL.Image.Image, PIL.Image.Image]:
+    """A deterministic textured RGB image and a centred rectangular hole (a quarter of the area)."""
+    rng = np.random.RandomState(0)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    image = np.stack([np.sin(6 * xx), np.cos(5 * yy), xx * yy], -1) * 0.4 + 0.5 + 0.05 * rng.rand(size, size, 3)
+    mask = np.zeros((size, size), np.uint8)
+    mask[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 255
+    return PIL.Image.fromarray((image.clip(0, 1) * 255).astype(np.uint8)), PIL.Image.fromarray(mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+@contextlib.contextmanager
+def stage_timer(stages: Dict[str, Tuple[object, str]], device: str) -> Iterator[Dict[str, float]]:
+    """Wrap `obj.method` for each stage (instance attributes, removed afterwards) and sum their seconds."""
+    totals = {name: 0.0 for name in stages}
+
+    def timed(name: str, method: Callable) -> Callable:
+        def wrapper(*args, **kwargs):
+            synchronize(device)
+            start = time.perf_counter()
+            result = method(*args, **kwargs)
+            synchronize(device)
+            totals[name] += time.perf_counter() - start
+            return result
+
+        return wrapper
+
+    previous = [(obj, method_name, obj.__dict__.get(method_name)) for obj, method_name in stages.values()]
+    for name, (obj, method_name) in stages.items():
+        setattr(obj, method_name, timed(name, getattr(obj, method_name)))
+    try:
+        yield totals
+    finally:
+        for obj, method_name, value in previous:  # restore, keeping instance-level overrides (torch.compile)
+            if value is None:
+                delattr(obj, method_name)
+            else:
+                setattr(obj, method_name, value)
+
+
+def timed_call(fn: Callable[[], object], stages: Dict[str, Tuple[object, str]], device: str) -> Dict[str, float]:
+    """One run of `fn`: {"total": s, <stage>: s, ..., "other": s}."""
+    with stage_timer(stages, device) as totals:
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        total = time.perf_counter() - start
+    return {"total": total, **totals, "other": total - sum(totals.values())}
+
+
+def alternate(
+    runs: Dict[str, Tuple[Callable[[], object], Dict]], repeats: int, device: str, warmup: int = 1
+) -> Dict[str, Dict[str, float]]:
+    """Warm each up, then run them in turn A B A B ...; returns the median of every timing per run name."""
+    for _ in range(warmup):
+        for fn, _stages in runs.values():
+            fn()
+    samples: Dict[str, List[Dict[str, float]]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, (fn, stages) in runs.items():
+            samples[name].append(timed_call(fn, stages, device))
+    return {name: {k: statistics.median(s[k] for s in runs_) for k in runs_[0]} for name, runs_ in samples.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference: ASUKA-SD vs StableDiffusionInpaintPipeline
+# ---------------------------------------------------------------------------------------------
+
+
+def sd_inference_runs(components: Dict, size: int, steps: int, device: str, dtype: torch.dtype) -> Dict:
+    """The two calls to compare (closures) with their stage maps."""
+    asuka, base = sd_pipelines(components)
+    image, mask = test_inputs(size)
+    unet, vae = components["unet"], components["vae"]
+    text_embeds = torch.randn(
+        1, TEXT_TOKENS, unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(1)
+    ).to(device, dtype)
+
+    def run_asuka():
+        return asuka(image, mask, num_inference_steps=steps, generator=torch.Generator().manual_seed(0), output_type="np")
+
+    def run_base():
+        return base(
+            prompt_embeds=text_embeds, image=image, mask_image=mask, height=size, width=size,
+            num_inference_steps=steps, guidance_scale=1.0, generator=torch.Generator().manual_seed(0), output_type="np",
+        )
+
+    asuka_stages = {
+        "mae": (components["mae"], "prior"),
+        "aligner": (components["aligner"], "forward"),
+        "vae_encode": (vae, "encode"),
+        "denoise": (unet, "forward"),
+        "decode": (components["decoder"], "forward"),
+    }
+    base_stages = {"vae_encode": (vae, "encode"), "denoise": (unet, "forward"), "decode": (vae, "decode")}
+    return {"asuka": (run_asuka, asuka_stages), "sd": (run_base, base_stages)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Peak memory, one subprocess per configuration
+# ---------------------------------------------------------------------------------------------
+
+
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def memory_child(config: str, args: argparse.Namespace) -> Dict[str, float]:
+    """Build only what `config` needs, run it once, return the weights' and the run's peak memory in MiB.
+
+    CPU: the kernel's RSS high-water mark (VmHWM), reset just before the run through /proc/self/clear_refs, so it
+    catches the true peak (no sampling). CUDA: max_memory_allocated after reset_peak_memory_stats.
+    """
+    device, dtype = args.device, DTYPES[args.dtype]
+    components = to_device(build_sd_components(args.tiny, "backbone" if config != "asuka" else "asuka"), device, dtype)
+    image, mask = test_inputs(args.size)
+    text_encoder = to_device({"t": sd_text_encoder()}, device, dtype)["t"] if config == "sd+text" and not args.tiny else None
+    if config == "asuka":
+        pipe = sd_pipelines(components)[0]
+        call = lambda: pipe(image, mask, num_inference_steps=args.steps, generator=torch.Generator().manual_seed(0), output_type="np")  # noqa: E731
+    else:
+        pipe = StableDiffusionInpaintPipeline(
+            vae=components["vae"], text_encoder=None, tokenizer=None, unet=components["unet"],
+            scheduler=components["scheduler"], safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        width = components["unet"].config.cross_attention_dim
+
+        def call():
+            if text_encoder is not None:  # encode a fixed token sequence, as the prompt would be
+                ids = torch.arange(TEXT_TOKENS, device=device)[None] % 49408
+                with torch.no_grad():
+                    embeds = text_encoder(ids)[0]
+            else:
+                embeds = torch.randn(1, TEXT_TOKENS, width).to(device, dtype)
+            return pipe(
+                prompt_embeds=embeds, image=image, mask_image=mask, height=args.size, width=args.size,
+                num_inference_steps=args.steps, guidance_scale=1.0, generator=torch.Generator().manual_seed(0),
+                output_type="np",
+            )
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        loaded = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        call()
+        peak = torch.cuda.max_memory_allocated()
+        return {"loaded_mib": loaded / 2**20, "peak_mib": peak / 2**20}
+    loaded = _rss_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    call()
+    return {"loaded_mib": loaded / 1024, "peak_mib": _rss_kib("VmHWM") / 1024}
+
+
+def measure_memory(config: str, args: argparse.Namespace) -> Dict[str, float]:
+    """Run `memory_child(config)` in a fresh interpreter, so weights and allocator state of other configs don't count."""
+    command = [sys.executable, os.path.abspath(__file__), "--memory-child", config, "--device", args.device,
+               "--dtype", args.dtype, "--size", str(args.size), "--steps", "1"]  # activations peak within one step
+    if args.tiny:
+        command.append("--tiny")
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"memory measurement of {config!r} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Training step: aligner step vs a bare frozen-UNet step
+# ---------------------------------------------------------------------------------------------
+
+
+def training_runs(components: Dict, size: int, batch_size: int, device: str, dtype: torch.dtype) -> Dict:
+    """Two training steps on the same cached-latents batch; both backpropagate through the same frozen UNet.
+
+    asuka: no-grad MAE prior -> aligner (trainable) -> UNet eps-MSE -> backward -> AdamW on the aligner.
+    bare:  a learnable (B, 77, 768) text-conditioning embedding -> UNet eps-MSE -> backward -> AdamW on it.
+    So the ratio is ASUKA's own overhead: the MAE prior, the aligner's forward/backward/update, and 256 instead
+    of 77 cross-attention tokens.
+    """
+    unet, vae, mae, aligner, scheduler = (components[k] for k in ("unet", "vae", "mae", "aligner", "scheduler"))
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(batch_size, 3, size, size, generator=generator).to(device, dtype)
+    hole = torch.zeros(batch_size, 1, size, size, device=device, dtype=dtype)
+    hole[..., size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 1
+    scale = vae.config.scaling_factor
+    with torch.no_grad():  # cached latents, identical for both steps
+        latents = vae.encode(image * 2 - 1).latent_dist.mean * scale
+        masked_latents = vae.encode((image * 2 - 1) * (1 - hole)).latent_dist.mean * scale
+    mask_latents = F.interpolate(hole, size=latents.shape[-2:])
+    noise = torch.randn(latents.shape, generator=generator).to(device, dtype)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=generator).to(device)
+    model_input = torch.cat([scheduler.add_noise(latents, noise, timesteps), mask_latents, masked_latents], dim=1)
+
+    aligner.train().requires_grad_(True)
+    aligner_optimizer = torch.optim.AdamW(aligner.parameters(), lr=1e-5)
+    embedding = torch.nn.Parameter(torch.randn(batch_size, TEXT_TOKENS, unet.config.cross_attention_dim, device=device, dtype=dtype))
+    embedding_optimizer = torch.optim.AdamW([embedding], lr=1e-5)
+
+    def step(condition: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer) -> None:
+        eps = unet(model_input, timesteps, encoder_hidden_states=condition(), return_dict=False)[0]
+        F.mse_loss(eps.float(), noise.float()).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def asuka_condition() -> torch.Tensor:
+        with torch.no_grad():
+            prior = mae.prior(image, hole)
+        return aligner(prior).tokens
+
+    runs = {
+        "asuka": (lambda: step(asuka_condition, aligner_optimizer), {"mae": (mae, "prior"), "aligner_fwd": (aligner, "forward")}),
+        "bare": (lambda: step(lambda: embedding, embedding_optimizer), {}),
+    }
+    return runs
+
+
+# ---------------------------------------------------------------------------------------------
+# ASUKA-FLUX vs FluxFillPipeline (depth-reduced transformer, real widths)
+# ---------------------------------------------------------------------------------------------
+
+
+def build_flux_components(tiny: bool, num_layers: int, num_single_layers: int, seed: int = 0) -> Dict:
+    """FLUX.1-Fill's VAE and a FluxTransformer2DModel with its real widths (3072 wide, 24 heads of 128, 384 input
+    channels, T5 4096 / CLIP 768 conditioning) but only `num_layers` double and `num_single_layers` single blocks
+    (the real model has 19 and 38); the MAE and aligners (4096- and 768-wide, 4 blocks each) of ASUKA-FLUX."""
+    if tiny:
+        from asuka.testing.flux import make_tiny_flux_components
+
+        components = make_tiny_flux_components(seed)
+    else:
+        from asuka.testing.flux import FLUX_SCHEDULER_CONFIG
+
+        torch.manual_seed(seed)
+        vae = AutoencoderKL(
+            in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+            latent_channels=16, norm_num_groups=32, sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159,
+            use_quant_conv=False, use_post_quant_conv=False,
+        )
+        transformer = FluxTransformer2DModel(
+            patch_size=1, in_channels=384, out_channels=64, num_layers=num_layers, num_single_layers=num_single_layers,
+            attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
+            guidance_embeds=True, axes_dims_rope=(16, 56, 56),
+        )
+        mae = AsukaMAE()
+        components = dict(
+            vae=vae, transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER_CONFIG), mae=mae,
+            token_aligner=AsukaAligner(hidden_dim=4096, num_blocks=4, head_dim=128, num_tokens=mae.num_patches,
+                                       null_embedding="tokens", condition_weight=0.5),
+            pooled_aligner=AsukaAligner(hidden_dim=768, num_blocks=4, num_tokens=mae.num_patches,
+                                        null_embedding="pooled", condition_weight=0.5),
+            decoder=AsukaDecoder.from_vae(vae),
+        )
+    for name, module in components.items():
+        if name != "scheduler":
+            module.eval().requires_grad_(False)
+    return components
+
+
+def flux_inference_runs(components: Dict, size: int, steps: int, device: str, dtype: torch.dtype) -> Dict:
+    from asuka.pipelines.pipeline_asuka_flux import AsukaFluxPipeline
+
+    scheduler = components["scheduler"]
+    asuka = AsukaFluxPipeline(**{**components, "scheduler": scheduler.__class__.from_config(scheduler.config)})
+    base = FluxFillPipeline(
+        scheduler=scheduler.__class__.from_config(scheduler.config), vae=components["vae"], text_encoder=None,
+        tokenizer=None, text_encoder_2=None, tokenizer_2=None, transformer=components["transformer"],
+    )
+    for pipe in (asuka, base):
+        pipe.set_progress_bar_config(disable=True)
+    image, mask = test_inputs(size)
+    transformer = components["transformer"]
+    tokens = FLUX_TEXT_TOKENS if transformer.config.joint_attention_dim == 4096 else components["token_aligner"].config.num_tokens
+    g = torch.Generator().manual_seed(1)
+    prompt_embeds = torch.randn(1, tokens, transformer.config.joint_attention_dim, generator=g).to(device, dtype)
+    pooled = torch.randn(1, transformer.config.pooled_projection_dim, generator=g).to(device, dtype)
+
+    def run_asuka():
+        return asuka(image, mask, num_inference_steps=steps, working_resolution=size,
+                     generator=torch.Generator().manual_seed(0), output_type="np")
+
+    def run_base():
+        return base(
+            image=image, mask_image=mask, prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled, height=size,
+            width=size, num_inference_steps=steps, generator=torch.Generator().manual_seed(0), output_type="np",
+        )
+
+    vae = components["vae"]
+    asuka_stages = {
+        "mae": (components["mae"], "prior"),
+        "aligner": (components["token_aligner"], "forward"),
+        "pooled_aligner": (components["pooled_aligner"], "forward"),
+        "vae_encode": (vae, "encode"),
+        "denoise": (transformer, "forward"),
+        "decode": (components["decoder"], "forward"),
+    }
+    base_stages = {"vae_encode": (vae, "encode"), "denoise": (transformer, "forward"), "decode": (vae, "decode")}
+    return {"asuka-flux": (run_asuka, asuka_stages), "flux-fill": (run_base, base_stages)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+
+
+def compile_components(components: Dict) -> None:
+    """Opt-in torch.compile of every network's hot entry point (instance attributes; the modules keep their type)."""
+    for name, module in components.items():
+        if name == "mae":
+            module._run = torch.compile(module._run)  # prior() and reconstruct() both go through _run
+        elif isinstance(module, torch.nn.Module) and name != "vae":
+            module.forward = torch.compile(module.forward)
+
+
+def format_timing(title: str, medians: Dict[str, Dict[str, float]], target: Optional[float]) -> str:
+    (a_name, a), (b_name, b) = medians.items()
+    stages = [k for k in a if k not in ("total",)] + [k for k in b if k not in a and k != "total"]
+    lines = [f"### {title}", "", f"| stage | {a_name} (s) | {b_name} (s) |", "|---|---:|---:|"]
+    for stage in stages:
+        lines.append(f"| {stage} | {a.get(stage, 0.0):.3f} | {b.get(stage, 0.0):.3f} |")
+    ratio = a["total"] / b["total"]
+    verdict = "" if target is None else (" (target <= %.2f: %s)" % (target, "met" if ratio <= target else "NOT met"))
+    lines += [f"| **total** | **{a['total']:.3f}** | **{b['total']:.3f}** |", "", f"ratio {a_name}/{b_name}: **{ratio:.3f}**{verdict}", ""]
+    return "\n".join(lines)
+
+
+def format_memory(memory: Dict[str, Dict[str, float]], unit: str, target: float) -> str:
+    lines = [f"### Peak memory ({unit})", "", "| config | weights (MiB) | peak (MiB) | peak - weights (MiB) |", "|---|---:|---:|---:|"]
+    for name, m in memory.items():
+        lines.append(f"| {name} | {m['loaded_mib']:.0f} | {m['peak_mib']:.0f} | {m['peak_mib'] - m['loaded_mib']:.0f} |")
+    lines.append("")
+    for base in [k for k in memory if k != "asuka"]:
+        ratio = memory["asuka"]["peak_mib"] / memory[base]["peak_mib"]
+        lines.append(f"peak ratio asuka/{base}: **{ratio:.3f}** (target <= {target:.2f}: {'met' if ratio <= target else 'NOT met'})")
+    return "\n".join(lines) + "\n"
+
+
+def machine_description(device: str) -> str:
+    if device.startswith("cuda"):
+        hardware = torch.cuda.get_device_name()
+    else:
+        hardware = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    return f"{hardware}; torch {torch.__version__}; load average (1/5/15 min) {load}"
+
+
+def main(argv: Optional[List[str]] = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="measured runs per pipeline, alternated")
+    parser.add_argument("--train-batch-size", type=int, default=1)
+    parser.add_argument("--tiny", action="store_true", help="tiny test components (smoke test)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the networks (opt-in)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["inference", "memory", "training"])
+    parser.add_argument("--flux", action="store_true", help="also ASUKA-FLUX vs FluxFillPipeline")
+    parser.add_argument("--flux-depth", type=int, nargs=2, default=(1, 1), metavar=("DOUBLE", "SINGLE"))
+    parser.add_argument("--memory-child", choices=["asuka", "sd", "sd+text"], help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+
+    if args.memory_child:
+        print(json.dumps(memory_child(args.memory_child, args)))
+        return ""
+
+    device, dtype = args.device, DTYPES[args.dtype]
+    kind = "tiny test components" if args.tiny else "full-size SD-1.5-inpainting architectures, random weights"
+    out = [f"## ASUKA overhead: {args.size}x{args.size}, {args.steps} steps, {args.dtype} on {device} ({kind})", "",
+           f"Machine: {machine_description(device)}", ""]
+    print("\n".join(out), flush=True)
+
+    def emit(text: str) -> None:
+        out.append(text)
+        print(text, flush=True)
+
+    if not {"inference", "training"} <= set(args.skip):
+        components = to_device(build_sd_components(args.tiny), device, dtype)
+        if args.compile:
+            compile_components(components)
+        if "inference" not in args.skip:
+            medians = alternate(sd_inference_runs(components, args.size, args.steps, device, dtype), args.repeats, device)
+            emit(format_timing(f"Inference, median of {args.repeats} alternated runs", medians, 1.05))
+        if "training" not in args.skip:
+            medians = alternate(training_runs(components, args.size, args.train_batch_size, device, dtype), args.repeats, device)
+            emit(format_timing(f"Training step (batch {args.train_batch_size}), median of {args.repeats}", medians, 1.10))
+        del components
+    if "memory" not in args.skip:
+        memory = {config: measure_memory(config, args) for config in ("asuka", "sd", "sd+text")}
+        emit(format_memory(memory, "CUDA max_memory_allocated" if device.startswith("cuda") else "CPU peak RSS, VmHWM", 1.10))
+    if args.flux:
+        components = to_device(build_flux_components(args.tiny, *args.flux_depth), device, dtype)
+        if args.compile:
+            compile_components(components)
+        medians = alternate(flux_inference_runs(components, args.size, args.steps, device, dtype), args.repeats, device)
+        depth = "tiny" if args.tiny else f"{args.flux_depth[0]} double + {args.flux_depth[1]} single blocks, real widths"
+        emit(format_timing(f"ASUKA-FLUX vs FluxFillPipeline ({depth}), median of {args.repeats}", medians, 1.05))
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    main()

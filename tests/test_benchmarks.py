@@ -1,0 +1,133 @@
+"""Smoke tests of benchmarks/bench_pipelines.py (tiny components, no timing assertions) and of the speed options
+users combine with the ASUKA components: bf16/fp16, enable_model_cpu_offload, VAE tiling."""
+
+import argparse
+import importlib.util
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+
+from asuka.testing import make_tiny_pipeline
+
+BENCH_PATH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_pipelines.py"
+SIZE = 32  # tiny SD: VAE factor 2, MAE image_size 32; tiny FLUX: factor 8 and 2x2 packing
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_pipelines", BENCH_PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _inputs(size: int = 64):
+    image = np.random.RandomState(0).rand(size, size, 3).astype(np.float32)
+    mask = np.zeros((size, size), np.float32)
+    mask[size // 4 : size // 2 + 8, size // 4 : size // 2 + 8] = 1
+    return image, mask
+
+
+def test_main_prints_inference_and_flux_tables(bench):
+    report = bench.main(["--tiny", "--size", str(SIZE), "--steps", "1", "--repeats", "1", "--skip", "memory", "training", "--flux"])
+    assert "ratio asuka/sd:" in report
+    assert "ratio asuka-flux/flux-fill:" in report
+    assert "Machine:" in report and "load average" in report
+
+
+def test_inference_runs_share_modules_and_time_every_stage(bench):
+    components = bench.build_sd_components(tiny=True)
+    runs = bench.sd_inference_runs(components, SIZE, 1, "cpu", torch.float32)
+    medians = bench.alternate(runs, repeats=1, device="cpu", warmup=0)
+    asuka, sd = medians["asuka"], medians["sd"]
+    for stage in ("mae", "aligner", "vae_encode", "denoise", "decode"):
+        assert asuka[stage] > 0, stage
+    assert set(sd) == {"total", "vae_encode", "denoise", "decode", "other"}
+    for timings in (asuka, sd):
+        assert sum(v for k, v in timings.items() if k != "total") == pytest.approx(timings["total"])
+    # the timers are instance attributes and are removed afterwards
+    assert "forward" not in components["unet"].__dict__ and "prior" not in components["mae"].__dict__
+
+
+def test_inference_pair_runs_the_same_backbone_weights(bench):
+    components = bench.build_sd_components(tiny=True)
+    asuka, base = bench.sd_pipelines(components)
+    assert asuka.unet is base.unet and asuka.vae is base.vae
+    assert asuka.scheduler is not base.scheduler and asuka.scheduler.config == base.scheduler.config
+
+
+def test_training_steps_update_only_their_learnable_inputs(bench):
+    components = bench.build_sd_components(tiny=True)
+    runs = bench.training_runs(components, SIZE, 1, "cpu", torch.float32)
+    unet_before = {k: v.clone() for k, v in components["unet"].state_dict().items()}
+    mae_before = {k: v.clone() for k, v in components["mae"].state_dict().items()}
+    aligner_before = {k: v.clone() for k, v in components["aligner"].state_dict().items()}
+    for fn, _stages in runs.values():
+        fn()
+    assert all(torch.equal(v, components["unet"].state_dict()[k]) for k, v in unet_before.items())
+    assert all(torch.equal(v, components["mae"].state_dict()[k]) for k, v in mae_before.items())
+    assert any(not torch.equal(v, components["aligner"].state_dict()[k]) for k, v in aligner_before.items())
+    assert all(p.grad is None for p in components["unet"].parameters())
+
+
+def test_memory_child_reports_a_peak_above_the_weights(bench):
+    args = argparse.Namespace(device="cpu", dtype="fp32", size=SIZE, steps=1, tiny=True)
+    for config in ("asuka", "sd"):
+        memory = bench.memory_child(config, args)
+        assert memory["peak_mib"] >= memory["loaded_mib"] > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_pipeline_runs_and_stays_close_to_fp32(dtype):
+    image, mask = _inputs(SIZE)
+    kwargs = dict(num_inference_steps=1, output_type="np")
+    reference = make_tiny_pipeline("sd")(image, mask, generator=torch.Generator().manual_seed(0), **kwargs).images
+    pipe = make_tiny_pipeline("sd").to(dtype=dtype)
+    assert {pipe.mae.dtype, pipe.aligner.dtype, pipe.decoder.dtype, pipe.unet.dtype} == {dtype}
+    out = pipe(image, mask, generator=torch.Generator().manual_seed(0), **kwargs).images
+    assert np.isfinite(out).all()
+    assert np.abs(out - reference).mean() < 5e-3
+
+
+def test_model_cpu_offload_moves_every_component_in_order_including_the_mae():
+    """enable_model_cpu_offload needs an accelerator in practice; with device="cpu" accelerate installs the same
+    hooks, so we can check that every offloaded component's hook fires, in the sequence's order, and that the MAE's
+    fires too although the pipeline calls `mae.prior`, not `forward` (this needs `apply_forward_hook`)."""
+    image, mask = _inputs()
+    kwargs = dict(num_inference_steps=2, output_type="np")
+    reference = make_tiny_pipeline("sd")(image, mask, generator=torch.Generator().manual_seed(0), **kwargs).images
+    pipe = make_tiny_pipeline("sd")
+    pipe.enable_model_cpu_offload(device="cpu")
+    sequence = pipe.model_cpu_offload_seq.split("->")
+    calls = []
+    for name in sequence:
+        hook = getattr(pipe, name)._hf_hook
+        original = hook.pre_forward
+
+        def spy(module, *args, _name=name, _original=original, **kw):
+            calls.append(_name)
+            return _original(module, *args, **kw)
+
+        hook.pre_forward = spy
+    out = pipe(image, mask, generator=torch.Generator().manual_seed(0), **kwargs).images
+    first_calls = list(dict.fromkeys(calls))
+    assert first_calls == sequence
+    np.testing.assert_array_equal(out, reference)
+
+
+def test_vae_tiling_is_used_and_close_to_untiled():
+    image, mask = _inputs()
+    kwargs = dict(num_inference_steps=2, output_type="np")
+    reference = make_tiny_pipeline("sd", decoder=None)(image, mask, generator=torch.Generator().manual_seed(0), **kwargs).images
+    pipe = make_tiny_pipeline("sd", decoder=None)
+    pipe.vae.enable_tiling()
+    pipe.vae.tile_sample_min_size, pipe.vae.tile_latent_min_size = 32, 16  # tiles smaller than the 64x64 input
+    tiled = []
+    for name in ("_tiled_encode", "tiled_decode"):
+        original = getattr(pipe.vae, name)
+        setattr(pipe.vae, name, lambda *a, _o=original, _n=name, **k: tiled.append(_n) or _o(*a, **k))
+    out = pipe(image, mask, generator=torch.Generator().manual_seed(0), **kwargs).images
+    assert set(tiled) == {"_tiled_encode", "tiled_decode"}
+    assert np.abs(out - reference).mean() < 1e-2  # tiles are blended, so only close, not equal
