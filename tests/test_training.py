@@ -362,12 +362,11 @@ def test_hf_dataset_and_streaming_skip_and_count_bad_images(tmp_path):
     data_dir.mkdir()
     data.to_parquet(str(data_dir / "train.parquet"))
 
-    accelerator = type("A", (), {"process_index": 0, "num_processes": 1})()
     parser = common.build_parser("test")
     for streaming in (False, True):
         argv = ["--pretrained_model_name_or_path", "x", "--dataset_name", str(data_dir), "--resolution", "16",
                 "--max_train_steps", "2", "--seed", "0"] + (["--streaming"] if streaming else [])
-        dataset = common.build_dataset(common.parse_args(parser, argv), accelerator)
+        dataset = common.build_dataset(common.parse_args(parser, argv))
         samples = list(dataset) if streaming else [dataset[i] for i in range(len(dataset))]
         assert sum(int(s["num_bad_images"]) for s in samples) == 1
         assert all(s["pixel_values"].shape == (3, 16, 16) and s["mask"].shape == (1, 16, 16) for s in samples)

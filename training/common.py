@@ -1,18 +1,26 @@
 """Shared machinery of the asuka training scripts (diffusers-example conventions).
 
-Every script (train_mae.py, train_aligner.py, train_decoder.py, and later ones) follows the same
-shape, built from the pieces here:
+Every script (train_mae.py, train_aligner.py, train_decoder.py, and later ones such as a
+StrDiffusion trainer) is assembled from these pieces; nothing here knows about a particular model:
 
-    parser = build_parser("what the script trains"); <add script flags>; parser.set_defaults(...)
-    args = parse_args(parser, argv)
-    accelerator = setup_accelerator(args)
-    register_diffusers_hooks(accelerator, {"aligner": aligner})      # save_state in diffusers format
-    dataset = build_dataset(args, ...); dataloader = make_dataloader(args, dataset)
-    global_step, first_epoch = resume_if_requested(args, accelerator, ...)
-    loop: ... maybe_save_checkpoint(args, accelerator, global_step) ... log_validation(...)
-    finish: save_pretrained (main process only), write_model_card, push_folder_to_hub
+    parser = build_parser("what the script trains"); parser.add_argument(...); parser.set_defaults(...)
+    args = parse_args(parser, argv)                        # validated; ValueError on bad flags
+    accelerator = setup_accelerator(args)                  # Accelerator + ProjectConfiguration + seed
+    register_diffusers_hooks(accelerator, {"aligner": model})  # save_state/load_state in diffusers format
+    optimizer = make_optimizer(args, params, accelerator)
+    dataset = build_dataset(args); dataloader = make_dataloader(args, dataset)   # images + paper masks
+    resolve_train_steps(args, dataloader); lr_scheduler = make_lr_scheduler(args, optimizer, accelerator)
+    model, optimizer, dataloader, lr_scheduler = accelerator.prepare(...)
+    _, steps_per_epoch = resolve_train_steps(args, dataloader)
+    initial_step = resume_if_requested(args, accelerator)  # --resume_from_checkpoint latest|PATH
+    result, grid = run_training(args, accelerator, models=[model], dataloader=dataloader,
+                                steps_per_epoch=steps_per_epoch, initial_global_step=initial_step,
+                                train_step=train_step, validate=validate)   # checkpoints, logs, grids
+    return finish(args, accelerator, result, {"": model}, write_pipeline, ...)  # final folder, card, push
 
-Nothing here knows about a particular model, so new scripts reuse it unchanged.
+`train_step(batch, global_step)` computes the loss, calls `optimizer_step(...)` and returns scalars
+to log (key "loss" is required); `validate(global_step)` returns rows of PIL images for a grid.
+A batch holds "pixel_values" (B,3,R,R) in [0,1], "mask" (B,1,R,R) with 1 = hole, "num_bad_images".
 """
 
 from __future__ import annotations
@@ -111,9 +119,6 @@ def build_parser(description: str) -> argparse.ArgumentParser:
 def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parse and validate; raises ValueError (not a traceback) for inconsistent flags."""
     args = parser.parse_args(argv)
-    env_rank = int(os.environ.get("LOCAL_RANK", -1))
-    if env_rank != -1:
-        args.local_rank = env_rank
     if (args.train_data_dir is None) == (args.dataset_name is None):
         raise ValueError("Give exactly one data source: --train_data_dir (an image folder) or --dataset_name (HF datasets).")
     if args.streaming and args.dataset_name is None:
@@ -391,11 +396,15 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
 
 class StreamingImageDataset(torch.utils.data.IterableDataset):
-    """HF streaming dataset -> samples; bad images are skipped and counted, each rank reads its own shard."""
+    """HF streaming dataset -> samples; bad images are skipped and counted.
 
-    def __init__(self, stream: Any, image_column: str, make_sample: SampleMaker, rank: int, world_size: int) -> None:
+    Data-loader workers split the stream between them; splitting between processes is left to
+    accelerate (its prepared loader dispatches batches of an iterable dataset to the processes).
+    """
+
+    def __init__(self, stream: Any, image_column: str, make_sample: SampleMaker) -> None:
         self.stream, self.image_column, self.make_sample = stream, image_column, make_sample
-        self.rank, self.world_size, self.epoch = rank, world_size, 0
+        self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -404,9 +413,7 @@ class StreamingImageDataset(torch.utils.data.IterableDataset):
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:
         info = torch.utils.data.get_worker_info()
-        shard, shards = self.rank, self.world_size
-        if info is not None:
-            shard, shards = shard * info.num_workers + info.id, shards * info.num_workers
+        shard, shards = (info.id, info.num_workers) if info is not None else (0, 1)
         bad = 0
         for position, row in enumerate(self.stream):
             if position % shards != shard:
@@ -422,7 +429,7 @@ class StreamingImageDataset(torch.utils.data.IterableDataset):
             yield sample
 
 
-def build_dataset(args: argparse.Namespace, accelerator: "Accelerator", mae_mode: bool = False,
+def build_dataset(args: argparse.Namespace, mae_mode: bool = False,
                   patch_size: int = 16, mae_min_patch_ratio: float = 0.75) -> torch.utils.data.Dataset:
     """Dataset from --train_data_dir or --dataset_name/--streaming, with paper masks at --resolution."""
     masks = MaskGenerator(
@@ -446,7 +453,7 @@ def build_dataset(args: argparse.Namespace, accelerator: "Accelerator", mae_mode
     if args.streaming:
         if args.max_train_samples is not None:
             data = data.take(args.max_train_samples)
-        return StreamingImageDataset(data, args.image_column, make_sample, accelerator.process_index, accelerator.num_processes)
+        return StreamingImageDataset(data, args.image_column, make_sample)
     if args.max_train_samples is not None:
         data = data.select(range(min(args.max_train_samples, len(data))))
     column = args.image_column

@@ -124,7 +124,7 @@ def main(argv: Optional[Sequence[str]] = None) -> TrainingResult:
 
     register_diffusers_hooks(accelerator, {"aligner": aligner})
     optimizer = make_optimizer(args, aligner.parameters(), accelerator)
-    dataset = build_dataset(args, accelerator)
+    dataset = build_dataset(args)
     dataloader = make_dataloader(args, dataset)
     resolve_train_steps(args, dataloader)
     lr_scheduler = make_lr_scheduler(args, optimizer, accelerator)

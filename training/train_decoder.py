@@ -183,7 +183,7 @@ def main(argv: Optional[Sequence[str]] = None) -> TrainingResult:
         trainables["discriminator"] = discriminator
     register_diffusers_hooks(accelerator, trainables)
     optimizer = make_optimizer(args, decoder.parameters(), accelerator)
-    dataset = build_dataset(args, accelerator)
+    dataset = build_dataset(args)
     dataloader = make_dataloader(args, dataset)
     resolve_train_steps(args, dataloader)
     lr_scheduler = make_lr_scheduler(args, optimizer, accelerator)
@@ -233,6 +233,7 @@ def main(argv: Optional[Sequence[str]] = None) -> TrainingResult:
             loss = loss + args.discriminator_weight * logs["generator_adv"]
         optimizer_step(accelerator, loss, list(decoder_model.parameters()), optimizer, lr_scheduler, args.max_grad_norm)
         if use_gan:
+            disc_optimizer.zero_grad(set_to_none=True)  # drop what the generator's adversarial term left there
             real, fake = discriminator(target), discriminator(output.detach().float())
             disc_loss = F.relu(1 - real).mean() + F.relu(1 + fake).mean()
             accelerator.backward(disc_loss)

@@ -80,7 +80,7 @@ def main(argv: Optional[Sequence[str]] = None) -> TrainingResult:
     optimizer = make_optimizer(args, mae.parameters(), accelerator)
     # Masks are generated at --resolution; an MAE patch covers patch_size * resolution / image_size pixels there.
     mask_patch = max(1, round(mae.config.patch_size * args.resolution / mae.config.image_size))
-    dataset = build_dataset(args, accelerator, mae_mode=True, patch_size=mask_patch, mae_min_patch_ratio=args.mae_min_patch_ratio)
+    dataset = build_dataset(args, mae_mode=True, patch_size=mask_patch, mae_min_patch_ratio=args.mae_min_patch_ratio)
     dataloader = make_dataloader(args, dataset)
     resolve_train_steps(args, dataloader)
     lr_scheduler = make_lr_scheduler(args, optimizer, accelerator)
