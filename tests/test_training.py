@@ -449,3 +449,31 @@ def test_example_accelerate_configs_parse():
         "fsdp.yaml": "DistributedType.FSDP",
         "multi_gpu.yaml": "DistributedType.MULTI_GPU",
     }
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps one process-wide state; a run with another mixed precision needs a fresh one."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def test_aligner_bf16_accumulation_and_gradient_checkpointing(pipeline_dir, image_dir, tmp_path, fresh_accelerate_state):
+    """Mixed precision (frozen parts cast to bf16), accumulation and checkpointing work together; the
+    saved component stays float32 and the aligner's outputs survive accelerate's fp32 output cast."""
+    output_dir = tmp_path / "bf16"
+    result = train_aligner.main(base_args(
+        pipeline_dir, image_dir, output_dir, steps=2, resolution=16, gradient_accumulation_steps=2,
+        gradient_checkpointing=True, mixed_precision="bf16", validation_steps=1, validation_inference_steps=1,
+        num_validation_images=1,
+    ))
+    assert result.global_step == 2 and len(result.losses) == 2 and np.isfinite(result.losses).all()
+    assert_checkpoints(output_dir, [1, 2])
+    weights = state_dict_of(output_dir)
+    assert all(v.dtype == torch.float32 for v in weights.values())
+    assert len(list((output_dir / "validation").glob("*.png"))) == 2

@@ -189,6 +189,14 @@ def save_diffusers_model(accelerator: "Accelerator", model: torch.nn.Module, dir
         unwrapped.save_pretrained(directory)
 
 
+def unwrapped_copy(accelerator: "Accelerator", model: torch.nn.Module) -> torch.nn.Module:
+    """A plain float32 copy of a prepared model (no DDP or mixed-precision forward wrappers), for validation."""
+    unwrapped = accelerator.unwrap_model(model)
+    copy = type(unwrapped).from_config(unwrapped.config)
+    copy.load_state_dict(unwrapped.state_dict())
+    return copy.to(accelerator.device, torch.float32).eval()
+
+
 def register_diffusers_hooks(accelerator: "Accelerator", trainables: Dict[str, torch.nn.Module]) -> None:
     """Make `save_state`/`load_state` store each trained model as `<checkpoint>/<name>/` via save_pretrained.
 

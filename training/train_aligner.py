@@ -46,6 +46,7 @@ from training.common import (
     run_training,
     setup_accelerator,
     to_pil,
+    unwrapped_copy,
     validation_batch,
     weight_dtype_for,
 )
@@ -153,7 +154,7 @@ def main(argv: Optional[Sequence[str]] = None) -> TrainingResult:
                 target = noise_scheduler.get_velocity(latents, noise, timesteps)
             else:
                 target = noise
-        tokens = aligner_model(prior.float()).tokens
+        tokens = aligner_model(prior.float(), return_dict=False)[0]  # tuples survive accelerate's fp32 output cast
         prediction = unet(
             torch.cat([noisy, mask_latents, masked_latents], dim=1), timesteps, encoder_hidden_states=tokens.to(weight_dtype)
         ).sample
@@ -176,7 +177,7 @@ def main(argv: Optional[Sequence[str]] = None) -> TrainingResult:
     def validate(global_step: int) -> List[List[Image.Image]]:
         if not accelerator.is_main_process:
             return []
-        pipe = build_pipeline()
+        pipe = build_pipeline(aligner=unwrapped_copy(accelerator, aligner_model))
         pipe.set_progress_bar_config(disable=True)
         rows = []
         for index, (pixels, mask) in enumerate(zip(validation["pixel_values"], validation["mask"])):

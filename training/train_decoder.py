@@ -49,6 +49,7 @@ from training.common import (
     run_training,
     setup_accelerator,
     to_pil,
+    unwrapped_copy,
     validation_batch,
     weight_dtype_for,
 )
@@ -221,7 +222,7 @@ def main(argv: Optional[Sequence[str]] = None) -> TrainingResult:
         mask = batch["mask"].to(accelerator.device, weight_dtype)
         latents = corrupted_latents(pixels, mask)
         target = (pixels * 2 - 1).float()
-        output = decoder_model(latents, target, mask.float()).sample
+        output = decoder_model(latents, target, mask.float(), return_dict=False)[0]
         l1 = F.l1_loss(output.float(), target)
         loss, logs = l1, {"l1": l1.detach()}
         if perceptual is not None:
@@ -246,7 +247,7 @@ def main(argv: Optional[Sequence[str]] = None) -> TrainingResult:
     def validate(global_step: int) -> List[List[Image.Image]]:
         if not accelerator.is_main_process:
             return []
-        model = accelerator.unwrap_model(decoder_model)
+        model = unwrapped_copy(accelerator, decoder_model)
         pixels = validation["pixel_values"].to(accelerator.device, weight_dtype)
         mask = validation["mask"].to(accelerator.device, weight_dtype)
         generator_state = torch.random.get_rng_state()
@@ -255,7 +256,7 @@ def main(argv: Optional[Sequence[str]] = None) -> TrainingResult:
         torch.random.set_rng_state(generator_state)
         with torch.no_grad():
             baseline = vae.decode(latents.to(weight_dtype)).sample.float()
-            decoded = model(latents, (pixels * 2 - 1).float(), mask.float()).sample
+            decoded = model(latents, (pixels * 2 - 1).float(), mask.float(), return_dict=False)[0]
         to01 = lambda x: (x.float() + 1) / 2  # noqa: E731
         return [list(row) for row in zip(to_pil(pixels * (1 - mask)), to_pil(to01(baseline)), to_pil(to01(decoded)), to_pil(pixels))]
 

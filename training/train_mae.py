@@ -93,7 +93,7 @@ def main(argv: Optional[Sequence[str]] = None) -> TrainingResult:
 
     def train_step(batch: Dict[str, torch.Tensor], global_step: int) -> Dict[str, torch.Tensor]:
         pixels, mask = batch["pixel_values"].to(accelerator.device), batch["mask"].to(accelerator.device)
-        reconstruction = mae_model(pixels, mask).reconstruction
+        _, reconstruction = mae_model(pixels, mask, return_dict=False)
         loss = masked_patch_l2(reconstruction, pixels, mask, mae.config.patch_size)
         optimizer_step(accelerator, loss, list(mae_model.parameters()), optimizer, lr_scheduler, args.max_grad_norm)
         return {"loss": loss, "alpha": accelerator.unwrap_model(mae_model).alpha.detach(), "lr": torch.tensor(lr_scheduler.get_last_lr()[0])}
