@@ -27,8 +27,8 @@ class AsukaAlignerOutput(BaseOutput):
         pooled (`torch.Tensor` of shape `(batch_size, hidden_dim)`): Pooled conditioning.
     """
 
-    tokens: torch.Tensor
-    pooled: torch.Tensor
+    tokens: torch.Tensor = None
+    pooled: torch.Tensor = None
 
 
 class AsukaAlignerBlock(nn.Module):

@@ -33,8 +33,8 @@ class AsukaMAEOutput(BaseOutput):
             The MAE's own pixel estimate in [0, 1] pixel space (not clamped).
     """
 
-    prior: torch.Tensor
-    reconstruction: torch.Tensor
+    prior: torch.Tensor = None
+    reconstruction: torch.Tensor = None
 
 
 def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int) -> torch.Tensor:
