@@ -179,7 +179,8 @@ class AsukaDecoder(ModelMixin, ConfigMixin):
         self._check_inputs(latents, image, mask)
         latents, image, mask = (t.to(self.dtype) for t in (latents, image, mask))
 
-        # 1. Condition features, once per call, from full resolution down.
+        # 1. Condition features, once per call, from full resolution down. Each is popped (smallest first) when
+        #    blended, so it is freed before the larger up levels run: lower peak memory, same result.
         features = self.condition_encoder(torch.cat([(1 - mask) * image, mask], dim=1))
 
         # 2. The body, as diffusers' `AutoencoderKL._decode` + `Decoder.forward` walk it, with the blends.
@@ -188,10 +189,10 @@ class AsukaDecoder(ModelMixin, ConfigMixin):
         decoder = self.decoder
         sample = decoder.conv_in(latents)
         sample = self._run(decoder.mid_block, sample)
-        for up_block, feature in zip(decoder.up_blocks, reversed(features[1:])):
-            sample = _blend(sample, feature, _binary_mask(mask, sample.shape[-2:]))
+        for up_block in decoder.up_blocks:
+            sample = _blend(sample, features.pop(), _binary_mask(mask, sample.shape[-2:]))
             sample = self._run(up_block, sample)
-        sample = _blend(sample, features[0], mask)
+        sample = _blend(sample, features.pop(), mask)
 
         # 3. Post-process, as in diffusers' `Decoder.forward`.
         sample = decoder.conv_norm_out(sample)
