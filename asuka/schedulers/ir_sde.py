@@ -187,7 +187,8 @@ class IRSDEScheduler(SchedulerMixin, ConfigMixin):
         dt = self._dt(xt)
         cumsum_t = self._at(self.thetas_cumsum, t, xt)
         cumsum_s = self._at(self.thetas_cumsum, s, xt)
-        a = torch.exp(-(cumsum_t - cumsum_s) * dt) if s != t - 1 else torch.exp(-self._at(self.thetas, t, xt) * dt)
+        one_step = torch.equal(torch.as_tensor(s), torch.as_tensor(t) - 1)  # also for per-sample [B] timesteps
+        a = torch.exp(-self._at(self.thetas, t, xt) * dt) if one_step else torch.exp(-(cumsum_t - cumsum_s) * dt)
         return a, torch.exp(-cumsum_t * dt), torch.exp(-cumsum_s * dt)
 
     def reverse_optimum_step(self, xt: torch.Tensor, x0: torch.Tensor, t, mu: torch.Tensor) -> torch.Tensor:
