@@ -175,3 +175,34 @@ def test_scheduler_posterior_mean_with_per_sample_timesteps_equals_one_by_one():
     batched = scheduler.reverse_optimum_step(xt, x0, t, mu)
     alone = torch.cat([scheduler.reverse_optimum_step(xt[i:i + 1], x0[i:i + 1], int(t[i]), mu[i:i + 1]) for i in range(3)])
     assert torch.equal(batched, alone)
+
+
+def test_push_to_hub_uploads_the_component_with_its_card(pipeline_dir, image_dir, tmp_path, monkeypatch):
+    """--push_to_hub with huggingface_hub's HfApi intercepted: the uploaded folder loads as the discriminator."""
+    import shutil
+
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import filter_repo_objects
+
+    uploads = tmp_path / "uploaded"
+
+    def fake_create_repo(self, repo_id, **kwargs):
+        return type("RepoUrl", (), {"repo_id": repo_id})()
+
+    def fake_upload_folder(self, *, repo_id, folder_path, ignore_patterns=None, **kwargs):
+        files = [p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*") if p.is_file()]
+        for relative in filter_repo_objects(files, ignore_patterns=ignore_patterns):
+            (uploads / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(folder_path) / relative, uploads / relative)
+
+    monkeypatch.setattr(HfApi, "create_repo", fake_create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", fake_upload_folder)
+    result = train_strdiffusion.main(run_args(pipeline_dir, image_dir, tmp_path / "out", "discriminator", 1,
+                                              push_to_hub=True, hub_model_id="someone/strdiffusion-d"))
+    assert result.repo_id == "someone/strdiffusion-d"
+    card = (uploads / "README.md").read_text()
+    assert "strdiffusion-discriminator" in card and '"network": "discriminator"' in card
+    assert not list(uploads.glob("checkpoint-*"))
+    pushed = StrDiffusionDiscriminator.from_pretrained(uploads)
+    trained = StrDiffusionDiscriminator.from_pretrained(tmp_path / "out")
+    assert all(torch.equal(v, pushed.state_dict()[k]) for k, v in trained.state_dict().items())
