@@ -537,7 +537,7 @@ def main(argv: Optional[List[str]] = None) -> str:
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=2, help="measured runs per pipeline, alternated")
+    parser.add_argument("--repeats", type=int, default=3, help="measured runs per pipeline, alternated")
     parser.add_argument("--train-batch-size", type=int, default=1)
     parser.add_argument("--tiny", action="store_true", help="tiny test components (smoke test)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the networks (opt-in)")
