@@ -10,7 +10,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from diffusers import DDIMScheduler
+from diffusers import AsymmetricAutoencoderKL, DDIMScheduler
 
 from asuka import AsukaPipeline
 from asuka.pipelines.pipeline_asuka import plan_working_region
@@ -257,3 +257,21 @@ def test_mae_reconstruction_preview(pipe):
     hole = np.asarray(mask) > 127
     assert preview.size == (90, 60)
     assert np.array_equal(np.asarray(preview)[~hole], np.asarray(image)[~hole])
+
+
+def test_asymmetric_vae_decoder_row():
+    """The paper's decoder ablation: diffusers' AsymmetricAutoencoderKL in place of the ASUKA decoder."""
+    torch.manual_seed(0)
+    asymmetric = AsymmetricAutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2, down_block_out_channels=[32, 64],
+        layers_per_down_block=1, up_block_types=["UpDecoderBlock2D"] * 2, up_block_out_channels=[32, 64],
+        layers_per_up_block=1, latent_channels=4, norm_num_groups=32, sample_size=64,
+    ).eval()
+    pipe = make_tiny_pipeline("sd", decoder=asymmetric)
+    image, mask = make_image(64, 64), make_mask(64, 64)
+    latents = pipe(image, mask, num_inference_steps=STEPS, generator=gen(), output_type="latent").images
+    out = pipe(image, mask, num_inference_steps=STEPS, generator=gen(), keep_unmasked=False, output_type="pt").images
+    init = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    hole = torch.from_numpy(np.asarray(mask) > 127)[None, None].float()
+    expected = asymmetric.decode(latents / pipe.vae.config.scaling_factor, image=init, mask=hole).sample
+    assert torch.allclose(out, (expected / 2 + 0.5).clamp(0, 1), atol=1e-5)
