@@ -159,6 +159,28 @@ def mask_to_tensor(mask_image: ImageInput, image_size: Tuple[int, int]) -> torch
     return (tensor > 0.5).float()
 
 
+def repeat_to_batch(tensor: torch.Tensor, batch_size: int, what: str) -> torch.Tensor:
+    """Expand a batch of 1 to `batch_size`; refuse any other mismatch."""
+    if tensor.shape[0] == batch_size:
+        return tensor
+    if tensor.shape[0] == 1:
+        return tensor.expand(batch_size, *tensor.shape[1:])
+    raise ValueError(f"`{what}` has batch size {tensor.shape[0]}; expected 1 or {batch_size} (one per image).")
+
+
+def standardise_inputs(image: ImageInput, mask_image: ImageInput) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The images (B, 3, H, W) in [0, 1] and their binary holes (B, 1, H, W), one mask per image."""
+    images = image_to_tensor(image)
+    holes = mask_to_tensor(mask_image, tuple(images.shape[-2:]))
+    return images, repeat_to_batch(holes, images.shape[0], "mask_image")
+
+
+def unchanged_output(images: torch.Tensor, num_images_per_prompt: int, output_type: str, return_dict: bool):
+    """What a pipeline returns for an empty mask: the input itself, in the requested format."""
+    result = to_output_type(images.repeat_interleave(num_images_per_prompt, dim=0), output_type)
+    return AsukaPipelineOutput(images=result) if return_dict else (result,)
+
+
 # ---------------------------------------------------------------------------------------------
 # Working region: process a crop around the mask at the backbone's resolution, paste back the hole.
 # ---------------------------------------------------------------------------------------------
@@ -331,14 +353,6 @@ class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin):
         if working_resolution < self.vae_scale_factor:
             raise ValueError(f"`working_resolution` is {working_resolution}; expected at least {self.vae_scale_factor}.")
 
-    def _repeat_to_batch(self, tensor: torch.Tensor, batch_size: int, what: str) -> torch.Tensor:
-        """Expand a batch of 1 to `batch_size`; refuse any other mismatch."""
-        if tensor.shape[0] == batch_size:
-            return tensor
-        if tensor.shape[0] == 1:
-            return tensor.expand(batch_size, *tensor.shape[1:])
-        raise ValueError(f"`{what}` has batch size {tensor.shape[0]}; expected 1 or {batch_size} (one per image).")
-
     @torch.no_grad()
     def encode_prior(
         self, image: torch.Tensor, hole: torch.Tensor, condition_weight: Optional[float] = None
@@ -365,8 +379,7 @@ class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin):
     @torch.no_grad()
     def mae_reconstruction(self, image: ImageInput, mask_image: ImageInput) -> List[PIL.Image.Image]:
         """The MAE's own pixel estimate ("what the prior thinks"), pasted into the hole at the input's size."""
-        image = image_to_tensor(image)
-        hole = self._repeat_to_batch(mask_to_tensor(mask_image, tuple(image.shape[-2:])), image.shape[0], "mask_image")
+        image, hole = standardise_inputs(image, mask_image)
         recon = self.mae.reconstruct(image.to(self.mae.device, self.mae.dtype), hole.to(self.mae.device, self.mae.dtype))
         recon = F.interpolate(recon.float().cpu(), size=image.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1)
         return to_output_type(torch.where(hole > 0.5, recon, image), "pil")
@@ -426,17 +439,15 @@ class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin):
         )
         self._guidance_scale = guidance_scale
         self._interrupt = False
-        input_image = image_to_tensor(image)
+        input_image, hole = standardise_inputs(image, mask_image)
         batch_size = input_image.shape[0]
-        hole = self._repeat_to_batch(mask_to_tensor(mask_image, tuple(input_image.shape[-2:])), batch_size, "mask_image")
         total = batch_size * num_images_per_prompt
         device = self._execution_device
 
         # 2. An empty mask has nothing to inpaint: return the input untouched
         if not hole.any() and output_type != "latent":
             self.maybe_free_model_hooks()
-            result = to_output_type(input_image.repeat_interleave(num_images_per_prompt, dim=0), output_type)
-            return AsukaPipelineOutput(images=result) if return_dict else (result,)
+            return unchanged_output(input_image, num_images_per_prompt, output_type, return_dict)
 
         # 3. Cut the working region (the whole image, or a crop around the mask) at the backbone's resolution
         region = plan_working_region(hole, working_resolution, self.vae_scale_factor, padding_mask_crop)
@@ -448,10 +459,10 @@ class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin):
         # 4. Conditioning: the aligned MAE prior, unless embeddings are given
         if prompt_embeds is None:
             prompt_embeds = self.encode_prior(work_image, work_hole.cpu(), condition_weight)
-        prompt_embeds = self._repeat_to_batch(prompt_embeds.to(device, self.unet.dtype), batch_size, "prompt_embeds")
+        prompt_embeds = repeat_to_batch(prompt_embeds.to(device, self.unet.dtype), batch_size, "prompt_embeds")
         prompt_embeds = prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
         if self.do_classifier_free_guidance:
-            negative = self._repeat_to_batch(negative_prompt_embeds.to(device, self.unet.dtype), batch_size, "negative_prompt_embeds")
+            negative = repeat_to_batch(negative_prompt_embeds.to(device, self.unet.dtype), batch_size, "negative_prompt_embeds")
             prompt_embeds = torch.cat([negative.repeat_interleave(num_images_per_prompt, dim=0), prompt_embeds])
 
         # 5. Timesteps

@@ -32,11 +32,12 @@ from asuka.pipelines.pipeline_asuka import (
     AsukaPipelineOutput,
     ImageInput,
     crop_to_working,
-    image_to_tensor,
-    mask_to_tensor,
     paste_from_working,
     plan_working_region,
+    repeat_to_batch,
+    standardise_inputs,
     to_output_type,
+    unchanged_output,
 )
 
 # Sub-folders of a converted ASUKA-FLUX folder (see `asuka.convert.release`).
@@ -75,8 +76,7 @@ class AsukaFluxPipeline(DiffusionPipeline):
     _pack_latents = staticmethod(FluxFillPipeline._pack_latents)
     _unpack_latents = staticmethod(FluxFillPipeline._unpack_latents)
     _prepare_latent_image_ids = staticmethod(FluxFillPipeline._prepare_latent_image_ids)
-    # Shared with AsukaPipeline: batch expansion with a clear error, and the MAE's own reconstruction.
-    _repeat_to_batch = AsukaPipeline._repeat_to_batch
+    # Shared with AsukaPipeline: the MAE's own reconstruction.
     mae_reconstruction = AsukaPipeline.mae_reconstruction
 
     def __init__(
@@ -254,17 +254,15 @@ class AsukaFluxPipeline(DiffusionPipeline):
             num_inference_steps, num_images_per_prompt, output_type, prompt_embeds, pooled_prompt_embeds,
             callback_on_step_end_tensor_inputs, working_resolution,
         )
-        input_image = image_to_tensor(image)
+        input_image, hole = standardise_inputs(image, mask_image)
         batch_size = input_image.shape[0]
-        hole = self._repeat_to_batch(mask_to_tensor(mask_image, tuple(input_image.shape[-2:])), batch_size, "mask_image")
         total = batch_size * num_images_per_prompt
         device = self._execution_device
 
         # 2. An empty mask has nothing to inpaint: return the input untouched
         if not hole.any() and output_type != "latent":
             self.maybe_free_model_hooks()
-            result = to_output_type(input_image.repeat_interleave(num_images_per_prompt, dim=0), output_type)
-            return AsukaPipelineOutput(images=result) if return_dict else (result,)
+            return unchanged_output(input_image, num_images_per_prompt, output_type, return_dict)
 
         # 3. Cut the working region (the whole image, or a crop around the mask) at the backbone's resolution
         region = plan_working_region(hole, working_resolution, self.vae_scale_factor * 2, padding_mask_crop)
@@ -276,8 +274,8 @@ class AsukaFluxPipeline(DiffusionPipeline):
         if prompt_embeds is None:
             prompt_embeds, pooled_prompt_embeds = self.encode_image_condition(work_image, work_hole, condition_weight)
         dtype = self.transformer.dtype
-        prompt_embeds = self._repeat_to_batch(prompt_embeds.to(device, dtype), batch_size, "prompt_embeds")
-        pooled_prompt_embeds = self._repeat_to_batch(
+        prompt_embeds = repeat_to_batch(prompt_embeds.to(device, dtype), batch_size, "prompt_embeds")
+        pooled_prompt_embeds = repeat_to_batch(
             pooled_prompt_embeds.to(device, dtype), batch_size, "pooled_prompt_embeds"
         )
         prompt_embeds = prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)

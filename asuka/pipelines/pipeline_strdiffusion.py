@@ -43,7 +43,7 @@ from skimage.color import rgb2gray
 from skimage.feature import canny
 
 from asuka.models.strdiffusion import StrDiffusionDiscriminator, StrDiffusionUNet
-from asuka.pipelines.pipeline_asuka import OUTPUT_TYPES, image_to_tensor, mask_to_tensor, to_output_type
+from asuka.pipelines.pipeline_asuka import OUTPUT_TYPES, standardise_inputs, to_output_type
 from asuka.schedulers.ir_sde import IRSDEScheduler
 
 RGB2GRAY = (0.2125, 0.7154, 0.0721)  # scikit-image's rgb2gray weights
@@ -165,15 +165,6 @@ class StrDiffusionPipeline(DiffusionPipeline):
         times = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         return self.discriminator(times, shown, structure, stddev_group=1)
 
-    def _prepare(self, image, mask_image):
-        pixels = image_to_tensor(image)
-        hole = mask_to_tensor(mask_image, tuple(pixels.shape[-2:]))
-        if hole.shape[0] != pixels.shape[0]:
-            if hole.shape[0] != 1:
-                raise ValueError(f"{hole.shape[0]} masks for {pixels.shape[0]} images; pass one mask or one per image.")
-            hole = hole.expand(pixels.shape[0], -1, -1, -1)
-        return pixels, hole
-
     # ------------------------------------------------------------------------------------------- sampler
     @torch.no_grad()
     def __call__(
@@ -191,7 +182,7 @@ class StrDiffusionPipeline(DiffusionPipeline):
         """Inpaint `image` where `mask_image` is white.
 
         Args:
-            image / mask_image: PIL, numpy, tensor in [0, 1] or lists (see `image_to_tensor`/`mask_to_tensor`).
+            image / mask_image: PIL, numpy, tensor in [0, 1] or lists (see `asuka.pipelines.pipeline_asuka.standardise_inputs`).
             num_inference_steps: None = all T steps (the reference sampler). Fewer steps jump between
                 levels with the exact OU posterior (`IRSDEScheduler.step_jump`) and skip resampling.
             generator: one generator, or one per sample (then a batch equals its samples run alone).
@@ -213,7 +204,7 @@ class StrDiffusionPipeline(DiffusionPipeline):
         total = self.scheduler.config.num_train_timesteps
 
         # 1. Standardise inputs; move to the working resolution (image bilinear, mask nearest, like the reference)
-        pixels, hole = self._prepare(image, mask_image)
+        pixels, hole = standardise_inputs(image, mask_image)
         batch, _, height, width = pixels.shape
         if isinstance(generator, list) and len(generator) != batch:
             raise ValueError(f"got {len(generator)} generators for a batch of {batch}.")
