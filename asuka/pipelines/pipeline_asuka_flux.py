@@ -63,7 +63,8 @@ class AsukaFluxPipeline(DiffusionPipeline):
     ```
     """
 
-    model_cpu_offload_seq = "mae->token_aligner->pooled_aligner->transformer->vae->decoder"
+    # The VAE encodes the masked image before denoising; with an ASUKA decoder it is not needed again.
+    model_cpu_offload_seq = "mae->token_aligner->pooled_aligner->vae->transformer->decoder"
     _optional_components = ["decoder"]
     _callback_tensor_inputs = ["latents", "prompt_embeds"]
 
