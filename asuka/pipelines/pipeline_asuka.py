@@ -272,6 +272,23 @@ def to_output_type(images: torch.Tensor, output_type: str) -> Union[List[PIL.Ima
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
+def finish_output(
+    generated: torch.Tensor,
+    images: torch.Tensor,
+    holes: torch.Tensor,
+    region: WorkingRegion,
+    keep_unmasked: bool,
+    num_images_per_prompt: int,
+    output_type: str,
+    return_dict: bool,
+):
+    """Paste `generated` (working size, [0, 1], `num_images_per_prompt` per input) into the inputs and convert."""
+    images = images.repeat_interleave(num_images_per_prompt, dim=0)
+    holes = holes.repeat_interleave(num_images_per_prompt, dim=0)
+    result = to_output_type(paste_from_working(generated, images, holes, region, keep_unmasked), output_type)
+    return AsukaPipelineOutput(images=result) if return_dict else (result,)
+
+
 class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin):
     r"""ASUKA inpainting with a frozen SD-1.5-inpainting UNet.
 
@@ -536,16 +553,10 @@ class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin):
         generated = (decoded.float().cpu() / 2 + 0.5).clamp(0, 1)
 
         # 9. Paste back into the full-resolution input and convert
-        result = paste_from_working(
-            generated,
-            input_image.repeat_interleave(num_images_per_prompt, dim=0),
-            hole.repeat_interleave(num_images_per_prompt, dim=0),
-            region,
-            keep_unmasked,
-        )
         self.maybe_free_model_hooks()
-        result = to_output_type(result, output_type)
-        return AsukaPipelineOutput(images=result) if return_dict else (result,)
+        return finish_output(
+            generated, input_image, hole, region, keep_unmasked, num_images_per_prompt, output_type, return_dict
+        )
 
     def save_pretrained(self, save_directory: Union[str, os.PathLike], hub_format: bool = False, **kwargs):
         """Save every component; with `hub_format=True`, also the code so the folder loads without `asuka`.

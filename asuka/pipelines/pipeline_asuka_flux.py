@@ -32,11 +32,10 @@ from asuka.pipelines.pipeline_asuka import (
     AsukaPipelineOutput,
     ImageInput,
     crop_to_working,
-    paste_from_working,
+    finish_output,
     plan_working_region,
     repeat_to_batch,
     standardise_inputs,
-    to_output_type,
     unchanged_output,
 )
 
@@ -353,16 +352,10 @@ class AsukaFluxPipeline(DiffusionPipeline):
         generated = self.image_processor.denormalize(decoded.float().cpu())
 
         # 9. Paste back into the full-resolution input and convert
-        result = paste_from_working(
-            generated,
-            input_image.repeat_interleave(num_images_per_prompt, dim=0),
-            hole.repeat_interleave(num_images_per_prompt, dim=0),
-            region,
-            keep_unmasked,
-        )
         self.maybe_free_model_hooks()
-        result = to_output_type(result, output_type)
-        return AsukaPipelineOutput(images=result) if return_dict else (result,)
+        return finish_output(
+            generated, input_image, hole, region, keep_unmasked, num_images_per_prompt, output_type, return_dict
+        )
 
     def decode_latents(self, latents: torch.Tensor, image: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
         """Scaled, unpacked FLUX latents to [-1, 1] pixels: `z / scaling_factor + shift_factor`, then the decoder.
