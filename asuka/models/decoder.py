@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from diffusers.models.autoencoders.vae import Decoder, DecoderOutput
 from diffusers.models.modeling_utils import ModelMixin
 
@@ -94,6 +95,9 @@ class AsukaDecoder(ModelMixin, ConfigMixin):
         )
         self.post_quant_conv = nn.Conv2d(latent_channels, latent_channels, 1) if use_post_quant_conv else None
         self.condition_encoder = AsukaConditionEncoder(out_channels + 1, tuple(block_out_channels))
+        self.use_tiling = False
+        self.tile_sample_size = 512
+        self.tile_overlap = 0.25
 
     @property
     def scale_factor(self) -> int:
@@ -168,6 +172,28 @@ class AsukaDecoder(ModelMixin, ConfigMixin):
             return self.decoder._gradient_checkpointing_func(block, sample, None)
         return block(sample, None)
 
+    def enable_tiling(self, tile_sample_size: int = 512, tile_overlap: float = 0.25) -> None:
+        """Decode large latents in overlapping tiles, each with its own image and mask crop, to bound memory.
+
+        As `AutoencoderKL.enable_tiling`: tiles of `tile_sample_size` output pixels overlap by `tile_overlap` and
+        are blended linearly. The mid-block attention then sees one tile at a time, so results differ slightly.
+        """
+        if tile_sample_size <= 0 or tile_sample_size % self.scale_factor:
+            raise ValueError(f"`tile_sample_size` must be a positive multiple of {self.scale_factor}, got {tile_sample_size}.")
+        if not 0 <= tile_overlap < 1:
+            raise ValueError(f"`tile_overlap` must lie in [0, 1), got {tile_overlap}.")
+        self.use_tiling = True
+        self.tile_sample_size = tile_sample_size
+        self.tile_overlap = tile_overlap
+
+    def disable_tiling(self) -> None:
+        """Decode in one pass again."""
+        self.use_tiling = False
+
+    # diffusers' linear seam blending, as `AutoencoderKL.tiled_decode` uses it.
+    blend_v = AutoencoderKL.blend_v
+    blend_h = AutoencoderKL.blend_h
+
     def forward(
         self,
         latents: torch.Tensor,
@@ -178,7 +204,15 @@ class AsukaDecoder(ModelMixin, ConfigMixin):
         """Decodes `latents`, taking the region outside `mask` from `image` through the condition encoder."""
         self._check_inputs(latents, image, mask)
         latents, image, mask = (t.to(self.dtype) for t in (latents, image, mask))
+        if self.use_tiling and max(latents.shape[-2:]) > self.tile_sample_size // self.scale_factor:
+            sample = self._tiled_decode(latents, image, mask)
+        else:
+            sample = self._decode(latents, image, mask)
+        if not return_dict:
+            return (sample,)
+        return DecoderOutput(sample=sample)
 
+    def _decode(self, latents: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # 1. Condition features, once per call, from full resolution down. Each is popped (smallest first) when
         #    blended, so it is freed before the larger up levels run: lower peak memory, same result.
         features = self.condition_encoder(torch.cat([(1 - mask) * image, mask], dim=1))
@@ -197,11 +231,33 @@ class AsukaDecoder(ModelMixin, ConfigMixin):
         # 3. Post-process, as in diffusers' `Decoder.forward`.
         sample = decoder.conv_norm_out(sample)
         sample = decoder.conv_act(sample)
-        sample = decoder.conv_out(sample)
+        return decoder.conv_out(sample)
 
-        if not return_dict:
-            return (sample,)
-        return DecoderOutput(sample=sample)
+    def _tiled_decode(self, latents: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """`_decode` over overlapping latent tiles, blended like `AutoencoderKL.tiled_decode`."""
+        factor = self.scale_factor
+        tile = self.tile_sample_size // factor
+        stride = max(1, int(tile * (1 - self.tile_overlap)))
+        row_limit = stride * factor
+        blend_extent = self.tile_sample_size - row_limit
+        rows = []
+        for i in range(0, latents.shape[2], stride):
+            row = []
+            for j in range(0, latents.shape[3], stride):
+                pixels = (..., slice(i * factor, (i + tile) * factor), slice(j * factor, (j + tile) * factor))
+                row.append(self._decode(latents[..., i : i + tile, j : j + tile], image[pixels], mask[pixels]))
+            rows.append(row)
+        result_rows = []
+        for i, row in enumerate(rows):
+            parts = []
+            for j, part in enumerate(row):
+                if i > 0:
+                    part = self.blend_v(rows[i - 1][j], part, blend_extent)
+                if j > 0:
+                    part = self.blend_h(row[j - 1], part, blend_extent)
+                parts.append(part[:, :, :row_limit, :row_limit])
+            result_rows.append(torch.cat(parts, dim=3))
+        return torch.cat(result_rows, dim=2)
 
 
 def _binary_mask(mask: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
