@@ -241,6 +241,19 @@ def _generator(seed: int) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(int(seed))
 
 
+def backbone_result(output: Any, request: InpaintRequest) -> InpaintResult:
+    """A plain backbone's working-size output scaled back to the input size.
+
+    With ``keep_unmasked`` only the hole is pasted into the input, as the ASUKA pipelines do themselves.
+    """
+    from asuka.imageio import composite_unmasked
+
+    result = output.images[0].resize(request.image.size, Image.Resampling.BICUBIC)
+    if request.keep_unmasked:
+        result = composite_unmasked(result, request.image, request.mask)
+    return InpaintResult(image=result)
+
+
 # --- built-in SD-1.5 entries ---------------------------------------------------------------------
 
 
@@ -295,8 +308,6 @@ def _run_sd(pipeline: Any, request: InpaintRequest, progress: Optional[ProgressC
     It runs on the whole image scaled so the long side is the UNet's native resolution; the result is
     scaled back and, with ``keep_unmasked``, only the hole is pasted into the input.
     """
-    from asuka.imageio import composite_unmasked
-
     width, height = request.image.size
     native = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
     scale = native / max(width, height)
@@ -318,10 +329,7 @@ def _run_sd(pipeline: Any, request: InpaintRequest, progress: Optional[ProgressC
         callback_on_step_end=step_callback(progress, request.steps),
         callback_on_step_end_tensor_inputs=[],  # progress needs only the step index
     )
-    result = output.images[0].resize((width, height), Image.Resampling.BICUBIC)
-    if request.keep_unmasked:
-        result = composite_unmasked(result, request.image, request.mask)
-    return InpaintResult(image=result)
+    return backbone_result(output, request)
 
 
 #: No public ASUKA-SD checkpoint exists yet; pass --model with a folder written by save_pretrained.

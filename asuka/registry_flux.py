@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from PIL import Image
 
 from asuka.registry import (
     InpaintRequest,
@@ -25,6 +24,7 @@ from asuka.registry import (
     MethodSpec,
     ProgressCallback,
     _generator,
+    backbone_result,
     register_method,
     step_callback,
 )
@@ -109,8 +109,6 @@ def _load_flux_fill(model: Optional[str], device: str, dtype: torch.dtype, tiny:
 
 def _run_flux_fill(pipeline: Any, request: InpaintRequest, progress: Optional[ProgressCallback]) -> InpaintResult:
     """The plain FLUX.1-Fill backbone with an empty prompt (the release's "FLUX-Fill" baseline)."""
-    from asuka.imageio import composite_unmasked
-
     width, height = request.image.size
     multiple = pipeline.vae_scale_factor * 2
     scale = min(1.0, FLUX_MAX_SIDE / max(width, height))
@@ -133,10 +131,7 @@ def _run_flux_fill(pipeline: Any, request: InpaintRequest, progress: Optional[Pr
         generator=_generator(request.seed),
         callback_on_step_end=step_callback(progress, request.steps),
     )
-    result = output.images[0].resize((width, height), Image.Resampling.BICUBIC)
-    if request.keep_unmasked:
-        result = composite_unmasked(result, request.image, request.mask)
-    return InpaintResult(image=result)
+    return backbone_result(output, request)
 
 
 register_method(MethodSpec(
