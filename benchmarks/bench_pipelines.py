@@ -553,7 +553,9 @@ def main(argv: Optional[List[str]] = None) -> str:
         return ""
 
     device, dtype = args.device, DTYPES[args.dtype]
-    kind = "tiny test components" if args.tiny else "full-size SD-1.5-inpainting architectures, random weights"
+    backbones = [name for name, wanted in (("SD-1.5-inpainting", not {"inference", "training", "memory"} <= set(args.skip)),
+                                            ("FLUX.1-Fill", args.flux)) if wanted]
+    kind = "tiny test components" if args.tiny else f"full-size {' and '.join(backbones)} architectures, random weights"
     out = [f"## ASUKA overhead: {args.size}x{args.size}, {args.steps} steps, {args.dtype} on {device} ({kind})", "",
            f"Machine: {machine_description(device)}", ""]
     print("\n".join(out), flush=True)
