@@ -553,8 +553,11 @@ def main(argv: Optional[List[str]] = None) -> str:
         return ""
 
     device, dtype = args.device, DTYPES[args.dtype]
-    backbones = [name for name, wanted in (("SD-1.5-inpainting", not {"inference", "training", "memory"} <= set(args.skip)),
-                                            ("FLUX.1-Fill", args.flux)) if wanted]
+    backbones = []
+    if set(args.skip) != {"inference", "memory", "training"}:
+        backbones.append("SD-1.5-inpainting")
+    if args.flux:
+        backbones.append("FLUX.1-Fill")
     kind = "tiny test components" if args.tiny else f"full-size {' and '.join(backbones)} architectures, random weights"
     out = [f"## ASUKA overhead: {args.size}x{args.size}, {args.steps} steps, {args.dtype} on {device} ({kind})", "",
            f"Machine: {machine_description(device)}", ""]
