@@ -25,6 +25,8 @@ from typing import Any, Callable, Optional
 import torch
 from PIL import Image
 
+from asuka.imageio import composite_unmasked
+
 logger = logging.getLogger(__name__)
 
 #: Modules that register built-in methods when imported (the SD entries live in this file).
@@ -246,8 +248,6 @@ def backbone_result(output: Any, request: InpaintRequest) -> InpaintResult:
 
     With ``keep_unmasked`` only the hole is pasted into the input, as the ASUKA pipelines do themselves.
     """
-    from asuka.imageio import composite_unmasked
-
     result = output.images[0].resize(request.image.size, Image.Resampling.BICUBIC)
     if request.keep_unmasked:
         result = composite_unmasked(result, request.image, request.mask)
