@@ -17,8 +17,9 @@ import os
 import random
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import gradio as gr
 import numpy as np
@@ -29,14 +30,17 @@ from asuka import registry
 from asuka.imageio import load_image, load_mask, mask_from_layers
 from asuka.masks import dilate_mask
 
+
 try:  # On a ZeroGPU Space, `spaces.GPU` grants a GPU for the duration of each call.
     import spaces
 
     gpu = spaces.GPU
 except ImportError:
+
     def gpu(fn):
         """No-op stand-in for `spaces.GPU` outside Hugging Face Spaces."""
         return fn
+
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 TINY_BANNER = "⚠️ **Tiny mode: random weights, for trying the interface.** Results are noise, not inpainting."
@@ -60,41 +64,58 @@ class PhotoEditor(gr.ImageEditor):
         return Image.open(source if isinstance(source, str) else io.BytesIO(source)).convert("RGBA")
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="asuka inpainting demo")
     env = os.environ.get  # Spaces cannot pass flags: ASUKA_METHOD / ASUKA_MODEL / ASUKA_TINY set the defaults
-    parser.add_argument("--method", default=env("ASUKA_METHOD", "asuka-sd"),
-                        help="registered method shown first (default asuka-sd)")
+    parser.add_argument(
+        "--method", default=env("ASUKA_METHOD", "asuka-sd"), help="registered method shown first (default asuka-sd)"
+    )
     parser.add_argument("--model", default=env("ASUKA_MODEL"), help="Hub id or local folder of that method's weights")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", default=None, help="float16, bfloat16 or float32 (default: float16 on GPU)")
     parser.add_argument("--port", type=int, default=None, help="default: $GRADIO_SERVER_PORT or 7860")
     parser.add_argument("--host", default=None, help="default: $GRADIO_SERVER_NAME or 127.0.0.1")
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
-    parser.add_argument("--tiny", action="store_true", default=env("ASUKA_TINY", "") in ("1", "true"),
-                        help="random tiny weights, for trying the interface")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        default=env("ASUKA_TINY", "") in ("1", "true"),
+        help="random tiny weights, for trying the interface",
+    )
     parser.add_argument("--max-queue", type=int, default=16, help="requests allowed to wait; more are refused")
     return parser.parse_args(argv)
 
 
-def _editor_mask(editor: Optional[dict], mask_file: Optional[str], size: tuple[int, int]) -> Image.Image:
+def _editor_mask(editor: dict | None, mask_file: str | None, size: tuple[int, int]) -> Image.Image:
     """The uploaded mask if there is one, else what the user painted (union of layer alphas)."""
     if mask_file:
         return load_mask(mask_file, size=size)
     return mask_from_layers((editor or {}).get("layers") or [], size)
 
 
-def build_demo(cache: registry.PipelineCache, default_method: str, tiny: bool = False,
-               max_queue: int = 16) -> gr.Blocks:
+def build_demo(
+    cache: registry.PipelineCache, default_method: str, tiny: bool = False, max_queue: int = 16
+) -> gr.Blocks:
     """The Blocks UI; every model call goes through ``cache`` and the registry."""
     methods = registry.list_methods()
     choices = [(spec.label, spec.name) for spec in methods]
     first = registry.get_method(default_method)
 
     @gpu
-    def inpaint(editor: Optional[dict], mask_file: Optional[str], method: str, steps: int, seed: int,
-                randomize_seed: bool, condition_weight: float, guidance_scale: float, keep_unmasked: bool,
-                dilation: int, run_backbone: bool, progress: gr.Progress = gr.Progress()):
+    def inpaint(
+        editor: dict | None,
+        mask_file: str | None,
+        method: str,
+        steps: int,
+        seed: int,
+        randomize_seed: bool,
+        condition_weight: float,
+        guidance_scale: float,
+        keep_unmasked: bool,
+        dilation: int,
+        run_backbone: bool,
+        progress: gr.Progress = gr.Progress(),
+    ):
         if not editor or editor.get("background") is None:
             raise gr.Error("Upload an image first, then paint over the part to repaint.")
         image = editor["background"]
@@ -110,7 +131,10 @@ def build_demo(cache: registry.PipelineCache, default_method: str, tiny: bool = 
         if randomize_seed:
             seed = random.randint(0, MAX_SEED)
         request = registry.InpaintRequest(
-            image=image, mask=mask, steps=int(steps), seed=int(seed),
+            image=image,
+            mask=mask,
+            steps=int(steps),
+            seed=int(seed),
             condition_weight=float(condition_weight) if spec.uses_condition_weight else None,
             guidance_scale=float(guidance_scale) if spec.uses_guidance else None,
             keep_unmasked=bool(keep_unmasked),
@@ -123,8 +147,9 @@ def build_demo(cache: registry.PipelineCache, default_method: str, tiny: bool = 
             except registry.ModelLoadError as error:
                 raise gr.Error(str(error), duration=None)
             try:
-                return registry.run_method(name, pipeline, request,
-                                           lambda done, total: progress((done, total), desc=label, unit="steps"))
+                return registry.run_method(
+                    name, pipeline, request, lambda done, total: progress((done, total), desc=label, unit="steps")
+                )
             except ValueError as error:
                 raise gr.Error(str(error))
 
@@ -136,66 +161,110 @@ def build_demo(cache: registry.PipelineCache, default_method: str, tiny: bool = 
             gr.Warning(f"{spec.label} has no separate backbone to compare with.")
         download = Path(tempfile.mkdtemp(prefix="asuka_")) / "inpainted.png"
         result.image.save(download)
-        return (result.image, (image, result.image), backbone, result.reconstruction, str(download), seed,
-                mask)
+        return (result.image, (image, result.image), backbone, result.reconstruction, str(download), seed, mask)
 
     def on_method(method: str):
         spec = registry.get_method(method)
-        return (gr.update(value=spec.default_steps), gr.update(visible=spec.uses_condition_weight),
-                gr.update(visible=spec.uses_guidance, value=spec.default_guidance),
-                gr.update(interactive=spec.backbone is not None))
+        return (
+            gr.update(value=spec.default_steps),
+            gr.update(visible=spec.uses_condition_weight),
+            gr.update(visible=spec.uses_guidance, value=spec.default_guidance),
+            gr.update(interactive=spec.backbone is not None),
+        )
 
     with gr.Blocks(title="asuka inpainting") as demo:
-        gr.Markdown("# asuka — faithful inpainting\nPaint over what should be repainted (or upload a mask), then press **Run**.")
+        gr.Markdown(
+            "# asuka — faithful inpainting\nPaint over what should be repainted (or upload a mask), then press **Run**."
+        )
         if tiny:
             gr.Markdown(TINY_BANNER, elem_id="tiny-banner")
         with gr.Row():
             with gr.Column():
                 editor = PhotoEditor(
-                    label="Image — paint the region to repaint", type="pil", image_mode="RGBA", format="png",
-                    sources=("upload", "clipboard"), transforms=(), layers=False,
-                    brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed"), eraser=gr.Eraser(), elem_id="editor",
+                    label="Image — paint the region to repaint",
+                    type="pil",
+                    image_mode="RGBA",
+                    format="png",
+                    sources=("upload", "clipboard"),
+                    transforms=(),
+                    layers=False,
+                    brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed"),
+                    eraser=gr.Eraser(),
+                    elem_id="editor",
                 )
-                mask_upload = gr.Image(label="Mask (optional, overrides the painting; white = repaint)",
-                                       type="filepath", image_mode=None, sources=("upload", "clipboard"),
-                                       elem_id="mask-upload", height=200)
+                mask_upload = gr.Image(
+                    label="Mask (optional, overrides the painting; white = repaint)",
+                    type="filepath",
+                    image_mode=None,
+                    sources=("upload", "clipboard"),
+                    elem_id="mask-upload",
+                    height=200,
+                )
                 method = gr.Dropdown(choices=choices, value=first.name, label="Model", elem_id="method")
                 with gr.Accordion("Settings", open=False):
                     steps = gr.Slider(1, 100, value=first.default_steps, step=1, label="Steps")
                     with gr.Row():
                         seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
                         randomize = gr.Checkbox(value=False, label="Randomise seed")
-                    condition_weight = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Condition weight",
-                                                 visible=first.uses_condition_weight)
-                    guidance = gr.Slider(0.0, 50.0, value=first.default_guidance, step=0.5, label="Guidance",
-                                         visible=first.uses_guidance)
+                    condition_weight = gr.Slider(
+                        0.0, 2.0, value=1.0, step=0.05, label="Condition weight", visible=first.uses_condition_weight
+                    )
+                    guidance = gr.Slider(
+                        0.0,
+                        50.0,
+                        value=first.default_guidance,
+                        step=0.5,
+                        label="Guidance",
+                        visible=first.uses_guidance,
+                    )
                     keep_unmasked = gr.Checkbox(value=True, label="Keep unmasked pixels exactly")
                     dilation = gr.Slider(0, 64, value=0, step=1, label="Mask dilation (px)")
-                    run_backbone = gr.Checkbox(value=False, label="Also run the backbone alone",
-                                               interactive=first.backbone is not None)
+                    run_backbone = gr.Checkbox(
+                        value=False, label="Also run the backbone alone", interactive=first.backbone is not None
+                    )
                 run_button = gr.Button("Run", variant="primary", elem_id="run")
             with gr.Column():
                 result = gr.Image(label="Result", type="pil", format="png", interactive=False, elem_id="result")
                 slider = gr.ImageSlider(label="Before / after", type="pil", format="png", interactive=False)
                 download = gr.DownloadButton("Download (full resolution PNG)", elem_id="download")
                 backbone = gr.Image(label="Backbone alone", type="pil", format="png", interactive=False)
-                reconstruction = gr.Image(label="MAE reconstruction (what the prior thinks)", type="pil",
-                                          format="png", interactive=False)
+                reconstruction = gr.Image(
+                    label="MAE reconstruction (what the prior thinks)", type="pil", format="png", interactive=False
+                )
                 used_seed = gr.Number(label="Seed used", precision=0, interactive=False)
-                used_mask = gr.Image(label="Mask used", type="pil", format="png", interactive=False, elem_id="mask-used")
+                used_mask = gr.Image(
+                    label="Mask used", type="pil", format="png", interactive=False, elem_id="mask-used"
+                )
 
         examples = _examples()
         if examples:
             gr.Examples(examples=examples, inputs=[editor, mask_upload], label="Examples (mask included)")
 
-        method.change(on_method, inputs=method, outputs=[steps, condition_weight, guidance, run_backbone],
-                      api_visibility="private")
+        method.change(
+            on_method,
+            inputs=method,
+            outputs=[steps, condition_weight, guidance, run_backbone],
+            api_visibility="private",
+        )
         run_button.click(
             inpaint,
-            inputs=[editor, mask_upload, method, steps, seed, randomize, condition_weight, guidance, keep_unmasked,
-                    dilation, run_backbone],
+            inputs=[
+                editor,
+                mask_upload,
+                method,
+                steps,
+                seed,
+                randomize,
+                condition_weight,
+                guidance,
+                keep_unmasked,
+                dilation,
+                run_backbone,
+            ],
             outputs=[result, slider, backbone, reconstruction, download, used_seed, used_mask],
-            api_name="inpaint", concurrency_limit=1, concurrency_id="gpu",
+            api_name="inpaint",
+            concurrency_limit=1,
+            concurrency_id="gpu",
         )
     demo.queue(max_size=max_queue, default_concurrency_limit=1)
     return demo
@@ -205,14 +274,20 @@ def _examples() -> list[list[str]]:
     """[image, mask] pairs from examples/ (<name>.<ext> with <name>_mask.png)."""
     pairs = []
     for mask in sorted(EXAMPLES_DIR.glob("*_mask.png")):
-        image = next((p for p in sorted(EXAMPLES_DIR.glob(mask.name[: -len("_mask.png")] + ".*"))
-                      if not p.name.endswith("_mask.png")), None)
+        image = next(
+            (
+                p
+                for p in sorted(EXAMPLES_DIR.glob(mask.name[: -len("_mask.png")] + ".*"))
+                if not p.name.endswith("_mask.png")
+            ),
+            None,
+        )
         if image is not None:
             pairs.append([str(image), str(mask)])
     return pairs
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from asuka.cli import default_device_dtype
@@ -220,8 +295,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     device, dtype = default_device_dtype(args.device, args.dtype)
     try:
         spec = registry.get_method(args.method)
-        cache = registry.PipelineCache(device=device, dtype=dtype, tiny=args.tiny,
-                                       models={args.method: args.model} if args.model else None)
+        cache = registry.PipelineCache(
+            device=device, dtype=dtype, tiny=args.tiny, models={args.method: args.model} if args.model else None
+        )
         cache.get(spec.name)  # load the first model now, so a bad model id fails at start-up
     except (ValueError, registry.ModelLoadError) as error:
         print(f"error: {error}", file=sys.stderr)

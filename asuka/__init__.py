@@ -6,6 +6,7 @@ Public entry points are imported lazily, so `import asuka.masks` does not pay fo
 import importlib
 from typing import Any
 
+
 __version__ = "0.1.0"
 
 _LAZY = {

@@ -2,4 +2,5 @@
 
 from asuka.cli import main
 
+
 raise SystemExit(main())

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+
 
 EXIT_OK, EXIT_SKIPPED, EXIT_USAGE = 0, 1, 2
 
@@ -22,11 +23,11 @@ class Job:
     """One image, its mask (None when unpaired) and where its result goes."""
 
     image: Path
-    mask: Optional[Path]
+    mask: Path | None
     output: Path
 
 
-def _find_mask(image: Path, mask_dir: Path, same_dir: bool) -> Optional[Path]:
+def _find_mask(image: Path, mask_dir: Path, same_dir: bool) -> Path | None:
     """``mask_dir/<image name>``, ``<stem>.<ext>`` or ``<stem>_mask.<ext>`` (first that exists)."""
     from asuka.imageio import IMAGE_EXTENSIONS
 
@@ -62,7 +63,7 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def _check_output(output: Path, inputs: Sequence[Path]) -> Optional[str]:
+def _check_output(output: Path, inputs: Sequence[Path]) -> str | None:
     for source in inputs:
         folder = source if source.is_dir() else source.parent
         if _inside(output, folder):
@@ -75,10 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     inpaint = commands.add_parser("inpaint", help="inpaint one image or a folder of images")
     inpaint.add_argument("--image", type=Path, required=True, help="an image file or a folder of images")
-    inpaint.add_argument("--mask", type=Path, required=True,
-                         help="a mask file or a folder of masks (white = repaint); paired by name or <name>_mask.<ext>")
+    inpaint.add_argument(
+        "--mask",
+        type=Path,
+        required=True,
+        help="a mask file or a folder of masks (white = repaint); paired by name or <name>_mask.<ext>",
+    )
     inpaint.add_argument("--output", type=Path, required=True, help="folder for the results (<name>.png)")
-    inpaint.add_argument("--method", default="asuka-sd", help="registered method (see asuka.registry); default asuka-sd")
+    inpaint.add_argument(
+        "--method", default="asuka-sd", help="registered method (see asuka.registry); default asuka-sd"
+    )
     inpaint.add_argument("--model", default=None, help="Hub id or local folder of the method's weights")
     inpaint.add_argument("--steps", type=int, default=None, help="denoising steps (default: the method's)")
     inpaint.add_argument("--seed", type=int, default=0)
@@ -92,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def default_device_dtype(device: Optional[str], dtype: Optional[str]) -> tuple[str, str]:
+def default_device_dtype(device: str | None, dtype: str | None) -> tuple[str, str]:
     """cuda + float16 when a GPU is there, cpu + float32 otherwise; explicit values win."""
     import torch
 
@@ -144,8 +151,12 @@ def inpaint_command(args: argparse.Namespace) -> int:
                 if args.dilate:
                     mask = dilate_mask(mask, args.dilate)
                 request = registry.InpaintRequest(
-                    image=image, mask=mask, steps=args.steps, seed=args.seed,
-                    condition_weight=args.condition_weight, guidance_scale=args.guidance_scale,
+                    image=image,
+                    mask=mask,
+                    steps=args.steps,
+                    seed=args.seed,
+                    condition_weight=args.condition_weight,
+                    guidance_scale=args.guidance_scale,
                 )
                 result = registry.run_method(spec.name, pipeline, request)
                 result.image.save(job.output)
@@ -160,7 +171,7 @@ def inpaint_command(args: argparse.Namespace) -> int:
     return EXIT_SKIPPED if skipped else EXIT_OK
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "inpaint":
         return inpaint_command(args)

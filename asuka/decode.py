@@ -66,7 +66,9 @@ def decode_with_asuka_decoder(
         pixels = image_processor.preprocess(image).float()
         hole = mask_processor.preprocess(mask_image).float()
     except (TypeError, ValueError, AttributeError) as error:
-        raise ValueError(f"Could not read `image`/`mask_image` ({error}); accepted: PIL, numpy or tensors in [0,1].") from error
+        raise ValueError(
+            f"Could not read `image`/`mask_image` ({error}); accepted: PIL, numpy or tensors in [0,1]."
+        ) from error
 
     # 1. Latents to (B, C, h, w), unscaled
     if latents.ndim == 3:
@@ -76,7 +78,8 @@ def decode_with_asuka_decoder(
         if latents.shape[1] != (grid[0] // 2) * (grid[1] // 2) or latents.shape[2] != config.latent_channels * 4:
             raise ValueError(
                 f"Packed latents of shape {tuple(latents.shape)} do not fit a {height}x{width} FLUX run "
-                f"(expected (B, {(grid[0] // 2) * (grid[1] // 2)}, {config.latent_channels * 4})); pass the run's height/width."
+                f"(expected (B, {(grid[0] // 2) * (grid[1] // 2)}, {config.latent_channels * 4})); "
+                "pass the run's height/width."
             )
         latents = FluxFillPipeline._unpack_latents(latents, height, width, vae_scale_factor)
     elif latents.ndim != 4 or latents.shape[1] != config.latent_channels:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+
+ImageSource = str | os.PathLike | bytes | Image.Image | np.ndarray
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
@@ -59,7 +59,9 @@ def _from_array(array: np.ndarray) -> Image.Image:
     elif array.dtype == bool:
         array = array.astype(np.uint8) * 255
     elif array.dtype != np.uint8:
-        raise ValueError(f"Image array dtype {array.dtype} is not supported; accepted: uint8, uint16, float in [0, 1], bool.")
+        raise ValueError(
+            f"Image array dtype {array.dtype} is not supported; accepted: uint8, uint16, float in [0, 1], bool."
+        )
     return Image.fromarray(array)
 
 

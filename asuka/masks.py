@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-FAMILIES: Tuple[str, str, str] = ("object", "irregular", "regular")
+
+FAMILIES: tuple[str, str, str] = ("object", "irregular", "regular")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
-MaskLike = Union[np.ndarray, Image.Image]
+MaskLike = np.ndarray | Image.Image
 
 
 def mask_ratio(mask: np.ndarray) -> float:
@@ -121,26 +122,29 @@ class MaskGenerator:
 
     def __init__(
         self,
-        resolution: Union[int, Tuple[int, int]] = 512,
-        object_mask_dir: Optional[Union[str, Path]] = None,
+        resolution: int | tuple[int, int] = 512,
+        object_mask_dir: str | Path | None = None,
         family_probs: Sequence[float] = (0.5, 0.4, 0.1),
         object_irregular_prob: float = 0.5,
-        hole_range: Tuple[float, float] = (0.05, 0.7),
+        hole_range: tuple[float, float] = (0.05, 0.7),
         mae_mode: bool = False,
         patch_size: int = 16,
         mae_min_patch_ratio: float = 0.75,
-        seed: Optional[int] = None,
+        seed: int | None = None,
     ) -> None:
         self.height, self.width = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
         if self.height < 8 or self.width < 8:
             raise ValueError(f"MaskGenerator: resolution must be at least 8x8, got {resolution!r}.")
         low, high = float(hole_range[0]), float(hole_range[1])
         if not 0.0 <= low <= high <= 1.0 or high == 0.0:
-            raise ValueError(f"MaskGenerator: hole_range must satisfy 0 <= min <= max <= 1 and max > 0, got {hole_range!r}.")
+            raise ValueError(
+                f"MaskGenerator: hole_range must satisfy 0 <= min <= max <= 1 and max > 0, got {hole_range!r}."
+            )
         probs = np.asarray(family_probs, dtype=np.float64)
         if probs.shape != (3,) or (probs < 0).any() or probs.sum() <= 0:
             raise ValueError(
-                f"MaskGenerator: family_probs must be three non-negative weights (object, irregular, regular), got {family_probs!r}."
+                "MaskGenerator: family_probs must be three non-negative weights (object, irregular, regular), "
+                f"got {family_probs!r}."
             )
         if not 0.0 <= object_irregular_prob <= 1.0:
             raise ValueError(f"MaskGenerator: object_irregular_prob must be in [0, 1], got {object_irregular_prob!r}.")
@@ -163,7 +167,9 @@ class MaskGenerator:
             self.object_paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
         if not self.object_paths and probs[0] > 0:
             if probs[1:].sum() == 0:
-                raise ValueError("MaskGenerator: only object masks were requested but no object mask folder/files were given.")
+                raise ValueError(
+                    "MaskGenerator: only object masks were requested but no object mask folder/files were given."
+                )
             warnings.warn(
                 "MaskGenerator: no object masks available (object_mask_dir missing or empty); the object share "
                 "falls back to the irregular and regular families in proportion.",
@@ -179,7 +185,7 @@ class MaskGenerator:
         """Next mask from the generator's own seeded stream."""
         return self.sample().mask
 
-    def sample(self, rng: Optional[np.random.Generator] = None, index: Optional[int] = None) -> MaskSample:
+    def sample(self, rng: np.random.Generator | None = None, index: int | None = None) -> MaskSample:
         """Draw one mask. ``index`` derives an independent stream from ``(seed, index)``."""
         if rng is None:
             rng = self._rng if index is None else np.random.default_rng([self.seed or 0, int(index)])
@@ -213,8 +219,12 @@ class MaskGenerator:
         low, high = self.hole_range
         pixels = height * width
         aspect = math.exp(rng.uniform(math.log(0.33), math.log(3.0)))
-        rect_h = int(np.clip(round(math.sqrt(area * pixels * aspect)), max(1, math.ceil(area * pixels / width)), height))
-        min_area, max_area = ((1.0 - high) * pixels, (1.0 - low) * pixels) if complement else (low * pixels, high * pixels)
+        rect_h = int(
+            np.clip(round(math.sqrt(area * pixels * aspect)), max(1, math.ceil(area * pixels / width)), height)
+        )
+        min_area, max_area = (
+            ((1.0 - high) * pixels, (1.0 - low) * pixels) if complement else (low * pixels, high * pixels)
+        )
         w_min, w_max = max(1, math.ceil(min_area / rect_h)), min(width, math.floor(max_area / rect_h))
         if w_min > w_max:  # no integer width fits a very narrow range; _fit_ratio corrects afterwards
             w_min, w_max = 1, width
@@ -226,7 +236,7 @@ class MaskGenerator:
             rect[top : top + rect_h, left : left + rect_w] = True
         return ~rect if complement else rect
 
-    def _strokes(self, rng: np.random.Generator, target: float, start: Optional[np.ndarray] = None) -> np.ndarray:
+    def _strokes(self, rng: np.random.Generator, target: float, start: np.ndarray | None = None) -> np.ndarray:
         """Free-form brush strokes (polylines with round joints) added until ``target`` is reached.
 
         A stroke that would push the hole beyond ``hole_range[1]`` is redrawn thinner or dropped,
@@ -234,7 +244,9 @@ class MaskGenerator:
         """
         height, width = self.height, self.width
         high = self.hole_range[1]
-        canvas = Image.fromarray((start if start is not None else np.zeros((height, width), bool)).astype(np.uint8) * 255)
+        canvas = Image.fromarray(
+            (start if start is not None else np.zeros((height, width), bool)).astype(np.uint8) * 255
+        )
         current = mask_ratio(np.asarray(canvas) > 0)
         for _ in range(64):
             if current >= target:
@@ -317,7 +329,7 @@ class MaskGenerator:
                 break
         return hole
 
-    def _mae_enlarge(self, rng: np.random.Generator, hole: np.ndarray) -> Tuple[np.ndarray, bool]:
+    def _mae_enlarge(self, rng: np.random.Generator, hole: np.ndarray) -> tuple[np.ndarray, bool]:
         """Mask random extra whole patches until at least ``mae_min_patch_ratio`` of patches are masked."""
         size = self.patch_size
         masked = _patch_any(hole, size)

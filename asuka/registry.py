@@ -19,13 +19,15 @@ import importlib.metadata
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 from PIL import Image
 
 from asuka.imageio import composite_unmasked
+
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +50,10 @@ class InpaintRequest:
 
     image: Image.Image
     mask: Image.Image
-    steps: Optional[int] = None
+    steps: int | None = None
     seed: int = 0
-    condition_weight: Optional[float] = None
-    guidance_scale: Optional[float] = None
+    condition_weight: float | None = None
+    guidance_scale: float | None = None
     keep_unmasked: bool = True
 
 
@@ -60,7 +62,7 @@ class InpaintResult:
     """The inpainted image (input size) and, where the method has one, its prior's reconstruction."""
 
     image: Image.Image
-    reconstruction: Optional[Image.Image] = None
+    reconstruction: Image.Image | None = None
 
 
 @dataclass
@@ -74,14 +76,14 @@ class MethodSpec:
 
     name: str
     label: str
-    default_model: Optional[str]
-    load: Callable[[Optional[str], str, torch.dtype, bool], Any]
-    run: Callable[[Any, InpaintRequest, Optional[ProgressCallback]], InpaintResult]
+    default_model: str | None
+    load: Callable[[str | None, str, torch.dtype, bool], Any]
+    run: Callable[[Any, InpaintRequest, ProgressCallback | None], InpaintResult]
     uses_guidance: bool = False
     uses_condition_weight: bool = False
     default_steps: int = 50
     default_guidance: float = 1.0
-    backbone: Optional[str] = None
+    backbone: str | None = None
     description: str = ""
 
 
@@ -146,15 +148,22 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
     """``"float16"``/``"fp16"``/``"bfloat16"``/``"bf16"``/``"float32"``/``"fp32"`` to a torch dtype."""
     if isinstance(name, torch.dtype):
         return name
-    table = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float32": torch.float32, "fp32": torch.float32, "float": torch.float32}
+    table = {
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "half": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float": torch.float32,
+    }
     if name not in table:
         raise ValueError(f"Unknown dtype {name!r}; accepted: {', '.join(table)}.")
     return table[name]
 
 
-def load_guidance(spec: MethodSpec, model: Optional[str], reason: str) -> str:
+def load_guidance(spec: MethodSpec, model: str | None, reason: str) -> str:
     """The message shown when ``spec``'s weights cannot be loaded: what failed and how to fix it."""
     target = model or spec.default_model or "(no default checkpoint)"
     lines = [
@@ -170,8 +179,13 @@ def load_guidance(spec: MethodSpec, model: Optional[str], reason: str) -> str:
     return "\n".join(lines)
 
 
-def load_pipeline(name: str, model: Optional[str] = None, device: str = "cpu",
-                  dtype: torch.dtype | str = torch.float32, tiny: bool = False) -> Any:
+def load_pipeline(
+    name: str,
+    model: str | None = None,
+    device: str = "cpu",
+    dtype: torch.dtype | str = torch.float32,
+    tiny: bool = False,
+) -> Any:
     """Load method ``name``; any failure becomes :class:`ModelLoadError` with the fix-it guidance."""
     spec = get_method(name)
     dtype = parse_dtype(dtype)
@@ -189,8 +203,13 @@ def load_pipeline(name: str, model: Optional[str] = None, device: str = "cpu",
 class PipelineCache:
     """Loads each method's pipeline on first use and keeps it (thread-safe)."""
 
-    def __init__(self, device: str = "cpu", dtype: torch.dtype | str = torch.float32, tiny: bool = False,
-                 models: Optional[dict[str, str]] = None):
+    def __init__(
+        self,
+        device: str = "cpu",
+        dtype: torch.dtype | str = torch.float32,
+        tiny: bool = False,
+        models: dict[str, str] | None = None,
+    ):
         self.device = device
         self.dtype = parse_dtype(dtype)
         self.tiny = tiny
@@ -210,8 +229,9 @@ class PipelineCache:
         return list(self._pipelines)
 
 
-def run_method(name: str, pipeline: Any, request: InpaintRequest,
-               progress: Optional[ProgressCallback] = None) -> InpaintResult:
+def run_method(
+    name: str, pipeline: Any, request: InpaintRequest, progress: ProgressCallback | None = None
+) -> InpaintResult:
     """Run ``request`` through ``pipeline`` with method ``name``, validating the request first."""
     if request.image.size != request.mask.size:
         raise ValueError(f"Image size {request.image.size} and mask size {request.mask.size} differ; they must match.")
@@ -227,7 +247,7 @@ def _with_default_steps(spec: MethodSpec, request: InpaintRequest) -> InpaintReq
     return request
 
 
-def step_callback(progress: Optional[ProgressCallback], total: int) -> Optional[Callable]:
+def step_callback(progress: ProgressCallback | None, total: int) -> Callable | None:
     """A diffusers ``callback_on_step_end`` that reports ``(step + 1, total)`` to ``progress``."""
     if progress is None:
         return None
@@ -257,7 +277,7 @@ def backbone_result(output: Any, request: InpaintRequest) -> InpaintResult:
 # --- built-in SD-1.5 entries ---------------------------------------------------------------------
 
 
-def _load_asuka_sd(model: Optional[str], device: str, dtype: torch.dtype, tiny: bool) -> Any:
+def _load_asuka_sd(model: str | None, device: str, dtype: torch.dtype, tiny: bool) -> Any:
     if tiny:
         from asuka.testing import make_tiny_pipeline
 
@@ -270,7 +290,7 @@ def _load_asuka_sd(model: Optional[str], device: str, dtype: torch.dtype, tiny: 
     return pipeline
 
 
-def _run_asuka_sd(pipeline: Any, request: InpaintRequest, progress: Optional[ProgressCallback]) -> InpaintResult:
+def _run_asuka_sd(pipeline: Any, request: InpaintRequest, progress: ProgressCallback | None) -> InpaintResult:
     # Only aligners trained with a null embedding have a condition weight; for others it is ignored.
     has_null = pipeline.aligner.config.null_embedding is not None
     output = pipeline(
@@ -287,7 +307,7 @@ def _run_asuka_sd(pipeline: Any, request: InpaintRequest, progress: Optional[Pro
     return InpaintResult(image=output.images[0], reconstruction=reconstruction)
 
 
-def _load_sd(model: Optional[str], device: str, dtype: torch.dtype, tiny: bool) -> Any:
+def _load_sd(model: str | None, device: str, dtype: torch.dtype, tiny: bool) -> Any:
     if tiny:
         from asuka.testing import make_tiny_pipeline
 
@@ -302,7 +322,7 @@ def _load_sd(model: Optional[str], device: str, dtype: torch.dtype, tiny: bool) 
     return pipeline
 
 
-def _run_sd(pipeline: Any, request: InpaintRequest, progress: Optional[ProgressCallback]) -> InpaintResult:
+def _run_sd(pipeline: Any, request: InpaintRequest, progress: ProgressCallback | None) -> InpaintResult:
     """The plain SD-inpainting backbone with an empty prompt (the paper's "SD" baseline).
 
     It runs on the whole image scaled so the long side is the UNet's native resolution; the result is
@@ -315,8 +335,11 @@ def _run_sd(pipeline: Any, request: InpaintRequest, progress: Optional[ProgressC
     if pipeline.text_encoder is not None:
         text = {"prompt": ""}
     else:  # the tiny backbone has no text encoder: an all-zero "empty prompt" stands in
-        text = {"prompt_embeds": torch.zeros(1, 77, pipeline.unet.config.cross_attention_dim,
-                                             device=pipeline.device, dtype=pipeline.unet.dtype)}
+        text = {
+            "prompt_embeds": torch.zeros(
+                1, 77, pipeline.unet.config.cross_attention_dim, device=pipeline.device, dtype=pipeline.unet.dtype
+            )
+        }
     output = pipeline(
         **text,
         image=request.image,
@@ -333,28 +356,32 @@ def _run_sd(pipeline: Any, request: InpaintRequest, progress: Optional[ProgressC
 
 
 #: No public ASUKA-SD checkpoint exists yet; pass --model with a folder written by save_pretrained.
-ASUKA_SD_REPO: Optional[str] = None
+ASUKA_SD_REPO: str | None = None
 
-register_method(MethodSpec(
-    name="asuka-sd",
-    label="ASUKA-SD",
-    default_model=ASUKA_SD_REPO,
-    load=_load_asuka_sd,
-    run=_run_asuka_sd,
-    uses_guidance=False,
-    uses_condition_weight=True,
-    default_steps=50,
-    backbone="sd",
-    description="ASUKA on SD-1.5-inpainting: MAE prior + aligner instead of text, mask-conditioned decoder.",
-))
-register_method(MethodSpec(
-    name="sd",
-    label="SD-1.5 inpainting (backbone)",
-    default_model=SD_INPAINT_REPO,
-    load=_load_sd,
-    run=_run_sd,
-    uses_guidance=False,
-    uses_condition_weight=False,
-    default_steps=50,
-    description="The frozen SD-1.5 inpainting backbone alone, with an empty prompt.",
-))
+register_method(
+    MethodSpec(
+        name="asuka-sd",
+        label="ASUKA-SD",
+        default_model=ASUKA_SD_REPO,
+        load=_load_asuka_sd,
+        run=_run_asuka_sd,
+        uses_guidance=False,
+        uses_condition_weight=True,
+        default_steps=50,
+        backbone="sd",
+        description="ASUKA on SD-1.5-inpainting: MAE prior + aligner instead of text, mask-conditioned decoder.",
+    )
+)
+register_method(
+    MethodSpec(
+        name="sd",
+        label="SD-1.5 inpainting (backbone)",
+        default_model=SD_INPAINT_REPO,
+        load=_load_sd,
+        run=_run_sd,
+        uses_guidance=False,
+        uses_condition_weight=False,
+        default_steps=50,
+        description="The frozen SD-1.5 inpainting backbone alone, with an empty prompt.",
+    )
+)

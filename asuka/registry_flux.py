@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -28,6 +28,7 @@ from asuka.registry import (
     register_method,
     step_callback,
 )
+
 
 FLUX_FILL_REPO = "black-forest-labs/FLUX.1-Fill-dev"
 ASUKA_FLUX_RELEASE = "yikaiwang/ASUKA-FLUX.1-Fill"
@@ -57,7 +58,7 @@ def _is_release(model: str) -> bool:
     return model == ASUKA_FLUX_RELEASE or (Path(model) / "mae_300.pth").is_file()
 
 
-def _load_asuka_flux(model: Optional[str], device: str, dtype: torch.dtype, tiny: bool) -> Any:
+def _load_asuka_flux(model: str | None, device: str, dtype: torch.dtype, tiny: bool) -> Any:
     if tiny:
         from asuka.testing import make_tiny_pipeline
 
@@ -76,7 +77,7 @@ def _load_asuka_flux(model: Optional[str], device: str, dtype: torch.dtype, tiny
     return pipeline
 
 
-def _run_asuka_flux(pipeline: Any, request: InpaintRequest, progress: Optional[ProgressCallback]) -> InpaintResult:
+def _run_asuka_flux(pipeline: Any, request: InpaintRequest, progress: ProgressCallback | None) -> InpaintResult:
     output = pipeline(
         image=request.image,
         mask_image=request.mask,
@@ -93,7 +94,7 @@ def _run_asuka_flux(pipeline: Any, request: InpaintRequest, progress: Optional[P
     return InpaintResult(image=output.images[0], reconstruction=reconstruction)
 
 
-def _load_flux_fill(model: Optional[str], device: str, dtype: torch.dtype, tiny: bool) -> Any:
+def _load_flux_fill(model: str | None, device: str, dtype: torch.dtype, tiny: bool) -> Any:
     if tiny:
         from asuka.testing import make_tiny_pipeline
 
@@ -107,17 +108,21 @@ def _load_flux_fill(model: Optional[str], device: str, dtype: torch.dtype, tiny:
     return pipeline
 
 
-def _run_flux_fill(pipeline: Any, request: InpaintRequest, progress: Optional[ProgressCallback]) -> InpaintResult:
+def _run_flux_fill(pipeline: Any, request: InpaintRequest, progress: ProgressCallback | None) -> InpaintResult:
     """The plain FLUX.1-Fill backbone with an empty prompt (the release's "FLUX-Fill" baseline)."""
     width, height = request.image.size
     multiple = pipeline.vae_scale_factor * 2
     scale = min(1.0, FLUX_MAX_SIDE / max(width, height))
-    work_w, work_h = (max(multiple, int(width * scale) // multiple * multiple),
-                      max(multiple, int(height * scale) // multiple * multiple))
+    work_w, work_h = (
+        max(multiple, int(width * scale) // multiple * multiple),
+        max(multiple, int(height * scale) // multiple * multiple),
+    )
     if pipeline.text_encoder is None:  # the tiny backbone has no text encoders: an all-zero "empty prompt"
         transformer = pipeline.transformer.config
-        prompt = dict(prompt_embeds=torch.zeros(1, 1, transformer.joint_attention_dim),
-                      pooled_prompt_embeds=torch.zeros(1, transformer.pooled_projection_dim))
+        prompt = dict(
+            prompt_embeds=torch.zeros(1, 1, transformer.joint_attention_dim),
+            pooled_prompt_embeds=torch.zeros(1, transformer.pooled_projection_dim),
+        )
     else:
         prompt = dict(prompt="")
     output = pipeline(
@@ -134,28 +139,32 @@ def _run_flux_fill(pipeline: Any, request: InpaintRequest, progress: Optional[Pr
     return backbone_result(output, request)
 
 
-register_method(MethodSpec(
-    name="asuka-flux",
-    label="ASUKA-FLUX",
-    default_model=ASUKA_FLUX_RELEASE,
-    load=_load_asuka_flux,
-    run=_run_asuka_flux,
-    uses_guidance=True,
-    uses_condition_weight=True,
-    default_steps=50,
-    default_guidance=FLUX_GUIDANCE,
-    backbone="flux-fill",
-    description="ASUKA on FLUX.1-Fill-dev (the authors' release): MAE prior instead of T5/CLIP, mask-conditioned decoder.",
-))
-register_method(MethodSpec(
-    name="flux-fill",
-    label="FLUX.1-Fill (backbone)",
-    default_model=FLUX_FILL_REPO,
-    load=_load_flux_fill,
-    run=_run_flux_fill,
-    uses_guidance=True,
-    uses_condition_weight=False,
-    default_steps=50,
-    default_guidance=FLUX_GUIDANCE,
-    description="The frozen FLUX.1-Fill-dev backbone alone, with an empty prompt.",
-))
+register_method(
+    MethodSpec(
+        name="asuka-flux",
+        label="ASUKA-FLUX",
+        default_model=ASUKA_FLUX_RELEASE,
+        load=_load_asuka_flux,
+        run=_run_asuka_flux,
+        uses_guidance=True,
+        uses_condition_weight=True,
+        default_steps=50,
+        default_guidance=FLUX_GUIDANCE,
+        backbone="flux-fill",
+        description="ASUKA on FLUX.1-Fill-dev (the authors' release): MAE prior instead of T5/CLIP, mask-conditioned decoder.",
+    )
+)
+register_method(
+    MethodSpec(
+        name="flux-fill",
+        label="FLUX.1-Fill (backbone)",
+        default_model=FLUX_FILL_REPO,
+        load=_load_flux_fill,
+        run=_run_flux_fill,
+        uses_guidance=True,
+        uses_condition_weight=False,
+        default_steps=50,
+        default_guidance=FLUX_GUIDANCE,
+        description="The frozen FLUX.1-Fill-dev backbone alone, with an empty prompt.",
+    )
+)

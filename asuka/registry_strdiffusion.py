@@ -7,7 +7,7 @@ adaptive resampling; fewer steps use the jump sampler.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -22,7 +22,7 @@ from asuka.registry import (
 )
 
 
-def _load(model: Optional[str], device: str, dtype: torch.dtype, tiny: bool) -> Any:
+def _load(model: str | None, device: str, dtype: torch.dtype, tiny: bool) -> Any:
     if tiny:
         from asuka.testing import make_tiny_pipeline
 
@@ -41,7 +41,7 @@ def _load(model: Optional[str], device: str, dtype: torch.dtype, tiny: bool) -> 
     return pipeline
 
 
-def _run(pipeline: Any, request: InpaintRequest, progress: Optional[ProgressCallback]) -> InpaintResult:
+def _run(pipeline: Any, request: InpaintRequest, progress: ProgressCallback | None) -> InpaintResult:
     total = pipeline.scheduler.config.num_train_timesteps
     steps = None if request.steps is None or request.steps >= total else request.steps
     output = pipeline(

@@ -31,7 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import PIL.Image
@@ -49,6 +49,7 @@ from diffusers import (
 
 from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE
 from asuka.pipelines import AsukaPipeline
+
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TEXT_TOKENS = 77  # CLIP's sequence length: the baseline's prompt_embeds (B, 77, cross_attention_dim)
@@ -101,8 +102,13 @@ def sd15_vae() -> AutoencoderKL:
 def sd15_scheduler() -> PNDMScheduler:
     """The scheduler config shipped with SD-1.5-inpainting."""
     return PNDMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-        skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        skip_prk_steps=True,
+        steps_offset=1,
+        set_alpha_to_one=False,
     )
 
 
@@ -111,13 +117,19 @@ def sd_text_encoder() -> torch.nn.Module:
     from transformers import CLIPTextConfig, CLIPTextModel
 
     config = CLIPTextConfig(
-        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-        max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
+        vocab_size=49408,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+        projection_dim=768,
     )
     return CLIPTextModel(config).eval()
 
 
-def build_sd_components(tiny: bool, parts: str = "asuka", seed: int = 0) -> Dict[str, torch.nn.Module]:
+def build_sd_components(tiny: bool, parts: str = "asuka", seed: int = 0) -> dict[str, torch.nn.Module]:
     """`parts="asuka"`: vae, unet, scheduler, mae, aligner, decoder; `"backbone"`: only vae, unet, scheduler."""
     if tiny:
         from asuka.testing.sd import make_tiny_sd_components
@@ -137,7 +149,7 @@ def build_sd_components(tiny: bool, parts: str = "asuka", seed: int = 0) -> Dict
     return components
 
 
-def to_device(components: Dict, device: str, dtype: torch.dtype) -> Dict:
+def to_device(components: dict, device: str, dtype: torch.dtype) -> dict:
     for name, module in components.items():
         if isinstance(module, torch.nn.Module):
             module.to(device=device)
@@ -146,16 +158,25 @@ def to_device(components: Dict, device: str, dtype: torch.dtype) -> Dict:
     return components
 
 
-def sd_pipelines(components: Dict) -> Tuple[AsukaPipeline, StableDiffusionInpaintPipeline]:
+def sd_pipelines(components: dict) -> tuple[AsukaPipeline, StableDiffusionInpaintPipeline]:
     """ASUKA and the diffusers baseline on the same module objects (each with its own scheduler instance)."""
     scheduler = components["scheduler"]
     asuka = AsukaPipeline(
-        vae=components["vae"], unet=components["unet"], scheduler=scheduler.__class__.from_config(scheduler.config),
-        mae=components["mae"], aligner=components["aligner"], decoder=components["decoder"],
+        vae=components["vae"],
+        unet=components["unet"],
+        scheduler=scheduler.__class__.from_config(scheduler.config),
+        mae=components["mae"],
+        aligner=components["aligner"],
+        decoder=components["decoder"],
     )
     base = StableDiffusionInpaintPipeline(
-        vae=components["vae"], text_encoder=None, tokenizer=None, unet=components["unet"],
-        scheduler=scheduler.__class__.from_config(scheduler.config), safety_checker=None, feature_extractor=None,
+        vae=components["vae"],
+        text_encoder=None,
+        tokenizer=None,
+        unet=components["unet"],
+        scheduler=scheduler.__class__.from_config(scheduler.config),
+        safety_checker=None,
+        feature_extractor=None,
         requires_safety_checker=False,
     )
     for pipe in (asuka, base):
@@ -163,7 +184,7 @@ def sd_pipelines(components: Dict) -> Tuple[AsukaPipeline, StableDiffusionInpain
     return asuka, base
 
 
-def test_inputs(size: int) -> Tuple[PIL.Image.Image, PIL.Image.Image]:
+def test_inputs(size: int) -> tuple[PIL.Image.Image, PIL.Image.Image]:
     """A deterministic textured RGB image and a centred rectangular hole (a quarter of the area)."""
     rng = np.random.RandomState(0)
     yy, xx = np.mgrid[0:size, 0:size] / size
@@ -184,7 +205,7 @@ def synchronize(device: str) -> None:
 
 
 @contextlib.contextmanager
-def stage_timer(stages: Dict[str, Tuple[object, str]], device: str) -> Iterator[Dict[str, float]]:
+def stage_timer(stages: dict[str, tuple[object, str]], device: str) -> Iterator[dict[str, float]]:
     """Wrap `obj.method` for each stage (instance attributes, removed afterwards) and sum their seconds."""
     totals = {name: 0.0 for name in stages}
 
@@ -212,7 +233,7 @@ def stage_timer(stages: Dict[str, Tuple[object, str]], device: str) -> Iterator[
                 setattr(obj, method_name, value)
 
 
-def timed_call(fn: Callable[[], object], stages: Dict[str, Tuple[object, str]], device: str) -> Dict[str, float]:
+def timed_call(fn: Callable[[], object], stages: dict[str, tuple[object, str]], device: str) -> dict[str, float]:
     """One run of `fn`: {"total": s, <stage>: s, ..., "other": s} in wall-clock seconds, plus on CPU "cpu": the
     process's CPU seconds, which a machine shared with other jobs inflates far less than wall-clock time."""
     with stage_timer(stages, device) as totals:
@@ -226,13 +247,13 @@ def timed_call(fn: Callable[[], object], stages: Dict[str, Tuple[object, str]], 
 
 
 def alternate(
-    runs: Dict[str, Tuple[Callable[[], object], Dict]], repeats: int, device: str, warmup: int = 1
-) -> Dict[str, Dict[str, float]]:
+    runs: dict[str, tuple[Callable[[], object], dict]], repeats: int, device: str, warmup: int = 1
+) -> dict[str, dict[str, float]]:
     """Warm each up, then run them in turn A B A B ...; returns the median of every timing per run name."""
     for _ in range(warmup):
         for fn, _stages in runs.values():
             fn()
-    samples: Dict[str, List[Dict[str, float]]] = {name: [] for name in runs}
+    samples: dict[str, list[dict[str, float]]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, (fn, stages) in runs.items():
             samples[name].append(timed_call(fn, stages, device))
@@ -244,7 +265,7 @@ def alternate(
 # ---------------------------------------------------------------------------------------------
 
 
-def sd_inference_runs(components: Dict, size: int, steps: int, device: str, dtype: torch.dtype) -> Dict:
+def sd_inference_runs(components: dict, size: int, steps: int, device: str, dtype: torch.dtype) -> dict:
     """The two calls to compare (closures) with their stage maps."""
     asuka, base = sd_pipelines(components)
     image, mask = test_inputs(size)
@@ -254,12 +275,21 @@ def sd_inference_runs(components: Dict, size: int, steps: int, device: str, dtyp
     ).to(device, dtype)
 
     def run_asuka():
-        return asuka(image, mask, num_inference_steps=steps, generator=torch.Generator().manual_seed(0), output_type="np")
+        return asuka(
+            image, mask, num_inference_steps=steps, generator=torch.Generator().manual_seed(0), output_type="np"
+        )
 
     def run_base():
         return base(
-            prompt_embeds=text_embeds, image=image, mask_image=mask, height=size, width=size,
-            num_inference_steps=steps, guidance_scale=1.0, generator=torch.Generator().manual_seed(0), output_type="np",
+            prompt_embeds=text_embeds,
+            image=image,
+            mask_image=mask,
+            height=size,
+            width=size,
+            num_inference_steps=steps,
+            guidance_scale=1.0,
+            generator=torch.Generator().manual_seed(0),
+            output_type="np",
         )
 
     asuka_stages = {
@@ -286,7 +316,7 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def memory_child(config: str, args: argparse.Namespace) -> Dict[str, float]:
+def memory_child(config: str, args: argparse.Namespace) -> dict[str, float]:
     """Build only what `config` needs, run it once, return the weights' and the run's peak memory in MiB.
 
     CPU: the kernel's RSS high-water mark (VmHWM), reset just before the run through /proc/self/clear_refs, so it
@@ -295,14 +325,24 @@ def memory_child(config: str, args: argparse.Namespace) -> Dict[str, float]:
     device, dtype = args.device, DTYPES[args.dtype]
     components = to_device(build_sd_components(args.tiny, "backbone" if config != "asuka" else "asuka"), device, dtype)
     image, mask = test_inputs(args.size)
-    text_encoder = to_device({"t": sd_text_encoder()}, device, dtype)["t"] if config == "sd+text" and not args.tiny else None
+    text_encoder = (
+        to_device({"t": sd_text_encoder()}, device, dtype)["t"] if config == "sd+text" and not args.tiny else None
+    )
     if config == "asuka":
         pipe = sd_pipelines(components)[0]
-        call = lambda: pipe(image, mask, num_inference_steps=args.steps, generator=torch.Generator().manual_seed(0), output_type="np")  # noqa: E731
+        call = lambda: pipe(
+            image, mask, num_inference_steps=args.steps, generator=torch.Generator().manual_seed(0), output_type="np"
+        )  # noqa: E731
     else:
         pipe = StableDiffusionInpaintPipeline(
-            vae=components["vae"], text_encoder=None, tokenizer=None, unet=components["unet"],
-            scheduler=components["scheduler"], safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+            vae=components["vae"],
+            text_encoder=None,
+            tokenizer=None,
+            unet=components["unet"],
+            scheduler=components["scheduler"],
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
         )
         pipe.set_progress_bar_config(disable=True)
         width = components["unet"].config.cross_attention_dim
@@ -315,8 +355,14 @@ def memory_child(config: str, args: argparse.Namespace) -> Dict[str, float]:
             else:
                 embeds = torch.randn(1, TEXT_TOKENS, width).to(device, dtype)
             return pipe(
-                prompt_embeds=embeds, image=image, mask_image=mask, height=args.size, width=args.size,
-                num_inference_steps=args.steps, guidance_scale=1.0, generator=torch.Generator().manual_seed(0),
+                prompt_embeds=embeds,
+                image=image,
+                mask_image=mask,
+                height=args.size,
+                width=args.size,
+                num_inference_steps=args.steps,
+                guidance_scale=1.0,
+                generator=torch.Generator().manual_seed(0),
                 output_type="np",
             )
 
@@ -334,10 +380,22 @@ def memory_child(config: str, args: argparse.Namespace) -> Dict[str, float]:
     return {"loaded_mib": loaded / 1024, "peak_mib": _rss_kib("VmHWM") / 1024}
 
 
-def measure_memory(config: str, args: argparse.Namespace) -> Dict[str, float]:
+def measure_memory(config: str, args: argparse.Namespace) -> dict[str, float]:
     """Run `memory_child(config)` in a fresh interpreter, so weights and allocator state of other configs don't count."""
-    command = [sys.executable, os.path.abspath(__file__), "--memory-child", config, "--device", args.device,
-               "--dtype", args.dtype, "--size", str(args.size), "--steps", "1"]  # activations peak within one step
+    command = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--memory-child",
+        config,
+        "--device",
+        args.device,
+        "--dtype",
+        args.dtype,
+        "--size",
+        str(args.size),
+        "--steps",
+        "1",
+    ]  # activations peak within one step
     if args.tiny:
         command.append("--tiny")
     result = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -351,7 +409,7 @@ def measure_memory(config: str, args: argparse.Namespace) -> Dict[str, float]:
 # ---------------------------------------------------------------------------------------------
 
 
-def training_runs(components: Dict, size: int, batch_size: int, device: str, dtype: torch.dtype) -> Dict:
+def training_runs(components: dict, size: int, batch_size: int, device: str, dtype: torch.dtype) -> dict:
     """Two training steps on the same cached-latents batch; both backpropagate through the same frozen UNet.
 
     asuka: no-grad MAE prior -> aligner (trainable) -> UNet eps-MSE -> backward -> AdamW on the aligner.
@@ -375,7 +433,9 @@ def training_runs(components: Dict, size: int, batch_size: int, device: str, dty
 
     aligner.train().requires_grad_(True)
     aligner_optimizer = torch.optim.AdamW(aligner.parameters(), lr=1e-5)
-    embedding = torch.nn.Parameter(torch.randn(batch_size, TEXT_TOKENS, unet.config.cross_attention_dim, device=device, dtype=dtype))
+    embedding = torch.nn.Parameter(
+        torch.randn(batch_size, TEXT_TOKENS, unet.config.cross_attention_dim, device=device, dtype=dtype)
+    )
     embedding_optimizer = torch.optim.AdamW([embedding], lr=1e-5)
 
     def step(condition: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer) -> None:
@@ -390,7 +450,10 @@ def training_runs(components: Dict, size: int, batch_size: int, device: str, dty
         return aligner(prior).tokens
 
     runs = {
-        "asuka": (lambda: step(asuka_condition, aligner_optimizer), {"mae": (mae, "prior"), "aligner_fwd": (aligner, "forward")}),
+        "asuka": (
+            lambda: step(asuka_condition, aligner_optimizer),
+            {"mae": (mae, "prior"), "aligner_fwd": (aligner, "forward")},
+        ),
         "bare": (lambda: step(lambda: embedding, embedding_optimizer), {}),
     }
     return runs
@@ -401,7 +464,7 @@ def training_runs(components: Dict, size: int, batch_size: int, device: str, dty
 # ---------------------------------------------------------------------------------------------
 
 
-def build_flux_components(tiny: bool, num_layers: int, num_single_layers: int, seed: int = 0) -> Dict:
+def build_flux_components(tiny: bool, num_layers: int, num_single_layers: int, seed: int = 0) -> dict:
     """FLUX.1-Fill's VAE and a FluxTransformer2DModel with its real widths (3072 wide, 24 heads of 128, 384 input
     channels, T5 4096 / CLIP 768 conditioning) but only `num_layers` double and `num_single_layers` single blocks
     (the real model has 19 and 38); the MAE and aligners (4096- and 768-wide, 4 blocks each) of ASUKA-FLUX."""
@@ -414,23 +477,50 @@ def build_flux_components(tiny: bool, num_layers: int, num_single_layers: int, s
 
         torch.manual_seed(seed)
         vae = AutoencoderKL(
-            in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-            latent_channels=16, norm_num_groups=32, sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159,
-            use_quant_conv=False, use_post_quant_conv=False,
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(128, 256, 512, 512),
+            layers_per_block=2,
+            latent_channels=16,
+            norm_num_groups=32,
+            sample_size=1024,
+            scaling_factor=0.3611,
+            shift_factor=0.1159,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
         )
         transformer = FluxTransformer2DModel(
-            patch_size=1, in_channels=384, out_channels=64, num_layers=num_layers, num_single_layers=num_single_layers,
-            attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
-            guidance_embeds=True, axes_dims_rope=(16, 56, 56),
+            patch_size=1,
+            in_channels=384,
+            out_channels=64,
+            num_layers=num_layers,
+            num_single_layers=num_single_layers,
+            attention_head_dim=128,
+            num_attention_heads=24,
+            joint_attention_dim=4096,
+            pooled_projection_dim=768,
+            guidance_embeds=True,
+            axes_dims_rope=(16, 56, 56),
         )
         mae = AsukaMAE()
         components = dict(
-            vae=vae, transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER_CONFIG), mae=mae,
-            token_aligner=AsukaAligner(hidden_dim=4096, num_blocks=4, head_dim=128, num_tokens=mae.num_patches,
-                                       null_embedding="tokens", condition_weight=0.5),
-            pooled_aligner=AsukaAligner(hidden_dim=768, num_blocks=4, num_tokens=mae.num_patches,
-                                        null_embedding="pooled", condition_weight=0.5),
+            vae=vae,
+            transformer=transformer,
+            scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER_CONFIG),
+            mae=mae,
+            token_aligner=AsukaAligner(
+                hidden_dim=4096,
+                num_blocks=4,
+                head_dim=128,
+                num_tokens=mae.num_patches,
+                null_embedding="tokens",
+                condition_weight=0.5,
+            ),
+            pooled_aligner=AsukaAligner(
+                hidden_dim=768, num_blocks=4, num_tokens=mae.num_patches, null_embedding="pooled", condition_weight=0.5
+            ),
             decoder=AsukaDecoder.from_vae(vae),
         )
     for name, module in components.items():
@@ -439,32 +529,54 @@ def build_flux_components(tiny: bool, num_layers: int, num_single_layers: int, s
     return components
 
 
-def flux_inference_runs(components: Dict, size: int, steps: int, device: str, dtype: torch.dtype) -> Dict:
+def flux_inference_runs(components: dict, size: int, steps: int, device: str, dtype: torch.dtype) -> dict:
     from asuka.pipelines.pipeline_asuka_flux import AsukaFluxPipeline
 
     scheduler = components["scheduler"]
     asuka = AsukaFluxPipeline(**{**components, "scheduler": scheduler.__class__.from_config(scheduler.config)})
     base = FluxFillPipeline(
-        scheduler=scheduler.__class__.from_config(scheduler.config), vae=components["vae"], text_encoder=None,
-        tokenizer=None, text_encoder_2=None, tokenizer_2=None, transformer=components["transformer"],
+        scheduler=scheduler.__class__.from_config(scheduler.config),
+        vae=components["vae"],
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        transformer=components["transformer"],
     )
     for pipe in (asuka, base):
         pipe.set_progress_bar_config(disable=True)
     image, mask = test_inputs(size)
     transformer = components["transformer"]
-    tokens = FLUX_TEXT_TOKENS if transformer.config.joint_attention_dim == 4096 else components["token_aligner"].config.num_tokens
+    tokens = (
+        FLUX_TEXT_TOKENS
+        if transformer.config.joint_attention_dim == 4096
+        else components["token_aligner"].config.num_tokens
+    )
     g = torch.Generator().manual_seed(1)
     prompt_embeds = torch.randn(1, tokens, transformer.config.joint_attention_dim, generator=g).to(device, dtype)
     pooled = torch.randn(1, transformer.config.pooled_projection_dim, generator=g).to(device, dtype)
 
     def run_asuka():
-        return asuka(image, mask, num_inference_steps=steps, working_resolution=size,
-                     generator=torch.Generator().manual_seed(0), output_type="np")
+        return asuka(
+            image,
+            mask,
+            num_inference_steps=steps,
+            working_resolution=size,
+            generator=torch.Generator().manual_seed(0),
+            output_type="np",
+        )
 
     def run_base():
         return base(
-            image=image, mask_image=mask, prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled, height=size,
-            width=size, num_inference_steps=steps, generator=torch.Generator().manual_seed(0), output_type="np",
+            image=image,
+            mask_image=mask,
+            prompt_embeds=prompt_embeds,
+            pooled_prompt_embeds=pooled,
+            height=size,
+            width=size,
+            num_inference_steps=steps,
+            generator=torch.Generator().manual_seed(0),
+            output_type="np",
         )
 
     vae = components["vae"]
@@ -485,7 +597,7 @@ def flux_inference_runs(components: Dict, size: int, steps: int, device: str, dt
 # ---------------------------------------------------------------------------------------------
 
 
-def compile_components(components: Dict) -> None:
+def compile_components(components: dict) -> None:
     """Opt-in torch.compile of every network's hot entry point (instance attributes; the modules keep their type)."""
     for name, module in components.items():
         if name == "mae":
@@ -494,14 +606,16 @@ def compile_components(components: Dict) -> None:
             module.forward = torch.compile(module.forward)
 
 
-def format_timing(title: str, medians: Dict[str, Dict[str, float]], target: Optional[float]) -> str:
+def format_timing(title: str, medians: dict[str, dict[str, float]], target: float | None) -> str:
     (a_name, a), (b_name, b) = medians.items()
     stages = [k for k in a if k not in ("total", "cpu")] + [k for k in b if k not in a and k not in ("total", "cpu")]
     lines = [f"### {title}", "", f"| stage | {a_name} (s) | {b_name} (s) |", "|---|---:|---:|"]
     for stage in stages:
         lines.append(f"| {stage} | {a.get(stage, 0.0):.3f} | {b.get(stage, 0.0):.3f} |")
     ratio = a["total"] / b["total"]
-    verdict = "" if target is None else (" (target <= %.2f: %s)" % (target, "met" if ratio <= target else "NOT met"))
+    verdict = (
+        "" if target is None else (" (target <= {:.2f}: {})".format(target, "met" if ratio <= target else "NOT met"))
+    )
     lines.append(f"| **total (wall)** | **{a['total']:.3f}** | **{b['total']:.3f}** |")
     if "cpu" in a:
         lines.append(f"| process CPU time | {a['cpu']:.3f} | {b['cpu']:.3f} |")
@@ -511,14 +625,23 @@ def format_timing(title: str, medians: Dict[str, Dict[str, float]], target: Opti
     return "\n".join(lines) + "\n"
 
 
-def format_memory(memory: Dict[str, Dict[str, float]], unit: str, target: float) -> str:
-    lines = [f"### Peak memory ({unit})", "", "| config | weights (MiB) | peak (MiB) | peak - weights (MiB) |", "|---|---:|---:|---:|"]
+def format_memory(memory: dict[str, dict[str, float]], unit: str, target: float) -> str:
+    lines = [
+        f"### Peak memory ({unit})",
+        "",
+        "| config | weights (MiB) | peak (MiB) | peak - weights (MiB) |",
+        "|---|---:|---:|---:|",
+    ]
     for name, m in memory.items():
-        lines.append(f"| {name} | {m['loaded_mib']:.0f} | {m['peak_mib']:.0f} | {m['peak_mib'] - m['loaded_mib']:.0f} |")
+        lines.append(
+            f"| {name} | {m['loaded_mib']:.0f} | {m['peak_mib']:.0f} | {m['peak_mib'] - m['loaded_mib']:.0f} |"
+        )
     lines.append("")
     for base in [k for k in memory if k != "asuka"]:
         ratio = memory["asuka"]["peak_mib"] / memory[base]["peak_mib"]
-        lines.append(f"peak ratio asuka/{base}: **{ratio:.3f}** (target <= {target:.2f}: {'met' if ratio <= target else 'NOT met'})")
+        lines.append(
+            f"peak ratio asuka/{base}: **{ratio:.3f}** (target <= {target:.2f}: {'met' if ratio <= target else 'NOT met'})"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -531,7 +654,7 @@ def machine_description(device: str) -> str:
     return f"{hardware}; torch {torch.__version__}; load average (1/5/15 min) {load}"
 
 
-def main(argv: Optional[List[str]] = None) -> str:
+def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
@@ -558,9 +681,15 @@ def main(argv: Optional[List[str]] = None) -> str:
         backbones.append("SD-1.5-inpainting")
     if args.flux:
         backbones.append("FLUX.1-Fill")
-    kind = "tiny test components" if args.tiny else f"full-size {' and '.join(backbones)} architectures, random weights"
-    out = [f"## ASUKA overhead: {args.size}x{args.size}, {args.steps} steps, {args.dtype} on {device} ({kind})", "",
-           f"Machine: {machine_description(device)}", ""]
+    kind = (
+        "tiny test components" if args.tiny else f"full-size {' and '.join(backbones)} architectures, random weights"
+    )
+    out = [
+        f"## ASUKA overhead: {args.size}x{args.size}, {args.steps} steps, {args.dtype} on {device} ({kind})",
+        "",
+        f"Machine: {machine_description(device)}",
+        "",
+    ]
     print("\n".join(out), flush=True)
 
     def emit(text: str) -> None:
@@ -572,21 +701,37 @@ def main(argv: Optional[List[str]] = None) -> str:
         if args.compile:
             compile_components(components)
         if "inference" not in args.skip:
-            medians = alternate(sd_inference_runs(components, args.size, args.steps, device, dtype), args.repeats, device)
+            medians = alternate(
+                sd_inference_runs(components, args.size, args.steps, device, dtype), args.repeats, device
+            )
             emit(format_timing(f"Inference, median of {args.repeats} alternated runs", medians, 1.05))
         if "training" not in args.skip:
-            medians = alternate(training_runs(components, args.size, args.train_batch_size, device, dtype), args.repeats, device)
-            emit(format_timing(f"Training step (batch {args.train_batch_size}), median of {args.repeats}", medians, 1.10))
+            medians = alternate(
+                training_runs(components, args.size, args.train_batch_size, device, dtype), args.repeats, device
+            )
+            emit(
+                format_timing(
+                    f"Training step (batch {args.train_batch_size}), median of {args.repeats}", medians, 1.10
+                )
+            )
         del components
     if "memory" not in args.skip:
         memory = {config: measure_memory(config, args) for config in ("asuka", "sd", "sd+text")}
-        emit(format_memory(memory, "CUDA max_memory_allocated" if device.startswith("cuda") else "CPU peak RSS, VmHWM", 1.10))
+        emit(
+            format_memory(
+                memory, "CUDA max_memory_allocated" if device.startswith("cuda") else "CPU peak RSS, VmHWM", 1.10
+            )
+        )
     if args.flux:
         components = to_device(build_flux_components(args.tiny, *args.flux_depth), device, dtype)
         if args.compile:
             compile_components(components)
-        medians = alternate(flux_inference_runs(components, args.size, args.steps, device, dtype), args.repeats, device)
-        depth = "tiny" if args.tiny else f"{args.flux_depth[0]} double + {args.flux_depth[1]} single blocks, real widths"
+        medians = alternate(
+            flux_inference_runs(components, args.size, args.steps, device, dtype), args.repeats, device
+        )
+        depth = (
+            "tiny" if args.tiny else f"{args.flux_depth[0]} double + {args.flux_depth[1]} single blocks, real widths"
+        )
         emit(format_timing(f"ASUKA-FLUX vs FluxFillPipeline ({depth}), median of {args.repeats}", medians, 1.05))
     return "\n".join(out)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 from skimage import data
 
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -22,7 +23,10 @@ def _mask(size: tuple[int, int], draw_fn) -> Image.Image:
 EXAMPLES = {
     # name: (loader, mask drawing)
     "astronaut": (data.astronaut, lambda d: d.ellipse((125, 335, 225, 430), fill=255)),  # the mission patch
-    "chelsea": (data.chelsea, lambda d: d.line([(60, 250), (140, 200), (230, 230), (300, 180)], fill=255, width=28)),  # a stroke across the whiskers
+    "chelsea": (
+        data.chelsea,
+        lambda d: d.line([(60, 250), (140, 200), (230, 230), (300, 180)], fill=255, width=28),
+    ),  # a stroke across the whiskers
     "coffee": (data.coffee, lambda d: d.rectangle((330, 210, 430, 330), fill=255)),  # the spoon
     "rocket": (data.rocket, lambda d: d.rectangle((540, 0, 615, 300), fill=255)),  # the right tower
 }

@@ -6,9 +6,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+
 
 ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT_S = 300  # importing torch + diffusers on a busy 2-core CI box can take minutes
@@ -23,8 +24,14 @@ def free_port() -> int:
 def quiet_env(**extra: str) -> dict:
     """Subprocess environment: one torch thread (the CI box is shared), no Hub, no telemetry."""
     env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
-               HF_HUB_DISABLE_TELEMETRY="1", PYTHONUNBUFFERED="1")
+    env.update(
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        GRADIO_ANALYTICS_ENABLED="False",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        PYTHONUNBUFFERED="1",
+    )
     env.update(extra)
     return env
 
@@ -34,8 +41,13 @@ def running_app(args: Sequence[str] = ("--tiny",), log_path: Path | None = None)
     """Yield the base URL of a running `python app.py ARGS`; the process is stopped afterwards."""
     port = free_port()
     log = open(log_path, "w") if log_path else subprocess.DEVNULL
-    process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), *args, "--port", str(port)],
-                               cwd=ROOT, env=quiet_env(), stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "app.py"), *args, "--port", str(port)],
+        cwd=ROOT,
+        env=quiet_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S

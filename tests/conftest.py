@@ -2,6 +2,7 @@
 
 import os
 
+
 # No test may download anything; huggingface_hub and diffusers then fail fast instead of retrying.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

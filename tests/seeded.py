@@ -7,8 +7,8 @@ release-format state dict without downloading anything.
 
 import json
 import math
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
-from typing import Collection, Dict, Iterable, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ CHECKPOINT_KEYS = FIXTURES / "asuka_flux_checkpoint_keys.json"
 MAE_SINCOS_KEYS = ("pos_embed", "decoder_pos_embed")
 
 
-def load_checkpoint_keys(name: str) -> List[Tuple[str, List[int]]]:
+def load_checkpoint_keys(name: str) -> list[tuple[str, list[int]]]:
     """Ordered `(key, shape)` pairs of one released file, e.g. `"mae_300.pth:model"`."""
     with open(CHECKPOINT_KEYS) as f:
         table = json.load(f)
@@ -59,10 +59,10 @@ def _seeded_value(key: str, t: torch.Tensor) -> torch.Tensor:
 
 
 def seeded_state_dict(
-    keys_and_shapes: Iterable[Tuple[str, Sequence[int]]],
+    keys_and_shapes: Iterable[tuple[str, Sequence[int]]],
     sincos_keys: Collection[str] = (),
     seed: int = 0,
-) -> Dict[str, torch.Tensor]:
+) -> dict[str, torch.Tensor]:
     """Rebuild the seeded weights the golden tensors were computed with.
 
     One `torch.Generator().manual_seed(seed)` draws `randn(shape)` for every key in order; the draw

@@ -5,12 +5,13 @@ import urllib.request
 
 import numpy as np
 import pytest
+from app_launcher import ROOT, running_app
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
 from asuka.imageio import load_image
-from app_launcher import ROOT, running_app
+
 
 H, W = 53, 77  # deliberately not a multiple of 8
 
@@ -38,13 +39,26 @@ def _hole() -> np.ndarray:
 
 def call(client: Client, image_path, mask_path=None, layers=(), **settings):
     """Call /inpaint; returns the named outputs."""
-    values = dict(method="asuka-sd", steps=2, seed=0, randomize_seed=False, condition_weight=1.0, guidance_scale=1.0,
-                  keep_unmasked=True, dilation=0, run_backbone=False)
+    values = dict(
+        method="asuka-sd",
+        steps=2,
+        seed=0,
+        randomize_seed=False,
+        condition_weight=1.0,
+        guidance_scale=1.0,
+        keep_unmasked=True,
+        dilation=0,
+        run_backbone=False,
+    )
     values.update(settings)
-    editor = {"background": handle_file(str(image_path)), "layers": [handle_file(str(p)) for p in layers],
-              "composite": None}
-    outputs = client.predict(editor, handle_file(str(mask_path)) if mask_path else None, *values.values(),
-                             api_name="/inpaint")
+    editor = {
+        "background": handle_file(str(image_path)),
+        "layers": [handle_file(str(p)) for p in layers],
+        "composite": None,
+    }
+    outputs = client.predict(
+        editor, handle_file(str(mask_path)) if mask_path else None, *values.values(), api_name="/inpaint"
+    )
     names = ["result", "slider", "backbone", "reconstruction", "download", "seed", "mask"]
     return dict(zip(names, outputs))
 
@@ -115,12 +129,14 @@ def test_exif_rotated_and_16_bit_inputs(client, tmp_path):
     result = np.asarray(Image.open(call(client, tmp_path / "rotated.png", tmp_path / "mask_upright.png")["result"]))
     assert result.shape[:2] == (W, H) and np.array_equal(result[..., :3][~hole], upright[~hole])
 
-    grey16 = (np.asarray(Image.fromarray(photo).convert("L")).astype(np.uint16) * 257)
+    grey16 = np.asarray(Image.fromarray(photo).convert("L")).astype(np.uint16) * 257
     Image.fromarray(grey16).save(tmp_path / "deep.png")
     Image.fromarray(_hole().astype(np.uint8) * 255).save(tmp_path / "mask.png")
     expected = np.asarray(load_image(tmp_path / "deep.png"))
     assert expected.std() > 10  # scaled to 8 bits, not clipped to white
-    result = np.asarray(Image.open(call(client, tmp_path / "deep.png", tmp_path / "mask.png")["result"]).convert("RGB"))
+    result = np.asarray(
+        Image.open(call(client, tmp_path / "deep.png", tmp_path / "mask.png")["result"]).convert("RGB")
+    )
     assert np.array_equal(result[~_hole()], expected[~_hole()])
 
 

@@ -8,14 +8,22 @@ import os
 
 import numpy as np
 import pytest
+from app_launcher import ROOT, running_app
 from PIL import Image
 from playwright.sync_api import sync_playwright
 
-from app_launcher import ROOT, running_app
 
 CHROMIUM = os.environ.get("ASUKA_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")

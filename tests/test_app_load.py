@@ -6,12 +6,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from app_launcher import ROOT, quiet_env, running_app
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from gradio_client.utils import QueueError
 from PIL import Image
 
-from app_launcher import ROOT, quiet_env, running_app
 
 MAX_QUEUE = 2
 CALLS = 16
@@ -66,7 +66,11 @@ def test_concurrent_calls_succeed_or_are_told_the_queue_is_full(app_url, tmp_pat
 def test_unloadable_model_exits_fast_with_guidance():
     process = subprocess.run(
         [sys.executable, str(ROOT / "app.py"), "--model", "no-such-user/no-such-asuka-model", "--port", "0"],
-        cwd=ROOT, env=quiet_env(HF_HUB_OFFLINE="1"), capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        env=quiet_env(HF_HUB_OFFLINE="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert process.returncode == 2
     message = process.stderr
@@ -77,6 +81,12 @@ def test_unloadable_model_exits_fast_with_guidance():
 
 
 def test_missing_default_checkpoint_says_what_to_pass():
-    process = subprocess.run([sys.executable, str(ROOT / "app.py"), "--port", "0"], cwd=ROOT,
-                             env=quiet_env(HF_HUB_OFFLINE="1"), capture_output=True, text=True, timeout=300)
+    process = subprocess.run(
+        [sys.executable, str(ROOT / "app.py"), "--port", "0"],
+        cwd=ROOT,
+        env=quiet_env(HF_HUB_OFFLINE="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert process.returncode == 2 and "--model" in process.stderr and "Traceback" not in process.stderr

@@ -11,6 +11,7 @@ import torch
 
 from asuka.testing import make_tiny_pipeline
 
+
 BENCH_PATH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_pipelines.py"
 SIZE = 32  # tiny SD: VAE factor 2, MAE image_size 32; tiny FLUX: factor 8 and 2x2 packing
 
@@ -31,7 +32,9 @@ def _inputs(size: int = 64):
 
 
 def test_main_prints_inference_and_flux_tables(bench):
-    report = bench.main(["--tiny", "--size", str(SIZE), "--steps", "1", "--repeats", "1", "--skip", "memory", "training", "--flux"])
+    report = bench.main(
+        ["--tiny", "--size", str(SIZE), "--steps", "1", "--repeats", "1", "--skip", "memory", "training", "--flux"]
+    )
     assert "wall-clock ratio asuka/sd:" in report and "CPU-time ratio asuka/sd:" in report
     assert "wall-clock ratio asuka-flux/flux-fill:" in report
     assert "Machine:" in report and "load average" in report
@@ -121,7 +124,9 @@ def test_model_cpu_offload_moves_every_component_in_order_including_the_mae():
 def test_vae_tiling_is_used_and_close_to_untiled():
     image, mask = _inputs()
     kwargs = dict(num_inference_steps=2, output_type="np")
-    reference = make_tiny_pipeline("sd", decoder=None)(image, mask, generator=torch.Generator().manual_seed(0), **kwargs).images
+    reference = make_tiny_pipeline("sd", decoder=None)(
+        image, mask, generator=torch.Generator().manual_seed(0), **kwargs
+    ).images
     pipe = make_tiny_pipeline("sd", decoder=None)
     pipe.vae.enable_tiling()
     pipe.vae.tile_sample_min_size, pipe.vae.tile_latent_min_size = 32, 16  # tiles smaller than the 64x64 input

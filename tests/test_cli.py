@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from app_launcher import ROOT, quiet_env
 from PIL import Image
 
-from app_launcher import ROOT, quiet_env
 from asuka.cli import main, plan_jobs
 
 
@@ -39,9 +39,26 @@ def test_folder_batch_skips_bad_and_unpaired_files(folders, tmp_path):
     before = (_snapshot(images), _snapshot(masks))
     output = tmp_path / "out"
     process = subprocess.run(
-        [sys.executable, "-m", "asuka", "inpaint", "--image", str(images), "--mask", str(masks),
-         "--output", str(output), "--tiny", "--steps", "2"],
-        cwd=ROOT, env=quiet_env(), capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "asuka",
+            "inpaint",
+            "--image",
+            str(images),
+            "--mask",
+            str(masks),
+            "--output",
+            str(output),
+            "--tiny",
+            "--steps",
+            "2",
+        ],
+        cwd=ROOT,
+        env=quiet_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert process.returncode == 1, process.stderr
     assert sorted(p.name for p in output.iterdir()) == ["good.png"]
@@ -58,8 +75,18 @@ def test_never_overwrites_without_flag(folders, tmp_path):
     output = tmp_path / "out"
     output.mkdir()
     (output / "good.png").write_bytes(b"keep me")
-    args = ["inpaint", "--image", str(images / "good.png"), "--mask", str(masks), "--output", str(output),
-            "--tiny", "--steps", "1"]
+    args = [
+        "inpaint",
+        "--image",
+        str(images / "good.png"),
+        "--mask",
+        str(masks),
+        "--output",
+        str(output),
+        "--tiny",
+        "--steps",
+        "1",
+    ]
     assert main(args) == 1
     assert (output / "good.png").read_bytes() == b"keep me"
     assert main(args + ["--overwrite"]) == 0
@@ -70,8 +97,9 @@ def test_never_overwrites_without_flag(folders, tmp_path):
 def test_refuses_to_write_into_an_input_folder(folders):
     images, masks, _, _ = folders
     before = _snapshot(images)
-    assert main(["inpaint", "--image", str(images), "--mask", str(masks), "--output", str(images / "out"),
-                 "--tiny"]) == 2
+    assert (
+        main(["inpaint", "--image", str(images), "--mask", str(masks), "--output", str(images / "out"), "--tiny"]) == 2
+    )
     assert _snapshot(images) == before
 
 
@@ -80,6 +108,9 @@ def test_masks_beside_images_and_single_mask_for_all(tmp_path):
     (tmp_path / "a_mask.png").write_bytes(b"")
     (tmp_path / "b.png").write_bytes(b"")
     jobs = plan_jobs(tmp_path, tmp_path, tmp_path / "out")
-    assert [(j.image.name, j.mask.name if j.mask else None) for j in jobs] == [("a.jpg", "a_mask.png"), ("b.png", None)]
+    assert [(j.image.name, j.mask.name if j.mask else None) for j in jobs] == [
+        ("a.jpg", "a_mask.png"),
+        ("b.png", None),
+    ]
     shared = tmp_path / "a_mask.png"
     assert all(j.mask == shared for j in plan_jobs(tmp_path, shared, tmp_path / "out"))

@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from seeded import FIXTURES, MAE_SINCOS_KEYS, load_checkpoint_keys, seeded_state_dict
 
 from asuka.convert.__main__ import main as convert_cli
 from asuka.convert.release import RELEASE_FILES, push_folder, resolve_release, write_components
 from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE
 from asuka.pipelines.pipeline_asuka_flux import load_asuka_flux_components
 from asuka.testing.flux import make_tiny_flux_components
-from seeded import FIXTURES, MAE_SINCOS_KEYS, load_checkpoint_keys, seeded_state_dict
+
 
 DECODER_KEYS = "asuka_decoder.ckpt:state_dict (each key prefixed 'decoder.')"
 NARROW = 128  # stands in for T5's 4096
@@ -33,7 +34,9 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 def narrow_t5_keys(width: int):
     """The T5 aligner's real key names, with every 4096-multiple dimension scaled to `width`."""
     scale = {4096: width, 28672: 7 * width, 20480: 5 * width, 12288: 3 * width}
-    return [(key, [scale.get(dim, dim) for dim in shape]) for key, shape in load_checkpoint_keys("asuka_alignment_t5.pt")]
+    return [
+        (key, [scale.get(dim, dim) for dim in shape]) for key, shape in load_checkpoint_keys("asuka_alignment_t5.pt")
+    ]
 
 
 def write_release(folder: Path) -> None:
@@ -44,11 +47,13 @@ def write_release(folder: Path) -> None:
     torch.save(seeded_state_dict(load_checkpoint_keys("asuka_alignment_clip.pt")), folder / "asuka_alignment_clip.pt")
     torch.save(seeded_state_dict(narrow_t5_keys(NARROW)), folder / "asuka_alignment_t5.pt")
     decoder = {"decoder." + k: v for k, v in seeded_state_dict(load_checkpoint_keys(DECODER_KEYS)).items()}
-    decoder.update({  # the training wrapper's other state, to be ignored
-        "encoder.conv_in.weight": torch.randn(128, 3, 3, 3),
-        "quant_conv.weight": torch.randn(32, 32, 1, 1),
-        "loss.logvar": torch.zeros(()),
-    })
+    decoder.update(
+        {  # the training wrapper's other state, to be ignored
+            "encoder.conv_in.weight": torch.randn(128, 3, 3, 3),
+            "quant_conv.weight": torch.randn(32, 32, 1, 1),
+            "loss.logvar": torch.zeros(()),
+        }
+    )
     torch.save({"state_dict": decoder, "global_step": 1000}, folder / "asuka_decoder.ckpt")
     generator = torch.Generator().manual_seed(7)
     torch.save(torch.randn(1, 768, generator=generator), folder / "vec.pt")
@@ -277,4 +282,8 @@ def test_push_to_hub_creates_the_repo_and_uploads_the_folder(monkeypatch, tmp_pa
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     push_folder(tmp_path, "me/asuka-flux", token="t", private=True)
-    assert calls == [("init", "t"), ("create", "me/asuka-flux", True, True), ("upload", "me/asuka-flux", str(tmp_path))]
+    assert calls == [
+        ("init", "t"),
+        ("create", "me/asuka-flux", True, True),
+        ("upload", "me/asuka-flux", str(tmp_path)),
+    ]

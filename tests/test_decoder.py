@@ -10,7 +10,7 @@ from asuka.models.decoder import AsukaDecoder
 
 
 def tiny_vae(latent_channels: int = 4, use_post_quant_conv: bool = True, block_out_channels=(32, 64)) -> AutoencoderKL:
-    """A diffusers-test-sized AutoencoderKL (SD-like with 4 latent channels, FLUX-like with 16 and no post_quant_conv)."""
+    """A diffusers-test-sized AutoencoderKL: SD-like (4 latent channels) or FLUX-like (16, no post_quant_conv)."""
     torch.manual_seed(0)
     levels = len(block_out_channels)
     return AutoencoderKL(
@@ -91,7 +91,10 @@ def test_condition_encoder_features_match_decoder_states():
     vae = tiny_vae(block_out_channels=(32, 64, 64))
     z, image, mask = inputs(vae, batch=1)
     entries = []
-    hooks = [block.register_forward_pre_hook(lambda m, args: entries.append(args[0].shape)) for block in vae.decoder.up_blocks]
+    hooks = [
+        block.register_forward_pre_hook(lambda m, args: entries.append(args[0].shape))
+        for block in vae.decoder.up_blocks
+    ]
     hooks.append(vae.decoder.conv_norm_out.register_forward_pre_hook(lambda m, args: entries.append(args[0].shape)))
     with torch.no_grad():
         vae.decode(z)
@@ -235,7 +238,9 @@ def test_tiling_decodes_tiles_with_their_own_crops_and_blends_them():
 
         decoder.enable_tiling(tile_sample_size=16, tile_overlap=0.25)  # 8x8 latent tiles, stride 6
         crops = []
-        decoder._decode = lambda z_tile, image_tile, mask_tile: crops.append(image_tile.shape[-2:]) or AsukaDecoder._decode(decoder, z_tile, image_tile, mask_tile)
+        decoder._decode = lambda z_tile, image_tile, mask_tile: (
+            crops.append(image_tile.shape[-2:]) or AsukaDecoder._decode(decoder, z_tile, image_tile, mask_tile)
+        )
         tiled = decoder(z, image, mask).sample
     assert tiled.shape == whole.shape and torch.isfinite(tiled).all()
     assert len(crops) == 9 and crops[0] == (16, 16)  # 3x3 tiles, each with its 16x16 image/mask crop

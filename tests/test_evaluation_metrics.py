@@ -41,7 +41,9 @@ def test_fid_matches_scipy_reference(shift):
 
 def test_fid_is_zero_for_identical_sets():
     features = _gaussian_features(np.random.default_rng(2), 200, 32)
-    assert frechet_distance(features, features) == pytest.approx(0.0, abs=1e-9 * np.trace(np.cov(features, rowvar=False)))
+    assert frechet_distance(features, features) == pytest.approx(
+        0.0, abs=1e-9 * np.trace(np.cov(features, rowvar=False))
+    )
 
 
 def test_fid_rejects_mismatched_dimensions():

@@ -14,6 +14,7 @@ from asuka.evaluation.__main__ import main
 from asuka.evaluation.data import discover
 from asuka.registry import get_method
 
+
 NAMES = ["0000", "0001", "0500", "0501", "1000", "1500"]  # outdoor x2, indoor x2, building, background
 SIZE = 32
 TINY_RUN = ["--method", "asuka-sd", "--tiny", "--steps", "1", "--grid-rows", "2"]
@@ -106,8 +107,26 @@ def test_run_writes_outputs_metrics_table_grid_then_resumes_without_work(tmp_pat
 
     # `score` on the same outputs gives the same numbers; `table` merges both runs
     scored = tmp_path / "scored"
-    assert main(["score", "--pred", str(out / "images"), "--data", str(data), "--out", str(scored),
-                 "--features", "tiny", "--label", "Peer", "--grid-rows", "1"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--pred",
+                str(out / "images"),
+                "--data",
+                str(data),
+                "--out",
+                str(scored),
+                "--features",
+                "tiny",
+                "--label",
+                "Peer",
+                "--grid-rows",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert json.loads((scored / "metrics.json").read_text())["metrics"] == record["metrics"]
     merged = tmp_path / "merged"
     capsys.readouterr()
@@ -181,9 +200,28 @@ def test_two_process_accelerate_run_writes_each_output_once(tmp_path):
     # `accelerate launch --cpu` starts a single process unless MPI is installed; its torchrun launcher
     # (`--multi_gpu`) starts two, which form a gloo group on a machine without CUDA.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "-m", "asuka.evaluation", "run", *TINY_RUN, "--data", str(data), "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "asuka.evaluation",
+        "run",
+        *TINY_RUN,
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     logs = [json.loads((out / "logs" / f"rank{rank}.json").read_text()) for rank in (0, 1)]

@@ -28,8 +28,15 @@ def run_both(pipe, **kwargs):
 def test_flux_fill_packed_latents():
     pipe = make_tiny_pipeline(kind="flux-backbone")
     image, mask = inputs(32, 48)
-    kwargs = dict(image=image, mask_image=mask, prompt_embeds=torch.randn(1, 5, 32), pooled_prompt_embeds=torch.randn(1, 24),
-                  height=32, width=48, num_inference_steps=2)
+    kwargs = dict(
+        image=image,
+        mask_image=mask,
+        prompt_embeds=torch.randn(1, 5, 32),
+        pooled_prompt_embeds=torch.randn(1, 24),
+        height=32,
+        width=48,
+        num_inference_steps=2,
+    )
     images, latents = run_both(pipe, **kwargs)
     assert latents.ndim == 3  # packed
 
@@ -37,11 +44,15 @@ def test_flux_fill_packed_latents():
     # this pins the unpacking and FLUX's unscaling (z / 0.3611 + 0.1159).
     identity = AsukaDecoder.from_vae(pipe.vae)
     full_mask = PIL.Image.new("L", (48, 32), 255)
-    decoded = decode_with_asuka_decoder(latents, image, full_mask, identity, pipe.vae, height=32, width=48, output_type="np")
+    decoded = decode_with_asuka_decoder(
+        latents, image, full_mask, identity, pipe.vae, height=32, width=48, output_type="np"
+    )
     assert decoded.shape == images.shape and np.abs(decoded - images).max() <= 1e-5
 
     # With the real mask the condition encoder takes part, and PIL output works.
-    with_mask = decode_with_asuka_decoder(latents, image, mask, identity, pipe.vae, height=32, width=48, output_type="np")
+    with_mask = decode_with_asuka_decoder(
+        latents, image, mask, identity, pipe.vae, height=32, width=48, output_type="np"
+    )
     assert not np.allclose(with_mask, images, atol=1e-3)
     pil = decode_with_asuka_decoder(latents, image, mask, identity, pipe.vae, height=32, width=48)
     assert pil[0].size == (48, 32)
@@ -51,12 +62,21 @@ def test_stable_diffusion_inpaint_latents():
     pipe = make_tiny_pipeline(kind="sd-backbone")
     image, mask = inputs(32, 32)
     embeds = torch.randn(1, 77, pipe.unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(3))
-    images, latents = run_both(pipe, image=image, mask_image=mask, prompt_embeds=embeds, height=32, width=32,
-                               num_inference_steps=2, guidance_scale=1.0)
+    images, latents = run_both(
+        pipe,
+        image=image,
+        mask_image=mask,
+        prompt_embeds=embeds,
+        height=32,
+        width=32,
+        num_inference_steps=2,
+        guidance_scale=1.0,
+    )
     assert latents.ndim == 4
     identity = AsukaDecoder.from_vae(pipe.vae)
-    decoded = decode_with_asuka_decoder(latents, image, PIL.Image.new("L", (32, 32), 255), identity, pipe.vae,
-                                        output_type="np")
+    decoded = decode_with_asuka_decoder(
+        latents, image, PIL.Image.new("L", (32, 32), 255), identity, pipe.vae, output_type="np"
+    )
     assert decoded.shape == images.shape and np.abs(decoded - images).max() <= 1e-5
 
 

@@ -10,6 +10,7 @@ from asuka.models import AsukaDecoder
 from asuka.testing import make_tiny_pipeline
 from asuka.testing.flux import make_tiny_flux_backbone_pipeline, make_tiny_flux_components
 
+
 STEPS = 2
 
 
@@ -42,12 +43,27 @@ def test_equals_diffusers_flux_fill_with_explicit_embeddings():
     pooled = torch.randn(1, 24, generator=generator(2))
 
     expected = flux_fill(
-        image=image, mask_image=mask, prompt_embeds=embeds, pooled_prompt_embeds=pooled, height=32, width=48,
-        num_inference_steps=3, guidance_scale=30.0, generator=generator(0), output_type="np",
+        image=image,
+        mask_image=mask,
+        prompt_embeds=embeds,
+        pooled_prompt_embeds=pooled,
+        height=32,
+        width=48,
+        num_inference_steps=3,
+        guidance_scale=30.0,
+        generator=generator(0),
+        output_type="np",
     ).images
     actual = asuka(
-        image=image, mask_image=mask, prompt_embeds=embeds, pooled_prompt_embeds=pooled, num_inference_steps=3,
-        guidance_scale=30.0, generator=generator(0), output_type="np", keep_unmasked=False,
+        image=image,
+        mask_image=mask,
+        prompt_embeds=embeds,
+        pooled_prompt_embeds=pooled,
+        num_inference_steps=3,
+        guidance_scale=30.0,
+        generator=generator(0),
+        output_type="np",
+        keep_unmasked=False,
     ).images
     assert actual.shape == expected.shape == (1, 32, 48, 3)
     assert np.abs(actual - expected).max() <= 1e-5
@@ -68,8 +84,13 @@ def test_large_image_processed_on_a_crop(pipe):
     """A big image with a small hole: output at full size, every unmasked pixel bit-identical."""
     image, mask = make_image(300, 400, seed=3), np.zeros((300, 400), dtype=np.uint8)
     mask[140:170, 200:240] = 255
-    out = pipe(image=image, mask_image=PIL.Image.fromarray(mask), num_inference_steps=STEPS, generator=generator(),
-               output_type="np").images[0]
+    out = pipe(
+        image=image,
+        mask_image=PIL.Image.fromarray(mask),
+        num_inference_steps=STEPS,
+        generator=generator(),
+        output_type="np",
+    ).images[0]
     assert out.shape == (300, 400, 3)
     keep = mask == 0
     assert np.array_equal(out[keep], np.asarray(image, dtype=np.float32)[keep] / 255.0)
@@ -120,8 +141,12 @@ def test_decoder_is_used_and_unscales_latents(pipe):
 
 def test_determinism_and_seeds(pipe):
     image, mask = make_image(32, 32), make_mask(32, 32)
-    run = lambda seed: pipe(image=image, mask_image=mask, num_inference_steps=STEPS, generator=generator(seed),
-                            output_type="np").images
+
+    def run(seed):
+        return pipe(
+            image=image, mask_image=mask, num_inference_steps=STEPS, generator=generator(seed), output_type="np"
+        ).images
+
     first, again, other = run(0), run(0), run(1)
     assert np.array_equal(first, again)
     assert not np.array_equal(first, other)
@@ -136,9 +161,15 @@ def test_callback_runs_each_step_and_can_replace_latents(pipe):
         assert set(tensors) == {"latents", "prompt_embeds"}
         return {"latents": torch.zeros_like(tensors["latents"])}
 
-    latents = pipe(image=image, mask_image=mask, num_inference_steps=3, generator=generator(), output_type="latent",
-                   callback_on_step_end=record,
-                   callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"]).images
+    latents = pipe(
+        image=image,
+        mask_image=mask,
+        num_inference_steps=3,
+        generator=generator(),
+        output_type="latent",
+        callback_on_step_end=record,
+        callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"],
+    ).images
     assert calls == [0, 1, 2]
     assert torch.count_nonzero(latents) == 0
 
@@ -159,8 +190,13 @@ def test_output_types_and_num_images(pipe):
 
 
 def test_full_mask_gives_a_valid_image(pipe):
-    out = pipe(image=make_image(40, 24), mask_image=PIL.Image.new("L", (24, 40), 255), num_inference_steps=STEPS,
-               generator=generator(), output_type="np").images
+    out = pipe(
+        image=make_image(40, 24),
+        mask_image=PIL.Image.new("L", (24, 40), 255),
+        num_inference_steps=STEPS,
+        generator=generator(),
+        output_type="np",
+    ).images
     assert out.shape == (1, 40, 24, 3) and np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
 
 
@@ -189,8 +225,13 @@ def test_bad_inputs_raise_value_error(pipe, kwargs, message):
 
 def test_bfloat16_runs():
     bf16 = make_tiny_pipeline(kind="flux").to(torch.bfloat16)
-    out = bf16(image=make_image(32, 32), mask_image=make_mask(32, 32), num_inference_steps=STEPS,
-               generator=generator(), output_type="np").images
+    out = bf16(
+        image=make_image(32, 32),
+        mask_image=make_mask(32, 32),
+        num_inference_steps=STEPS,
+        generator=generator(),
+        output_type="np",
+    ).images
     assert out.shape == (1, 32, 32, 3) and np.isfinite(out).all()
 
 
@@ -207,7 +248,10 @@ def test_save_and_load_round_trip(pipe, tmp_path):
     assert loaded.config.working_resolution == pipe.config.working_resolution
     kwargs = dict(image=make_image(32, 32), mask_image=make_mask(32, 32), num_inference_steps=STEPS, output_type="np")
     # Identical weights; loaded tensors may take other BLAS paths, hence float32 round-off only.
-    assert np.abs(pipe(**kwargs, generator=generator()).images - loaded(**kwargs, generator=generator()).images).max() <= 1e-5
+    assert (
+        np.abs(pipe(**kwargs, generator=generator()).images - loaded(**kwargs, generator=generator()).images).max()
+        <= 1e-5
+    )
 
 
 def test_assembly_from_flux_repo_and_converted_asuka_folder(tmp_path):
@@ -222,7 +266,15 @@ def test_assembly_from_flux_repo_and_converted_asuka_folder(tmp_path):
 
     pipe = AsukaFluxPipeline.from_pretrained(flux_dir, asuka=asuka_dir, working_resolution=64)
     pipe.set_progress_bar_config(disable=True)
-    assert set(pipe.components) == {"vae", "transformer", "scheduler", "mae", "token_aligner", "pooled_aligner", "decoder"}
+    assert set(pipe.components) == {
+        "vae",
+        "transformer",
+        "scheduler",
+        "mae",
+        "token_aligner",
+        "pooled_aligner",
+        "decoder",
+    }
     reference = make_tiny_pipeline(kind="flux", seed=0)
     kwargs = dict(image=make_image(32, 32), mask_image=make_mask(32, 32), num_inference_steps=STEPS, output_type="np")
     actual, expected = pipe(**kwargs, generator=generator()).images, reference(**kwargs, generator=generator()).images

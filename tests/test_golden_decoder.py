@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from seeded import load_checkpoint_keys, seeded_state_dict
 
 from asuka.convert.ldm_decoder import ASUKA_FLUX_DECODER_CONFIG, convert_decoder_state_dict
 from asuka.models.decoder import AsukaDecoder
-from seeded import load_checkpoint_keys, seeded_state_dict
 
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden_decoder.safetensors"
@@ -53,10 +53,13 @@ def test_conversion_keeps_exactly_the_used_keys(release_state_dict):
     q = release_state_dict["decoder.mid.attn_1.q.weight"]
     assert torch.equal(converted["decoder.mid_block.attentions.0.to_q.weight"], q[:, :, 0, 0])
     # LDM counts up levels from full resolution, diffusers from the latent resolution.
-    assert torch.equal(converted["decoder.up_blocks.3.resnets.0.conv_shortcut.weight"],
-                       release_state_dict["decoder.up.0.block.0.nin_shortcut.weight"])
-    assert torch.equal(converted["condition_encoder.layers.4.weight"],
-                       release_state_dict["decoder.encoder.layers.4.weight"])
+    assert torch.equal(
+        converted["decoder.up_blocks.3.resnets.0.conv_shortcut.weight"],
+        release_state_dict["decoder.up.0.block.0.nin_shortcut.weight"],
+    )
+    assert torch.equal(
+        converted["condition_encoder.layers.4.weight"], release_state_dict["decoder.encoder.layers.4.weight"]
+    )
     # The release's unused transposed convolutions are dropped, not mapped.
     assert not any("up_layers" in key or "deconv" in key for key in converted)
 
@@ -68,7 +71,9 @@ def test_wrong_shape_names_the_key(release_state_dict):
         convert_decoder_state_dict(broken, ASUKA_FLUX_DECODER_CONFIG)
 
 
-@pytest.mark.parametrize("key", ["decoder.up.4.block.0.conv1.weight", "decoder.mid.attn_1.extra.weight", "decoder.bogus"])
+@pytest.mark.parametrize(
+    "key", ["decoder.up.4.block.0.conv1.weight", "decoder.mid.attn_1.extra.weight", "decoder.bogus"]
+)
 def test_unexpected_decoder_key_is_named(release_state_dict, key):
     broken = dict(release_state_dict)
     broken[key] = torch.zeros(3)

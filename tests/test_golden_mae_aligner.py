@@ -7,11 +7,11 @@ seeded weights; `seeded.seeded_state_dict` rebuilds those weights in the release
 import pytest
 import torch
 from safetensors.torch import load_file
+from seeded import FIXTURES, MAE_SINCOS_KEYS, load_checkpoint_keys, seeded_state_dict
 
 from asuka.convert.asuka_flux import convert_aligner_state_dict, convert_mae_state_dict
 from asuka.models import AsukaAligner, AsukaMAE
 from asuka.models.mae import IMAGENET_MEAN, IMAGENET_STD
-from seeded import FIXTURES, MAE_SINCOS_KEYS, load_checkpoint_keys, seeded_state_dict
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -125,8 +125,15 @@ def test_aligner_conversion_errors_name_the_key(edit, match):
 
 
 TINY_MAE_CONFIG = dict(
-    image_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=32, decoder_depth=2,
-    decoder_num_heads=2, prior_layer=1,
+    image_size=32,
+    patch_size=8,
+    embed_dim=32,
+    depth=2,
+    num_heads=2,
+    decoder_embed_dim=32,
+    decoder_depth=2,
+    decoder_num_heads=2,
+    prior_layer=1,
 )
 
 

@@ -8,6 +8,7 @@ from PIL import Image
 
 from asuka.imageio import composite_unmasked, load_image, load_mask, mask_from_layers, mask_to_l
 
+
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, size=(20, 30, 3), dtype=np.uint8)
 
@@ -22,7 +23,7 @@ def _png_bytes(image: Image.Image, **kwargs) -> bytes:
 def test_every_mode_loads_as_rgb_of_the_same_size(tmp_path, mode):
     source = Image.fromarray(RGB)
     if mode == "I;16":
-        source = Image.fromarray((np.asarray(source.convert("L")).astype(np.uint16) * 257))
+        source = Image.fromarray(np.asarray(source.convert("L")).astype(np.uint16) * 257)
     elif mode == "F":
         source = Image.fromarray(np.asarray(source.convert("L")).astype(np.float32) / 255.0)
     elif mode == "I":

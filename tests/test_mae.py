@@ -3,10 +3,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from seeded import sincos_pos_embed_2d
 
 from asuka.models import AsukaMAE
 from asuka.models.mae import get_2d_sincos_pos_embed
-from seeded import sincos_pos_embed_2d
 
 
 TINY_CONFIG = dict(

@@ -25,7 +25,9 @@ def object_dir(tmp_path_factory):
         if i % 2:
             draw.ellipse((5, 5, image.width - 5, image.height - 8), fill=255)
         else:
-            draw.polygon([(3, image.height - 3), (image.width // 2, 2), (image.width - 3, image.height - 10)], fill=255)
+            draw.polygon(
+                [(3, image.height - 3), (image.width // 2, 2), (image.width - 3, image.height - 10)], fill=255
+            )
         image.save(folder / f"obj_{i}.png")
     return folder
 
@@ -57,7 +59,9 @@ def test_hole_ratio_respects_range(object_dir, hole_range):
 
 
 def test_mae_mode_masks_at_least_75_percent_of_patches(object_dir):
-    generator = MaskGenerator(128, object_mask_dir=object_dir, hole_range=(0.05, 0.3), mae_mode=True, patch_size=16, seed=3)
+    generator = MaskGenerator(
+        128, object_mask_dir=object_dir, hole_range=(0.05, 0.3), mae_mode=True, patch_size=16, seed=3
+    )
     fractions, enlarged = [], 0
     for _ in range(100):
         sample = generator.sample()

@@ -16,6 +16,7 @@ from asuka import AsukaPipeline
 from asuka.pipelines.pipeline_asuka import plan_working_region
 from asuka.testing import make_tiny_pipeline
 
+
 STEPS = 2
 
 
@@ -27,7 +28,12 @@ def make_image(width: int, height: int, seed: int = 0) -> PIL.Image.Image:
 def make_mask(width: int, height: int, box=None) -> PIL.Image.Image:
     """A white rectangle (default: the middle third) on black."""
     mask = np.zeros((height, width), np.uint8)
-    x0, y0, x1, y1 = box or (width // 3, height // 3, max(width // 3 + 1, 2 * width // 3), max(height // 3 + 1, 2 * height // 3))
+    x0, y0, x1, y1 = box or (
+        width // 3,
+        height // 3,
+        max(width // 3 + 1, 2 * width // 3),
+        max(height // 3 + 1, 2 * height // 3),
+    )
     mask[y0:y1, x0:x1] = 255
     return PIL.Image.fromarray(mask)
 
@@ -47,11 +53,23 @@ def test_equals_diffusers_inpaint_pipeline_with_same_embeddings():
     image, mask = make_image(64, 64), make_mask(64, 64)
     embeds = torch.randn(1, 16, 32, generator=gen(3))
     expected = backbone(
-        prompt_embeds=embeds, image=image, mask_image=mask, height=64, width=64, guidance_scale=1.0,
-        num_inference_steps=STEPS, generator=gen(), output_type="np",
+        prompt_embeds=embeds,
+        image=image,
+        mask_image=mask,
+        height=64,
+        width=64,
+        guidance_scale=1.0,
+        num_inference_steps=STEPS,
+        generator=gen(),
+        output_type="np",
     ).images
     ours = asuka(
-        image, mask, prompt_embeds=embeds, num_inference_steps=STEPS, generator=gen(), keep_unmasked=False,
+        image,
+        mask,
+        prompt_embeds=embeds,
+        num_inference_steps=STEPS,
+        generator=gen(),
+        keep_unmasked=False,
         output_type="np",
     ).images
     assert ours.shape == expected.shape
@@ -99,7 +117,9 @@ def test_empty_mask_returns_input_without_denoising(pipe):
     image = make_image(50, 40)
     calls = []
     out = pipe(
-        image, make_mask(50, 40, box=(0, 0, 0, 0)), num_inference_steps=STEPS,
+        image,
+        make_mask(50, 40, box=(0, 0, 0, 0)),
+        num_inference_steps=STEPS,
         callback_on_step_end=lambda p, i, t, kw: calls.append(i) or kw,
     ).images[0]
     assert calls == []
@@ -115,7 +135,10 @@ def test_full_mask_gives_a_valid_image(pipe):
 
 def test_determinism(pipe):
     image, mask = make_image(64, 64), make_mask(64, 64)
-    run = lambda seed: pipe(image, mask, num_inference_steps=STEPS, generator=gen(seed), output_type="np").images
+
+    def run(seed):
+        return pipe(image, mask, num_inference_steps=STEPS, generator=gen(seed), output_type="np").images
+
     a, b, c = run(0), run(0), run(1)
     assert np.array_equal(a, b)
     assert np.abs(a - c).max() > 1e-4
@@ -131,15 +154,21 @@ def test_callback_runs_every_step_and_can_replace_latents():
         seen.append(i)
         return tensors
 
-    baseline = pipe(image, mask, num_inference_steps=3, generator=gen(), callback_on_step_end=record, output_type="np").images
+    baseline = pipe(
+        image, mask, num_inference_steps=3, generator=gen(), callback_on_step_end=record, output_type="np"
+    ).images
     assert seen == [0, 1, 2]
 
     def zero_last(p, i, t, tensors):
         return {"latents": torch.zeros_like(tensors["latents"])} if i == 2 else tensors
 
-    replaced = pipe(image, mask, num_inference_steps=3, generator=gen(), callback_on_step_end=zero_last, output_type="latent").images
+    replaced = pipe(
+        image, mask, num_inference_steps=3, generator=gen(), callback_on_step_end=zero_last, output_type="latent"
+    ).images
     assert torch.count_nonzero(replaced) == 0
-    decoded = pipe(image, mask, num_inference_steps=3, generator=gen(), callback_on_step_end=zero_last, output_type="np").images
+    decoded = pipe(
+        image, mask, num_inference_steps=3, generator=gen(), callback_on_step_end=zero_last, output_type="np"
+    ).images
     assert np.abs(decoded - baseline).max() > 1e-4
 
 
@@ -147,8 +176,12 @@ def test_callback_runs_every_step_and_can_replace_latents():
 def test_output_types_and_num_images_per_prompt(pipe, output_type):
     image, mask = make_image(64, 48), make_mask(64, 48)
     images = pipe(
-        [image, make_image(64, 48, seed=1)], mask, num_images_per_prompt=2, num_inference_steps=STEPS,
-        generator=gen(), output_type=output_type,
+        [image, make_image(64, 48, seed=1)],
+        mask,
+        num_images_per_prompt=2,
+        num_inference_steps=STEPS,
+        generator=gen(),
+        output_type=output_type,
     ).images
     if output_type == "pil":
         assert len(images) == 4 and all(im.size == (64, 48) for im in images)
@@ -165,9 +198,17 @@ def test_numpy_and_tensor_inputs_match_pil(pipe):
     image, mask = make_image(64, 64), make_mask(64, 64)
     from_pil = pipe(image, mask, num_inference_steps=STEPS, generator=gen(), output_type="np").images
     array = np.asarray(image).astype(np.float32) / 255
-    from_np = pipe(array, np.asarray(mask).astype(np.float32) / 255, num_inference_steps=STEPS, generator=gen(), output_type="np").images
+    from_np = pipe(
+        array, np.asarray(mask).astype(np.float32) / 255, num_inference_steps=STEPS, generator=gen(), output_type="np"
+    ).images
     tensor = torch.from_numpy(array).permute(2, 0, 1)
-    from_pt = pipe(tensor, torch.from_numpy(np.asarray(mask) / 255.0), num_inference_steps=STEPS, generator=gen(), output_type="np").images
+    from_pt = pipe(
+        tensor,
+        torch.from_numpy(np.asarray(mask) / 255.0),
+        num_inference_steps=STEPS,
+        generator=gen(),
+        output_type="np",
+    ).images
     assert np.abs(from_pil - from_np).max() <= 1e-6
     assert np.abs(from_pil - from_pt).max() <= 1e-6
 
@@ -206,7 +247,10 @@ def test_save_and_load_round_trip(pipe, tmp_path):
     image, mask = make_image(64, 64), make_mask(64, 64)
     before = pipe(image, mask, num_inference_steps=STEPS, generator=gen(), output_type="np").images
     pipe.save_pretrained(tmp_path)
-    assert all((tmp_path / name / "diffusion_pytorch_model.safetensors").exists() for name in ("mae", "aligner", "decoder", "unet", "vae"))
+    assert all(
+        (tmp_path / name / "diffusion_pytorch_model.safetensors").exists()
+        for name in ("mae", "aligner", "decoder", "unet", "vae")
+    )
     loaded = AsukaPipeline.from_pretrained(tmp_path)
     loaded.set_progress_bar_config(disable=True)
     after = loaded(image, mask, num_inference_steps=STEPS, generator=gen(), output_type="np").images
@@ -222,7 +266,11 @@ def test_hub_format_loads_without_the_asuka_package(pipe, tmp_path):
     assert index["_class_name"] == ["pipeline_asuka", "AsukaPipeline"]
     assert index["mae"] == ["mae", "AsukaMAE"] and (folder / "mae" / "mae.py").exists()
     for name in ("pipeline_asuka.py", "mae/mae.py", "aligner/aligner.py", "decoder/decoder.py"):
-        assert "asuka" not in [line.split()[1].split(".")[0] for line in (folder / name).read_text().splitlines() if line.startswith(("import ", "from "))]
+        assert "asuka" not in [
+            line.split()[1].split(".")[0]
+            for line in (folder / name).read_text().splitlines()
+            if line.startswith(("import ", "from "))
+        ]
     image.save(tmp_path / "image.png")
     mask.save(tmp_path / "mask.png")
     script = textwrap.dedent(
@@ -246,7 +294,9 @@ def test_hub_format_loads_without_the_asuka_package(pipe, tmp_path):
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert np.array_equal(np.load(tmp_path / "out.npy"), expected)
 
@@ -263,9 +313,17 @@ def test_asymmetric_vae_decoder_row():
     """The paper's decoder ablation: diffusers' AsymmetricAutoencoderKL in place of the ASUKA decoder."""
     torch.manual_seed(0)
     asymmetric = AsymmetricAutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2, down_block_out_channels=[32, 64],
-        layers_per_down_block=1, up_block_types=["UpDecoderBlock2D"] * 2, up_block_out_channels=[32, 64],
-        layers_per_up_block=1, latent_channels=4, norm_num_groups=32, sample_size=64,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        down_block_out_channels=[32, 64],
+        layers_per_down_block=1,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        up_block_out_channels=[32, 64],
+        layers_per_up_block=1,
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=64,
     ).eval()
     pipe = make_tiny_pipeline("sd", decoder=asymmetric)
     image, mask = make_image(64, 64), make_mask(64, 64)

@@ -27,9 +27,13 @@ def test_builtin_sd_entries_and_unknown_names():
 
 
 def test_registering_a_method_makes_it_available_everywhere():
-    spec = MethodSpec(name="test-identity", label="Identity", default_model=None,
-                      load=lambda model, device, dtype, tiny: "pipe",
-                      run=lambda pipe, request, progress: InpaintResult(image=request.image))
+    spec = MethodSpec(
+        name="test-identity",
+        label="Identity",
+        default_model=None,
+        load=lambda model, device, dtype, tiny: "pipe",
+        run=lambda pipe, request, progress: InpaintResult(image=request.image),
+    )
     registry.register_method(spec)
     try:
         assert registry.get_method("test-identity") is spec
@@ -46,8 +50,9 @@ def test_load_failures_become_guidance():
     def failing(model, device, dtype, tiny):
         raise OSError(f"{model} is not a local folder and is not a valid model identifier")
 
-    spec = MethodSpec(name="test-failing", label="Failing", default_model="someone/gated", load=failing,
-                      run=lambda *a: None)
+    spec = MethodSpec(
+        name="test-failing", label="Failing", default_model="someone/gated", load=failing, run=lambda *a: None
+    )
     registry.register_method(spec)
     try:
         with pytest.raises(ModelLoadError) as info:
@@ -80,8 +85,9 @@ def test_asuka_sd_entry_equals_a_direct_pipeline_call_and_reports_progress():
     pipe = registry.load_pipeline("asuka-sd", tiny=True)
     seen = []
     result = registry.run_method("asuka-sd", pipe, request, lambda done, total: seen.append((done, total)))
-    direct = make_tiny_pipeline("sd")(image=request.image, mask_image=request.mask, num_inference_steps=2,
-                                       generator=torch.Generator().manual_seed(3)).images[0]
+    direct = make_tiny_pipeline("sd")(
+        image=request.image, mask_image=request.mask, num_inference_steps=2, generator=torch.Generator().manual_seed(3)
+    ).images[0]
     assert np.array_equal(np.asarray(result.image), np.asarray(direct))
     assert seen[0] == (1, 2) and seen[-1] == (2, 2)
     assert result.reconstruction.size == request.image.size

@@ -3,13 +3,13 @@ wrong-shape keys, pickles holding non-tensor objects, offline reload of the writ
 
 import pytest
 import torch
+from seeded import seeded_state_dict
 
 from asuka.convert.__main__ import main as convert_main
 from asuka.convert.strdiffusion import load_official_state_dict
 from asuka.models.strdiffusion import StrDiffusionDiscriminator, StrDiffusionUNet
 from asuka.pipelines.pipeline_strdiffusion import StrDiffusionPipeline
 from asuka.testing.strdiffusion import TINY_UNET
-from seeded import seeded_state_dict
 
 
 def seeded(model: torch.nn.Module, seed: int) -> dict:
@@ -44,7 +44,11 @@ def test_cli_converts_and_folder_loads_offline(checkpoints, prefix, monkeypatch)
     assert (out / "discriminator" / "diffusion_pytorch_model.safetensors").exists()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     pipe = StrDiffusionPipeline.from_pretrained(out)
-    for name, module in [("texture", pipe.texture_unet), ("structure", pipe.structure_unet), ("discriminator", pipe.discriminator)]:
+    for name, module in [
+        ("texture", pipe.texture_unet),
+        ("structure", pipe.structure_unet),
+        ("discriminator", pipe.discriminator),
+    ]:
         loaded = module.state_dict()
         assert set(loaded) == set(weights[name])
         assert all(torch.equal(loaded[k], v) for k, v in weights[name].items())
@@ -56,8 +60,22 @@ def test_wrong_shape_key_is_a_clear_error(checkpoints, capsys):
     tmp, weights = checkpoints
     bad = dict(weights["structure"])
     bad["final_conv.bias"] = torch.zeros(5)
-    files = [write(tmp / "t.pth", weights["texture"]), write(tmp / "s.pth", bad), write(tmp / "d.pth", weights["discriminator"])]
-    argv = ["strdiffusion", "--texture", files[0], "--structure", files[1], "--discriminator", files[2], "--out", str(tmp / "o")]
+    files = [
+        write(tmp / "t.pth", weights["texture"]),
+        write(tmp / "s.pth", bad),
+        write(tmp / "d.pth", weights["discriminator"]),
+    ]
+    argv = [
+        "strdiffusion",
+        "--texture",
+        files[0],
+        "--structure",
+        files[1],
+        "--discriminator",
+        files[2],
+        "--out",
+        str(tmp / "o"),
+    ]
     with pytest.raises(SystemExit) as exit_info:
         convert_main(argv)
     assert exit_info.value.code == 2

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from seeded import seeded_state_dict
 
 from asuka.convert.strdiffusion import (
     convert_denoiser,
@@ -14,7 +15,7 @@ from asuka.convert.strdiffusion import (
     load_official_state_dict,
     strip_module_prefix,
 )
-from seeded import seeded_state_dict
+
 
 FIXTURES = Path(__file__).parent / "fixtures" / "strdiffusion"
 KEYS = json.loads((FIXTURES / "checkpoint_keys.json").read_text())

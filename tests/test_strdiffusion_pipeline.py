@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from asuka.pipelines.pipeline_strdiffusion import StrDiffusionPipeline, extract_structure
 from asuka.testing import make_tiny_pipeline
 
+
 FIXTURES = Path(__file__).parent / "fixtures" / "strdiffusion"
 
 
@@ -59,7 +60,9 @@ def test_tiny_end_to_end_sizes_and_unmasked_pixels(pipe):
     mask = PIL.Image.fromarray((hole[0, 0].numpy() * 255).astype(np.uint8))
     result = pipe(pil, mask, generator=gens(0)).images[0]
     assert result.size == pil.size
-    np.testing.assert_array_equal(np.asarray(result)[hole[0, 0].numpy() == 0], np.asarray(pil)[hole[0, 0].numpy() == 0])
+    np.testing.assert_array_equal(
+        np.asarray(result)[hole[0, 0].numpy() == 0], np.asarray(pil)[hole[0, 0].numpy() == 0]
+    )
 
 
 def test_batch_equals_per_sample_runs(pipe):

@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 
 from asuka.schedulers import IRSDEScheduler
 
+
 GOLDEN = load_file(str(Path(__file__).parent / "fixtures" / "strdiffusion" / "golden_sde.safetensors"))
 STEPS = {100: [1, 2, 40, 99, 100], 400: [1, 2, 160, 399, 400]}
 

@@ -9,15 +9,16 @@ import pytest
 import torch
 from PIL import Image
 
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-from training import common, train_strdiffusion  # noqa: E402
 
 from asuka import StrDiffusionPipeline  # noqa: E402
 from asuka.models import StrDiffusionDiscriminator, StrDiffusionUNet  # noqa: E402
 from asuka.schedulers.ir_sde import IRSDEScheduler  # noqa: E402
 from asuka.testing import make_tiny_pipeline  # noqa: E402
+from training import common, train_strdiffusion  # noqa: E402
+
 
 COMPONENT = {"structure": StrDiffusionUNet, "texture": StrDiffusionUNet, "discriminator": StrDiffusionDiscriminator}
 
@@ -45,17 +46,37 @@ def image_dir(tmp_path_factory):
     rng = np.random.default_rng(0)
     for index, size in enumerate([(20, 24), (32, 18), (16, 16)]):
         pixels = np.zeros((*size, 3), dtype=np.uint8) + rng.integers(0, 80, 3, dtype=np.uint8)
-        pixels[size[0] // 4: size[0] // 2 + 3, size[1] // 4: 3 * size[1] // 4] = rng.integers(150, 255, 3)
+        pixels[size[0] // 4 : size[0] // 2 + 3, size[1] // 4 : 3 * size[1] // 4] = rng.integers(150, 255, 3)
         Image.fromarray(pixels).save(folder / f"image_{index}.png")
     return folder
 
 
 def run_args(pipeline_dir, image_dir, output_dir, network, steps, **extra):
     args = [
-        "--network", network, "--pretrained_model_name_or_path", str(pipeline_dir), "--train_data_dir", str(image_dir),
-        "--output_dir", str(output_dir), "--resolution", "16", "--train_batch_size", "2", "--max_train_steps", str(steps),
-        "--checkpointing_steps", "1", "--checkpoints_total_limit", "2", "--seed", "0", "--report_to", "none",
-        "--validation_steps", "0",
+        "--network",
+        network,
+        "--pretrained_model_name_or_path",
+        str(pipeline_dir),
+        "--train_data_dir",
+        str(image_dir),
+        "--output_dir",
+        str(output_dir),
+        "--resolution",
+        "16",
+        "--train_batch_size",
+        "2",
+        "--max_train_steps",
+        str(steps),
+        "--checkpointing_steps",
+        "1",
+        "--checkpoints_total_limit",
+        "2",
+        "--seed",
+        "0",
+        "--report_to",
+        "none",
+        "--validation_steps",
+        "0",
     ]
     for key, value in extra.items():
         args += [f"--{key}"] + ([] if value is True else [str(value)])
@@ -80,7 +101,9 @@ def test_three_steps_checkpoints_resume_and_final_folder(network, pipeline_dir, 
     changed = [k for k, v in original.state_dict().items() if not torch.equal(v, trained.state_dict()[k])]
     assert changed, "training left every weight unchanged"
 
-    resumed = train_strdiffusion.main(run_args(pipeline_dir, image_dir, output_dir, network, 4, resume_from_checkpoint="latest"))
+    resumed = train_strdiffusion.main(
+        run_args(pipeline_dir, image_dir, output_dir, network, 4, resume_from_checkpoint="latest")
+    )
     assert resumed.initial_global_step == 3 and resumed.global_step == 4 and len(resumed.losses) == 1
     assert [p.name for p in common.list_checkpoints(output_dir)] == ["checkpoint-3", "checkpoint-4"]
     assert (output_dir / "README.md").is_file()
@@ -108,7 +131,9 @@ def test_matching_loss_is_hole_weighted_l1_by_hand():
     # the authors' two-term form: mean over all elements of the masked differences, hole term x10
     lossm = ((prediction * (1 - known) - target * (1 - known)).abs()).flatten(1).mean(1)
     lossu = ((prediction * known - target * known).abs()).flatten(1).mean(1)
-    assert train_strdiffusion.matching_loss(prediction, target, known).item() == pytest.approx((lossu + 10 * lossm).mean().item())
+    assert train_strdiffusion.matching_loss(prediction, target, known).item() == pytest.approx(
+        (lossu + 10 * lossm).mean().item()
+    )
     # multi-channel images share one mask per pixel
     rgb = train_strdiffusion.matching_loss(prediction.repeat(1, 3, 1, 1), target.repeat(1, 3, 1, 1), known)
     assert rgb.item() == pytest.approx(expected)
@@ -118,7 +143,9 @@ def test_denoiser_loss_is_between_predicted_reverse_step_and_posterior_mean():
     """The structure objective recomputed by hand from the scheduler's formulas (per-sample integer t)."""
     scheduler = IRSDEScheduler(num_train_timesteps=10)
     torch.manual_seed(0)
-    net = StrDiffusionUNet(in_channels=1, structure_channels=0, base_channels=4, depth=2, attention_heads=1, attention_head_dim=4)
+    net = StrDiffusionUNet(
+        in_channels=1, structure_channels=0, base_channels=4, depth=2, attention_heads=1, attention_head_dim=4
+    )
     x0, mu = torch.rand(2, 1, 8, 8), torch.rand(2, 1, 8, 8)
     state, t = torch.randn(2, 1, 8, 8), torch.tensor([2, 9])
     known = (torch.rand(2, 1, 8, 8) > 0.5).float()
@@ -129,8 +156,14 @@ def test_denoiser_loss_is_between_predicted_reverse_step_and_posterior_mean():
     by_hand = []
     for i, ti in enumerate(t.tolist()):
         dt, theta, sigma = scheduler.dt, scheduler.thetas[ti], scheduler.sigmas[ti]
-        a, b, c = torch.exp(-theta * dt), torch.exp(-scheduler.thetas_cumsum[ti] * dt), torch.exp(-scheduler.thetas_cumsum[ti - 1] * dt)
-        optimum = a * (1 - c**2) / (1 - b**2) * (state[i] - mu[i]) + c * (1 - a**2) / (1 - b**2) * (x0[i] - mu[i]) + mu[i]
+        a, b, c = (
+            torch.exp(-theta * dt),
+            torch.exp(-scheduler.thetas_cumsum[ti] * dt),
+            torch.exp(-scheduler.thetas_cumsum[ti - 1] * dt),
+        )
+        optimum = (
+            a * (1 - c**2) / (1 - b**2) * (state[i] - mu[i]) + c * (1 - a**2) / (1 - b**2) * (x0[i] - mu[i]) + mu[i]
+        )
         score = -noise[i] / scheduler.sigma_bars[ti]
         mean = state[i] - (theta * (mu[i] - state[i]) - sigma**2 * score) * dt
         weight = known[i] + 10 * (1 - known[i])
@@ -158,12 +191,22 @@ def test_timesteps_skip_one_and_bad_flags_raise(pipeline_dir, image_dir, tmp_pat
     t = train_strdiffusion.sample_timesteps(4000, 10, torch.device("cpu"))
     assert int(t.min()) == 2 and int(t.max()) == 10
     with pytest.raises(ValueError, match="multiple of 4"):
-        train_strdiffusion.main(run_args(pipeline_dir, image_dir, tmp_path / "d", "discriminator", 1, train_batch_size=6))
+        train_strdiffusion.main(
+            run_args(pipeline_dir, image_dir, tmp_path / "d", "discriminator", 1, train_batch_size=6)
+        )
     with pytest.raises(ValueError, match="not a StrDiffusionPipeline folder"):
         train_strdiffusion.main(run_args(image_dir, image_dir, tmp_path / "x", "structure", 1))
     with pytest.raises(ValueError, match="structure_channels"):
-        train_strdiffusion.main(run_args(pipeline_dir, image_dir, tmp_path / "y", "structure", 1,
-                                         component_model_name_or_path=pipeline_dir / "texture_unet"))
+        train_strdiffusion.main(
+            run_args(
+                pipeline_dir,
+                image_dir,
+                tmp_path / "y",
+                "structure",
+                1,
+                component_model_name_or_path=pipeline_dir / "texture_unet",
+            )
+        )
     with pytest.raises(SystemExit):  # argparse: unknown network name
         train_strdiffusion.main(run_args(pipeline_dir, image_dir, tmp_path / "z", "vae", 1))
 
@@ -173,7 +216,9 @@ def test_scheduler_posterior_mean_with_per_sample_timesteps_equals_one_by_one():
     xt, x0, mu = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4)
     t = torch.tensor([2, 5, 10])
     batched = scheduler.reverse_optimum_step(xt, x0, t, mu)
-    alone = torch.cat([scheduler.reverse_optimum_step(xt[i:i + 1], x0[i:i + 1], int(t[i]), mu[i:i + 1]) for i in range(3)])
+    alone = torch.cat(
+        [scheduler.reverse_optimum_step(xt[i : i + 1], x0[i : i + 1], int(t[i]), mu[i : i + 1]) for i in range(3)]
+    )
     assert torch.equal(batched, alone)
 
 
@@ -197,8 +242,17 @@ def test_push_to_hub_uploads_the_component_with_its_card(pipeline_dir, image_dir
 
     monkeypatch.setattr(HfApi, "create_repo", fake_create_repo)
     monkeypatch.setattr(HfApi, "upload_folder", fake_upload_folder)
-    result = train_strdiffusion.main(run_args(pipeline_dir, image_dir, tmp_path / "out", "discriminator", 1,
-                                              push_to_hub=True, hub_model_id="someone/strdiffusion-d"))
+    result = train_strdiffusion.main(
+        run_args(
+            pipeline_dir,
+            image_dir,
+            tmp_path / "out",
+            "discriminator",
+            1,
+            push_to_hub=True,
+            hub_model_id="someone/strdiffusion-d",
+        )
+    )
     assert result.repo_id == "someone/strdiffusion-d"
     card = (uploads / "README.md").read_text()
     assert "strdiffusion-discriminator" in card and '"network": "discriminator"' in card

@@ -20,13 +20,14 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from training import common, train_aligner, train_decoder, train_mae  # noqa: E402
-
 from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE  # noqa: E402
 from asuka.testing import make_tiny_pipeline  # noqa: E402
+from training import common, train_aligner, train_decoder, train_mae  # noqa: E402
+
 
 RESOLUTION = "32"  # the tiny VAE has a scale factor of 2: 16x16 latents
 
@@ -74,10 +75,30 @@ def object_dir(tmp_path_factory):
 
 def base_args(pipeline_dir, image_dir, output_dir, steps=3, **extra):
     args = [
-        "--pretrained_model_name_or_path", str(pipeline_dir), "--train_data_dir", str(image_dir),
-        "--output_dir", str(output_dir), "--resolution", RESOLUTION, "--train_batch_size", "2",
-        "--max_train_steps", str(steps), "--checkpointing_steps", "1", "--checkpoints_total_limit", "2",
-        "--validation_steps", "2", "--num_validation_images", "2", "--seed", "0", "--report_to", "none",
+        "--pretrained_model_name_or_path",
+        str(pipeline_dir),
+        "--train_data_dir",
+        str(image_dir),
+        "--output_dir",
+        str(output_dir),
+        "--resolution",
+        RESOLUTION,
+        "--train_batch_size",
+        "2",
+        "--max_train_steps",
+        str(steps),
+        "--checkpointing_steps",
+        "1",
+        "--checkpoints_total_limit",
+        "2",
+        "--validation_steps",
+        "2",
+        "--num_validation_images",
+        "2",
+        "--seed",
+        "0",
+        "--report_to",
+        "none",
     ]
     for key, value in extra.items():
         args = [a for i, a in enumerate(args) if not (a == f"--{key}" or (i and args[i - 1] == f"--{key}"))]
@@ -105,20 +126,40 @@ def test_prior_probability_schedule():
     assert p(50, start=0.8, end=0.2, decay_steps=100) == pytest.approx(0.5)
     assert p(500, start=0.8, end=0.2, decay_steps=100) == pytest.approx(0.2)
     parser = train_aligner.build_aligner_parser()
-    args = parser.parse_args(["--pretrained_model_name_or_path", "x", "--prior_prob_start", "0.9",
-                              "--prior_prob_end", "0.3", "--prior_prob_decay_steps", "10"])
+    args = parser.parse_args(
+        [
+            "--pretrained_model_name_or_path",
+            "x",
+            "--prior_prob_start",
+            "0.9",
+            "--prior_prob_end",
+            "0.3",
+            "--prior_prob_decay_steps",
+            "10",
+        ]
+    )
     assert (args.prior_prob_start, args.prior_prob_end, args.prior_prob_decay_steps) == (0.9, 0.3, 10)
 
 
 @pytest.fixture(scope="module")
 def aligner_run(pipeline_dir, image_dir, object_dir, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("aligner_run")
-    first = train_aligner.main(base_args(pipeline_dir, image_dir, output_dir, steps=3, save_pipeline=True,
-                                         validation_inference_steps=2, object_mask_dir=object_dir))
+    first = train_aligner.main(
+        base_args(
+            pipeline_dir,
+            image_dir,
+            output_dir,
+            steps=3,
+            save_pipeline=True,
+            validation_inference_steps=2,
+            object_mask_dir=object_dir,
+        )
+    )
     checkpoints_after_first = [p.name for p in common.list_checkpoints(output_dir)]
     final_after_first = state_dict_of(output_dir)
-    resumed = train_aligner.main(base_args(pipeline_dir, image_dir, output_dir, steps=4, resume_from_checkpoint="latest",
-                                           validation_steps=0))
+    resumed = train_aligner.main(
+        base_args(pipeline_dir, image_dir, output_dir, steps=4, resume_from_checkpoint="latest", validation_steps=0)
+    )
     return output_dir, first, checkpoints_after_first, final_after_first, resumed
 
 
@@ -181,10 +222,19 @@ def make_learnable_pipeline(folder):
 
 def test_aligner_loss_drops_on_a_learnable_setup(image_dir, tmp_path):
     pipeline = make_learnable_pipeline(tmp_path / "learnable")
-    result = train_aligner.main(base_args(
-        pipeline, image_dir, tmp_path / "out", steps=60, checkpointing_steps=0, validation_steps=0, resolution=16,
-        learning_rate=1e-2, prior_prob_decay_steps=0,
-    ))
+    result = train_aligner.main(
+        base_args(
+            pipeline,
+            image_dir,
+            tmp_path / "out",
+            steps=60,
+            checkpointing_steps=0,
+            validation_steps=0,
+            resolution=16,
+            learning_rate=1e-2,
+            prior_prob_decay_steps=0,
+        )
+    )
     losses = np.asarray(result.losses)
     assert len(losses) == 60 and np.isfinite(losses).all()
     start, end = losses[0], losses[-10:].mean()
@@ -211,8 +261,9 @@ def test_mae_script_checkpoints_resume_and_trains_partial_patch_parts(pipeline_d
     first = train_mae.main(base_args(pipeline_dir, image_dir, output_dir, steps=3, learning_rate=1e-2))
     assert first.global_step == 3
     assert_checkpoints(output_dir, [2, 3])
-    resumed = train_mae.main(base_args(pipeline_dir, image_dir, output_dir, steps=5, resume_from_checkpoint="latest",
-                                       validation_steps=0))
+    resumed = train_mae.main(
+        base_args(pipeline_dir, image_dir, output_dir, steps=5, resume_from_checkpoint="latest", validation_steps=0)
+    )
     assert resumed.initial_global_step == 3 and resumed.global_step == 5
     mae = AsukaMAE.from_pretrained(output_dir)
     original = AsukaMAE.from_pretrained(pipeline_dir, subfolder="mae")
@@ -253,14 +304,18 @@ def test_decoder_augmentations_shape_range_and_rate():
     unet = OracleUNet(scheduler)
     latents = torch.randn(400, 4, 4, 4)
     generator = torch.Generator().manual_seed(0)
-    out, applied = train_decoder.latent_augmentation(latents, unet, scheduler, torch.zeros(400, 1, 8), (700, 999), 0.5, generator)
+    out, applied = train_decoder.latent_augmentation(
+        latents, unet, scheduler, torch.zeros(400, 1, 8), (700, 999), 0.5, generator
+    )
     assert out.shape == latents.shape and applied.shape == (400,)
     assert abs(applied.float().mean().item() - 0.5) < 0.08
     assert torch.equal(out[~applied], latents[~applied])  # untouched samples stay bit-identical
     # the perfect denoiser recovers the clean latent: the x0 formula and the clean condition are right
     torch.testing.assert_close(out[applied], latents[applied], atol=1e-3, rtol=1e-3)
     assert all((m == 0).all() for m in unet.seen_masks)  # all-zero mask as condition
-    none, applied_none = train_decoder.latent_augmentation(latents, unet, scheduler, torch.zeros(400, 1, 8), (700, 999), 0.0)
+    none, applied_none = train_decoder.latent_augmentation(
+        latents, unet, scheduler, torch.zeros(400, 1, 8), (700, 999), 0.0
+    )
     assert not applied_none.any() and torch.equal(none, latents)
 
 
@@ -301,10 +356,29 @@ def decoder_push_run(pipeline_dir, image_dir, tmp_path_factory):
     patch.setattr(HfApi, "upload_folder", fake_upload_folder)
     output_dir = tmp_path_factory.mktemp("decoder_run")
     try:
-        result = train_decoder.main(base_args(pipeline_dir, image_dir, output_dir, steps=3, save_pipeline=True,
-                                              discriminator_weight=0.1, push_to_hub=True, hub_model_id="someone/asuka-decoder-test"))
-        resumed = train_decoder.main(base_args(pipeline_dir, image_dir, output_dir, steps=4, resume_from_checkpoint="latest",
-                                               discriminator_weight=0.1, validation_steps=0))
+        result = train_decoder.main(
+            base_args(
+                pipeline_dir,
+                image_dir,
+                output_dir,
+                steps=3,
+                save_pipeline=True,
+                discriminator_weight=0.1,
+                push_to_hub=True,
+                hub_model_id="someone/asuka-decoder-test",
+            )
+        )
+        resumed = train_decoder.main(
+            base_args(
+                pipeline_dir,
+                image_dir,
+                output_dir,
+                steps=4,
+                resume_from_checkpoint="latest",
+                discriminator_weight=0.1,
+                validation_steps=0,
+            )
+        )
     finally:
         patch.undo()
     return output_dir, result, resumed, uploads / "someone/asuka-decoder-test", repos
@@ -356,7 +430,11 @@ def test_hf_dataset_and_streaming_skip_and_count_bad_images(tmp_path):
         Image.fromarray((np.random.default_rng(seed).random((20, 30, 3)) * 255).astype(np.uint8)).save(buffer, "PNG")
         return buffer.getvalue()
 
-    rows = [{"bytes": png_bytes(0), "path": None}, {"bytes": b"broken", "path": None}, {"bytes": png_bytes(1), "path": None}]
+    rows = [
+        {"bytes": png_bytes(0), "path": None},
+        {"bytes": b"broken", "path": None},
+        {"bytes": png_bytes(1), "path": None},
+    ]
     data = datasets.Dataset.from_dict({"image": rows}).cast_column("image", datasets.Image())
     data_dir = tmp_path / "dataset"
     data_dir.mkdir()
@@ -364,8 +442,18 @@ def test_hf_dataset_and_streaming_skip_and_count_bad_images(tmp_path):
 
     parser = common.build_parser("test")
     for streaming in (False, True):
-        argv = ["--pretrained_model_name_or_path", "x", "--dataset_name", str(data_dir), "--resolution", "16",
-                "--max_train_steps", "2", "--seed", "0"] + (["--streaming"] if streaming else [])
+        argv = [
+            "--pretrained_model_name_or_path",
+            "x",
+            "--dataset_name",
+            str(data_dir),
+            "--resolution",
+            "16",
+            "--max_train_steps",
+            "2",
+            "--seed",
+            "0",
+        ] + (["--streaming"] if streaming else [])
         dataset = common.build_dataset(common.parse_args(parser, argv))
         samples = list(dataset) if streaming else [dataset[i] for i in range(len(dataset))]
         assert sum(int(s["num_bad_images"]) for s in samples) == 1
@@ -380,9 +468,32 @@ def test_bad_flags_raise_value_errors(image_dir, tmp_path):
     with pytest.raises(ValueError, match="is not a folder"):
         common.parse_args(parser, ["--pretrained_model_name_or_path", "x", "--train_data_dir", str(tmp_path / "nope")])
     with pytest.raises(ValueError, match="hole_min"):
-        common.parse_args(parser, ["--pretrained_model_name_or_path", "x", "--train_data_dir", str(image_dir), "--hole_min", "0.9", "--hole_max", "0.1"])
-    args = common.parse_args(parser, ["--pretrained_model_name_or_path", "x", "--train_data_dir", str(image_dir),
-                                      "--output_dir", str(tmp_path), "--resume_from_checkpoint", "checkpoint-7"])
+        common.parse_args(
+            parser,
+            [
+                "--pretrained_model_name_or_path",
+                "x",
+                "--train_data_dir",
+                str(image_dir),
+                "--hole_min",
+                "0.9",
+                "--hole_max",
+                "0.1",
+            ],
+        )
+    args = common.parse_args(
+        parser,
+        [
+            "--pretrained_model_name_or_path",
+            "x",
+            "--train_data_dir",
+            str(image_dir),
+            "--output_dir",
+            str(tmp_path),
+            "--resume_from_checkpoint",
+            "checkpoint-7",
+        ],
+    )
     with pytest.raises(ValueError, match="checkpoint-N"):
         common.resolve_resume_path(args)
 
@@ -397,13 +508,29 @@ def _env():
 def test_accelerate_launch_two_cpu_processes(pipeline_dir, image_dir, tmp_path):
     output_dir = tmp_path / "ddp"
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29517",
         str(ROOT / "training" / "train_aligner.py"),
-        *base_args(pipeline_dir, image_dir, output_dir, steps=2, train_batch_size=1, validation_steps=0, checkpointing_steps=2),
+        *base_args(
+            pipeline_dir, image_dir, output_dir, steps=2, train_batch_size=1, validation_steps=0, checkpointing_steps=2
+        ),
     ]
     # torchrun-style launch of two processes; ACCELERATE_USE_CPU makes accelerate pick MULTI_CPU (gloo)
-    completed = subprocess.run(command, env=dict(_env(), ACCELERATE_USE_CPU="1"), capture_output=True, text=True, timeout=600)
+    completed = subprocess.run(
+        command, env=dict(_env(), ACCELERATE_USE_CPU="1"), capture_output=True, text=True, timeout=600
+    )
     log = completed.stdout + completed.stderr
     assert completed.returncode == 0, log[-3000:]
     writers = re.findall(r"process (\d+) of (\d+) writes the final folder", log)
@@ -415,10 +542,22 @@ def test_accelerate_launch_two_cpu_processes(pipeline_dir, image_dir, tmp_path):
 
 def test_sigkill_after_first_checkpoint_then_resume(pipeline_dir, image_dir, tmp_path):
     output_dir, max_steps, interval = tmp_path / "killed", 10, 2
-    argv = base_args(pipeline_dir, image_dir, output_dir, steps=max_steps, checkpointing_steps=interval,
-                     checkpoints_total_limit=3, validation_steps=0)
-    process = subprocess.Popen([sys.executable, str(ROOT / "training" / "train_mae.py"), *argv], env=_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    argv = base_args(
+        pipeline_dir,
+        image_dir,
+        output_dir,
+        steps=max_steps,
+        checkpointing_steps=interval,
+        checkpoints_total_limit=3,
+        validation_steps=0,
+    )
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "training" / "train_mae.py"), *argv],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 300
     while not common.list_checkpoints(output_dir):
         assert process.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
@@ -463,15 +602,27 @@ def fresh_accelerate_state():
     GradientState._reset_state()
 
 
-def test_aligner_bf16_accumulation_and_gradient_checkpointing(pipeline_dir, image_dir, tmp_path, fresh_accelerate_state):
+def test_aligner_bf16_accumulation_and_gradient_checkpointing(
+    pipeline_dir, image_dir, tmp_path, fresh_accelerate_state
+):
     """Mixed precision (frozen parts cast to bf16), accumulation and checkpointing work together; the
     saved component stays float32 and the aligner's outputs survive accelerate's fp32 output cast."""
     output_dir = tmp_path / "bf16"
-    result = train_aligner.main(base_args(
-        pipeline_dir, image_dir, output_dir, steps=2, resolution=16, gradient_accumulation_steps=2,
-        gradient_checkpointing=True, mixed_precision="bf16", validation_steps=1, validation_inference_steps=1,
-        num_validation_images=1,
-    ))
+    result = train_aligner.main(
+        base_args(
+            pipeline_dir,
+            image_dir,
+            output_dir,
+            steps=2,
+            resolution=16,
+            gradient_accumulation_steps=2,
+            gradient_checkpointing=True,
+            mixed_precision="bf16",
+            validation_steps=1,
+            validation_inference_steps=1,
+            num_validation_images=1,
+        )
+    )
     assert result.global_step == 2 and len(result.losses) == 2 and np.isfinite(result.losses).all()
     assert_checkpoints(output_dir, [1, 2])
     weights = state_dict_of(output_dir)

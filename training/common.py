@@ -32,15 +32,17 @@ import math
 import os
 import re
 import shutil
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from asuka.masks import IMAGE_EXTENSIONS, MaskGenerator
+
 
 if TYPE_CHECKING:  # accelerate is imported lazily, when a script starts
     from accelerate import Accelerator
@@ -56,8 +58,12 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     add = parser.add_argument
     # model and output
-    add("--pretrained_model_name_or_path", type=str, required=True,
-        help="Hub id or local folder of the base pipeline / component (e.g. an AsukaPipeline or SD-inpainting folder).")
+    add(
+        "--pretrained_model_name_or_path",
+        type=str,
+        required=True,
+        help="Hub id or local folder of the base pipeline / component (e.g. an AsukaPipeline or SD-inpainting folder).",
+    )
     add("--revision", type=str, default=None, help="Revision of the pretrained model on the Hub.")
     add("--variant", type=str, default=None, help="Weight variant of the pretrained model, e.g. fp16.")
     add("--output_dir", type=str, default="asuka-model", help="Where checkpoints and the final model are written.")
@@ -69,15 +75,28 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     add("--dataset_config_name", type=str, default=None, help="Config of --dataset_name.")
     add("--dataset_split", type=str, default="train", help="Split of --dataset_name.")
     add("--image_column", type=str, default="image", help="Image column of --dataset_name.")
-    add("--streaming", action="store_true", help="Stream --dataset_name instead of downloading it (Places2-scale data).")
+    add(
+        "--streaming",
+        action="store_true",
+        help="Stream --dataset_name instead of downloading it (Places2-scale data).",
+    )
     add("--max_train_samples", type=int, default=None, help="Truncate the dataset to this many images (debugging).")
-    add("--resolution", type=int, default=512, help="Training resolution; images are resized and center/random cropped.")
+    add(
+        "--resolution",
+        type=int,
+        default=512,
+        help="Training resolution; images are resized and center/random cropped.",
+    )
     add("--random_crop", action="store_true", help="Random instead of center crops.")
     add("--random_flip", action="store_true", help="Random horizontal flips.")
     add("--dataloader_num_workers", type=int, default=0, help="Data-loading worker processes (0 = main process).")
     # masks (asuka.masks.MaskGenerator)
-    add("--object_mask_dir", type=str, default=None,
-        help="Folder of object masks (training/prepare_object_masks.py). Without it, the object share falls back to the other families.")
+    add(
+        "--object_mask_dir",
+        type=str,
+        default=None,
+        help="Folder of object masks (training/prepare_object_masks.py). Without it, the object share falls back to the other families.",
+    )
     add("--hole_min", type=float, default=0.05, help="Smallest hole ratio of training masks.")
     add("--hole_max", type=float, default=0.7, help="Largest hole ratio of training masks.")
     # optimisation
@@ -88,20 +107,33 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     add("--gradient_checkpointing", action="store_true", help="Trade compute for memory where the models support it.")
     add("--learning_rate", type=float, default=1e-4, help="Peak learning rate.")
     add("--scale_lr", action="store_true", help="Scale the learning rate by processes x batch size x accumulation.")
-    add("--lr_scheduler", type=str, default="constant",
-        help='One of diffusers\' schedules: "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup".')
+    add(
+        "--lr_scheduler",
+        type=str,
+        default="constant",
+        help='One of diffusers\' schedules: "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup".',
+    )
     add("--lr_warmup_steps", type=int, default=0, help="Warmup steps of the lr schedule.")
     add("--adam_beta1", type=float, default=0.9, help="AdamW beta1.")
     add("--adam_beta2", type=float, default=0.999, help="AdamW beta2.")
     add("--adam_weight_decay", type=float, default=1e-2, help="AdamW weight decay.")
     add("--adam_epsilon", type=float, default=1e-8, help="AdamW epsilon.")
     add("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm (0 disables).")
-    add("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"],
-        help="Mixed precision; defaults to the accelerate config. Frozen models are cast to this dtype.")
+    add(
+        "--mixed_precision",
+        type=str,
+        default=None,
+        choices=["no", "fp16", "bf16"],
+        help="Mixed precision; defaults to the accelerate config. Frozen models are cast to this dtype.",
+    )
     add("--allow_tf32", action="store_true", help="Allow TF32 matmuls on Ampere+ GPUs.")
     # logging, checkpoints, validation
-    add("--report_to", type=str, default="none",
-        help='Trackers: "tensorboard", "wandb", "comet_ml", "all" or "none" (validation grids are always saved as PNG).')
+    add(
+        "--report_to",
+        type=str,
+        default="none",
+        help='Trackers: "tensorboard", "wandb", "comet_ml", "all" or "none" (validation grids are always saved as PNG).',
+    )
     add("--tracker_project_name", type=str, default=None, help="Tracker project name (defaults to the script name).")
     add("--checkpointing_steps", type=int, default=500, help="Save a resumable checkpoint-N folder every N steps.")
     add("--checkpoints_total_limit", type=int, default=None, help="Keep at most this many checkpoint-N folders.")
@@ -116,11 +148,13 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse and validate; raises ValueError (not a traceback) for inconsistent flags."""
     args = parser.parse_args(argv)
     if (args.train_data_dir is None) == (args.dataset_name is None):
-        raise ValueError("Give exactly one data source: --train_data_dir (an image folder) or --dataset_name (HF datasets).")
+        raise ValueError(
+            "Give exactly one data source: --train_data_dir (an image folder) or --dataset_name (HF datasets)."
+        )
     if args.streaming and args.dataset_name is None:
         raise ValueError("--streaming applies to --dataset_name only.")
     if args.train_data_dir is not None and not Path(args.train_data_dir).is_dir():
@@ -128,23 +162,29 @@ def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = 
     if args.streaming and args.max_train_steps is None:
         raise ValueError("--streaming datasets have no length: set --max_train_steps.")
     if not 0.0 <= args.hole_min <= args.hole_max <= 1.0:
-        raise ValueError(f"--hole_min/--hole_max must satisfy 0 <= min <= max <= 1, got {args.hole_min}, {args.hole_max}.")
+        raise ValueError(
+            f"--hole_min/--hole_max must satisfy 0 <= min <= max <= 1, got {args.hole_min}, {args.hole_max}."
+        )
     if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
         raise ValueError("--checkpoints_total_limit must be >= 1.")
     if args.resolution % 8:
         raise ValueError(f"--resolution must be a multiple of 8 (the VAE's factor), got {args.resolution}.")
     if args.report_to == "wandb" and args.hub_token is not None:
-        raise ValueError("Do not combine --report_to=wandb with --hub_token (the token would be logged); use `hf auth login`.")
+        raise ValueError(
+            "Do not combine --report_to=wandb with --hub_token (the token would be logged); use `hf auth login`."
+        )
     return args
 
 
 # --------------------------------------------------------------------------- accelerator
-def setup_accelerator(args: argparse.Namespace) -> "Accelerator":
+def setup_accelerator(args: argparse.Namespace) -> Accelerator:
     """Accelerator + ProjectConfiguration, logging, seeding and the output folder."""
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
 
-    project_config = ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, args.logging_dir))
+    project_config = ProjectConfiguration(
+        project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, args.logging_dir)
+    )
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
@@ -162,19 +202,19 @@ def setup_accelerator(args: argparse.Namespace) -> "Accelerator":
     return accelerator
 
 
-def weight_dtype_for(accelerator: "Accelerator") -> torch.dtype:
+def weight_dtype_for(accelerator: Accelerator) -> torch.dtype:
     """dtype for frozen models under the current mixed-precision mode."""
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
 
 
-def collective_save(accelerator: "Accelerator") -> bool:
+def collective_save(accelerator: Accelerator) -> bool:
     """Whether saving needs every rank (sharded weights or optimizer state)."""
     from accelerate.utils import DistributedType
 
     return accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
 
 
-def save_diffusers_model(accelerator: "Accelerator", model: torch.nn.Module, directory: str) -> None:
+def save_diffusers_model(accelerator: Accelerator, model: torch.nn.Module, directory: str) -> None:
     """`save_pretrained` of a prepared model. Under FSDP call it on all ranks: the full state dict is gathered."""
     from accelerate.utils import DistributedType
 
@@ -189,7 +229,7 @@ def save_diffusers_model(accelerator: "Accelerator", model: torch.nn.Module, dir
         unwrapped.save_pretrained(directory)
 
 
-def unwrapped_copy(accelerator: "Accelerator", model: torch.nn.Module) -> torch.nn.Module:
+def unwrapped_copy(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
     """A plain float32 copy of a prepared model (no DDP or mixed-precision forward wrappers), for validation."""
     unwrapped = accelerator.unwrap_model(model)
     copy = type(unwrapped).from_config(unwrapped.config)
@@ -197,7 +237,7 @@ def unwrapped_copy(accelerator: "Accelerator", model: torch.nn.Module) -> torch.
     return copy.to(accelerator.device, torch.float32).eval()
 
 
-def register_diffusers_hooks(accelerator: "Accelerator", trainables: Dict[str, torch.nn.Module]) -> None:
+def register_diffusers_hooks(accelerator: Accelerator, trainables: dict[str, torch.nn.Module]) -> None:
     """Make `save_state`/`load_state` store each trained model as `<checkpoint>/<name>/` via save_pretrained.
 
     `trainables` maps a subfolder name to the (unwrapped) model; models are matched by identity so
@@ -209,15 +249,17 @@ def register_diffusers_hooks(accelerator: "Accelerator", trainables: Dict[str, t
         for name, candidate in trainables.items():
             if candidate is unwrapped:
                 return name
-        raise ValueError(f"register_diffusers_hooks: unexpected model {type(unwrapped).__name__}; known: {list(trainables)}.")
+        raise ValueError(
+            f"register_diffusers_hooks: unexpected model {type(unwrapped).__name__}; known: {list(trainables)}."
+        )
 
-    def save_model_hook(models: List[torch.nn.Module], weights: List[Any], output_dir: str) -> None:
+    def save_model_hook(models: list[torch.nn.Module], weights: list[Any], output_dir: str) -> None:
         for model in models:
             save_diffusers_model(accelerator, model, os.path.join(output_dir, _name_of(model)))
             if weights:  # pop so accelerate does not save a second, non-diffusers copy
                 weights.pop()
 
-    def load_model_hook(models: List[torch.nn.Module], input_dir: str) -> None:
+    def load_model_hook(models: list[torch.nn.Module], input_dir: str) -> None:
         while models:
             model = models.pop()
             target = accelerator.unwrap_model(model)
@@ -230,38 +272,42 @@ def register_diffusers_hooks(accelerator: "Accelerator", trainables: Dict[str, t
     accelerator.register_load_state_pre_hook(load_model_hook)
 
 
-def make_optimizer(args: argparse.Namespace, params: Any, accelerator: "Accelerator") -> torch.optim.Optimizer:
+def make_optimizer(args: argparse.Namespace, params: Any, accelerator: Accelerator) -> torch.optim.Optimizer:
     """AdamW from the --adam_* flags (learning rate optionally scaled like the diffusers examples)."""
     if args.scale_lr:
         args.learning_rate *= args.gradient_accumulation_steps * args.train_batch_size * accelerator.num_processes
     return torch.optim.AdamW(
-        params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-        weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
+        params,
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay,
+        eps=args.adam_epsilon,
     )
 
 
-def make_lr_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer, accelerator: "Accelerator") -> Any:
+def make_lr_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer, accelerator: Accelerator) -> Any:
     """diffusers' `get_scheduler`, with step counts in per-process optimizer steps like the examples."""
     from diffusers.optimization import get_scheduler
 
     return get_scheduler(
-        args.lr_scheduler, optimizer=optimizer,
+        args.lr_scheduler,
+        optimizer=optimizer,
         num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
         num_training_steps=args.max_train_steps * accelerator.num_processes,
     )
 
 
 # --------------------------------------------------------------------------- checkpoints
-def list_checkpoints(output_dir: str) -> List[Path]:
+def list_checkpoints(output_dir: str) -> list[Path]:
     """Complete checkpoint-N folders of `output_dir`, oldest first."""
     folder = Path(output_dir)
     if not folder.is_dir():
         return []
     found = [p for p in folder.iterdir() if p.is_dir() and re.fullmatch(rf"{CHECKPOINT_PREFIX}\d+", p.name)]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
 
 
-def save_checkpoint(args: argparse.Namespace, accelerator: "Accelerator", global_step: int) -> Optional[Path]:
+def save_checkpoint(args: argparse.Namespace, accelerator: Accelerator, global_step: int) -> Path | None:
     """Rotate old checkpoints, then `save_state` to `checkpoint-<global_step>`.
 
     The state is written to a temporary folder and renamed at the end, so a run killed while
@@ -291,7 +337,7 @@ def save_checkpoint(args: argparse.Namespace, accelerator: "Accelerator", global
     return None
 
 
-def resolve_resume_path(args: argparse.Namespace) -> Optional[Path]:
+def resolve_resume_path(args: argparse.Namespace) -> Path | None:
     """Path named by --resume_from_checkpoint ('latest' = newest complete checkpoint-N), or None."""
     if not args.resume_from_checkpoint:
         return None
@@ -302,20 +348,24 @@ def resolve_resume_path(args: argparse.Namespace) -> Optional[Path]:
     if not path.is_absolute() and not path.exists():
         path = Path(args.output_dir) / path
     if not path.is_dir() or not re.fullmatch(rf"{CHECKPOINT_PREFIX}\d+", path.name):
-        raise ValueError(f"--resume_from_checkpoint {args.resume_from_checkpoint!r}: expected 'latest' or an existing checkpoint-N folder.")
+        raise ValueError(
+            f"--resume_from_checkpoint {args.resume_from_checkpoint!r}: expected 'latest' or an existing checkpoint-N folder."
+        )
     return path
 
 
-def resume_if_requested(args: argparse.Namespace, accelerator: "Accelerator") -> int:
+def resume_if_requested(args: argparse.Namespace, accelerator: Accelerator) -> int:
     """Load the requested checkpoint; returns the global step to continue from (0 = fresh start)."""
     path = resolve_resume_path(args)
     if path is None:
         if args.resume_from_checkpoint:
-            accelerator.print(f"Checkpoint '{args.resume_from_checkpoint}' does not exist. Starting a new training run.")
+            accelerator.print(
+                f"Checkpoint '{args.resume_from_checkpoint}' does not exist. Starting a new training run."
+            )
         return 0
     accelerator.print(f"Resuming from checkpoint {path}")
     accelerator.load_state(str(path))
-    return int(path.name[len(CHECKPOINT_PREFIX):])
+    return int(path.name[len(CHECKPOINT_PREFIX) :])
 
 
 # --------------------------------------------------------------------------- data
@@ -366,7 +416,7 @@ class SampleMaker:
     masks: MaskGenerator
     seed: int = 0
 
-    def __call__(self, image: Image.Image, key: Sequence[int]) -> Dict[str, torch.Tensor]:
+    def __call__(self, image: Image.Image, key: Sequence[int]) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, *key])
         pixels = self.transform(image, rng)
         mask = torch.from_numpy(self.masks.sample(rng).mask)[None]
@@ -376,9 +426,13 @@ class SampleMaker:
 class ImageFolderDataset(torch.utils.data.Dataset):
     """Images of a folder (recursive). An unreadable file is replaced by the next readable one and counted."""
 
-    def __init__(self, paths: Sequence[Any], make_sample: SampleMaker, load: Callable[[Any], Image.Image] = _load_rgb) -> None:
+    def __init__(
+        self, paths: Sequence[Any], make_sample: SampleMaker, load: Callable[[Any], Image.Image] = _load_rgb
+    ) -> None:
         if not paths:
-            raise ValueError("The training data holds no images (accepted extensions: " + ", ".join(IMAGE_EXTENSIONS) + ").")
+            raise ValueError(
+                "The training data holds no images (accepted extensions: " + ", ".join(IMAGE_EXTENSIONS) + ")."
+            )
         self.paths, self.make_sample, self.load = list(paths), make_sample, load
         self.epoch = 0
 
@@ -389,7 +443,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         """Masks and crops differ per epoch but are reproducible for (seed, epoch, index)."""
         self.epoch = epoch
 
-    def __getitem__(self, index: int) -> Dict[str, Any]:
+    def __getitem__(self, index: int) -> dict[str, Any]:
         for skipped in range(len(self.paths)):
             item = (index + skipped) % len(self.paths)
             try:
@@ -419,7 +473,7 @@ class StreamingImageDataset(torch.utils.data.IterableDataset):
         if hasattr(self.stream, "set_epoch"):
             self.stream.set_epoch(epoch)
 
-    def __iter__(self) -> Iterator[Dict[str, Any]]:
+    def __iter__(self) -> Iterator[dict[str, Any]]:
         info = torch.utils.data.get_worker_info()
         shard, shards = (info.id, info.num_workers) if info is not None else (0, 1)
         bad = 0
@@ -437,14 +491,22 @@ class StreamingImageDataset(torch.utils.data.IterableDataset):
             yield sample
 
 
-def build_dataset(args: argparse.Namespace, mae_mode: bool = False,
-                  patch_size: int = 16, mae_min_patch_ratio: float = 0.75) -> torch.utils.data.Dataset:
+def build_dataset(
+    args: argparse.Namespace, mae_mode: bool = False, patch_size: int = 16, mae_min_patch_ratio: float = 0.75
+) -> torch.utils.data.Dataset:
     """Dataset from --train_data_dir or --dataset_name/--streaming, with paper masks at --resolution."""
     masks = MaskGenerator(
-        args.resolution, object_mask_dir=args.object_mask_dir, hole_range=(args.hole_min, args.hole_max),
-        mae_mode=mae_mode, patch_size=patch_size, mae_min_patch_ratio=mae_min_patch_ratio, seed=args.seed,
+        args.resolution,
+        object_mask_dir=args.object_mask_dir,
+        hole_range=(args.hole_min, args.hole_max),
+        mae_mode=mae_mode,
+        patch_size=patch_size,
+        mae_min_patch_ratio=mae_min_patch_ratio,
+        seed=args.seed,
     )
-    make_sample = SampleMaker(ImageTransform(args.resolution, args.random_crop, args.random_flip), masks, args.seed or 0)
+    make_sample = SampleMaker(
+        ImageTransform(args.resolution, args.random_crop, args.random_flip), masks, args.seed or 0
+    )
     if args.train_data_dir is not None:
         paths = sorted(p for p in Path(args.train_data_dir).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
         if args.max_train_samples is not None:
@@ -453,10 +515,16 @@ def build_dataset(args: argparse.Namespace, mae_mode: bool = False,
 
     import datasets
 
-    data = datasets.load_dataset(args.dataset_name, args.dataset_config_name, split=args.dataset_split, streaming=args.streaming)
+    data = datasets.load_dataset(
+        args.dataset_name, args.dataset_config_name, split=args.dataset_split, streaming=args.streaming
+    )
     if args.image_column not in (data.column_names or [args.image_column]):
-        raise ValueError(f"--image_column {args.image_column!r} is not a column of {args.dataset_name}; columns: {data.column_names}.")
-    if isinstance(data.features, datasets.Features) and isinstance(data.features.get(args.image_column), datasets.Image):
+        raise ValueError(
+            f"--image_column {args.image_column!r} is not a column of {args.dataset_name}; columns: {data.column_names}."
+        )
+    if isinstance(data.features, datasets.Features) and isinstance(
+        data.features.get(args.image_column), datasets.Image
+    ):
         data = data.cast_column(args.image_column, datasets.Image(decode=False))  # decode ourselves, to skip bad files
     if args.streaming:
         if args.max_train_samples is not None:
@@ -468,7 +536,7 @@ def build_dataset(args: argparse.Namespace, mae_mode: bool = False,
     return ImageFolderDataset(list(range(len(data))), make_sample, load=lambda i: _load_rgb(data[i][column]))
 
 
-def validation_batch(dataset: torch.utils.data.Dataset, count: int) -> Dict[str, torch.Tensor]:
+def validation_batch(dataset: torch.utils.data.Dataset, count: int) -> dict[str, torch.Tensor]:
     """The first `count` samples (fixed across the run) for validation grids."""
     if isinstance(dataset, torch.utils.data.IterableDataset):
         samples = []
@@ -481,7 +549,7 @@ def validation_batch(dataset: torch.utils.data.Dataset, count: int) -> Dict[str,
     return collate(samples)
 
 
-def load_scheduler(path: str, subfolder: str = "scheduler", revision: Optional[str] = None) -> Any:
+def load_scheduler(path: str, subfolder: str = "scheduler", revision: str | None = None) -> Any:
     """The scheduler class named in `<path>/<subfolder>/scheduler_config.json` (any diffusers scheduler)."""
     import diffusers
 
@@ -490,7 +558,7 @@ def load_scheduler(path: str, subfolder: str = "scheduler", revision: Optional[s
     return cls.from_config(config)
 
 
-def collate(samples: List[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
+def collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     """Stack pixels and masks; sum the bad-image counts."""
     return {
         "pixel_values": torch.stack([s["pixel_values"] for s in samples]).contiguous(),
@@ -503,13 +571,17 @@ def make_dataloader(args: argparse.Namespace, dataset: torch.utils.data.Dataset)
     shuffle = not isinstance(dataset, torch.utils.data.IterableDataset)
     generator = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
     return torch.utils.data.DataLoader(
-        dataset, batch_size=args.train_batch_size, shuffle=shuffle, collate_fn=collate,
-        num_workers=args.dataloader_num_workers, drop_last=shuffle and len(dataset) >= args.train_batch_size,
+        dataset,
+        batch_size=args.train_batch_size,
+        shuffle=shuffle,
+        collate_fn=collate,
+        num_workers=args.dataloader_num_workers,
+        drop_last=shuffle and len(dataset) >= args.train_batch_size,
         generator=generator,
     )
 
 
-def resolve_train_steps(args: argparse.Namespace, dataloader: torch.utils.data.DataLoader) -> Tuple[int, int]:
+def resolve_train_steps(args: argparse.Namespace, dataloader: torch.utils.data.DataLoader) -> tuple[int, int]:
     """(max_train_steps, num_update_steps_per_epoch) after `accelerator.prepare` sharded the loader."""
     try:
         per_epoch = max(1, math.ceil(len(dataloader) / args.gradient_accumulation_steps))
@@ -520,8 +592,9 @@ def resolve_train_steps(args: argparse.Namespace, dataloader: torch.utils.data.D
     return args.max_train_steps, per_epoch
 
 
-def training_batches(args: argparse.Namespace, accelerator: "Accelerator", dataloader: Any,
-                     start_step: int, steps_per_epoch: int) -> Iterator[Dict[str, torch.Tensor]]:
+def training_batches(
+    args: argparse.Namespace, accelerator: Accelerator, dataloader: Any, start_step: int, steps_per_epoch: int
+) -> Iterator[dict[str, torch.Tensor]]:
     """Endless batch stream that resumes mid-epoch (skipping consumed batches of map-style data)."""
     epoch = start_step // steps_per_epoch
     skip = (start_step % steps_per_epoch) * args.gradient_accumulation_steps
@@ -538,14 +611,19 @@ def training_batches(args: argparse.Namespace, accelerator: "Accelerator", datal
 
 
 # --------------------------------------------------------------------------- validation & hub
-def to_pil(images: torch.Tensor) -> List[Image.Image]:
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
     """(B,3,H,W) in [0,1] -> PIL images."""
     array = (images.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
     return [Image.fromarray(a) for a in array]
 
 
-def log_validation(accelerator: "Accelerator", args: argparse.Namespace, rows: List[List[Image.Image]],
-                   global_step: int, name: str = "validation") -> Optional[Path]:
+def log_validation(
+    accelerator: Accelerator,
+    args: argparse.Namespace,
+    rows: list[list[Image.Image]],
+    global_step: int,
+    name: str = "validation",
+) -> Path | None:
     """Save a grid (one row per sample) under output_dir/validation/ and send it to the trackers."""
     from diffusers.utils import make_image_grid
 
@@ -568,13 +646,19 @@ def log_validation(accelerator: "Accelerator", args: argparse.Namespace, rows: L
     return path
 
 
-def serialisable_args(args: argparse.Namespace) -> Dict[str, Any]:
+def serialisable_args(args: argparse.Namespace) -> dict[str, Any]:
     """Training arguments without secrets, for the model card and training_args.json."""
     return {k: v for k, v in sorted(vars(args).items()) if k not in {"hub_token"}}
 
 
-def write_model_card(folder: str, args: argparse.Namespace, title: str, description: str,
-                     component: str, sample_image: Optional[Path] = None) -> Path:
+def write_model_card(
+    folder: str,
+    args: argparse.Namespace,
+    title: str,
+    description: str,
+    component: str,
+    sample_image: Path | None = None,
+) -> Path:
     """README.md (Hub model card) with metadata, the training arguments, the base model and a sample grid."""
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -585,7 +669,9 @@ def write_model_card(folder: str, args: argparse.Namespace, title: str, descript
     if (folder_path / "sample_grid.png").is_file():  # this run's grid, or the one of the run it resumed
         image_line = "\n## Samples\n\n![samples](./sample_grid.png)\n"
     card_data = ModelCardData(
-        license="apache-2.0", library_name="diffusers", base_model=args.pretrained_model_name_or_path,
+        license="apache-2.0",
+        library_name="diffusers",
+        base_model=args.pretrained_model_name_or_path,
         tags=["asuka", "image-inpainting", "diffusers-training", component],
         pipeline_tag="image-to-image",
     )
@@ -611,14 +697,22 @@ def push_folder_to_hub(args: argparse.Namespace, folder: str) -> str:
     repo_id = args.hub_model_id or Path(args.output_dir).resolve().name
     repo_id = api.create_repo(repo_id=repo_id, exist_ok=True, private=args.hub_private, repo_type="model").repo_id
     api.upload_folder(
-        repo_id=repo_id, folder_path=folder, commit_message="asuka training: final model",
+        repo_id=repo_id,
+        folder_path=folder,
+        commit_message="asuka training: final model",
         ignore_patterns=[f"{CHECKPOINT_PREFIX}*", ".partial-*", "logs/*", "validation/*"],
     )
     return repo_id
 
 
-def optimizer_step(accelerator: "Accelerator", loss: torch.Tensor, params: Sequence[torch.nn.Parameter],
-                   optimizer: torch.optim.Optimizer, lr_scheduler: Any, max_grad_norm: float) -> None:
+def optimizer_step(
+    accelerator: Accelerator,
+    loss: torch.Tensor,
+    params: Sequence[torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler: Any,
+    max_grad_norm: float,
+) -> None:
     """backward, clip on sync steps, step the optimizer and its schedule, clear gradients."""
     accelerator.backward(loss)
     if accelerator.sync_gradients and max_grad_norm > 0:
@@ -630,15 +724,15 @@ def optimizer_step(accelerator: "Accelerator", loss: torch.Tensor, params: Seque
 
 def run_training(
     args: argparse.Namespace,
-    accelerator: "Accelerator",
+    accelerator: Accelerator,
     *,
     models: Sequence[torch.nn.Module],
     dataloader: Any,
     steps_per_epoch: int,
     initial_global_step: int,
-    train_step: Callable[[Dict[str, torch.Tensor], int], Dict[str, torch.Tensor]],
-    validate: Optional[Callable[[int], List[List[Image.Image]]]] = None,
-) -> Tuple[TrainingResult, Optional[Path]]:
+    train_step: Callable[[dict[str, torch.Tensor], int], dict[str, torch.Tensor]],
+    validate: Callable[[int], list[list[Image.Image]]] | None = None,
+) -> tuple[TrainingResult, Path | None]:
     """The shared loop: accumulation, progress bar, tracker logs, checkpoints, validation grids.
 
     `train_step(batch, global_step)` does forward, `optimizer_step` and returns scalars to log
@@ -646,10 +740,16 @@ def run_training(
     """
     from tqdm.auto import tqdm
 
-    result = TrainingResult(initial_global_step=initial_global_step, global_step=initial_global_step, output_dir=args.output_dir)
-    progress = tqdm(range(args.max_train_steps), initial=initial_global_step, desc="Steps",
-                    disable=not accelerator.is_local_main_process)
-    last_grid: Optional[Path] = None
+    result = TrainingResult(
+        initial_global_step=initial_global_step, global_step=initial_global_step, output_dir=args.output_dir
+    )
+    progress = tqdm(
+        range(args.max_train_steps),
+        initial=initial_global_step,
+        desc="Steps",
+        disable=not accelerator.is_local_main_process,
+    )
+    last_grid: Path | None = None
     global_step, pending = initial_global_step, []
     if global_step >= args.max_train_steps:
         return result, last_grid
@@ -678,12 +778,14 @@ def run_training(
             break
     progress.close()
     result.global_step = global_step
-    if validate is not None and args.validation_steps and global_step % args.validation_steps:  # final grid for the card
+    if (
+        validate is not None and args.validation_steps and global_step % args.validation_steps
+    ):  # final grid for the card
         last_grid = log_validation(accelerator, args, validate(global_step), global_step) or last_grid
     return result, last_grid
 
 
-def load_component(cls: Any, path: str, subfolder: str, revision: Optional[str] = None) -> Any:
+def load_component(cls: Any, path: str, subfolder: str, revision: str | None = None) -> Any:
     """`cls.from_pretrained` from `<path>/<subfolder>` when it exists (pipeline folder), else from `path` itself."""
     local = Path(path)
     if local.is_dir():
@@ -695,9 +797,17 @@ def load_component(cls: Any, path: str, subfolder: str, revision: Optional[str] 
     return cls.from_pretrained(path, subfolder=subfolder, revision=revision)
 
 
-def finish(args: argparse.Namespace, accelerator: "Accelerator", result: TrainingResult,
-           components: Dict[str, torch.nn.Module], write_pipeline: Optional[Callable[[], str]],
-           title: str, description: str, component: str, sample_grid: Optional[Path]) -> TrainingResult:
+def finish(
+    args: argparse.Namespace,
+    accelerator: Accelerator,
+    result: TrainingResult,
+    components: dict[str, torch.nn.Module],
+    write_pipeline: Callable[[], str] | None,
+    title: str,
+    description: str,
+    component: str,
+    sample_grid: Path | None,
+) -> TrainingResult:
     """Write the final folder (main process only), its model card, an optional pipeline folder, and push.
 
     `components` maps a subfolder of --output_dir ("" = the folder itself) to a trained, prepared model.
@@ -707,7 +817,10 @@ def finish(args: argparse.Namespace, accelerator: "Accelerator", result: Trainin
     for subfolder, model in components.items():
         save_diffusers_model(accelerator, model, str(Path(args.output_dir) / subfolder))
     if accelerator.is_main_process:
-        print(f"process {accelerator.process_index} of {accelerator.num_processes} writes the final folder {args.output_dir}", flush=True)
+        print(
+            f"process {accelerator.process_index} of {accelerator.num_processes} writes the final folder {args.output_dir}",
+            flush=True,
+        )
         result.pipeline_dir = write_pipeline() if write_pipeline is not None else None
         folder = result.pipeline_dir or args.output_dir
         write_model_card(folder, args, title, description, component, sample_grid)
@@ -726,8 +839,8 @@ class TrainingResult:
 
     initial_global_step: int
     global_step: int
-    losses: List[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
     num_bad_images: int = 0
     output_dir: str = ""
-    pipeline_dir: Optional[str] = None
-    repo_id: Optional[str] = None
+    pipeline_dir: str | None = None
+    repo_id: str | None = None

@@ -12,26 +12,32 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--annotations", required=True, help="COCO-format instances JSON file.")
     parser.add_argument("--output_dir", required=True, help="Folder the PNG masks are written to.")
-    parser.add_argument("--min_area_ratio", type=float, default=0.01, help="Skip objects smaller than this fraction of their image.")
-    parser.add_argument("--max_area_ratio", type=float, default=0.8, help="Skip objects larger than this fraction of their image.")
-    parser.add_argument("--min_size", type=int, default=16, help="Skip objects whose bounding box is narrower than this (pixels).")
+    parser.add_argument(
+        "--min_area_ratio", type=float, default=0.01, help="Skip objects smaller than this fraction of their image."
+    )
+    parser.add_argument(
+        "--max_area_ratio", type=float, default=0.8, help="Skip objects larger than this fraction of their image."
+    )
+    parser.add_argument(
+        "--min_size", type=int, default=16, help="Skip objects whose bounding box is narrower than this (pixels)."
+    )
     parser.add_argument("--categories", nargs="*", default=None, help="Keep only these category names (default: all).")
     parser.add_argument("--max_masks", type=int, default=None, help="Stop after writing this many masks.")
     return parser.parse_args(argv)
 
 
-def decode_annotation(annotation: dict, height: int, width: int) -> Optional[np.ndarray]:
+def decode_annotation(annotation: dict, height: int, width: int) -> np.ndarray | None:
     """Rasterise one COCO segmentation (polygon list or uncompressed RLE) into a boolean (H, W) mask.
 
     Returns None for compressed RLE strings (crowd regions), which this script does not use.
@@ -57,7 +63,7 @@ def decode_annotation(annotation: dict, height: int, width: int) -> Optional[np.
     return None
 
 
-def extract_masks(args: argparse.Namespace) -> List[Path]:
+def extract_masks(args: argparse.Namespace) -> list[Path]:
     """Write one cropped PNG per kept annotation; returns the written paths."""
     with open(args.annotations, encoding="utf-8") as handle:
         coco = json.load(handle)
@@ -72,11 +78,13 @@ def extract_masks(args: argparse.Namespace) -> List[Path]:
 
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    written: List[Path] = []
+    written: list[Path] = []
     for annotation in coco["annotations"]:
         if args.max_masks is not None and len(written) >= args.max_masks:
             break
-        if annotation.get("iscrowd", 0) or (keep_categories is not None and annotation.get("category_id") not in keep_categories):
+        if annotation.get("iscrowd", 0) or (
+            keep_categories is not None and annotation.get("category_id") not in keep_categories
+        ):
             continue
         image = images.get(annotation["image_id"])
         if image is None:
@@ -95,7 +103,7 @@ def extract_masks(args: argparse.Namespace) -> List[Path]:
     return written
 
 
-def main(argv: Optional[Sequence[str]] = None) -> List[Path]:
+def main(argv: Sequence[str] | None = None) -> list[Path]:
     args = parse_args(argv)
     written = extract_masks(args)
     print(f"wrote {len(written)} object masks to {args.output_dir}")

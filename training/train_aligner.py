@@ -18,8 +18,9 @@ and 1.64 (1e-3): no divergence, and 5e-2 learns fastest. The default therefore s
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -60,11 +61,17 @@ def reconstructed_prior_probability(step: int, start: float = 1.0, end: float = 
 
 
 def build_aligner_parser():
-    parser = build_parser("Train the ASUKA aligner (MAE prior -> UNet conditioning) on a frozen SD-inpainting backbone.")
+    parser = build_parser(
+        "Train the ASUKA aligner (MAE prior -> UNet conditioning) on a frozen SD-inpainting backbone."
+    )
     add = parser.add_argument
     add("--mae_model_name_or_path", type=str, default=None, help="Trained AsukaMAE (default: <pretrained>/mae).")
-    add("--aligner_model_name_or_path", type=str, default=None,
-        help="Aligner to start from (default: <pretrained>/aligner when it exists, else a fresh one).")
+    add(
+        "--aligner_model_name_or_path",
+        type=str,
+        default=None,
+        help="Aligner to start from (default: <pretrained>/aligner when it exists, else a fresh one).",
+    )
     add("--aligner_num_blocks", type=int, default=4, help="Blocks of a fresh aligner.")
     add("--aligner_head_dim", type=int, default=64, help="Head size of a fresh aligner.")
     add("--prior_prob_start", type=float, default=1.0, help="Reconstructed-prior probability p at step 0.")
@@ -85,7 +92,9 @@ def _load_models(args):
     vae = AutoencoderKL.from_pretrained(path, subfolder="vae", revision=args.revision, variant=args.variant)
     unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", revision=args.revision, variant=args.variant)
     if unet.config.in_channels != 9:
-        raise ValueError(f"{path}: the UNet has {unet.config.in_channels} input channels; an SD-inpainting (9-channel) UNet is required.")
+        raise ValueError(
+            f"{path}: the UNet has {unet.config.in_channels} input channels; an SD-inpainting (9-channel) UNet is required."
+        )
     mae = load_component(AsukaMAE, args.mae_model_name_or_path or path, "mae", args.revision)
     if args.aligner_model_name_or_path:
         aligner = load_component(AsukaAligner, args.aligner_model_name_or_path, "aligner", args.revision)
@@ -93,8 +102,11 @@ def _load_models(args):
         aligner = AsukaAligner.from_pretrained(path, subfolder="aligner")
     else:
         aligner = AsukaAligner(
-            in_dim=mae.config.decoder_embed_dim, hidden_dim=unet.config.cross_attention_dim,
-            num_blocks=args.aligner_num_blocks, head_dim=args.aligner_head_dim, num_tokens=mae.num_patches,
+            in_dim=mae.config.decoder_embed_dim,
+            hidden_dim=unet.config.cross_attention_dim,
+            num_blocks=args.aligner_num_blocks,
+            head_dim=args.aligner_head_dim,
+            num_tokens=mae.num_patches,
         )
     return vae, unet, mae, aligner
 
@@ -106,13 +118,15 @@ def _encode(vae, pixels: torch.Tensor) -> torch.Tensor:
     return (latents - shift) * vae.config.scaling_factor
 
 
-def main(argv: Optional[Sequence[str]] = None) -> TrainingResult:
+def main(argv: Sequence[str] | None = None) -> TrainingResult:
     from diffusers import DDPMScheduler
 
     args = parse_args(build_aligner_parser(), argv)
     accelerator = setup_accelerator(args)
     vae, unet, mae, aligner = _load_models(args)
-    noise_scheduler = DDPMScheduler.from_config(load_scheduler(args.pretrained_model_name_or_path, revision=args.revision).config)
+    noise_scheduler = DDPMScheduler.from_config(
+        load_scheduler(args.pretrained_model_name_or_path, revision=args.revision).config
+    )
 
     weight_dtype = weight_dtype_for(accelerator)
     for frozen in (vae, unet, mae):
@@ -129,14 +143,19 @@ def main(argv: Optional[Sequence[str]] = None) -> TrainingResult:
     dataloader = make_dataloader(args, dataset)
     resolve_train_steps(args, dataloader)
     lr_scheduler = make_lr_scheduler(args, optimizer, accelerator)
-    aligner_model, optimizer, dataloader, lr_scheduler = accelerator.prepare(aligner, optimizer, dataloader, lr_scheduler)
+    aligner_model, optimizer, dataloader, lr_scheduler = accelerator.prepare(
+        aligner, optimizer, dataloader, lr_scheduler
+    )
     _, steps_per_epoch = resolve_train_steps(args, dataloader)
     if accelerator.is_main_process:
-        accelerator.init_trackers(args.tracker_project_name or "train_aligner", config={k: str(v) for k, v in vars(args).items() if k != "hub_token"})
+        accelerator.init_trackers(
+            args.tracker_project_name or "train_aligner",
+            config={k: str(v) for k, v in vars(args).items() if k != "hub_token"},
+        )
     initial_step = resume_if_requested(args, accelerator)
     validation = validation_batch(dataset, args.num_validation_images)
 
-    def train_step(batch: Dict[str, torch.Tensor], global_step: int) -> Dict[str, torch.Tensor]:
+    def train_step(batch: dict[str, torch.Tensor], global_step: int) -> dict[str, torch.Tensor]:
         pixels = batch["pixel_values"].to(accelerator.device, weight_dtype)
         mask = batch["mask"].to(accelerator.device, weight_dtype)
         batch_size = pixels.shape[0]
@@ -144,11 +163,15 @@ def main(argv: Optional[Sequence[str]] = None) -> TrainingResult:
             latents = _encode(vae, pixels * 2 - 1)
             masked_latents = _encode(vae, (pixels * 2 - 1) * (mask < 0.5))
             mask_latents = F.interpolate(mask, size=latents.shape[-2:])
-            p = reconstructed_prior_probability(global_step, args.prior_prob_start, args.prior_prob_end, args.prior_prob_decay_steps)
+            p = reconstructed_prior_probability(
+                global_step, args.prior_prob_start, args.prior_prob_end, args.prior_prob_decay_steps
+            )
             use_full_image = torch.rand(batch_size, device=accelerator.device) < p
             prior = mae.prior(pixels, mask * (~use_full_image).to(mask.dtype).view(-1, 1, 1, 1))
             noise = torch.randn_like(latents)
-            timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch_size,), device=latents.device).long()
+            timesteps = torch.randint(
+                0, noise_scheduler.config.num_train_timesteps, (batch_size,), device=latents.device
+            ).long()
             noisy = noise_scheduler.add_noise(latents, noise, timesteps)
             if noise_scheduler.config.prediction_type == "v_prediction":
                 target = noise_scheduler.get_velocity(latents, noise, timesteps)
@@ -156,10 +179,14 @@ def main(argv: Optional[Sequence[str]] = None) -> TrainingResult:
                 target = noise
         tokens = aligner_model(prior.float(), return_dict=False)[0]  # tuples survive accelerate's fp32 output cast
         prediction = unet(
-            torch.cat([noisy, mask_latents, masked_latents], dim=1), timesteps, encoder_hidden_states=tokens.to(weight_dtype)
+            torch.cat([noisy, mask_latents, masked_latents], dim=1),
+            timesteps,
+            encoder_hidden_states=tokens.to(weight_dtype),
         ).sample
         loss = F.mse_loss(prediction.float(), target.float())
-        optimizer_step(accelerator, loss, list(aligner_model.parameters()), optimizer, lr_scheduler, args.max_grad_norm)
+        optimizer_step(
+            accelerator, loss, list(aligner_model.parameters()), optimizer, lr_scheduler, args.max_grad_norm
+        )
         return {"loss": loss, "p": torch.tensor(p), "lr": torch.tensor(lr_scheduler.get_last_lr()[0])}
 
     def build_pipeline(aligner=None):
@@ -171,10 +198,16 @@ def main(argv: Optional[Sequence[str]] = None) -> TrainingResult:
             from asuka.models import AsukaDecoder
 
             decoder = AsukaDecoder.from_pretrained(args.pretrained_model_name_or_path, subfolder="decoder")
-        return AsukaPipeline(vae=vae, unet=unet, scheduler=scheduler, mae=mae,
-                             aligner=aligner or accelerator.unwrap_model(aligner_model), decoder=decoder)
+        return AsukaPipeline(
+            vae=vae,
+            unet=unet,
+            scheduler=scheduler,
+            mae=mae,
+            aligner=aligner or accelerator.unwrap_model(aligner_model),
+            decoder=decoder,
+        )
 
-    def validate(global_step: int) -> List[List[Image.Image]]:
+    def validate(global_step: int) -> list[list[Image.Image]]:
         if not accelerator.is_main_process:
             return []
         pipe = build_pipeline(aligner=unwrapped_copy(accelerator, aligner_model))
@@ -183,13 +216,26 @@ def main(argv: Optional[Sequence[str]] = None) -> TrainingResult:
         for index, (pixels, mask) in enumerate(zip(validation["pixel_values"], validation["mask"])):
             image, mask_image = to_pil(pixels[None])[0], to_pil(mask[None].repeat(1, 3, 1, 1))[0].convert("L")
             generator = torch.Generator(device="cpu").manual_seed((args.seed or 0) + index)
-            with torch.no_grad(), torch.autocast(accelerator.device.type, enabled=weight_dtype != torch.float32, dtype=weight_dtype):
-                output = pipe(image, mask_image, num_inference_steps=args.validation_inference_steps, generator=generator).images[0]
+            with (
+                torch.no_grad(),
+                torch.autocast(accelerator.device.type, enabled=weight_dtype != torch.float32, dtype=weight_dtype),
+            ):
+                output = pipe(
+                    image, mask_image, num_inference_steps=args.validation_inference_steps, generator=generator
+                ).images[0]
             rows.append([to_pil((pixels * (1 - mask))[None])[0], output, image])
         return rows
 
-    result, grid = run_training(args, accelerator, models=[aligner_model], dataloader=dataloader, steps_per_epoch=steps_per_epoch,
-                                initial_global_step=initial_step, train_step=train_step, validate=validate)
+    result, grid = run_training(
+        args,
+        accelerator,
+        models=[aligner_model],
+        dataloader=dataloader,
+        steps_per_epoch=steps_per_epoch,
+        initial_global_step=initial_step,
+        train_step=train_step,
+        validate=validate,
+    )
 
     def write_pipeline() -> str:
         from asuka.models import AsukaAligner
@@ -201,9 +247,17 @@ def main(argv: Optional[Sequence[str]] = None) -> TrainingResult:
         pipe.save_pretrained(pipeline_dir)
         return pipeline_dir
 
-    return finish(args, accelerator, result, {"": aligner_model}, write_pipeline if args.save_pipeline else None, title="ASUKA aligner",
-                  description="An ASUKA aligner trained on a frozen SD-inpainting backbone and MAE prior (`asuka.models.AsukaAligner`).",
-                  component="asuka-aligner", sample_grid=grid)
+    return finish(
+        args,
+        accelerator,
+        result,
+        {"": aligner_model},
+        write_pipeline if args.save_pipeline else None,
+        title="ASUKA aligner",
+        description="An ASUKA aligner trained on a frozen SD-inpainting backbone and MAE prior (`asuka.models.AsukaAligner`).",
+        component="asuka-aligner",
+        sample_grid=grid,
+    )
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ artefacts of the diffusion model's latents while keeping the known region faithf
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -54,10 +55,11 @@ from training.common import (
     weight_dtype_for,
 )
 
+
 COLOR_JITTER = {"brightness": 0.15, "contrast": 0.2, "saturation": 0.1, "hue": 0.03}
 
 
-def color_jitter(pixels: torch.Tensor, jitter: Optional[nn.Module] = None) -> torch.Tensor:
+def color_jitter(pixels: torch.Tensor, jitter: nn.Module | None = None) -> torch.Tensor:
     """Independent ColorJitter(0.15, 0.2, 0.1, 0.03) per sample of a (B,3,H,W) batch in [0,1]; stays in [0,1]."""
     from torchvision.transforms import v2
 
@@ -65,13 +67,21 @@ def color_jitter(pixels: torch.Tensor, jitter: Optional[nn.Module] = None) -> to
     return torch.stack([jitter(sample) for sample in pixels.float()]).clamp(0, 1).to(pixels.dtype)
 
 
-def one_step_x0(unet: nn.Module, scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
-                encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+def one_step_x0(
+    unet: nn.Module,
+    scheduler,
+    latents: torch.Tensor,
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+    encoder_hidden_states: torch.Tensor,
+) -> torch.Tensor:
     """The UNet's x0 estimate from `latents` noised to `timesteps`, with the clean latent as the
     masked-image condition and an all-zero mask (nothing to inpaint) — paper Eq. 1."""
     noisy = scheduler.add_noise(latents, noise, timesteps)
     zero_mask = torch.zeros_like(latents[:, :1])
-    prediction = unet(torch.cat([noisy, zero_mask, latents], dim=1), timesteps, encoder_hidden_states=encoder_hidden_states).sample
+    prediction = unet(
+        torch.cat([noisy, zero_mask, latents], dim=1), timesteps, encoder_hidden_states=encoder_hidden_states
+    ).sample
     alphas = scheduler.alphas_cumprod.to(latents.device)[timesteps].view(-1, 1, 1, 1).to(latents.dtype)
     if scheduler.config.prediction_type == "v_prediction":
         return alphas.sqrt() * noisy - (1 - alphas).sqrt() * prediction
@@ -79,9 +89,14 @@ def one_step_x0(unet: nn.Module, scheduler, latents: torch.Tensor, noise: torch.
 
 
 def latent_augmentation(
-    latents: torch.Tensor, unet: nn.Module, scheduler, encoder_hidden_states: torch.Tensor,
-    timestep_range: Tuple[int, int], probability: float = 0.5, generator: Optional[torch.Generator] = None,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+    latents: torch.Tensor,
+    unet: nn.Module,
+    scheduler,
+    encoder_hidden_states: torch.Tensor,
+    timestep_range: tuple[int, int],
+    probability: float = 0.5,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Replace each sample's (scaled) latent by `one_step_x0` with `probability`, at a timestep drawn
     from `timestep_range` (inclusive). Returns the latents and the boolean (B,) applied-mask."""
     batch_size, device = latents.shape[0], latents.device
@@ -105,12 +120,16 @@ class PatchDiscriminator(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, in_channels: int = 3, base_channels: int = 64, num_layers: int = 3):
         super().__init__()
-        layers: List[nn.Module] = [nn.Conv2d(in_channels, base_channels, 4, 2, 1), nn.LeakyReLU(0.2)]
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, base_channels, 4, 2, 1), nn.LeakyReLU(0.2)]
         channels = base_channels
         for index in range(1, num_layers + 1):
             out_channels = base_channels * min(2**index, 8)
             stride = 2 if index < num_layers else 1
-            layers += [nn.Conv2d(channels, out_channels, 4, stride, 1), nn.GroupNorm(min(32, out_channels // 4), out_channels), nn.LeakyReLU(0.2)]
+            layers += [
+                nn.Conv2d(channels, out_channels, 4, stride, 1),
+                nn.GroupNorm(min(32, out_channels // 4), out_channels),
+                nn.LeakyReLU(0.2),
+            ]
             channels = out_channels
         layers.append(nn.Conv2d(channels, 1, 4, 1, 1))
         self.layers = nn.Sequential(*layers)
@@ -122,14 +141,33 @@ class PatchDiscriminator(ModelMixin, ConfigMixin):
 def build_decoder_parser():
     parser = build_parser("Train the ASUKA mask-conditioned decoder from the base VAE decoder.")
     add = parser.add_argument
-    add("--decoder_model_name_or_path", type=str, default=None,
-        help="Decoder to continue from; by default a fresh AsukaDecoder.from_vae(vae) (the base VAE decoder).")
-    add("--latent_aug_prob", type=float, default=0.5, help="Fraction of samples whose latent is replaced by the UNet's x0 estimate.")
+    add(
+        "--decoder_model_name_or_path",
+        type=str,
+        default=None,
+        help="Decoder to continue from; by default a fresh AsukaDecoder.from_vae(vae) (the base VAE decoder).",
+    )
+    add(
+        "--latent_aug_prob",
+        type=float,
+        default=0.5,
+        help="Fraction of samples whose latent is replaced by the UNet's x0 estimate.",
+    )
     add("--latent_aug_timestep_min", type=int, default=700, help="Smallest timestep of the latent augmentation.")
     add("--latent_aug_timestep_max", type=int, default=999, help="Largest timestep of the latent augmentation.")
     add("--no_color_jitter", action="store_true", help="Disable the colour augmentation of the encoded image.")
-    add("--lpips_weight", type=float, default=0.0, help="Weight of the LPIPS term (0 = off; needs `pip install lpips` and its weights).")
-    add("--discriminator_weight", type=float, default=0.0, help="Weight of the adversarial term (0 = no discriminator).")
+    add(
+        "--lpips_weight",
+        type=float,
+        default=0.0,
+        help="Weight of the LPIPS term (0 = off; needs `pip install lpips` and its weights).",
+    )
+    add(
+        "--discriminator_weight",
+        type=float,
+        default=0.0,
+        help="Weight of the adversarial term (0 = no discriminator).",
+    )
     add("--discriminator_start_step", type=int, default=0, help="Step from which the adversarial term is used.")
     add("--discriminator_learning_rate", type=float, default=None, help="Discriminator lr (default: --learning_rate).")
     add("--save_pipeline", action="store_true", help="Also write a complete AsukaPipeline to <output_dir>/pipeline.")
@@ -137,7 +175,7 @@ def build_decoder_parser():
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> TrainingResult:
+def main(argv: Sequence[str] | None = None) -> TrainingResult:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
     from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE
@@ -149,17 +187,23 @@ def main(argv: Optional[Sequence[str]] = None) -> TrainingResult:
         try:
             import lpips
         except ImportError as error:
-            raise ValueError("--lpips_weight > 0 needs the `lpips` package (pip install lpips; it downloads VGG weights).") from error
+            raise ValueError(
+                "--lpips_weight > 0 needs the `lpips` package (pip install lpips; it downloads VGG weights)."
+            ) from error
     accelerator = setup_accelerator(args)
     path = args.pretrained_model_name_or_path
     vae = AutoencoderKL.from_pretrained(path, subfolder="vae", revision=args.revision, variant=args.variant)
     unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", revision=args.revision, variant=args.variant)
     noise_scheduler = DDPMScheduler.from_config(load_scheduler(path, revision=args.revision).config)
     if args.latent_aug_timestep_max >= noise_scheduler.config.num_train_timesteps:
-        raise ValueError(f"--latent_aug_timestep_max must be < {noise_scheduler.config.num_train_timesteps} (the scheduler's train timesteps).")
+        raise ValueError(
+            f"--latent_aug_timestep_max must be < {noise_scheduler.config.num_train_timesteps} (the scheduler's train timesteps)."
+        )
     has_prior = Path(path, "mae", "config.json").is_file() and Path(path, "aligner", "config.json").is_file()
     if args.save_pipeline and not has_prior:
-        raise ValueError("--save_pipeline needs mae/ and aligner/ in --pretrained_model_name_or_path (an AsukaPipeline folder).")
+        raise ValueError(
+            "--save_pipeline needs mae/ and aligner/ in --pretrained_model_name_or_path (an AsukaPipeline folder)."
+        )
     mae = AsukaMAE.from_pretrained(path, subfolder="mae") if has_prior else None
     aligner = AsukaAligner.from_pretrained(path, subfolder="aligner") if has_prior else None
     if args.decoder_model_name_or_path:
@@ -188,15 +232,26 @@ def main(argv: Optional[Sequence[str]] = None) -> TrainingResult:
     dataloader = make_dataloader(args, dataset)
     resolve_train_steps(args, dataloader)
     lr_scheduler = make_lr_scheduler(args, optimizer, accelerator)
-    decoder_model, optimizer, dataloader, lr_scheduler = accelerator.prepare(decoder, optimizer, dataloader, lr_scheduler)
+    decoder_model, optimizer, dataloader, lr_scheduler = accelerator.prepare(
+        decoder, optimizer, dataloader, lr_scheduler
+    )
     if discriminator is not None:
-        disc_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=args.discriminator_learning_rate or args.learning_rate,
-                                           betas=(0.5, 0.9), weight_decay=args.adam_weight_decay)
+        disc_optimizer = torch.optim.AdamW(
+            discriminator.parameters(),
+            lr=args.discriminator_learning_rate or args.learning_rate,
+            betas=(0.5, 0.9),
+            weight_decay=args.adam_weight_decay,
+        )
         discriminator, disc_optimizer = accelerator.prepare(discriminator, disc_optimizer)
-    perceptual = lpips.LPIPS(net="vgg").to(accelerator.device).eval().requires_grad_(False) if args.lpips_weight > 0 else None
+    perceptual = (
+        lpips.LPIPS(net="vgg").to(accelerator.device).eval().requires_grad_(False) if args.lpips_weight > 0 else None
+    )
     _, steps_per_epoch = resolve_train_steps(args, dataloader)
     if accelerator.is_main_process:
-        accelerator.init_trackers(args.tracker_project_name or "train_decoder", config={k: str(v) for k, v in vars(args).items() if k != "hub_token"})
+        accelerator.init_trackers(
+            args.tracker_project_name or "train_decoder",
+            config={k: str(v) for k, v in vars(args).items() if k != "hub_token"},
+        )
     initial_step = resume_if_requested(args, accelerator)
     validation = validation_batch(dataset, args.num_validation_images)
     scaling, shift = vae.config.scaling_factor, getattr(vae.config, "shift_factor", None) or 0.0
@@ -205,7 +260,9 @@ def main(argv: Optional[Sequence[str]] = None) -> TrainingResult:
         """UNet conditioning for the latent augmentation: the aligned MAE prior, or zeros for a plain backbone."""
         if aligner is not None:
             return aligner(mae.prior(pixels, torch.zeros_like(mask))).tokens.to(weight_dtype)
-        return torch.zeros(pixels.shape[0], 1, unet.config.cross_attention_dim, device=pixels.device, dtype=weight_dtype)
+        return torch.zeros(
+            pixels.shape[0], 1, unet.config.cross_attention_dim, device=pixels.device, dtype=weight_dtype
+        )
 
     def corrupted_latents(pixels: torch.Tensor, mask: torch.Tensor, augment: bool = True) -> torch.Tensor:
         """Unscaled latents of the colour-jittered image, half of them replaced by the UNet's x0 estimate."""
@@ -213,11 +270,17 @@ def main(argv: Optional[Sequence[str]] = None) -> TrainingResult:
             encoded = color_jitter(pixels) if augment and not args.no_color_jitter else pixels
             latents = (vae.encode(encoded * 2 - 1).latent_dist.sample() - shift) * scaling
             if augment and args.latent_aug_prob > 0:
-                latents, _ = latent_augmentation(latents, unet, noise_scheduler, conditioning(pixels, mask),
-                                                 (args.latent_aug_timestep_min, args.latent_aug_timestep_max), args.latent_aug_prob)
+                latents, _ = latent_augmentation(
+                    latents,
+                    unet,
+                    noise_scheduler,
+                    conditioning(pixels, mask),
+                    (args.latent_aug_timestep_min, args.latent_aug_timestep_max),
+                    args.latent_aug_prob,
+                )
         return (latents / scaling + shift).float()
 
-    def train_step(batch: Dict[str, torch.Tensor], global_step: int) -> Dict[str, torch.Tensor]:
+    def train_step(batch: dict[str, torch.Tensor], global_step: int) -> dict[str, torch.Tensor]:
         pixels = batch["pixel_values"].to(accelerator.device, weight_dtype)
         mask = batch["mask"].to(accelerator.device, weight_dtype)
         latents = corrupted_latents(pixels, mask)
@@ -232,7 +295,9 @@ def main(argv: Optional[Sequence[str]] = None) -> TrainingResult:
         if use_gan:
             logs["generator_adv"] = -discriminator(output.float()).mean()  # hinge generator loss
             loss = loss + args.discriminator_weight * logs["generator_adv"]
-        optimizer_step(accelerator, loss, list(decoder_model.parameters()), optimizer, lr_scheduler, args.max_grad_norm)
+        optimizer_step(
+            accelerator, loss, list(decoder_model.parameters()), optimizer, lr_scheduler, args.max_grad_norm
+        )
         if use_gan:
             disc_optimizer.zero_grad(set_to_none=True)  # drop what the generator's adversarial term left there
             real, fake = discriminator(target), discriminator(output.detach().float())
@@ -244,7 +309,7 @@ def main(argv: Optional[Sequence[str]] = None) -> TrainingResult:
         logs.update(loss=loss, lr=torch.tensor(lr_scheduler.get_last_lr()[0]))
         return logs
 
-    def validate(global_step: int) -> List[List[Image.Image]]:
+    def validate(global_step: int) -> list[list[Image.Image]]:
         if not accelerator.is_main_process:
             return []
         model = unwrapped_copy(accelerator, decoder_model)
@@ -258,16 +323,34 @@ def main(argv: Optional[Sequence[str]] = None) -> TrainingResult:
             baseline = vae.decode(latents.to(weight_dtype)).sample.float()
             decoded = model(latents, (pixels * 2 - 1).float(), mask.float(), return_dict=False)[0]
         to01 = lambda x: (x.float() + 1) / 2  # noqa: E731
-        return [list(row) for row in zip(to_pil(pixels * (1 - mask)), to_pil(to01(baseline)), to_pil(to01(decoded)), to_pil(pixels))]
+        return [
+            list(row)
+            for row in zip(to_pil(pixels * (1 - mask)), to_pil(to01(baseline)), to_pil(to01(decoded)), to_pil(pixels))
+        ]
 
-    result, grid = run_training(args, accelerator, models=[decoder_model], dataloader=dataloader, steps_per_epoch=steps_per_epoch,
-                                initial_global_step=initial_step, train_step=train_step, validate=validate)
+    result, grid = run_training(
+        args,
+        accelerator,
+        models=[decoder_model],
+        dataloader=dataloader,
+        steps_per_epoch=steps_per_epoch,
+        initial_global_step=initial_step,
+        train_step=train_step,
+        validate=validate,
+    )
 
     def write_pipeline() -> str:
         from asuka import AsukaPipeline
 
         trained = AsukaDecoder.from_pretrained(args.output_dir)
-        pipe = AsukaPipeline(vae=vae, unet=unet, scheduler=load_scheduler(path, revision=args.revision), mae=mae, aligner=aligner, decoder=trained)
+        pipe = AsukaPipeline(
+            vae=vae,
+            unet=unet,
+            scheduler=load_scheduler(path, revision=args.revision),
+            mae=mae,
+            aligner=aligner,
+            decoder=trained,
+        )
         if weight_dtype != torch.float32:
             pipe.to(torch.float32)
         pipeline_dir = str(Path(args.output_dir) / "pipeline")
@@ -275,9 +358,17 @@ def main(argv: Optional[Sequence[str]] = None) -> TrainingResult:
         return pipeline_dir
 
     components = {"": decoder_model, **({"discriminator": discriminator} if discriminator is not None else {})}
-    return finish(args, accelerator, result, components, write_pipeline if args.save_pipeline else None, title="ASUKA decoder",
-                  description="A mask-conditioned ASUKA decoder (`asuka.models.AsukaDecoder`) trained from the base VAE decoder.",
-                  component="asuka-decoder", sample_grid=grid)
+    return finish(
+        args,
+        accelerator,
+        result,
+        components,
+        write_pipeline if args.save_pipeline else None,
+        title="ASUKA decoder",
+        description="A mask-conditioned ASUKA decoder (`asuka.models.AsukaDecoder`) trained from the base VAE decoder.",
+        component="asuka-decoder",
+        sample_grid=grid,
+    )
 
 
 if __name__ == "__main__":

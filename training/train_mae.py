@@ -11,8 +11,9 @@ patches; every parameter is trained, including the partial-patch parts (`alpha` 
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -42,7 +43,9 @@ from training.common import (
 )
 
 
-def masked_patch_l2(reconstruction: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, patch_size: int) -> torch.Tensor:
+def masked_patch_l2(
+    reconstruction: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, patch_size: int
+) -> torch.Tensor:
     """Mean squared pixel error over the patches holding any hole pixel (the MAE's masked tokens).
 
     `reconstruction` (B,3,S,S) in [0,1]; `image` (B,3,H,W) in [0,1] and `mask` (B,1,H,W), 1 = hole,
@@ -58,12 +61,24 @@ def masked_patch_l2(reconstruction: torch.Tensor, image: torch.Tensor, mask: tor
 
 def build_mae_parser():
     parser = build_parser("Fine-tune the ASUKA inpainting MAE with the paper's masks (pixel L2 on masked patches).")
-    parser.add_argument("--mae_min_patch_ratio", type=float, default=0.75, help="Masks are enlarged to at least this fraction of masked patches.")
-    parser.set_defaults(resolution=256, learning_rate=1e-4, lr_scheduler="cosine", adam_beta1=0.9, adam_beta2=0.95, adam_weight_decay=0.05)
+    parser.add_argument(
+        "--mae_min_patch_ratio",
+        type=float,
+        default=0.75,
+        help="Masks are enlarged to at least this fraction of masked patches.",
+    )
+    parser.set_defaults(
+        resolution=256,
+        learning_rate=1e-4,
+        lr_scheduler="cosine",
+        adam_beta1=0.9,
+        adam_beta2=0.95,
+        adam_weight_decay=0.05,
+    )
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> TrainingResult:
+def main(argv: Sequence[str] | None = None) -> TrainingResult:
     from asuka.models import AsukaMAE
 
     args = parse_args(build_mae_parser(), argv)
@@ -87,18 +102,25 @@ def main(argv: Optional[Sequence[str]] = None) -> TrainingResult:
     mae_model, optimizer, dataloader, lr_scheduler = accelerator.prepare(mae, optimizer, dataloader, lr_scheduler)
     _, steps_per_epoch = resolve_train_steps(args, dataloader)
     if accelerator.is_main_process:
-        accelerator.init_trackers(args.tracker_project_name or "train_mae", config={k: str(v) for k, v in vars(args).items() if k != "hub_token"})
+        accelerator.init_trackers(
+            args.tracker_project_name or "train_mae",
+            config={k: str(v) for k, v in vars(args).items() if k != "hub_token"},
+        )
     initial_step = resume_if_requested(args, accelerator)
     validation = validation_batch(dataset, args.num_validation_images)
 
-    def train_step(batch: Dict[str, torch.Tensor], global_step: int) -> Dict[str, torch.Tensor]:
+    def train_step(batch: dict[str, torch.Tensor], global_step: int) -> dict[str, torch.Tensor]:
         pixels, mask = batch["pixel_values"].to(accelerator.device), batch["mask"].to(accelerator.device)
         _, reconstruction = mae_model(pixels, mask, return_dict=False)
         loss = masked_patch_l2(reconstruction, pixels, mask, mae.config.patch_size)
         optimizer_step(accelerator, loss, list(mae_model.parameters()), optimizer, lr_scheduler, args.max_grad_norm)
-        return {"loss": loss, "alpha": accelerator.unwrap_model(mae_model).alpha.detach(), "lr": torch.tensor(lr_scheduler.get_last_lr()[0])}
+        return {
+            "loss": loss,
+            "alpha": accelerator.unwrap_model(mae_model).alpha.detach(),
+            "lr": torch.tensor(lr_scheduler.get_last_lr()[0]),
+        }
 
-    def validate(global_step: int) -> List[List[Image.Image]]:
+    def validate(global_step: int) -> list[list[Image.Image]]:
         if not accelerator.is_main_process:
             return []
         model = accelerator.unwrap_model(mae_model)
@@ -109,14 +131,33 @@ def main(argv: Optional[Sequence[str]] = None) -> TrainingResult:
         hole = F.interpolate(mask, size=size, mode="nearest")
         original = F.interpolate(pixels, size=size, mode="area")
         composite = original * (1 - hole) + reconstruction * hole
-        return [list(row) for row in zip(to_pil(original * (1 - hole)), to_pil(reconstruction), to_pil(composite), to_pil(original))]
+        return [
+            list(row)
+            for row in zip(to_pil(original * (1 - hole)), to_pil(reconstruction), to_pil(composite), to_pil(original))
+        ]
 
-    result, grid = run_training(args, accelerator, models=[mae_model], dataloader=dataloader, steps_per_epoch=steps_per_epoch,
-                                initial_global_step=initial_step, train_step=train_step, validate=validate)
+    result, grid = run_training(
+        args,
+        accelerator,
+        models=[mae_model],
+        dataloader=dataloader,
+        steps_per_epoch=steps_per_epoch,
+        initial_global_step=initial_step,
+        train_step=train_step,
+        validate=validate,
+    )
 
-    return finish(args, accelerator, result, {"": mae_model}, None, title="ASUKA inpainting MAE",
-                  description="An inpainting MAE fine-tuned with the ASUKA mask mixture (`asuka.models.AsukaMAE`).",
-                  component="asuka-mae", sample_grid=grid)
+    return finish(
+        args,
+        accelerator,
+        result,
+        {"": mae_model},
+        None,
+        title="ASUKA inpainting MAE",
+        description="An inpainting MAE fine-tuned with the ASUKA mask mixture (`asuka.models.AsukaMAE`).",
+        component="asuka-mae",
+        sample_grid=grid,
+    )
 
 
 if __name__ == "__main__":

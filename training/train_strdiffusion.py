@@ -33,8 +33,9 @@ The authors halve the lr at 2M/4M/6M of 8M steps; here `--lr_scheduler` is const
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -64,12 +65,15 @@ from training.common import (
     validation_batch,
 )
 
+
 NETWORKS = ("structure", "texture", "discriminator")
 SUBFOLDERS = {"structure": "structure_unet", "texture": "texture_unet", "discriminator": "discriminator"}
 HOLE_WEIGHT = 10.0
 
 
-def matching_loss(prediction: torch.Tensor, target: torch.Tensor, known: torch.Tensor, hole_weight: float = HOLE_WEIGHT) -> torch.Tensor:
+def matching_loss(
+    prediction: torch.Tensor, target: torch.Tensor, known: torch.Tensor, hole_weight: float = HOLE_WEIGHT
+) -> torch.Tensor:
     """The authors' masked L1 matching loss: per sample, mean(|p - t| on known) + hole_weight * mean(|p - t| on hole),
     both means over all C*H*W elements; then the batch mean. `known` (B,1,H,W) is 1 on known pixels."""
     weight = known + hole_weight * (1 - known)
@@ -77,12 +81,18 @@ def matching_loss(prediction: torch.Tensor, target: torch.Tensor, known: torch.T
     return per_sample.mean()
 
 
-def discriminator_loss(d_real: torch.Tensor, d_fake: torch.Tensor, d_anchor: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+def discriminator_loss(
+    d_real: torch.Tensor, d_fake: torch.Tensor, d_anchor: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """softplus(-D_real) + softplus(D_fake) (batch means) + triplet(anchor, real, fake) on the [B] logit vectors."""
     real = F.softplus(-d_real.reshape(-1)).mean()
     fake = F.softplus(d_fake.reshape(-1)).mean()
     triplet = F.triplet_margin_loss(d_anchor.reshape(-1), d_real.reshape(-1), d_fake.reshape(-1))
-    return real + fake + triplet, {"loss_real": real.detach(), "loss_fake": fake.detach(), "loss_triplet": triplet.detach()}
+    return real + fake + triplet, {
+        "loss_real": real.detach(),
+        "loss_fake": fake.detach(),
+        "loss_triplet": triplet.detach(),
+    }
 
 
 def sample_timesteps(batch_size: int, num_train_timesteps: int, device: torch.device) -> torch.Tensor:
@@ -96,28 +106,62 @@ def build_strdiffusion_parser():
     parser = build_parser("Train a StrDiffusion network (structure denoiser, texture denoiser or discriminator).")
     add = parser.add_argument
     add("--network", type=str, required=True, choices=NETWORKS, help="Which network to train.")
-    add("--component_model_name_or_path", type=str, default=None,
-        help="Start from this component folder instead of the pipeline's own (structure_unet/, texture_unet/ or discriminator/).")
-    add("--canny_sigma", type=float, default=3.0, help="Canny sigma of the structure maps (3 in the authors' training loaders).")
-    add("--hole_weight", type=float, default=HOLE_WEIGHT, help="Weight of the hole in the denoisers' L1 matching loss.")
-    add("--discriminator_masked_input", action="store_true",
-        help="Feed D the texture states times the known mask (what the sampler does) instead of the full states.")
-    add("--save_pipeline", action="store_true", help="Also write a complete StrDiffusionPipeline to <output_dir>/pipeline.")
-    add("--validation_inference_steps", type=int, default=None, help="Sampler steps of validation samples (default: all T).")
-    parser.set_defaults(resolution=256, train_batch_size=16, learning_rate=1e-4, adam_beta1=None, adam_beta2=0.99,
-                        adam_weight_decay=0.0, max_grad_norm=0.0)
+    add(
+        "--component_model_name_or_path",
+        type=str,
+        default=None,
+        help="Start from this component folder instead of the pipeline's own (structure_unet/, texture_unet/ or discriminator/).",
+    )
+    add(
+        "--canny_sigma",
+        type=float,
+        default=3.0,
+        help="Canny sigma of the structure maps (3 in the authors' training loaders).",
+    )
+    add(
+        "--hole_weight", type=float, default=HOLE_WEIGHT, help="Weight of the hole in the denoisers' L1 matching loss."
+    )
+    add(
+        "--discriminator_masked_input",
+        action="store_true",
+        help="Feed D the texture states times the known mask (what the sampler does) instead of the full states.",
+    )
+    add(
+        "--save_pipeline",
+        action="store_true",
+        help="Also write a complete StrDiffusionPipeline to <output_dir>/pipeline.",
+    )
+    add(
+        "--validation_inference_steps",
+        type=int,
+        default=None,
+        help="Sampler steps of validation samples (default: all T).",
+    )
+    parser.set_defaults(
+        resolution=256,
+        train_batch_size=16,
+        learning_rate=1e-4,
+        adam_beta1=None,
+        adam_beta2=0.99,
+        adam_weight_decay=0.0,
+        max_grad_norm=0.0,
+    )
     return parser
 
 
-def _parse(argv: Optional[Sequence[str]]):
+def _parse(argv: Sequence[str] | None):
     args = parse_args(build_strdiffusion_parser(), argv)
     if args.adam_beta1 is None:  # the authors' Adam betas: (0.9, 0.99) for G, (0.5, 0.99) for D
         args.adam_beta1 = 0.5 if args.network == "discriminator" else 0.9
     if args.gradient_checkpointing:
-        raise ValueError("--gradient_checkpointing: the StrDiffusion networks do not support it; lower --train_batch_size instead.")
+        raise ValueError(
+            "--gradient_checkpointing: the StrDiffusion networks do not support it; lower --train_batch_size instead."
+        )
     if args.network == "discriminator" and args.train_batch_size > 4 and args.train_batch_size % 4:
-        raise ValueError(f"--train_batch_size {args.train_batch_size}: the discriminator's minibatch-stddev group is 4, "
-                         "so a batch above 4 must be a multiple of 4.")
+        raise ValueError(
+            f"--train_batch_size {args.train_batch_size}: the discriminator's minibatch-stddev group is 4, "
+            "so a batch above 4 must be a multiple of 4."
+        )
     return args
 
 
@@ -127,20 +171,24 @@ def _load(args):
 
     path = args.pretrained_model_name_or_path
     if Path(path).is_dir() and not (Path(path) / "scheduler" / "scheduler_config.json").is_file():
-        raise ValueError(f"{path!r} is not a StrDiffusionPipeline folder (no scheduler/); pass one, e.g. from save_pretrained.")
+        raise ValueError(
+            f"{path!r} is not a StrDiffusionPipeline folder (no scheduler/); pass one, e.g. from save_pretrained."
+        )
     scheduler = IRSDEScheduler.from_pretrained(path, subfolder="scheduler", revision=args.revision)
     cls = StrDiffusionDiscriminator if args.network == "discriminator" else StrDiffusionUNet
     subfolder = SUBFOLDERS[args.network]
     model = load_component(cls, args.component_model_name_or_path or path, subfolder, args.revision)
     expected = {"structure": 0, "texture": 1}.get(args.network)
     if expected is not None and bool(model.config.structure_channels) != bool(expected):
-        raise ValueError(f"--network {args.network}: the loaded StrDiffusionUNet has structure_channels="
-                         f"{model.config.structure_channels}; the {args.network} denoiser needs "
-                         f"{'>0 (SPADE)' if expected else '0'}.")
+        raise ValueError(
+            f"--network {args.network}: the loaded StrDiffusionUNet has structure_channels="
+            f"{model.config.structure_channels}; the {args.network} denoiser needs "
+            f"{'>0 (SPADE)' if expected else '0'}."
+        )
     return scheduler, model
 
 
-def main(argv: Optional[Sequence[str]] = None) -> TrainingResult:
+def main(argv: Sequence[str] | None = None) -> TrainingResult:
     from asuka.pipelines.pipeline_strdiffusion import extract_structure
 
     args = _parse(argv)
@@ -159,21 +207,23 @@ def main(argv: Optional[Sequence[str]] = None) -> TrainingResult:
     net, optimizer, dataloader, lr_scheduler = accelerator.prepare(model, optimizer, dataloader, lr_scheduler)
     _, steps_per_epoch = resolve_train_steps(args, dataloader)
     if accelerator.is_main_process:
-        accelerator.init_trackers(args.tracker_project_name or f"train_strdiffusion_{args.network}",
-                                  config={k: str(v) for k, v in vars(args).items() if k != "hub_token"})
+        accelerator.init_trackers(
+            args.tracker_project_name or f"train_strdiffusion_{args.network}",
+            config={k: str(v) for k, v in vars(args).items() if k != "hub_token"},
+        )
     initial_step = resume_if_requested(args, accelerator)
     validation = validation_batch(dataset, args.num_validation_images)
 
     def forward_state(x0: torch.Tensor, mu: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return scheduler.add_noise(x0, torch.randn_like(x0), t, mu)
 
-    def train_step(batch: Dict[str, torch.Tensor], global_step: int) -> Dict[str, torch.Tensor]:
+    def train_step(batch: dict[str, torch.Tensor], global_step: int) -> dict[str, torch.Tensor]:
         pixels = batch["pixel_values"].to(accelerator.device, torch.float32)
         known = 1 - batch["mask"].to(accelerator.device, torch.float32)
         gray, edges = (m.to(accelerator.device) for m in extract_structure(pixels, args.canny_sigma))
         t = sample_timesteps(pixels.shape[0], total, accelerator.device)
         mu_s = edges * known
-        logs: Dict[str, torch.Tensor] = {}
+        logs: dict[str, torch.Tensor] = {}
         if args.network == "discriminator":
             with torch.no_grad():
                 mu = pixels * known
@@ -201,12 +251,15 @@ def main(argv: Optional[Sequence[str]] = None) -> TrainingResult:
     def build_pipeline(component=None):
         from asuka import StrDiffusionPipeline
 
-        pipe = StrDiffusionPipeline.from_pretrained(args.pretrained_model_name_or_path, revision=args.revision,
-                                                    **{subfolder: accelerator.unwrap_model(net) if component is None else component})
+        pipe = StrDiffusionPipeline.from_pretrained(
+            args.pretrained_model_name_or_path,
+            revision=args.revision,
+            **{subfolder: accelerator.unwrap_model(net) if component is None else component},
+        )
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    def validate(global_step: int) -> List[List[Image.Image]]:
+    def validate(global_step: int) -> list[list[Image.Image]]:
         if not accelerator.is_main_process:
             return []
         pipe = build_pipeline(unwrapped_copy(accelerator, net)).to(accelerator.device)
@@ -214,12 +267,22 @@ def main(argv: Optional[Sequence[str]] = None) -> TrainingResult:
         for index, (pixels, mask) in enumerate(zip(validation["pixel_values"], validation["mask"])):
             image, mask_image = to_pil(pixels[None])[0], to_pil(mask[None].repeat(1, 3, 1, 1))[0].convert("L")
             generator = torch.Generator(device="cpu").manual_seed((args.seed or 0) + index)
-            output = pipe(image, mask_image, num_inference_steps=args.validation_inference_steps, generator=generator).images[0]
+            output = pipe(
+                image, mask_image, num_inference_steps=args.validation_inference_steps, generator=generator
+            ).images[0]
             rows.append([to_pil((pixels * (1 - mask))[None])[0], output, image])
         return rows
 
-    result, grid = run_training(args, accelerator, models=[net], dataloader=dataloader, steps_per_epoch=steps_per_epoch,
-                                initial_global_step=initial_step, train_step=train_step, validate=validate)
+    result, grid = run_training(
+        args,
+        accelerator,
+        models=[net],
+        dataloader=dataloader,
+        steps_per_epoch=steps_per_epoch,
+        initial_global_step=initial_step,
+        train_step=train_step,
+        validate=validate,
+    )
 
     def write_pipeline() -> str:
         pipe = build_pipeline(type(model).from_pretrained(args.output_dir))
@@ -227,12 +290,21 @@ def main(argv: Optional[Sequence[str]] = None) -> TrainingResult:
         pipe.save_pretrained(pipeline_dir)
         return pipeline_dir
 
-    return finish(args, accelerator, result, {"": net}, write_pipeline if args.save_pipeline else None,
-                  title=f"StrDiffusion {args.network} network",
-                  description=(f"The StrDiffusion (CVPR 2024) {args.network} network "
-                               f"(`asuka.models.{type(model).__name__}`, `{subfolder}/` of a `StrDiffusionPipeline`), "
-                               "trained with the authors' objectives."),
-                  component=f"strdiffusion-{args.network}", sample_grid=grid)
+    return finish(
+        args,
+        accelerator,
+        result,
+        {"": net},
+        write_pipeline if args.save_pipeline else None,
+        title=f"StrDiffusion {args.network} network",
+        description=(
+            f"The StrDiffusion (CVPR 2024) {args.network} network "
+            f"(`asuka.models.{type(model).__name__}`, `{subfolder}/` of a `StrDiffusionPipeline`), "
+            "trained with the authors' objectives."
+        ),
+        component=f"strdiffusion-{args.network}",
+        sample_grid=grid,
+    )
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ Each format registers one sub-command here (`add_<format>_command(subparsers)` f
 
 import argparse
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from asuka.convert.release import add_asuka_flux_command
 from asuka.convert.strdiffusion import add_strdiffusion_command
@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run one conversion; a bad release or output folder exits with status 2 and the error message."""
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -7,7 +7,8 @@ come from the project's module itself, built on the meta device (no memory, no r
 """
 
 import re
-from typing import Any, Dict, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -37,8 +38,8 @@ def _check_against_model(
 
 
 def convert_mae_state_dict(
-    state_dict: Mapping[str, Any], config: Optional[Mapping[str, Any]] = None
-) -> Dict[str, torch.Tensor]:
+    state_dict: Mapping[str, Any], config: Mapping[str, Any] | None = None
+) -> dict[str, torch.Tensor]:
     """Map `mae_300.pth` (the checkpoint, or its `"model"` entry) to [`AsukaMAE`] keys.
 
     `AsukaMAE` keeps the reference's parameter names (timm `Block`/`PatchEmbed` layout), so the mapping is the
@@ -76,8 +77,8 @@ _ALIGNER_UNUSED_BLOCK_KEYS = ("modulation.lin.weight", "modulation.lin.bias")
 
 
 def convert_aligner_state_dict(
-    state_dict: Mapping[str, Any], null_embedding: Optional[torch.Tensor] = None
-) -> Dict[str, torch.Tensor]:
+    state_dict: Mapping[str, Any], null_embedding: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """Map `asuka_alignment_{clip,t5}.pt` (an `nn.Sequential`: `0` Linear, `1..n` blocks, `n+1` LayerNorm) to
     [`AsukaAligner`] keys.
 

@@ -7,7 +7,8 @@ at all (`encoder.*`, `quant_conv.*`, `loss.*`, ...), which are ignored. The LDM 
 diffusers' own `convert_ldm_vae_checkpoint`, the same code `AutoencoderKL.from_single_file` uses.
 """
 
-from typing import Any, Dict, List, Mapping, Tuple
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
@@ -16,7 +17,7 @@ from asuka.models.decoder import AsukaDecoder
 
 
 # `AsukaDecoder` config of the FLUX.1-Fill release: FLUX's 16-channel KL decoder, no post_quant_conv.
-ASUKA_FLUX_DECODER_CONFIG: Dict[str, Any] = {
+ASUKA_FLUX_DECODER_CONFIG: dict[str, Any] = {
     "latent_channels": 16,
     "out_channels": 3,
     "up_block_types": ("UpDecoderBlock2D",) * 4,
@@ -37,22 +38,24 @@ CONDITION_ENCODER_PREFIX = "decoder.encoder."
 UNUSED_PREFIXES = ("decoder.up_layers.",)
 
 
-def convert_decoder_state_dict(sd: Mapping[str, Any], config: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
+def convert_decoder_state_dict(sd: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """Maps the release's `checkpoint["state_dict"]` to an `AsukaDecoder(**config)` state dict.
 
     Every key of the result is checked against the model's own names and shapes: a decoder key that
     maps to nothing, a wrong shape, or a missing key raises `ValueError` naming the key.
     """
     if not isinstance(sd, Mapping):
-        raise ValueError(f"Expected the checkpoint's state dict (a mapping of name -> tensor), got {type(sd).__name__}.")
+        raise ValueError(
+            f"Expected the checkpoint's state dict (a mapping of name -> tensor), got {type(sd).__name__}."
+        )
     with torch.device("meta"):
         model = AsukaDecoder.from_config(dict(config))
     expected = model.state_dict()
     up_block_config = {"down_block_types": (), "up_block_types": tuple(model.config.up_block_types)}
 
     # (release key, AsukaDecoder key, tensor) for every key the forward pass uses.
-    mapped: List[Tuple[str, str, torch.Tensor]] = []
-    ldm_modules: Dict[str, Dict[str, torch.Tensor]] = {}
+    mapped: list[tuple[str, str, torch.Tensor]] = []
+    ldm_modules: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in sd.items():
         is_post_quant_conv = key.startswith("post_quant_conv.") and "post_quant_conv.weight" in expected
         if not is_post_quant_conv and (not key.startswith(DECODER_PREFIX) or key.startswith(UNUSED_PREFIXES)):
@@ -72,7 +75,9 @@ def convert_decoder_state_dict(sd: Mapping[str, Any], config: Mapping[str, Any])
         try:
             renamed = convert_ldm_vae_checkpoint(dict(module_keys), up_block_config)
         except KeyError as error:
-            raise ValueError(f"Missing decoder key {error.args[0]!r} (its module has {sorted(module_keys)}).") from None
+            raise ValueError(
+                f"Missing decoder key {error.args[0]!r} (its module has {sorted(module_keys)})."
+            ) from None
         by_suffix = {new_key.rsplit(".", 1)[1]: new_key for new_key in renamed}
         for key in module_keys:
             new_key = by_suffix.get(key.rsplit(".", 1)[1])
@@ -80,7 +85,7 @@ def convert_decoder_state_dict(sd: Mapping[str, Any], config: Mapping[str, Any])
                 raise ValueError(f"Unexpected decoder key {key!r}: it maps to no AsukaDecoder parameter.")
             mapped.append((key, new_key, renamed[new_key]))
 
-    converted: Dict[str, torch.Tensor] = {}
+    converted: dict[str, torch.Tensor] = {}
     for key, new_key, tensor in mapped:
         if new_key not in expected:
             raise ValueError(f"Unexpected decoder key {key!r} (maps to {new_key!r}, which AsukaDecoder lacks).")

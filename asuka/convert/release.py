@@ -34,8 +34,9 @@ import pickle
 import re
 import shutil
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -43,6 +44,7 @@ from asuka.convert.asuka_flux import convert_aligner_state_dict, convert_mae_sta
 from asuka.convert.ldm_decoder import ASUKA_FLUX_DECODER_CONFIG, convert_decoder_state_dict
 from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE
 from asuka.pipelines.pipeline_asuka_flux import ASUKA_FLUX_COMPONENTS
+
 
 RELEASE_REPO = "yikaiwang/ASUKA-FLUX.1-Fill"
 BASE_MODEL = "black-forest-labs/FLUX.1-Fill-dev"
@@ -68,7 +70,9 @@ def resolve_release(release: str | os.PathLike, token: str | None = None, cache_
     if path.is_dir():
         return path
     if path.exists():
-        raise ValueError(f"--release {release} is a file; accepted: the folder holding {', '.join(RELEASE_FILES)}, or a Hub repo id.")
+        raise ValueError(
+            f"--release {release} is a file; accepted: the folder holding {', '.join(RELEASE_FILES)}, or a Hub repo id."
+        )
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", str(release)):
         raise ValueError(f"--release {release!r} is neither a folder nor a Hub repo id (owner/name).")
     from huggingface_hub import snapshot_download
@@ -163,7 +167,9 @@ def build_components(folder: Path, condition_weight: float = RELEASE_CONDITION_W
     """Read, map and check every release file; returns `mae`, `token_aligner`, `pooled_aligner`, `decoder`."""
     missing = [name for name in RELEASE_FILES if not (folder / name).is_file()]
     if missing:
-        raise ValueError(f"Missing release file(s) {missing} in {folder}; the release needs {', '.join(RELEASE_FILES)}.")
+        raise ValueError(
+            f"Missing release file(s) {missing} in {folder}; the release needs {', '.join(RELEASE_FILES)}."
+        )
     components: dict[str, torch.nn.Module] = {}
 
     mae_sd = tensor_state_dict(load_release_file(folder, MAE_FILE), MAE_FILE, "model")
@@ -278,7 +284,11 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 
 def write_components(
-    components: Mapping[str, torch.nn.Module], out: Path, card: str, metadata: Mapping[str, Any], overwrite: bool = False
+    components: Mapping[str, torch.nn.Module],
+    out: Path,
+    card: str,
+    metadata: Mapping[str, Any],
+    overwrite: bool = False,
 ) -> Path:
     """Save the components as safetensors folders under `out`, atomically (temp folder + rename)."""
     out = Path(out)
@@ -331,7 +341,9 @@ def convert_asuka_flux(
         "condition_weight": condition_weight,
         "release_files_sha256": hashes,
     }
-    out = write_components(components, Path(out), model_card(str(release), hashes, condition_weight), metadata, overwrite)
+    out = write_components(
+        components, Path(out), model_card(str(release), hashes, condition_weight), metadata, overwrite
+    )
     if push_to_hub:
         push_folder(out, push_to_hub, token=token, private=private)
     return out
@@ -362,7 +374,9 @@ def add_asuka_flux_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--private", action="store_true", help="create the --push-to-hub repo as private")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     parser.add_argument(
-        "--condition-weight", type=float, default=RELEASE_CONDITION_WEIGHT,
+        "--condition-weight",
+        type=float,
+        default=RELEASE_CONDITION_WEIGHT,
         help="default interpolation towards the null embeddings stored in the aligners (release: 0.5)",
     )
     parser.set_defaults(func=_run_asuka_flux)
@@ -370,7 +384,11 @@ def add_asuka_flux_command(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_asuka_flux(args: argparse.Namespace) -> None:
     out = convert_asuka_flux(
-        args.release, args.out, push_to_hub=args.push_to_hub, overwrite=args.overwrite,
-        condition_weight=args.condition_weight, private=args.private,
+        args.release,
+        args.out,
+        push_to_hub=args.push_to_hub,
+        overwrite=args.overwrite,
+        condition_weight=args.condition_weight,
+        private=args.private,
     )
     print(f"Wrote {out}" + (f" and uploaded it to {args.push_to_hub}" if args.push_to_hub else ""))

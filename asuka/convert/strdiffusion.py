@@ -10,15 +10,15 @@ errors that name the file and the key.
 import argparse
 import re
 from pathlib import Path
-from typing import Dict, Union
 
 import torch
 
 from asuka.models.strdiffusion import StrDiffusionDiscriminator, StrDiffusionUNet
 from asuka.schedulers.ir_sde import IRSDEScheduler
 
-PathLike = Union[str, Path]
-StateDict = Dict[str, torch.Tensor]
+
+PathLike = str | Path
+StateDict = dict[str, torch.Tensor]
 
 
 def load_official_state_dict(path: PathLike) -> StateDict:
@@ -29,7 +29,9 @@ def load_official_state_dict(path: PathLike) -> StateDict:
         raise ValueError(
             f"{path}: not a weights-only checkpoint (torch.load(weights_only=True) refused it: {error})."
         ) from error
-    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+    if not isinstance(obj, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    ):
         raise ValueError(f"{path}: expected a flat mapping of parameter names to tensors (a raw state dict).")
     return strip_module_prefix(obj)
 
@@ -44,7 +46,9 @@ def _load_strict(model: torch.nn.Module, state_dict: StateDict, source: str) -> 
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
     if missing or unexpected:
-        raise ValueError(f"{source}: keys do not match the network; missing {missing[:5]}, unexpected {unexpected[:5]}.")
+        raise ValueError(
+            f"{source}: keys do not match the network; missing {missing[:5]}, unexpected {unexpected[:5]}."
+        )
     for key, value in state_dict.items():
         if value.shape != expected[key].shape:
             raise ValueError(
@@ -84,7 +88,9 @@ def convert_denoiser(state_dict: StateDict, source: str = "checkpoint") -> StrDi
 def convert_discriminator(state_dict: StateDict, source: str = "checkpoint") -> StrDiffusionDiscriminator:
     """Build the time-dependent discriminator from an official state dict."""
     if "start_conv.weight" not in state_dict or "t_embed.main.0.weight" not in state_dict:
-        raise ValueError(f"{source}: no 'start_conv.weight'/'t_embed.main.0.weight'; not a StrDiffusion discriminator.")
+        raise ValueError(
+            f"{source}: no 'start_conv.weight'/'t_embed.main.0.weight'; not a StrDiffusion discriminator."
+        )
     start = state_dict["start_conv.weight"]
     model = StrDiffusionDiscriminator(
         in_channels=start.shape[1],

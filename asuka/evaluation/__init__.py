@@ -15,6 +15,7 @@ from asuka.evaluation.metrics import (
 )
 from asuka.evaluation.scorer import score
 
+
 __all__ = [
     "Benchmark",
     "Extractors",

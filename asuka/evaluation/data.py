@@ -18,6 +18,7 @@ from PIL import Image
 
 from asuka.imageio import IMAGE_EXTENSIONS, load_image, load_mask
 
+
 MISATO_DOMAINS = (("outdoor", 0, 500), ("indoor", 500, 1000), ("building", 1000, 1500), ("background", 1500, 2000))
 LAYOUTS = ("auto", "misato", "folder")
 _IMAGE_DIRS = ("image", "images")
@@ -56,7 +57,9 @@ def _subdir(root: Path, names: tuple[str, ...]) -> Path:
     for name in names:
         if (root / name).is_dir():
             return root / name
-    raise ValueError(f"{root} has no {' or '.join(n + '/' for n in names)} folder; accepted: a folder with image/ and mask/.")
+    raise ValueError(
+        f"{root} has no {' or '.join(n + '/' for n in names)} folder; accepted: a folder with image/ and mask/."
+    )
 
 
 def misato_domain(stem: str) -> str:
@@ -129,7 +132,9 @@ def load_prediction(path: Path, size: tuple[int, int]) -> Image.Image:
     except ValueError as error:
         raise SampleError(f"{path.name}: {error}") from error
     if pred.size != tuple(size):
-        raise SampleError(f"{path.name}: output is {pred.width}x{pred.height} but the ground truth is {size[0]}x{size[1]}.")
+        raise SampleError(
+            f"{path.name}: output is {pred.width}x{pred.height} but the ground truth is {size[0]}x{size[1]}."
+        )
     return pred
 
 

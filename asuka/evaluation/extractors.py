@@ -13,13 +13,14 @@ reported elsewhere. LPIPS is torchmetrics' AlexNet LPIPS. These download weights
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
+
 
 FeatureFn = Callable[[list[Image.Image]], np.ndarray]
 LpipsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -57,7 +58,9 @@ def _fid_inception(device: torch.device) -> FeatureFn:
     from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
 
     if not _TORCH_FIDELITY_AVAILABLE:
-        raise ValueError("Features 'fid' need the torch-fidelity package (`pip install torch-fidelity`); or use 'torchvision'.")
+        raise ValueError(
+            "Features 'fid' need the torch-fidelity package (`pip install torch-fidelity`); or use 'torchvision'."
+        )
     from torchmetrics.image.fid import NoTrainInceptionV3
 
     model = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"]).eval().to(device)

@@ -17,13 +17,16 @@ from sklearn.decomposition import PCA
 from sklearn.svm import LinearSVC
 from torchvision.transforms.functional import rgb_to_grayscale
 
+
 PSNR_EPS = 1e-7  # added to the MSE like the released evaluation, so identical images stay finite
 
 
 def _check_features(name: str, features: np.ndarray) -> np.ndarray:
     features = np.asarray(features, dtype=np.float64)
     if features.ndim != 2 or features.shape[0] < 2:
-        raise ValueError(f"`{name}` must be a (num_images, dim) matrix with at least 2 rows; got shape {features.shape}.")
+        raise ValueError(
+            f"`{name}` must be a (num_images, dim) matrix with at least 2 rows; got shape {features.shape}."
+        )
     return features
 
 
@@ -78,14 +81,15 @@ def inception_discriminative_scores(
     svm = LinearSVC(dual=False, random_state=seed).fit(inputs, targets)
     u_ids = 1.0 - svm.score(inputs, targets)
     scores = svm.decision_function(inputs)
-    p_ids = np.mean(scores[len(real):] > scores[: len(real)])
+    p_ids = np.mean(scores[len(real) :] > scores[: len(real)])
     return float(u_ids), float(p_ids)
 
 
 def _check_images(pred: torch.Tensor, target: torch.Tensor) -> None:
     if pred.shape != target.shape or pred.ndim != 4 or pred.shape[1] != 3:
         raise ValueError(
-            f"Expected two (B, 3, H, W) image batches of the same shape; got {tuple(pred.shape)} and {tuple(target.shape)}."
+            "Expected two (B, 3, H, W) image batches of the same shape; "
+            f"got {tuple(pred.shape)} and {tuple(target.shape)}."
         )
 
 

@@ -10,7 +10,6 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -18,10 +17,16 @@ from PIL import Image, ImageDraw
 from asuka.evaluation.data import SampleError, discover, load_prediction, load_sample
 from asuka.evaluation.scorer import METRICS, find_prediction, is_number
 
+
 METRICS_FILE = "metrics.json"
 COLUMN_TITLES = {
-    "fid": "FID ↓", "u_ids": "U-IDS ↑", "p_ids": "P-IDS ↑", "psnr": "PSNR ↑",
-    "ssim": "SSIM ↑", "lpips": "LPIPS ↓", "grad": "Grad ↓",
+    "fid": "FID ↓",
+    "u_ids": "U-IDS ↑",
+    "p_ids": "P-IDS ↑",
+    "psnr": "PSNR ↑",
+    "ssim": "SSIM ↑",
+    "lpips": "LPIPS ↓",
+    "grad": "Grad ↓",
 }
 
 
@@ -48,7 +53,7 @@ def _domains(records: list[dict]) -> list[str]:
     return list(dict.fromkeys(domain for record in records for domain in record["metrics"]))
 
 
-def _fmt(value: Optional[float]) -> str:
+def _fmt(value: float | None) -> str:
     return f"{value:.3f}" if is_number(value) else "–"
 
 
@@ -89,7 +94,7 @@ def _input_view(image: Image.Image, mask: Image.Image) -> Image.Image:
     return Image.fromarray(shown)
 
 
-def make_grid(records: list[dict], rows: int = 4, cell: int = 256) -> Optional[Image.Image]:
+def make_grid(records: list[dict], rows: int = 4, cell: int = 256) -> Image.Image | None:
     """Rows of [input with hole, each method's output, ground truth] for the first scorable samples.
 
     The samples come from the first record's benchmark; a sample is shown only if every method has an

@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from accelerate import PartialState
@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from asuka.evaluation.data import Benchmark, SampleError, load_sample
 from asuka.registry import InpaintRequest, get_method, load_pipeline, parse_dtype, run_method
+
 
 IMAGES_DIR = "images"
 LOGS_DIR = "logs"
@@ -30,12 +31,12 @@ class GenerationSettings:
     """What is passed to the method for every image (recorded in metrics.json)."""
 
     method: str
-    model: Optional[str] = None
+    model: str | None = None
     tiny: bool = False
-    steps: Optional[int] = None
+    steps: int | None = None
     seed: int = 42
-    guidance_scale: Optional[float] = None
-    condition_weight: Optional[float] = None
+    guidance_scale: float | None = None
+    condition_weight: float | None = None
     dtype: str = "auto"
 
 
@@ -79,7 +80,9 @@ def generate(benchmark: Benchmark, out_dir: Path, settings: GenerationSettings, 
     if todo:
         dtype = _resolve_dtype(settings.dtype, state.device)
         pipeline = load_pipeline(settings.method, settings.model, str(state.device), dtype, settings.tiny)
-    bar = tqdm(todo, desc=f"{settings.method} [{state.process_index + 1}/{state.num_processes}]", position=state.process_index)
+    bar = tqdm(
+        todo, desc=f"{settings.method} [{state.process_index + 1}/{state.num_processes}]", position=state.process_index
+    )
     for sample in bar:
         try:
             image, mask = load_sample(sample)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -29,6 +28,7 @@ from asuka.evaluation.metrics import (
 )
 from asuka.imageio import IMAGE_EXTENSIONS
 
+
 PIXEL_METRICS = ("psnr", "ssim", "lpips", "grad")
 METRICS = ("fid", "u_ids", "p_ids") + PIXEL_METRICS
 
@@ -45,12 +45,12 @@ def _to_batch(images: list[Image.Image]) -> torch.Tensor:
     return torch.stack([pil_to_tensor(image) for image in images]).double() / 255.0
 
 
-def _mean(values: list[float]) -> Optional[float]:
+def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def _domain_metrics(rows: list[dict], real: np.ndarray, fake: np.ndarray, pca_dim: Optional[int], grad: bool) -> dict:
-    metrics: dict[str, Optional[float]] = {"fid": None, "u_ids": None, "p_ids": None}
+def _domain_metrics(rows: list[dict], real: np.ndarray, fake: np.ndarray, pca_dim: int | None, grad: bool) -> dict:
+    metrics: dict[str, float | None] = {"fid": None, "u_ids": None, "p_ids": None}
     if len(rows) >= 2:
         metrics["fid"] = frechet_distance(real, fake)
         metrics["u_ids"], metrics["p_ids"] = inception_discriminative_scores(real, fake, pca_dim)
@@ -64,9 +64,9 @@ def score(
     pred_dir: str | Path,
     extractors: Extractors,
     batch_size: int = 16,
-    ids_pca_dim: Optional[int] = None,
+    ids_pca_dim: int | None = None,
     grad: bool = True,
-    known_errors: Optional[dict[str, str]] = None,
+    known_errors: dict[str, str] | None = None,
 ) -> dict:
     """Metrics of the outputs in `pred_dir`: overall ("all") and per domain, plus per-image rows and errors.
 
@@ -98,13 +98,19 @@ def score(
             groups.setdefault(item[1].size, []).append(item)
         for items in groups.values():
             target, pred = _to_batch([i[1] for i in items]), _to_batch([i[3] for i in items])
-            values = {"psnr": psnr(pred, target), "ssim": ssim_gray(pred, target), "lpips": extractors.lpips(pred, target)}
+            values = {
+                "psnr": psnr(pred, target),
+                "ssim": ssim_gray(pred, target),
+                "lpips": extractors.lpips(pred, target),
+            }
             real_features.extend(extractors.features([i[1] for i in items]))
             fake_features.extend(extractors.features([i[3] for i in items]))
             for k, (sample, image, mask, comp) in enumerate(items):
                 row = {"name": sample.name, "domain": sample.domain}
                 row.update({key: float(value[k]) for key, value in values.items()})
-                row["grad"] = boundary_gradient_error(np.asarray(comp), np.asarray(image), np.asarray(mask)) if grad else None
+                row["grad"] = (
+                    boundary_gradient_error(np.asarray(comp), np.asarray(image), np.asarray(mask)) if grad else None
+                )
                 rows.append(row)
     bar.close()
     real, fake = np.asarray(real_features), np.asarray(fake_features)
@@ -127,7 +133,7 @@ def score(
     }
 
 
-def default_ids_pca_dim(benchmark: Benchmark) -> Optional[int]:
+def default_ids_pca_dim(benchmark: Benchmark) -> int | None:
     """The released evaluation's PCA dimension: MISATO's resolution (512 / 1024); none for other layouts."""
     if benchmark.layout != "misato":
         return None
@@ -138,6 +144,6 @@ def default_ids_pca_dim(benchmark: Benchmark) -> Optional[int]:
         return None
 
 
-def is_number(value: Optional[float]) -> bool:
+def is_number(value: float | None) -> bool:
     """True for a finite float (metrics that could not be computed are None)."""
     return value is not None and math.isfinite(value)

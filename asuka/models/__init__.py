@@ -5,4 +5,12 @@ from .decoder import AsukaDecoder
 from .mae import AsukaMAE
 from .strdiffusion import StrDiffusionDiscriminator, StrDiffusionUNet
 
-__all__ = ["AsukaAligner", "AsukaAlignerOutput", "AsukaDecoder", "AsukaMAE", "StrDiffusionDiscriminator", "StrDiffusionUNet"]
+
+__all__ = [
+    "AsukaAligner",
+    "AsukaAlignerOutput",
+    "AsukaDecoder",
+    "AsukaMAE",
+    "StrDiffusionDiscriminator",
+    "StrDiffusionUNet",
+]

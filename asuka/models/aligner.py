@@ -4,7 +4,6 @@ Ships to the Hub as remote code: imports only torch, diffusers, timm, numpy, PIL
 """
 
 from dataclasses import dataclass
-from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -86,7 +85,7 @@ class AsukaAligner(ModelMixin, ConfigMixin):
         head_dim: int = 64,
         mlp_ratio: float = 4.0,
         num_tokens: int = 256,
-        null_embedding: Optional[str] = None,
+        null_embedding: str | None = None,
         condition_weight: float = 1.0,
     ):
         super().__init__()
@@ -105,8 +104,8 @@ class AsukaAligner(ModelMixin, ConfigMixin):
             self.null_embed = None
 
     def forward(
-        self, prior: torch.Tensor, condition_weight: Optional[float] = None, return_dict: bool = True
-    ) -> Union[AsukaAlignerOutput, Tuple[torch.Tensor, torch.Tensor]]:
+        self, prior: torch.Tensor, condition_weight: float | None = None, return_dict: bool = True
+    ) -> AsukaAlignerOutput | tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
             prior (`torch.Tensor` of shape `(batch_size, num_tokens, in_dim)`): The MAE prior.

@@ -9,8 +9,6 @@ hole the plain VAE decoding is kept, so with an all-ones mask the output is exac
 This module ships to the Hub as remote code: it imports only torch and diffusers.
 """
 
-from typing import List, Tuple, Union
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -31,7 +29,7 @@ class AsukaConditionEncoder(nn.Module):
     shows that each feature is taken before the ReLU that feeds the next layer.
     """
 
-    def __init__(self, in_channels: int, block_out_channels: Tuple[int, ...]):
+    def __init__(self, in_channels: int, block_out_channels: tuple[int, ...]):
         super().__init__()
         channels = [*block_out_channels, block_out_channels[-1]]
         layers = []
@@ -44,7 +42,7 @@ class AsukaConditionEncoder(nn.Module):
             previous = out_channels
         self.layers = nn.ModuleList(layers)
 
-    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Returns the features from full resolution down; each is taken before its ReLU."""
         features = []
         for index, layer in enumerate(self.layers):
@@ -68,8 +66,8 @@ class AsukaDecoder(ModelMixin, ConfigMixin):
         self,
         latent_channels: int = 4,
         out_channels: int = 3,
-        up_block_types: Tuple[str, ...] = ("UpDecoderBlock2D",) * 4,
-        block_out_channels: Tuple[int, ...] = (128, 256, 512, 512),
+        up_block_types: tuple[str, ...] = ("UpDecoderBlock2D",) * 4,
+        block_out_channels: tuple[int, ...] = (128, 256, 512, 512),
         layers_per_block: int = 2,
         norm_num_groups: int = 32,
         act_fn: str = "silu",
@@ -179,7 +177,9 @@ class AsukaDecoder(ModelMixin, ConfigMixin):
         are blended linearly. The mid-block attention then sees one tile at a time, so results differ slightly.
         """
         if tile_sample_size <= 0 or tile_sample_size % self.scale_factor:
-            raise ValueError(f"`tile_sample_size` must be a positive multiple of {self.scale_factor}, got {tile_sample_size}.")
+            raise ValueError(
+                f"`tile_sample_size` must be a positive multiple of {self.scale_factor}, got {tile_sample_size}."
+            )
         if not 0 <= tile_overlap < 1:
             raise ValueError(f"`tile_overlap` must lie in [0, 1), got {tile_overlap}.")
         self.use_tiling = True
@@ -200,7 +200,7 @@ class AsukaDecoder(ModelMixin, ConfigMixin):
         image: torch.Tensor,
         mask: torch.Tensor,
         return_dict: bool = True,
-    ) -> Union[DecoderOutput, Tuple[torch.Tensor]]:
+    ) -> DecoderOutput | tuple[torch.Tensor]:
         """Decodes `latents`, taking the region outside `mask` from `image` through the condition encoder."""
         self._check_inputs(latents, image, mask)
         latents, image, mask = (t.to(self.dtype) for t in (latents, image, mask))
@@ -260,7 +260,7 @@ class AsukaDecoder(ModelMixin, ConfigMixin):
         return torch.cat(result_rows, dim=2)
 
 
-def _binary_mask(mask: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+def _binary_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Area-resizes the mask and marks every touched position as hole (any value > 0 becomes 1)."""
     return (F.interpolate(mask, size=tuple(size), mode="area") > 0).to(mask.dtype)
 

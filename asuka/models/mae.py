@@ -5,7 +5,6 @@ Ships to the Hub as remote code: imports only torch, diffusers, timm, numpy, PIL
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -159,7 +158,7 @@ class AsukaMAE(ModelMixin, ConfigMixin):
         if image.shape[0] == 0 or image.shape[2] == 0 or image.shape[3] == 0:
             raise ValueError(f"`image` must be non-empty, got shape {tuple(image.shape)}.")
 
-    def preprocess(self, image: torch.Tensor, mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def preprocess(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the normalised, hole-zeroed image and the binary hole mask, both at `image_size`."""
         self._check_inputs(image, mask)
         image = image.to(device=self.device, dtype=self.dtype)
@@ -181,7 +180,7 @@ class AsukaMAE(ModelMixin, ConfigMixin):
 
     def _run(
         self, image: torch.Tensor, mask: torch.Tensor, reconstruct: bool
-    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         x, hole = self.preprocess(image, mask)
         grid = self.config.image_size // self.config.patch_size
         coverage = F.interpolate(hole, size=(grid, grid), mode="area").flatten(1)  # hole fraction per patch
@@ -231,7 +230,7 @@ class AsukaMAE(ModelMixin, ConfigMixin):
 
     def forward(
         self, image: torch.Tensor, mask: torch.Tensor, return_dict: bool = True
-    ) -> Union[AsukaMAEOutput, Tuple[torch.Tensor, torch.Tensor]]:
+    ) -> AsukaMAEOutput | tuple[torch.Tensor, torch.Tensor]:
         """Prior and reconstruction in one pass; see [`~AsukaMAE.prior`] and [`~AsukaMAE.reconstruct`]."""
         prior, reconstruction = self._run(image, mask, reconstruct=True)
         if not return_dict:

@@ -7,7 +7,6 @@ Module names mirror the authors' state-dict keys, so their checkpoints load afte
 """
 
 import math
-from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +23,7 @@ def _sinusoidal(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
-def _as_time_tensor(time: Union[int, float, torch.Tensor], device: torch.device) -> torch.Tensor:
+def _as_time_tensor(time: int | float | torch.Tensor, device: torch.device) -> torch.Tensor:
     if isinstance(time, (int, float)):
         return torch.tensor([time], device=device)
     if not isinstance(time, torch.Tensor) or time.ndim > 1:
@@ -65,7 +64,7 @@ class ConvBlock(nn.Module):
         self.proj = nn.Conv2d(dim_in, dim_out, 3, padding=1, bias=False)
         self.act = nn.SiLU()
 
-    def forward(self, x: torch.Tensor, scale_shift: Optional[tuple] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, scale_shift: tuple | None = None) -> torch.Tensor:
         x = self.proj(x)
         if scale_shift is not None:
             scale, shift = scale_shift
@@ -200,7 +199,7 @@ class StrDiffusionUNet(ModelMixin, ConfigMixin):
     def __init__(
         self,
         in_channels: int = 3,
-        out_channels: Optional[int] = None,
+        out_channels: int | None = None,
         base_channels: int = 64,
         depth: int = 4,
         structure_channels: int = 1,
@@ -233,7 +232,9 @@ class StrDiffusionUNet(ModelMixin, ConfigMixin):
             upsample = (
                 nn.Conv2d(dim_out, dim_in, 3, padding=1, bias=False)
                 if i == 0
-                else nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(dim_out, dim_in, 3, padding=1))
+                else nn.Sequential(
+                    nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(dim_out, dim_in, 3, padding=1)
+                )
             )
             self.ups.insert(
                 0,
@@ -257,8 +258,8 @@ class StrDiffusionUNet(ModelMixin, ConfigMixin):
         self,
         xt: torch.Tensor,
         cond: torch.Tensor,
-        time: Union[int, torch.Tensor],
-        structure: Optional[torch.Tensor] = None,
+        time: int | torch.Tensor,
+        structure: torch.Tensor | None = None,
     ) -> torch.Tensor:
         channels = self.config.in_channels
         if xt.ndim != 4 or xt.shape[1] != channels or cond.shape != xt.shape:
@@ -266,7 +267,9 @@ class StrDiffusionUNet(ModelMixin, ConfigMixin):
                 f"xt and cond must both be [B, {channels}, H, W]; got {tuple(xt.shape)} and {tuple(cond.shape)}."
             )
         if self.config.structure_channels and (structure is None or structure.ndim != 4):
-            raise ValueError(f"the texture denoiser needs a structure map [B, {self.config.structure_channels}, H, W].")
+            raise ValueError(
+                f"the texture denoiser needs a structure map [B, {self.config.structure_channels}, H, W]."
+            )
         time = _as_time_tensor(time, xt.device)
         h_in, w_in = xt.shape[2:]
         multiple = 2**self.config.depth
@@ -353,7 +356,7 @@ class StrDiffusionDiscriminator(ModelMixin, ConfigMixin):
         self.end_linear = nn.Linear(ngf * 8, 1)
 
     def forward(
-        self, t: Union[int, torch.Tensor], x: torch.Tensor, structure: torch.Tensor, stddev_group: Optional[int] = None
+        self, t: int | torch.Tensor, x: torch.Tensor, structure: torch.Tensor, stddev_group: int | None = None
     ) -> torch.Tensor:
         if x.ndim != 4 or structure.ndim != 4 or x.shape[1] + structure.shape[1] != self.config.in_channels:
             raise ValueError(

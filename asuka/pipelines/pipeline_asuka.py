@@ -4,12 +4,13 @@
 This module ships to the Hub as remote code, so it imports only torch, diffusers, numpy and PIL.
 """
 
+import inspect
 import json
 import os
 import shutil
-import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -25,7 +26,7 @@ from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput
 
 
-ImageInput = Union[PIL.Image.Image, np.ndarray, torch.Tensor, str, List[Any]]
+ImageInput = PIL.Image.Image | np.ndarray | torch.Tensor | str | list[Any]
 
 
 @dataclass
@@ -36,7 +37,7 @@ class AsukaPipelineOutput(BaseOutput):
         images: the inpainted images at the input's size (`pil` list, `np` array or `pt` tensor), or latents.
     """
 
-    images: Union[List[PIL.Image.Image], np.ndarray, torch.Tensor]
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,7 +73,9 @@ def image_to_tensor(image: ImageInput) -> torch.Tensor:
             raise ValueError(f"`image` is an empty list; expected {accepted}.")
         parts = [image_to_tensor(item) for item in image]
         if len({tuple(p.shape[-2:]) for p in parts}) != 1:
-            raise ValueError("All images of a batch must have the same size; got " f"{[tuple(p.shape[-2:]) for p in parts]}.")
+            raise ValueError(
+                f"All images of a batch must have the same size; got {[tuple(p.shape[-2:]) for p in parts]}."
+            )
         return torch.cat(parts)
     if isinstance(image, (str, os.PathLike, PIL.Image.Image)):
         pil = _load_pil(image, "image")
@@ -89,14 +92,20 @@ def image_to_tensor(image: ImageInput) -> torch.Tensor:
         if array.ndim == 3:
             array = array[None]
         if array.ndim != 4 or array.shape[-1] not in (1, 3, 4):
-            raise ValueError(f"`image` numpy array has shape {image.shape}; expected (H,W,C) or (B,H,W,C) with C in 1, 3, 4.")
-        tensor = torch.from_numpy(np.ascontiguousarray(array[..., :3] if array.shape[-1] == 4 else array)).permute(0, 3, 1, 2)
+            raise ValueError(
+                f"`image` numpy array has shape {image.shape}; expected (H,W,C) or (B,H,W,C) with C in 1, 3, 4."
+            )
+        tensor = torch.from_numpy(np.ascontiguousarray(array[..., :3] if array.shape[-1] == 4 else array)).permute(
+            0, 3, 1, 2
+        )
     elif isinstance(image, torch.Tensor):
         tensor = image.detach().float().cpu()
         if tensor.ndim == 3:
             tensor = tensor[None]
         if tensor.ndim != 4 or tensor.shape[1] not in (1, 3):
-            raise ValueError(f"`image` tensor has shape {tuple(image.shape)}; expected (C,H,W) or (B,C,H,W) with C in 1, 3.")
+            raise ValueError(
+                f"`image` tensor has shape {tuple(image.shape)}; expected (C,H,W) or (B,C,H,W) with C in 1, 3."
+            )
         if tensor.numel() and tensor.min() < 0:
             tensor = (tensor + 1) / 2
     else:
@@ -110,13 +119,15 @@ def image_to_tensor(image: ImageInput) -> torch.Tensor:
     return tensor.clamp(0, 1)
 
 
-def mask_to_tensor(mask_image: ImageInput, image_size: Tuple[int, int]) -> torch.Tensor:
+def mask_to_tensor(mask_image: ImageInput, image_size: tuple[int, int]) -> torch.Tensor:
     """Standardise `mask_image` to a binary float32 tensor (B, 1, H, W) at `image_size` (1 = repaint).
 
     White (> 0.5) means repaint. A mask of the same aspect ratio but another size is resized (nearest); a mask of a
     different aspect ratio is refused.
     """
-    accepted = "a PIL image, a path, a numpy array (H,W)/(B,H,W)/(B,H,W,1), a tensor (H,W)/(1,H,W)/(B,1,H,W), or a list"
+    accepted = (
+        "a PIL image, a path, a numpy array (H,W)/(B,H,W)/(B,H,W,1), a tensor (H,W)/(1,H,W)/(B,1,H,W), or a list"
+    )
     if isinstance(mask_image, (list, tuple)):
         if len(mask_image) == 0:
             raise ValueError(f"`mask_image` is an empty list; expected {accepted}.")
@@ -125,7 +136,9 @@ def mask_to_tensor(mask_image: ImageInput, image_size: Tuple[int, int]) -> torch
         pil = _load_pil(mask_image, "mask_image")
         tensor = torch.from_numpy(np.asarray(pil.convert("L"), dtype=np.float32) / 255.0)[None, None]
     elif isinstance(mask_image, np.ndarray):
-        array = mask_image.astype(np.float32) / 255.0 if mask_image.dtype == np.uint8 else mask_image.astype(np.float32)
+        array = (
+            mask_image.astype(np.float32) / 255.0 if mask_image.dtype == np.uint8 else mask_image.astype(np.float32)
+        )
         if array.ndim == 4 and array.shape[-1] == 1:
             array = array[..., 0]
         if array.ndim == 2:
@@ -168,7 +181,7 @@ def repeat_to_batch(tensor: torch.Tensor, batch_size: int, what: str) -> torch.T
     raise ValueError(f"`{what}` has batch size {tensor.shape[0]}; expected 1 or {batch_size} (one per image).")
 
 
-def standardise_inputs(image: ImageInput, mask_image: ImageInput) -> Tuple[torch.Tensor, torch.Tensor]:
+def standardise_inputs(image: ImageInput, mask_image: ImageInput) -> tuple[torch.Tensor, torch.Tensor]:
     """The images (B, 3, H, W) in [0, 1] and their binary holes (B, 1, H, W), one mask per image."""
     images = image_to_tensor(image)
     holes = mask_to_tensor(mask_image, tuple(images.shape[-2:]))
@@ -190,8 +203,8 @@ def unchanged_output(images: torch.Tensor, num_images_per_prompt: int, output_ty
 class WorkingRegion:
     """Where the backbone runs: the crop box (x0, y0, x1, y1) in input pixels and the working size (w, h)."""
 
-    box: Tuple[int, int, int, int]
-    size: Tuple[int, int]
+    box: tuple[int, int, int, int]
+    size: tuple[int, int]
 
     @property
     def is_identity(self) -> bool:
@@ -200,7 +213,7 @@ class WorkingRegion:
 
 
 def plan_working_region(
-    hole: torch.Tensor, working_resolution: int, multiple: int, padding_mask_crop: Optional[int] = None
+    hole: torch.Tensor, working_resolution: int, multiple: int, padding_mask_crop: int | None = None
 ) -> WorkingRegion:
     """Choose the crop and working size for a (B, 1, H, W) hole mask.
 
@@ -228,7 +241,9 @@ def plan_working_region(
     return WorkingRegion(box=(x0, y0, x1, y1), size=(work_w, work_h))
 
 
-def crop_to_working(image: torch.Tensor, hole: torch.Tensor, region: WorkingRegion) -> Tuple[torch.Tensor, torch.Tensor]:
+def crop_to_working(
+    image: torch.Tensor, hole: torch.Tensor, region: WorkingRegion
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Crop and resize image ([0, 1]) and hole to the working size; the working hole covers every input hole pixel."""
     x0, y0, x1, y1 = region.box
     image, hole = image[..., y0:y1, x0:x1], hole[..., y0:y1, x0:x1]
@@ -249,7 +264,9 @@ def paste_from_working(
     """
     x0, y0, x1, y1 = region.box
     if not region.is_identity:
-        generated = F.interpolate(generated, size=(y1 - y0, x1 - x0), mode="bicubic", antialias=True, align_corners=False)
+        generated = F.interpolate(
+            generated, size=(y1 - y0, x1 - x0), mode="bicubic", antialias=True, align_corners=False
+        )
     generated = generated.clamp(0, 1).to(image.dtype)
     out = image.clone()
     if keep_unmasked:
@@ -259,7 +276,7 @@ def paste_from_working(
     return out
 
 
-def to_output_type(images: torch.Tensor, output_type: str) -> Union[List[PIL.Image.Image], np.ndarray, torch.Tensor]:
+def to_output_type(images: torch.Tensor, output_type: str) -> list[PIL.Image.Image] | np.ndarray | torch.Tensor:
     """Convert (B, 3, H, W) images in [0, 1] to `pt`, `np` (B, H, W, 3) or a list of PIL images."""
     if output_type == "pt":
         return images
@@ -322,7 +339,7 @@ class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin):
         scheduler: KarrasDiffusionSchedulers,
         mae: torch.nn.Module,
         aligner: torch.nn.Module,
-        decoder: Optional[torch.nn.Module] = None,
+        decoder: torch.nn.Module | None = None,
     ):
         super().__init__()
         self.register_modules(vae=vae, unet=unet, scheduler=scheduler, mae=mae, aligner=aligner, decoder=decoder)
@@ -354,8 +371,8 @@ class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin):
         num_inference_steps: int,
         output_type: str,
         guidance_scale: float,
-        negative_prompt_embeds: Optional[torch.Tensor],
-        callback_on_step_end_tensor_inputs: List[str],
+        negative_prompt_embeds: torch.Tensor | None,
+        callback_on_step_end_tensor_inputs: list[str],
         working_resolution: int,
     ) -> None:
         if output_type not in OUTPUT_TYPES:
@@ -363,23 +380,31 @@ class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin):
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"`num_inference_steps` is {num_inference_steps!r}; expected a positive integer.")
         if guidance_scale > 1.0 and negative_prompt_embeds is None:
-            raise ValueError("`guidance_scale` > 1 needs `negative_prompt_embeds` (ASUKA has no text prompt to negate).")
+            raise ValueError(
+                "`guidance_scale` > 1 needs `negative_prompt_embeds` (ASUKA has no text prompt to negate)."
+            )
         unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
         if unknown:
-            raise ValueError(f"`callback_on_step_end_tensor_inputs` has {unknown}; expected names in {self._callback_tensor_inputs}.")
+            raise ValueError(
+                f"`callback_on_step_end_tensor_inputs` has {unknown}; expected names in {self._callback_tensor_inputs}."
+            )
         if working_resolution < self.vae_scale_factor:
-            raise ValueError(f"`working_resolution` is {working_resolution}; expected at least {self.vae_scale_factor}.")
+            raise ValueError(
+                f"`working_resolution` is {working_resolution}; expected at least {self.vae_scale_factor}."
+            )
 
     @torch.no_grad()
     def encode_prior(
-        self, image: torch.Tensor, hole: torch.Tensor, condition_weight: Optional[float] = None
+        self, image: torch.Tensor, hole: torch.Tensor, condition_weight: float | None = None
     ) -> torch.Tensor:
         """ASUKA's conditioning: `aligner(mae.prior(image, hole))` for images in [0, 1] and holes (1 = repaint)."""
         prior = self.mae.prior(image.to(self.mae.device, self.mae.dtype), hole.to(self.mae.device, self.mae.dtype))
         tokens = self.aligner(prior.to(self.aligner.dtype), condition_weight=condition_weight).tokens
         return tokens.to(self.unet.dtype)
 
-    def decode_latents(self, latents: torch.Tensor, image: torch.Tensor, hole: torch.Tensor, generator=None) -> torch.Tensor:
+    def decode_latents(
+        self, latents: torch.Tensor, image: torch.Tensor, hole: torch.Tensor, generator=None
+    ) -> torch.Tensor:
         """Decode latents to [-1, 1] pixels with the mask-conditioned decoder (or the plain VAE when it is None).
 
         `image` ([-1, 1]) and `hole` are at the working size; the decoder blends their unmasked pixels in.
@@ -394,11 +419,15 @@ class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin):
         return self.decoder(latents.to(self.decoder.dtype), image, hole, return_dict=False)[0]
 
     @torch.no_grad()
-    def mae_reconstruction(self, image: ImageInput, mask_image: ImageInput) -> List[PIL.Image.Image]:
+    def mae_reconstruction(self, image: ImageInput, mask_image: ImageInput) -> list[PIL.Image.Image]:
         """The MAE's own pixel estimate ("what the prior thinks"), pasted into the hole at the input's size."""
         image, hole = standardise_inputs(image, mask_image)
-        recon = self.mae.reconstruct(image.to(self.mae.device, self.mae.dtype), hole.to(self.mae.device, self.mae.dtype))
-        recon = F.interpolate(recon.float().cpu(), size=image.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1)
+        recon = self.mae.reconstruct(
+            image.to(self.mae.device, self.mae.dtype), hole.to(self.mae.device, self.mae.dtype)
+        )
+        recon = F.interpolate(recon.float().cpu(), size=image.shape[-2:], mode="bicubic", align_corners=False).clamp(
+            0, 1
+        )
         return to_output_type(torch.where(hole > 0.5, recon, image), "pil")
 
     @torch.no_grad()
@@ -407,22 +436,22 @@ class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin):
         image: ImageInput,
         mask_image: ImageInput,
         num_inference_steps: int = 50,
-        timesteps: Optional[List[int]] = None,
+        timesteps: list[int] | None = None,
         guidance_scale: float = 1.0,
-        prompt_embeds: Optional[torch.Tensor] = None,
-        negative_prompt_embeds: Optional[torch.Tensor] = None,
-        condition_weight: Optional[float] = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        condition_weight: float | None = None,
         num_images_per_prompt: int = 1,
         eta: float = 0.0,
-        generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
-        latents: Optional[torch.Tensor] = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
         keep_unmasked: bool = True,
-        working_resolution: Optional[int] = None,
-        padding_mask_crop: Optional[int] = None,
+        working_resolution: int | None = None,
+        padding_mask_crop: int | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
-        callback_on_step_end: Optional[Callable[[Any, int, int, Dict], Dict]] = None,
-        callback_on_step_end_tensor_inputs: List[str] = ["latents"],
+        callback_on_step_end: Callable[[Any, int, int, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
     ):
         r"""Inpaint `image` where `mask_image` is white.
 
@@ -451,8 +480,12 @@ class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin):
         # 1. Check and standardise the inputs
         working_resolution = working_resolution or self.default_working_resolution
         self.check_inputs(
-            num_inference_steps, output_type, guidance_scale, negative_prompt_embeds,
-            callback_on_step_end_tensor_inputs, working_resolution,
+            num_inference_steps,
+            output_type,
+            guidance_scale,
+            negative_prompt_embeds,
+            callback_on_step_end_tensor_inputs,
+            working_resolution,
         )
         self._guidance_scale = guidance_scale
         self._interrupt = False
@@ -479,7 +512,9 @@ class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin):
         prompt_embeds = repeat_to_batch(prompt_embeds.to(device, self.unet.dtype), batch_size, "prompt_embeds")
         prompt_embeds = prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
         if self.do_classifier_free_guidance:
-            negative = repeat_to_batch(negative_prompt_embeds.to(device, self.unet.dtype), batch_size, "negative_prompt_embeds")
+            negative = repeat_to_batch(
+                negative_prompt_embeds.to(device, self.unet.dtype), batch_size, "negative_prompt_embeds"
+            )
             prompt_embeds = torch.cat([negative.repeat_interleave(num_images_per_prompt, dim=0), prompt_embeds])
 
         # 5. Timesteps
@@ -520,7 +555,9 @@ class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin):
                 if self.do_classifier_free_guidance:
                     cond = torch.cat([cond] * 2)
                 latent_model_input = torch.cat([latent_model_input, cond], dim=1)
-                noise_pred = self.unet(latent_model_input, t, encoder_hidden_states=prompt_embeds, return_dict=False)[0]
+                noise_pred = self.unet(latent_model_input, t, encoder_hidden_states=prompt_embeds, return_dict=False)[
+                    0
+                ]
                 if self.do_classifier_free_guidance:
                     noise_uncond, noise_cond = noise_pred.chunk(2)
                     noise_pred = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
@@ -528,7 +565,9 @@ class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin):
 
                 if callback_on_step_end is not None:
                     step_tensors = {
-                        "latents": latents, "prompt_embeds": prompt_embeds, "mask": mask,
+                        "latents": latents,
+                        "prompt_embeds": prompt_embeds,
+                        "mask": mask,
                         "masked_image_latents": masked_image_latents,
                     }
                     callback_kwargs = {k: step_tensors[k] for k in callback_on_step_end_tensor_inputs}
@@ -558,7 +597,7 @@ class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin):
             generated, input_image, hole, region, keep_unmasked, num_images_per_prompt, output_type, return_dict
         )
 
-    def save_pretrained(self, save_directory: Union[str, os.PathLike], hub_format: bool = False, **kwargs):
+    def save_pretrained(self, save_directory: str | os.PathLike, hub_format: bool = False, **kwargs):
         """Save every component; with `hub_format=True`, also the code so the folder loads without `asuka`.
 
         A hub-format folder loads with `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`: its
@@ -570,7 +609,7 @@ class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin):
             write_remote_code(self, save_directory)
 
 
-def write_remote_code(pipeline: DiffusionPipeline, save_directory: Union[str, os.PathLike]) -> None:
+def write_remote_code(pipeline: DiffusionPipeline, save_directory: str | os.PathLike) -> None:
     """Copy the pipeline's and its custom components' source files into a saved folder and point
     `model_index.json` at them, so `trust_remote_code=True` can load it anywhere."""
     index_path = os.path.join(save_directory, "model_index.json")

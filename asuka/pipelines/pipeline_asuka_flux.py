@@ -16,12 +16,18 @@ Everything FLUX-specific (latent packing, mask packing, image ids, timestep shif
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteScheduler, FluxFillPipeline
-from diffusers import FluxTransformer2DModel
+from diffusers import (
+    AutoencoderKL,
+    DiffusionPipeline,
+    FlowMatchEulerDiscreteScheduler,
+    FluxFillPipeline,
+    FluxTransformer2DModel,
+)
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.flux.pipeline_flux_fill import calculate_shift, retrieve_timesteps
 
@@ -38,6 +44,7 @@ from asuka.pipelines.pipeline_asuka import (
     standardise_inputs,
     unchanged_output,
 )
+
 
 # Sub-folders of a converted ASUKA-FLUX folder (see `asuka.convert.release`).
 ASUKA_FLUX_COMPONENTS = ("mae", "token_aligner", "pooled_aligner", "decoder")
@@ -119,7 +126,10 @@ class AsukaFluxPipeline(DiffusionPipeline):
     ) -> None:
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` is {output_type!r}; expected one of {OUTPUT_TYPES}.")
-        for name, value in (("num_inference_steps", num_inference_steps), ("num_images_per_prompt", num_images_per_prompt)):
+        for name, value in (
+            ("num_inference_steps", num_inference_steps),
+            ("num_images_per_prompt", num_images_per_prompt),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` is {value!r}; expected a positive integer.")
         if (prompt_embeds is None) != (pooled_prompt_embeds is None):
@@ -130,7 +140,9 @@ class AsukaFluxPipeline(DiffusionPipeline):
                 f"`callback_on_step_end_tensor_inputs` has {unknown}; expected names in {self._callback_tensor_inputs}."
             )
         if working_resolution < self.vae_scale_factor * 2:
-            raise ValueError(f"`working_resolution` is {working_resolution}; expected at least {self.vae_scale_factor * 2}.")
+            raise ValueError(
+                f"`working_resolution` is {working_resolution}; expected at least {self.vae_scale_factor * 2}."
+            )
 
     # ------------------------------------------------------------------ assembly
 
@@ -140,7 +152,7 @@ class AsukaFluxPipeline(DiffusionPipeline):
         pretrained_model_name_or_path: str | os.PathLike,
         asuka: str | os.PathLike | None = None,
         **kwargs: Any,
-    ) -> "AsukaFluxPipeline":
+    ) -> AsukaFluxPipeline:
         """Load a saved `AsukaFluxPipeline`, or assemble one from two sources.
 
         With `asuka=None` this is `DiffusionPipeline.from_pretrained` on a folder written by
@@ -251,8 +263,13 @@ class AsukaFluxPipeline(DiffusionPipeline):
         # 1. Check and standardise the inputs
         working_resolution = working_resolution or self.config.working_resolution
         self.check_inputs(
-            num_inference_steps, num_images_per_prompt, output_type, prompt_embeds, pooled_prompt_embeds,
-            callback_on_step_end_tensor_inputs, working_resolution,
+            num_inference_steps,
+            num_images_per_prompt,
+            output_type,
+            prompt_embeds,
+            pooled_prompt_embeds,
+            callback_on_step_end_tensor_inputs,
+            working_resolution,
         )
         input_image, hole = standardise_inputs(image, mask_image)
         batch_size = input_image.shape[0]
@@ -299,13 +316,29 @@ class AsukaFluxPipeline(DiffusionPipeline):
 
         # 6. Noise latents and the packed masked-image latents + mask (FluxFillPipeline's own preparation)
         latents, latent_image_ids = self.prepare_latents(
-            init_image, timesteps[:1].repeat(total), total, self.latent_channels, height, width, dtype, device,
-            generator, latents,
+            init_image,
+            timesteps[:1].repeat(total),
+            total,
+            self.latent_channels,
+            height,
+            width,
+            dtype,
+            device,
+            generator,
+            latents,
         )
         masked_image = (init_image * (1 - work_hole)).to(device=device, dtype=dtype)
         packed_mask, masked_image_latents = self.prepare_mask_latents(
-            work_hole, masked_image, batch_size, self.latent_channels, num_images_per_prompt,
-            height, width, dtype, device, generator,
+            work_hole,
+            masked_image,
+            batch_size,
+            self.latent_channels,
+            num_images_per_prompt,
+            height,
+            width,
+            dtype,
+            device,
+            generator,
         )
         masked_image_latents = torch.cat((masked_image_latents, packed_mask), dim=-1)
         guidance = None
@@ -367,9 +400,7 @@ class AsukaFluxPipeline(DiffusionPipeline):
         if self.decoder is None:
             return self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0]
         device, dtype = latents.device, self.decoder.dtype
-        return self.decoder(
-            latents.to(dtype), image.to(device, dtype), hole.to(device, dtype), return_dict=False
-        )[0]
+        return self.decoder(latents.to(dtype), image.to(device, dtype), hole.to(device, dtype), return_dict=False)[0]
 
 
 def load_asuka_flux_components(

@@ -29,8 +29,8 @@ samples run one by one. (Evaluating it with the authors' group of min(B, 4) woul
 decisions depend on the other samples; the pipeline never does that.)
 """
 
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Union
 
 import numpy as np
 import PIL.Image
@@ -46,6 +46,7 @@ from asuka.models.strdiffusion import StrDiffusionDiscriminator, StrDiffusionUNe
 from asuka.pipelines.pipeline_asuka import OUTPUT_TYPES, standardise_inputs, to_output_type
 from asuka.schedulers.ir_sde import IRSDEScheduler
 
+
 RGB2GRAY = (0.2125, 0.7154, 0.0721)  # scikit-image's rgb2gray weights
 
 
@@ -54,8 +55,8 @@ class StrDiffusionPipelineOutput(BaseOutput):
     """images: inpainted results at the input size; decisions: per sample, the (t, iteration, decision)
     of every resampling iteration ("accept", "average" or "stop")."""
 
-    images: Union[List[PIL.Image.Image], np.ndarray, torch.Tensor]
-    decisions: List[List[tuple]]
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+    decisions: list[list[tuple]]
 
 
 def extract_structure(image: torch.Tensor, sigma: float = 2.0, round_input: bool = False):
@@ -75,12 +76,12 @@ class _Noise:
     """Standard-normal draws for the sampler: from per-sample generators (only active samples draw, so a
     batch equals its samples run alone), one generator, or a recorded tape (conformance testing)."""
 
-    def __init__(self, generator, tape: Optional[Iterable[torch.Tensor]], device: torch.device):
+    def __init__(self, generator, tape: Iterable[torch.Tensor] | None, device: torch.device):
         self.generator = generator
-        self.tape: Optional[Iterator[torch.Tensor]] = None if tape is None else iter(tape)
+        self.tape: Iterator[torch.Tensor] | None = None if tape is None else iter(tape)
         self.device = device
 
-    def __call__(self, like: torch.Tensor, active: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def __call__(self, like: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
         if self.tape is not None:
             try:
                 draw = next(self.tape)
@@ -117,7 +118,7 @@ class StrDiffusionPipeline(DiffusionPipeline):
         structure_unet: StrDiffusionUNet,
         discriminator: StrDiffusionDiscriminator,
         scheduler: IRSDEScheduler,
-        resolution: Optional[int] = 256,
+        resolution: int | None = 256,
         canny_sigma: float = 2.0,
         early_stage_fraction: float = 0.4,
         resample_u_max: int = 6,
@@ -154,11 +155,15 @@ class StrDiffusionPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------------------------ building blocks
     def _structure_step(self, xs, t, mu_s, noise, active=None):
         eps = self.structure_unet(xs, mu_s, t)
-        return self.scheduler.reverse_sde_step(xs, self.scheduler.score_from_noise(eps, t), t, mu_s, noise=noise(xs, active))
+        return self.scheduler.reverse_sde_step(
+            xs, self.scheduler.score_from_noise(eps, t), t, mu_s, noise=noise(xs, active)
+        )
 
     def _texture_step(self, x, t, mu, structure, noise, active=None):
         eps = self.texture_unet(x, mu, t, structure)
-        return self.scheduler.reverse_sde_step(x, self.scheduler.score_from_noise(eps, t), t, mu, noise=noise(x, active))
+        return self.scheduler.reverse_sde_step(
+            x, self.scheduler.score_from_noise(eps, t), t, mu, noise=noise(x, active)
+        )
 
     def _judge(self, t, x, structure, known):
         shown = x if self.config.discriminator_full_state else x * known
@@ -171,13 +176,13 @@ class StrDiffusionPipeline(DiffusionPipeline):
         self,
         image,
         mask_image,
-        num_inference_steps: Optional[int] = None,
-        generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
+        num_inference_steps: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
-        noise_tape: Optional[Iterable[torch.Tensor]] = None,
-        callback_on_step_end: Optional[Callable[..., Dict]] = None,
-        callback_on_step_end_tensor_inputs: List[str] = ["texture_state"],
+        noise_tape: Iterable[torch.Tensor] | None = None,
+        callback_on_step_end: Callable[..., dict] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["texture_state"],
     ):
         """Inpaint `image` where `mask_image` is white.
 
@@ -233,7 +238,7 @@ class StrDiffusionPipeline(DiffusionPipeline):
         timesteps = [int(t) for t in self.scheduler.timesteps]
         full = len(timesteps) == total
         boundary = int(cfg.early_stage_fraction * total)
-        decisions: List[List[tuple]] = [[] for _ in range(batch)]
+        decisions: list[list[tuple]] = [[] for _ in range(batch)]
 
         with self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
@@ -249,7 +254,9 @@ class StrDiffusionPipeline(DiffusionPipeline):
                             x, x_upd, xs_t, xs_opt, xs_known, t, mu, mu_s, known, noise, decisions
                         )
                     else:
-                        xs_t = self.scheduler.step_jump(self.structure_unet(xs, mu_s, t), t, s, xs, mu_s, noise=noise(xs))
+                        xs_t = self.scheduler.step_jump(
+                            self.structure_unet(xs, mu_s, t), t, s, xs, mu_s, noise=noise(xs)
+                        )
                         eps = self.texture_unet(x, mu, t, xs_t)
                         x_upd = self.scheduler.step_jump(eps, t, s, x, mu, noise=noise(x))
                     x = x_upd
@@ -267,7 +274,9 @@ class StrDiffusionPipeline(DiffusionPipeline):
                         x = self.scheduler.step_jump(self.texture_unet(x, mu, t, guide), t, s, x, mu, noise=noise(x))
                 if callback_on_step_end is not None:
                     state = {"texture_state": x, "structure_state": xs}
-                    updates = callback_on_step_end(self, i, t, {k: state[k] for k in callback_on_step_end_tensor_inputs})
+                    updates = callback_on_step_end(
+                        self, i, t, {k: state[k] for k in callback_on_step_end_tensor_inputs}
+                    )
                     x = (updates or {}).get("texture_state", x)
                     xs = (updates or {}).get("structure_state", xs)
                 progress.update()

@@ -2,4 +2,5 @@
 
 from .ir_sde import IRSDEScheduler, IRSDESchedulerOutput
 
+
 __all__ = ["IRSDEScheduler", "IRSDESchedulerOutput"]

@@ -10,7 +10,6 @@ mu is always an explicit argument: the same tables serve the texture SDE and the
 
 import math
 from dataclasses import dataclass
-from typing import List, Optional, Tuple, Union
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -18,7 +17,8 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-Generator = Optional[Union[torch.Generator, List[torch.Generator]]]
+
+Generator = torch.Generator | list[torch.Generator] | None
 
 
 @dataclass
@@ -76,7 +76,7 @@ class IRSDEScheduler(SchedulerMixin, ConfigMixin):
         self.num_inference_steps = num_train_timesteps
 
     # ----------------------------------------------------------------------------------------- helpers
-    def _at(self, table: torch.Tensor, t: Union[int, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    def _at(self, table: torch.Tensor, t: int | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """table[t] shaped to broadcast against `like` (t: int, 0-d or per-sample [B] tensor)."""
         if isinstance(t, torch.Tensor) and t.ndim > 0:
             if t.numel() not in (1, like.shape[0]):
@@ -89,7 +89,7 @@ class IRSDEScheduler(SchedulerMixin, ConfigMixin):
             values = table[index]
         return values.to(device=like.device, dtype=like.dtype)
 
-    def _noise(self, like: torch.Tensor, noise: Optional[torch.Tensor], generator: Generator) -> torch.Tensor:
+    def _noise(self, like: torch.Tensor, noise: torch.Tensor | None, generator: Generator) -> torch.Tensor:
         if noise is not None:
             if noise.shape != like.shape:
                 raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(like.shape)}.")
@@ -102,7 +102,7 @@ class IRSDEScheduler(SchedulerMixin, ConfigMixin):
     def _sqrt_dt(self) -> float:
         return math.sqrt(self.dt)
 
-    def set_timesteps(self, num_inference_steps: Optional[int] = None, device: Union[str, torch.device] = None):
+    def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device = None):
         """Descending integer steps T..1. Fewer steps than T visit an evenly spaced subset (jumps use
         `step_jump`)."""
         total = self.config.num_train_timesteps
@@ -114,11 +114,11 @@ class IRSDEScheduler(SchedulerMixin, ConfigMixin):
         self.num_inference_steps = len(self.timesteps)
 
     # -------------------------------------------------------------------------------------- marginals
-    def sigma_bar(self, t: Union[int, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    def sigma_bar(self, t: int | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Std of x_t given x0, broadcastable against `like`."""
         return self._at(self.sigma_bars, t, like)
 
-    def mu_bar(self, x0: torch.Tensor, mu: torch.Tensor, t: Union[int, torch.Tensor]) -> torch.Tensor:
+    def mu_bar(self, x0: torch.Tensor, mu: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
         """Mean of x_t given x0: mu + (x0 - mu) exp(-sum(theta_1..t) dt)."""
         return mu + (x0 - mu) * torch.exp(-self._at(self.thetas_cumsum, t, x0) * self._dt(x0))
 
@@ -126,35 +126,35 @@ class IRSDEScheduler(SchedulerMixin, ConfigMixin):
         self,
         original_samples: torch.Tensor,
         noise: torch.Tensor,
-        timesteps: Union[int, torch.Tensor],
+        timesteps: int | torch.Tensor,
         mu: torch.Tensor,
     ) -> torch.Tensor:
         """Forward marginal sample x_t = mu_bar(x0, t) + sigma_bar_t * noise (reference `generate_states`)."""
         return self.mu_bar(original_samples, mu, timesteps) + noise * self.sigma_bar(timesteps, original_samples)
 
     def noise_state(
-        self, x: torch.Tensor, noise: Optional[torch.Tensor] = None, generator: Generator = None
+        self, x: torch.Tensor, noise: torch.Tensor | None = None, generator: Generator = None
     ) -> torch.Tensor:
         """The sampler's start state x + max_sigma * z."""
         return x + self.max_sigma * self._noise(x, noise, generator)
 
-    def score_from_noise(self, noise_pred: torch.Tensor, t: Union[int, torch.Tensor]) -> torch.Tensor:
+    def score_from_noise(self, noise_pred: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
         """score = -noise / sigma_bar_t."""
         return -noise_pred / self.sigma_bar(t, noise_pred)
 
-    def real_noise(self, xt: torch.Tensor, x0: torch.Tensor, mu: torch.Tensor, t: Union[int, torch.Tensor]):
+    def real_noise(self, xt: torch.Tensor, x0: torch.Tensor, mu: torch.Tensor, t: int | torch.Tensor):
         """The noise that produced xt from x0 (the training target of the denoisers)."""
         return (xt - self.mu_bar(x0, mu, t)) / self.sigma_bar(t, xt)
 
     # ------------------------------------------------------------------------------------------ steps
-    def _drift(self, x: torch.Tensor, mu: torch.Tensor, t, score: Optional[torch.Tensor], score_weight: float):
+    def _drift(self, x: torch.Tensor, mu: torch.Tensor, t, score: torch.Tensor | None, score_weight: float):
         theta = self._at(self.thetas, t, x)
         drift = theta * (mu - x)
         if score is not None:
             drift = drift - score_weight * self._at(self.sigmas, t, x) ** 2 * score
         return drift * self._dt(x)
 
-    def _dispersion(self, x: torch.Tensor, t, noise: Optional[torch.Tensor], generator: Generator) -> torch.Tensor:
+    def _dispersion(self, x: torch.Tensor, t, noise: torch.Tensor | None, generator: Generator) -> torch.Tensor:
         return self._at(self.sigmas, t, x) * (self._noise(x, noise, generator) * self._sqrt_dt())
 
     def reverse_sde_step_mean(self, x: torch.Tensor, score: torch.Tensor, t, mu: torch.Tensor) -> torch.Tensor:
@@ -167,7 +167,7 @@ class IRSDEScheduler(SchedulerMixin, ConfigMixin):
         score: torch.Tensor,
         t,
         mu: torch.Tensor,
-        noise: Optional[torch.Tensor] = None,
+        noise: torch.Tensor | None = None,
         generator: Generator = None,
     ) -> torch.Tensor:
         """x - (theta_t (mu - x) - sigma_t^2 score) dt - sigma_t sqrt(dt) z (the reference's sign)."""
@@ -178,12 +178,12 @@ class IRSDEScheduler(SchedulerMixin, ConfigMixin):
         return x - self._drift(x, mu, t, score, 0.5)
 
     def forward_step(
-        self, x: torch.Tensor, t, mu: torch.Tensor, noise: Optional[torch.Tensor] = None, generator: Generator = None
+        self, x: torch.Tensor, t, mu: torch.Tensor, noise: torch.Tensor | None = None, generator: Generator = None
     ) -> torch.Tensor:
         """One forward Euler-Maruyama step x + theta_t (mu - x) dt + sigma_t sqrt(dt) z (for resampling)."""
         return x + self._drift(x, mu, t, None, 0.0) + self._dispersion(x, t, noise, generator)
 
-    def _posterior_coefficients(self, xt: torch.Tensor, t, s) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _posterior_coefficients(self, xt: torch.Tensor, t, s) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         dt = self._dt(xt)
         cumsum_t = self._at(self.thetas_cumsum, t, xt)
         cumsum_s = self._at(self.thetas_cumsum, s, xt)
@@ -205,7 +205,7 @@ class IRSDEScheduler(SchedulerMixin, ConfigMixin):
         s: int,
         sample: torch.Tensor,
         mu: torch.Tensor,
-        noise: Optional[torch.Tensor] = None,
+        noise: torch.Tensor | None = None,
         generator: Generator = None,
     ) -> torch.Tensor:
         """Ancestral jump from level t to level s < t for fewer-step sampling: predict x0 from the
@@ -226,10 +226,10 @@ class IRSDEScheduler(SchedulerMixin, ConfigMixin):
         sample: torch.Tensor,
         mu: torch.Tensor,
         generator: Generator = None,
-        noise: Optional[torch.Tensor] = None,
+        noise: torch.Tensor | None = None,
         mode: str = "sde",
         return_dict: bool = True,
-    ) -> Union[IRSDESchedulerOutput, Tuple[torch.Tensor, torch.Tensor]]:
+    ) -> IRSDESchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
         """Turn a noise prediction into a score and take one reverse step ("sde" or "ode") at `timestep`."""
         score = self.score_from_noise(model_output, timestep)
         if mode == "sde":

@@ -7,6 +7,7 @@ family keeps its tiny components next to the others without a central list of co
 import importlib
 from typing import Any
 
+
 _KINDS = {
     "sd": ("asuka.testing.sd", "make_tiny_sd_pipeline"),
     "sd-backbone": ("asuka.testing.sd", "make_tiny_sd_backbone_pipeline"),

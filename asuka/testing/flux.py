@@ -13,6 +13,7 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransf
 
 from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE
 
+
 # Scheduler settings of black-forest-labs/FLUX.1-Fill-dev (resolution-dependent shift).
 FLUX_SCHEDULER_CONFIG = dict(
     num_train_timesteps=1000,
@@ -75,12 +76,22 @@ def make_tiny_flux_components(seed: int = 0) -> dict:
     )
     num_tokens = mae.num_patches
     token_aligner = AsukaAligner(
-        in_dim=16, hidden_dim=TOKEN_DIM, num_blocks=1, head_dim=16, num_tokens=num_tokens,
-        null_embedding="tokens", condition_weight=0.5,
+        in_dim=16,
+        hidden_dim=TOKEN_DIM,
+        num_blocks=1,
+        head_dim=16,
+        num_tokens=num_tokens,
+        null_embedding="tokens",
+        condition_weight=0.5,
     )
     pooled_aligner = AsukaAligner(
-        in_dim=16, hidden_dim=POOLED_DIM, num_blocks=1, head_dim=8, num_tokens=num_tokens,
-        null_embedding="pooled", condition_weight=0.5,
+        in_dim=16,
+        hidden_dim=POOLED_DIM,
+        num_blocks=1,
+        head_dim=8,
+        num_tokens=num_tokens,
+        null_embedding="pooled",
+        condition_weight=0.5,
     )
     # Null embeddings start at zero in a fresh aligner; random ones make `condition_weight` observable.
     generator = torch.Generator().manual_seed(seed + 1)

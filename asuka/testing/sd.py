@@ -1,17 +1,16 @@
 """Tiny random SD-1.5-inpainting components and the ASUKA pipeline built from them."""
 
-from typing import Dict
-
 import torch
 from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
 
 from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE
 from asuka.pipelines import AsukaPipeline
 
+
 CROSS_ATTENTION_DIM = 32
 
 
-def make_tiny_sd_components(seed: int = 0) -> Dict[str, torch.nn.Module]:
+def make_tiny_sd_components(seed: int = 0) -> dict[str, torch.nn.Module]:
     """The backbone (9-channel UNet, VAE, scheduler) and ASUKA parts, shaped like diffusers' own tiny test models.
 
     The VAE has a scale factor of 2 and the UNet a sample size of 32, so the native working size is 64x64.
@@ -40,8 +39,15 @@ def make_tiny_sd_components(seed: int = 0) -> Dict[str, torch.nn.Module]:
     )
     scheduler = PNDMScheduler(skip_prk_steps=True, steps_offset=1)
     mae = AsukaMAE(
-        image_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
-        decoder_embed_dim=32, decoder_depth=2, decoder_num_heads=2, prior_layer=1,
+        image_size=32,
+        patch_size=8,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        decoder_embed_dim=32,
+        decoder_depth=2,
+        decoder_num_heads=2,
+        prior_layer=1,
     )
     aligner = AsukaAligner(in_dim=32, hidden_dim=CROSS_ATTENTION_DIM, num_blocks=1, head_dim=16, num_tokens=16)
     decoder = AsukaDecoder.from_vae(vae)
@@ -65,8 +71,14 @@ def make_tiny_sd_backbone_pipeline(seed: int = 0, **overrides) -> StableDiffusio
     components = make_tiny_sd_components(seed)
     components.update(overrides)
     pipe = StableDiffusionInpaintPipeline(
-        vae=components["vae"], text_encoder=None, tokenizer=None, unet=components["unet"],
-        scheduler=components["scheduler"], safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=components["vae"],
+        text_encoder=None,
+        tokenizer=None,
+        unet=components["unet"],
+        scheduler=components["scheduler"],
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe

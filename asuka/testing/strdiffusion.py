@@ -8,10 +8,13 @@ from asuka.models.strdiffusion import StrDiffusionDiscriminator, StrDiffusionUNe
 from asuka.pipelines.pipeline_strdiffusion import StrDiffusionPipeline
 from asuka.schedulers.ir_sde import IRSDEScheduler
 
+
 TINY_UNET = dict(base_channels=4, depth=2, spade_hidden_channels=4, attention_heads=1, attention_head_dim=4)
 
 
-def make_tiny_strdiffusion_pipeline(seed: int = 0, num_train_timesteps: int = 10, **kwargs: Any) -> StrDiffusionPipeline:
+def make_tiny_strdiffusion_pipeline(
+    seed: int = 0, num_train_timesteps: int = 10, **kwargs: Any
+) -> StrDiffusionPipeline:
     """StrDiffusionPipeline with tiny seeded networks (T=10, working resolution 16 unless overridden).
 
     `kwargs` override pipeline config entries (e.g. `resolution=None`, quirk flags)."""
