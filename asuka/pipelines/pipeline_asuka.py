@@ -25,6 +25,15 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_inpaint impo
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput
 
+from .hub_light import (
+    HUB_KWARGS,
+    is_light_repo,
+    light_model_card,
+    load_light_pipeline,
+    save_light_pipeline,
+    write_pipeline_code,
+)
+
 
 ImageInput = PIL.Image.Image | np.ndarray | torch.Tensor | str | list[Any]
 
@@ -597,16 +606,61 @@ class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin):
             generated, input_image, hole, region, keep_unmasked, num_images_per_prompt, output_type, return_dict
         )
 
-    def save_pretrained(self, save_directory: str | os.PathLike, hub_format: bool = False, **kwargs):
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> "AsukaPipeline":
+        """`DiffusionPipeline.from_pretrained`, which also reads light repos (see `save_pretrained(light=True)`).
+
+        For a light repo, `torch_dtype`, `variant` and the Hub arguments apply to the backbone too, `revision` is the
+        light repo's, and `backbone_revision=` overrides the backbone revision it pins.
+        """
+        hub_kwargs = {key: kwargs.get(key) for key in (*HUB_KWARGS, "revision")}
+        if is_light_repo(pretrained_model_name_or_path, **hub_kwargs):
+            return load_light_pipeline(cls, pretrained_model_name_or_path, **kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        hub_format: bool = False,
+        light: bool = False,
+        backbone: str | None = None,
+        backbone_revision: str | None = None,
+        backbone_variants: tuple[str, ...] = (),
+        model_card: str | None = None,
+        **kwargs,
+    ):
         """Save every component; with `hub_format=True`, also the code so the folder loads without `asuka`.
 
         A hub-format folder loads with `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`: its
         `model_index.json` names `[file, Class]` for the pipeline and the ASUKA components, and the files sit beside
         the weights.
+
+        With `light=True`, only ASUKA's components (MAE, aligner, decoder) and their code are written, and `vae`,
+        `unet` and `scheduler` become pointers to `backbone` (the SD-1.5-inpainting Hub id) at `backbone_revision`
+        (pin a commit); `backbone_variants` lists the weight variants it offers (e.g. `("fp16",)`). The folder
+        loads with the same `DiffusionPipeline.from_pretrained` call. `model_card` is its README.md (default: a
+        generic card).
         """
-        super().save_pretrained(save_directory, **kwargs)
-        if hub_format:
-            write_remote_code(self, save_directory)
+        if not light:
+            super().save_pretrained(save_directory, **kwargs)
+            if hub_format:
+                write_remote_code(self, save_directory)
+            return
+        if not backbone:
+            raise ValueError(
+                "`light=True` needs `backbone`: the Hub id (or folder) of the backbone the repo points to."
+            )
+        if model_card is None:
+            model_card = light_model_card(
+                repo_id=os.path.basename(os.path.abspath(save_directory)),
+                pipeline_class_name=type(self).__name__,
+                title="ASUKA on SD-1.5-inpainting",
+                description="ASUKA's MAE prior, aligner and mask-conditioned decoder for a frozen SD-1.5-inpainting.",
+                backbone_repo=backbone,
+                backbone_revision=backbone_revision,
+                provenance="Saved with `AsukaPipeline.save_pretrained(..., light=True)`.",
+            )
+        save_light_pipeline(self, save_directory, backbone, backbone_revision, backbone_variants, model_card)
 
 
 def write_remote_code(pipeline: DiffusionPipeline, save_directory: str | os.PathLike) -> None:
@@ -615,9 +669,7 @@ def write_remote_code(pipeline: DiffusionPipeline, save_directory: str | os.Path
     index_path = os.path.join(save_directory, "model_index.json")
     with open(index_path) as f:
         index = json.load(f)
-    pipe_file = inspect.getsourcefile(type(pipeline))
-    shutil.copyfile(pipe_file, os.path.join(save_directory, os.path.basename(pipe_file)))
-    index["_class_name"] = [os.path.splitext(os.path.basename(pipe_file))[0], type(pipeline).__name__]
+    index["_class_name"] = [write_pipeline_code(type(pipeline), save_directory), type(pipeline).__name__]
     for name, entry in index.items():
         if name.startswith("_") or not isinstance(entry, list) or entry[0] in (None, "diffusers", "transformers"):
             continue

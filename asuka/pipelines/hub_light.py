@@ -1,0 +1,432 @@
+# Copyright 2026 The asuka authors. Apache-2.0.
+"""The light Hub format: a repo with only ASUKA's components, their code, and a pointer to the backbone repo.
+
+Layout (ASUKA-SD; ASUKA-FLUX has `transformer` for `unet` and `token_aligner`/`pooled_aligner` for `aligner`):
+
+    model_index.json          pipeline class (remote code), components, "_asuka_backbone": {"repo", "revision"}
+    pipeline_asuka.py ...     the pipeline's code
+    unet/  vae/  scheduler/   hub_light.py + backbone.json: loaded from the backbone repo, at the pinned revision
+    mae/  aligner/  decoder/  ASUKA's weights (safetensors), config and code
+    README.md                 model card
+
+It loads with one diffusers call, without `asuka` installed (see docs/hub.md for why a custom-pipeline repo and
+not Modular Diffusers):
+
+    pipe = DiffusionPipeline.from_pretrained(light_repo, trust_remote_code=True, torch_dtype=torch.float16)
+
+and, with `asuka` installed, with `AsukaPipeline.from_pretrained(light_repo)` / `AsukaFluxPipeline.from_pretrained`.
+The backbone's text encoders are never listed, so never fetched.
+
+A backbone component is listed in `model_index.json` as `["hub_light", "BackboneComponent"]`, and its folder holds
+only this file and `backbone.json`:
+
+    {"repo": "stable-diffusion-v1-5/stable-diffusion-inpainting", "revision": "<commit>", "subfolder": "unet",
+     "class_name": "UNet2DConditionModel"}
+
+diffusers then calls `BackboneComponent.from_pretrained(<repo>/unet, torch_dtype=..., variant=...)`, which returns
+the real component loaded from the backbone repo (never an instance of `BackboneComponent`). A variant `v` the
+backbone offers is announced by a `backbone.<v>.json` copy of the pointer: diffusers only passes `variant` to a
+component whose folder holds a file named `*.<v>.*`.
+
+This module ships to the Hub as remote code (beside the pipeline and in each pointer folder), so it is
+self-contained and imports only torch and diffusers (`huggingface_hub`, a diffusers dependency, lazily).
+"""
+
+import importlib
+import inspect
+import json
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import diffusers
+import torch
+from diffusers import ModelMixin
+from diffusers.utils.dynamic_modules_utils import get_relative_import_files
+
+
+#: model_index.json key that marks a light repo and names its backbone.
+BACKBONE_KEY = "_asuka_backbone"
+#: Pointer file of a backbone-component folder.
+POINTER_FILE = "backbone.json"
+#: Arguments of `from_pretrained` that locate files (passed to the light repo and the backbone alike).
+HUB_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token")
+
+# ------------------------------------------------------------------------------------------ backbone pointers
+
+
+def pointer_file(variant: str | None = None) -> str:
+    """`backbone.json`, or `backbone.<variant>.json` (the marker that makes diffusers pass `variant`)."""
+    return POINTER_FILE if variant is None else f"backbone.{variant}.json"
+
+
+def read_pointer(folder: str | os.PathLike) -> dict[str, Any]:
+    """The pointer of a backbone-component folder: `repo`, `subfolder`, `revision`, `class_name`."""
+    path = os.path.join(folder, POINTER_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            pointer = json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable backbone pointer ({err}).") from err
+    missing = [key for key in ("repo", "subfolder", "class_name") if not pointer.get(key)]
+    if missing:
+        raise ValueError(f"{path}: the backbone pointer lacks {missing}; expected repo, subfolder, class_name.")
+    return pointer
+
+
+def load_backbone_component(pointer: dict[str, Any], revision: str | None = None, **kwargs: Any) -> Any:
+    """Load the diffusers component `pointer` names from its repo (at `revision`, else the pinned one).
+
+    `kwargs` are the loading arguments diffusers gives a model (`torch_dtype`, `variant`, `low_cpu_mem_usage`, ...);
+    a scheduler receives only the Hub arguments. A backbone that lacks the component raises `ValueError` naming the
+    repo, its revision and the component.
+    """
+    repo, subfolder, class_name = pointer["repo"], pointer["subfolder"], pointer["class_name"]
+    revision = revision or pointer.get("revision")
+    component_class = getattr(diffusers, class_name, None)
+    if component_class is None:
+        raise ValueError(f"Backbone component `{subfolder}` names {class_name!r}, which is not a diffusers class.")
+    where = f"the backbone repo {repo!r}" + (f" at revision {revision!r}" if revision else "")
+    if os.path.isdir(repo) and not os.path.isdir(os.path.join(repo, subfolder)):
+        raise ValueError(f"{where} has no `{subfolder}` component ({class_name}); the light repo needs it from there.")
+    if not issubclass(component_class, ModelMixin):
+        kwargs = {key: value for key, value in kwargs.items() if key in HUB_KWARGS}
+    kwargs = {key: value for key, value in kwargs.items() if value is not None}
+    if os.path.isdir(repo):
+        revision = None  # a local folder has no revisions
+    try:
+        return component_class.from_pretrained(repo, subfolder=subfolder, revision=revision, **kwargs)
+    except OSError as err:
+        raise ValueError(f"Could not load `{subfolder}` ({class_name}) from {where}: {err}") from err
+
+
+class BackboneComponent(ModelMixin):
+    """Stands in the light repo's `model_index.json` for a component that lives in the backbone repo.
+
+    It is a `ModelMixin` only so that diffusers hands its `from_pretrained` the model loading arguments
+    (`torch_dtype`, `variant`, ...); it is never instantiated.
+    """
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> Any:
+        """The real component named by `<pretrained_model_name_or_path>/backbone.json`, from the backbone repo."""
+        subfolder = kwargs.pop("subfolder", None)
+        folder = os.path.join(pretrained_model_name_or_path, subfolder or "")
+        return load_backbone_component(read_pointer(folder), **kwargs)
+
+
+#: The model_index.json entry of a component that lives in the backbone repo.
+BACKBONE_ENTRY = [BackboneComponent.__module__.rsplit(".", 1)[-1], BackboneComponent.__name__]
+
+
+# ------------------------------------------------------------------------------------------------ writing
+
+
+def source_module(component_class: type, directory: str | os.PathLike) -> str:
+    """Copy the file that defines `component_class` into `directory`; its module name, for `model_index.json`."""
+    source = inspect.getsourcefile(component_class)
+    os.makedirs(directory, exist_ok=True)
+    shutil.copyfile(source, os.path.join(directory, os.path.basename(source)))
+    return os.path.splitext(os.path.basename(source))[0]
+
+
+def write_light_repo(
+    save_directory: str | os.PathLike,
+    pipeline_class: type,
+    components: Mapping[str, torch.nn.Module | None],
+    backbone: Mapping[str, str],
+    backbone_repo: str,
+    backbone_revision: str | None = None,
+    backbone_variants: Sequence[str] = (),
+    config: Mapping[str, Any] | None = None,
+    model_card: str | None = None,
+) -> str:
+    """Write a light repo for `pipeline_class` into `save_directory`; returns the folder.
+
+    Args:
+        components: ASUKA's own components by name (saved with weights and code); `None` for an absent optional one.
+        backbone: the backbone's components by name -> diffusers class name, e.g. `{"unet": "UNet2DConditionModel"}`;
+            they are written as pointers into `backbone_repo` (a Hub id, or a folder for local use).
+        backbone_revision: the backbone commit to pin (a commit hash keeps the repo reproducible).
+        backbone_variants: weight variants the backbone offers (e.g. `("fp16",)`), so `variant=` reaches it.
+        config: the pipeline's own config values (e.g. `{"working_resolution": 1024}`).
+        model_card: README.md text.
+
+    The pipeline's code is written by `write_pipeline_code` (the file of `pipeline_class` and the sibling modules it
+    imports), each ASUKA component's code into its folder.
+    """
+    os.makedirs(save_directory, exist_ok=True)
+    overlap = set(components) & set(backbone)
+    if overlap:
+        raise ValueError(f"Components {sorted(overlap)} are listed both as ASUKA's and as the backbone's.")
+    index: dict[str, Any] = {
+        "_class_name": [None, pipeline_class.__name__],
+        "_diffusers_version": diffusers.__version__,
+        BACKBONE_KEY: {"repo": backbone_repo, "revision": backbone_revision},
+        **dict(config or {}),
+    }
+    for name, class_name in backbone.items():
+        folder = os.path.join(save_directory, name)
+        source_module(BackboneComponent, folder)
+        pointer = {"repo": backbone_repo, "subfolder": name, "revision": backbone_revision, "class_name": class_name}
+        for variant in (None, *backbone_variants):
+            with open(os.path.join(folder, pointer_file(variant)), "w", encoding="utf-8") as f:
+                json.dump({**pointer, **({"variant": variant} if variant else {})}, f, indent=2)
+        index[name] = BACKBONE_ENTRY
+    for name, component in components.items():
+        if component is None:
+            index[name] = [None, None]
+            continue
+        folder = os.path.join(save_directory, name)
+        component.save_pretrained(folder, safe_serialization=True)
+        library = type(component).__module__.split(".")[0]
+        if library == "diffusers":
+            index[name] = ["diffusers", type(component).__name__]
+        else:
+            index[name] = [source_module(type(component), folder), type(component).__name__]
+    index["_class_name"][0] = write_pipeline_code(pipeline_class, save_directory)
+    with open(os.path.join(save_directory, "model_index.json"), "w", encoding="utf-8") as f:
+        json.dump(index, f, indent=2, sort_keys=True)
+    if model_card is not None:
+        with open(os.path.join(save_directory, "README.md"), "w", encoding="utf-8") as f:
+            f.write(model_card)
+    return str(save_directory)
+
+
+def write_pipeline_code(pipeline_class: type, save_directory: str | os.PathLike) -> str:
+    """Copy the pipeline's module and the sibling modules it imports relatively to the repo root; its name."""
+    module_file = inspect.getsourcefile(pipeline_class)
+    for path in [module_file, *get_relative_import_files(module_file)]:
+        shutil.copyfile(path, os.path.join(save_directory, os.path.basename(path)))
+    return os.path.splitext(os.path.basename(module_file))[0]
+
+
+def read_model_index(folder: str | os.PathLike) -> dict[str, Any]:
+    with open(os.path.join(folder, "model_index.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def is_light_repo(pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> bool:
+    """Whether a folder or Hub repo is in the light format (its `model_index.json` names a backbone)."""
+    folder = resolve_repo(pretrained_model_name_or_path, ["model_index.json"], **kwargs)
+    try:
+        return BACKBONE_KEY in read_model_index(folder)
+    except OSError:
+        return False
+
+
+def resolve_repo(
+    pretrained_model_name_or_path: str | os.PathLike, allow_patterns: list[str] | None = None, **kwargs: Any
+) -> str:
+    """A local folder as is; a Hub repo's snapshot (`revision` and the Hub arguments in `kwargs`)."""
+    if os.path.isdir(pretrained_model_name_or_path):
+        return str(pretrained_model_name_or_path)
+    from huggingface_hub import snapshot_download  # a dependency of diffusers
+
+    hub_kwargs = {key: kwargs[key] for key in (*HUB_KWARGS, "revision") if kwargs.get(key) is not None}
+    return snapshot_download(str(pretrained_model_name_or_path), allow_patterns=allow_patterns, **hub_kwargs)
+
+
+def load_light_components(
+    pretrained_model_name_or_path: str | os.PathLike,
+    component_classes: Mapping[str, type],
+    torch_dtype: torch.dtype | None = None,
+    variant: str | None = None,
+    revision: str | None = None,
+    backbone_revision: str | None = None,
+    skip: set[str] = frozenset(),
+    **kwargs: Any,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The components and config values of a light repo, with the installed classes of ASUKA's components.
+
+    `component_classes` maps a class name of the repo's `model_index.json` (e.g. "AsukaMAE") to the class to load it
+    with; diffusers classes need no entry. `revision` selects the light repo's revision, `backbone_revision`
+    overrides the pinned backbone revision; `torch_dtype`, `variant` and the Hub arguments (`cache_dir`, `token`,
+    `local_files_only`, ...) apply to both. Components named in `skip` are not loaded.
+    """
+    unknown = set(kwargs) - set(HUB_KWARGS)
+    if unknown:
+        raise ValueError(
+            f"Unsupported argument(s) {sorted(unknown)} for a light repo; accepted: torch_dtype, variant, revision, "
+            f"backbone_revision, {', '.join(HUB_KWARGS)} and the pipeline's components."
+        )
+    hub_kwargs = {key: value for key, value in kwargs.items() if value is not None}
+    folder = resolve_repo(pretrained_model_name_or_path, revision=revision, **hub_kwargs)
+    index = read_model_index(folder)
+    components, config = {}, {}
+    for name, entry in index.items():
+        if name.startswith("_") or name in skip:
+            continue
+        if not isinstance(entry, list):
+            config[name] = entry
+        elif entry == BACKBONE_ENTRY:
+            components[name] = load_backbone_component(
+                read_pointer(os.path.join(folder, name)),
+                revision=backbone_revision,
+                torch_dtype=torch_dtype,
+                variant=variant,
+                **hub_kwargs,
+            )
+        elif entry[1] is None:
+            components[name] = None
+        else:
+            library, class_name = entry
+            model_class = (
+                getattr(diffusers, class_name) if library == "diffusers" else component_classes.get(class_name)
+            )
+            if model_class is None:
+                raise ValueError(
+                    f"{pretrained_model_name_or_path}: component `{name}` is a {class_name}; accepted: "
+                    f"{sorted(component_classes)} or a diffusers class."
+                )
+            dtype_kwargs = {} if torch_dtype is None else {"torch_dtype": torch_dtype}
+            components[name] = model_class.from_pretrained(folder, subfolder=name, **dtype_kwargs)
+    return components, config
+
+
+#: Component names an ASUKA pipeline takes from its frozen backbone (the rest are ASUKA's own).
+BACKBONE_COMPONENTS = ("vae", "unet", "transformer", "scheduler")
+
+
+def save_light_pipeline(
+    pipeline: diffusers.DiffusionPipeline,
+    save_directory: str | os.PathLike,
+    backbone_repo: str,
+    backbone_revision: str | None = None,
+    backbone_variants: Sequence[str] = (),
+    model_card: str | None = None,
+) -> str:
+    """`write_light_repo` for a loaded pipeline: its non-backbone components and its config values."""
+    components, backbone = {}, {}
+    for name, value in pipeline.components.items():
+        if name in BACKBONE_COMPONENTS:
+            backbone[name] = type(value).__name__
+        else:
+            components[name] = value
+    config = {
+        key: value
+        for key, value in pipeline.config.items()
+        if not key.startswith("_") and key not in pipeline.components
+    }
+    return write_light_repo(
+        save_directory,
+        type(pipeline),
+        components,
+        backbone,
+        backbone_repo,
+        backbone_revision=backbone_revision,
+        backbone_variants=backbone_variants,
+        config=config,
+        model_card=model_card,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ model card
+
+PAPER = "https://arxiv.org/abs/2312.04831"
+#: Licence of each known backbone: (Hub `license` id, human name, link).
+BACKBONE_LICENCES = {
+    "stable-diffusion-v1-5/stable-diffusion-inpainting": (
+        "creativeml-openrail-m",
+        "CreativeML Open RAIL-M",
+        "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-inpainting/blob/main/LICENSE.md",
+    ),
+    "black-forest-labs/FLUX.1-Fill-dev": (
+        "other",
+        "FLUX.1 [dev] Non-Commercial License",
+        "https://huggingface.co/black-forest-labs/FLUX.1-Fill-dev/blob/main/LICENSE.md",
+    ),
+}
+
+
+def light_model_card(
+    repo_id: str,
+    pipeline_class_name: str,
+    title: str,
+    description: str,
+    backbone_repo: str,
+    backbone_revision: str | None,
+    provenance: str,
+    torch_dtype: str = "float16",
+    tags: Sequence[str] = (),
+) -> str:
+    """README.md of a light repo: the backbone (and its licence), the paper, where the weights came from, usage.
+
+    `provenance` is Markdown: the training arguments, or the release the weights were converted from.
+    `torch_dtype` is the dtype the usage snippet loads in on a GPU (`float16` for SD, `bfloat16` for FLUX).
+    """
+    licence_id, licence_name, licence_link = BACKBONE_LICENCES.get(
+        backbone_repo, ("other", "the backbone's own licence", f"https://huggingface.co/{backbone_repo}")
+    )
+    pinned = f" at revision `{backbone_revision}`" if backbone_revision else ""
+    yaml_tags = "\n".join(f"- {tag}" for tag in ("asuka", "image-inpainting", "diffusers:light", *tags))
+    licence_yaml = f"license: {licence_id}\n" + (
+        f"license_name: {licence_name.lower().replace(' ', '-').replace('.', '-')}\nlicense_link: {licence_link}\n"
+        if licence_id == "other"
+        else ""
+    )
+    return f"""---
+library_name: diffusers
+pipeline_tag: image-to-image
+base_model: {backbone_repo}
+{licence_yaml}tags:
+{yaml_tags}
+---
+
+# {title}
+
+{description}
+
+This repo holds only what ASUKA ([paper]({PAPER})) adds to a frozen backbone: the MAE, the aligner(s) and the
+mask-conditioned decoder, their code, and a pointer to the backbone
+[`{backbone_repo}`](https://huggingface.co/{backbone_repo}){pinned}. Its components (and nothing of its text
+encoders) are fetched from there when you load this repo, so the backbone's licence, {licence_name}
+({licence_link}), applies to its use: accept it on the backbone's page (and `hf auth login` if it is gated).
+
+## Usage
+
+```python
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import load_image
+
+device = "cuda" if torch.cuda.is_available() else "cpu"
+dtype = torch.{torch_dtype} if device == "cuda" else torch.float32
+pipe = DiffusionPipeline.from_pretrained("{repo_id}", trust_remote_code=True, torch_dtype=dtype).to(device)
+image = load_image("image.png")
+mask = load_image("mask.png")  # white = repaint
+pipe(image, mask).images[0].save("inpainted.png")
+```
+
+With the `asuka` package installed, `asuka.{pipeline_class_name}.from_pretrained("{repo_id}")` loads the same repo
+with the package's classes.
+
+## Provenance
+
+{provenance}
+"""
+
+
+def installed_component_classes(pipeline_class: type) -> dict[str, type]:
+    """The component classes of the package that defines `pipeline_class` (`asuka.models` for the installed
+    pipelines), so a light repo loads into the package's own classes rather than into its bundled copies."""
+    package = pipeline_class.__module__.split(".")[0]
+    try:
+        models = importlib.import_module(f"{package}.models")
+    except ImportError:
+        return {}
+    return {name: value for name, value in vars(models).items() if isinstance(value, type)}
+
+
+def load_light_pipeline(pipeline_class: type, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
+    """`pipeline_class` from a light repo (see `load_light_components`); components in `kwargs` are used as given."""
+    passed = {
+        name: kwargs.pop(name)
+        for name in list(kwargs)
+        if name in pipeline_class._get_signature_keys(pipeline_class)[0]
+    }
+    components, config = load_light_components(
+        pretrained_model_name_or_path, installed_component_classes(pipeline_class), skip=set(passed), **kwargs
+    )
+    return pipeline_class(**{**config, **components, **passed})
