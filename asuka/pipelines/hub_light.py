@@ -208,11 +208,14 @@ def read_model_index(folder: str | os.PathLike) -> dict[str, Any]:
 
 
 def is_light_repo(pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> bool:
-    """Whether a folder or Hub repo is in the light format (its `model_index.json` names a backbone)."""
-    folder = resolve_repo(pretrained_model_name_or_path, ["model_index.json"], **kwargs)
+    """Whether a folder or Hub repo is in the light format (its `model_index.json` names a backbone).
+
+    Anything unreadable answers False, so the caller's usual loading reports the problem.
+    """
     try:
+        folder = resolve_repo(pretrained_model_name_or_path, ["model_index.json"], **kwargs)
         return BACKBONE_KEY in read_model_index(folder)
-    except OSError:
+    except (OSError, ValueError):
         return False
 
 
@@ -292,16 +295,21 @@ BACKBONE_COMPONENTS = ("vae", "unet", "transformer", "scheduler")
 def save_light_pipeline(
     pipeline: diffusers.DiffusionPipeline,
     save_directory: str | os.PathLike,
-    backbone_repo: str,
+    backbone: str | None,
     backbone_revision: str | None = None,
     backbone_variants: Sequence[str] = (),
     model_card: str | None = None,
 ) -> str:
-    """`write_light_repo` for a loaded pipeline: its non-backbone components and its config values."""
-    components, backbone = {}, {}
+    """`write_light_repo` for a loaded pipeline: its non-backbone components and config values, a generic card.
+
+    This is `save_pretrained(..., light=True)` of the ASUKA pipelines.
+    """
+    if not backbone:
+        raise ValueError("`light=True` needs `backbone`: the Hub id (or folder) of the backbone the repo points to.")
+    components, backbone_classes = {}, {}
     for name, value in pipeline.components.items():
         if name in BACKBONE_COMPONENTS:
-            backbone[name] = type(value).__name__
+            backbone_classes[name] = type(value).__name__
         else:
             components[name] = value
     config = {
@@ -309,12 +317,23 @@ def save_light_pipeline(
         for key, value in pipeline.config.items()
         if not key.startswith("_") and key not in pipeline.components
     }
+    if model_card is None:
+        name = type(pipeline).__name__
+        model_card = light_model_card(
+            repo_id=os.path.basename(os.path.abspath(save_directory)),
+            pipeline_class_name=name,
+            title=f"ASUKA ({name})",
+            description=f"An ASUKA inpainting model for `{backbone}`.",
+            backbone_repo=backbone,
+            backbone_revision=backbone_revision,
+            provenance=f"Saved with `{name}.save_pretrained(..., light=True)`.",
+        )
     return write_light_repo(
         save_directory,
         type(pipeline),
         components,
+        backbone_classes,
         backbone,
-        backbone_repo,
         backbone_revision=backbone_revision,
         backbone_variants=backbone_variants,
         config=config,

@@ -28,7 +28,6 @@ from diffusers.utils import BaseOutput
 from .hub_light import (
     HUB_KWARGS,
     is_light_repo,
-    light_model_card,
     load_light_pipeline,
     save_light_pipeline,
     write_pipeline_code,
@@ -639,27 +638,13 @@ class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin):
         `unet` and `scheduler` become pointers to `backbone` (the SD-1.5-inpainting Hub id) at `backbone_revision`
         (pin a commit); `backbone_variants` lists the weight variants it offers (e.g. `("fp16",)`). The folder
         loads with the same `DiffusionPipeline.from_pretrained` call. `model_card` is its README.md (default: a
-        generic card).
+        generic card, see `hub_light.light_model_card`).
         """
         if not light:
             super().save_pretrained(save_directory, **kwargs)
             if hub_format:
                 write_remote_code(self, save_directory)
             return
-        if not backbone:
-            raise ValueError(
-                "`light=True` needs `backbone`: the Hub id (or folder) of the backbone the repo points to."
-            )
-        if model_card is None:
-            model_card = light_model_card(
-                repo_id=os.path.basename(os.path.abspath(save_directory)),
-                pipeline_class_name=type(self).__name__,
-                title="ASUKA on SD-1.5-inpainting",
-                description="ASUKA's MAE prior, aligner and mask-conditioned decoder for a frozen SD-1.5-inpainting.",
-                backbone_repo=backbone,
-                backbone_revision=backbone_revision,
-                provenance="Saved with `AsukaPipeline.save_pretrained(..., light=True)`.",
-            )
         save_light_pipeline(self, save_directory, backbone, backbone_revision, backbone_variants, model_card)
 
 
