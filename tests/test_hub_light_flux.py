@@ -97,6 +97,7 @@ def test_one_diffusers_call_loads_it_without_asuka(hub, tmp_path):
     mask.save(tmp_path / "mask.png")
     run_without_asuka(
         f"""
+        import re
         import numpy as np, torch, PIL.Image
         from diffusers import DiffusionPipeline
 
@@ -112,6 +113,11 @@ def test_one_diffusers_call_loads_it_without_asuka(hub, tmp_path):
         )
         assert half.transformer.dtype == half.vae.dtype == torch.float16, (half.transformer.dtype, half.vae.dtype)
         json.dump(LOADS, open("loads_fp16.json", "w"))
+
+        # the model card's usage snippet runs as written (on the inputs it names)
+        code = re.search(r"```python\\n(.*?)```", open({str(light / "README.md")!r}).read(), re.S).group(1)
+        exec(code.replace('"light"', {repr(str(light))!r}))
+        assert PIL.Image.open("inpainted.png").size == PIL.Image.open("image.png").size
         """,
         cwd=tmp_path,
         hf_cache=cache,

@@ -25,6 +25,7 @@ from hub_helpers import (
 
 from asuka import AsukaPipeline
 from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE
+from asuka.pipelines.hub_light import light_model_card
 from asuka.testing import make_tiny_pipeline
 
 
@@ -93,6 +94,7 @@ def test_one_diffusers_call_loads_it_without_asuka(hub, tmp_path):
     mask.save(tmp_path / "mask.png")
     run_without_asuka(
         f"""
+        import re
         import numpy as np, torch, PIL.Image
         from diffusers import DiffusionPipeline
 
@@ -108,6 +110,11 @@ def test_one_diffusers_call_loads_it_without_asuka(hub, tmp_path):
         )
         assert half.unet.dtype == half.vae.dtype == torch.float16, (half.unet.dtype, half.vae.dtype)
         json.dump(LOADS, open("loads_fp16.json", "w"))
+
+        # the model card's usage snippet runs as written (on the inputs it names)
+        code = re.search(r"```python\\n(.*?)```", open({str(light / "README.md")!r}).read(), re.S).group(1)
+        exec(code.replace('"light"', {repr(str(light))!r}))
+        assert PIL.Image.open("inpainted.png").size == PIL.Image.open("image.png").size
         """,
         cwd=tmp_path,
         hf_cache=cache,
@@ -160,3 +167,32 @@ def test_light_save_needs_a_backbone(hub, tmp_path):
     pipe = hub[0]
     with pytest.raises(ValueError, match="backbone"):
         pipe.save_pretrained(tmp_path / "light", light=True)
+
+
+def test_model_card_names_backbone_licence_paper_provenance_and_usage():
+    card = light_model_card(
+        repo_id="you/asuka-sd",
+        pipeline_class_name="AsukaPipeline",
+        title="ASUKA-SD",
+        description="Trained decoder.",
+        backbone_repo="stable-diffusion-v1-5/stable-diffusion-inpainting",
+        backbone_revision=BACKBONE_SHA,
+        provenance='## Training arguments\n\n```json\n{"max_train_steps": 3}\n```',
+    )
+    assert "base_model: stable-diffusion-v1-5/stable-diffusion-inpainting" in card
+    assert "license: creativeml-openrail-m" in card and BACKBONE_SHA in card
+    assert "arxiv.org/abs/2312.04831" in card and '"max_train_steps": 3' in card
+    assert 'DiffusionPipeline.from_pretrained("you/asuka-sd", trust_remote_code=True' in card
+    assert 'asuka.AsukaPipeline.from_pretrained("you/asuka-sd")' in card
+    flux = light_model_card(
+        "you/asuka-flux",
+        "AsukaFluxPipeline",
+        "t",
+        "d",
+        "black-forest-labs/FLUX.1-Fill-dev",
+        None,
+        "release",
+        "bfloat16",
+    )
+    assert "license: other" in flux and "FLUX.1 [dev] Non-Commercial License" in flux
+    assert "torch.bfloat16" in flux
