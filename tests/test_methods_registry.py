@@ -116,17 +116,24 @@ def test_run_rejects_mismatched_sizes_and_bad_steps():
         methods.run_method("sd", None, _request(steps=0))
 
 
-def test_sd_backbone_uses_the_asuka_working_region_on_a_large_non_square_input(monkeypatch):
-    """Bigger than the tiny backbone's 64 px: like AsukaPipeline, the baseline works on a crop around the hole at
-    the working resolution, and the output is the input's size with every unmasked pixel exact."""
+@pytest.mark.parametrize(
+    "name, size, box, multiple",
+    [("sd", (150, 90), (100, 30, 130, 50), 2), ("flux-fill", (136, 72), (90, 20, 120, 40), 16)],
+)
+def test_backbone_baselines_use_the_asuka_working_region_on_a_large_non_square_input(
+    monkeypatch, name, size, box, multiple
+):
+    """Bigger than the tiny backbones' 64 px working resolution (AsukaPipeline's and the tiny AsukaFluxPipeline's):
+    like them, the baseline runs on a crop around the hole at that resolution, and the output has the input's size
+    with every unmasked pixel exact."""
     from asuka.pipelines.pipeline_asuka import plan_working_region, standardise_inputs
 
     rng = np.random.default_rng(1)
-    image = Image.fromarray(rng.integers(0, 256, (90, 150, 3), dtype=np.uint8))
+    image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
     mask = Image.new("L", image.size, 0)
-    mask.paste(255, (100, 30, 130, 50))
+    mask.paste(255, box)
     request = InpaintRequest(image=image, mask=mask, steps=2, seed=1)
-    pipe = methods.load_pipeline("sd", tiny=True)
+    pipe = methods.load_pipeline(name, tiny=True)
     sizes = []
     original_call = type(pipe).__call__
 
@@ -135,13 +142,12 @@ def test_sd_backbone_uses_the_asuka_working_region_on_a_large_non_square_input(m
         return original_call(self, *args, **kwargs)
 
     monkeypatch.setattr(type(pipe), "__call__", recording_call)
-    result = methods.run_method("sd", pipe, request)
-    expected = plan_working_region(standardise_inputs(image, mask)[1], 64, pipe.vae_scale_factor)
-    assert sizes == [expected.size] and expected.box != (0, 0, 150, 90)  # a crop, not the whole image
+    result = methods.run_method(name, pipe, request)
+    expected = plan_working_region(standardise_inputs(image, mask)[1], 64, multiple)
+    assert sizes == [expected.size] and expected.box != (0, 0, *size)  # a crop, not the whole image
     out, source, hole = np.asarray(result.image), np.asarray(image), np.asarray(mask) > 0
-    assert (
-        out.shape == source.shape and np.array_equal(out[~hole], source[~hole]) and (out[hole] != source[hole]).any()
-    )
+    assert out.shape == source.shape and np.array_equal(out[~hole], source[~hole])
+    assert (out[hole] != source[hole]).any()
 
 
 def test_tiny_is_built_by_the_mechanism_and_loaders_never_see_it():
