@@ -244,8 +244,7 @@ def load_error_message(
     text = str(error).strip()
     reason = f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
     causes = _causes(error)
-    gated = next((cause for cause in causes if isinstance(cause, GatedRepoError)), None)
-    if gated is not None:
+    if any(isinstance(cause, GatedRepoError) for cause in causes):
         repo = spec.gated_repo or target
         fixes = [
             f"accept the licence on https://huggingface.co/{repo} with your Hugging Face account;",
