@@ -241,7 +241,7 @@ def test_load_error_advice_fits_the_cause(monkeypatch):
     for error in (LocalEntryNotFoundError("not in the cache"), OfflineModeIsEnabled("offline mode is enabled")):
         offline = _load_failure(monkeypatch, error)
         assert "not in the local Hugging Face cache" in offline and "hf download someone/model" in offline
-        assert "licence" not in offline
+        assert offline.index("hf download") < offline.index("licence")  # the cause's fix comes first
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     offline = _load_failure(monkeypatch, OfflineModeIsEnabled("offline mode is enabled"))

@@ -248,18 +248,23 @@ def load_error_message(
         repo = spec.gated_repo or target
         fixes = [
             f"accept the licence on https://huggingface.co/{repo} with your Hugging Face account;",
-            "then log in on this machine: `hf auth login` (or set HF_TOKEN).",
+            "then log in on this machine: `hf auth login` (or set HF_TOKEN);",
+            "or try the interface with random weights: --tiny.",
         ]
     elif any(isinstance(cause, (OfflineModeIsEnabled, LocalEntryNotFoundError)) for cause in causes):
         fixes = [
             "the files are not in the local Hugging Face cache and the Hub cannot be reached;",
             f"download them once while online (`hf download {target}`) or unset HF_HUB_OFFLINE;",
-            "or pass a local folder: --model /path/to/pipeline_folder.",
+            "the Hub could not be asked whether the repository is gated or private: if it is, accept its licence "
+            "on its Hub page and log in (`hf auth login`) before downloading;",
+            "or pass a local folder: --model /path/to/pipeline_folder;",
+            "or try the interface with random weights: --tiny.",
         ]
     elif any(isinstance(cause, RepositoryNotFoundError) for cause in causes):
         fixes = [
             f"check the repository id {target!r} (a private repository also needs `hf auth login`);",
-            "or pass a local folder: --model /path/to/pipeline_folder.",
+            "or pass a local folder: --model /path/to/pipeline_folder;",
+            "or try the interface with random weights: --tiny.",
         ]
     elif spec.needs_gpu and torch.device(device).type != "cuda":
         fixes = [
