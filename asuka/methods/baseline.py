@@ -14,13 +14,6 @@ import torch
 from PIL import Image
 
 from asuka.methods.registry import InpaintRequest, InpaintResult
-from asuka.pipelines.pipeline_asuka import (
-    crop_to_working,
-    paste_from_working,
-    plan_working_region,
-    standardise_inputs,
-    to_output_type,
-)
 
 
 #: ``generate(image, mask, width, height)``: the backbone's output for a working-size image and ``L`` mask,
@@ -33,6 +26,15 @@ def run_baseline(generate: Generate, request: InpaintRequest, working_resolution
 
     ``multiple`` is the side multiple the backbone needs (the VAE's scale factor, times 2 for FLUX's packing).
     """
+    # Imported here so that listing the methods does not import diffusers' pipelines.
+    from asuka.pipelines.pipeline_asuka import (
+        crop_to_working,
+        paste_from_working,
+        plan_working_region,
+        standardise_inputs,
+        to_output_type,
+    )
+
     image, hole = standardise_inputs(request.image, request.mask)
     if not hole.any():  # nothing to inpaint: the input, as the ASUKA pipelines return it
         return InpaintResult(image=to_output_type(image, "pil")[0])
