@@ -44,7 +44,7 @@ def asuka_cache_dir() -> Path:
 
 def converted_release(model: str) -> Path:
     """The authors' release at `model` (Hub repo or folder) converted into the cache, once."""
-    from asuka.convert.release import convert_asuka_flux
+    from asuka.convert.asuka_flux import convert_asuka_flux
 
     out = asuka_cache_dir() / f"asuka-flux-{hashlib.sha256(str(model).encode()).hexdigest()[:12]}"
     if not (out / "decoder" / "config.json").is_file():
