@@ -7,7 +7,6 @@ SIGKILL test use subprocesses. Each script run is shared by the tests that inspe
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,14 +18,18 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from training_support import ROOT, intercept_hub, offline_environment, put_training_on_path, training_argv
 
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+put_training_on_path()
+
+import asuka_training  # noqa: E402
+import train_aligner  # noqa: E402
+import train_decoder  # noqa: E402
+import train_mae  # noqa: E402
 
 from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE  # noqa: E402
 from asuka.testing import make_tiny_pipeline  # noqa: E402
-from training import common, train_aligner, train_decoder, train_mae  # noqa: E402
 
 
 RESOLUTION = "32"  # the tiny VAE has a scale factor of 2: 16x16 latents
@@ -34,13 +37,8 @@ RESOLUTION = "32"  # the tiny VAE has a scale factor of 2: 16x16 latents
 
 @pytest.fixture(scope="module", autouse=True)
 def offline(tmp_path_factory):
-    """No network, and no user accelerate config leaking into the runs."""
-    patch = pytest.MonkeyPatch()
-    patch.setenv("HF_HUB_OFFLINE", "1")
-    patch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf_home")))
-    patch.setenv("OMP_NUM_THREADS", "1")
-    yield
-    patch.undo()
+    with offline_environment(tmp_path_factory.mktemp("hf_home")):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -73,37 +71,10 @@ def object_dir(tmp_path_factory):
     return folder
 
 
-def base_args(pipeline_dir, image_dir, output_dir, steps=3, **extra):
-    args = [
-        "--pretrained_model_name_or_path",
-        str(pipeline_dir),
-        "--train_data_dir",
-        str(image_dir),
-        "--output_dir",
-        str(output_dir),
-        "--resolution",
-        RESOLUTION,
-        "--train_batch_size",
-        "2",
-        "--max_train_steps",
-        str(steps),
-        "--checkpointing_steps",
-        "1",
-        "--checkpoints_total_limit",
-        "2",
-        "--validation_steps",
-        "2",
-        "--num_validation_images",
-        "2",
-        "--seed",
-        "0",
-        "--report_to",
-        "none",
-    ]
-    for key, value in extra.items():
-        args = [a for i, a in enumerate(args) if not (a == f"--{key}" or (i and args[i - 1] == f"--{key}"))]
-        args += [f"--{key}"] + ([] if value is True else [str(value)])
-    return args
+def base_args(pipeline_dir, image_dir, output_dir, steps=3, **flags):
+    """`training_argv` at the tiny VAE's resolution, with validation grids of two samples every two steps."""
+    flags = {"resolution": RESOLUTION, "validation_steps": 2, "num_validation_images": 2, **flags}
+    return training_argv(pipeline_dir, image_dir, output_dir, steps, **flags)
 
 
 def state_dict_of(folder):
@@ -111,7 +82,7 @@ def state_dict_of(folder):
 
 
 def assert_checkpoints(output_dir, steps):
-    assert [p.name for p in common.list_checkpoints(output_dir)] == [f"checkpoint-{s}" for s in steps]
+    assert [p.name for p in asuka_training.list_checkpoints(output_dir)] == [f"checkpoint-{s}" for s in steps]
     assert not list(Path(output_dir).glob(".partial-*"))
 
 
@@ -155,7 +126,7 @@ def aligner_run(pipeline_dir, image_dir, object_dir, tmp_path_factory):
             object_mask_dir=object_dir,
         )
     )
-    checkpoints_after_first = [p.name for p in common.list_checkpoints(output_dir)]
+    checkpoints_after_first = [p.name for p in asuka_training.list_checkpoints(output_dir)]
     final_after_first = state_dict_of(output_dir)
     resumed = train_aligner.main(
         base_args(pipeline_dir, image_dir, output_dir, steps=4, resume_from_checkpoint="latest", validation_steps=0)
@@ -334,26 +305,8 @@ def test_decoder_x0_estimate_is_noisy_for_a_real_unet(pipeline_dir):
 @pytest.fixture(scope="module")
 def decoder_push_run(pipeline_dir, image_dir, tmp_path_factory):
     """Decoder training with a discriminator, a full pipeline folder and --push_to_hub intercepted at HfApi."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.utils import filter_repo_objects
-
-    uploads, repos = tmp_path_factory.mktemp("uploaded"), []
-
-    def fake_create_repo(self, repo_id, **kwargs):
-        repos.append((repo_id, kwargs))
-        return type("RepoUrl", (), {"repo_id": repo_id})()
-
-    def fake_upload_folder(self, *, repo_id, folder_path, ignore_patterns=None, **kwargs):
-        files = [p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*") if p.is_file()]
-        for relative in filter_repo_objects(files, ignore_patterns=ignore_patterns):
-            target = uploads / repo_id / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(Path(folder_path) / relative, target)
-        return f"https://huggingface.co/{repo_id}/commit/fake"
-
-    patch = pytest.MonkeyPatch()
-    patch.setattr(HfApi, "create_repo", fake_create_repo)
-    patch.setattr(HfApi, "upload_folder", fake_upload_folder)
+    uploads, patch = tmp_path_factory.mktemp("uploaded"), pytest.MonkeyPatch()
+    repos = intercept_hub(patch, uploads)
     output_dir = tmp_path_factory.mktemp("decoder_run")
     try:
         result = train_decoder.main(
@@ -440,7 +393,7 @@ def test_hf_dataset_and_streaming_skip_and_count_bad_images(tmp_path):
     data_dir.mkdir()
     data.to_parquet(str(data_dir / "train.parquet"))
 
-    parser = common.build_parser("test")
+    parser = asuka_training.build_parser("test")
     for streaming in (False, True):
         argv = [
             "--pretrained_model_name_or_path",
@@ -454,7 +407,7 @@ def test_hf_dataset_and_streaming_skip_and_count_bad_images(tmp_path):
             "--seed",
             "0",
         ] + (["--streaming"] if streaming else [])
-        dataset = common.build_dataset(common.parse_args(parser, argv))
+        dataset = asuka_training.build_dataset(asuka_training.parse_args(parser, argv))
         samples = list(dataset) if streaming else [dataset[i] for i in range(len(dataset))]
         assert sum(int(s["num_bad_images"]) for s in samples) == 1
         assert all(s["pixel_values"].shape == (3, 16, 16) and s["mask"].shape == (1, 16, 16) for s in samples)
@@ -462,13 +415,15 @@ def test_hf_dataset_and_streaming_skip_and_count_bad_images(tmp_path):
 
 
 def test_bad_flags_raise_value_errors(image_dir, tmp_path):
-    parser = common.build_parser("test")
+    parser = asuka_training.build_parser("test")
     with pytest.raises(ValueError, match="exactly one data source"):
-        common.parse_args(parser, ["--pretrained_model_name_or_path", "x"])
+        asuka_training.parse_args(parser, ["--pretrained_model_name_or_path", "x"])
     with pytest.raises(ValueError, match="is not a folder"):
-        common.parse_args(parser, ["--pretrained_model_name_or_path", "x", "--train_data_dir", str(tmp_path / "nope")])
+        asuka_training.parse_args(
+            parser, ["--pretrained_model_name_or_path", "x", "--train_data_dir", str(tmp_path / "nope")]
+        )
     with pytest.raises(ValueError, match="hole_min"):
-        common.parse_args(
+        asuka_training.parse_args(
             parser,
             [
                 "--pretrained_model_name_or_path",
@@ -481,7 +436,7 @@ def test_bad_flags_raise_value_errors(image_dir, tmp_path):
                 "0.1",
             ],
         )
-    args = common.parse_args(
+    args = asuka_training.parse_args(
         parser,
         [
             "--pretrained_model_name_or_path",
@@ -495,7 +450,7 @@ def test_bad_flags_raise_value_errors(image_dir, tmp_path):
         ],
     )
     with pytest.raises(ValueError, match="checkpoint-N"):
-        common.resolve_resume_path(args)
+        asuka_training.resolve_resume_path(args)
 
 
 # --------------------------------------------------------------------------- processes
@@ -559,14 +514,14 @@ def test_sigkill_after_first_checkpoint_then_resume(pipeline_dir, image_dir, tmp
         text=True,
     )
     deadline = time.time() + 300
-    while not common.list_checkpoints(output_dir):
+    while not asuka_training.list_checkpoints(output_dir):
         assert process.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     _, stderr = process.communicate()
     assert process.returncode == -signal.SIGKILL
     reached = max([int(s) for s in re.findall(rf"(\d+)/{max_steps} \[", stderr)] or [0])
-    latest = int(common.list_checkpoints(output_dir)[-1].name.split("-")[1])
+    latest = int(asuka_training.list_checkpoints(output_dir)[-1].name.split("-")[1])
     assert latest < max_steps, "killed too late to test resuming"
     assert not (output_dir / "config.json").exists()  # no final folder: it really died mid-run
 
