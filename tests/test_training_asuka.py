@@ -18,7 +18,13 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from training_support import ROOT, intercept_hub, offline_environment, put_training_on_path, training_argv
+from training_support import (
+    ROOT,
+    intercept_hub,
+    offline,  # noqa: F401 (the module-wide autouse fixture)
+    put_training_on_path,
+    training_argv,
+)
 
 
 put_training_on_path()
@@ -33,12 +39,6 @@ from asuka.testing import make_tiny_pipeline  # noqa: E402
 
 
 RESOLUTION = "32"  # the tiny VAE has a scale factor of 2: 16x16 latents
-
-
-@pytest.fixture(scope="module", autouse=True)
-def offline(tmp_path_factory):
-    with offline_environment(tmp_path_factory.mktemp("hf_home")):
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -302,6 +302,20 @@ def test_decoder_x0_estimate_is_noisy_for_a_real_unet(pipeline_dir):
     assert not torch.allclose(out, latents)
 
 
+def test_patch_discriminator_keeps_its_checkpoint_layout():
+    """Moved from train_decoder.py to asuka.models: checkpoint-N/discriminator/ folders of older runs still load."""
+    from asuka.models import PatchDiscriminator
+
+    convs, norms = [0, 2, 5, 8, 11], [3, 6, 9]
+    expected = sorted(f"layers.{i}.{p}" for i in convs + norms for p in ("weight", "bias"))
+    discriminator = PatchDiscriminator()
+    assert sorted(discriminator.state_dict()) == expected
+    config = discriminator.config
+    assert (config.in_channels, config.base_channels, config.num_layers) == (3, 64, 3)
+    }
+    assert discriminator(torch.zeros(1, 3, 32, 32)).shape == (1, 1, 2, 2)
+
+
 @pytest.fixture(scope="module")
 def decoder_push_run(pipeline_dir, image_dir, tmp_path_factory):
     """Decoder training with a discriminator, a full pipeline folder and --push_to_hub intercepted at HfApi."""
@@ -412,6 +426,42 @@ def test_hf_dataset_and_streaming_skip_and_count_bad_images(tmp_path):
         assert sum(int(s["num_bad_images"]) for s in samples) == 1
         assert all(s["pixel_values"].shape == (3, 16, 16) and s["mask"].shape == (1, 16, 16) for s in samples)
         assert len(samples) == (2 if streaming else 3)  # map-style replaces the bad row by the next one
+
+
+def test_training_pixels_come_from_asuka_imageio(tmp_path):
+    """A file gives training the pixels the app gets (asuka.imageio), normalised to [0, 1] as always."""
+    from asuka.imageio import load_image
+
+    rng = np.random.default_rng(1)
+    rgb = (rng.random((20, 28, 3)) * 255).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    tensor = asuka_training.load_training_image(tmp_path / "rgb.png", 16)
+    # 8-bit RGB: short side bicubic-resized to 16 (28x20 -> 22x16), centre crop, / 255 -- unchanged normalisation
+    resized = np.asarray(Image.fromarray(rgb).resize((22, 16), Image.BICUBIC), dtype=np.float32)[:, 3:19] / 255.0
+    assert torch.equal(tensor, torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1))
+
+    grey16 = (rng.random((20, 28)) * 65535).astype(np.uint16)
+    Image.fromarray(grey16).save(tmp_path / "grey16.png")
+    rotated = Image.fromarray(rgb)
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    rotated.save(tmp_path / "rotated.jpg", exif=exif)
+    for name in ("grey16.png", "rotated.jpg"):
+        expected = asuka_training.ImageTransform(16)(load_image(tmp_path / name), np.random.default_rng(0))
+        assert torch.equal(asuka_training.load_training_image(tmp_path / name, 16), expected)
+    # 16-bit values are scaled, not clipped to white; the EXIF rotation is applied
+    assert asuka_training.load_training_image(tmp_path / "grey16.png", 16).mean() < 0.75
+    upright = asuka_training.ImageTransform(16)(Image.open(tmp_path / "rotated.jpg").convert("RGB"), None)
+    assert not torch.equal(asuka_training.load_training_image(tmp_path / "rotated.jpg", 16), upright)
+
+    # the folder listing is asuka.imageio's: GIF included, hidden files and other extensions ignored
+    Image.fromarray(rgb).save(tmp_path / "anim.gif")
+    Image.fromarray(rgb).save(tmp_path / ".hidden.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    parser = asuka_training.build_parser("test")
+    argv = ["--pretrained_model_name_or_path", "x", "--train_data_dir", str(tmp_path), "--resolution", "16"]
+    dataset = asuka_training.build_dataset(asuka_training.parse_args(parser, argv))
+    assert sorted(p.name for p in dataset.paths) == ["anim.gif", "grey16.png", "rgb.png", "rotated.jpg"]
 
 
 def test_bad_flags_raise_value_errors(image_dir, tmp_path):

@@ -5,7 +5,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from training_support import intercept_hub, offline_environment, put_training_on_path, training_argv
+from training_support import (
+    intercept_hub,
+    offline,  # noqa: F401 (the module-wide autouse fixture)
+    put_training_on_path,
+    training_argv,
+)
 
 
 put_training_on_path()
@@ -20,12 +25,6 @@ from asuka.testing import make_tiny_pipeline  # noqa: E402
 
 
 COMPONENT = {"structure": StrDiffusionUNet, "texture": StrDiffusionUNet, "discriminator": StrDiffusionDiscriminator}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def offline(tmp_path_factory):
-    with offline_environment(tmp_path_factory.mktemp("hf_home")):
-        yield
 
 
 @pytest.fixture(scope="module")

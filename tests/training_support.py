@@ -1,6 +1,5 @@
 """Helpers shared by the training tests: the scripts on sys.path, one flag builder, an offline env, a fake Hub."""
 
-import contextlib
 import shutil
 import sys
 from collections.abc import Iterator
@@ -40,17 +39,15 @@ def training_argv(pipeline_dir, image_dir, output_dir, steps, **flags) -> list[s
     return argv
 
 
-@contextlib.contextmanager
-def offline_environment(hf_home: Path) -> Iterator[None]:
-    """No network, and no user accelerate config or Hub cache leaking into the runs."""
+@pytest.fixture(scope="module", autouse=True)
+def offline(tmp_path_factory) -> Iterator[None]:
+    """No network, and no user accelerate config or Hub cache leaking into the runs (import it to use it)."""
     patch = pytest.MonkeyPatch()
     patch.setenv("HF_HUB_OFFLINE", "1")
-    patch.setenv("HF_HOME", str(hf_home))
+    patch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf_home")))
     patch.setenv("OMP_NUM_THREADS", "1")
-    try:
-        yield
-    finally:
-        patch.undo()
+    yield
+    patch.undo()
 
 
 def intercept_hub(patch: pytest.MonkeyPatch, uploads: Path) -> list[tuple[str, dict]]:

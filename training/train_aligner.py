@@ -167,40 +167,21 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
             return []
         pipe = build_pipeline(aligner=asuka_training.unwrapped_copy(accelerator, aligner_model))
         pipe.set_progress_bar_config(disable=True)
-        rows = []
-        for index, (pixels, mask) in enumerate(zip(validation["pixel_values"], validation["mask"])):
-            image, mask_image = (
-                asuka_training.to_pil(pixels[None])[0],
-                asuka_training.to_pil(mask[None].repeat(1, 3, 1, 1))[0].convert("L"),
-            )
-            generator = torch.Generator(device="cpu").manual_seed((args.seed or 0) + index)
-            with (
-                torch.no_grad(),
-                torch.autocast(accelerator.device.type, enabled=weight_dtype != torch.float32, dtype=weight_dtype),
-            ):
-                output = pipe(
-                    image, mask_image, num_inference_steps=args.validation_inference_steps, generator=generator
-                ).images[0]
-            rows.append([asuka_training.to_pil((pixels * (1 - mask))[None])[0], output, image])
-        return rows
+        seed, steps = args.seed or 0, args.validation_inference_steps
+        return asuka_training.inpainting_rows(pipe, validation, seed, steps, accelerator.device, weight_dtype)
 
     result, grid = asuka_training.run_training(setup, train_step, validate)
 
-    def write_pipeline() -> str:
+    def trained_pipeline():
         from asuka.models import AsukaAligner
 
-        pipe = build_pipeline(aligner=AsukaAligner.from_pretrained(args.output_dir))
-        if weight_dtype != torch.float32:
-            pipe.to(torch.float32)
-        pipeline_dir = str(Path(args.output_dir) / "pipeline")
-        pipe.save_pretrained(pipeline_dir)
-        return pipeline_dir
+        return build_pipeline(aligner=AsukaAligner.from_pretrained(args.output_dir))
 
     return asuka_training.finish(
         setup,
         result,
         {"": aligner_model},
-        write_pipeline if args.save_pipeline else None,
+        trained_pipeline if args.save_pipeline else None,
         title="ASUKA aligner",
         description=(
             "An ASUKA aligner trained on a frozen SD-inpainting backbone and MAE prior (`asuka.models.AsukaAligner`)."

@@ -262,30 +262,24 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
 
     result, grid = asuka_training.run_training(setup, train_step, validate)
 
-    def write_pipeline() -> str:
+    def trained_pipeline():
         from asuka import AsukaPipeline
 
-        trained = AsukaDecoder.from_pretrained(args.output_dir)
-        pipe = AsukaPipeline(
+        return AsukaPipeline(
             vae=vae,
             unet=unet,
             scheduler=asuka_training.load_scheduler(path, revision=args.revision),
             mae=mae,
             aligner=aligner,
-            decoder=trained,
+            decoder=AsukaDecoder.from_pretrained(args.output_dir),
         )
-        if weight_dtype != torch.float32:
-            pipe.to(torch.float32)
-        pipeline_dir = str(Path(args.output_dir) / "pipeline")
-        pipe.save_pretrained(pipeline_dir)
-        return pipeline_dir
 
     components = {"": decoder_model, **({"discriminator": discriminator} if discriminator is not None else {})}
     return asuka_training.finish(
         setup,
         result,
         components,
-        write_pipeline if args.save_pipeline else None,
+        trained_pipeline if args.save_pipeline else None,
         title="ASUKA decoder",
         description=(
             "A mask-conditioned ASUKA decoder (`asuka.models.AsukaDecoder`) trained from the base VAE decoder."

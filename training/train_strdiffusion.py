@@ -232,32 +232,19 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
         if not accelerator.is_main_process:
             return []
         pipe = build_pipeline(asuka_training.unwrapped_copy(accelerator, net)).to(accelerator.device)
-        rows = []
-        for index, (pixels, mask) in enumerate(zip(validation["pixel_values"], validation["mask"])):
-            image, mask_image = (
-                asuka_training.to_pil(pixels[None])[0],
-                asuka_training.to_pil(mask[None].repeat(1, 3, 1, 1))[0].convert("L"),
-            )
-            generator = torch.Generator(device="cpu").manual_seed((args.seed or 0) + index)
-            output = pipe(
-                image, mask_image, num_inference_steps=args.validation_inference_steps, generator=generator
-            ).images[0]
-            rows.append([asuka_training.to_pil((pixels * (1 - mask))[None])[0], output, image])
-        return rows
+        seed, steps = args.seed or 0, args.validation_inference_steps
+        return asuka_training.inpainting_rows(pipe, validation, seed, steps, accelerator.device)
 
     result, grid = asuka_training.run_training(setup, train_step, validate)
 
-    def write_pipeline() -> str:
-        pipe = build_pipeline(type(model).from_pretrained(args.output_dir))
-        pipeline_dir = str(Path(args.output_dir) / "pipeline")
-        pipe.save_pretrained(pipeline_dir)
-        return pipeline_dir
+    def trained_pipeline():
+        return build_pipeline(type(model).from_pretrained(args.output_dir))
 
     return asuka_training.finish(
         setup,
         result,
         {"": net},
-        write_pipeline if args.save_pipeline else None,
+        trained_pipeline if args.save_pipeline else None,
         title=f"StrDiffusion {args.network} network",
         description=(
             f"The StrDiffusion (CVPR 2024) {args.network} network "

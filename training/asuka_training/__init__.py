@@ -41,7 +41,7 @@ from .data import (
     validation_batch,
 )
 from .hub import push_folder_to_hub, write_model_card
-from .loop import TrainingResult, finish, log_validation, optimizer_step, run_training, to_pil
+from .loop import TrainingResult, finish, inpainting_rows, log_validation, optimizer_step, run_training, to_pil
 from .setup import (
     TrainingSetup,
     freeze,
@@ -68,6 +68,7 @@ __all__ = [
     "collate",
     "finish",
     "freeze",
+    "inpainting_rows",
     "list_checkpoints",
     "load_component",
     "load_rgb",

@@ -76,6 +76,29 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a) for a in array]
 
 
+def inpainting_rows(
+    pipe: Any,
+    validation: dict[str, torch.Tensor],
+    seed: int,
+    num_inference_steps: int | None,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+) -> list[list[Image.Image]]:
+    """One grid row per validation sample: masked input | the pipeline's result | original.
+
+    Each sample gets its own seeded generator, so grids of one run are comparable across steps;
+    with a `dtype` other than float32 the pipeline runs under autocast (frozen parts in mixed precision).
+    """
+    rows = []
+    for index, (pixels, mask) in enumerate(zip(validation["pixel_values"], validation["mask"])):
+        image, mask_image = to_pil(pixels[None])[0], to_pil(mask[None].repeat(1, 3, 1, 1))[0].convert("L")
+        generator = torch.Generator(device="cpu").manual_seed(seed + index)
+        with torch.no_grad(), torch.autocast(device.type, enabled=dtype != torch.float32, dtype=dtype):
+            output = pipe(image, mask_image, num_inference_steps=num_inference_steps, generator=generator).images[0]
+        rows.append([to_pil((pixels * (1 - mask))[None])[0], output, image])
+    return rows
+
+
 def log_validation(
     accelerator: Accelerator,
     args: argparse.Namespace,
@@ -166,7 +189,7 @@ def finish(
     setup: TrainingSetup,
     result: TrainingResult,
     components: dict[str, torch.nn.Module],
-    write_pipeline: Callable[[], str] | None,
+    make_pipeline: Callable[[], Any] | None,
     title: str,
     description: str,
     component: str,
@@ -175,7 +198,8 @@ def finish(
     """Write the final folder (main process only), its model card, an optional pipeline folder, and push.
 
     `components` maps a subfolder of --output_dir ("" = the folder itself) to a trained, prepared model.
-    `write_pipeline()` (main process, after the components are saved) returns the pipeline folder it wrote.
+    `make_pipeline()` (main process, after the components are saved) returns a complete pipeline holding the
+    trained component(s); it is saved in float32 to `<output_dir>/pipeline`, and that folder is what gets pushed.
     """
     args, accelerator = setup.args, setup.accelerator
     accelerator.wait_for_everyone()
@@ -187,7 +211,9 @@ def finish(
             f"{args.output_dir}",
             flush=True,
         )
-        result.pipeline_dir = write_pipeline() if write_pipeline is not None else None
+        if make_pipeline is not None:
+            result.pipeline_dir = str(Path(args.output_dir) / "pipeline")
+            make_pipeline().to(torch.float32).save_pretrained(result.pipeline_dir)
         folder = result.pipeline_dir or args.output_dir
         training_args = serialisable_args(args, max_train_steps=setup.max_train_steps)
         write_model_card(folder, training_args, title, description, component, sample_grid)
