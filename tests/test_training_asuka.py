@@ -312,7 +312,6 @@ def test_patch_discriminator_keeps_its_checkpoint_layout():
     assert sorted(discriminator.state_dict()) == expected
     config = discriminator.config
     assert (config.in_channels, config.base_channels, config.num_layers) == (3, 64, 3)
-    }
     assert discriminator(torch.zeros(1, 3, 32, 32)).shape == (1, 1, 2, 2)
 
 
