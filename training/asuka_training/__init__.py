@@ -6,13 +6,14 @@ and `hub` (model card and upload). Every script is assembled the same way; nothi
 
     args = parse_args(parser, argv, resolve=None)   # validated and normalised once; ValueError on bad flags
     accelerator = setup_accelerator(args)           # Accelerator + ProjectConfiguration + seed
-    ... load the models, freeze and cast the frozen ones with weight_dtype_for(accelerator) ...
+    weight_dtype = freeze(accelerator, vae, unet)   # load the models; frozen ones: no grad, eval, cast
     setup = prepare(args, accelerator, {"aligner": model}, tracker_name="train_aligner")
     result, grid = run_training(setup, train_step, validate)   # checkpoints, logs, grids
-    return finish(setup, result, {"": setup.model}, write_pipeline, title=..., ...)  # final folder, card, push
+    return finish(setup, result, {"": setup.model}, make_pipeline, title=..., ...)  # final folder, card, push
 
-`train_step(batch, global_step)` computes the loss, calls `optimizer_step(...)` and returns scalars
-to log (key "loss" is required); `validate(global_step)` returns rows of PIL images for a grid.
+`train_step(batch, global_step)` computes the loss, calls `setup.step(loss)` and returns scalars
+to log (key "loss" is required); `validate(global_step)` returns rows of PIL images for a grid
+(`inpainting_rows` for a pipeline).
 A batch holds "pixel_values" (B,3,R,R) in [0,1], "mask" (B,1,R,R) with 1 = hole, "num_bad_images".
 """
 
