@@ -23,6 +23,7 @@ from training_support import (
     intercept_hub,
     offline,  # noqa: F401 (the module-wide autouse fixture)
     put_training_on_path,
+    tiny_pipeline_dir,
     training_argv,
 )
 
@@ -43,9 +44,7 @@ RESOLUTION = "32"  # the tiny VAE has a scale factor of 2: 16x16 latents
 
 @pytest.fixture(scope="module")
 def pipeline_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny_pipeline")
-    make_tiny_pipeline("sd", seed=0).save_pretrained(folder)
-    return folder
+    return tiny_pipeline_dir(tmp_path_factory, "sd")
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from training_support import (
     intercept_hub,
     offline,  # noqa: F401 (the module-wide autouse fixture)
     put_training_on_path,
+    tiny_pipeline_dir,
     training_argv,
 )
 
@@ -21,7 +22,6 @@ import train_strdiffusion  # noqa: E402
 from asuka import StrDiffusionPipeline  # noqa: E402
 from asuka.models import StrDiffusionDiscriminator, StrDiffusionUNet  # noqa: E402
 from asuka.schedulers.ir_sde import IRSDEScheduler  # noqa: E402
-from asuka.testing import make_tiny_pipeline  # noqa: E402
 
 
 COMPONENT = {"structure": StrDiffusionUNet, "texture": StrDiffusionUNet, "discriminator": StrDiffusionDiscriminator}
@@ -29,9 +29,7 @@ COMPONENT = {"structure": StrDiffusionUNet, "texture": StrDiffusionUNet, "discri
 
 @pytest.fixture(scope="module")
 def pipeline_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny_strdiffusion")
-    make_tiny_pipeline("strdiffusion", seed=0).save_pretrained(folder)
-    return folder
+    return tiny_pipeline_dir(tmp_path_factory, "strdiffusion")
 
 
 @pytest.fixture(scope="module")

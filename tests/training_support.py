@@ -39,6 +39,15 @@ def training_argv(pipeline_dir, image_dir, output_dir, steps, **flags) -> list[s
     return argv
 
 
+def tiny_pipeline_dir(tmp_path_factory, kind: str) -> Path:
+    """A tiny random pipeline of `kind` (asuka.testing), saved once per test module."""
+    from asuka.testing import make_tiny_pipeline
+
+    folder = tmp_path_factory.mktemp(f"tiny_{kind}")
+    make_tiny_pipeline(kind, seed=0).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="module", autouse=True)
 def offline(tmp_path_factory) -> Iterator[None]:
     """No network, and no user accelerate config or Hub cache leaking into the runs (import it to use it)."""

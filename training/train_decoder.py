@@ -87,7 +87,7 @@ def latent_augmentation(
 
 def build_decoder_parser():
     parser = asuka_training.build_parser("Train the ASUKA mask-conditioned decoder from the base VAE decoder.")
-    add = parser.add_argument
+    add = parser.add_argument  # one call per flag: their alike shapes are declarations, not shared logic
     add(
         "--decoder_model_name_or_path",
         type=str,
@@ -275,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
         )
 
     components = {"": decoder_model, **({"discriminator": discriminator} if discriminator is not None else {})}
-    return asuka_training.finish(
+    return asuka_training.finish(  # the call every script ends with; only the card text differs
         setup,
         result,
         components,

@@ -11,7 +11,7 @@ from typing import Any
 def build_parser(description: str) -> argparse.ArgumentParser:
     """The standard diffusers-example flags plus the data and mask flags every asuka script shares."""
     parser = argparse.ArgumentParser(description=description)
-    add = parser.add_argument
+    add = parser.add_argument  # one call per flag: their alike shapes are declarations, not shared logic
     # model and output
     add(
         "--pretrained_model_name_or_path",
