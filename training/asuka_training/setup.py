@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .args import serialisable_args
 from .checkpoints import register_diffusers_hooks, resume_if_requested
 from .data import build_dataset, make_dataloader, validation_batch
 from .loop import optimizer_step
@@ -177,7 +178,7 @@ def prepare(
     if accelerator.is_main_process:
         accelerator.init_trackers(
             args.tracker_project_name or tracker_name,
-            config={k: str(v) for k, v in vars(args).items() if k != "hub_token"},
+            config={k: str(v) for k, v in serialisable_args(args, max_train_steps=max_train_steps).items()},
         )
     initial_global_step = resume_if_requested(args, accelerator)
     return TrainingSetup(
