@@ -30,11 +30,11 @@ from training_support import (
 
 put_training_on_path()
 
-import asuka_training  # noqa: E402
 import train_aligner  # noqa: E402
 import train_decoder  # noqa: E402
 import train_mae  # noqa: E402
 
+import asuka_training  # noqa: E402
 from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE  # noqa: E402
 from asuka.testing import make_tiny_pipeline  # noqa: E402
 

@@ -16,9 +16,9 @@ from training_support import (
 
 put_training_on_path()
 
-import asuka_training  # noqa: E402
 import train_strdiffusion  # noqa: E402
 
+import asuka_training  # noqa: E402
 from asuka import StrDiffusionPipeline  # noqa: E402
 from asuka.models import StrDiffusionDiscriminator, StrDiffusionUNet  # noqa: E402
 from asuka.schedulers.ir_sde import IRSDEScheduler  # noqa: E402

@@ -20,10 +20,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import asuka_training
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+import asuka_training
 
 
 def reconstructed_prior_probability(step: int, start: float = 1.0, end: float = 0.1, decay_steps: int = 2000) -> float:

@@ -20,11 +20,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import asuka_training
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+
+import asuka_training
 
 
 COLOR_JITTER = {"brightness": 0.15, "contrast": 0.2, "saturation": 0.1, "hue": 0.03}

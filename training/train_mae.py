@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import asuka_training
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+import asuka_training
 
 
 def masked_patch_l2(

@@ -37,10 +37,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import asuka_training
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+import asuka_training
 
 
 NETWORKS = ("structure", "texture", "discriminator")
