@@ -139,5 +139,7 @@ def make_tiny_flux_backbone_pipeline(seed: int = 0):
         tokenizer_2=None,
         transformer=components["transformer"],
     )
+    # Its default size is the tiny AsukaFluxPipeline's working resolution, as FLUX's 1024 is for the real pair.
+    pipe.default_sample_size = TINY_WORKING_RESOLUTION // pipe.vae_scale_factor
     pipe.set_progress_bar_config(disable=True)
     return pipe
