@@ -162,28 +162,3 @@ def run_without_asuka(script: str, cwd: Path, hf_cache: Path | None = None) -> s
 
 def read_loads(path: Path) -> list[dict]:
     return json.loads(Path(path).read_text())
-
-
-def intercept_uploads(monkeypatch, uploads: Path) -> list[tuple]:
-    """Replace `HfApi.create_repo` / `upload_folder` by local copies into `uploads/<repo_id>`; returns the calls."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.utils import filter_repo_objects
-
-    calls = []
-
-    def create_repo(self, repo_id, **kwargs):
-        calls.append(("create_repo", repo_id))
-        return type("RepoUrl", (), {"repo_id": repo_id})()
-
-    def upload_folder(self, *, repo_id, folder_path, allow_patterns=None, ignore_patterns=None, **kwargs):
-        calls.append(("upload_folder", repo_id))
-        files = [p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*") if p.is_file()]
-        for relative in filter_repo_objects(files, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns):
-            target = uploads / repo_id / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(Path(folder_path) / relative, target)
-        return f"https://huggingface.co/{repo_id}/commit/fake"
-
-    monkeypatch.setattr(HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
-    return calls

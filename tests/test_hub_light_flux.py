@@ -24,6 +24,7 @@ from hub_helpers import (
 )
 
 from asuka import AsukaFluxPipeline
+from asuka.methods.registry import load_pipeline
 from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE
 from asuka.testing import make_tiny_pipeline
 
@@ -170,3 +171,13 @@ def test_light_save_needs_a_backbone(hub, tmp_path):
     pipe = hub[0]
     with pytest.raises(ValueError, match="backbone"):
         pipe.save_pretrained(tmp_path / "light", light=True)
+
+
+def test_the_methods_accept_a_light_repo(hub, tmp_path):
+    """The app, the CLI and the evaluation runner load models through `asuka.methods`: a light folder works there."""
+    pipe, _, _, backbone, _ = hub
+    light = tmp_path / "light"
+    pipe.save_pretrained(light, light=True, backbone=str(backbone))
+    loaded = load_pipeline("asuka-flux", model=str(light))
+    assert isinstance(loaded, AsukaFluxPipeline)
+    assert torch.equal(loaded.transformer.x_embedder.weight, pipe.transformer.x_embedder.weight)

@@ -24,6 +24,7 @@ from hub_helpers import (
 )
 
 from asuka import AsukaPipeline
+from asuka.methods.registry import load_pipeline
 from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE
 from asuka.pipelines.hub_light import light_model_card
 from asuka.testing import make_tiny_pipeline
@@ -196,3 +197,13 @@ def test_model_card_names_backbone_licence_paper_provenance_and_usage():
     )
     assert "license: other" in flux and "FLUX.1 [dev] Non-Commercial License" in flux
     assert "torch.bfloat16" in flux
+
+
+def test_the_methods_accept_a_light_repo(hub, tmp_path):
+    """The app, the CLI and the evaluation runner load models through `asuka.methods`: a light folder works there."""
+    pipe, _, _, backbone, _ = hub
+    light = tmp_path / "light"
+    pipe.save_pretrained(light, light=True, backbone=str(backbone))
+    loaded = load_pipeline("asuka-sd", model=str(light))
+    assert isinstance(loaded, AsukaPipeline)
+    assert torch.equal(loaded.unet.conv_in.weight, pipe.unet.conv_in.weight)
