@@ -13,7 +13,7 @@ import torch
 from diffusers import AsymmetricAutoencoderKL, DDIMScheduler
 
 from asuka import AsukaPipeline
-from asuka.pipelines.pipeline_asuka import plan_working_region
+from asuka.pipelines.inpaint_steps import plan_working_region
 from asuka.testing import make_tiny_pipeline
 
 
