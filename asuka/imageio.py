@@ -35,15 +35,13 @@ def _open(source: ImageSource) -> Image.Image:
     if isinstance(source, np.ndarray):
         image = _from_array(source)
     else:
-        if isinstance(source, Image.Image):
-            name, image = "the PIL image", source
-        else:
-            name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
-            image = None
+        is_bytes = isinstance(source, (bytes, bytearray))
+        name = "the PIL image" if isinstance(source, Image.Image) else "<bytes>" if is_bytes else str(source)
         try:
-            if image is None:
-                image = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
-            image.load()  # a lazily opened PIL image decodes here too
+            image = (
+                source if isinstance(source, Image.Image) else Image.open(io.BytesIO(source) if is_bytes else source)
+            )
+            image.load()  # decode now, also a lazily opened PIL image, so truncated data fails here
         except FileNotFoundError as error:
             raise ValueError(f"Image file not found: {name}.") from error
         except Image.DecompressionBombError as error:

@@ -11,6 +11,7 @@ torch, diffusers, numpy, PIL and its relative siblings.
 """
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,10 +77,12 @@ def check_common_inputs(
 # ---------------------------------------------------------------------------------------------
 
 
-def _read(value: str | os.PathLike | PIL.Image.Image, what: str) -> PIL.Image.Image:
-    """`asuka.imageio`'s reading of a path or PIL image (RGB image, or binary `L` mask), naming the argument."""
+def _read(
+    load: Callable[[Any], PIL.Image.Image], value: str | os.PathLike | PIL.Image.Image, what: str
+) -> PIL.Image.Image:
+    """`load(value)` (`asuka.imageio.load_image` or `load_mask`), its errors naming the argument `what`."""
     try:
-        return load_mask(value) if what == "mask_image" else load_image(value)
+        return load(value)
     except ValueError as err:
         source = repr(str(value)) if isinstance(value, (str, os.PathLike)) else "the PIL image"
         raise ValueError(f"`{what}`: could not read an image from {source} ({err}).") from err
@@ -103,7 +106,7 @@ def image_to_tensor(image: ImageInput) -> torch.Tensor:
             )
         return torch.cat(parts)
     if isinstance(image, (str, os.PathLike, PIL.Image.Image)):
-        array = np.asarray(_read(image, "image"), dtype=np.float32) / 255.0
+        array = np.asarray(_read(load_image, image, "image"), dtype=np.float32) / 255.0
         tensor = torch.from_numpy(array).permute(2, 0, 1)[None]
     elif isinstance(image, np.ndarray):
         array = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
@@ -152,7 +155,7 @@ def mask_to_tensor(mask_image: ImageInput, image_size: tuple[int, int]) -> torch
             raise ValueError(f"`mask_image` is an empty list; expected {accepted}.")
         return torch.cat([mask_to_tensor(m, image_size) for m in mask_image])
     if isinstance(mask_image, (str, os.PathLike, PIL.Image.Image)):
-        array = np.asarray(_read(mask_image, "mask_image"), dtype=np.float32) / 255.0
+        array = np.asarray(_read(load_mask, mask_image, "mask_image"), dtype=np.float32) / 255.0
         tensor = torch.from_numpy(array)[None, None]
     elif isinstance(mask_image, np.ndarray):
         array = (
