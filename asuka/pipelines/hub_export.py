@@ -96,7 +96,7 @@ def _package_imports(module_name: str, package_root: str) -> dict[int, str]:
         if node.module is None or _source_file(target).endswith("__init__.py"):
             raise ValueError(
                 f"{module_name} line {node.lineno} imports the package {target}; the Hub export bundles modules "
-                f"only: import from the module that defines the names (e.g. `from .{target.rsplit('.', 1)[-1]}.x`)."
+                f"only: import from the module that defines the names (`from {target}.<module> import ...`)."
             )
         imports[node.lineno - 1] = target
     return imports
