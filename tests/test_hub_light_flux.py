@@ -72,7 +72,7 @@ def test_light_repo_holds_only_asukas_components(hub):
         assert sorted(p.name for p in (light / name).iterdir()) == [
             "backbone.fp16.json",
             "backbone.json",
-            "hub_light.py",
+            "backbone_component.py",
         ]
         pointer = json.loads((light / name / "backbone.json").read_text())
         assert (
@@ -80,7 +80,7 @@ def test_light_repo_holds_only_asukas_components(hub):
         )
     index = json.loads((light / "model_index.json").read_text())
     assert index["_asuka_backbone"] == {"repo": FLUX_BACKBONE, "revision": BACKBONE_SHA}
-    assert index["transformer"] == ["hub_light", "BackboneComponent"] and index["mae"] == ["mae", "AsukaMAE"]
+    assert index["transformer"] == ["backbone_component", "BackboneComponent"] and index["mae"] == ["mae", "AsukaMAE"]
     assert index["working_resolution"] == 64
     light_size, full_size = folder_bytes(light), folder_bytes(full)
     print(f"light repo {light_size / 1e6:.2f} MB vs full export {full_size / 1e6:.2f} MB")

@@ -72,13 +72,13 @@ def test_light_repo_holds_only_asukas_components(hub):
         assert sorted(p.name for p in (light / name).iterdir()) == [
             "backbone.fp16.json",
             "backbone.json",
-            "hub_light.py",
+            "backbone_component.py",
         ]
         pointer = json.loads((light / name / "backbone.json").read_text())
         assert pointer["repo"] == SD_BACKBONE and pointer["revision"] == BACKBONE_SHA and pointer["subfolder"] == name
     index = json.loads((light / "model_index.json").read_text())
     assert index["_asuka_backbone"] == {"repo": SD_BACKBONE, "revision": BACKBONE_SHA}
-    assert index["unet"] == ["hub_light", "BackboneComponent"] and index["mae"] == ["mae", "AsukaMAE"]
+    assert index["unet"] == ["backbone_component", "BackboneComponent"] and index["mae"] == ["mae", "AsukaMAE"]
     light_size, full_size = folder_bytes(light), folder_bytes(full)
     print(f"light repo {light_size / 1e6:.2f} MB vs full export {full_size / 1e6:.2f} MB")
     assert light_size < full_size - folder_bytes(full / "unet") + 1

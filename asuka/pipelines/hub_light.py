@@ -5,7 +5,7 @@ Layout (ASUKA-SD; ASUKA-FLUX has `transformer` for `unet` and `token_aligner`/`p
 
     model_index.json          pipeline class (remote code), components, "_asuka_backbone": {"repo", "revision"}
     pipeline_asuka.py ...     the pipeline's code
-    unet/  vae/  scheduler/   hub_light.py + backbone.json: loaded from the backbone repo, at the pinned revision
+    unet/  vae/  scheduler/   backbone_component.py + backbone.json: loaded from the backbone repo, pinned revision
     mae/  aligner/  decoder/  ASUKA's weights (safetensors), config and code
     README.md                 model card
 
@@ -17,19 +17,10 @@ not Modular Diffusers):
 and, with `asuka` installed, with `AsukaPipeline.from_pretrained(light_repo)` / `AsukaFluxPipeline.from_pretrained`.
 The backbone's text encoders are never listed, so never fetched.
 
-A backbone component is listed in `model_index.json` as `["hub_light", "BackboneComponent"]`, and its folder holds
-only this file and `backbone.json`:
+A backbone component is a pointer (`backbone_component.BackboneComponent`, see there).
 
-    {"repo": "stable-diffusion-v1-5/stable-diffusion-inpainting", "revision": "<commit>", "subfolder": "unet",
-     "class_name": "UNet2DConditionModel"}
-
-diffusers then calls `BackboneComponent.from_pretrained(<repo>/unet, torch_dtype=..., variant=...)`, which returns
-the real component loaded from the backbone repo (never an instance of `BackboneComponent`). A variant `v` the
-backbone offers is announced by a `backbone.<v>.json` copy of the pointer: diffusers only passes `variant` to a
-component whose folder holds a file named `*.<v>.*`.
-
-This module ships to the Hub as remote code (beside the pipeline and in each pointer folder), so it is
-self-contained and imports only torch and diffusers (`huggingface_hub`, a diffusers dependency, lazily).
+This module ships to the Hub as remote code (bundled beside the pipeline by `hub_export`), so it imports only
+torch, diffusers and its siblings (`huggingface_hub`, a diffusers dependency, lazily).
 """
 
 import importlib
@@ -42,83 +33,15 @@ from typing import Any
 
 import diffusers
 import torch
-from diffusers import ModelMixin
-from diffusers.utils.dynamic_modules_utils import get_relative_import_files
+
+from .backbone_component import HUB_KWARGS, BackboneComponent, load_backbone_component, pointer_file, read_pointer
+from .hub_export import bundle_module
 
 
 #: model_index.json key that marks a light repo and names its backbone.
 BACKBONE_KEY = "_asuka_backbone"
-#: Pointer file of a backbone-component folder.
-POINTER_FILE = "backbone.json"
-#: Arguments of `from_pretrained` that locate files (passed to the light repo and the backbone alike).
-HUB_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token")
-
-# ------------------------------------------------------------------------------------------ backbone pointers
-
-
-def pointer_file(variant: str | None = None) -> str:
-    """`backbone.json`, or `backbone.<variant>.json` (the marker that makes diffusers pass `variant`)."""
-    return POINTER_FILE if variant is None else f"backbone.{variant}.json"
-
-
-def read_pointer(folder: str | os.PathLike) -> dict[str, Any]:
-    """The pointer of a backbone-component folder: `repo`, `subfolder`, `revision`, `class_name`."""
-    path = os.path.join(folder, POINTER_FILE)
-    try:
-        with open(path, encoding="utf-8") as f:
-            pointer = json.load(f)
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a readable backbone pointer ({err}).") from err
-    missing = [key for key in ("repo", "subfolder", "class_name") if not pointer.get(key)]
-    if missing:
-        raise ValueError(f"{path}: the backbone pointer lacks {missing}; expected repo, subfolder, class_name.")
-    return pointer
-
-
-def load_backbone_component(pointer: dict[str, Any], revision: str | None = None, **kwargs: Any) -> Any:
-    """Load the diffusers component `pointer` names from its repo (at `revision`, else the pinned one).
-
-    `kwargs` are the loading arguments diffusers gives a model (`torch_dtype`, `variant`, `low_cpu_mem_usage`, ...);
-    a scheduler receives only the Hub arguments. A backbone that lacks the component raises `ValueError` naming the
-    repo, its revision and the component.
-    """
-    repo, subfolder, class_name = pointer["repo"], pointer["subfolder"], pointer["class_name"]
-    revision = revision or pointer.get("revision")
-    component_class = getattr(diffusers, class_name, None)
-    if component_class is None:
-        raise ValueError(f"Backbone component `{subfolder}` names {class_name!r}, which is not a diffusers class.")
-    where = f"the backbone repo {repo!r}" + (f" at revision {revision!r}" if revision else "")
-    if os.path.isdir(repo) and not os.path.isdir(os.path.join(repo, subfolder)):
-        raise ValueError(f"{where} has no `{subfolder}` component ({class_name}); the light repo needs it from there.")
-    if not issubclass(component_class, ModelMixin):
-        kwargs = {key: value for key, value in kwargs.items() if key in HUB_KWARGS}
-    kwargs = {key: value for key, value in kwargs.items() if value is not None}
-    if os.path.isdir(repo):
-        revision = None  # a local folder has no revisions
-    try:
-        return component_class.from_pretrained(repo, subfolder=subfolder, revision=revision, **kwargs)
-    except OSError as err:
-        raise ValueError(f"Could not load `{subfolder}` ({class_name}) from {where}: {err}") from err
-
-
-class BackboneComponent(ModelMixin):
-    """Stands in the light repo's `model_index.json` for a component that lives in the backbone repo.
-
-    It is a `ModelMixin` only so that diffusers hands its `from_pretrained` the model loading arguments
-    (`torch_dtype`, `variant`, ...); it is never instantiated.
-    """
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> Any:
-        """The real component named by `<pretrained_model_name_or_path>/backbone.json`, from the backbone repo."""
-        subfolder = kwargs.pop("subfolder", None)
-        folder = os.path.join(pretrained_model_name_or_path, subfolder or "")
-        return load_backbone_component(read_pointer(folder), **kwargs)
-
-
 #: The model_index.json entry of a component that lives in the backbone repo.
 BACKBONE_ENTRY = [BackboneComponent.__module__.rsplit(".", 1)[-1], BackboneComponent.__name__]
-
 
 # ------------------------------------------------------------------------------------------------ writing
 
@@ -195,11 +118,8 @@ def write_light_repo(
 
 
 def write_pipeline_code(pipeline_class: type, save_directory: str | os.PathLike) -> str:
-    """Copy the pipeline's module and the sibling modules it imports relatively to the repo root; its name."""
-    module_file = inspect.getsourcefile(pipeline_class)
-    for path in [module_file, *get_relative_import_files(module_file)]:
-        shutil.copyfile(path, os.path.join(save_directory, os.path.basename(path)))
-    return os.path.splitext(os.path.basename(module_file))[0]
+    """The pipeline's module and the package modules it imports, bundled at the repo root (`hub_export`); its name."""
+    return bundle_module(pipeline_class.__module__, save_directory)
 
 
 def read_model_index(folder: str | os.PathLike) -> dict[str, Any]:
