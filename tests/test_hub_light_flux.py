@@ -88,10 +88,17 @@ def test_light_repo_holds_only_asukas_components(hub):
 
 
 def test_one_diffusers_call_loads_it_without_asuka(hub, tmp_path):
-    """Same output as the assembled pipeline; backbone from its repo at the pinned revision; dtype/variant reach it."""
-    pipe, light, _, _, cache = hub
+    """Same output as the assembled pipeline; backbone from its repo at the pinned revision; dtype/variant reach it.
+
+    The reference is assembled the documented two-source way from the same files (backbone folder + the light
+    repo's components): the FLUX transformer's matmuls round differently (~2e-6) on memory-mapped safetensors than
+    on freshly allocated weights, whatever the format, so an in-memory pipeline is not a bit-exact reference.
+    """
+    pipe, light, _, backbone, cache = hub
     image, mask = make_inputs()
-    expected = pipe(
+    assembled = AsukaFluxPipeline.from_pretrained(backbone, asuka=light)
+    assembled.set_progress_bar_config(disable=True)
+    expected = assembled(
         image, mask, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0), output_type="np"
     )
     image.save(tmp_path / "image.png")
