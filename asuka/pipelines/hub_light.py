@@ -42,6 +42,8 @@ from .hub_export import bundle_module
 BACKBONE_KEY = "_asuka_backbone"
 #: The model_index.json entry of a component that lives in the backbone repo.
 BACKBONE_ENTRY = [BackboneComponent.__module__.rsplit(".", 1)[-1], BackboneComponent.__name__]
+#: Component names an ASUKA pipeline takes from its frozen backbone (the rest are ASUKA's own).
+BACKBONE_COMPONENTS = ("vae", "unet", "transformer", "scheduler")
 
 # ------------------------------------------------------------------------------------------------ writing
 
@@ -76,8 +78,8 @@ def write_light_repo(
         config: the pipeline's own config values (e.g. `{"working_resolution": 1024}`).
         model_card: README.md text.
 
-    The pipeline's code is written by `write_pipeline_code` (the file of `pipeline_class` and the sibling modules it
-    imports), each ASUKA component's code into its folder.
+    The pipeline's code is bundled at the root by `hub_export.bundle_module`, each ASUKA component's code goes into
+    its folder.
     """
     os.makedirs(save_directory, exist_ok=True)
     overlap = set(components) & set(backbone)
@@ -108,18 +110,13 @@ def write_light_repo(
             index[name] = ["diffusers", type(component).__name__]
         else:
             index[name] = [source_module(type(component), folder), type(component).__name__]
-    index["_class_name"][0] = write_pipeline_code(pipeline_class, save_directory)
+    index["_class_name"][0] = bundle_module(pipeline_class.__module__, save_directory)
     with open(os.path.join(save_directory, "model_index.json"), "w", encoding="utf-8") as f:
         json.dump(index, f, indent=2, sort_keys=True)
     if model_card is not None:
         with open(os.path.join(save_directory, "README.md"), "w", encoding="utf-8") as f:
             f.write(model_card)
     return str(save_directory)
-
-
-def write_pipeline_code(pipeline_class: type, save_directory: str | os.PathLike) -> str:
-    """The pipeline's module and the package modules it imports, bundled at the repo root (`hub_export`); its name."""
-    return bundle_module(pipeline_class.__module__, save_directory)
 
 
 def read_model_index(folder: str | os.PathLike) -> dict[str, Any]:
@@ -206,10 +203,6 @@ def load_light_components(
             dtype_kwargs = {} if torch_dtype is None else {"torch_dtype": torch_dtype}
             components[name] = model_class.from_pretrained(folder, subfolder=name, **dtype_kwargs)
     return components, config
-
-
-#: Component names an ASUKA pipeline takes from its frozen backbone (the rest are ASUKA's own).
-BACKBONE_COMPONENTS = ("vae", "unet", "transformer", "scheduler")
 
 
 def save_light_pipeline(
