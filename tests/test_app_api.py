@@ -1,7 +1,9 @@
 """The demo's `/inpaint` endpoint through gradio_client, against `python app.py --tiny` on localhost."""
 
 import json
+import struct
 import urllib.request
+import zlib
 
 import numpy as np
 import pytest
@@ -160,3 +162,56 @@ def test_huge_image_and_another_method(client, tmp_path):
         result = np.asarray(Image.open(out["result"]).convert("RGB"))
         assert result.shape == photo.shape and np.array_equal(result[~hole], photo[~hole])
         assert (result[hole] != photo[hole]).any()
+
+
+def _bomb_png(path, side: int = 20000) -> None:
+    """A valid 1-bit PNG of side x side black pixels: ~50 KB on disk, 400 megapixels once decoded."""
+    row = b"\x00" + bytes((side + 7) // 8)  # filter byte + packed bits
+    compressor = zlib.compressobj(9)
+    data = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("bomb image", r"too large to decode safely"),
+        ("text as image", r"Could not read .* as an image"),
+        ("text as mask", r"The mask cannot be used: Could not read .* as an image"),
+        ("truncated image", r"(?i)truncated"),
+        ("mask of another aspect ratio", r"Mask size 40x40 does not match the image size 77x53"),
+    ],
+)
+def test_bad_upload_gets_a_message_naming_the_problem(client, tmp_path, case, expected):
+    photo, hole = _photo(), _hole()
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    Image.fromarray(hole.astype(np.uint8) * 255).save(tmp_path / "mask.png")
+    image, mask = tmp_path / "photo.png", tmp_path / "mask.png"
+    if case == "bomb image":
+        image = tmp_path / "bomb.png"
+        _bomb_png(image)
+        assert image.stat().st_size < 200_000
+    elif case == "text as image":
+        image = tmp_path / "notes.png"
+        image.write_text("this is a text file, not a picture\n")
+    elif case == "text as mask":
+        mask = tmp_path / "notes.png"
+        mask.write_text("this is a text file, not a mask\n")
+    elif case == "truncated image":
+        image = tmp_path / "truncated.png"
+        image.write_bytes((tmp_path / "photo.png").read_bytes()[:-600])
+    else:
+        mask = tmp_path / "square.png"
+        Image.new("L", (40, 40), 255).save(mask)
+    with pytest.raises(AppError, match=expected):
+        call(client, image, mask)
+    # the next good request is served
+    result = np.asarray(
+        Image.open(call(client, tmp_path / "photo.png", tmp_path / "mask.png")["result"]).convert("RGB")
+    )
+    assert np.array_equal(result[~hole], photo[~hole])
