@@ -208,6 +208,11 @@ class LoadProgress(gr.Progress):
         named = f"{self.label}: {load_stage(desc, unit)}" + (f" — {desc}" if desc else "")
         return super().tqdm(iterable, named, total, unit, _tqdm)
 
+    def close(self, _tqdm):
+        super().close(_tqdm)
+        if not self.iterables:  # between bars (e.g. converting a downloaded release): say what is going on
+            self.page(None, desc=f"{self.label}: preparing the weights (converting / loading)")
+
 
 @contextmanager
 def reporting_load(progress: gr.Progress, label: str) -> Iterator[None]:

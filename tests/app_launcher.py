@@ -21,9 +21,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+#: Variables by which the app recognises a Hugging Face Space; the tests set them only where they mean to.
+SPACES_VARIABLES = ("SYSTEM", "SPACE_ID", "SPACE_AUTHOR_NAME", "SPACE_REPO_NAME", "SPACE_HOST")
+
+
 def quiet_env(**extra: str) -> dict:
-    """Subprocess environment: one torch thread (the CI box is shared), no Hub, no telemetry."""
-    env = dict(os.environ)
+    """Subprocess environment: one torch thread (the CI box is shared), no Hub, no telemetry, not a Space."""
+    env = {key: value for key, value in os.environ.items() if key not in SPACES_VARIABLES}
     env.update(
         OMP_NUM_THREADS="1",
         MKL_NUM_THREADS="1",
@@ -37,14 +41,16 @@ def quiet_env(**extra: str) -> dict:
 
 
 @contextmanager
-def running_app(args: Sequence[str] = ("--tiny",), log_path: Path | None = None) -> Iterator[str]:
-    """Yield the base URL of a running `python app.py ARGS`; the process is stopped afterwards."""
+def running_app(
+    args: Sequence[str] = ("--tiny",), log_path: Path | None = None, env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """Yield the base URL of a running `python app.py ARGS` (``env``: extra variables); stopped afterwards."""
     port = free_port()
     log = open(log_path, "w") if log_path else subprocess.DEVNULL
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "app.py"), *args, "--port", str(port)],
         cwd=ROOT,
-        env=quiet_env(),
+        env=quiet_env(**(env or {})),
         stdout=log,
         stderr=subprocess.STDOUT,
     )
