@@ -9,6 +9,7 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,3 +80,33 @@ def running_app(
             process.wait()
         if log_path:
             log.close()
+
+
+#: Debian's chromium (installed by .ci/install_browser.sh); Playwright never downloads a browser of its own.
+CHROMIUM = os.environ.get("ASUKA_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@contextmanager
+def browser_page(url: str, width: int = 1366, height: int = 768) -> Iterator[Any]:
+    """A Playwright page of chromium showing ``url`` at ``width`` x ``height``, closed afterwards."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.set_default_timeout(120_000)
+            page.goto(url, wait_until="networkidle")
+            yield page
+        finally:
+            browser.close()
