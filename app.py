@@ -545,8 +545,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             cache.models[name] = args.model
         cache.get(name)  # load the first model now, so a bad model id fails at start-up
     except (ValueError, NoDefaultMethod, registry.ModelLoadError) as error:
+        print(f"error: {error}", file=sys.stderr)
         if not on_spaces():
-            print(f"error: {error}", file=sys.stderr)
             raise SystemExit(2)
         # A Space that crashes shows only "Runtime error": start the page and put the fix-it text in it.
         guidance = str(error)
