@@ -1,4 +1,4 @@
-"""asuka demo: a Gradio app for faithful image inpainting (UI only; models live in asuka.registry).
+"""asuka demo: a Gradio app for faithful image inpainting (UI only; models live in asuka.methods).
 
     python app.py                         # the first method with weights: ASUKA-FLUX on a GPU machine
     python app.py --tiny                  # random tiny weights, for trying the interface
@@ -34,7 +34,8 @@ from gradio.helpers import patch_tqdm
 from gradio.utils import get_upload_folder
 from PIL import Image
 
-from asuka import registry
+from asuka import methods
+from asuka.defaults import default_device, default_dtype
 from asuka.imageio import load_image, load_mask, mask_from_layers
 from asuka.masks import dilate_mask
 
@@ -97,7 +98,7 @@ def gpu_duration(
     names = [method]
     if run_backbone:
         try:
-            backbone = registry.get_method(method).backbone
+            backbone = methods.get_method(method).backbone
         except ValueError:
             backbone = None
         names += [backbone] if backbone else []
@@ -236,7 +237,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--model", default=env("ASUKA_MODEL"), help="Hub id or local folder of that method's weights")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--dtype", default=None, help="float16, bfloat16 or float32 (default: float16 on GPU)")
+    parser.add_argument("--dtype", default=None, help="float16, bfloat16 or float32 (default: bfloat16 on GPU)")
     parser.add_argument("--port", type=int, default=None, help="default: $GRADIO_SERVER_PORT or 7860")
     parser.add_argument("--host", default=None, help="default: $GRADIO_SERVER_NAME or 127.0.0.1")
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
@@ -270,7 +271,7 @@ def _editor_mask(editor: dict | None, mask: Image.Image | None, size: tuple[int,
 
 
 def build_demo(
-    cache: registry.PipelineCache,
+    cache: methods.PipelineCache,
     default_method: str,
     tiny: bool = False,
     max_queue: int = 16,
@@ -278,15 +279,14 @@ def build_demo(
     max_results: int = MAX_RESULT_FILES,
     cache_max_age: int = CACHE_MAX_AGE_S,
 ) -> gr.Blocks:
-    """The Blocks UI; every model call goes through ``cache`` and the registry.
+    """The Blocks UI; every model call goes through ``cache`` and the methods.
 
     ``guidance`` (why the first model could not load, and how to fix it) is shown where the result goes.
     Uploads, outputs and result files are deleted ``cache_max_age`` seconds after they were written, and
     at most ``max_results`` result files are kept.
     """
-    methods = registry.list_methods()
-    choices = [(spec.label, spec.name) for spec in methods]
-    first = registry.get_method(default_method)
+    choices = [(spec.label, spec.name) for spec in methods.list_methods()]
+    first = methods.get_method(default_method)
     results = ResultFiles(Path(get_upload_folder()) / "asuka-results", max_results, cache_max_age)
     cache_max_age = max(1, cache_max_age)
 
@@ -316,10 +316,10 @@ def build_demo(
             mask = dilate_mask(mask, int(dilation))
         if not np.asarray(mask).any():
             raise gr.Error("The mask is empty: paint over the region to repaint, or upload a mask (white = repaint).")
-        spec = registry.get_method(method)
+        spec = methods.get_method(method)
         if randomize_seed:
             seed = random.randint(0, MAX_SEED)
-        request = registry.InpaintRequest(
+        request = methods.InpaintRequest(
             image=image,
             mask=mask,
             steps=int(steps),
@@ -329,14 +329,14 @@ def build_demo(
             keep_unmasked=bool(keep_unmasked),
         )
 
-        def run(name: str, label: str) -> registry.InpaintResult:
+        def run(name: str, label: str) -> methods.InpaintResult:
             try:
                 with reporting_load(progress, label):
                     pipeline = cache.get(name)
-            except registry.ModelLoadError as error:
+            except methods.ModelLoadError as error:
                 raise gr.Error(str(error), duration=None) from error
             try:
-                return registry.run_method(
+                return methods.run_method(
                     name, pipeline, request, lambda done, total: progress((done, total), desc=label, unit="steps")
                 )
             except ValueError as error:
@@ -345,14 +345,14 @@ def build_demo(
         result = run(spec.name, spec.label)
         backbone = None
         if run_backbone and spec.backbone:
-            backbone = run(spec.backbone, registry.get_method(spec.backbone).label).image
+            backbone = run(spec.backbone, methods.get_method(spec.backbone).label).image
         elif run_backbone:
             gr.Warning(f"{spec.label} has no separate backbone to compare with.")
         download = results.save(result.image)
         return (result.image, (image, result.image), backbone, result.reconstruction, download, seed, mask)
 
     def on_method(method: str):
-        spec = registry.get_method(method)
+        spec = methods.get_method(method)
         return (
             gr.update(value=spec.default_steps),
             gr.update(visible=spec.uses_condition_weight),
@@ -502,55 +502,37 @@ class NoDefaultMethod(RuntimeError):
     """No method can run here without being asked for (no GPU, no --tiny); the message says what to try."""
 
 
-def default_method(cuda_available: bool | None = None) -> str | None:
-    """Stand-in for the registry's default until asuka.methods lands: ASUKA-FLUX with a GPU, else none."""
-    import torch
-
-    return "asuka-flux" if (torch.cuda.is_available() if cuda_available is None else cuda_available) else None
-
-
-def no_default_guidance() -> str:
-    """Stand-in for the registry's first-run guidance until asuka.methods lands."""
-    lines = [
-        "No CUDA GPU was found, so there is no default method (the methods with public weights need a GPU).",
-        "Try the interface with tiny random weights: add --tiny (results are noise, not inpainting).",
-        "Or choose a method with --method NAME (and its weights with --model):",
-    ]
-    return "\n".join(lines + [f"  {spec.name}  {spec.label}" for spec in registry.list_methods()])
-
-
 def choose_method(requested: str | None, tiny: bool, cuda_available: bool | None = None) -> str:
     """The method shown first: the one asked for; with --tiny the first registered; else the default by hardware."""
     if requested:
-        return registry.get_method(requested).name
+        return methods.get_method(requested).name
     if tiny:
-        return registry.list_methods()[0].name
-    name = default_method(cuda_available)
+        return methods.list_methods()[0].name
+    name = methods.default_method(cuda_available)
     if name is None:
-        raise NoDefaultMethod(no_default_guidance())
+        raise NoDefaultMethod(methods.no_default_guidance())
     return name
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from asuka.cli import default_device_dtype
-
-    device, dtype = default_device_dtype(args.device, args.dtype)
-    cache = registry.PipelineCache(device=device, dtype=dtype, tiny=args.tiny)
+    device = args.device or default_device()
+    dtype = args.dtype or default_dtype(device)
+    cache = methods.PipelineCache(device=device, dtype=dtype, tiny=args.tiny)
     name, guidance = None, None
     try:
         name = choose_method(args.method, args.tiny, cuda_available=device.startswith("cuda"))
         if args.model:
             cache.models[name] = args.model
         cache.get(name)  # load the first model now, so a bad model id fails at start-up
-    except (ValueError, NoDefaultMethod, registry.ModelLoadError) as error:
+    except (ValueError, NoDefaultMethod, methods.ModelLoadError) as error:
         print(f"error: {error}", file=sys.stderr)
         if not on_spaces():
             raise SystemExit(2)
         # A Space that crashes shows only "Runtime error": start the page and put the fix-it text in it.
         guidance = str(error)
-        name = name or registry.list_methods()[0].name
+        name = name or methods.list_methods()[0].name
     demo = build_demo(
         cache,
         name,

@@ -6,7 +6,7 @@ import gradio
 import yaml
 from app_launcher import ROOT
 
-from asuka import registry
+from asuka import methods
 
 
 #: Hardware flavours documented for `suggested_hardware` in the Spaces configuration reference.
@@ -46,7 +46,7 @@ def test_pinned_gradio_is_the_one_installed():
 def test_front_matter_lists_the_models_the_methods_download():
     models = front_matter()["models"]
     assert isinstance(models, list) and all(re.fullmatch(r"[\w.-]+/[\w.-]+", m) for m in models)
-    hub_defaults = {spec.default_model for spec in registry.list_methods() if spec.default_model}
+    hub_defaults = {spec.default_model for spec in methods.list_methods() if spec.default_model}
     assert hub_defaults and hub_defaults <= set(models), hub_defaults - set(models)
 
 

@@ -11,7 +11,7 @@ from app_launcher import ROOT
 from PIL import Image
 from tqdm import tqdm
 
-from asuka import registry
+from asuka import methods
 
 
 sys.path.insert(0, str(ROOT))
@@ -32,11 +32,11 @@ def test_default_method_follows_cuda(monkeypatch):
         app.choose_method(None, tiny=False, cuda_available=False)
     message = str(error.value)
     assert "--tiny" in message
-    for spec in registry.list_methods():  # which methods need what
+    for spec in methods.list_methods():  # which methods need what
         assert spec.name in message
     # asked-for methods and --tiny never depend on the hardware
     assert app.choose_method("sd", tiny=False, cuda_available=False) == "sd"
-    assert app.choose_method(None, tiny=True, cuda_available=False) == registry.list_methods()[0].name
+    assert app.choose_method(None, tiny=True, cuda_available=False) == methods.list_methods()[0].name
     with pytest.raises(ValueError, match="Unknown method"):
         app.choose_method("no-such-method", tiny=False, cuda_available=True)
 
@@ -61,9 +61,9 @@ def test_spaces_are_recognised_from_their_environment():
 # --- ZeroGPU duration -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", [spec.name for spec in registry.list_methods()])
+@pytest.mark.parametrize("method", [spec.name for spec in methods.list_methods()])
 def test_gpu_duration_per_method(method):
-    spec = registry.get_method(method)
+    spec = methods.get_method(method)
     steps = spec.default_steps
     base = app.gpu_duration(_editor(1024, 768), None, method, steps)
     assert isinstance(base, int) and app.GPU_OVERHEAD_S < base <= app.GPU_MAX_DURATION_S
@@ -94,7 +94,7 @@ def test_gpu_decorator_is_applied_with_the_duration_function(monkeypatch):
         return fn if fn is not None else (lambda f: f)
 
     monkeypatch.setattr(app, "gpu", fake_gpu)
-    app.build_demo(registry.PipelineCache(tiny=True), "asuka-sd", tiny=True)
+    app.build_demo(methods.PipelineCache(tiny=True), "asuka-sd", tiny=True)
     assert seen["duration"] is app.gpu_duration
 
 
