@@ -59,6 +59,12 @@ MAX_RESULT_FILES = 64
 #: Seconds after which uploads, outputs and result files are deleted (Gradio's ``delete_cache`` age).
 CACHE_MAX_AGE_S = 6 * 3600
 
+#: How a Space owner passes what the guidance calls flags.
+SPACES_HINT = (
+    "On a Space, flags are Space variables (Settings -> Variables): ASUKA_METHOD=NAME, ASUKA_MODEL=PATH_OR_ID, "
+    "ASUKA_TINY=1; a gated model also needs an HF_TOKEN secret of an account that accepted its licence."
+)
+
 #: ZeroGPU estimate per method: seconds per denoising step at the method's working size on one GPU slice.
 GPU_SECONDS_PER_STEP = {"asuka-flux": 0.6, "flux-fill": 0.5, "asuka-sd": 0.08, "sd": 0.06, "strdiffusion": 0.08}
 #: Methods added by other packages are assumed to be as slow as the slowest built-in one.
@@ -531,7 +537,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not on_spaces():
             raise SystemExit(2)
         # A Space that crashes shows only "Runtime error": start the page and put the fix-it text in it.
-        guidance = str(error)
+        guidance = f"{error}\n\n{SPACES_HINT}"
         name = name or methods.list_methods()[0].name
     demo = build_demo(
         cache,

@@ -88,6 +88,7 @@ def test_the_page_shows_the_fix_it_guidance(space_url):
         text = guidance.inner_text()
         assert "Could not load the ASUKA-FLUX model" in text
         assert "HF_HUB_OFFLINE" in text and "How to fix it" in text
+        assert "ASUKA_TINY=1" in text  # flags are Space variables there
         assert page.locator("#run").is_visible()
 
 
