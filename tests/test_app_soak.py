@@ -11,8 +11,10 @@ from PIL import Image
 
 
 CALLS = 60
-MAX_AGE_S = 8  # --cache-max-age: Gradio then deletes every max(1, 8 // 4) = 2 s what is older than 8 s
-SWEEP_S = 2
+MAX_AGE_S = 4  # --cache-max-age: Gradio then deletes every max(1, 4 // 4) = 1 s what is older than 4 s
+SWEEP_S = 1
+#: Calls are paced to at least this many seconds each, so the run outlasts the age several times over.
+MIN_CALL_S = 0.3
 MAX_RESULTS = 5
 #: Files one call may leave: 2 uploads (image, mask) + result + before/after (2) + reconstruction + mask + download.
 FILES_PER_CALL = 8
@@ -43,6 +45,7 @@ def test_sixty_calls_leave_bounded_temporary_files(app, tmp_path):
 
     finished = []
     for _ in range(CALLS):
+        started = time.monotonic()
         # a random seed each time: every result is a new file, as with real users
         outputs = client.predict(
             editor, handle_file(str(tmp_path / "mask.png")), "asuka-sd", 1, 0, True, 1.0, 1.0, True, 0, False,
@@ -50,6 +53,7 @@ def test_sixty_calls_leave_bounded_temporary_files(app, tmp_path):
         )  # fmt: skip
         finished.append(time.monotonic())
         assert outputs[0] is not None
+        time.sleep(max(0.0, MIN_CALL_S - (finished[-1] - started)))
     end = time.monotonic()
 
     after_run = {path: size for path, size in _files(temp).items() if path not in baseline}
