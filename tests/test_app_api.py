@@ -183,6 +183,7 @@ def _bomb_png(path, side: int = 20000) -> None:
         ("bomb image", r"too large to decode safely"),
         ("text as image", r"Could not read .* as an image"),
         ("text as mask", r"The mask cannot be used: Could not read .* as an image"),
+        ("text as painted layer", r"a painted layer could not be read"),
         ("truncated image", r"(?i)truncated"),
         ("mask of another aspect ratio", r"Mask size 40x40 does not match the image size 77x53"),
     ],
@@ -191,7 +192,7 @@ def test_bad_upload_gets_a_message_naming_the_problem(client, tmp_path, case, ex
     photo, hole = _photo(), _hole()
     Image.fromarray(photo).save(tmp_path / "photo.png")
     Image.fromarray(hole.astype(np.uint8) * 255).save(tmp_path / "mask.png")
-    image, mask = tmp_path / "photo.png", tmp_path / "mask.png"
+    image, mask, layers = tmp_path / "photo.png", tmp_path / "mask.png", ()
     if case == "bomb image":
         image = tmp_path / "bomb.png"
         _bomb_png(image)
@@ -202,6 +203,9 @@ def test_bad_upload_gets_a_message_naming_the_problem(client, tmp_path, case, ex
     elif case == "text as mask":
         mask = tmp_path / "notes.png"
         mask.write_text("this is a text file, not a mask\n")
+    elif case == "text as painted layer":
+        mask, layers = None, [tmp_path / "layer.png"]
+        layers[0].write_text("this is a text file, not a painted layer\n")
     elif case == "truncated image":
         image = tmp_path / "truncated.png"
         image.write_bytes((tmp_path / "photo.png").read_bytes()[:-600])
@@ -209,7 +213,7 @@ def test_bad_upload_gets_a_message_naming_the_problem(client, tmp_path, case, ex
         mask = tmp_path / "square.png"
         Image.new("L", (40, 40), 255).save(mask)
     with pytest.raises(AppError, match=expected):
-        call(client, image, mask)
+        call(client, image, mask, layers=layers)
     # the next good request is served
     result = np.asarray(
         Image.open(call(client, tmp_path / "photo.png", tmp_path / "mask.png")["result"]).convert("RGB")
