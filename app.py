@@ -19,6 +19,7 @@ import os
 import random
 import shutil
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -188,6 +189,49 @@ class ResultFiles:
         for index, folder in enumerate(folders):
             if index >= keep or now - folder.stat().st_mtime > self.max_age_s:
                 shutil.rmtree(folder, ignore_errors=True)
+
+
+def sweep_cache(demo: gr.Blocks, results: ResultFiles, max_age_s: float) -> None:
+    """Delete the uploads and outputs Gradio tracks for ``demo`` that are older than ``max_age_s``, and old results.
+
+    What Gradio's ``delete_cache`` does, but on a snapshot of each set: Gradio 6.31 walks the live sets from
+    a worker thread, so a request that finishes during its sweep ("Set changed size during iteration")
+    ends its clean-up task for good, and the disk fills from then on.
+    """
+    keep = set().union(*(getattr(block, "keep_in_cache", set()) for block in demo.blocks.values()))
+    now = time.time()
+    for files in demo.temp_file_sets:
+        gone = set()
+        for file in list(files):  # one atomic copy; requests may add files meanwhile
+            if file in keep:
+                continue
+            try:
+                if now - os.lstat(file).st_ctime > max_age_s:
+                    os.remove(file)
+                    gone.add(file)
+            except FileNotFoundError:
+                gone.add(file)
+        files.difference_update(gone)
+    results.prune()
+
+
+def start_cache_sweeper(
+    demo: gr.Blocks, results: ResultFiles, max_age_s: float, every_s: float, stop: threading.Event | None = None
+) -> threading.Thread:
+    """Run :func:`sweep_cache` every ``every_s`` seconds in a daemon thread until ``stop`` is set; a failed
+    sweep is logged and retried."""
+    stop = stop or threading.Event()
+
+    def sweep_forever() -> None:
+        while not stop.wait(every_s):
+            try:
+                sweep_cache(demo, results, max_age_s)
+            except Exception:  # a clean-up that stops for good would let the disk fill
+                logging.getLogger(__name__).exception("Cache clean-up failed; retrying in %s s", every_s)
+
+    thread = threading.Thread(target=sweep_forever, name="asuka-cache-sweeper", daemon=True)
+    thread.start()
+    return thread
 
 
 def load_stage(desc: str | None, unit: str | None) -> str:
@@ -366,9 +410,10 @@ def build_demo(
             gr.update(interactive=spec.backbone is not None),
         )
 
-    # Gradio's own clean-up of uploads and outputs: every quarter of the age (at most hourly).
-    delete_cache = (max(1, min(3600, cache_max_age // 4)), cache_max_age)
-    with gr.Blocks(title="asuka inpainting", delete_cache=delete_cache) as demo:
+    # Uploads and outputs are deleted by age, every quarter of the age (at most hourly): by Gradio's
+    # delete_cache (which also empties the cache at shut-down) and by start_cache_sweeper (see sweep_cache).
+    sweep_every = max(1, min(3600, cache_max_age // 4))
+    with gr.Blocks(title="asuka inpainting", delete_cache=(sweep_every, cache_max_age)) as demo:
         gr.Markdown(
             "# asuka — faithful inpainting\nPaint over what should be repainted (or upload a mask), then **Run**."
         )
@@ -484,6 +529,7 @@ def build_demo(
             concurrency_id="gpu",
         )
     demo.queue(max_size=max_queue, default_concurrency_limit=1)
+    start_cache_sweeper(demo, results, cache_max_age, sweep_every)
     return demo
 
 

@@ -110,3 +110,21 @@ def browser_page(url: str, width: int = 1366, height: int = 768) -> Iterator[Any
             yield page
         finally:
             browser.close()
+
+
+def small_inputs(tmp_path: Path) -> tuple[dict, Any, Any, Any]:
+    """A 64x48 photo and a rectangular hole saved in ``tmp_path``, as `/inpaint` takes them.
+
+    Returns the editor value, the mask file, the photo (uint8 HxWx3) and the hole (bool HxW).
+    """
+    import numpy as np
+    from gradio_client import handle_file
+    from PIL import Image
+
+    photo = np.asarray(Image.open(ROOT / "examples" / "coffee.jpg").convert("RGB").resize((64, 48)))
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    hole = np.zeros((48, 64), dtype=bool)
+    hole[10:30, 20:40] = True
+    Image.fromarray(hole.astype(np.uint8) * 255).save(tmp_path / "mask.png")
+    editor = {"background": handle_file(str(tmp_path / "photo.png")), "layers": [], "composite": None}
+    return editor, handle_file(str(tmp_path / "mask.png")), photo, hole

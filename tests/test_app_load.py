@@ -7,8 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from app_launcher import ROOT, quiet_env, running_app
-from gradio_client import Client, handle_file
+from app_launcher import ROOT, quiet_env, running_app, small_inputs
+from gradio_client import Client
 from gradio_client.exceptions import AppError
 from gradio_client.utils import QueueError
 from PIL import Image
@@ -24,23 +24,13 @@ def app_url(tmp_path_factory):
         yield url
 
 
-def _inputs(tmp_path):
-    photo = np.asarray(Image.open(ROOT / "examples" / "coffee.jpg").convert("RGB").resize((64, 48)))
-    Image.fromarray(photo).save(tmp_path / "photo.png")
-    mask = np.zeros((48, 64), dtype=np.uint8)
-    mask[10:30, 20:40] = 255
-    Image.fromarray(mask).save(tmp_path / "mask.png")
-    editor = {"background": handle_file(str(tmp_path / "photo.png")), "layers": [], "composite": None}
-    return editor, handle_file(str(tmp_path / "mask.png")), photo, mask > 0
-
-
 def _call(url, editor, mask, steps):
     client = Client(url, verbose=False)
     return client.predict(editor, mask, "asuka-sd", steps, 0, False, 1.0, 1.0, True, 0, False, api_name="/inpaint")
 
 
 def test_concurrent_calls_succeed_or_are_told_the_queue_is_full(app_url, tmp_path):
-    editor, mask, photo, hole = _inputs(tmp_path)
+    editor, mask, photo, hole = small_inputs(tmp_path)
 
     def one(_):
         try:

@@ -3,11 +3,9 @@
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from app_launcher import ROOT, running_app
-from gradio_client import Client, handle_file
-from PIL import Image
+from app_launcher import running_app, small_inputs
+from gradio_client import Client
 
 
 CALLS = 60
@@ -34,12 +32,7 @@ def app(tmp_path_factory):
 
 def test_sixty_calls_leave_bounded_temporary_files(app, tmp_path):
     url, temp = app
-    photo = np.asarray(Image.open(ROOT / "examples" / "coffee.jpg").convert("RGB").resize((64, 48)))
-    Image.fromarray(photo).save(tmp_path / "photo.png")
-    mask = np.zeros((48, 64), dtype=np.uint8)
-    mask[10:30, 20:40] = 255
-    Image.fromarray(mask).save(tmp_path / "mask.png")
-    editor = {"background": handle_file(str(tmp_path / "photo.png")), "layers": [], "composite": None}
+    editor, mask, _, _ = small_inputs(tmp_path)
     client = Client(url, verbose=False, download_files=False)  # nothing written on the client side
     baseline = set(_files(temp))
 
@@ -48,7 +41,7 @@ def test_sixty_calls_leave_bounded_temporary_files(app, tmp_path):
         started = time.monotonic()
         # a random seed each time: every result is a new file, as with real users
         outputs = client.predict(
-            editor, handle_file(str(tmp_path / "mask.png")), "asuka-sd", 1, 0, True, 1.0, 1.0, True, 0, False,
+            editor, mask, "asuka-sd", 1, 0, True, 1.0, 1.0, True, 0, False,
             api_name="/inpaint",
         )  # fmt: skip
         finished.append(time.monotonic())

@@ -8,8 +8,8 @@ import json
 
 import numpy as np
 import pytest
-from app_launcher import ROOT, browser_page, running_app
-from gradio_client import Client, handle_file
+from app_launcher import browser_page, running_app, small_inputs
+from gradio_client import Client
 from gradio_client.exceptions import AppError
 from PIL import Image
 
@@ -26,10 +26,10 @@ SPACE_ENV = {
 
 def _cache_tiny_sd_inpainting(hf_home) -> None:
     """A tiny random SD-1.5 inpainting pipeline in ``hf_home`` laid out as the Hub cache stores a download."""
-    from diffusers import StableDiffusionInpaintPipeline
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from asuka.testing.sd import CROSS_ATTENTION_DIM, make_tiny_sd_components
+    from asuka.testing import make_tiny_pipeline
+    from asuka.testing.sd import CROSS_ATTENTION_DIM
 
     repo = hf_home / "hub" / ("models--" + SD_INPAINT_REPO.replace("/", "--"))
     commit = "0" * 40
@@ -52,17 +52,8 @@ def _cache_tiny_sd_inpainting(hf_home) -> None:
             pad_token_id=1,
         )
     )
-    parts = make_tiny_sd_components()
-    pipeline = StableDiffusionInpaintPipeline(
-        vae=parts["vae"],
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=parts["unet"],
-        scheduler=parts["scheduler"],
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipeline = make_tiny_pipeline("sd-backbone")
+    pipeline.register_modules(text_encoder=text_encoder, tokenizer=tokenizer)
     pipeline.save_pretrained(repo / "snapshots" / commit)
 
 
@@ -93,17 +84,12 @@ def test_the_page_shows_the_fix_it_guidance(space_url):
 
 
 def test_another_method_still_answers(space_url, tmp_path):
-    photo = np.asarray(Image.open(ROOT / "examples" / "coffee.jpg").convert("RGB").resize((64, 48)))
-    hole = np.zeros((48, 64), dtype=bool)
-    hole[10:30, 20:40] = True
-    Image.fromarray(photo).save(tmp_path / "photo.png")
-    Image.fromarray(hole.astype(np.uint8) * 255).save(tmp_path / "mask.png")
-    editor = {"background": handle_file(str(tmp_path / "photo.png")), "layers": [], "composite": None}
+    editor, mask, photo, hole = small_inputs(tmp_path)
     client = Client(space_url, verbose=False)
 
     def call(method):
         settings = (2, 0, False, 1.0, 1.0, True, 0, False)
-        return client.predict(editor, handle_file(str(tmp_path / "mask.png")), method, *settings, api_name="/inpaint")
+        return client.predict(editor, mask, method, *settings, api_name="/inpaint")
 
     result = np.asarray(Image.open(call("sd")[0]).convert("RGB"))
     assert result.shape == photo.shape and np.array_equal(result[~hole], photo[~hole])

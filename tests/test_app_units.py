@@ -3,6 +3,7 @@
 import math
 import os
 import sys
+import threading
 import time
 from types import SimpleNamespace
 
@@ -158,3 +159,40 @@ def test_loading_stage_from_bar():
     assert app.load_stage("Fetching 23 files", "it") == "downloading"
     assert app.load_stage("Converting ASUKA-FLUX", "it") == "converting"
     assert app.load_stage("Loading checkpoint shards", "it") == "loading"
+
+
+def test_cache_sweep_deletes_old_tracked_files_but_not_kept_ones(tmp_path):
+    files = [tmp_path / f"{name}.png" for name in ("upload", "output", "example")]
+    for file in files:
+        file.write_bytes(b"png")
+    tracked = {str(file) for file in files}
+    demo = SimpleNamespace(blocks={0: SimpleNamespace(keep_in_cache={str(files[2])})}, temp_file_sets=[tracked])
+    results = app.ResultFiles(tmp_path / "results", max_files=3, max_age_s=3600)
+    app.sweep_cache(demo, results, max_age_s=3600)  # nothing is old yet
+    assert all(file.exists() for file in files) and len(tracked) == 3
+    app.sweep_cache(demo, results, max_age_s=-1)  # everything is old
+    assert not files[0].exists() and not files[1].exists() and files[2].exists()
+    assert tracked == {str(files[2])}
+
+
+def test_cache_sweeper_survives_a_failed_sweep(tmp_path):
+    sweeps = []
+
+    class FlakyDemo:
+        blocks = {}
+
+        @property
+        def temp_file_sets(self):
+            sweeps.append(time.monotonic())
+            if len(sweeps) == 1:
+                raise RuntimeError("Set changed size during iteration")  # what ends Gradio's own clean-up
+            return []
+
+    stop = threading.Event()
+    thread = app.start_cache_sweeper(FlakyDemo(), app.ResultFiles(tmp_path), max_age_s=1, every_s=0.05, stop=stop)
+    deadline = time.monotonic() + 10
+    while len(sweeps) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    thread.join(timeout=5)
+    assert len(sweeps) >= 3 and not thread.is_alive()
