@@ -471,7 +471,7 @@ def build_demo(
                     )
             with gr.Column(scale=1):
                 if guidance:
-                    gr.Markdown(f"### The model could not be loaded\n\n```\n{guidance}\n```", elem_id="load-guidance")
+                    gr.Markdown(f"### No model loaded at start-up\n\n```\n{guidance}\n```", elem_id="load-guidance")
                 with gr.Tabs(elem_id="outputs"):
                     with gr.Tab("Result", id="result-tab"):
                         result = gr.Image(
