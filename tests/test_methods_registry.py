@@ -126,7 +126,7 @@ def test_backbone_baselines_use_the_asuka_working_region_on_a_large_non_square_i
     """Bigger than the tiny backbones' 64 px working resolution (AsukaPipeline's and the tiny AsukaFluxPipeline's):
     like them, the baseline runs on a crop around the hole at that resolution, and the output has the input's size
     with every unmasked pixel exact."""
-    from asuka.pipelines.pipeline_asuka import plan_working_region, standardise_inputs
+    from asuka.pipelines.inpaint_steps import plan_working_region, standardise_inputs
 
     rng = np.random.default_rng(1)
     image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))

@@ -27,7 +27,7 @@ def run_baseline(generate: Generate, request: InpaintRequest, working_resolution
     ``multiple`` is the side multiple the backbone needs (the VAE's scale factor, times 2 for FLUX's packing).
     """
     # Imported here so that listing the methods does not import diffusers' pipelines.
-    from asuka.pipelines.pipeline_asuka import (
+    from asuka.pipelines.inpaint_steps import (
         crop_to_working,
         paste_from_working,
         plan_working_region,
