@@ -128,3 +128,31 @@ def small_inputs(tmp_path: Path) -> tuple[dict, Any, Any, Any]:
     Image.fromarray(hole.astype(np.uint8) * 255).save(tmp_path / "mask.png")
     editor = {"background": handle_file(str(tmp_path / "photo.png")), "layers": [], "composite": None}
     return editor, handle_file(str(tmp_path / "mask.png")), photo, hole
+
+
+def inpaint_call(client: Any, image_path, mask_path=None, layers=(), **settings) -> dict:
+    """Call `/inpaint` with files (ASUKA-SD, 2 steps unless ``settings`` say otherwise); returns the named outputs."""
+    from gradio_client import handle_file
+
+    values = dict(
+        method="asuka-sd",
+        steps=2,
+        seed=0,
+        randomize_seed=False,
+        condition_weight=1.0,
+        guidance_scale=1.0,
+        keep_unmasked=True,
+        dilation=0,
+        run_backbone=False,
+    )
+    values.update(settings)
+    editor = {
+        "background": handle_file(str(image_path)),
+        "layers": [handle_file(str(p)) for p in layers],
+        "composite": None,
+    }
+    outputs = client.predict(
+        editor, handle_file(str(mask_path)) if mask_path else None, *values.values(), api_name="/inpaint"
+    )
+    names = ["result", "slider", "backbone", "reconstruction", "download", "seed", "mask"]
+    return dict(zip(names, outputs))

@@ -1,14 +1,13 @@
 """The demo's `/inpaint` endpoint through gradio_client, against `python app.py --tiny` on localhost."""
 
 import json
-import struct
 import urllib.request
-import zlib
 
 import numpy as np
 import pytest
 from app_launcher import ROOT, running_app
-from gradio_client import Client, handle_file
+from app_launcher import inpaint_call as call
+from gradio_client import Client
 from gradio_client.exceptions import AppError
 from PIL import Image
 
@@ -37,32 +36,6 @@ def _hole() -> np.ndarray:
     hole = np.zeros((H, W), dtype=bool)
     hole[15:40, 20:50] = True
     return hole
-
-
-def call(client: Client, image_path, mask_path=None, layers=(), **settings):
-    """Call /inpaint; returns the named outputs."""
-    values = dict(
-        method="asuka-sd",
-        steps=2,
-        seed=0,
-        randomize_seed=False,
-        condition_weight=1.0,
-        guidance_scale=1.0,
-        keep_unmasked=True,
-        dilation=0,
-        run_backbone=False,
-    )
-    values.update(settings)
-    editor = {
-        "background": handle_file(str(image_path)),
-        "layers": [handle_file(str(p)) for p in layers],
-        "composite": None,
-    }
-    outputs = client.predict(
-        editor, handle_file(str(mask_path)) if mask_path else None, *values.values(), api_name="/inpaint"
-    )
-    names = ["result", "slider", "backbone", "reconstruction", "download", "seed", "mask"]
-    return dict(zip(names, outputs))
 
 
 def test_inpaint_keeps_size_and_unmasked_pixels(client, tmp_path):
@@ -162,60 +135,3 @@ def test_huge_image_and_another_method(client, tmp_path):
         result = np.asarray(Image.open(out["result"]).convert("RGB"))
         assert result.shape == photo.shape and np.array_equal(result[~hole], photo[~hole])
         assert (result[hole] != photo[hole]).any()
-
-
-def _bomb_png(path, side: int = 20000) -> None:
-    """A valid 1-bit PNG of side x side black pixels: ~50 KB on disk, 400 megapixels once decoded."""
-    row = b"\x00" + bytes((side + 7) // 8)  # filter byte + packed bits
-    compressor = zlib.compressobj(9)
-    data = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
-
-
-@pytest.mark.parametrize(
-    "case, expected",
-    [
-        ("bomb image", r"too large to decode safely"),
-        ("text as image", r"Could not read .* as an image"),
-        ("text as mask", r"The mask cannot be used: Could not read .* as an image"),
-        ("text as painted layer", r"a painted layer could not be read"),
-        ("truncated image", r"(?i)truncated"),
-        ("mask of another aspect ratio", r"Mask size 40x40 does not match the image size 77x53"),
-    ],
-)
-def test_bad_upload_gets_a_message_naming_the_problem(client, tmp_path, case, expected):
-    photo, hole = _photo(), _hole()
-    Image.fromarray(photo).save(tmp_path / "photo.png")
-    Image.fromarray(hole.astype(np.uint8) * 255).save(tmp_path / "mask.png")
-    image, mask, layers = tmp_path / "photo.png", tmp_path / "mask.png", ()
-    if case == "bomb image":
-        image = tmp_path / "bomb.png"
-        _bomb_png(image)
-        assert image.stat().st_size < 200_000
-    elif case == "text as image":
-        image = tmp_path / "notes.png"
-        image.write_text("this is a text file, not a picture\n")
-    elif case == "text as mask":
-        mask = tmp_path / "notes.png"
-        mask.write_text("this is a text file, not a mask\n")
-    elif case == "text as painted layer":
-        mask, layers = None, [tmp_path / "layer.png"]
-        layers[0].write_text("this is a text file, not a painted layer\n")
-    elif case == "truncated image":
-        image = tmp_path / "truncated.png"
-        image.write_bytes((tmp_path / "photo.png").read_bytes()[:-600])
-    else:
-        mask = tmp_path / "square.png"
-        Image.new("L", (40, 40), 255).save(mask)
-    with pytest.raises(AppError, match=expected):
-        call(client, image, mask, layers=layers)
-    # the next good request is served
-    result = np.asarray(
-        Image.open(call(client, tmp_path / "photo.png", tmp_path / "mask.png")["result"]).convert("RGB")
-    )
-    assert np.array_equal(result[~hole], photo[~hole])
