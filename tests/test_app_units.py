@@ -1,5 +1,6 @@
 """The app's parts without a server: default method, Spaces, ZeroGPU duration, result files, load progress."""
 
+import json
 import math
 import os
 import sys
@@ -196,3 +197,23 @@ def test_cache_sweeper_survives_a_failed_sweep(tmp_path):
     stop.set()
     thread.join(timeout=5)
     assert len(sweeps) >= 3 and not thread.is_alive()
+
+
+def test_on_a_space_without_gpu_the_page_starts_with_the_guidance(monkeypatch):
+    launched = []
+    monkeypatch.setattr(app.gr.Blocks, "launch", lambda demo, **options: launched.append(demo))
+    for name, value in {"SYSTEM": "spaces", "SPACE_ID": "someone/asuka"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("ASUKA_METHOD", raising=False)
+    monkeypatch.delenv("ASUKA_TINY", raising=False)
+    app.main(["--device", "cpu"])  # a CPU Space run as Spaces run it: no flags
+    (demo,) = launched
+    page = json.dumps(demo.config)
+    assert "No CUDA GPU was found" in page and "--tiny" in page and "ASUKA_TINY=1" in page
+    assert "load-guidance" in page
+
+    monkeypatch.delenv("SYSTEM")
+    monkeypatch.delenv("SPACE_ID")
+    with pytest.raises(SystemExit) as exit_:  # the same start outside Spaces fails fast
+        app.main(["--device", "cpu"])
+    assert exit_.value.code == 2 and len(launched) == 1
