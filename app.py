@@ -182,12 +182,15 @@ class ResultFiles:
     def prune(self, keep: int | None = None) -> None:
         """Delete results older than the age limit and all but the newest ``keep`` (default: the limit)."""
         keep = self.max_files if keep is None else keep
-        folders = (
-            sorted(self.root.glob("*"), key=lambda p: p.stat().st_mtime, reverse=True) if self.root.is_dir() else []
-        )
+        dated = []
+        for folder in self.root.iterdir() if self.root.is_dir() else []:
+            try:
+                dated.append((folder.stat().st_mtime, folder))
+            except FileNotFoundError:  # removed meanwhile by the sweeper thread
+                continue
         now = time.time()
-        for index, folder in enumerate(folders):
-            if index >= keep or now - folder.stat().st_mtime > self.max_age_s:
+        for index, (mtime, folder) in enumerate(sorted(dated, reverse=True)):
+            if index >= keep or now - mtime > self.max_age_s:
                 shutil.rmtree(folder, ignore_errors=True)
 
 
