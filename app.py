@@ -12,7 +12,6 @@ model that cannot load does not stop the app: the page says how to fix it and th
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 import math
 import os
@@ -37,7 +36,7 @@ from PIL import Image
 
 from asuka import methods
 from asuka.defaults import default_device, default_dtype
-from asuka.imageio import load_image, load_mask, mask_from_layers
+from asuka.imageio import load_image, load_layer, load_mask, mask_from_layers
 from asuka.masks import dilate_mask
 
 
@@ -131,18 +130,10 @@ class PhotoEditor(gr.ImageEditor):
         # Returns PIL images (this app uses type="pil"). The background and the composite are photos,
         # flattened to RGB; the painted layers keep their alpha, which is the mask.
         try:
-            return load_image(source) if flatten_on_white else _open_layer(source)
+            return load_image(source) if flatten_on_white else load_layer(source)
         except ValueError as error:
-            raise gr.Error(f"The image cannot be used: {error}") from error
-
-
-def _open_layer(source: str | bytes) -> Image.Image:
-    """A painted editor layer as RGBA; an unreadable file is a `ValueError` saying so."""
-    try:
-        layer = Image.open(source if isinstance(source, str) else io.BytesIO(source))
-        return layer.convert("RGBA")
-    except (OSError, SyntaxError, Image.DecompressionBombError) as error:
-        raise ValueError(f"a painted layer could not be read ({error}); accepted: a PNG with transparency.") from error
+            what = "The image" if flatten_on_white else "A painted layer"
+            raise gr.Error(f"{what} cannot be used: {error}") from error
 
 
 class MaskUpload(gr.Image):

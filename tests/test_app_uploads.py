@@ -66,7 +66,7 @@ def _bomb_png(path, side: int = 20000) -> None:
         ("bomb image", r"too large to decode safely"),
         ("text as image", r"Could not read .* as an image"),
         ("text as mask", r"The mask cannot be used: Could not read .* as an image"),
-        ("text as painted layer", r"a painted layer could not be read"),
+        ("text as painted layer", r"A painted layer cannot be used: Could not read .* as an image"),
         ("truncated image", r"(?i)truncated"),
         ("mask of another aspect ratio", r"Mask size 40x40 does not match the image size 77x53"),
     ],
