@@ -24,6 +24,9 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_inpaint impo
 )
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput
+from diffusers.utils.dynamic_modules_utils import get_relative_import_files
+
+from .cached_attention import cache_constant_conditioning  # perf: cross-attention K/V once per call
 
 
 ImageInput = PIL.Image.Image | np.ndarray | torch.Tensor | str | list[Any]
@@ -431,6 +434,7 @@ class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin):
         return to_output_type(torch.where(hole > 0.5, recon, image), "pil")
 
     @torch.no_grad()
+    @cache_constant_conditioning("unet")  # perf: cross-attention K/V once per call, restored afterwards
     def __call__(
         self,
         image: ImageInput,
@@ -617,6 +621,8 @@ def write_remote_code(pipeline: DiffusionPipeline, save_directory: str | os.Path
         index = json.load(f)
     pipe_file = inspect.getsourcefile(type(pipeline))
     shutil.copyfile(pipe_file, os.path.join(save_directory, os.path.basename(pipe_file)))
+    for sibling in get_relative_import_files(pipe_file):  # modules it imports relatively (cached_attention.py)
+        shutil.copyfile(sibling, os.path.join(save_directory, os.path.basename(sibling)))
     index["_class_name"] = [os.path.splitext(os.path.basename(pipe_file))[0], type(pipeline).__name__]
     for name, entry in index.items():
         if name.startswith("_") or not isinstance(entry, list) or entry[0] in (None, "diffusers", "transformers"):

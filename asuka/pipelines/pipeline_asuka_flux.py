@@ -32,6 +32,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.flux.pipeline_flux_fill import calculate_shift, retrieve_timesteps
 
 from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE
+from asuka.pipelines.cached_attention import cache_constant_conditioning  # perf: constant projections once
 from asuka.pipelines.pipeline_asuka import (
     OUTPUT_TYPES,
     AsukaPipeline,
@@ -216,6 +217,7 @@ class AsukaFluxPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ call
 
     @torch.no_grad()
+    @cache_constant_conditioning("transformer")  # perf: context_embedder once per call, restored afterwards
     def __call__(
         self,
         image: ImageInput,
