@@ -330,9 +330,11 @@ def memory_child(config: str, args: argparse.Namespace) -> dict[str, float]:
     )
     if config == "asuka":
         pipe = sd_pipelines(components)[0]
-        call = lambda: pipe(
-            image, mask, num_inference_steps=args.steps, generator=torch.Generator().manual_seed(0), output_type="np"
-        )  # noqa: E731
+
+        def call():
+            generator = torch.Generator().manual_seed(0)
+            return pipe(image, mask, num_inference_steps=args.steps, generator=generator, output_type="np")
+
     else:
         pipe = StableDiffusionInpaintPipeline(
             vae=components["vae"],
@@ -381,7 +383,7 @@ def memory_child(config: str, args: argparse.Namespace) -> dict[str, float]:
 
 
 def measure_memory(config: str, args: argparse.Namespace) -> dict[str, float]:
-    """Run `memory_child(config)` in a fresh interpreter, so weights and allocator state of other configs don't count."""
+    """Run `memory_child(config)` in a fresh interpreter, so other configs' weights and allocator state don't count."""
     command = [
         sys.executable,
         os.path.abspath(__file__),
@@ -639,9 +641,8 @@ def format_memory(memory: dict[str, dict[str, float]], unit: str, target: float)
     lines.append("")
     for base in [k for k in memory if k != "asuka"]:
         ratio = memory["asuka"]["peak_mib"] / memory[base]["peak_mib"]
-        lines.append(
-            f"peak ratio asuka/{base}: **{ratio:.3f}** (target <= {target:.2f}: {'met' if ratio <= target else 'NOT met'})"
-        )
+        verdict = "met" if ratio <= target else "NOT met"
+        lines.append(f"peak ratio asuka/{base}: **{ratio:.3f}** (target <= {target:.2f}: {verdict})")
     return "\n".join(lines) + "\n"
 
 
