@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from asuka.pipelines.cached_attention import ConstantInputCache, constant_condition_modules
+from asuka.pipelines.cached_attention import ConstantInputCache, constant_condition_modules, is_compiled
 from asuka.testing import make_tiny_pipeline
 
 
@@ -164,3 +164,20 @@ def test_flux_caches_only_the_context_and_pooled_projections_and_matches_uncache
     assert np.abs(out - reference).max() <= 1e-5
     assert len(calls) == 2
     assert all(m.__dict__["forward"].__func__.__name__ == "counted" for m in constant_condition_modules(transformer))
+
+
+def test_a_compiled_unet_is_left_alone():
+    pipe = make_tiny_pipeline("sd")
+    reference = _run(pipe, cached=False)
+    modules = constant_condition_modules(pipe.unet)
+    pipe.unet.compile(backend="eager")
+    assert is_compiled(pipe.unet)
+    seen = []
+
+    def callback(pipe_, step, timestep, tensors):
+        seen.append(any("forward" in m.__dict__ for m in modules))
+        return {}
+
+    out = _run(pipe, cached=True, callback_on_step_end=callback)
+    assert seen and not any(seen)  # not wrapped: dynamo would recompile at every call
+    assert np.abs(out - reference).max() <= 1e-5

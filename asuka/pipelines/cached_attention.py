@@ -11,14 +11,16 @@ computes from it alone is the same at every step too:
   first modulates them with the timestep embedding (`norm1_context`, AdaLayerNormZero) before projecting them to
   keys and values, which then attend jointly with the image tokens. So the per-block keys/values are NOT constant;
   only `context_embedder(encoder_hidden_states)` (B, 256, 3072) and `time_text_embed.text_embedder(pooled)`
-  (B, 3072) are. Those two are cached (3.1 MB per image in bf16); the saving is 6.4 GFLOP per step, ~0.02 % of a
-  full-depth FLUX step (benchmarks/README.md).
+  (B, 3072) are. Those two are cached (1.6 MB per image in bf16); the saving is 6.4 GFLOP per step, 0.01-0.04 %
+  of a full-depth FLUX step (17.9 TFLOP at 512x512, 70 TFLOP at 1024x1024; benchmarks/README.md).
 
 A cached output is reused only while the module sees the very same input tensor object with an unchanged version
 counter (so a callback that replaces `prompt_embeds`, or edits it in place, gets fresh projections), and only with
 autograd off. Inference-mode tensors have no version counter; for them the input is compared with a stored copy
-(one cheap read per layer and step). Nothing is changed in the model: the modules' `forward` is wrapped for the
-duration of the call and restored in a `finally`, and the user's attention processors are never touched.
+(one cheap read per layer and step). A `torch.compile`d denoiser is left alone (wrapping its submodules for one
+call would make dynamo recompile at every call; the compiled graph computes the projections itself). Nothing is
+changed in the model: the modules' `forward` is wrapped for the duration of the call and restored in a `finally`,
+and the user's attention processors are never touched.
 
 This module ships to the Hub as remote code next to the pipelines, so it imports only torch.
 """
@@ -62,6 +64,8 @@ class ConstantInputCache:
         def cached_forward(x, *args, **kwargs):
             if args or kwargs or not isinstance(x, torch.Tensor) or torch.is_grad_enabled():
                 return forward(x, *args, **kwargs)
+            if torch.compiler.is_compiling():  # inside a torch.compile graph: no Python-side state to guard on
+                return forward(x)
             version = None if x.is_inference() else x._version
             entry = self._entries.get(key)
             if entry is not None and entry[0] is x and entry[1] == version:
@@ -95,6 +99,17 @@ def constant_condition_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     ]
 
 
+def is_compiled(model: torch.nn.Module) -> bool:
+    """Whether `model` runs through torch.compile (`torch.compile(model)`, `model.compile()`, or a compiled
+    `forward`): wrapping its submodules for one call would only make dynamo recompile at every call."""
+    forward = model.__dict__.get("forward")
+    return (
+        hasattr(model, "_orig_mod")
+        or getattr(model, "_compiled_call_impl", None) is not None
+        or hasattr(forward, "_torchdynamo_orig_callable")
+    )
+
+
 def cache_constant_conditioning(denoiser: str) -> Callable:
     """Decorate a pipeline's `__call__` so that the `denoiser` component (e.g. "unet", "transformer") computes the
     projections of its constant conditioning once per call. `pipe.cache_conditioning = False` turns it off."""
@@ -103,7 +118,7 @@ def cache_constant_conditioning(denoiser: str) -> Callable:
         @functools.wraps(call)
         def wrapper(self, *args, **kwargs):
             model = getattr(self, denoiser, None)
-            if model is None or not getattr(self, "cache_conditioning", True):
+            if model is None or not getattr(self, "cache_conditioning", True) or is_compiled(model):
                 return call(self, *args, **kwargs)
             with ConstantInputCache(constant_condition_modules(model)):
                 return call(self, *args, **kwargs)
