@@ -170,8 +170,12 @@ def test_a_compiled_unet_is_left_alone():
     pipe = make_tiny_pipeline("sd")
     reference = _run(pipe, cached=False)
     modules = constant_condition_modules(pipe.unet)
+    assert not is_compiled(pipe.unet)
     pipe.unet.compile(backend="eager")
     assert is_compiled(pipe.unet)
+    regional = make_tiny_pipeline("sd").unet
+    regional.compile_repeated_blocks(backend="eager")  # diffusers' regional compilation: the transformer blocks
+    assert is_compiled(regional)
     seen = []
 
     def callback(pipe_, step, timestep, tensors):

@@ -17,10 +17,10 @@ computes from it alone is the same at every step too:
 A cached output is reused only while the module sees the very same input tensor object with an unchanged version
 counter (so a callback that replaces `prompt_embeds`, or edits it in place, gets fresh projections), and only with
 autograd off. Inference-mode tensors have no version counter; for them the input is compared with a stored copy
-(one cheap read per layer and step). A `torch.compile`d denoiser is left alone (wrapping its submodules for one
-call would make dynamo recompile at every call; the compiled graph computes the projections itself). Nothing is
-changed in the model: the modules' `forward` is wrapped for the duration of the call and restored in a `finally`,
-and the user's attention processors are never touched.
+(one cheap read per layer and step). A denoiser with any `torch.compile`d part is left alone (wrapping its
+submodules for one call would make dynamo recompile at every call). Nothing is changed in the model: the modules'
+`forward` is wrapped for the duration of the call and restored in a `finally`, and the user's attention processors
+are never touched.
 
 This module ships to the Hub as remote code next to the pipelines, so it imports only torch.
 """
@@ -100,13 +100,14 @@ def constant_condition_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 def is_compiled(model: torch.nn.Module) -> bool:
-    """Whether `model` runs through torch.compile (`torch.compile(model)`, `model.compile()`, or a compiled
-    `forward`): wrapping its submodules for one call would only make dynamo recompile at every call."""
-    forward = model.__dict__.get("forward")
-    return (
-        hasattr(model, "_orig_mod")
-        or getattr(model, "_compiled_call_impl", None) is not None
-        or hasattr(forward, "_torchdynamo_orig_callable")
+    """Whether `model` or any of its submodules runs through torch.compile (`torch.compile(model)`,
+    `model.compile()`, `model.compile_repeated_blocks()`, or a compiled `forward`): wrapping submodules for one call
+    would only make dynamo recompile at every call."""
+    return any(
+        hasattr(module, "_orig_mod")
+        or getattr(module, "_compiled_call_impl", None) is not None
+        or hasattr(module.__dict__.get("forward"), "_torchdynamo_orig_callable")
+        for module in model.modules()
     )
 
 
