@@ -15,6 +15,7 @@ hand count of a Linear layer and an attention block.
 
 import argparse
 import contextlib
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -224,12 +225,15 @@ def on_meta(components: dict) -> Iterator[dict]:
         components["decoder"]._check_inputs = lambda *args: None
 
 
-def meta_sd_components() -> dict:
-    """Full-size SD-1.5-inpainting UNet and VAE, ASUKA's MAE/aligner/decoder, CLIP ViT-L text encoder; on meta."""
+def meta_sd_components(tiny: bool = False) -> dict:
+    """Full-size SD-1.5-inpainting UNet and VAE, ASUKA's MAE/aligner/decoder, CLIP ViT-L text encoder; on meta.
+    (`tiny`: the tiny test components, without a text encoder.)"""
     from bench_pipelines import build_sd_components, sd_text_encoder
 
     with on_meta({}) as components:
-        components.update(build_sd_components(tiny=False), text_encoder=sd_text_encoder())
+        components.update(build_sd_components(tiny))
+        if not tiny:
+            components["text_encoder"] = sd_text_encoder()
     return components
 
 
@@ -266,14 +270,15 @@ def flux_text_encoders() -> tuple[torch.nn.Module, torch.nn.Module]:
     return t5.eval(), clip.eval()
 
 
-def meta_flux_components() -> dict:
+def meta_flux_components(tiny: bool = False) -> dict:
     """Full-depth FLUX.1-Fill transformer (19 + 38 blocks) and VAE, ASUKA-FLUX's MAE/aligners/decoder, T5-XXL and
-    CLIP text encoders; on meta."""
+    CLIP text encoders; on meta. (`tiny`: the tiny test components, without text encoders.)"""
     from bench_pipelines import build_flux_components
 
     with on_meta({}) as components:
-        components.update(build_flux_components(tiny=False, num_layers=19, num_single_layers=38))
-        components["text_encoders"] = flux_text_encoders()
+        components.update(build_flux_components(tiny, num_layers=19, num_single_layers=38))
+        if not tiny:
+            components["text_encoders"] = flux_text_encoders()
     return components
 
 
@@ -343,13 +348,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--sd-steps", type=int, nargs="*", default=[50])
     parser.add_argument("--flux-sizes", type=int, nargs="*", default=[512, 1024])
     parser.add_argument("--flux-steps", type=int, nargs="*", default=[28, 50])
+    parser.add_argument("--tiny", action="store_true", help="tiny test components (no text encoders)")
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
     rows = []
     if args.sd_sizes and args.sd_steps:
-        rows += ratio_rows("sd", meta_sd_components(), args.sd_sizes, args.sd_steps)
+        rows += ratio_rows("sd", meta_sd_components(args.tiny), args.sd_sizes, args.sd_steps)
     if args.flux_sizes and args.flux_steps:
-        rows += ratio_rows("flux", meta_flux_components(), args.flux_sizes, args.flux_steps)
+        rows += ratio_rows("flux", meta_flux_components(args.tiny), args.flux_sizes, args.flux_steps)
     print(format_rows(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
     return rows
 
 
