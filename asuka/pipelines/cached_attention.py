@@ -12,7 +12,7 @@ computes from it alone is the same at every step too:
   keys and values, which then attend jointly with the image tokens. So the per-block keys/values are NOT constant;
   only `context_embedder(encoder_hidden_states)` (B, 256, 3072) and `time_text_embed.text_embedder(pooled)`
   (B, 3072) are. Those two are cached (1.6 MB per image in bf16); the saving is 6.4 GFLOP per step, 0.01-0.04 %
-  of a full-depth FLUX step (17.9 TFLOP at 512x512, 70 TFLOP at 1024x1024; benchmarks/README.md).
+  of a full-depth FLUX step (17.7 TFLOP at 512x512, 69.5 TFLOP at 1024x1024; benchmarks/README.md).
 
 A cached output is reused only while the module sees the very same input tensor object with an unchanged version
 counter (so a callback that replaces `prompt_embeds`, or edits it in place, gets fresh projections), and only with
