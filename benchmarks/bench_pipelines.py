@@ -49,12 +49,14 @@ from diffusers import (
     UNet2DConditionModel,
 )
 
-from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE
-from asuka.pipelines import AsukaPipeline
 
+BENCHMARKS = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [BENCHMARKS, os.path.dirname(BENCHMARKS)]  # the sibling flops.py; this repository's asuka
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the sibling flops.py, however this is run
 from flops import flop_counter_mode, flux_text_encoders, on_meta, pipeline_flops  # noqa: E402
+
+from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE  # noqa: E402
+from asuka.pipelines import AsukaPipeline  # noqa: E402
 
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

@@ -16,6 +16,8 @@ hand count of a Linear layer and an attention block.
 import argparse
 import contextlib
 import json
+import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -23,7 +25,9 @@ import torch
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
-from asuka.pipelines.cached_attention import ConstantInputCache, constant_condition_modules
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this repository's asuka
+from asuka.pipelines.cached_attention import ConstantInputCache, constant_condition_modules  # noqa: E402
 
 
 SD_TEXT_TOKENS = 77  # CLIP's sequence length
