@@ -154,7 +154,7 @@ def budget_table(per_sample: dict[str, float], tflops: float) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tflops", type=float, default=400.0, help="assumed sustained TFLOP/s of one H200 (bf16)")
+    parser.add_argument("--tflops", type=float, default=300.0, help="assumed sustained TFLOP/s of one H200 (bf16)")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--measure-cpu", action="store_true")
