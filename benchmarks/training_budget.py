@@ -1,7 +1,8 @@
 """What ASUKA-SD's training schedules cost: FLOPs per sample of the training scripts' steps, and CPU measurements.
 
     python benchmarks/training_budget.py                # FLOPs per sample (meta device, seconds) + the budget table
-    python benchmarks/training_budget.py --measure-cpu  # also CPU step times and peak RSS at 512x512 (~10 min)
+    python benchmarks/training_budget.py --measure-cpu  # also CPU step times and peak RSS at 512x512 (~1 h on 1 core)
+    python benchmarks/training_budget.py --measure-one decoder 1 0 --repeats 0   # one of them
 
 The steps mirror the scripts: `train_aligner.py` (two VAE encodes, the frozen MAE prior, the aligner, the frozen
 UNet forward and backward to the aligner, AdamW) and `train_decoder.py` (`gpu_suite.decoder_training_run`: VAE
@@ -99,7 +100,9 @@ def _rss_kib(field: str) -> int:
 
 
 def measure_child(name: str, size: int, batch: int, checkpointing: bool, repeats: int) -> dict:
-    """In a fresh process: build, one warm-up step, `repeats` timed steps; RSS high-water mark above the weights."""
+    """In a fresh process: build, then `1 + repeats` steps; the RSS high-water mark above the built weights during
+    the first, and the median wall-clock and process CPU seconds of the timed steps (the first one when `repeats`
+    is 0). On a shared machine the CPU seconds are the steadier figure."""
     components = build_sd_components(tiny=False)
     if checkpointing:
         components["unet"].enable_gradient_checkpointing()
@@ -108,14 +111,20 @@ def measure_child(name: str, size: int, batch: int, checkpointing: bool, repeats
     loaded = _rss_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current RSS
-    step()
-    peak = _rss_kib("VmHWM")
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    samples = []
+    for _ in range(1 + repeats):
+        start, cpu_start = time.perf_counter(), time.process_time()
         step()
-        times.append(time.perf_counter() - start)
-    return {"step_s": statistics.median(times), "peak_above_weights_mib": (peak - loaded) / 1024}
+        samples.append((time.perf_counter() - start, time.process_time() - cpu_start))
+        if len(samples) == 1:
+            peak = _rss_kib("VmHWM")
+    timed = samples[1:] or samples
+    return {
+        "step_s": statistics.median(s[0] for s in timed),
+        "step_cpu_s": statistics.median(s[1] for s in timed),
+        "threads": torch.get_num_threads(),
+        "peak_above_weights_mib": (peak - loaded) / 1024,
+    }
 
 
 def measure_cpu(size: int, repeats: int) -> list[dict]:
@@ -123,7 +132,14 @@ def measure_cpu(size: int, repeats: int) -> list[dict]:
     # the aligner at batch 1 and 2 (activation memory per sample = the growth) and 2 with checkpointing; the decoder
     # step takes ~3x as long, so batch 1 with and without checkpointing (its peak is then an upper bound per sample)
     for name, batch, checkpointing in MEASURED:
-        command = [sys.executable, os.path.abspath(__file__), "--child", name, str(batch), str(int(checkpointing))]
+        command = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--measure-one",
+            name,
+            str(batch),
+            str(int(checkpointing)),
+        ]
         command += ["--size", str(size), "--repeats", str(repeats)]
         out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
         row = {"step": name, "batch": batch, "gradient_checkpointing": checkpointing, "size": size}
@@ -159,11 +175,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--measure-cpu", action="store_true")
     parser.add_argument("--json", default=None, help="also write everything to this JSON file")
-    parser.add_argument("--child", nargs=3, metavar=("STEP", "BATCH", "CHECKPOINTING"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--measure-one",
+        nargs=3,
+        metavar=("STEP", "BATCH", "CHECKPOINTING"),
+        help="measure one configuration on the CPU in this process, e.g. `decoder 1 0` (what --measure-cpu runs)",
+    )
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    if args.child:
-        name, batch, checkpointing = args.child[0], int(args.child[1]), bool(int(args.child[2]))
+    if args.measure_one:
+        name, batch, checkpointing = args.measure_one[0], int(args.measure_one[1]), bool(int(args.measure_one[2]))
         print(json.dumps(measure_child(name, args.size, batch, checkpointing, args.repeats)))
         return {}
     per_sample = {name: flops_per_sample(name, args.size) for name in RUNS}
@@ -173,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.measure_cpu:
         rows = measure_cpu(args.size, args.repeats)
         for row in rows:
-            row["cpu_tflops"] = per_sample[row["step"]] * row["batch"] / row["step_s"] / 1e12
+            row["cpu_tflops"] = per_sample[row["step"]] * row["batch"] / row["step_cpu_s"] / 1e12
         result["cpu"] = rows
         print(json.dumps(rows, indent=1))
     if args.json:
