@@ -316,7 +316,7 @@ def sd_inference_runs(components: dict, size: int, steps: int, device: str, dtyp
 # ---------------------------------------------------------------------------------------------
 
 
-def _rss_kib(field: str) -> int:
+def rss_kib(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
@@ -383,11 +383,11 @@ def memory_child(config: str, args: argparse.Namespace) -> dict[str, float]:
         call()
         peak = torch.cuda.max_memory_allocated()
         return {"loaded_mib": loaded / 2**20, "peak_mib": peak / 2**20}
-    loaded = _rss_kib("VmRSS")
+    loaded = rss_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current RSS
     call()
-    return {"loaded_mib": loaded / 1024, "peak_mib": _rss_kib("VmHWM") / 1024}
+    return {"loaded_mib": loaded / 1024, "peak_mib": rss_kib("VmHWM") / 1024}
 
 
 def measure_memory(config: str, args: argparse.Namespace) -> dict[str, float]:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_pipelines import build_sd_components  # noqa: E402
+from bench_pipelines import build_sd_components, rss_kib  # noqa: E402
 from flops import flop_counter_mode, on_meta  # noqa: E402
 from gpu_suite import decoder_training_run  # noqa: E402
 
@@ -91,14 +91,6 @@ def flops_per_sample(name: str, size: int = 512, batch: int = 2) -> float:
     return counter.get_total_flops() / batch
 
 
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def measure_child(name: str, size: int, batch: int, checkpointing: bool, repeats: int) -> dict:
     """In a fresh process: build, then `1 + repeats` steps; the RSS high-water mark above the built weights during
     the first, and the median wall-clock and process CPU seconds of the timed steps (the first one when `repeats`
@@ -108,7 +100,7 @@ def measure_child(name: str, size: int, batch: int, checkpointing: bool, repeats
         components["unet"].enable_gradient_checkpointing()
         components["decoder"].enable_gradient_checkpointing()
     step = RUNS[name](components, size, batch, "cpu", torch.float32)
-    loaded = _rss_kib("VmRSS")
+    loaded = rss_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current RSS
     samples = []
@@ -117,7 +109,7 @@ def measure_child(name: str, size: int, batch: int, checkpointing: bool, repeats
         step()
         samples.append((time.perf_counter() - start, time.process_time() - cpu_start))
         if len(samples) == 1:
-            peak = _rss_kib("VmHWM")
+            peak = rss_kib("VmHWM")
     timed = samples[1:] or samples
     return {
         "step_s": statistics.median(s[0] for s in timed),
