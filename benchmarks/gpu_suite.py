@@ -542,35 +542,8 @@ def main(argv: list[str] | None = None) -> dict:
     for name in args.skip:
         report["sections"][name]["status"] = "skipped: --skip"
     try:
-        if {"sd_inference", "training", "eval_throughput", "compile_offload"} - set(args.skip):
-            ctx["sd"] = build_on(device, lambda: build_sd_components(args.tiny), ctx["sd_dtype"])
-            if not args.tiny:
-                ctx["sd"]["text_encoder"] = build_on(device, lambda: {"t": sd_text_encoder()}, ctx["sd_dtype"])["t"]
-            tiny = args.tiny
-            for name, fn, min_s, part in (
-                ("sd_inference", sd_inference, 30, None),
-                ("training", training, 20, None),
-                ("eval_throughput", eval_throughput_sd, 15, "sd"),
-                ("compile_offload", compile_and_offload_sd, 60, "sd"),
-            ):
-                if name not in args.skip:
-                    run_section(report, name, fn, ctx, 1 if tiny else min_s, part)
-            del ctx["sd"]
-            gc.collect()
-            if device.startswith("cuda"):
-                torch.cuda.empty_cache()
-        if "flux_inference" not in args.skip and budget.fits(60 if not args.tiny else 1):
-            ctx["flux"] = build_on(device, lambda: build_flux_components(args.tiny, 19, 38), DTYPES[s["flux_dtype"]])
-            if not args.tiny:
-                encoders = build_on(device, lambda: dict(zip(("t5", "clip"), flux_text_encoders())), DTYPES["bf16"])
-                ctx["flux"]["text_encoders"] = (encoders["t5"], encoders["clip"])
-            run_section(report, "flux_inference", flux_inference, ctx, 1 if args.tiny else 30)
-            if "eval_throughput" not in args.skip:
-                run_section(report, "eval_throughput", eval_throughput_flux, ctx, 1 if args.tiny else 60, "flux")
-            if "compile_offload" not in args.skip:
-                run_section(report, "compile_offload", compile_flux, ctx, 1 if args.tiny else 150, "flux")
-        elif "flux_inference" not in args.skip:
-            report["sections"]["flux_inference"]["status"] = "skipped: budget"
+        run_sd_sections(report, ctx)
+        run_flux_sections(report, ctx)
     finally:
         if flop_process is not None:
             collect_flops(report, flop_process, flop_file, max(budget.left(), 10 if not args.tiny else 60))
@@ -578,6 +551,68 @@ def main(argv: list[str] | None = None) -> dict:
     print(markdown(report))
     print(f"Wrote {json_path} and {json_path[: -len('.json')]}.md")
     return report
+
+
+def built(report: dict, ctx: dict, key: str, build: Callable[[], dict], sections: list[str]) -> bool:
+    """Build `ctx[key]`; if that fails (e.g. out of memory), record the error in the sections that needed it."""
+    try:
+        ctx[key] = build()
+        return True
+    except Exception as error:
+        for name in sections:
+            report["sections"][name].setdefault("status", f"error while building the models: {error}"[:2000])
+        write_outputs(report, ctx)
+        return False
+
+
+def run_sd_sections(report: dict, ctx: dict) -> None:
+    args, device, tiny = ctx["args"], ctx["device"], ctx["args"].tiny
+    plan = [
+        ("sd_inference", sd_inference, 30, None),
+        ("training", training, 20, None),
+        ("eval_throughput", eval_throughput_sd, 15, "sd"),
+        ("compile_offload", compile_and_offload_sd, 60, "sd"),
+    ]
+    plan = [entry for entry in plan if entry[0] not in args.skip]
+
+    def build() -> dict:
+        components = build_on(device, lambda: build_sd_components(tiny), ctx["sd_dtype"])
+        if not tiny:
+            components["text_encoder"] = build_on(device, lambda: {"t": sd_text_encoder()}, ctx["sd_dtype"])["t"]
+        return components
+
+    if not plan or not built(report, ctx, "sd", build, [entry[0] for entry in plan if entry[3] is None]):
+        return
+    for name, fn, min_s, part in plan:
+        run_section(report, name, fn, ctx, 1 if tiny else min_s, part)
+    del ctx["sd"]
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def run_flux_sections(report: dict, ctx: dict) -> None:
+    args, device, s = ctx["args"], ctx["device"], ctx["s"]
+    if "flux_inference" in args.skip:
+        return
+    if not ctx["budget"].fits(1 if args.tiny else 60):
+        report["sections"]["flux_inference"]["status"] = "skipped: budget"
+        return
+
+    def build() -> dict:
+        components = build_on(device, lambda: build_flux_components(args.tiny, 19, 38), DTYPES[s["flux_dtype"]])
+        if not args.tiny:
+            encoders = build_on(device, lambda: dict(zip(("t5", "clip"), flux_text_encoders())), DTYPES["bf16"])
+            components["text_encoders"] = (encoders["t5"], encoders["clip"])
+        return components
+
+    if not built(report, ctx, "flux", build, ["flux_inference"]):
+        return
+    run_section(report, "flux_inference", flux_inference, ctx, 1 if args.tiny else 30)
+    if "eval_throughput" not in args.skip:
+        run_section(report, "eval_throughput", eval_throughput_flux, ctx, 1 if args.tiny else 60, "flux")
+    if "compile_offload" not in args.skip:
+        run_section(report, "compile_offload", compile_flux, ctx, 1 if args.tiny else 150, "flux")
 
 
 def collect_flops(report: dict, process: subprocess.Popen, path: str, wait_s: float) -> None:

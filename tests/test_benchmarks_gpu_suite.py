@@ -1,11 +1,13 @@
 """benchmarks/gpu_suite.py on the CPU with tiny components: every section runs and the JSON has the schema the
 results/ files and docs rely on; the budget guard skips sections cleanly and still writes the JSON."""
 
+import argparse
 import importlib.util
 import json
 import pathlib
 
 import pytest
+import torch
 
 
 SUITE_PATH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_suite.py"
@@ -78,3 +80,18 @@ def test_a_failing_section_is_recorded_and_does_not_stop_the_run(suite, tmp_path
     assert report["sections"]["training"]["status"] == "error"
     assert "CUDA out of memory" in report["sections"]["training"]["error"]
     assert report["sections"]["eval_throughput"]["sd"]["status"] == "done"
+
+
+def test_a_failing_model_build_is_recorded_in_the_sections_that_needed_it(suite, tmp_path, monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(suite, "build_sd_components", out_of_memory)
+    monkeypatch.setattr(suite, "write_outputs", lambda *args: None)
+    report = {"sections": {name: {} for name in suite.SECTIONS}}
+    args = argparse.Namespace(skip=[], tiny=True)
+    ctx = {"args": args, "device": "cpu", "sd_dtype": torch.float32, "budget": suite.Budget(60)}
+    suite.run_sd_sections(report, ctx)
+    for name in ("sd_inference", "training"):
+        assert report["sections"][name]["status"].startswith("error while building the models: CUDA out of memory")
+    assert "sd" not in ctx
