@@ -21,7 +21,8 @@ written after every section, so an interrupted run still leaves one):
    512 and 1024 pixels, 28 and 50 steps as far as the budget allows (each is probed with 2 steps first and only
    run when its estimated cost fits); peak memory counting what each must hold (FluxFill: transformer, VAE,
    T5-XXL, CLIP, which then also run; ASUKA-FLUX: transformer, VAE, MAE, both aligners, decoder).
-6. `eval_throughput` (FLUX part) and `compile_offload` (FLUX part: torch.compile of the transformer).
+6. `eval_throughput` (FLUX part) and `compile_offload` (FLUX part: offload, then diffusers' regional compilation of
+   the transformer, `compile_repeated_blocks`).
 7. `flops`: the exact FLOP ratios of the same calls (benchmarks/flops.py), counted on the meta device by a
    subprocess that runs on spare CPU cores from the start.
 
@@ -278,43 +279,49 @@ def eval_throughput_sd(ctx: dict) -> dict:
     return {"size": s["sd_size"], "steps": s["sd_steps"], "batch": batch, "images_per_min": 60 * batch / seconds}
 
 
-def compile_and_offload_sd(ctx: dict) -> dict:
-    """Resident and eager (the conditioning cache on, as by default) vs `enable_model_cpu_offload`, then vs the UNet
-    compiled whole with torch.compile (the cache steps aside for a compiled UNet). The last SD section: it leaves
-    the UNet compiled."""
-    s, device, components = ctx["s"], ctx["device"], ctx["sd"]
-    image, mask = test_inputs(s["sd_size"])
-    kwargs = dict(num_inference_steps=s["sd_steps"], output_type="np")
-    asuka = sd_pipelines(components)[0]
-
-    def run():
-        return asuka(image, mask, **kwargs)
-
+def offload_then_compile(ctx: dict, pipe, run: Callable[[], object], compile_model: Callable[[], str]) -> dict:
+    """`run` resident and eager (the conditioning cache on, as by default), then with `enable_model_cpu_offload`
+    (time and peak memory), then after `compile_model()` (the cache steps aside for a compiled denoiser; the first
+    call's compile time is reported apart). Leaves the denoiser compiled: run it last for these components."""
+    s, device, budget = ctx["s"], ctx["device"], ctx["budget"]
     eager_s = median_time(run, s["repeats"], device)
     result = {"eager_s": eager_s}
-
-    if ctx["budget"].fits(3 * s["repeats"] * eager_s + 10):
-        asuka.enable_model_cpu_offload(device=device)
+    if budget.fits(3 * s["repeats"] * eager_s + 10):
+        pipe.enable_model_cpu_offload(device=device)
         try:
             run()
             result["offload_s"] = median_time(run, s["repeats"], device)
             result["offload_slowdown"] = result["offload_s"] / eager_s
             result["offload_memory"] = peak_memory(run, [], device)  # whatever the hooks bring in, plus activations
         finally:
-            asuka.remove_all_hooks()
-            asuka.to(device)
+            pipe.remove_all_hooks()
+            pipe.to(device)
     else:
         result["offload"] = "skipped: budget"
-
-    if ctx["budget"].fits((s["repeats"] + 1) * eager_s + s["compile_allowance_s"]):
-        components["unet"].compile(backend=s["compile_backend"])
+    if budget.fits((s["repeats"] + 1) * eager_s + s["compile_allowance_s"]):
+        result["compile"] = compile_model()
         result["compile_first_call_s"] = timed(run, device)
         result["compiled_s"] = median_time(run, s["repeats"], device)
         result["compile_speedup"] = eager_s / result["compiled_s"]
-        result["compile"] = f"unet.compile(backend={s['compile_backend']!r})"
     else:
         result["compile"] = "skipped: budget"
     return result
+
+
+def compile_and_offload_sd(ctx: dict) -> dict:
+    """ASUKA-SD: offload, then the UNet compiled whole with torch.compile."""
+    s, components = ctx["s"], ctx["sd"]
+    image, mask = test_inputs(s["sd_size"])
+    asuka = sd_pipelines(components)[0]
+
+    def compile_unet() -> str:
+        components["unet"].compile(backend=s["compile_backend"])
+        return f"unet.compile(backend={s['compile_backend']!r})"
+
+    def run():
+        return asuka(image, mask, num_inference_steps=s["sd_steps"], output_type="np")
+
+    return {"size": s["sd_size"], "steps": s["sd_steps"], **offload_then_compile(ctx, asuka, run, compile_unet)}
 
 
 def flux_inference(ctx: dict) -> dict:
@@ -371,20 +378,28 @@ def eval_throughput_flux(ctx: dict) -> dict:
     return {"size": size, "steps": steps, "batch": 1, "images_per_min": 60 / one}
 
 
-def compile_flux(ctx: dict) -> dict:
-    """ASUKA-FLUX eager vs diffusers' regional compilation of the transformer (`compile_repeated_blocks`: each
-    block type compiled once, seconds instead of minutes for 57 blocks). The last section: it leaves it compiled."""
-    s, device = ctx["s"], ctx["device"]
+def compile_and_offload_flux(ctx: dict) -> dict:
+    """ASUKA-FLUX at the first configured size and steps: offload, then diffusers' regional compilation of the
+    transformer (`compile_repeated_blocks`: each block type compiled once, so seconds rather than minutes for 57
+    blocks)."""
+    from asuka.pipelines.pipeline_asuka_flux import AsukaFluxPipeline
+
+    s, components = ctx["s"], ctx["flux"]
     size, steps = s["flux_configs"][0]
-    transformer = ctx["flux"]["transformer"]
-    run = flux_inference_runs(ctx["flux"], size, steps, device, DTYPES[s["flux_dtype"]])["asuka-flux"][0]
-    eager_s = timed(run, device)
-    transformer.compile_repeated_blocks(backend=s["compile_backend"])
-    first = timed(run, device)
-    compiled = timed(run, device)
-    return {"size": size, "steps": steps, "eager_s": eager_s, "compile_first_call_s": first, "compiled_s": compiled,
-            "compile_speedup": eager_s / compiled,
-            "compile": f"transformer.compile_repeated_blocks(backend={s['compile_backend']!r})"}  # fmt: skip
+    names = ("vae", "transformer", "mae", "token_aligner", "pooled_aligner", "decoder")
+    scheduler = components["scheduler"].__class__.from_config(components["scheduler"].config)
+    asuka = AsukaFluxPipeline(scheduler=scheduler, **{k: components[k] for k in names})
+    asuka.set_progress_bar_config(disable=True)
+    image, mask = test_inputs(size)
+
+    def compile_transformer() -> str:
+        components["transformer"].compile_repeated_blocks(backend=s["compile_backend"])
+        return f"transformer.compile_repeated_blocks(backend={s['compile_backend']!r})"
+
+    def run():
+        return asuka(image, mask, num_inference_steps=steps, working_resolution=size, output_type="np")
+
+    return {"size": size, "steps": steps, **offload_then_compile(ctx, asuka, run, compile_transformer)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -486,8 +501,9 @@ def markdown(report: dict) -> str:
         if "compile_speedup" in co.get(part, {}):
             add(f"torch.compile speed-up ({part})", fmt(co[part]["compile_speedup"]),
                 f"{co[part]['compile']}; first call {fmt(co[part]['compile_first_call_s'], 1)} s")  # fmt: skip
-    if "offload_slowdown" in co.get("sd", {}):
-        add("enable_model_cpu_offload / resident time (sd)", fmt(co["sd"]["offload_slowdown"]))
+    for part in ("sd", "flux"):
+        if "offload_slowdown" in co.get(part, {}):
+            add(f"enable_model_cpu_offload / resident time ({part})", fmt(co[part]["offload_slowdown"]))
     for row in sections.get("flops", {}).get("rows", []):
         add(f"FLOP ratio {row['pipeline']} {row['size']}px {row['steps']} steps (cached)",
             fmt(row["ratio_cached"], 4), f"uncached {fmt(row['ratio'], 4)}")  # fmt: skip
@@ -612,7 +628,7 @@ def run_flux_sections(report: dict, ctx: dict) -> None:
     if "eval_throughput" not in args.skip:
         run_section(report, "eval_throughput", eval_throughput_flux, ctx, 1 if args.tiny else 60, "flux")
     if "compile_offload" not in args.skip:
-        run_section(report, "compile_offload", compile_flux, ctx, 1 if args.tiny else 150, "flux")
+        run_section(report, "compile_offload", compile_and_offload_flux, ctx, 1 if args.tiny else 150, "flux")
 
 
 def collect_flops(report: dict, process: subprocess.Popen, path: str, wait_s: float) -> None:
