@@ -13,7 +13,8 @@ written after every section, so an interrupted run still leaves one):
 2. `training`: one aligner training step (frozen MAE prior -> aligner -> frozen UNet eps-MSE, AdamW on the aligner)
    vs a bare frozen-UNet step (a learnable (B, 77, 768) embedding instead), and one decoder training step
    (the UNet's one-step x0 latent augmentation on half the batch, AsukaDecoder L1, AdamW); 512x512, batch 8,
-   bf16; seconds per step and images per second.
+   bf16; seconds per step, images per second, and the memory a step allocates above the resident weights and
+   optimizer state (what sizes the batch on a smaller card).
 3. `eval_throughput` (SD part): images per minute of ASUKA-SD at 512x512, 50 steps, a batch of `--eval-batch`.
 4. `compile_offload` (SD part): torch.compile of the UNet on/off (compile time reported apart), and
    `enable_model_cpu_offload` vs resident (time and peak memory).
@@ -249,14 +250,21 @@ def training(ctx: dict) -> dict:
     decoder_state = {k: v.clone() for k, v in components["decoder"].state_dict().items()}
     to_device({k: components[k] for k in ("unet", "vae", "mae", "aligner", "decoder")}, device, dtype)
     try:
-        medians = alternate(training_runs(components, size, batch, device, dtype), s["repeats"], device)
+        runs = training_runs(components, size, batch, device, dtype)
+        medians = alternate(runs, s["repeats"], device)
         result = {"size": size, "batch": batch, "dtype": str(dtype).split(".")[-1], **summary(medians)}
         for name in ("asuka", "bare"):
             result[f"{name}_images_per_s"] = batch / medians[name]["total"]
+            # above everything already allocated (weights, optimizer state): what the batch adds, for sizing cards
+            result[f"{name}_step_activations_mib"] = peak_memory(runs[name][0], [], device)["activations_mib"]
         step = decoder_training_run(components, size, batch, device, dtype)
         step()  # warm-up
         decoder_s = median_time(step, s["repeats"], device)
-        result["decoder"] = {"step_s": decoder_s, "images_per_s": batch / decoder_s}
+        result["decoder"] = {
+            "step_s": decoder_s,
+            "images_per_s": batch / decoder_s,
+            "step_activations_mib": peak_memory(step, [], device)["activations_mib"],
+        }
     finally:  # the inference sections after this one use the untrained, frozen modules in their own dtype
         for name, state in (("aligner", aligner_state), ("decoder", decoder_state)):
             components[name].load_state_dict(state)
