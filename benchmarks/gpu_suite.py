@@ -500,6 +500,13 @@ def markdown(report: dict) -> str:
         add(
             "decoder step (s)", fmt(train["decoder"]["step_s"]), f"{fmt(train['decoder']['images_per_s'], 1)} images/s"
         )
+        memory = {
+            "aligner": train.get("asuka_step_activations_mib"),
+            "decoder": train["decoder"].get("step_activations_mib"),
+        }
+        for what, mib in memory.items():
+            if mib is not None:
+                add(f"{what} step memory above the resident weights (MiB)", fmt(mib, 0))
     for key, value in sections.get("eval_throughput", {}).items():
         if isinstance(value, dict) and "images_per_min" in value:
             add(f"ASUKA-{key.upper()} images/min, {value['size']}px {value['steps']} steps, batch {value['batch']}",
