@@ -19,6 +19,7 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_inpaint impo
 )
 from diffusers.schedulers import KarrasDiffusionSchedulers
 
+from .cached_attention import cache_constant_conditioning
 from .hub_export import write_remote_code
 from .hub_light import HUB_KWARGS, is_light_repo, load_light_pipeline, save_light_pipeline
 from .inpaint_steps import (
@@ -147,6 +148,7 @@ class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin):
         return mae_reconstruction(self.mae, image, mask_image)
 
     @torch.no_grad()
+    @cache_constant_conditioning("unet")  # cross-attention K/V once per call, restored afterwards
     def __call__(
         self,
         image: ImageInput,

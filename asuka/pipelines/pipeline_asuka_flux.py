@@ -35,6 +35,7 @@ from diffusers.pipelines.flux.pipeline_flux_fill import calculate_shift, retriev
 from ..models.aligner import AsukaAligner
 from ..models.decoder import AsukaDecoder
 from ..models.mae import AsukaMAE
+from .cached_attention import cache_constant_conditioning
 from .hub_light import HUB_KWARGS, is_light_repo, load_light_pipeline, save_light_pipeline
 from .inpaint_steps import (
     AsukaPipelineOutput,
@@ -235,6 +236,7 @@ class AsukaFluxPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ call
 
     @torch.no_grad()
+    @cache_constant_conditioning("transformer")  # context_embedder once per call, restored afterwards
     def __call__(
         self,
         image: ImageInput,
