@@ -42,7 +42,6 @@ import torch.nn.functional as F
 from diffusers import (
     AutoencoderKL,
     FlowMatchEulerDiscreteScheduler,
-    FluxFillPipeline,
     FluxTransformer2DModel,
     PNDMScheduler,
     StableDiffusionInpaintPipeline,
@@ -53,10 +52,18 @@ from diffusers import (
 BENCHMARKS = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [BENCHMARKS, os.path.dirname(BENCHMARKS)]  # the sibling flops.py; this repository's asuka
 
-from flops import flop_counter_mode, flux_text_encoders, on_meta, pipeline_flops  # noqa: E402
+from flops import clip_text_encoder, flop_counter_mode, flux_text_encoders, on_meta, pipeline_flops  # noqa: E402
 
 from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE  # noqa: E402
 from asuka.pipelines import AsukaPipeline  # noqa: E402
+from asuka.testing.flux import (  # noqa: E402
+    FLUX_SCHEDULER_CONFIG,
+    FLUX_TRANSFORMER_CONFIG,
+    FLUX_VAE_CONFIG,
+    flux_fill_pipeline,
+    make_tiny_flux_components,
+)
+from asuka.testing.sd import make_tiny_sd_components, sd_inpaint_pipeline  # noqa: E402
 
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -92,19 +99,10 @@ def sd15_inpainting_unet() -> UNet2DConditionModel:
 
 
 def sd15_vae() -> AutoencoderKL:
-    """SD-1.x's KL VAE (f=8, 4 latent channels), from its public config."""
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512),
-        layers_per_block=2,
-        latent_channels=4,
-        norm_num_groups=32,
-        sample_size=512,
-        scaling_factor=0.18215,
-    )
+    """SD-1.x's KL VAE (f=8, 4 latent channels), from its public config: the architecture FLUX.1's VAE keeps with
+    16 latent channels and without the (post-)quant convs."""
+    sd = {"latent_channels": 4, "sample_size": 512, "scaling_factor": 0.18215, "shift_factor": None}
+    return AutoencoderKL(**{**FLUX_VAE_CONFIG, **sd, "use_quant_conv": True, "use_post_quant_conv": True})
 
 
 def sd15_scheduler() -> PNDMScheduler:
@@ -120,28 +118,9 @@ def sd15_scheduler() -> PNDMScheduler:
     )
 
 
-def sd_text_encoder() -> torch.nn.Module:
-    """SD-1.x's CLIP ViT-L/14 text encoder (what the baseline normally holds), from its public config."""
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    config = CLIPTextConfig(
-        vocab_size=49408,
-        hidden_size=768,
-        intermediate_size=3072,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        max_position_embeddings=77,
-        hidden_act="quick_gelu",
-        projection_dim=768,
-    )
-    return CLIPTextModel(config).eval()
-
-
 def build_sd_components(tiny: bool, parts: str = "asuka", seed: int = 0) -> dict[str, torch.nn.Module]:
     """`parts="asuka"`: vae, unet, scheduler, mae, aligner, decoder; `"backbone"`: only vae, unet, scheduler."""
     if tiny:
-        from asuka.testing.sd import make_tiny_sd_components
-
         components = make_tiny_sd_components(seed)
     else:
         torch.manual_seed(seed)
@@ -177,19 +156,19 @@ def sd_pipelines(components: dict) -> tuple[AsukaPipeline, StableDiffusionInpain
         aligner=components["aligner"],
         decoder=components["decoder"],
     )
-    base = StableDiffusionInpaintPipeline(
-        vae=components["vae"],
-        text_encoder=None,
-        tokenizer=None,
-        unet=components["unet"],
-        scheduler=scheduler.__class__.from_config(scheduler.config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    for pipe in (asuka, base):
-        pipe.set_progress_bar_config(disable=True)
+    asuka.set_progress_bar_config(disable=True)
+    base = sd_inpaint_pipeline({**components, "scheduler": scheduler.__class__.from_config(scheduler.config)})
     return asuka, base
+
+
+def training_batch(
+    batch: int, size: int, device: str, dtype: torch.dtype, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random images in [0, 1] (B, 3, size, size) and a centred square hole of a quarter of the area (B, 1, ...)."""
+    image = torch.rand(batch, 3, size, size, generator=generator).to(device, dtype)
+    hole = torch.zeros(batch, 1, size, size, device=device, dtype=dtype)
+    hole[..., size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 1
+    return image, hole
 
 
 def test_inputs(size: int) -> tuple[PIL.Image.Image, PIL.Image.Image]:
@@ -334,7 +313,7 @@ def memory_child(config: str, args: argparse.Namespace) -> dict[str, float]:
     components = to_device(build_sd_components(args.tiny, "backbone" if config != "asuka" else "asuka"), device, dtype)
     image, mask = test_inputs(args.size)
     text_encoder = (
-        to_device({"t": sd_text_encoder()}, device, dtype)["t"] if config == "sd+text" and not args.tiny else None
+        to_device({"t": clip_text_encoder()}, device, dtype)["t"] if config == "sd+text" and not args.tiny else None
     )
     if config == "asuka":
         pipe = sd_pipelines(components)[0]
@@ -344,17 +323,7 @@ def memory_child(config: str, args: argparse.Namespace) -> dict[str, float]:
             return pipe(image, mask, num_inference_steps=args.steps, generator=generator, output_type="np")
 
     else:
-        pipe = StableDiffusionInpaintPipeline(
-            vae=components["vae"],
-            text_encoder=None,
-            tokenizer=None,
-            unet=components["unet"],
-            scheduler=components["scheduler"],
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-        pipe.set_progress_bar_config(disable=True)
+        pipe = sd_inpaint_pipeline(components)
         width = components["unet"].config.cross_attention_dim
 
         def call():
@@ -429,9 +398,7 @@ def training_runs(components: dict, size: int, batch_size: int, device: str, dty
     """
     unet, vae, mae, aligner, scheduler = (components[k] for k in ("unet", "vae", "mae", "aligner", "scheduler"))
     generator = torch.Generator().manual_seed(0)
-    image = torch.rand(batch_size, 3, size, size, generator=generator).to(device, dtype)
-    hole = torch.zeros(batch_size, 1, size, size, device=device, dtype=dtype)
-    hole[..., size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 1
+    image, hole = training_batch(batch_size, size, device, dtype, generator)
     scale = vae.config.scaling_factor
     with torch.no_grad():  # cached latents, identical for both steps
         latents = vae.encode(image * 2 - 1).latent_dist.mean * scale
@@ -479,41 +446,12 @@ def build_flux_components(tiny: bool, num_layers: int, num_single_layers: int, s
     channels, T5 4096 / CLIP 768 conditioning) but only `num_layers` double and `num_single_layers` single blocks
     (the real model has 19 and 38); the MAE and aligners (4096- and 768-wide, 4 blocks each) of ASUKA-FLUX."""
     if tiny:
-        from asuka.testing.flux import make_tiny_flux_components
-
         components = make_tiny_flux_components(seed)
     else:
-        from asuka.testing.flux import FLUX_SCHEDULER_CONFIG
-
         torch.manual_seed(seed)
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(128, 256, 512, 512),
-            layers_per_block=2,
-            latent_channels=16,
-            norm_num_groups=32,
-            sample_size=1024,
-            scaling_factor=0.3611,
-            shift_factor=0.1159,
-            use_quant_conv=False,
-            use_post_quant_conv=False,
-        )
-        transformer = FluxTransformer2DModel(
-            patch_size=1,
-            in_channels=384,
-            out_channels=64,
-            num_layers=num_layers,
-            num_single_layers=num_single_layers,
-            attention_head_dim=128,
-            num_attention_heads=24,
-            joint_attention_dim=4096,
-            pooled_projection_dim=768,
-            guidance_embeds=True,
-            axes_dims_rope=(16, 56, 56),
-        )
+        vae = AutoencoderKL(**FLUX_VAE_CONFIG)
+        depth = {"num_layers": num_layers, "num_single_layers": num_single_layers}
+        transformer = FluxTransformer2DModel(**{**FLUX_TRANSFORMER_CONFIG, **depth})
         mae = AsukaMAE()
         components = dict(
             vae=vae,
@@ -544,17 +482,8 @@ def flux_inference_runs(components: dict, size: int, steps: int, device: str, dt
 
     scheduler = components["scheduler"]
     asuka = AsukaFluxPipeline(**{**components, "scheduler": scheduler.__class__.from_config(scheduler.config)})
-    base = FluxFillPipeline(
-        scheduler=scheduler.__class__.from_config(scheduler.config),
-        vae=components["vae"],
-        text_encoder=None,
-        tokenizer=None,
-        text_encoder_2=None,
-        tokenizer_2=None,
-        transformer=components["transformer"],
-    )
-    for pipe in (asuka, base):
-        pipe.set_progress_bar_config(disable=True)
+    asuka.set_progress_bar_config(disable=True)
+    base = flux_fill_pipeline({**components, "scheduler": scheduler.__class__.from_config(scheduler.config)})
     image, mask = test_inputs(size)
     transformer = components["transformer"]
     tokens = (
@@ -615,7 +544,7 @@ def inference_flop_ratios(kind: str, args: argparse.Namespace) -> dict[str, floa
         if kind == "sd":
             components.update(build_sd_components(args.tiny))
             if not args.tiny:
-                components["text_encoder"] = sd_text_encoder()
+                components["text_encoder"] = clip_text_encoder()
         else:
             components.update(build_flux_components(args.tiny, *args.flux_depth))
             if not args.tiny:
