@@ -107,22 +107,16 @@ def run_flux_fill(pipeline: Any, request: InpaintRequest, progress: ProgressCall
     else:
         prompt = dict(prompt="")
 
-    def generate(image, mask, width, height):
-        return pipeline(
-            **prompt,
-            image=image,
-            mask_image=mask,
-            height=height,
-            width=width,
-            num_inference_steps=request.steps,
-            guidance_scale=request.guidance_scale if request.guidance_scale is not None else FLUX_GUIDANCE,
-            generator=registry.seeded_generator(request.seed),
-            output_type="pt",
-            callback_on_step_end=registry.step_callback(progress, request.steps),
-        ).images
-
     working_resolution = pipeline.default_sample_size * pipeline.vae_scale_factor
-    return run_baseline(generate, request, working_resolution, pipeline.vae_scale_factor * 2)
+    return run_baseline(
+        pipeline,
+        request,
+        progress,
+        prompt=prompt,
+        default_guidance=FLUX_GUIDANCE,
+        working_resolution=working_resolution,
+        multiple=pipeline.vae_scale_factor * 2,
+    )
 
 
 registry.register_method(

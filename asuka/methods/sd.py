@@ -57,23 +57,16 @@ def run_sd_backbone(pipeline: Any, request: InpaintRequest, progress: ProgressCa
             )
         }
 
-    def generate(image, mask, width, height):
-        return pipeline(
-            **text,
-            image=image,
-            mask_image=mask,
-            height=height,
-            width=width,
-            num_inference_steps=request.steps,
-            guidance_scale=request.guidance_scale if request.guidance_scale is not None else 1.0,
-            generator=registry.seeded_generator(request.seed),
-            output_type="pt",
-            callback_on_step_end=registry.step_callback(progress, request.steps),
-            callback_on_step_end_tensor_inputs=[],  # progress needs only the step index
-        ).images
-
     native = pipeline.unet.config.sample_size * pipeline.vae_scale_factor  # AsukaPipeline's default resolution
-    return run_baseline(generate, request, native, pipeline.vae_scale_factor)
+    return run_baseline(
+        pipeline,
+        request,
+        progress,
+        prompt=text,
+        default_guidance=1.0,
+        working_resolution=native,
+        multiple=pipeline.vae_scale_factor,
+    )
 
 
 registry.register_method(

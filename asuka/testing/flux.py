@@ -96,19 +96,17 @@ def make_tiny_flux_components(seed: int = 0) -> dict:
             for name, tensor in aligner.state_dict().items():
                 if "null" in name:
                     tensor.copy_(torch.randn(tensor.shape, generator=generator))
-    decoder = AsukaDecoder.from_vae(vae)
-    scheduler = FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER_CONFIG)
-    for module in (vae, transformer, mae, token_aligner, pooled_aligner, decoder):
-        module.eval()
-    return dict(
-        vae=vae,
-        transformer=transformer,
-        scheduler=scheduler,
-        mae=mae,
-        token_aligner=token_aligner,
-        pooled_aligner=pooled_aligner,
-        decoder=decoder,
-    )
+    models = {
+        "vae": vae,
+        "transformer": transformer,
+        "mae": mae,
+        "token_aligner": token_aligner,
+        "pooled_aligner": pooled_aligner,
+        "decoder": AsukaDecoder.from_vae(vae),
+    }
+    for model in models.values():
+        model.eval()  # as from_pretrained leaves them, so a save/load round trip is bit-exact
+    return {"scheduler": FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER_CONFIG), **models}
 
 
 #: Default long side of the tiny pipeline's working region (the real one uses FLUX's 1024).
