@@ -1,6 +1,8 @@
 """diffusers' usage contract for the three pipelines: batching with `num_images_per_prompt` and per-sample generators,
 dtype round trips, rebuilding from `components`, and PIL / numpy / torch inputs of the same 8-bit image."""
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -59,12 +61,19 @@ def test_to_bfloat16_runs(case):
 
 
 def test_rebuilding_from_components_is_identical(pipe, case):
-    rebuilt = type(pipe)(**pipe.components)
+    # diffusers' split: `components` are the modules, `parameters` the pipeline's own settings (config entries).
+    rebuilt = type(pipe)(**pipe.components, **pipe.parameters)
     rebuilt.set_progress_bar_config(disable=True)
     public = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}  # noqa: E731
     assert public(rebuilt.config) == public(pipe.config)
     assert all(getattr(rebuilt, name) is module for name, module in pipe.components.items())
     assert np.array_equal(run(rebuilt, case), run(pipe, case))
+    # Without the parameters the modules are shared and every setting takes its default.
+    shared = type(pipe)(**pipe.components)
+    assert all(getattr(shared, name) is module for name, module in pipe.components.items())
+    assert all(
+        shared.config[name] == inspect.signature(type(pipe)).parameters[name].default for name in pipe.parameters
+    )
 
 
 def test_pil_numpy_and_torch_inputs_of_one_8bit_image_agree(pipe, case):
