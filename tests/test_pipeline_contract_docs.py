@@ -64,9 +64,9 @@ def test_example_docstring_runs_with_a_tiny_pipeline(case: Case, tmp_path, monke
 
 
 def documented_arguments(docstring: str) -> dict[str, str]:
-    """``name (`type`, ...):`` header lines of a Google-style "Args:" section, by name."""
-    section = docstring.split("Args:", 1)[1]
-    return {m.group(1): m.group(0) for m in re.finditer(r"^\s*(\w+) \((`.+)\):\s*$", section, re.M)}
+    """``name (`type`, ...):`` header lines of a Google-style "Args:" / "Parameters:" section, by name."""
+    section = re.split(r"^\s*(?:Args|Parameters):\s*$", docstring, maxsplit=1, flags=re.M)[-1]
+    return {m.group(1): m.group(0) for m in re.finditer(r"^\s*(\w+) \((\[?`.+?)\):", section, re.M)}
 
 
 def check_typed_docs(function, docstring: str) -> None:
