@@ -156,7 +156,7 @@ def sd_guided_run(pipe, *callbacks: PipelineCallback, steps: int = 4):
 def test_sd_cfg_cutoff_callback_changes_the_result_after_the_cutoff_step():
     pipe = guided_sd_pipe()
     full, full_latents = sd_guided_run(pipe)
-    cut, cut_latents = sd_guided_run(pipe, SDCFGCutoffCallback(cutoff_step_index=1))
+    cut, cut_latents = sd_guided_run(pipe, SDCFGCutoffCallback(cutoff_step_ratio=None, cutoff_step_index=1))
     assert pipe.guidance_scale == 0.0 and not pipe.do_classifier_free_guidance
     # Steps 0 and 1 ran with guidance in both runs; from step 2 on, the cut-off run has none.
     for step in (0, 1):
