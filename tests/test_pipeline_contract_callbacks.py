@@ -93,7 +93,15 @@ def test_interrupt_stops_the_loop_at_that_step(pipe, case):
         states.append(tensors[case.state].clone())
         return tensors
 
-    run(pipe, case, output_type="latent", callback_on_step_end=record, callback_on_step_end_tensor_inputs=[case.state])
+    steps = 3
+    run(
+        pipe,
+        case,
+        num_inference_steps=steps,
+        output_type="latent",
+        callback_on_step_end=record,
+        callback_on_step_end_tensor_inputs=[case.state],
+    )
     assert len(states) >= 3
     seen = []
 
@@ -103,7 +111,7 @@ def test_interrupt_stops_the_loop_at_that_step(pipe, case):
             p._interrupt = True
         return tensors
 
-    stopped = run(pipe, case, output_type="latent", callback_on_step_end=stop_after_second)
+    stopped = run(pipe, case, num_inference_steps=steps, output_type="latent", callback_on_step_end=stop_after_second)
     assert seen == [0, 1]
     torch.testing.assert_close(sampler_state(case, stopped), sampler_state(case, states[1]))
     assert not torch.allclose(sampler_state(case, stopped), sampler_state(case, states[-1]))
