@@ -1,4 +1,4 @@
-"""asuka demo: a Gradio app for faithful image inpainting (UI only; models live in asuka.registry).
+"""asuka demo: a Gradio app for faithful image inpainting (UI only; models live in asuka.methods).
 
     python app.py --tiny                  # random tiny weights, for trying the interface
     python app.py --model PATH_OR_HUB_ID  # ASUKA-SD from a folder written by save_pretrained
@@ -26,7 +26,8 @@ import numpy as np
 from gradio.data_classes import FileData
 from PIL import Image
 
-from asuka import registry
+from asuka import methods
+from asuka.defaults import default_device, default_dtype
 from asuka.imageio import load_image, load_mask, mask_from_layers
 from asuka.masks import dilate_mask
 
@@ -72,7 +73,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--model", default=env("ASUKA_MODEL"), help="Hub id or local folder of that method's weights")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--dtype", default=None, help="float16, bfloat16 or float32 (default: float16 on GPU)")
+    parser.add_argument("--dtype", default=None, help="float16, bfloat16 or float32 (default: bfloat16 on GPU)")
     parser.add_argument("--port", type=int, default=None, help="default: $GRADIO_SERVER_PORT or 7860")
     parser.add_argument("--host", default=None, help="default: $GRADIO_SERVER_NAME or 127.0.0.1")
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
@@ -94,12 +95,11 @@ def _editor_mask(editor: dict | None, mask_file: str | None, size: tuple[int, in
 
 
 def build_demo(
-    cache: registry.PipelineCache, default_method: str, tiny: bool = False, max_queue: int = 16
+    cache: methods.PipelineCache, default_method: str, tiny: bool = False, max_queue: int = 16
 ) -> gr.Blocks:
-    """The Blocks UI; every model call goes through ``cache`` and the registry."""
-    methods = registry.list_methods()
-    choices = [(spec.label, spec.name) for spec in methods]
-    first = registry.get_method(default_method)
+    """The Blocks UI; every model call goes through ``cache`` and asuka.methods."""
+    choices = [(spec.label, spec.name) for spec in methods.list_methods()]
+    first = methods.get_method(default_method)
 
     @gpu
     def inpaint(
@@ -127,10 +127,10 @@ def build_demo(
             mask = dilate_mask(mask, int(dilation))
         if not np.asarray(mask).any():
             raise gr.Error("The mask is empty: paint over the region to repaint, or upload a mask (white = repaint).")
-        spec = registry.get_method(method)
+        spec = methods.get_method(method)
         if randomize_seed:
             seed = random.randint(0, MAX_SEED)
-        request = registry.InpaintRequest(
+        request = methods.InpaintRequest(
             image=image,
             mask=mask,
             steps=int(steps),
@@ -140,14 +140,14 @@ def build_demo(
             keep_unmasked=bool(keep_unmasked),
         )
 
-        def run(name: str, label: str) -> registry.InpaintResult:
+        def run(name: str, label: str) -> methods.InpaintResult:
             progress(0, desc=f"Loading {label}…")
             try:
                 pipeline = cache.get(name)
-            except registry.ModelLoadError as error:
+            except methods.ModelLoadError as error:
                 raise gr.Error(str(error), duration=None)
             try:
-                return registry.run_method(
+                return methods.run_method(
                     name, pipeline, request, lambda done, total: progress((done, total), desc=label, unit="steps")
                 )
             except ValueError as error:
@@ -156,7 +156,7 @@ def build_demo(
         result = run(spec.name, spec.label)
         backbone = None
         if run_backbone and spec.backbone:
-            backbone = run(spec.backbone, registry.get_method(spec.backbone).label).image
+            backbone = run(spec.backbone, methods.get_method(spec.backbone).label).image
         elif run_backbone:
             gr.Warning(f"{spec.label} has no separate backbone to compare with.")
         download = Path(tempfile.mkdtemp(prefix="asuka_")) / "inpainted.png"
@@ -164,7 +164,7 @@ def build_demo(
         return (result.image, (image, result.image), backbone, result.reconstruction, str(download), seed, mask)
 
     def on_method(method: str):
-        spec = registry.get_method(method)
+        spec = methods.get_method(method)
         return (
             gr.update(value=spec.default_steps),
             gr.update(visible=spec.uses_condition_weight),
@@ -174,7 +174,8 @@ def build_demo(
 
     with gr.Blocks(title="asuka inpainting") as demo:
         gr.Markdown(
-            "# asuka — faithful inpainting\nPaint over what should be repainted (or upload a mask), then press **Run**."
+            "# asuka — faithful inpainting\n"
+            "Paint over what should be repainted (or upload a mask), then press **Run**."
         )
         if tiny:
             gr.Markdown(TINY_BANNER, elem_id="tiny-banner")
@@ -290,16 +291,15 @@ def _examples() -> list[list[str]]:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from asuka.cli import default_device_dtype
-
-    device, dtype = default_device_dtype(args.device, args.dtype)
+    device = args.device or default_device()
+    dtype = args.dtype or default_dtype(device)
     try:
-        spec = registry.get_method(args.method)
-        cache = registry.PipelineCache(
+        spec = methods.get_method(args.method)
+        cache = methods.PipelineCache(
             device=device, dtype=dtype, tiny=args.tiny, models={args.method: args.model} if args.model else None
         )
         cache.get(spec.name)  # load the first model now, so a bad model id fails at start-up
-    except (ValueError, registry.ModelLoadError) as error:
+    except (ValueError, methods.ModelLoadError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2)
     demo = build_demo(cache, spec.name, tiny=args.tiny, max_queue=args.max_queue)

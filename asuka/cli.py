@@ -16,6 +16,8 @@ from pathlib import Path
 
 
 EXIT_OK, EXIT_SKIPPED, EXIT_USAGE = 0, 1, 2
+#: The method ``--tiny`` runs without a GPU when no ``--method`` is given.
+TINY_DEFAULT_METHOD = "asuka-sd"
 
 
 @dataclass
@@ -67,7 +69,10 @@ def _check_output(output: Path, inputs: Sequence[Path]) -> str | None:
     for source in inputs:
         folder = source if source.is_dir() else source.parent
         if _inside(output, folder):
-            return f"--output {output} is inside the input folder {folder}; choose a separate folder (inputs are never written to)."
+            return (
+                f"--output {output} is inside the input folder {folder}; "
+                "choose a separate folder (inputs are never written to)."
+            )
     return None
 
 
@@ -84,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inpaint.add_argument("--output", type=Path, required=True, help="folder for the results (<name>.png)")
     inpaint.add_argument(
-        "--method", default="asuka-sd", help="registered method (see asuka.registry); default asuka-sd"
+        "--method",
+        default=None,
+        help="registered method (see asuka.methods); default: asuka-flux on a GPU, else asuka-sd with --tiny",
     )
     inpaint.add_argument("--model", default=None, help="Hub id or local folder of the method's weights")
     inpaint.add_argument("--steps", type=int, default=None, help="denoising steps (default: the method's)")
@@ -93,24 +100,25 @@ def build_parser() -> argparse.ArgumentParser:
     inpaint.add_argument("--guidance-scale", type=float, default=None)
     inpaint.add_argument("--dilate", type=int, default=0, help="grow each mask by this many pixels")
     inpaint.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    inpaint.add_argument("--dtype", default=None, help="float16, bfloat16 or float32 (default: float16 on GPU)")
+    inpaint.add_argument("--dtype", default=None, help="float16, bfloat16 or float32 (default: bfloat16 on GPU)")
     inpaint.add_argument("--tiny", action="store_true", help="random tiny weights, for trying the command")
     inpaint.add_argument("--overwrite", action="store_true", help="replace existing results")
     return parser
 
 
-def default_device_dtype(device: str | None, dtype: str | None) -> tuple[str, str]:
-    """cuda + float16 when a GPU is there, cpu + float32 otherwise; explicit values win."""
-    import torch
+def choose_method(method: str | None, tiny: bool) -> str | None:
+    """``--method`` if given, else this machine's default method; without a GPU that is asuka-sd with ``--tiny``
+    and None otherwise (the caller then prints :func:`asuka.methods.no_default_guidance`)."""
+    from asuka import methods
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return device, dtype or ("float16" if device.startswith("cuda") else "float32")
+    return method or methods.default_method() or (TINY_DEFAULT_METHOD if tiny else None)
 
 
 def inpaint_command(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from asuka import registry
+    from asuka import methods
+    from asuka.defaults import default_device, default_dtype
     from asuka.imageio import load_image, load_mask
     from asuka.masks import dilate_mask
 
@@ -127,11 +135,16 @@ def inpaint_command(args: argparse.Namespace) -> int:
         print(f"error: no images found in {args.image}.", file=sys.stderr)
         return EXIT_USAGE
 
+    method = choose_method(args.method, args.tiny)
+    if method is None:
+        print(f"error: {methods.no_default_guidance()}", file=sys.stderr)
+        return EXIT_USAGE
     try:
-        spec = registry.get_method(args.method)
-        device, dtype = default_device_dtype(args.device, args.dtype)
-        pipeline = registry.load_pipeline(spec.name, args.model, device, dtype, args.tiny)
-    except (ValueError, registry.ModelLoadError) as error:
+        spec = methods.get_method(method)
+        device = args.device or default_device()
+        dtype = args.dtype or default_dtype(device)
+        pipeline = methods.load_pipeline(spec.name, args.model, device, dtype, args.tiny)
+    except (ValueError, methods.ModelLoadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
 
@@ -150,7 +163,7 @@ def inpaint_command(args: argparse.Namespace) -> int:
                 mask = load_mask(job.mask, size=image.size)
                 if args.dilate:
                     mask = dilate_mask(mask, args.dilate)
-                request = registry.InpaintRequest(
+                request = methods.InpaintRequest(
                     image=image,
                     mask=mask,
                     steps=args.steps,
@@ -158,7 +171,7 @@ def inpaint_command(args: argparse.Namespace) -> int:
                     condition_weight=args.condition_weight,
                     guidance_scale=args.guidance_scale,
                 )
-                result = registry.run_method(spec.name, pipeline, request)
+                result = methods.run_method(spec.name, pipeline, request)
                 result.image.save(job.output)
                 written += 1
             except ValueError as error:

@@ -20,16 +20,17 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, FluxFillPipeline
-from diffusers.image_processor import PipelineImageInput, VaeImageProcessor
+from diffusers.image_processor import VaeImageProcessor
 
 from asuka.models import AsukaDecoder
+from asuka.pipelines.inpaint_steps import ImageInput, standardise_inputs
 
 
 @torch.no_grad()
 def decode_with_asuka_decoder(
     latents: torch.Tensor,
-    image: PipelineImageInput,
-    mask_image: PipelineImageInput,
+    image: ImageInput,
+    mask_image: ImageInput,
     decoder: AsukaDecoder,
     vae: AutoencoderKL,
     height: int | None = None,
@@ -41,8 +42,8 @@ def decode_with_asuka_decoder(
     Args:
         latents: the `images` of a `FluxFillPipeline` / `StableDiffusionInpaintPipeline` run with
             `output_type="latent"` (packed FLUX latents or SD latent maps, still scaled).
-        image, mask_image: the inputs of that run (PIL, numpy or tensors in [0,1]; white = hole);
-            they are resized to the decoded size.
+        image, mask_image: the inputs of that run (PIL, path, numpy or tensors in [0,1], as the asuka
+            pipelines take them; white = hole); they are resized to the decoded size.
         decoder: an `AsukaDecoder` whose latent channels match `vae` (16 for FLUX, 4 for SD).
         vae: the run's VAE; only its config is read (scaling/shift factor, downsampling).
         height, width: the pixel size the FLUX run used (needed only for packed latents; default:
@@ -58,17 +59,7 @@ def decode_with_asuka_decoder(
             f"The decoder takes {decoder.config.latent_channels} latent channels but the VAE has "
             f"{config.latent_channels}; use a decoder built for this VAE (AsukaDecoder.from_vae)."
         )
-    image_processor = VaeImageProcessor(vae_scale_factor=1, do_resize=False)
-    mask_processor = VaeImageProcessor(
-        vae_scale_factor=1, do_resize=False, do_normalize=False, do_binarize=True, do_convert_grayscale=True
-    )
-    try:
-        pixels = image_processor.preprocess(image).float()
-        hole = mask_processor.preprocess(mask_image).float()
-    except (TypeError, ValueError, AttributeError) as error:
-        raise ValueError(
-            f"Could not read `image`/`mask_image` ({error}); accepted: PIL, numpy or tensors in [0,1]."
-        ) from error
+    pixels, hole = standardise_inputs(image, mask_image)  # [0, 1]; paths and PIL images read by asuka.imageio
 
     # 1. Latents to (B, C, h, w), unscaled
     if latents.ndim == 3:
@@ -93,8 +84,8 @@ def decode_with_asuka_decoder(
     # 2. Image and mask at the decoded size
     size = (latents.shape[-2] * vae_scale_factor, latents.shape[-1] * vae_scale_factor)
     if pixels.shape[-2:] != size:
-        pixels = F.interpolate(image_processor.denormalize(pixels), size=size, mode="bicubic", antialias=True)
-        pixels = image_processor.normalize(pixels.clamp(0, 1))
+        pixels = F.interpolate(pixels, size=size, mode="bicubic", antialias=True).clamp(0, 1)
+    pixels = VaeImageProcessor.normalize(pixels)
     if hole.shape[-2:] != size:
         hole = (F.interpolate(hole, size=size, mode="area") > 0).float()
     batch = latents.shape[0]

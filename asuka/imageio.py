@@ -1,9 +1,18 @@
-"""Robust image and mask loading shared by the app, the CLI and the evaluation runner.
+"""Robust image and mask loading: the only code in asuka that opens image and mask files.
 
 Photos arrive in every mode PIL knows (RGBA, LA, P, CMYK, 16-bit, float), rotated by EXIF tags,
 truncated, or as masks drawn in any colour. These helpers turn all of that into the two things the
 pipelines accept -- an RGB image and an ``L`` mask (255 = hole) of the same size -- or raise
-``ValueError`` saying what was wrong.
+``ValueError`` saying what was wrong. One rule each:
+
+* files: a name ending in one of ``IMAGE_EXTENSIONS`` (hidden files excluded);
+* orientation: the EXIF orientation tag is applied to everything opened here (paths, bytes, PIL images);
+* bit depth: integer modes (16-bit ``I;16*`` and 32-bit ``I``) hold 16-bit values and are scaled to 8 bits
+  by ``round(v / 257)``, as are uint16 arrays; floats in [0, 1] by ``round(v * 255)``;
+* colour: palette, transparency and alpha are flattened onto white; CMYK uses PIL's plain conversion.
+
+The pipelines read path and PIL inputs through this module, and the Hub exporter bundles it with them, so it
+imports only numpy and PIL.
 """
 
 from __future__ import annotations
@@ -23,24 +32,25 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", "
 
 def _open(source: ImageSource) -> Image.Image:
     """Open ``source`` fully (so truncated files fail here) with EXIF rotation applied."""
-    if isinstance(source, Image.Image):
-        image = source
-    elif isinstance(source, np.ndarray):
+    if isinstance(source, np.ndarray):
         image = _from_array(source)
     else:
-        name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
-        fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+        is_bytes = isinstance(source, (bytes, bytearray))
+        name = "the PIL image" if isinstance(source, Image.Image) else "<bytes>" if is_bytes else str(source)
         try:
-            image = Image.open(fp)
-            image.load()
+            image = (
+                source if isinstance(source, Image.Image) else Image.open(io.BytesIO(source) if is_bytes else source)
+            )
+            image.load()  # decode now, also a lazily opened PIL image, so truncated data fails here
         except FileNotFoundError as error:
             raise ValueError(f"Image file not found: {name}.") from error
-        except (UnidentifiedImageError, OSError, SyntaxError) as error:
-            raise ValueError(
-                f"Could not read {name} as an image ({error}); accepted: a complete PNG, JPEG, WebP, BMP, TIFF or GIF file."
-            ) from error
         except Image.DecompressionBombError as error:
             raise ValueError(f"{name} is too large to decode safely ({error}).") from error
+        except (UnidentifiedImageError, OSError, SyntaxError) as error:
+            raise ValueError(
+                f"Could not read {name} as an image ({error}); accepted: a complete image file ending in "
+                f"{', '.join(IMAGE_EXTENSIONS)}."
+            ) from error
     if image.width == 0 or image.height == 0:
         raise ValueError(f"Image has zero size ({image.width}x{image.height}); accepted: at least 1x1 pixels.")
     return ImageOps.exif_transpose(image)
@@ -53,9 +63,9 @@ def _from_array(array: np.ndarray) -> Image.Image:
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
         raise ValueError(f"Image array must be (H, W), (H, W, 3) or (H, W, 4); got shape {array.shape}.")
     if array.dtype == np.uint16:
-        array = (array.astype(np.float64) / 257.0).round().astype(np.uint8)
+        array = _16bit_to_8bit(array)
     elif np.issubdtype(array.dtype, np.floating):
-        array = (np.clip(np.nan_to_num(array), 0.0, 1.0) * 255.0).round().astype(np.uint8)
+        array = _unit_float_to_8bit(array)
     elif array.dtype == bool:
         array = array.astype(np.uint8) * 255
     elif array.dtype != np.uint8:
@@ -65,16 +75,26 @@ def _from_array(array: np.ndarray) -> Image.Image:
     return Image.fromarray(array)
 
 
+def _16bit_to_8bit(values: np.ndarray) -> np.ndarray:
+    """The one 16-bit rule: 0..65535 to 0..255 by ``round(v / 257)`` (values outside are clipped)."""
+    return np.clip(np.asarray(values, dtype=np.float64) / 257.0, 0, 255).round().astype(np.uint8)
+
+
+def _unit_float_to_8bit(values: np.ndarray) -> np.ndarray:
+    """Floats in [0, 1] (NaN as 0, outside clipped) to 0..255 by ``round(v * 255)``."""
+    return (np.clip(np.nan_to_num(np.asarray(values, dtype=np.float64)), 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
 def _to_8bit(image: Image.Image) -> Image.Image:
-    """High-bit-depth single-channel modes (I;16, I, F) to ``L`` by their value range."""
-    if image.mode.startswith("I;16") or image.mode == "I":
-        values = np.asarray(image, dtype=np.float64)
-        scale = 255.0 / 65535.0 if values.max(initial=0) > 255 or image.mode.startswith("I;16") else 1.0
-        return Image.fromarray(np.clip(values * scale, 0, 255).round().astype(np.uint8), mode="L")
+    """High-bit-depth single-channel modes to ``L``: integer modes (I;16*, I) as 16-bit values, float (F) as [0, 1]
+    values (or 0..255 ones, when its maximum is above 1)."""
+    if image.mode.startswith("I"):
+        return Image.fromarray(_16bit_to_8bit(np.asarray(image)), mode="L")
     if image.mode == "F":
         values = np.nan_to_num(np.asarray(image, dtype=np.float64))
-        scale = 255.0 if values.max(initial=0) <= 1.0 else 1.0
-        return Image.fromarray(np.clip(values * scale, 0, 255).round().astype(np.uint8), mode="L")
+        return Image.fromarray(
+            _unit_float_to_8bit(values if values.max(initial=0) <= 1.0 else values / 255.0), mode="L"
+        )
     return image
 
 
@@ -87,9 +107,7 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255
         rgba = image.convert("RGBA")
         flat = Image.new("RGBA", rgba.size, background + (255,))
         return Image.alpha_composite(flat, rgba).convert("RGB")
-    if image.mode == "CMYK":
-        return image.convert("RGB")  # PIL's naive CMYK conversion; ICC profiles are not applied
-    return image.convert("RGB")
+    return image.convert("RGB")  # CMYK: PIL's plain conversion (ICC profiles are not applied)
 
 
 def load_image(source: ImageSource) -> Image.Image:

@@ -8,7 +8,8 @@ The paper trains on a mixture of three mask families:
 * ``"regular"``: a rectangle hole, or its complement (everything but a rectangle).
 
 Mixture weights default to 50/40/10. Every mask is a float32 ``(H, W)`` array, 1 = hole.
-Only numpy and PIL are imported, so data loaders and the app can use this module cheaply.
+Only numpy, PIL and ``asuka.imageio`` (which reads the object masks, with the same extension list and
+decoding rules as everywhere else) are imported, so data loaders and the app can use this module cheaply.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .imageio import is_image_file, load_mask
+
 
 FAMILIES: tuple[str, str, str] = ("object", "irregular", "regular")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 MaskLike = np.ndarray | Image.Image
 
@@ -164,7 +166,7 @@ class MaskGenerator:
             folder = Path(object_mask_dir)
             if not folder.is_dir():
                 raise ValueError(f"MaskGenerator: object_mask_dir {str(folder)!r} is not a folder.")
-            self.object_paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+            self.object_paths = sorted(p for p in folder.rglob("*") if is_image_file(p) and p.is_file())
         if not self.object_paths and probs[0] > 0:
             if probs[1:].sum() == 0:
                 raise ValueError(
@@ -289,9 +291,8 @@ class MaskGenerator:
         for _ in range(8):
             path = self.object_paths[int(rng.integers(len(self.object_paths)))]
             try:
-                with Image.open(path) as handle:
-                    obj = np.asarray(handle.convert("L")) > 127
-            except (OSError, ValueError):
+                obj = np.asarray(load_mask(path)) > 0  # white (or opaque, for a stroke layer) = object
+            except ValueError:  # unreadable file
                 continue
             rows, cols = np.nonzero(obj)
             if rows.size == 0:

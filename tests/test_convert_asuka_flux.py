@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 from seeded import FIXTURES, MAE_SINCOS_KEYS, load_checkpoint_keys, seeded_state_dict
 
 from asuka.convert.__main__ import main as convert_cli
-from asuka.convert.release import RELEASE_FILES, push_folder, resolve_release, write_components
+from asuka.convert.asuka_flux import RELEASE_FILES, resolve_release, write_components
+from asuka.convert.output import push_folder
 from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE
 from asuka.pipelines.pipeline_asuka_flux import load_asuka_flux_components
 from asuka.testing.flux import make_tiny_flux_components

@@ -1,4 +1,4 @@
-"""The evaluation CLI end to end with the tiny ASUKA-SD pipeline from the registry (offline, CPU)."""
+"""The evaluation CLI end to end with the tiny ASUKA-SD pipeline from asuka.methods (offline, CPU)."""
 
 import json
 import os
@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import asuka.testing
 from asuka.evaluation.__main__ import main
 from asuka.evaluation.data import discover
-from asuka.registry import get_method
+from asuka.methods import InpaintResult, get_method
 
 
 NAMES = ["0000", "0001", "0500", "0501", "1000", "1500"]  # outdoor x2, indoor x2, building, background
@@ -42,20 +43,20 @@ def _make_benchmark(root: Path, names=NAMES) -> Path:
 
 @pytest.fixture()
 def counting_pipeline(monkeypatch):
-    """Counts the registry's pipeline loads and per-image runs of asuka-sd in this process."""
+    """Counts the tiny pipeline loads and per-image runs of asuka-sd in this process."""
     spec = get_method("asuka-sd")
     counts = {"load": 0, "run": 0}
-    original_load, original_run = spec.load, spec.run
+    original_load, original_run = asuka.testing.make_tiny_pipeline, spec.run
 
-    def load(*args):
+    def load(*args, **kwargs):
         counts["load"] += 1
-        return original_load(*args)
+        return original_load(*args, **kwargs)
 
     def run(*args):
         counts["run"] += 1
         return original_run(*args)
 
-    monkeypatch.setattr(spec, "load", load)
+    monkeypatch.setattr(asuka.testing, "make_tiny_pipeline", load)
     monkeypatch.setattr(spec, "run", run)
     return counts
 
@@ -140,10 +141,8 @@ def test_run_writes_outputs_metrics_table_grid_then_resumes_without_work(tmp_pat
 
 @pytest.fixture()
 def inverting_pipeline(monkeypatch):
-    """asuka-sd stubbed by a cheap method that fills the hole with the inverted image (error tests need no
+    """asuka-sd's run stubbed by a cheap one that fills the hole with the inverted image (error tests need no
     diffusion); its third call fails like a pipeline error would."""
-    from asuka.registry import InpaintResult
-
     spec = get_method("asuka-sd")
     calls = []
 
@@ -155,7 +154,6 @@ def inverting_pipeline(monkeypatch):
         image = np.asarray(request.image)
         return InpaintResult(Image.fromarray(np.where(hole, 255 - image, image)))
 
-    monkeypatch.setattr(spec, "load", lambda *args: object())
     monkeypatch.setattr(spec, "run", run)
 
 

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from seeded import load_checkpoint_keys, seeded_state_dict
 
-from asuka.convert.ldm_decoder import ASUKA_FLUX_DECODER_CONFIG, convert_decoder_state_dict
+from asuka.convert.asuka_flux_keys import ASUKA_FLUX_DECODER_CONFIG, convert_decoder_state_dict
 from asuka.models.decoder import AsukaDecoder
 
 

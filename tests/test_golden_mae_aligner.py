@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 from seeded import FIXTURES, MAE_SINCOS_KEYS, load_checkpoint_keys, seeded_state_dict
 
-from asuka.convert.asuka_flux import convert_aligner_state_dict, convert_mae_state_dict
+from asuka.convert.asuka_flux_keys import convert_aligner_state_dict, convert_mae_state_dict
 from asuka.models import AsukaAligner, AsukaMAE
 from asuka.models.mae import IMAGENET_MEAN, IMAGENET_STD
 

@@ -13,20 +13,20 @@ import torch
 from diffusers import AsymmetricAutoencoderKL, DDIMScheduler
 
 from asuka import AsukaPipeline
-from asuka.pipelines.pipeline_asuka import plan_working_region
+from asuka.pipelines.inpaint_steps import plan_working_region
 from asuka.testing import make_tiny_pipeline
 
 
 STEPS = 2
 
 
-def make_image(width: int, height: int, seed: int = 0) -> PIL.Image.Image:
+def make_image(height: int, width: int, seed: int = 0) -> PIL.Image.Image:
     rng = np.random.RandomState(seed)
     return PIL.Image.fromarray((rng.rand(height, width, 3) * 255).astype(np.uint8))
 
 
-def make_mask(width: int, height: int, box=None) -> PIL.Image.Image:
-    """A white rectangle (default: the middle third) on black."""
+def make_mask(height: int, width: int, box=None) -> PIL.Image.Image:
+    """A white rectangle `box` = (x0, y0, x1, y1) (default: the middle third) on black."""
     mask = np.zeros((height, width), np.uint8)
     x0, y0, x1, y1 = box or (
         width // 3,
@@ -88,7 +88,7 @@ def test_asuka_conditioning_differs_from_given_embeddings(pipe):
 @pytest.mark.parametrize("size", [(64, 64), (123, 77), (77, 1000), (1000, 750)])
 def test_output_has_input_size_and_exact_unmasked_pixels(pipe, size):
     width, height = size
-    image, mask = make_image(width, height), make_mask(width, height)
+    image, mask = make_image(height, width), make_mask(height, width)
     out = pipe(image, mask, num_inference_steps=STEPS, generator=gen()).images[0]
     assert out.size == (width, height)
     hole = np.asarray(mask) > 127
@@ -98,13 +98,13 @@ def test_output_has_input_size_and_exact_unmasked_pixels(pipe, size):
 
 def test_large_image_works_on_a_crop_around_a_small_mask(pipe):
     width, height = 4000, 3000
-    mask = make_mask(width, height, box=(2000, 1500, 2040, 1530))
+    mask = make_mask(height, width, box=(2000, 1500, 2040, 1530))
     hole = torch.from_numpy(np.asarray(mask) > 127)[None, None].float()
     region = plan_working_region(hole, pipe.default_working_resolution, pipe.vae_scale_factor)
     x0, y0, x1, y1 = region.box
     assert x0 <= 2000 and y0 <= 1500 and x1 >= 2040 and y1 >= 1530
     assert (x1 - x0) * (y1 - y0) < width * height / 100  # a crop, not a downscaled whole photo
-    image = make_image(width, height)
+    image = make_image(height, width)
     out = pipe(image, mask, num_inference_steps=STEPS, generator=gen(), keep_unmasked=False).images[0]
     out_np, in_np = np.asarray(out), np.asarray(image)
     outside_crop = np.ones((height, width), bool)
@@ -114,11 +114,11 @@ def test_large_image_works_on_a_crop_around_a_small_mask(pipe):
 
 
 def test_empty_mask_returns_input_without_denoising(pipe):
-    image = make_image(50, 40)
+    image = make_image(40, 50)
     calls = []
     out = pipe(
         image,
-        make_mask(50, 40, box=(0, 0, 0, 0)),
+        make_mask(40, 50, box=(0, 0, 0, 0)),
         num_inference_steps=STEPS,
         callback_on_step_end=lambda p, i, t, kw: calls.append(i) or kw,
     ).images[0]
@@ -174,9 +174,9 @@ def test_callback_runs_every_step_and_can_replace_latents():
 
 @pytest.mark.parametrize("output_type", ["pil", "np", "pt", "latent"])
 def test_output_types_and_num_images_per_prompt(pipe, output_type):
-    image, mask = make_image(64, 48), make_mask(64, 48)
+    image, mask = make_image(48, 64), make_mask(48, 64)
     images = pipe(
-        [image, make_image(64, 48, seed=1)],
+        [image, make_image(48, 64, seed=1)],
         mask,
         num_images_per_prompt=2,
         num_inference_steps=STEPS,
@@ -213,12 +213,27 @@ def test_numpy_and_tensor_inputs_match_pil(pipe):
     assert np.abs(from_pil - from_pt).max() <= 1e-6
 
 
+def test_decoder_gets_a_binary_mask_whatever_the_mask_values():
+    """The decoder no longer inspects its mask (no device sync per decode): the pipeline must binarise it."""
+    pipe = make_tiny_pipeline("sd")
+    seen = []
+    decode = pipe.decoder.forward
+    pipe.decoder.forward = lambda latents, image, mask, **kwargs: (
+        seen.append(mask) or decode(latents, image, mask, **kwargs)
+    )
+    mask = torch.from_numpy(np.asarray(make_mask(64, 64), np.float32) / 255 * 3 - 0.5)  # values -0.5 and 2.5
+    soft = pipe(make_image(64, 64), mask, num_inference_steps=STEPS, generator=gen(), output_type="np").images
+    binary = pipe(make_image(64, 64), mask > 0.5, num_inference_steps=STEPS, generator=gen(), output_type="np").images
+    assert len(seen) == 2 and all(set(m.unique().tolist()) == {0.0, 1.0} for m in seen)
+    assert np.array_equal(soft, binary)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
         ({"image": b"not an image"}, "`image` has type bytes"),
         ({"image": "/nonexistent/photo.png"}, "could not read an image"),
-        ({"mask_image": make_mask(32, 64)}, "aspect ratios differ"),
+        ({"mask_image": make_mask(64, 32)}, "aspect ratios differ"),
         ({"image": np.zeros((0, 10, 3), np.float32)}, "zero size"),
         ({"mask_image": [make_mask(64, 64)] * 3, "image": [make_image(64, 64)] * 2}, "batch size 3"),
         ({"prompt_embeds": torch.zeros(3, 16, 32)}, "`prompt_embeds` has batch size 3"),
@@ -302,7 +317,7 @@ def test_hub_format_loads_without_the_asuka_package(pipe, tmp_path):
 
 
 def test_mae_reconstruction_preview(pipe):
-    image, mask = make_image(90, 60), make_mask(90, 60)
+    image, mask = make_image(60, 90), make_mask(60, 90)
     preview = pipe.mae_reconstruction(image, mask)[0]
     hole = np.asarray(mask) > 127
     assert preview.size == (90, 60)

@@ -17,40 +17,14 @@ and 1.64 (1e-3): no divergence, and 5e-2 learns fastest. The default therefore s
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from pathlib import Path
-
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from training.common import (
-    TrainingResult,
-    build_dataset,
-    build_parser,
-    finish,
-    load_component,
-    load_scheduler,
-    make_dataloader,
-    make_lr_scheduler,
-    make_optimizer,
-    optimizer_step,
-    parse_args,
-    register_diffusers_hooks,
-    resolve_train_steps,
-    resume_if_requested,
-    run_training,
-    setup_accelerator,
-    to_pil,
-    unwrapped_copy,
-    validation_batch,
-    weight_dtype_for,
-)
+import asuka_training
 
 
 def reconstructed_prior_probability(step: int, start: float = 1.0, end: float = 0.1, decay_steps: int = 2000) -> float:
@@ -61,7 +35,7 @@ def reconstructed_prior_probability(step: int, start: float = 1.0, end: float = 
 
 
 def build_aligner_parser():
-    parser = build_parser(
+    parser = asuka_training.build_parser(
         "Train the ASUKA aligner (MAE prior -> UNet conditioning) on a frozen SD-inpainting backbone."
     )
     add = parser.add_argument
@@ -93,11 +67,14 @@ def _load_models(args):
     unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", revision=args.revision, variant=args.variant)
     if unet.config.in_channels != 9:
         raise ValueError(
-            f"{path}: the UNet has {unet.config.in_channels} input channels; an SD-inpainting (9-channel) UNet is required."
+            f"{path}: the UNet has {unet.config.in_channels} input channels; an SD-inpainting (9-channel) UNet "
+            "is required."
         )
-    mae = load_component(AsukaMAE, args.mae_model_name_or_path or path, "mae", args.revision)
+    mae = asuka_training.load_component(AsukaMAE, args.mae_model_name_or_path or path, "mae", args.revision)
     if args.aligner_model_name_or_path:
-        aligner = load_component(AsukaAligner, args.aligner_model_name_or_path, "aligner", args.revision)
+        aligner = asuka_training.load_component(
+            AsukaAligner, args.aligner_model_name_or_path, "aligner", args.revision
+        )
     elif Path(path, "aligner", "config.json").is_file():
         aligner = AsukaAligner.from_pretrained(path, subfolder="aligner")
     else:
@@ -118,42 +95,23 @@ def _encode(vae, pixels: torch.Tensor) -> torch.Tensor:
     return (latents - shift) * vae.config.scaling_factor
 
 
-def main(argv: Sequence[str] | None = None) -> TrainingResult:
+def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
     from diffusers import DDPMScheduler
 
-    args = parse_args(build_aligner_parser(), argv)
-    accelerator = setup_accelerator(args)
+    args = asuka_training.parse_args(build_aligner_parser(), argv)
+    accelerator = asuka_training.setup_accelerator(args)
     vae, unet, mae, aligner = _load_models(args)
     noise_scheduler = DDPMScheduler.from_config(
-        load_scheduler(args.pretrained_model_name_or_path, revision=args.revision).config
+        asuka_training.load_scheduler(args.pretrained_model_name_or_path, revision=args.revision).config
     )
 
-    weight_dtype = weight_dtype_for(accelerator)
-    for frozen in (vae, unet, mae):
-        frozen.requires_grad_(False)
-        frozen.eval()
-        frozen.to(accelerator.device, dtype=weight_dtype)
+    weight_dtype = asuka_training.freeze(accelerator, vae, unet, mae)
     aligner.requires_grad_(True)
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()  # frozen, but gradients still flow through it to the aligner
 
-    register_diffusers_hooks(accelerator, {"aligner": aligner})
-    optimizer = make_optimizer(args, aligner.parameters(), accelerator)
-    dataset = build_dataset(args)
-    dataloader = make_dataloader(args, dataset)
-    resolve_train_steps(args, dataloader)
-    lr_scheduler = make_lr_scheduler(args, optimizer, accelerator)
-    aligner_model, optimizer, dataloader, lr_scheduler = accelerator.prepare(
-        aligner, optimizer, dataloader, lr_scheduler
-    )
-    _, steps_per_epoch = resolve_train_steps(args, dataloader)
-    if accelerator.is_main_process:
-        accelerator.init_trackers(
-            args.tracker_project_name or "train_aligner",
-            config={k: str(v) for k, v in vars(args).items() if k != "hub_token"},
-        )
-    initial_step = resume_if_requested(args, accelerator)
-    validation = validation_batch(dataset, args.num_validation_images)
+    setup = asuka_training.prepare(args, accelerator, {"aligner": aligner}, tracker_name="train_aligner")
+    aligner_model, validation = setup.model, setup.validation
 
     def train_step(batch: dict[str, torch.Tensor], global_step: int) -> dict[str, torch.Tensor]:
         pixels = batch["pixel_values"].to(accelerator.device, weight_dtype)
@@ -184,15 +142,13 @@ def main(argv: Sequence[str] | None = None) -> TrainingResult:
             encoder_hidden_states=tokens.to(weight_dtype),
         ).sample
         loss = F.mse_loss(prediction.float(), target.float())
-        optimizer_step(
-            accelerator, loss, list(aligner_model.parameters()), optimizer, lr_scheduler, args.max_grad_norm
-        )
-        return {"loss": loss, "p": torch.tensor(p), "lr": torch.tensor(lr_scheduler.get_last_lr()[0])}
+        setup.step(loss)
+        return {"loss": loss, "p": torch.tensor(p), "lr": setup.last_lr()}
 
     def build_pipeline(aligner=None):
         from asuka import AsukaPipeline
 
-        scheduler = load_scheduler(args.pretrained_model_name_or_path, revision=args.revision)
+        scheduler = asuka_training.load_scheduler(args.pretrained_model_name_or_path, revision=args.revision)
         decoder = None
         if Path(args.pretrained_model_name_or_path, "decoder", "config.json").is_file():
             from asuka.models import AsukaDecoder
@@ -210,51 +166,27 @@ def main(argv: Sequence[str] | None = None) -> TrainingResult:
     def validate(global_step: int) -> list[list[Image.Image]]:
         if not accelerator.is_main_process:
             return []
-        pipe = build_pipeline(aligner=unwrapped_copy(accelerator, aligner_model))
+        pipe = build_pipeline(aligner=asuka_training.unwrapped_copy(accelerator, aligner_model))
         pipe.set_progress_bar_config(disable=True)
-        rows = []
-        for index, (pixels, mask) in enumerate(zip(validation["pixel_values"], validation["mask"])):
-            image, mask_image = to_pil(pixels[None])[0], to_pil(mask[None].repeat(1, 3, 1, 1))[0].convert("L")
-            generator = torch.Generator(device="cpu").manual_seed((args.seed or 0) + index)
-            with (
-                torch.no_grad(),
-                torch.autocast(accelerator.device.type, enabled=weight_dtype != torch.float32, dtype=weight_dtype),
-            ):
-                output = pipe(
-                    image, mask_image, num_inference_steps=args.validation_inference_steps, generator=generator
-                ).images[0]
-            rows.append([to_pil((pixels * (1 - mask))[None])[0], output, image])
-        return rows
+        seed, steps = args.seed or 0, args.validation_inference_steps
+        return asuka_training.inpainting_rows(pipe, validation, seed, steps, accelerator.device, weight_dtype)
 
-    result, grid = run_training(
-        args,
-        accelerator,
-        models=[aligner_model],
-        dataloader=dataloader,
-        steps_per_epoch=steps_per_epoch,
-        initial_global_step=initial_step,
-        train_step=train_step,
-        validate=validate,
-    )
+    result, grid = asuka_training.run_training(setup, train_step, validate)
 
-    def write_pipeline() -> str:
+    def trained_pipeline():
         from asuka.models import AsukaAligner
 
-        pipe = build_pipeline(aligner=AsukaAligner.from_pretrained(args.output_dir))
-        if weight_dtype != torch.float32:
-            pipe.to(torch.float32)
-        pipeline_dir = str(Path(args.output_dir) / "pipeline")
-        pipe.save_pretrained(pipeline_dir)
-        return pipeline_dir
+        return build_pipeline(aligner=AsukaAligner.from_pretrained(args.output_dir))
 
-    return finish(
-        args,
-        accelerator,
+    return asuka_training.finish(
+        setup,
         result,
         {"": aligner_model},
-        write_pipeline if args.save_pipeline else None,
+        trained_pipeline if args.save_pipeline else None,
         title="ASUKA aligner",
-        description="An ASUKA aligner trained on a frozen SD-inpainting backbone and MAE prior (`asuka.models.AsukaAligner`).",
+        description=(
+            "An ASUKA aligner trained on a frozen SD-inpainting backbone and MAE prior (`asuka.models.AsukaAligner`)."
+        ),
         component="asuka-aligner",
         sample_grid=grid,
     )

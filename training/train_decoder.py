@@ -17,43 +17,15 @@ artefacts of the diffusion model's latents while keeping the known region faithf
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch
 import torch.nn.functional as F
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.modeling_utils import ModelMixin
 from PIL import Image
 from torch import nn
 
-from training.common import (
-    TrainingResult,
-    build_dataset,
-    build_parser,
-    finish,
-    load_component,
-    load_scheduler,
-    make_dataloader,
-    make_lr_scheduler,
-    make_optimizer,
-    optimizer_step,
-    parse_args,
-    register_diffusers_hooks,
-    resolve_train_steps,
-    resume_if_requested,
-    run_training,
-    setup_accelerator,
-    to_pil,
-    unwrapped_copy,
-    validation_batch,
-    weight_dtype_for,
-)
+import asuka_training
 
 
 COLOR_JITTER = {"brightness": 0.15, "contrast": 0.2, "saturation": 0.1, "hue": 0.03}
@@ -114,33 +86,9 @@ def latent_augmentation(
     return out, applied
 
 
-class PatchDiscriminator(ModelMixin, ConfigMixin):
-    """A PatchGAN-style discriminator (strided convs, one logit per patch), as used in LDM VAE training."""
-
-    @register_to_config
-    def __init__(self, in_channels: int = 3, base_channels: int = 64, num_layers: int = 3):
-        super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, base_channels, 4, 2, 1), nn.LeakyReLU(0.2)]
-        channels = base_channels
-        for index in range(1, num_layers + 1):
-            out_channels = base_channels * min(2**index, 8)
-            stride = 2 if index < num_layers else 1
-            layers += [
-                nn.Conv2d(channels, out_channels, 4, stride, 1),
-                nn.GroupNorm(min(32, out_channels // 4), out_channels),
-                nn.LeakyReLU(0.2),
-            ]
-            channels = out_channels
-        layers.append(nn.Conv2d(channels, 1, 4, 1, 1))
-        self.layers = nn.Sequential(*layers)
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.layers(image)
-
-
 def build_decoder_parser():
-    parser = build_parser("Train the ASUKA mask-conditioned decoder from the base VAE decoder.")
-    add = parser.add_argument
+    parser = asuka_training.build_parser("Train the ASUKA mask-conditioned decoder from the base VAE decoder.")
+    add = parser.add_argument  # one call per flag: their alike shapes are declarations, not shared logic
     add(
         "--decoder_model_name_or_path",
         type=str,
@@ -175,12 +123,12 @@ def build_decoder_parser():
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> TrainingResult:
+def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
-    from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE
+    from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE, PatchDiscriminator
 
-    args = parse_args(build_decoder_parser(), argv)
+    args = asuka_training.parse_args(build_decoder_parser(), argv)
     if not 0 <= args.latent_aug_timestep_min <= args.latent_aug_timestep_max:
         raise ValueError("--latent_aug_timestep_min/max must satisfy 0 <= min <= max.")
     if args.lpips_weight > 0:
@@ -190,14 +138,15 @@ def main(argv: Sequence[str] | None = None) -> TrainingResult:
             raise ValueError(
                 "--lpips_weight > 0 needs the `lpips` package (pip install lpips; it downloads VGG weights)."
             ) from error
-    accelerator = setup_accelerator(args)
+    accelerator = asuka_training.setup_accelerator(args)
     path = args.pretrained_model_name_or_path
     vae = AutoencoderKL.from_pretrained(path, subfolder="vae", revision=args.revision, variant=args.variant)
     unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", revision=args.revision, variant=args.variant)
-    noise_scheduler = DDPMScheduler.from_config(load_scheduler(path, revision=args.revision).config)
+    noise_scheduler = DDPMScheduler.from_config(asuka_training.load_scheduler(path, revision=args.revision).config)
     if args.latent_aug_timestep_max >= noise_scheduler.config.num_train_timesteps:
         raise ValueError(
-            f"--latent_aug_timestep_max must be < {noise_scheduler.config.num_train_timesteps} (the scheduler's train timesteps)."
+            f"--latent_aug_timestep_max must be < {noise_scheduler.config.num_train_timesteps} "
+            "(the scheduler's train timesteps)."
         )
     has_prior = Path(path, "mae", "config.json").is_file() and Path(path, "aligner", "config.json").is_file()
     if args.save_pipeline and not has_prior:
@@ -207,53 +156,34 @@ def main(argv: Sequence[str] | None = None) -> TrainingResult:
     mae = AsukaMAE.from_pretrained(path, subfolder="mae") if has_prior else None
     aligner = AsukaAligner.from_pretrained(path, subfolder="aligner") if has_prior else None
     if args.decoder_model_name_or_path:
-        decoder = load_component(AsukaDecoder, args.decoder_model_name_or_path, "decoder", args.revision)
+        decoder = asuka_training.load_component(
+            AsukaDecoder, args.decoder_model_name_or_path, "decoder", args.revision
+        )
     else:
         decoder = AsukaDecoder.from_vae(vae)
 
-    weight_dtype = weight_dtype_for(accelerator)
-    for frozen in (vae, unet, mae, aligner):
-        if frozen is not None:
-            frozen.requires_grad_(False)
-            frozen.eval()
-            frozen.to(accelerator.device, dtype=weight_dtype)
+    weight_dtype = asuka_training.freeze(accelerator, vae, unet, mae, aligner)
     decoder.requires_grad_(True)
     if args.gradient_checkpointing and decoder._supports_gradient_checkpointing:
         decoder.enable_gradient_checkpointing()
 
-    trainables = {"decoder": decoder}
-    discriminator = None
+    trainables, extra_optimizers = {"decoder": decoder}, {}
     if args.discriminator_weight > 0:
-        discriminator = PatchDiscriminator()
-        trainables["discriminator"] = discriminator
-    register_diffusers_hooks(accelerator, trainables)
-    optimizer = make_optimizer(args, decoder.parameters(), accelerator)
-    dataset = build_dataset(args)
-    dataloader = make_dataloader(args, dataset)
-    resolve_train_steps(args, dataloader)
-    lr_scheduler = make_lr_scheduler(args, optimizer, accelerator)
-    decoder_model, optimizer, dataloader, lr_scheduler = accelerator.prepare(
-        decoder, optimizer, dataloader, lr_scheduler
-    )
-    if discriminator is not None:
-        disc_optimizer = torch.optim.AdamW(
-            discriminator.parameters(),
-            lr=args.discriminator_learning_rate or args.learning_rate,
+        trainables["discriminator"] = PatchDiscriminator()
+        extra_optimizers["discriminator"] = torch.optim.AdamW(
+            trainables["discriminator"].parameters(),
+            lr=args.discriminator_learning_rate or asuka_training.scaled_learning_rate(args, accelerator),
             betas=(0.5, 0.9),
             weight_decay=args.adam_weight_decay,
         )
-        discriminator, disc_optimizer = accelerator.prepare(discriminator, disc_optimizer)
+    setup = asuka_training.prepare(
+        args, accelerator, trainables, tracker_name="train_decoder", extra_optimizers=extra_optimizers
+    )
+    decoder_model, validation = setup.model, setup.validation
+    discriminator, disc_optimizer = setup.extras.get("discriminator", (None, None))
     perceptual = (
         lpips.LPIPS(net="vgg").to(accelerator.device).eval().requires_grad_(False) if args.lpips_weight > 0 else None
     )
-    _, steps_per_epoch = resolve_train_steps(args, dataloader)
-    if accelerator.is_main_process:
-        accelerator.init_trackers(
-            args.tracker_project_name or "train_decoder",
-            config={k: str(v) for k, v in vars(args).items() if k != "hub_token"},
-        )
-    initial_step = resume_if_requested(args, accelerator)
-    validation = validation_batch(dataset, args.num_validation_images)
     scaling, shift = vae.config.scaling_factor, getattr(vae.config, "shift_factor", None) or 0.0
 
     def conditioning(pixels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -295,9 +225,7 @@ def main(argv: Sequence[str] | None = None) -> TrainingResult:
         if use_gan:
             logs["generator_adv"] = -discriminator(output.float()).mean()  # hinge generator loss
             loss = loss + args.discriminator_weight * logs["generator_adv"]
-        optimizer_step(
-            accelerator, loss, list(decoder_model.parameters()), optimizer, lr_scheduler, args.max_grad_norm
-        )
+        setup.step(loss)
         if use_gan:
             disc_optimizer.zero_grad(set_to_none=True)  # drop what the generator's adversarial term left there
             real, fake = discriminator(target), discriminator(output.detach().float())
@@ -306,13 +234,13 @@ def main(argv: Sequence[str] | None = None) -> TrainingResult:
             disc_optimizer.step()
             disc_optimizer.zero_grad(set_to_none=True)
             logs["discriminator"] = disc_loss.detach()
-        logs.update(loss=loss, lr=torch.tensor(lr_scheduler.get_last_lr()[0]))
+        logs.update(loss=loss, lr=setup.last_lr())
         return logs
 
     def validate(global_step: int) -> list[list[Image.Image]]:
         if not accelerator.is_main_process:
             return []
-        model = unwrapped_copy(accelerator, decoder_model)
+        model = asuka_training.unwrapped_copy(accelerator, decoder_model)
         pixels = validation["pixel_values"].to(accelerator.device, weight_dtype)
         mask = validation["mask"].to(accelerator.device, weight_dtype)
         generator_state = torch.random.get_rng_state()
@@ -325,47 +253,38 @@ def main(argv: Sequence[str] | None = None) -> TrainingResult:
         to01 = lambda x: (x.float() + 1) / 2  # noqa: E731
         return [
             list(row)
-            for row in zip(to_pil(pixels * (1 - mask)), to_pil(to01(baseline)), to_pil(to01(decoded)), to_pil(pixels))
+            for row in zip(
+                asuka_training.to_pil(pixels * (1 - mask)),
+                asuka_training.to_pil(to01(baseline)),
+                asuka_training.to_pil(to01(decoded)),
+                asuka_training.to_pil(pixels),
+            )
         ]
 
-    result, grid = run_training(
-        args,
-        accelerator,
-        models=[decoder_model],
-        dataloader=dataloader,
-        steps_per_epoch=steps_per_epoch,
-        initial_global_step=initial_step,
-        train_step=train_step,
-        validate=validate,
-    )
+    result, grid = asuka_training.run_training(setup, train_step, validate)
 
-    def write_pipeline() -> str:
+    def trained_pipeline():
         from asuka import AsukaPipeline
 
-        trained = AsukaDecoder.from_pretrained(args.output_dir)
-        pipe = AsukaPipeline(
+        return AsukaPipeline(
             vae=vae,
             unet=unet,
-            scheduler=load_scheduler(path, revision=args.revision),
+            scheduler=asuka_training.load_scheduler(path, revision=args.revision),
             mae=mae,
             aligner=aligner,
-            decoder=trained,
+            decoder=AsukaDecoder.from_pretrained(args.output_dir),
         )
-        if weight_dtype != torch.float32:
-            pipe.to(torch.float32)
-        pipeline_dir = str(Path(args.output_dir) / "pipeline")
-        pipe.save_pretrained(pipeline_dir)
-        return pipeline_dir
 
     components = {"": decoder_model, **({"discriminator": discriminator} if discriminator is not None else {})}
-    return finish(
-        args,
-        accelerator,
+    return asuka_training.finish(  # the call every script ends with; only the card text differs
+        setup,
         result,
         components,
-        write_pipeline if args.save_pipeline else None,
+        trained_pipeline if args.save_pipeline else None,
         title="ASUKA decoder",
-        description="A mask-conditioned ASUKA decoder (`asuka.models.AsukaDecoder`) trained from the base VAE decoder.",
+        description=(
+            "A mask-conditioned ASUKA decoder (`asuka.models.AsukaDecoder`) trained from the base VAE decoder."
+        ),
         component="asuka-decoder",
         sample_grid=grid,
     )

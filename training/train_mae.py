@@ -10,37 +10,13 @@ patches; every parameter is trained, including the partial-patch parts (`alpha` 
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
-from pathlib import Path
-
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from training.common import (
-    TrainingResult,
-    build_dataset,
-    build_parser,
-    finish,
-    load_component,
-    make_dataloader,
-    make_lr_scheduler,
-    make_optimizer,
-    optimizer_step,
-    parse_args,
-    register_diffusers_hooks,
-    resolve_train_steps,
-    resume_if_requested,
-    run_training,
-    setup_accelerator,
-    to_pil,
-    validation_batch,
-)
+import asuka_training
 
 
 def masked_patch_l2(
@@ -60,7 +36,9 @@ def masked_patch_l2(
 
 
 def build_mae_parser():
-    parser = build_parser("Fine-tune the ASUKA inpainting MAE with the paper's masks (pixel L2 on masked patches).")
+    parser = asuka_training.build_parser(
+        "Fine-tune the ASUKA inpainting MAE with the paper's masks (pixel L2 on masked patches)."
+    )
     parser.add_argument(
         "--mae_min_patch_ratio",
         type=float,
@@ -78,12 +56,12 @@ def build_mae_parser():
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> TrainingResult:
+def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
     from asuka.models import AsukaMAE
 
-    args = parse_args(build_mae_parser(), argv)
-    accelerator = setup_accelerator(args)
-    mae = load_component(AsukaMAE, args.pretrained_model_name_or_path, "mae", args.revision)
+    args = asuka_training.parse_args(build_mae_parser(), argv)
+    accelerator = asuka_training.setup_accelerator(args)
+    mae = asuka_training.load_component(AsukaMAE, args.pretrained_model_name_or_path, "mae", args.revision)
     mae.requires_grad_(True)  # all of it, alpha and decoder_patch_embed included
     if args.gradient_checkpointing:
         if mae._supports_gradient_checkpointing:
@@ -91,33 +69,28 @@ def main(argv: Sequence[str] | None = None) -> TrainingResult:
         else:
             accelerator.print("AsukaMAE does not support gradient checkpointing; ignoring --gradient_checkpointing.")
 
-    register_diffusers_hooks(accelerator, {"mae": mae})
-    optimizer = make_optimizer(args, mae.parameters(), accelerator)
     # Masks are generated at --resolution; an MAE patch covers patch_size * resolution / image_size pixels there.
     mask_patch = max(1, round(mae.config.patch_size * args.resolution / mae.config.image_size))
-    dataset = build_dataset(args, mae_mode=True, patch_size=mask_patch, mae_min_patch_ratio=args.mae_min_patch_ratio)
-    dataloader = make_dataloader(args, dataset)
-    resolve_train_steps(args, dataloader)
-    lr_scheduler = make_lr_scheduler(args, optimizer, accelerator)
-    mae_model, optimizer, dataloader, lr_scheduler = accelerator.prepare(mae, optimizer, dataloader, lr_scheduler)
-    _, steps_per_epoch = resolve_train_steps(args, dataloader)
-    if accelerator.is_main_process:
-        accelerator.init_trackers(
-            args.tracker_project_name or "train_mae",
-            config={k: str(v) for k, v in vars(args).items() if k != "hub_token"},
-        )
-    initial_step = resume_if_requested(args, accelerator)
-    validation = validation_batch(dataset, args.num_validation_images)
+    setup = asuka_training.prepare(
+        args,
+        accelerator,
+        {"mae": mae},
+        tracker_name="train_mae",
+        mae_mode=True,
+        patch_size=mask_patch,
+        mae_min_patch_ratio=args.mae_min_patch_ratio,
+    )
+    mae_model, validation = setup.model, setup.validation
 
     def train_step(batch: dict[str, torch.Tensor], global_step: int) -> dict[str, torch.Tensor]:
         pixels, mask = batch["pixel_values"].to(accelerator.device), batch["mask"].to(accelerator.device)
         _, reconstruction = mae_model(pixels, mask, return_dict=False)
         loss = masked_patch_l2(reconstruction, pixels, mask, mae.config.patch_size)
-        optimizer_step(accelerator, loss, list(mae_model.parameters()), optimizer, lr_scheduler, args.max_grad_norm)
+        setup.step(loss)
         return {
             "loss": loss,
             "alpha": accelerator.unwrap_model(mae_model).alpha.detach(),
-            "lr": torch.tensor(lr_scheduler.get_last_lr()[0]),
+            "lr": setup.last_lr(),
         }
 
     def validate(global_step: int) -> list[list[Image.Image]]:
@@ -133,23 +106,17 @@ def main(argv: Sequence[str] | None = None) -> TrainingResult:
         composite = original * (1 - hole) + reconstruction * hole
         return [
             list(row)
-            for row in zip(to_pil(original * (1 - hole)), to_pil(reconstruction), to_pil(composite), to_pil(original))
+            for row in zip(
+                asuka_training.to_pil(original * (1 - hole)),
+                asuka_training.to_pil(reconstruction),
+                asuka_training.to_pil(composite),
+                asuka_training.to_pil(original),
+            )
         ]
 
-    result, grid = run_training(
-        args,
-        accelerator,
-        models=[mae_model],
-        dataloader=dataloader,
-        steps_per_epoch=steps_per_epoch,
-        initial_global_step=initial_step,
-        train_step=train_step,
-        validate=validate,
-    )
-
-    return finish(
-        args,
-        accelerator,
+    result, grid = asuka_training.run_training(setup, train_step, validate)
+    return asuka_training.finish(
+        setup,
         result,
         {"": mae_model},
         None,

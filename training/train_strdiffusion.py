@@ -1,4 +1,6 @@
-"""Train one StrDiffusion network (CVPR 2024) with the authors' objectives: `--network structure|texture|discriminator`.
+"""Train one StrDiffusion network (CVPR 2024) with the authors' objectives.
+
+`--network structure|texture|discriminator` picks the network.
 
 All three follow the authors' training code (train/{structure,texture,discriminator} of the official
 repository). Their mask convention is used inside: M = 1 on KNOWN pixels (the batch's mask is 1 = hole).
@@ -32,38 +34,14 @@ The authors halve the lr at 2M/4M/6M of 8M steps; here `--lr_scheduler` is const
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from pathlib import Path
-
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from training.common import (
-    TrainingResult,
-    build_dataset,
-    build_parser,
-    finish,
-    load_component,
-    make_dataloader,
-    make_lr_scheduler,
-    make_optimizer,
-    optimizer_step,
-    parse_args,
-    register_diffusers_hooks,
-    resolve_train_steps,
-    resume_if_requested,
-    run_training,
-    setup_accelerator,
-    to_pil,
-    unwrapped_copy,
-    validation_batch,
-)
+import asuka_training
 
 
 NETWORKS = ("structure", "texture", "discriminator")
@@ -103,14 +81,17 @@ def sample_timesteps(batch_size: int, num_train_timesteps: int, device: torch.de
 
 
 def build_strdiffusion_parser():
-    parser = build_parser("Train a StrDiffusion network (structure denoiser, texture denoiser or discriminator).")
+    parser = asuka_training.build_parser(
+        "Train a StrDiffusion network (structure denoiser, texture denoiser or discriminator)."
+    )
     add = parser.add_argument
     add("--network", type=str, required=True, choices=NETWORKS, help="Which network to train.")
     add(
         "--component_model_name_or_path",
         type=str,
         default=None,
-        help="Start from this component folder instead of the pipeline's own (structure_unet/, texture_unet/ or discriminator/).",
+        help="Start from this component folder instead of the pipeline's own (structure_unet/, texture_unet/ "
+        "or discriminator/).",
     )
     add(
         "--canny_sigma",
@@ -149,10 +130,8 @@ def build_strdiffusion_parser():
     return parser
 
 
-def _parse(argv: Sequence[str] | None):
-    args = parse_args(build_strdiffusion_parser(), argv)
-    if args.adam_beta1 is None:  # the authors' Adam betas: (0.9, 0.99) for G, (0.5, 0.99) for D
-        args.adam_beta1 = 0.5 if args.network == "discriminator" else 0.9
+def _resolve(args) -> dict[str, float]:
+    """Reject what the StrDiffusion networks cannot do; the authors' Adam beta1: 0.9 for G, 0.5 for D."""
     if args.gradient_checkpointing:
         raise ValueError(
             "--gradient_checkpointing: the StrDiffusion networks do not support it; lower --train_batch_size instead."
@@ -162,7 +141,9 @@ def _parse(argv: Sequence[str] | None):
             f"--train_batch_size {args.train_batch_size}: the discriminator's minibatch-stddev group is 4, "
             "so a batch above 4 must be a multiple of 4."
         )
-    return args
+    if args.adam_beta1 is not None:
+        return {}
+    return {"adam_beta1": 0.5 if args.network == "discriminator" else 0.9}
 
 
 def _load(args):
@@ -177,7 +158,7 @@ def _load(args):
     scheduler = IRSDEScheduler.from_pretrained(path, subfolder="scheduler", revision=args.revision)
     cls = StrDiffusionDiscriminator if args.network == "discriminator" else StrDiffusionUNet
     subfolder = SUBFOLDERS[args.network]
-    model = load_component(cls, args.component_model_name_or_path or path, subfolder, args.revision)
+    model = asuka_training.load_component(cls, args.component_model_name_or_path or path, subfolder, args.revision)
     expected = {"structure": 0, "texture": 1}.get(args.network)
     if expected is not None and bool(model.config.structure_channels) != bool(expected):
         raise ValueError(
@@ -188,31 +169,20 @@ def _load(args):
     return scheduler, model
 
 
-def main(argv: Sequence[str] | None = None) -> TrainingResult:
+def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
     from asuka.pipelines.pipeline_strdiffusion import extract_structure
 
-    args = _parse(argv)
-    accelerator = setup_accelerator(args)
+    args = asuka_training.parse_args(build_strdiffusion_parser(), argv, resolve=_resolve)
+    accelerator = asuka_training.setup_accelerator(args)
     scheduler, model = _load(args)
     model.requires_grad_(True)
     subfolder = SUBFOLDERS[args.network]
     total = scheduler.config.num_train_timesteps
 
-    register_diffusers_hooks(accelerator, {subfolder: model})
-    optimizer = make_optimizer(args, model.parameters(), accelerator)
-    dataset = build_dataset(args)
-    dataloader = make_dataloader(args, dataset)
-    resolve_train_steps(args, dataloader)
-    lr_scheduler = make_lr_scheduler(args, optimizer, accelerator)
-    net, optimizer, dataloader, lr_scheduler = accelerator.prepare(model, optimizer, dataloader, lr_scheduler)
-    _, steps_per_epoch = resolve_train_steps(args, dataloader)
-    if accelerator.is_main_process:
-        accelerator.init_trackers(
-            args.tracker_project_name or f"train_strdiffusion_{args.network}",
-            config={k: str(v) for k, v in vars(args).items() if k != "hub_token"},
-        )
-    initial_step = resume_if_requested(args, accelerator)
-    validation = validation_batch(dataset, args.num_validation_images)
+    setup = asuka_training.prepare(
+        args, accelerator, {subfolder: model}, tracker_name=f"train_strdiffusion_{args.network}"
+    )
+    net, validation = setup.model, setup.validation
 
     def forward_state(x0: torch.Tensor, mu: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return scheduler.add_noise(x0, torch.randn_like(x0), t, mu)
@@ -245,8 +215,8 @@ def main(argv: Sequence[str] | None = None) -> TrainingResult:
             noise_pred = net(state, mu, t, *guide).float()
             prediction = scheduler.reverse_sde_step_mean(state, scheduler.score_from_noise(noise_pred, t), t, mu)
             loss = matching_loss(prediction, target, known, args.hole_weight)
-        optimizer_step(accelerator, loss, list(net.parameters()), optimizer, lr_scheduler, args.max_grad_norm)
-        return {"loss": loss, "lr": torch.tensor(lr_scheduler.get_last_lr()[0]), **logs}
+        setup.step(loss)
+        return {"loss": loss, "lr": setup.last_lr(), **logs}
 
     def build_pipeline(component=None):
         from asuka import StrDiffusionPipeline
@@ -262,40 +232,20 @@ def main(argv: Sequence[str] | None = None) -> TrainingResult:
     def validate(global_step: int) -> list[list[Image.Image]]:
         if not accelerator.is_main_process:
             return []
-        pipe = build_pipeline(unwrapped_copy(accelerator, net)).to(accelerator.device)
-        rows = []
-        for index, (pixels, mask) in enumerate(zip(validation["pixel_values"], validation["mask"])):
-            image, mask_image = to_pil(pixels[None])[0], to_pil(mask[None].repeat(1, 3, 1, 1))[0].convert("L")
-            generator = torch.Generator(device="cpu").manual_seed((args.seed or 0) + index)
-            output = pipe(
-                image, mask_image, num_inference_steps=args.validation_inference_steps, generator=generator
-            ).images[0]
-            rows.append([to_pil((pixels * (1 - mask))[None])[0], output, image])
-        return rows
+        pipe = build_pipeline(asuka_training.unwrapped_copy(accelerator, net)).to(accelerator.device)
+        seed, steps = args.seed or 0, args.validation_inference_steps
+        return asuka_training.inpainting_rows(pipe, validation, seed, steps, accelerator.device)
 
-    result, grid = run_training(
-        args,
-        accelerator,
-        models=[net],
-        dataloader=dataloader,
-        steps_per_epoch=steps_per_epoch,
-        initial_global_step=initial_step,
-        train_step=train_step,
-        validate=validate,
-    )
+    result, grid = asuka_training.run_training(setup, train_step, validate)
 
-    def write_pipeline() -> str:
-        pipe = build_pipeline(type(model).from_pretrained(args.output_dir))
-        pipeline_dir = str(Path(args.output_dir) / "pipeline")
-        pipe.save_pretrained(pipeline_dir)
-        return pipeline_dir
+    def trained_pipeline():
+        return build_pipeline(type(model).from_pretrained(args.output_dir))
 
-    return finish(
-        args,
-        accelerator,
+    return asuka_training.finish(
+        setup,
         result,
         {"": net},
-        write_pipeline if args.save_pipeline else None,
+        trained_pipeline if args.save_pipeline else None,
         title=f"StrDiffusion {args.network} network",
         description=(
             f"The StrDiffusion (CVPR 2024) {args.network} network "

@@ -7,7 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from asuka.convert.release import add_asuka_flux_command
+from asuka.convert.asuka_flux import add_asuka_flux_command
 from asuka.convert.strdiffusion import add_strdiffusion_command
 
 

@@ -1,133 +1,306 @@
-"""Key mapping from the ASUKA-FLUX release (`yikaiwang/ASUKA-FLUX.1-Fill`) to `AsukaMAE` and `AsukaAligner`.
+"""Convert the authors' ASUKA-FLUX release (`yikaiwang/ASUKA-FLUX.1-Fill`) to diffusers component folders.
 
-Each function takes a release state dict, returns one that loads into the project's module with
-`load_state_dict(strict=True)`, drops the release keys the forward pass never uses, and raises `ValueError`
-naming the key on anything unexpected (unknown key, missing key, non-tensor value, wrong shape). Expected shapes
-come from the project's module itself, built on the meta device (no memory, no random init).
+`python -m asuka.convert asuka-flux --release DIR_OR_REPO --out DIR [--push-to-hub REPO]`
+
+Release files and what becomes of them:
+
+| file                       | content                                   | component                          |
+|----------------------------|-------------------------------------------|------------------------------------|
+| `mae_300.pth`              | `{"model": state_dict}`                   | `mae/` (`AsukaMAE`)                |
+| `asuka_alignment_t5.pt`    | state dict of the 4096-wide aligner       | `token_aligner/` (`AsukaAligner`)  |
+| `txt_256.pt`               | (1, 256, 4096) token null embedding       | `token_aligner/` (its null)        |
+| `asuka_alignment_clip.pt`  | state dict of the 768-wide aligner        | `pooled_aligner/` (`AsukaAligner`) |
+| `vec.pt`                   | (1, 768) pooled null embedding            | `pooled_aligner/` (its null)       |
+| `asuka_decoder.ckpt`       | `{"state_dict": {"decoder.*": ..., ...}}` | `decoder/` (`AsukaDecoder`)        |
+
+Keys the forward pass never uses are dropped by the key mapping (`asuka.convert.asuka_flux_keys`, which
+documents why): each aligner block's `modulation.lin`, which the reference builds but never calls, the
+decoder's `up_layers.*`, and every decoder-checkpoint key outside `decoder.` (the VAE encoder and
+training-wrapper state). The release's `txt.pt` (the empty-prompt T5 embedding, 512 tokens) is not used by
+ASUKA and not read.
+
+Files are read and loaded with `asuka.convert.safe_loading` (weights-only pickles, tensors only, strict
+loading) and written with `asuka.convert.output` (atomically: a half-written output never looks like a
+converted folder).
 """
 
+import argparse
+import hashlib
+import json
+import os
 import re
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
 
 import torch
 
-from asuka.models import AsukaAligner, AsukaMAE
+from asuka.convert.asuka_flux_keys import (
+    ASUKA_FLUX_DECODER_CONFIG,
+    aligner_config,
+    convert_aligner_state_dict,
+    convert_decoder_state_dict,
+    convert_mae_state_dict,
+)
+from asuka.convert.output import check_output_folder, push_folder, write_folder
+from asuka.convert.safe_loading import load_checkpoint, load_strict, tensor_state_dict
+from asuka.defaults import ASUKA_FLUX_RELEASE_REPO, FLUX_FILL_REPO
+from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE
 
 
-def _check_tensors(state_dict: Mapping[str, Any]) -> None:
-    for key, value in state_dict.items():
-        if not isinstance(value, torch.Tensor):
-            raise ValueError(f"key {key!r} holds a {type(value).__name__}, not a tensor.")
+MAE_FILE = "mae_300.pth"
+TOKEN_ALIGNER_FILE = "asuka_alignment_t5.pt"
+POOLED_ALIGNER_FILE = "asuka_alignment_clip.pt"
+DECODER_FILE = "asuka_decoder.ckpt"
+POOLED_NULL_FILE = "vec.pt"
+TOKEN_NULL_FILE = "txt_256.pt"
+RELEASE_FILES = (MAE_FILE, TOKEN_ALIGNER_FILE, POOLED_ALIGNER_FILE, DECODER_FILE, POOLED_NULL_FILE, TOKEN_NULL_FILE)
+
+#: Sub-folders of a converted folder, in writing order. `AsukaFluxPipeline` reads the same names (it names them
+#: itself: pipeline modules ship as Hub remote code and import no `asuka.*`).
+COMPONENT_FOLDERS = ("mae", "token_aligner", "pooled_aligner", "decoder")
+
+#: The release's interpolation towards the null embeddings (the authors' `--condition_weight`).
+RELEASE_CONDITION_WEIGHT = 0.5
 
 
-def _check_against_model(
-    converted: Mapping[str, torch.Tensor], model: torch.nn.Module, release_names: Mapping[str, str]
-) -> None:
-    """Every key of `model` present with its shape; `release_names` maps converted keys back for messages."""
-    expected = model.state_dict()
-    for key, value in converted.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise ValueError(
-                f"key {release_names.get(key, key)!r} has shape {tuple(value.shape)}, "
-                f"expected {tuple(expected[key].shape)}."
-            )
-    missing = [key for key in expected if key not in converted]
+# ---------------------------------------------------------------------------------------- reading
+
+
+def resolve_release(release: str | os.PathLike, token: str | None = None, cache_dir: str | None = None) -> Path:
+    """A local release folder, or the snapshot of the needed files of a Hub repo (`owner/name`)."""
+    path = Path(release)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ValueError(
+            f"--release {release} is a file; accepted: the folder holding {', '.join(RELEASE_FILES)}, "
+            "or a Hub repo id."
+        )
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", str(release)):
+        raise ValueError(f"--release {release!r} is neither a folder nor a Hub repo id (owner/name).")
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(str(release), allow_patterns=list(RELEASE_FILES), token=token, cache_dir=cache_dir))
+
+
+def load_null_embedding(folder: Path, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """A null-embedding file: one tensor of exactly `shape`."""
+    value = load_checkpoint(folder / name)
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"{name}: expected a single tensor of shape {shape}, got {type(value).__name__}.")
+    if tuple(value.shape) != tuple(shape):
+        raise ValueError(f"{name}: wrong shape {tuple(value.shape)}, expected {tuple(shape)}.")
+    return value
+
+
+# ---------------------------------------------------------------------------------------- building
+
+
+def _build(model_class: type, config: Mapping, state_dict: Mapping[str, torch.Tensor], name: str) -> torch.nn.Module:
+    """`model_class(**config)` holding exactly `state_dict` (no random init, no copies); errors name the file."""
+    with torch.device("meta"):
+        model = model_class.from_config(dict(config))
+    return load_strict(model, state_dict, name)
+
+
+def _with_file(name: str, error: ValueError) -> ValueError:
+    message = str(error)
+    return ValueError(message if message.startswith(name) else f"{name}: {message}")
+
+
+def build_components(folder: Path, condition_weight: float = RELEASE_CONDITION_WEIGHT) -> dict[str, torch.nn.Module]:
+    """Read, map and check every release file; returns `mae`, `token_aligner`, `pooled_aligner`, `decoder`."""
+    missing = [name for name in RELEASE_FILES if not (folder / name).is_file()]
     if missing:
-        raise ValueError(f"missing key(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}.")
+        raise ValueError(
+            f"Missing release file(s) {missing} in {folder}; the release needs {', '.join(RELEASE_FILES)}."
+        )
+    components: dict[str, torch.nn.Module] = {}
+
+    mae_sd = tensor_state_dict(load_checkpoint(folder / MAE_FILE), MAE_FILE, "model")
+    try:  # the default AsukaMAE config is the release's ViT-B/16 at 256 pixels
+        components["mae"] = _build(AsukaMAE, {}, convert_mae_state_dict(mae_sd), MAE_FILE)
+    except ValueError as error:
+        raise _with_file(MAE_FILE, error) from None
+    num_tokens = components["mae"].num_patches
+
+    for component, file, null_file, null_kind in (
+        ("token_aligner", TOKEN_ALIGNER_FILE, TOKEN_NULL_FILE, "tokens"),
+        ("pooled_aligner", POOLED_ALIGNER_FILE, POOLED_NULL_FILE, "pooled"),
+    ):
+        aligner_sd = tensor_state_dict(load_checkpoint(folder / file), file)
+        try:
+            config = aligner_config(aligner_sd)
+            config.update(num_tokens=num_tokens, null_embedding=null_kind, condition_weight=condition_weight)
+        except ValueError as error:
+            raise _with_file(file, error) from None
+        null_shape = (1, num_tokens, config["hidden_dim"]) if null_kind == "tokens" else (1, config["hidden_dim"])
+        null = load_null_embedding(folder, null_file, null_shape).to(aligner_sd["0.weight"].dtype)
+        try:
+            converted = convert_aligner_state_dict(aligner_sd, null_embedding=null)
+            components[component] = _build(AsukaAligner, config, converted, file)
+        except ValueError as error:
+            raise _with_file(file, error) from None
+
+    decoder_sd = tensor_state_dict(load_checkpoint(folder / DECODER_FILE), DECODER_FILE, "state_dict")
+    try:
+        converted = convert_decoder_state_dict(decoder_sd, ASUKA_FLUX_DECODER_CONFIG)
+        components["decoder"] = _build(AsukaDecoder, ASUKA_FLUX_DECODER_CONFIG, converted, DECODER_FILE)
+    except ValueError as error:
+        raise _with_file(DECODER_FILE, error) from None
+    return components
 
 
-def convert_mae_state_dict(
-    state_dict: Mapping[str, Any], config: Mapping[str, Any] | None = None
-) -> dict[str, torch.Tensor]:
-    """Map `mae_300.pth` (the checkpoint, or its `"model"` entry) to [`AsukaMAE`] keys.
+# ---------------------------------------------------------------------------------------- writing
 
-    `AsukaMAE` keeps the reference's parameter names (timm `Block`/`PatchEmbed` layout), so the mapping is the
-    identity and nothing is dropped: every key (including `decoder_norm`/`decoder_pred`, used by
-    `reconstruct`) takes part in the forward pass. `config` defaults to the release's (ViT-B/16 at 256).
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# The model card's component table, one row a line (kept out of the f-string to keep its lines short).
+_COMPONENT_TABLE = "\n".join(
+    (
+        "| folder | class | role |",
+        "|---|---|---|",
+        "| `mae/` | `asuka.models.AsukaMAE` | inpainting MAE; its prior replaces the text |",
+        "| `token_aligner/` | `asuka.models.AsukaAligner` "
+        "| prior -> 256x4096 tokens (in place of T5), with the null embedding `txt_256.pt` |",
+        "| `pooled_aligner/` | `asuka.models.AsukaAligner` "
+        "| prior -> 768 pooled vector (in place of CLIP), with the null embedding `vec.pt` |",
+        "| `decoder/` | `asuka.models.AsukaDecoder` | mask-conditioned 16-channel KL decoder |",
+    )
+)
+
+
+def model_card(source: str, hashes: Mapping[str, str], condition_weight: float) -> str:
+    """README.md of a converted folder: what it is, where it came from, how to use it."""
+    files = "\n".join(f"| `{name}` | `{digest}` |" for name, digest in hashes.items())
+    return f"""---
+library_name: diffusers
+base_model: {FLUX_FILL_REPO}
+pipeline_tag: image-to-image
+tags:
+- inpainting
+- asuka
+- flux
+license: other
+---
+
+# ASUKA components for FLUX.1-Fill-dev (diffusers format)
+
+The ASUKA modules of the authors' release [`{ASUKA_FLUX_RELEASE_REPO}`](https://huggingface.co/{ASUKA_FLUX_RELEASE_REPO})
+(ECCV 2024, "Towards Stable and Faithful Inpainting"), converted with the `asuka` package
+(`python -m asuka.convert asuka-flux`) into diffusers component folders:
+
+{_COMPONENT_TABLE}
+
+The aligners interpolate towards the null embeddings with `condition_weight={condition_weight}` by default.
+The FLUX.1-Fill-dev backbone is **not** included: it is gated and under the FLUX.1 [dev] Non-Commercial
+License. Accept that licence on its Hub page, log in (`hf auth login`), then:
+
+```python
+import torch
+from asuka import AsukaFluxPipeline
+
+pipe = AsukaFluxPipeline.from_pretrained(
+    "{FLUX_FILL_REPO}", asuka="<this repo or folder>", torch_dtype=torch.bfloat16
+).to("cuda")
+result = pipe(image=image, mask_image=mask).images[0]  # white mask pixels are repainted
+```
+
+Use of these weights follows the terms of the original release. Source: `{source}`.
+
+| release file | sha256 |
+|---|---|
+{files}
+"""
+
+
+def write_components(
+    components: Mapping[str, torch.nn.Module],
+    out: Path,
+    card: str,
+    metadata: Mapping,
+    overwrite: bool = False,
+) -> Path:
+    """Save the ASUKA components (`COMPONENT_FOLDERS`) as safetensors folders under `out`, atomically."""
+    files = {"conversion.json": json.dumps(metadata, indent=2) + "\n", "README.md": card}
+    return write_folder(out, {name: components[name] for name in COMPONENT_FOLDERS}, files, overwrite)
+
+
+def convert_asuka_flux(
+    release: str | os.PathLike,
+    out: str | os.PathLike,
+    push_to_hub: str | None = None,
+    overwrite: bool = False,
+    condition_weight: float = RELEASE_CONDITION_WEIGHT,
+    token: str | None = None,
+    private: bool = False,
+) -> Path:
+    """Convert an ASUKA-FLUX release (folder or Hub repo) into `out`; optionally upload it.
+
+    Returns the output folder. Every problem with the release raises `ValueError` naming the file
+    (and key); nothing is left at `out` then.
     """
-    if "model" in state_dict and isinstance(state_dict["model"], Mapping):
-        state_dict = state_dict["model"]
-    _check_tensors(state_dict)
-    with torch.device("meta"):
-        model = AsukaMAE(**dict(config or {}))
-    known = model.state_dict()
-    for key in state_dict:
-        if key not in known:
-            raise ValueError(f"unexpected key {key!r} in the MAE checkpoint.")
-    converted = dict(state_dict)
-    _check_against_model(converted, model, {})
-    return converted
+    check_output_folder(out, overwrite)  # before any heavy work
+    folder = resolve_release(release, token=token)
+    components = build_components(folder, condition_weight=condition_weight)
+    hashes = {name: _sha256(folder / name) for name in RELEASE_FILES}
+    metadata = {
+        "format": "asuka-flux",
+        "source": str(release),
+        "base_model": FLUX_FILL_REPO,
+        "condition_weight": condition_weight,
+        "release_files_sha256": hashes,
+    }
+    out = write_components(
+        components, Path(out), model_card(str(release), hashes, condition_weight), metadata, overwrite
+    )
+    if push_to_hub:
+        push_folder(
+            out, push_to_hub, token=token, private=private, commit_message="Add converted ASUKA-FLUX components"
+        )
+    return out
 
 
-_BLOCK_KEY = re.compile(r"(\d+)\.(.+)")
-
-# Release block sub-key -> `AsukaAlignerBlock` sub-key.
-_ALIGNER_BLOCK_KEYS = {
-    "linear1.weight": "linear1.weight",
-    "linear1.bias": "linear1.bias",
-    "linear2.weight": "linear2.weight",
-    "linear2.bias": "linear2.bias",
-    "norm.query_norm.scale": "norm_q.weight",
-    "norm.key_norm.scale": "norm_k.weight",
-}
-# The reference block (`SingleStreamBlockAsuka`) builds FLUX's `Modulation` layer but its forward never calls it
-# (there is no conditioning vector), so these weights have no effect on the output.
-_ALIGNER_UNUSED_BLOCK_KEYS = ("modulation.lin.weight", "modulation.lin.bias")
+# ---------------------------------------------------------------------------------------- CLI
 
 
-def convert_aligner_state_dict(
-    state_dict: Mapping[str, Any], null_embedding: torch.Tensor | None = None
-) -> dict[str, torch.Tensor]:
-    """Map `asuka_alignment_{clip,t5}.pt` (an `nn.Sequential`: `0` Linear, `1..n` blocks, `n+1` LayerNorm) to
-    [`AsukaAligner`] keys.
+def add_asuka_flux_command(subparsers: argparse._SubParsersAction) -> None:
+    """Register `asuka-flux` on the `python -m asuka.convert` sub-command parser."""
+    parser = subparsers.add_parser(
+        "asuka-flux",
+        help=f"ASUKA for FLUX.1-Fill ({ASUKA_FLUX_RELEASE_REPO}) -> diffusers component folders",
+        description=__doc__.split("\n\n")[0],
+    )
+    parser.add_argument(
+        "--release", required=True, help=f"release folder or Hub repo (e.g. {ASUKA_FLUX_RELEASE_REPO})"
+    )
+    parser.add_argument("--out", required=True, help="output folder (must not exist, unless --overwrite)")
+    parser.add_argument("--push-to-hub", default=None, metavar="REPO", help="also upload the folder to this Hub repo")
+    parser.add_argument("--private", action="store_true", help="create the --push-to-hub repo as private")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    parser.add_argument(
+        "--condition-weight",
+        type=float,
+        default=RELEASE_CONDITION_WEIGHT,
+        help="default interpolation towards the null embeddings stored in the aligners (release: 0.5)",
+    )
+    parser.set_defaults(func=_run_asuka_flux)
 
-    Drops each block's `modulation.lin.*` (built but never called by the reference). `null_embedding`, if given,
-    becomes `null_embed`: `(1, num_tokens, hidden_dim)` for a token null (`txt_256.pt`) or `(1, hidden_dim)` for a
-    pooled one (`vec.pt`); the matching config has `null_embedding="tokens"` or `"pooled"`.
-    """
-    _check_tensors(state_dict)
-    for key in ("0.weight", "1.linear1.weight", "1.norm.query_norm.scale"):
-        if key not in state_dict:
-            raise ValueError(f"missing key {key!r}; is this an ASUKA alignment checkpoint?")
-    if state_dict["0.weight"].ndim != 2:
-        raise ValueError(f"key '0.weight' has shape {tuple(state_dict['0.weight'].shape)}, expected (hidden, in).")
-    hidden_dim, in_dim = state_dict["0.weight"].shape
-    head_dim = state_dict["1.norm.query_norm.scale"].shape[0]
-    num_blocks = sum(1 for key in state_dict if key.endswith(".linear1.weight"))
-    mlp_ratio = (state_dict["1.linear1.weight"].shape[0] - 3 * hidden_dim) / hidden_dim
 
-    converted, release_names = {}, {}
-    for key, value in state_dict.items():
-        match = _BLOCK_KEY.fullmatch(key)
-        index, name = (int(match.group(1)), match.group(2)) if match else (None, None)
-        if index == 0 and name in ("weight", "bias"):
-            new_key = f"proj_in.{name}"
-        elif index == num_blocks + 1 and name in ("weight", "bias"):
-            new_key = f"norm_out.{name}"
-        elif index is not None and 1 <= index <= num_blocks and name in _ALIGNER_UNUSED_BLOCK_KEYS:
-            continue
-        elif index is not None and 1 <= index <= num_blocks and name in _ALIGNER_BLOCK_KEYS:
-            new_key = f"blocks.{index - 1}.{_ALIGNER_BLOCK_KEYS[name]}"
-        else:
-            raise ValueError(f"unexpected key {key!r} in the aligner checkpoint.")
-        converted[new_key] = value
-        release_names[new_key] = key
-
-    config = dict(in_dim=in_dim, hidden_dim=hidden_dim, num_blocks=num_blocks, head_dim=head_dim, mlp_ratio=mlp_ratio)
-    if null_embedding is not None:
-        if not isinstance(null_embedding, torch.Tensor) or null_embedding.ndim not in (2, 3):
-            got = tuple(null_embedding.shape) if isinstance(null_embedding, torch.Tensor) else type(null_embedding)
-            raise ValueError(
-                f"null embedding must be a (1, num_tokens, {hidden_dim}) or (1, {hidden_dim}) tensor, got {got}."
-            )
-        if null_embedding.ndim == 3:
-            config.update(null_embedding="tokens", num_tokens=null_embedding.shape[1])
-        else:
-            config.update(null_embedding="pooled")
-        converted["null_embed"] = null_embedding
-        release_names["null_embed"] = "null embedding"
-    with torch.device("meta"):
-        model = AsukaAligner(**config)
-    _check_against_model(converted, model, release_names)
-    return converted
+def _run_asuka_flux(args: argparse.Namespace) -> None:
+    out = convert_asuka_flux(
+        args.release,
+        args.out,
+        push_to_hub=args.push_to_hub,
+        overwrite=args.overwrite,
+        condition_weight=args.condition_weight,
+        private=args.private,
+    )
+    print(f"Wrote {out}" + (f" and uploaded it to {args.push_to_hub}" if args.push_to_hub else ""))

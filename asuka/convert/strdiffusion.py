@@ -1,18 +1,27 @@
 """Convert the authors' StrDiffusion checkpoints (texture G.pth, structure Gs.pth, discriminator D.pth)
 into a `StrDiffusionPipeline` folder (safetensors, loads offline).
 
+`python -m asuka.convert strdiffusion --texture G.pth --structure Gs.pth --discriminator D.pth --out DIR`
+
 The official files are flat key -> tensor pickles, possibly with DataParallel `module.` prefixes. They are
-read with `torch.load(..., weights_only=True)`, so a pickle that holds anything but tensors and plain
-containers is refused. Unlike the authors' non-strict loader, missing, unexpected or wrong-shape keys are
-errors that name the file and the key.
+read with `asuka.convert.safe_loading` (`torch.load(..., weights_only=True)`, so a pickle that holds anything
+but tensors and plain containers is refused). Unlike the authors' non-strict loader, missing, unexpected or
+wrong-shape keys are errors that name the file and the key. The folder is written atomically and holds the
+components and a `model_index.json` naming `StrDiffusionPipeline`; the pipeline's own settings (resampling
+constants, quirk flags) are not pinned in it and take the pipeline's defaults when it is loaded.
 """
 
 import argparse
+import json
 import re
 from pathlib import Path
+from typing import Any
 
+import diffusers
 import torch
 
+from asuka.convert.output import check_output_folder, push_folder, write_folder
+from asuka.convert.safe_loading import load_checkpoint, load_strict, tensor_state_dict
 from asuka.models.strdiffusion import StrDiffusionDiscriminator, StrDiffusionUNet
 from asuka.schedulers.ir_sde import IRSDEScheduler
 
@@ -20,20 +29,13 @@ from asuka.schedulers.ir_sde import IRSDEScheduler
 PathLike = str | Path
 StateDict = dict[str, torch.Tensor]
 
+#: The `DiffusionPipeline` class a converted folder loads into (`model_index.json`'s `_class_name`).
+PIPELINE_CLASS_NAME = "StrDiffusionPipeline"
+
 
 def load_official_state_dict(path: PathLike) -> StateDict:
-    """Read one official `.pth` safely and strip DataParallel `module.` prefixes."""
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as error:  # unpickling refusals surface as various exception types
-        raise ValueError(
-            f"{path}: not a weights-only checkpoint (torch.load(weights_only=True) refused it: {error})."
-        ) from error
-    if not isinstance(obj, dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
-    ):
-        raise ValueError(f"{path}: expected a flat mapping of parameter names to tensors (a raw state dict).")
-    return strip_module_prefix(obj)
+    """Read one official `.pth` safely (a flat name -> tensor mapping) and strip DataParallel `module.` prefixes."""
+    return strip_module_prefix(tensor_state_dict(load_checkpoint(path), str(path)))
 
 
 def strip_module_prefix(state_dict: StateDict) -> StateDict:
@@ -41,21 +43,8 @@ def strip_module_prefix(state_dict: StateDict) -> StateDict:
     return {(key[len("module.") :] if key.startswith("module.") else key): value for key, value in state_dict.items()}
 
 
-def _load_strict(model: torch.nn.Module, state_dict: StateDict, source: str) -> None:
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    if missing or unexpected:
-        raise ValueError(
-            f"{source}: keys do not match the network; missing {missing[:5]}, unexpected {unexpected[:5]}."
-        )
-    for key, value in state_dict.items():
-        if value.shape != expected[key].shape:
-            raise ValueError(
-                f"{source}: key {key!r} has shape {tuple(value.shape)}, expected {tuple(expected[key].shape)}."
-            )
-    model.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=True)
-    model.eval()
+def _float32(state_dict: StateDict) -> StateDict:
+    return {key: value.float() for key, value in state_dict.items()}
 
 
 def _unet_config(state_dict: StateDict, source: str) -> dict:
@@ -81,8 +70,7 @@ def _unet_config(state_dict: StateDict, source: str) -> dict:
 def convert_denoiser(state_dict: StateDict, source: str = "checkpoint") -> StrDiffusionUNet:
     """Build a texture (with SPADE) or structure denoiser from an official state dict."""
     model = StrDiffusionUNet(**_unet_config(state_dict, source))
-    _load_strict(model, state_dict, source)
-    return model
+    return load_strict(model, _float32(state_dict), source)
 
 
 def convert_discriminator(state_dict: StateDict, source: str = "checkpoint") -> StrDiffusionDiscriminator:
@@ -97,23 +85,17 @@ def convert_discriminator(state_dict: StateDict, source: str = "checkpoint") -> 
         base_channels=start.shape[0] // 2,
         t_emb_dim=state_dict["t_embed.main.0.weight"].shape[1],
     )
-    _load_strict(model, state_dict, source)
-    return model
+    return load_strict(model, _float32(state_dict), source)
 
 
 def convert_strdiffusion(
-    texture: PathLike,
-    structure: PathLike,
-    discriminator: PathLike,
-    num_train_timesteps: int = 100,
-    **pipeline_config,
-):
-    """Load the three official files and assemble a `StrDiffusionPipeline` (float32, CPU, eval mode).
+    texture: PathLike, structure: PathLike, discriminator: PathLike, num_train_timesteps: int = 100
+) -> dict[str, Any]:
+    """Load the three official files into the pipeline's components (float32, CPU, eval mode).
 
-    `num_train_timesteps`: 100 for the PSV test setting, 400 for the Places2 models.
-    `pipeline_config` overrides pipeline config entries (resampling constants, quirk flags)."""
-    from asuka.pipelines.pipeline_strdiffusion import StrDiffusionPipeline
-
+    Returns `texture_unet`, `structure_unet`, `discriminator` and `scheduler`; `num_train_timesteps` is 100 for
+    the PSV test setting, 400 for the Places2 models.
+    """
     texture_unet = convert_denoiser(load_official_state_dict(texture), str(texture))
     structure_unet = convert_denoiser(load_official_state_dict(structure), str(structure))
     if not texture_unet.config.structure_channels or structure_unet.config.structure_channels:
@@ -121,14 +103,20 @@ def convert_strdiffusion(
             f"{texture} must be the texture denoiser (with SPADE blocks) and {structure} the structure "
             "denoiser (without); were the files swapped?"
         )
-    disc = convert_discriminator(load_official_state_dict(discriminator), str(discriminator))
-    return StrDiffusionPipeline(
-        texture_unet=texture_unet,
-        structure_unet=structure_unet,
-        discriminator=disc,
-        scheduler=IRSDEScheduler(num_train_timesteps=num_train_timesteps),
-        **pipeline_config,
-    )
+    return {
+        "texture_unet": texture_unet,
+        "structure_unet": structure_unet,
+        "discriminator": convert_discriminator(load_official_state_dict(discriminator), str(discriminator)),
+        "scheduler": IRSDEScheduler(num_train_timesteps=num_train_timesteps),
+    }
+
+
+def save_strdiffusion(components: dict[str, Any], out: PathLike, overwrite: bool = False) -> Path:
+    """Write the components and a `model_index.json` that `StrDiffusionPipeline.from_pretrained` loads."""
+    model_index = {"_class_name": PIPELINE_CLASS_NAME, "_diffusers_version": diffusers.__version__}
+    model_index.update({name: [type(c).__module__, type(c).__name__] for name, c in sorted(components.items())})
+    files = {"model_index.json": json.dumps(model_index, indent=2) + "\n"}
+    return write_folder(out, components, files, overwrite)
 
 
 def add_strdiffusion_command(subparsers: argparse._SubParsersAction) -> None:
@@ -141,20 +129,21 @@ def add_strdiffusion_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--texture", required=True, help="texture denoiser checkpoint (pretrain_model_G)")
     parser.add_argument("--structure", required=True, help="structure denoiser checkpoint (pretrain_model_Gs)")
     parser.add_argument("--discriminator", required=True, help="discriminator checkpoint (pretrain_model_D)")
-    parser.add_argument("--out", required=True, help="output pipeline folder")
+    parser.add_argument("--out", required=True, help="output pipeline folder (must not exist, unless --overwrite)")
     parser.add_argument("--num-train-timesteps", type=int, default=100, help="T: 100 (PSV models) or 400 (Places2)")
     parser.add_argument("--push-to-hub", default=None, metavar="REPO", help="also upload the folder to this Hub repo")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     parser.set_defaults(func=run_strdiffusion_command)
 
 
 def run_strdiffusion_command(args: argparse.Namespace) -> Path:
     """Convert, save with safetensors, optionally push; returns the output folder."""
-    pipe = convert_strdiffusion(
+    check_output_folder(args.out, args.overwrite)  # before any heavy work
+    components = convert_strdiffusion(
         args.texture, args.structure, args.discriminator, num_train_timesteps=args.num_train_timesteps
     )
-    out = Path(args.out)
-    pipe.save_pretrained(out, safe_serialization=True)
+    out = save_strdiffusion(components, args.out, overwrite=args.overwrite)
     if args.push_to_hub:
-        pipe.push_to_hub(args.push_to_hub)
+        push_folder(out, args.push_to_hub, commit_message="Add converted StrDiffusion pipeline")
     print(f"Wrote {out}" + (f" and uploaded it to {args.push_to_hub}" if args.push_to_hub else ""))
     return out

@@ -13,11 +13,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from asuka.defaults import default_device
 from asuka.evaluation.data import LAYOUTS, Benchmark, discover
 from asuka.evaluation.extractors import FEATURE_KINDS, load_extractors
 from asuka.evaluation.report import read_record, render_markdown, write_record, write_report
 from asuka.evaluation.scorer import default_ids_pca_dim, score
-from asuka.registry import ModelLoadError
+from asuka.methods import ModelLoadError
 
 
 def _add_scoring_options(parser: argparse.ArgumentParser) -> None:
@@ -61,7 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=42, help="seed for every image (the released evaluation used 42)")
     run.add_argument("--guidance-scale", type=float, default=None)
     run.add_argument("--condition-weight", type=float, default=None)
-    run.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), fp32, fp16 or bf16")
+    run.add_argument(
+        "--dtype", default="auto", help="auto (asuka.defaults: bf16 on GPU, fp32 on CPU), fp32, fp16 or bf16"
+    )
     _add_scoring_options(run)
 
     score_cmd = commands.add_parser("score", help="score a folder of outputs made elsewhere")
@@ -85,10 +88,8 @@ def _score_and_report(
     record: dict,
     known_errors: dict[str, str] | None = None,
 ) -> dict:
-    import torch
-
     features = args.features or ("tiny" if getattr(args, "tiny", False) else "torchvision")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or default_device()
     pca_dim = default_ids_pca_dim(benchmark) if args.ids_pca_dim is None else (args.ids_pca_dim or None)
     result = score(
         benchmark,
@@ -111,12 +112,12 @@ def _score_and_report(
     return record
 
 
-def _run(args: argparse.Namespace) -> None:
+def _run_command(args: argparse.Namespace) -> None:
     import torch
     from accelerate import PartialState
 
     from asuka.evaluation.runner import IMAGES_DIR, GenerationSettings, generate, read_generation_errors
-    from asuka.registry import get_method
+    from asuka.methods import get_method
 
     # Without CUDA, processes started by `accelerate launch --multi_gpu` (torchrun) only form a gloo
     # group when the state is told to use the CPU; otherwise each would believe it is alone.
@@ -149,7 +150,7 @@ def _run(args: argparse.Namespace) -> None:
     )
 
 
-def _score(args: argparse.Namespace) -> None:
+def _score_command(args: argparse.Namespace) -> None:
     pred_dir = Path(args.pred)
     if not pred_dir.is_dir():
         raise ValueError(f"--pred {pred_dir} is not a folder.")
@@ -158,7 +159,7 @@ def _score(args: argparse.Namespace) -> None:
     _score_and_report(args, discover(args.data, args.layout), pred_dir, Path(args.out or pred_dir), record)
 
 
-def _table(args: argparse.Namespace) -> None:
+def _table_command(args: argparse.Namespace) -> None:
     records = [read_record(run) for run in args.runs]
     if args.out:
         print(write_report(Path(args.out), records, args.grid_rows))
@@ -170,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; bad input or unloadable weights end with the reason and exit status 2."""
     args = _parser().parse_args(argv)
     try:
-        {"run": _run, "score": _score, "table": _table}[args.command](args)
+        {"run": _run_command, "score": _score_command, "table": _table_command}[args.command](args)
     except (ValueError, ModelLoadError) as error:  # bad arguments or folders, unknown method, weights not loadable
         print(f"error: {error}", file=sys.stderr)
         return 2

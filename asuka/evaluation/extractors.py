@@ -13,6 +13,7 @@ reported elsewhere. LPIPS is torchmetrics' AlexNet LPIPS. These download weights
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -55,9 +56,7 @@ def _torchvision_inception(device: torch.device) -> FeatureFn:
 
 
 def _fid_inception(device: torch.device) -> FeatureFn:
-    from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
-
-    if not _TORCH_FIDELITY_AVAILABLE:
+    if importlib.util.find_spec("torch_fidelity") is None:
         raise ValueError(
             "Features 'fid' need the torch-fidelity package (`pip install torch-fidelity`); or use 'torchvision'."
         )

@@ -18,8 +18,9 @@ import torch
 from accelerate import PartialState
 from tqdm.auto import tqdm
 
+from asuka.defaults import default_dtype, parse_dtype
 from asuka.evaluation.data import Benchmark, SampleError, load_sample
-from asuka.registry import InpaintRequest, get_method, load_pipeline, parse_dtype, run_method
+from asuka.methods import InpaintRequest, get_method, load_pipeline, run_method
 
 
 IMAGES_DIR = "images"
@@ -50,10 +51,9 @@ class ShardLog:
     errors: dict[str, str] = field(default_factory=dict)
 
 
-def _resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return parse_dtype(name)
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``"auto"`` is the project's default for ``device`` (asuka.defaults); any other name is parsed."""
+    return default_dtype(device) if name == "auto" else parse_dtype(name)
 
 
 def _save_atomic(image: Any, path: Path) -> None:
@@ -78,7 +78,7 @@ def generate(benchmark: Benchmark, out_dir: Path, settings: GenerationSettings, 
             todo.append(sample)
     pipeline = None
     if todo:
-        dtype = _resolve_dtype(settings.dtype, state.device)
+        dtype = resolve_dtype(settings.dtype, state.device)
         pipeline = load_pipeline(settings.method, settings.model, str(state.device), dtype, settings.tiny)
     bar = tqdm(
         todo, desc=f"{settings.method} [{state.process_index + 1}/{state.num_processes}]", position=state.process_index

@@ -2,6 +2,7 @@
 
 from .aligner import AsukaAligner, AsukaAlignerOutput
 from .decoder import AsukaDecoder
+from .discriminator import PatchDiscriminator
 from .mae import AsukaMAE
 from .strdiffusion import StrDiffusionDiscriminator, StrDiffusionUNet
 
@@ -11,6 +12,7 @@ __all__ = [
     "AsukaAlignerOutput",
     "AsukaDecoder",
     "AsukaMAE",
+    "PatchDiscriminator",
     "StrDiffusionDiscriminator",
     "StrDiffusionUNet",
 ]

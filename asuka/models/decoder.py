@@ -56,7 +56,8 @@ class AsukaDecoder(ModelMixin, ConfigMixin):
 
     `forward(latents, image, mask)` decodes UNSCALED latents (SD: `z / scaling_factor`; FLUX:
     `z / 0.3611 + 0.1159`) while copying the known region's appearance from `image` (in [-1, 1], at the
-    output resolution); `mask` is (B, 1, H, W) in [0, 1] with 1 = hole.
+    output resolution); `mask` is (B, 1, H, W) in [0, 1] with 1 = hole. Like a diffusers model, the forward
+    does not inspect values: the pipelines pass binary masks.
     """
 
     _supports_gradient_checkpointing = True
@@ -133,7 +134,9 @@ class AsukaDecoder(ModelMixin, ConfigMixin):
         # which changes the conv kernels used, so train- and eval-mode decodes differ in the last bits.
         return model.train(vae.training)
 
-    def _check_inputs(self, latents: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> None:
+    def _check_shapes(self, latents: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> None:
+        """Pure-Python shape checks (no device sync): a mismatched batch or an unbatched input would otherwise
+        broadcast silently. The mask's values (binary, 1 = hole) are the calling pipeline's to guarantee."""
         config = self.config
         for name, tensor in (("latents", latents), ("image", image), ("mask", mask)):
             if not isinstance(tensor, torch.Tensor) or tensor.dim() != 4:
@@ -161,8 +164,6 @@ class AsukaDecoder(ModelMixin, ConfigMixin):
                 "`latents`, `image` and `mask` must have the same batch size, got "
                 f"{latents.shape[0]}, {image.shape[0]} and {mask.shape[0]}."
             )
-        if mask.numel() and (mask.min() < 0 or mask.max() > 1):
-            raise ValueError("`mask` values must lie in [0, 1] (1 = hole).")
 
     def _run(self, block: nn.Module, sample: torch.Tensor) -> torch.Tensor:
         """Calls a decoder block the way diffusers' `Decoder.forward` does, checkpointed when enabled."""
@@ -202,7 +203,7 @@ class AsukaDecoder(ModelMixin, ConfigMixin):
         return_dict: bool = True,
     ) -> DecoderOutput | tuple[torch.Tensor]:
         """Decodes `latents`, taking the region outside `mask` from `image` through the condition encoder."""
-        self._check_inputs(latents, image, mask)
+        self._check_shapes(latents, image, mask)
         latents, image, mask = (t.to(self.dtype) for t in (latents, image, mask))
         if self.use_tiling and max(latents.shape[-2:]) > self.tile_sample_size // self.scale_factor:
             sample = self._tiled_decode(latents, image, mask)

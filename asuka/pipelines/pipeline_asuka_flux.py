@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import PIL.Image
 import torch
 from diffusers import (
     AutoencoderKL,
@@ -31,14 +32,16 @@ from diffusers import (
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.flux.pipeline_flux_fill import calculate_shift, retrieve_timesteps
 
-from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE
-from asuka.pipelines.pipeline_asuka import (
-    OUTPUT_TYPES,
-    AsukaPipeline,
+from ..models.aligner import AsukaAligner
+from ..models.decoder import AsukaDecoder
+from ..models.mae import AsukaMAE
+from .inpaint_steps import (
     AsukaPipelineOutput,
     ImageInput,
+    check_common_inputs,
     crop_to_working,
     finish_output,
+    mae_reconstruction,
     plan_working_region,
     repeat_to_batch,
     standardise_inputs,
@@ -83,8 +86,6 @@ class AsukaFluxPipeline(DiffusionPipeline):
     _pack_latents = staticmethod(FluxFillPipeline._pack_latents)
     _unpack_latents = staticmethod(FluxFillPipeline._unpack_latents)
     _prepare_latent_image_ids = staticmethod(FluxFillPipeline._prepare_latent_image_ids)
-    # Shared with AsukaPipeline: the MAE's own reconstruction.
-    mae_reconstruction = AsukaPipeline.mae_reconstruction
 
     def __init__(
         self,
@@ -124,25 +125,16 @@ class AsukaFluxPipeline(DiffusionPipeline):
         callback_on_step_end_tensor_inputs: list[str],
         working_resolution: int,
     ) -> None:
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"`output_type` is {output_type!r}; expected one of {OUTPUT_TYPES}.")
-        for name, value in (
-            ("num_inference_steps", num_inference_steps),
-            ("num_images_per_prompt", num_images_per_prompt),
-        ):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` is {value!r}; expected a positive integer.")
+        check_common_inputs(
+            output_type,
+            {"num_inference_steps": num_inference_steps, "num_images_per_prompt": num_images_per_prompt},
+            callback_on_step_end_tensor_inputs,
+            self._callback_tensor_inputs,
+            working_resolution,
+            self.vae_scale_factor * 2,
+        )
         if (prompt_embeds is None) != (pooled_prompt_embeds is None):
             raise ValueError("Pass both `prompt_embeds` and `pooled_prompt_embeds`, or neither (ASUKA conditioning).")
-        unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
-        if unknown:
-            raise ValueError(
-                f"`callback_on_step_end_tensor_inputs` has {unknown}; expected names in {self._callback_tensor_inputs}."
-            )
-        if working_resolution < self.vae_scale_factor * 2:
-            raise ValueError(
-                f"`working_resolution` is {working_resolution}; expected at least {self.vae_scale_factor * 2}."
-            )
 
     # ------------------------------------------------------------------ assembly
 
@@ -212,6 +204,10 @@ class AsukaFluxPipeline(DiffusionPipeline):
         tokens = self.token_aligner(prior.to(self.token_aligner.dtype), condition_weight=condition_weight).tokens
         pooled = self.pooled_aligner(prior.to(self.pooled_aligner.dtype), condition_weight=condition_weight).pooled
         return tokens, pooled
+
+    def mae_reconstruction(self, image: ImageInput, mask_image: ImageInput) -> list[PIL.Image.Image]:
+        """The MAE's own pixel estimate ("what the prior thinks"), pasted into the hole at the input's size."""
+        return mae_reconstruction(self.mae, image, mask_image)
 
     # ------------------------------------------------------------------ call
 

@@ -42,9 +42,9 @@ from diffusers.utils.torch_utils import randn_tensor
 from skimage.color import rgb2gray
 from skimage.feature import canny
 
-from asuka.models.strdiffusion import StrDiffusionDiscriminator, StrDiffusionUNet
-from asuka.pipelines.pipeline_asuka import OUTPUT_TYPES, standardise_inputs, to_output_type
-from asuka.schedulers.ir_sde import IRSDEScheduler
+from ..models.strdiffusion import StrDiffusionDiscriminator, StrDiffusionUNet
+from ..schedulers.ir_sde import IRSDEScheduler
+from .inpaint_steps import check_common_inputs, standardise_inputs, to_output_type
 
 
 RGB2GRAY = (0.2125, 0.7154, 0.0721)  # scikit-image's rgb2gray weights
@@ -111,6 +111,7 @@ class StrDiffusionPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "structure_unet->texture_unet->discriminator"
+    _callback_tensor_inputs = ["texture_state", "structure_state"]
 
     def __init__(
         self,
@@ -170,6 +171,22 @@ class StrDiffusionPipeline(DiffusionPipeline):
         times = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         return self.discriminator(times, shown, structure, stddev_group=1)
 
+    def check_inputs(
+        self,
+        batch_size: int,
+        num_inference_steps: int | None,
+        generator: torch.Generator | list[torch.Generator] | None,
+        output_type: str,
+        noise_tape: Iterable[torch.Tensor] | None,
+        callback_on_step_end_tensor_inputs: list[str],
+    ) -> None:
+        counts = {} if num_inference_steps is None else {"num_inference_steps": num_inference_steps}
+        check_common_inputs(output_type, counts, callback_on_step_end_tensor_inputs, self._callback_tensor_inputs)
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(f"got {len(generator)} generators for a batch of {batch_size}.")
+        if noise_tape is not None and generator is not None:
+            raise ValueError("pass either `generator` or `noise_tape`, not both.")
+
     # ------------------------------------------------------------------------------------------- sampler
     @torch.no_grad()
     def __call__(
@@ -187,7 +204,8 @@ class StrDiffusionPipeline(DiffusionPipeline):
         """Inpaint `image` where `mask_image` is white.
 
         Args:
-            image / mask_image: PIL, numpy, tensor in [0, 1] or lists (see `asuka.pipelines.pipeline_asuka.standardise_inputs`).
+            image / mask_image: PIL, path, numpy, tensor in [0, 1] or lists (see
+                `asuka.pipelines.inpaint_steps.standardise_inputs`).
             num_inference_steps: None = all T steps (the reference sampler). Fewer steps jump between
                 levels with the exact OU posterior (`IRSDEScheduler.step_jump`) and skip resampling.
             generator: one generator, or one per sample (then a batch equals its samples run alone).
@@ -198,23 +216,18 @@ class StrDiffusionPipeline(DiffusionPipeline):
             callback_on_step_end: called as `fn(pipe, i, t, {"texture_state": x, "structure_state": xs})`
                 after each step; may return replacements for those tensors.
         """
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
-        unknown = set(callback_on_step_end_tensor_inputs) - {"texture_state", "structure_state"}
-        if unknown:
-            raise ValueError(f"callback tensors {sorted(unknown)} unknown; use 'texture_state', 'structure_state'.")
         cfg = self.config
         device = self._execution_device
         dtype = self.texture_unet.dtype
         total = self.scheduler.config.num_train_timesteps
 
-        # 1. Standardise inputs; move to the working resolution (image bilinear, mask nearest, like the reference)
+        # 1. Check and standardise inputs; move to the working resolution (image bilinear, mask nearest, like the
+        #    reference)
         pixels, hole = standardise_inputs(image, mask_image)
         batch, _, height, width = pixels.shape
-        if isinstance(generator, list) and len(generator) != batch:
-            raise ValueError(f"got {len(generator)} generators for a batch of {batch}.")
-        if noise_tape is not None and generator is not None:
-            raise ValueError("pass either `generator` or `noise_tape`, not both.")
+        self.check_inputs(
+            batch, num_inference_steps, generator, output_type, noise_tape, callback_on_step_end_tensor_inputs
+        )
         work_y, work_hole = pixels, hole
         if cfg.resolution is not None and (height, width) != (cfg.resolution, cfg.resolution):
             size = (cfg.resolution, cfg.resolution)

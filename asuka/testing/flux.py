@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 
-from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE
+from asuka.models import AsukaAligner, AsukaDecoder
+from asuka.testing.mae import make_tiny_mae
 
 
 # Scheduler settings of black-forest-labs/FLUX.1-Fill-dev (resolution-dependent shift).
@@ -63,17 +64,7 @@ def make_tiny_flux_components(seed: int = 0) -> dict:
         guidance_embeds=True,
         axes_dims_rope=(4, 6, 6),
     )
-    mae = AsukaMAE(
-        image_size=32,
-        patch_size=8,
-        embed_dim=32,
-        depth=2,
-        num_heads=2,
-        decoder_embed_dim=16,
-        decoder_depth=2,
-        decoder_num_heads=2,
-        prior_layer=1,
-    )
+    mae = make_tiny_mae(decoder_embed_dim=16)
     num_tokens = mae.num_patches
     token_aligner = AsukaAligner(
         in_dim=16,
@@ -148,5 +139,7 @@ def make_tiny_flux_backbone_pipeline(seed: int = 0):
         tokenizer_2=None,
         transformer=components["transformer"],
     )
+    # Its default size is the tiny AsukaFluxPipeline's working resolution, as FLUX's 1024 is for the real pair.
+    pipe.default_sample_size = TINY_WORKING_RESOLUTION // pipe.vae_scale_factor
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -3,8 +3,9 @@
 import torch
 from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
 
-from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE
+from asuka.models import AsukaAligner, AsukaDecoder
 from asuka.pipelines import AsukaPipeline
+from asuka.testing.mae import make_tiny_mae
 
 
 CROSS_ATTENTION_DIM = 32
@@ -38,17 +39,7 @@ def make_tiny_sd_components(seed: int = 0) -> dict[str, torch.nn.Module]:
         sample_size=64,
     )
     scheduler = PNDMScheduler(skip_prk_steps=True, steps_offset=1)
-    mae = AsukaMAE(
-        image_size=32,
-        patch_size=8,
-        embed_dim=32,
-        depth=2,
-        num_heads=2,
-        decoder_embed_dim=32,
-        decoder_depth=2,
-        decoder_num_heads=2,
-        prior_layer=1,
-    )
+    mae = make_tiny_mae()
     aligner = AsukaAligner(in_dim=32, hidden_dim=CROSS_ATTENTION_DIM, num_blocks=1, head_dim=16, num_tokens=16)
     decoder = AsukaDecoder.from_vae(vae)
     models = {"vae": vae, "unet": unet, "mae": mae, "aligner": aligner, "decoder": decoder}

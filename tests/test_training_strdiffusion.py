@@ -1,42 +1,35 @@
 """training/train_strdiffusion.py (issue 8): 3 steps per network on tiny components with checkpoints and resume,
 the final folder loads as the component, and the authors' objectives against hand computations."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from training_support import (
+    intercept_hub,
+    offline,  # noqa: F401 (the module-wide autouse fixture)
+    put_training_on_path,
+    tiny_pipeline_dir,
+    training_argv,
+)
 
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+put_training_on_path()
 
+import train_strdiffusion  # noqa: E402
+
+import asuka_training  # noqa: E402
 from asuka import StrDiffusionPipeline  # noqa: E402
 from asuka.models import StrDiffusionDiscriminator, StrDiffusionUNet  # noqa: E402
 from asuka.schedulers.ir_sde import IRSDEScheduler  # noqa: E402
-from asuka.testing import make_tiny_pipeline  # noqa: E402
-from training import common, train_strdiffusion  # noqa: E402
 
 
 COMPONENT = {"structure": StrDiffusionUNet, "texture": StrDiffusionUNet, "discriminator": StrDiffusionDiscriminator}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def offline(tmp_path_factory):
-    patch = pytest.MonkeyPatch()
-    patch.setenv("HF_HUB_OFFLINE", "1")
-    patch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf_home")))
-    yield
-    patch.undo()
-
-
 @pytest.fixture(scope="module")
 def pipeline_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny_strdiffusion")
-    make_tiny_pipeline("strdiffusion", seed=0).save_pretrained(folder)
-    return folder
+    return tiny_pipeline_dir(tmp_path_factory, "strdiffusion")
 
 
 @pytest.fixture(scope="module")
@@ -51,45 +44,19 @@ def image_dir(tmp_path_factory):
     return folder
 
 
-def run_args(pipeline_dir, image_dir, output_dir, network, steps, **extra):
-    args = [
-        "--network",
-        network,
-        "--pretrained_model_name_or_path",
-        str(pipeline_dir),
-        "--train_data_dir",
-        str(image_dir),
-        "--output_dir",
-        str(output_dir),
-        "--resolution",
-        "16",
-        "--train_batch_size",
-        "2",
-        "--max_train_steps",
-        str(steps),
-        "--checkpointing_steps",
-        "1",
-        "--checkpoints_total_limit",
-        "2",
-        "--seed",
-        "0",
-        "--report_to",
-        "none",
-        "--validation_steps",
-        "0",
-    ]
-    for key, value in extra.items():
-        args += [f"--{key}"] + ([] if value is True else [str(value)])
-    return args
+def run_args(pipeline_dir, image_dir, output_dir, steps, network="structure", **flags):
+    """`training_argv` for one StrDiffusion network at 16 px, without validation grids unless asked."""
+    flags = {"network": network, "resolution": 16, "validation_steps": 0, **flags}
+    return training_argv(pipeline_dir, image_dir, output_dir, steps, **flags)
 
 
 @pytest.mark.parametrize("network", ["structure", "texture", "discriminator"])
 def test_three_steps_checkpoints_resume_and_final_folder(network, pipeline_dir, image_dir, tmp_path):
     output_dir = tmp_path / network
     extra = {"save_pipeline": True, "validation_steps": 3, "num_validation_images": 1} if network == "texture" else {}
-    first = train_strdiffusion.main(run_args(pipeline_dir, image_dir, output_dir, network, 3, **extra))
+    first = train_strdiffusion.main(run_args(pipeline_dir, image_dir, output_dir, 3, network=network, **extra))
     assert first.global_step == 3 and len(first.losses) == 3 and all(np.isfinite(first.losses))
-    assert [p.name for p in common.list_checkpoints(output_dir)] == ["checkpoint-2", "checkpoint-3"]
+    assert [p.name for p in asuka_training.list_checkpoints(output_dir)] == ["checkpoint-2", "checkpoint-3"]
     subfolder = train_strdiffusion.SUBFOLDERS[network]
     assert (output_dir / "checkpoint-3" / subfolder / "config.json").is_file()
 
@@ -102,10 +69,10 @@ def test_three_steps_checkpoints_resume_and_final_folder(network, pipeline_dir, 
     assert changed, "training left every weight unchanged"
 
     resumed = train_strdiffusion.main(
-        run_args(pipeline_dir, image_dir, output_dir, network, 4, resume_from_checkpoint="latest")
+        run_args(pipeline_dir, image_dir, output_dir, 4, network=network, resume_from_checkpoint="latest")
     )
     assert resumed.initial_global_step == 3 and resumed.global_step == 4 and len(resumed.losses) == 1
-    assert [p.name for p in common.list_checkpoints(output_dir)] == ["checkpoint-3", "checkpoint-4"]
+    assert [p.name for p in asuka_training.list_checkpoints(output_dir)] == ["checkpoint-3", "checkpoint-4"]
     assert (output_dir / "README.md").is_file()
 
     if network == "texture":  # --save_pipeline: a complete pipeline that holds the trained net and runs
@@ -192,23 +159,23 @@ def test_timesteps_skip_one_and_bad_flags_raise(pipeline_dir, image_dir, tmp_pat
     assert int(t.min()) == 2 and int(t.max()) == 10
     with pytest.raises(ValueError, match="multiple of 4"):
         train_strdiffusion.main(
-            run_args(pipeline_dir, image_dir, tmp_path / "d", "discriminator", 1, train_batch_size=6)
+            run_args(pipeline_dir, image_dir, tmp_path / "d", 1, network="discriminator", train_batch_size=6)
         )
     with pytest.raises(ValueError, match="not a StrDiffusionPipeline folder"):
-        train_strdiffusion.main(run_args(image_dir, image_dir, tmp_path / "x", "structure", 1))
+        train_strdiffusion.main(run_args(image_dir, image_dir, tmp_path / "x", 1, network="structure"))
     with pytest.raises(ValueError, match="structure_channels"):
         train_strdiffusion.main(
             run_args(
                 pipeline_dir,
                 image_dir,
                 tmp_path / "y",
-                "structure",
                 1,
+                network="structure",
                 component_model_name_or_path=pipeline_dir / "texture_unet",
             )
         )
     with pytest.raises(SystemExit):  # argparse: unknown network name
-        train_strdiffusion.main(run_args(pipeline_dir, image_dir, tmp_path / "z", "vae", 1))
+        train_strdiffusion.main(run_args(pipeline_dir, image_dir, tmp_path / "z", 1, network="vae"))
 
 
 def test_scheduler_posterior_mean_with_per_sample_timesteps_equals_one_by_one():
@@ -224,31 +191,15 @@ def test_scheduler_posterior_mean_with_per_sample_timesteps_equals_one_by_one():
 
 def test_push_to_hub_uploads_the_component_with_its_card(pipeline_dir, image_dir, tmp_path, monkeypatch):
     """--push_to_hub with huggingface_hub's HfApi intercepted: the uploaded folder loads as the discriminator."""
-    import shutil
-
-    from huggingface_hub import HfApi
-    from huggingface_hub.utils import filter_repo_objects
-
-    uploads = tmp_path / "uploaded"
-
-    def fake_create_repo(self, repo_id, **kwargs):
-        return type("RepoUrl", (), {"repo_id": repo_id})()
-
-    def fake_upload_folder(self, *, repo_id, folder_path, ignore_patterns=None, **kwargs):
-        files = [p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*") if p.is_file()]
-        for relative in filter_repo_objects(files, ignore_patterns=ignore_patterns):
-            (uploads / relative).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(Path(folder_path) / relative, uploads / relative)
-
-    monkeypatch.setattr(HfApi, "create_repo", fake_create_repo)
-    monkeypatch.setattr(HfApi, "upload_folder", fake_upload_folder)
+    intercept_hub(monkeypatch, tmp_path / "uploaded")
+    uploads = tmp_path / "uploaded" / "someone/strdiffusion-d"
     result = train_strdiffusion.main(
         run_args(
             pipeline_dir,
             image_dir,
             tmp_path / "out",
-            "discriminator",
             1,
+            network="discriminator",
             push_to_hub=True,
             hub_model_id="someone/strdiffusion-d",
         )

@@ -1,8 +1,10 @@
 """`python -m asuka.convert strdiffusion` on tiny seeded checkpoints: with and without `module.` prefixes,
-wrong-shape keys, pickles holding non-tensor objects, offline reload of the written folder."""
+wrong-shape keys, pickles holding non-tensor objects, safetensors inputs, no overwrite of an existing folder, offline
+reload of the written folder."""
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from seeded import seeded_state_dict
 
 from asuka.convert.__main__ import main as convert_main
@@ -109,3 +111,26 @@ def test_refuses_pickles_with_non_tensor_objects(tmp_path):
     torch.save({"state_dict": {"w": torch.zeros(1)}}, nested)
     with pytest.raises(ValueError, match="flat mapping"):
         load_official_state_dict(nested)
+
+
+def test_safetensors_checkpoints_load_like_pickles(checkpoints):
+    tmp, weights = checkpoints
+    save_file({"module." + k: v for k, v in weights["discriminator"].items()}, tmp / "D.safetensors")
+    loaded = load_official_state_dict(tmp / "D.safetensors")
+    assert loaded.keys() == weights["discriminator"].keys()
+    assert all(torch.equal(loaded[k], v) for k, v in weights["discriminator"].items())
+
+
+def test_existing_output_is_not_overwritten(checkpoints, capsys):
+    tmp, weights = checkpoints
+    files = [write(tmp / f"{n}.pth", weights[n]) for n in ("texture", "structure", "discriminator")]
+    out = tmp / "pipe"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    argv = ["strdiffusion", "--texture", files[0], "--structure", files[1], "--discriminator", files[2]]
+    with pytest.raises(SystemExit) as exit_info:
+        convert_main(argv + ["--out", str(out)])
+    assert exit_info.value.code == 2 and "--overwrite" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert convert_main(argv + ["--out", str(out), "--overwrite"]) == 0
+    assert (out / "model_index.json").is_file() and not (out / "keep.txt").exists()

@@ -256,7 +256,7 @@ def test_save_and_load_round_trip(pipe, tmp_path):
 
 def test_assembly_from_flux_repo_and_converted_asuka_folder(tmp_path):
     """from_pretrained(flux_folder, asuka=converted_folder): base parts from one, ASUKA parts from the other."""
-    from asuka.convert.release import write_components
+    from asuka.convert.asuka_flux import write_components
 
     components = make_tiny_flux_components(seed=0)
     flux_dir, asuka_dir = tmp_path / "flux-fill", tmp_path / "asuka"

@@ -7,7 +7,6 @@ SIGKILL test use subprocesses. Each script run is shared by the tests that inspe
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,35 +18,33 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from training_support import (
+    ROOT,
+    intercept_hub,
+    offline,  # noqa: F401 (the module-wide autouse fixture)
+    put_training_on_path,
+    tiny_pipeline_dir,
+    training_argv,
+)
 
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+put_training_on_path()
 
+import train_aligner  # noqa: E402
+import train_decoder  # noqa: E402
+import train_mae  # noqa: E402
+
+import asuka_training  # noqa: E402
 from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE  # noqa: E402
 from asuka.testing import make_tiny_pipeline  # noqa: E402
-from training import common, train_aligner, train_decoder, train_mae  # noqa: E402
 
 
 RESOLUTION = "32"  # the tiny VAE has a scale factor of 2: 16x16 latents
 
 
-@pytest.fixture(scope="module", autouse=True)
-def offline(tmp_path_factory):
-    """No network, and no user accelerate config leaking into the runs."""
-    patch = pytest.MonkeyPatch()
-    patch.setenv("HF_HUB_OFFLINE", "1")
-    patch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf_home")))
-    patch.setenv("OMP_NUM_THREADS", "1")
-    yield
-    patch.undo()
-
-
 @pytest.fixture(scope="module")
 def pipeline_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny_pipeline")
-    make_tiny_pipeline("sd", seed=0).save_pretrained(folder)
-    return folder
+    return tiny_pipeline_dir(tmp_path_factory, "sd")
 
 
 @pytest.fixture(scope="module")
@@ -73,37 +70,10 @@ def object_dir(tmp_path_factory):
     return folder
 
 
-def base_args(pipeline_dir, image_dir, output_dir, steps=3, **extra):
-    args = [
-        "--pretrained_model_name_or_path",
-        str(pipeline_dir),
-        "--train_data_dir",
-        str(image_dir),
-        "--output_dir",
-        str(output_dir),
-        "--resolution",
-        RESOLUTION,
-        "--train_batch_size",
-        "2",
-        "--max_train_steps",
-        str(steps),
-        "--checkpointing_steps",
-        "1",
-        "--checkpoints_total_limit",
-        "2",
-        "--validation_steps",
-        "2",
-        "--num_validation_images",
-        "2",
-        "--seed",
-        "0",
-        "--report_to",
-        "none",
-    ]
-    for key, value in extra.items():
-        args = [a for i, a in enumerate(args) if not (a == f"--{key}" or (i and args[i - 1] == f"--{key}"))]
-        args += [f"--{key}"] + ([] if value is True else [str(value)])
-    return args
+def base_args(pipeline_dir, image_dir, output_dir, steps=3, **flags):
+    """`training_argv` at the tiny VAE's resolution, with validation grids of two samples every two steps."""
+    flags = {"resolution": RESOLUTION, "validation_steps": 2, "num_validation_images": 2, **flags}
+    return training_argv(pipeline_dir, image_dir, output_dir, steps, **flags)
 
 
 def state_dict_of(folder):
@@ -111,7 +81,7 @@ def state_dict_of(folder):
 
 
 def assert_checkpoints(output_dir, steps):
-    assert [p.name for p in common.list_checkpoints(output_dir)] == [f"checkpoint-{s}" for s in steps]
+    assert [p.name for p in asuka_training.list_checkpoints(output_dir)] == [f"checkpoint-{s}" for s in steps]
     assert not list(Path(output_dir).glob(".partial-*"))
 
 
@@ -155,7 +125,7 @@ def aligner_run(pipeline_dir, image_dir, object_dir, tmp_path_factory):
             object_mask_dir=object_dir,
         )
     )
-    checkpoints_after_first = [p.name for p in common.list_checkpoints(output_dir)]
+    checkpoints_after_first = [p.name for p in asuka_training.list_checkpoints(output_dir)]
     final_after_first = state_dict_of(output_dir)
     resumed = train_aligner.main(
         base_args(pipeline_dir, image_dir, output_dir, steps=4, resume_from_checkpoint="latest", validation_steps=0)
@@ -331,29 +301,24 @@ def test_decoder_x0_estimate_is_noisy_for_a_real_unet(pipeline_dir):
     assert not torch.allclose(out, latents)
 
 
+def test_patch_discriminator_keeps_its_checkpoint_layout():
+    """Moved from train_decoder.py to asuka.models: checkpoint-N/discriminator/ folders of older runs still load."""
+    from asuka.models import PatchDiscriminator
+
+    convs, norms = [0, 2, 5, 8, 11], [3, 6, 9]
+    expected = sorted(f"layers.{i}.{p}" for i in convs + norms for p in ("weight", "bias"))
+    discriminator = PatchDiscriminator()
+    assert sorted(discriminator.state_dict()) == expected
+    config = discriminator.config
+    assert (config.in_channels, config.base_channels, config.num_layers) == (3, 64, 3)
+    assert discriminator(torch.zeros(1, 3, 32, 32)).shape == (1, 1, 2, 2)
+
+
 @pytest.fixture(scope="module")
 def decoder_push_run(pipeline_dir, image_dir, tmp_path_factory):
     """Decoder training with a discriminator, a full pipeline folder and --push_to_hub intercepted at HfApi."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.utils import filter_repo_objects
-
-    uploads, repos = tmp_path_factory.mktemp("uploaded"), []
-
-    def fake_create_repo(self, repo_id, **kwargs):
-        repos.append((repo_id, kwargs))
-        return type("RepoUrl", (), {"repo_id": repo_id})()
-
-    def fake_upload_folder(self, *, repo_id, folder_path, ignore_patterns=None, **kwargs):
-        files = [p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*") if p.is_file()]
-        for relative in filter_repo_objects(files, ignore_patterns=ignore_patterns):
-            target = uploads / repo_id / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(Path(folder_path) / relative, target)
-        return f"https://huggingface.co/{repo_id}/commit/fake"
-
-    patch = pytest.MonkeyPatch()
-    patch.setattr(HfApi, "create_repo", fake_create_repo)
-    patch.setattr(HfApi, "upload_folder", fake_upload_folder)
+    uploads, patch = tmp_path_factory.mktemp("uploaded"), pytest.MonkeyPatch()
+    repos = intercept_hub(patch, uploads)
     output_dir = tmp_path_factory.mktemp("decoder_run")
     try:
         result = train_decoder.main(
@@ -440,7 +405,7 @@ def test_hf_dataset_and_streaming_skip_and_count_bad_images(tmp_path):
     data_dir.mkdir()
     data.to_parquet(str(data_dir / "train.parquet"))
 
-    parser = common.build_parser("test")
+    parser = asuka_training.build_parser("test")
     for streaming in (False, True):
         argv = [
             "--pretrained_model_name_or_path",
@@ -454,21 +419,59 @@ def test_hf_dataset_and_streaming_skip_and_count_bad_images(tmp_path):
             "--seed",
             "0",
         ] + (["--streaming"] if streaming else [])
-        dataset = common.build_dataset(common.parse_args(parser, argv))
+        dataset = asuka_training.build_dataset(asuka_training.parse_args(parser, argv))
         samples = list(dataset) if streaming else [dataset[i] for i in range(len(dataset))]
         assert sum(int(s["num_bad_images"]) for s in samples) == 1
         assert all(s["pixel_values"].shape == (3, 16, 16) and s["mask"].shape == (1, 16, 16) for s in samples)
         assert len(samples) == (2 if streaming else 3)  # map-style replaces the bad row by the next one
 
 
+def test_training_pixels_come_from_asuka_imageio(tmp_path):
+    """A file gives training the pixels the app gets (asuka.imageio), normalised to [0, 1] as always."""
+    from asuka.imageio import load_image
+
+    rng = np.random.default_rng(1)
+    rgb = (rng.random((20, 28, 3)) * 255).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    tensor = asuka_training.load_training_image(tmp_path / "rgb.png", 16)
+    # 8-bit RGB: short side bicubic-resized to 16 (28x20 -> 22x16), centre crop, / 255 -- unchanged normalisation
+    resized = np.asarray(Image.fromarray(rgb).resize((22, 16), Image.BICUBIC), dtype=np.float32)[:, 3:19] / 255.0
+    assert torch.equal(tensor, torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1))
+
+    grey16 = (rng.random((20, 28)) * 65535).astype(np.uint16)
+    Image.fromarray(grey16).save(tmp_path / "grey16.png")
+    rotated = Image.fromarray(rgb)
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    rotated.save(tmp_path / "rotated.jpg", exif=exif)
+    for name in ("grey16.png", "rotated.jpg"):
+        expected = asuka_training.ImageTransform(16)(load_image(tmp_path / name), np.random.default_rng(0))
+        assert torch.equal(asuka_training.load_training_image(tmp_path / name, 16), expected)
+    # 16-bit values are scaled, not clipped to white; the EXIF rotation is applied
+    assert asuka_training.load_training_image(tmp_path / "grey16.png", 16).mean() < 0.75
+    upright = asuka_training.ImageTransform(16)(Image.open(tmp_path / "rotated.jpg").convert("RGB"), None)
+    assert not torch.equal(asuka_training.load_training_image(tmp_path / "rotated.jpg", 16), upright)
+
+    # the folder listing is asuka.imageio's: GIF included, hidden files and other extensions ignored
+    Image.fromarray(rgb).save(tmp_path / "anim.gif")
+    Image.fromarray(rgb).save(tmp_path / ".hidden.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    parser = asuka_training.build_parser("test")
+    argv = ["--pretrained_model_name_or_path", "x", "--train_data_dir", str(tmp_path), "--resolution", "16"]
+    dataset = asuka_training.build_dataset(asuka_training.parse_args(parser, argv))
+    assert sorted(p.name for p in dataset.paths) == ["anim.gif", "grey16.png", "rgb.png", "rotated.jpg"]
+
+
 def test_bad_flags_raise_value_errors(image_dir, tmp_path):
-    parser = common.build_parser("test")
+    parser = asuka_training.build_parser("test")
     with pytest.raises(ValueError, match="exactly one data source"):
-        common.parse_args(parser, ["--pretrained_model_name_or_path", "x"])
+        asuka_training.parse_args(parser, ["--pretrained_model_name_or_path", "x"])
     with pytest.raises(ValueError, match="is not a folder"):
-        common.parse_args(parser, ["--pretrained_model_name_or_path", "x", "--train_data_dir", str(tmp_path / "nope")])
+        asuka_training.parse_args(
+            parser, ["--pretrained_model_name_or_path", "x", "--train_data_dir", str(tmp_path / "nope")]
+        )
     with pytest.raises(ValueError, match="hole_min"):
-        common.parse_args(
+        asuka_training.parse_args(
             parser,
             [
                 "--pretrained_model_name_or_path",
@@ -481,7 +484,7 @@ def test_bad_flags_raise_value_errors(image_dir, tmp_path):
                 "0.1",
             ],
         )
-    args = common.parse_args(
+    args = asuka_training.parse_args(
         parser,
         [
             "--pretrained_model_name_or_path",
@@ -495,7 +498,7 @@ def test_bad_flags_raise_value_errors(image_dir, tmp_path):
         ],
     )
     with pytest.raises(ValueError, match="checkpoint-N"):
-        common.resolve_resume_path(args)
+        asuka_training.resolve_resume_path(args)
 
 
 # --------------------------------------------------------------------------- processes
@@ -559,14 +562,14 @@ def test_sigkill_after_first_checkpoint_then_resume(pipeline_dir, image_dir, tmp
         text=True,
     )
     deadline = time.time() + 300
-    while not common.list_checkpoints(output_dir):
+    while not asuka_training.list_checkpoints(output_dir):
         assert process.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     _, stderr = process.communicate()
     assert process.returncode == -signal.SIGKILL
     reached = max([int(s) for s in re.findall(rf"(\d+)/{max_steps} \[", stderr)] or [0])
-    latest = int(common.list_checkpoints(output_dir)[-1].name.split("-")[1])
+    latest = int(asuka_training.list_checkpoints(output_dir)[-1].name.split("-")[1])
     assert latest < max_steps, "killed too late to test resuming"
     assert not (output_dir / "config.json").exists()  # no final folder: it really died mid-run
 

@@ -1,9 +1,9 @@
-"""The FLUX entries of the method registry, in tiny (offline) mode."""
+"""The FLUX methods (asuka.methods.flux), in tiny (offline) mode."""
 
 import numpy as np
 import PIL.Image
 
-from asuka.registry import InpaintRequest, get_method, load_pipeline, run_method
+from asuka.methods import InpaintRequest, get_method, load_pipeline, run_method
 
 
 def request() -> InpaintRequest:

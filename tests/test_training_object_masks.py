@@ -1,17 +1,17 @@
 """training/prepare_object_masks.py: COCO instance annotations -> binary object-mask PNGs."""
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from training_support import put_training_on_path
 
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+put_training_on_path()
+
+import prepare_object_masks  # noqa: E402
 
 from asuka.masks import MaskGenerator, mask_ratio  # noqa: E402
-from training import prepare_object_masks  # noqa: E402
 
 
 def test_extracts_polygons_and_rle_skips_crowds_and_tiny_objects(tmp_path):

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from app_launcher import ROOT, quiet_env
 from PIL import Image
 
-from asuka.cli import main, plan_jobs
+from asuka.cli import choose_method, main, plan_jobs
 
 
 def _snapshot(folder: Path) -> dict:
@@ -114,3 +115,23 @@ def test_masks_beside_images_and_single_mask_for_all(tmp_path):
     ]
     shared = tmp_path / "a_mask.png"
     assert all(j.mask == shared for j in plan_jobs(tmp_path, shared, tmp_path / "out"))
+
+
+def test_without_method_or_gpu_exits_2_with_guidance(folders, tmp_path, monkeypatch, capsys):
+    images, masks, _, _ = folders
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = ["inpaint", "--image", str(images / "good.png"), "--mask", str(masks), "--output", str(tmp_path / "out")]
+    assert main(args) == 2
+    stderr = capsys.readouterr().err
+    assert "No CUDA GPU" in stderr and "--tiny" in stderr
+    for name in ("asuka-sd", "sd", "asuka-flux", "flux-fill", "strdiffusion"):
+        assert f"  {name} " in stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_default_method_follows_the_machine(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert choose_method(None, tiny=False) == "asuka-flux" and choose_method(None, tiny=True) == "asuka-flux"
+    assert choose_method("sd", tiny=False) == "sd"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert choose_method(None, tiny=False) is None and choose_method(None, tiny=True) == "asuka-sd"

@@ -1,0 +1,84 @@
+"""Writing a converted folder: safetensors components, written atomically, never over an existing folder unless
+asked; and uploading it to the Hub.
+
+The folder is written to a temporary sibling and renamed into place at the end, so a half-written output never
+looks like a converted folder.
+"""
+
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def check_output_folder(out: str | os.PathLike, overwrite: bool) -> None:
+    """Refuse an existing, non-empty `out` unless `overwrite` (checked before any heavy work)."""
+    out = Path(out)
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not overwrite:
+        raise ValueError(f"--out {out} already exists and is not empty; choose another folder or pass --overwrite.")
+
+
+def _unshare(model: torch.nn.Module) -> None:
+    """Give every parameter its own contiguous storage (safetensors refuses shared or strided views)."""
+    seen: set[int] = set()
+    for module in model.modules():
+        for store in (module._parameters, module._buffers):
+            for key, tensor in store.items():
+                if tensor is None:
+                    continue
+                pointer = tensor.untyped_storage().data_ptr()
+                if pointer in seen or not tensor.is_contiguous():
+                    data = tensor.detach().clone(memory_format=torch.contiguous_format)
+                    store[key] = torch.nn.Parameter(data, requires_grad=False) if key in module._parameters else data
+                seen.add(store[key].untyped_storage().data_ptr())
+
+
+def write_folder(
+    out: str | os.PathLike, components: Mapping[str, Any], files: Mapping[str, str], overwrite: bool = False
+) -> Path:
+    """Save each component (a diffusers model or scheduler) with `save_pretrained` into `out/<name>/` (models as
+    safetensors) and each text file of `files` into `out`, atomically. Returns `out`."""
+    out = Path(out)
+    check_output_folder(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.incomplete-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir()
+        for name, component in components.items():
+            if isinstance(component, torch.nn.Module):
+                _unshare(component)
+                component.save_pretrained(tmp / name, safe_serialization=True)
+            else:
+                component.save_pretrained(tmp / name)
+        for name, text in files.items():
+            (tmp / name).write_text(text)
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def push_folder(
+    folder: str | os.PathLike,
+    repo_id: str,
+    token: str | None = None,
+    private: bool = False,
+    commit_message: str = "Add converted weights",
+) -> None:
+    """Create `repo_id` (a model repo) if needed and upload the converted folder to it."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, exist_ok=True, private=private)
+    api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message)

@@ -1,0 +1,162 @@
+"""FLUX.1-Fill methods: "asuka-flux" (AsukaFluxPipeline) and "flux-fill" (the plain backbone, the release's baseline).
+
+`asuka-flux` accepts as `model`: a folder saved with `AsukaFluxPipeline.save_pretrained`; a folder or Hub repo of
+converted ASUKA components (`python -m asuka.convert asuka-flux`); or the authors' release
+(`yikaiwang/ASUKA-FLUX.1-Fill`, the default, or a local copy), which is converted once into the asuka cache. The
+FLUX backbone comes from `ASUKA_FLUX_BASE` (default `black-forest-labs/FLUX.1-Fill-dev`, gated: accept its licence
+and log in).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from asuka.defaults import ASUKA_FLUX_RELEASE_REPO, FLUX_FILL_REPO
+from asuka.methods.baseline import run_baseline
+from asuka.methods.registry import (
+    InpaintRequest,
+    InpaintResult,
+    MethodSpec,
+    ProgressCallback,
+    ready_pipeline,
+    register_method,
+    seeded_generator,
+    step_callback,
+)
+
+
+#: FLUX.1-Fill's default guidance (the ASUKA release uses it too).
+FLUX_GUIDANCE = 30.0
+FLUX_REQUIREMENTS = "~35 GB of downloads; a CUDA GPU with >= 24 GB in bfloat16 (or CPU offload)"
+
+
+def asuka_cache_dir() -> Path:
+    """Where converted checkpoints are kept: ``$ASUKA_CACHE``, else ``$HF_HOME/asuka``."""
+    from huggingface_hub.constants import HF_HOME
+
+    return Path(os.environ.get("ASUKA_CACHE", Path(HF_HOME) / "asuka"))
+
+
+def converted_release(model: str) -> Path:
+    """The authors' release at `model` (Hub repo or folder) converted into the cache, once."""
+    from asuka.convert.asuka_flux import convert_asuka_flux
+
+    out = asuka_cache_dir() / f"asuka-flux-{hashlib.sha256(str(model).encode()).hexdigest()[:12]}"
+    if not (out / "decoder" / "config.json").is_file():
+        convert_asuka_flux(model, out, overwrite=True)
+    return out
+
+
+def is_release(model: str) -> bool:
+    """Whether `model` is the authors' release (its Hub id, or a folder holding its `mae_300.pth`)."""
+    return model == ASUKA_FLUX_RELEASE_REPO or (Path(model) / "mae_300.pth").is_file()
+
+
+def load_asuka_flux(model: str, device: str, dtype: torch.dtype) -> Any:
+    from asuka import AsukaFluxPipeline
+
+    if (Path(model) / "model_index.json").is_file():
+        pipeline = AsukaFluxPipeline.from_pretrained(model, torch_dtype=dtype)
+    else:
+        asuka = converted_release(model) if is_release(model) else model
+        base = os.environ.get("ASUKA_FLUX_BASE", FLUX_FILL_REPO)
+        pipeline = AsukaFluxPipeline.from_pretrained(base, asuka=asuka, torch_dtype=dtype)
+    return ready_pipeline(pipeline, device)
+
+
+def run_asuka_flux(pipeline: Any, request: InpaintRequest, progress: ProgressCallback | None) -> InpaintResult:
+    output = pipeline(
+        image=request.image,
+        mask_image=request.mask,
+        num_inference_steps=request.steps,
+        guidance_scale=request.guidance_scale if request.guidance_scale is not None else FLUX_GUIDANCE,
+        generator=seeded_generator(request.seed),
+        condition_weight=request.condition_weight,
+        keep_unmasked=request.keep_unmasked,
+        callback_on_step_end=step_callback(progress, request.steps),
+    )
+    reconstruction = pipeline.mae_reconstruction(request.image, request.mask)[0]
+    return InpaintResult(image=output.images[0], reconstruction=reconstruction)
+
+
+def load_flux_fill(model: str, device: str, dtype: torch.dtype) -> Any:
+    from diffusers import FluxFillPipeline
+
+    return ready_pipeline(FluxFillPipeline.from_pretrained(model, torch_dtype=dtype), device)
+
+
+def run_flux_fill(pipeline: Any, request: InpaintRequest, progress: ProgressCallback | None) -> InpaintResult:
+    """The plain FLUX.1-Fill backbone with an empty prompt, on AsukaFluxPipeline's working region.
+
+    The working resolution is the backbone's default size (1024 for FLUX.1-Fill, as AsukaFluxPipeline's
+    ``working_resolution``).
+    """
+    if pipeline.text_encoder is None:  # the tiny backbone has no text encoders: an all-zero "empty prompt"
+        transformer = pipeline.transformer.config
+        prompt = dict(
+            prompt_embeds=torch.zeros(1, 1, transformer.joint_attention_dim),
+            pooled_prompt_embeds=torch.zeros(1, transformer.pooled_projection_dim),
+        )
+    else:
+        prompt = dict(prompt="")
+
+    def generate(image, mask, width, height):
+        return pipeline(
+            **prompt,
+            image=image,
+            mask_image=mask,
+            height=height,
+            width=width,
+            num_inference_steps=request.steps,
+            guidance_scale=request.guidance_scale if request.guidance_scale is not None else FLUX_GUIDANCE,
+            generator=seeded_generator(request.seed),
+            output_type="pt",
+            callback_on_step_end=step_callback(progress, request.steps),
+        ).images
+
+    working_resolution = pipeline.default_sample_size * pipeline.vae_scale_factor
+    return run_baseline(generate, request, working_resolution, pipeline.vae_scale_factor * 2)
+
+
+register_method(
+    MethodSpec(
+        name="asuka-flux",
+        label="ASUKA-FLUX",
+        default_model=ASUKA_FLUX_RELEASE_REPO,
+        load=load_asuka_flux,
+        run=run_asuka_flux,
+        tiny_kind="flux",
+        uses_guidance=True,
+        uses_condition_weight=True,
+        default_steps=50,
+        default_guidance=FLUX_GUIDANCE,
+        backbone="flux-fill",
+        description="ASUKA on FLUX.1-Fill-dev (the authors' release): MAE prior instead of T5/CLIP, "
+        "mask-conditioned decoder.",
+        needs_gpu=True,
+        gated_repo=FLUX_FILL_REPO,
+        requirements=FLUX_REQUIREMENTS,
+    )
+)
+register_method(
+    MethodSpec(
+        name="flux-fill",
+        label="FLUX.1-Fill (backbone)",
+        default_model=FLUX_FILL_REPO,
+        load=load_flux_fill,
+        run=run_flux_fill,
+        tiny_kind="flux-backbone",
+        uses_guidance=True,
+        default_steps=50,
+        default_guidance=FLUX_GUIDANCE,
+        description="The frozen FLUX.1-Fill-dev backbone alone, with an empty prompt.",
+        needs_gpu=True,
+        gated_repo=FLUX_FILL_REPO,
+        requirements=FLUX_REQUIREMENTS,
+    )
+)

@@ -1,0 +1,122 @@
+"""The rooms of docs/architecture.md, checked from the source: imports point down only, and no module imports another
+module's private (`_x`) name."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: room -> rooms it must never import (see docs/architecture.md).
+FORBIDDEN = {
+    "models": {"pipelines", "methods", "cli", "app", "evaluation", "convert", "training"},
+    "schedulers": {"pipelines", "methods", "cli", "app", "evaluation", "convert", "training"},
+    "pipelines": {"methods", "cli", "app", "evaluation", "convert", "training"},
+    "methods": {"cli", "app", "evaluation", "training"},
+    "convert": {"pipelines", "methods", "cli", "app", "evaluation", "training"},
+    # training assembles and saves complete pipelines (--save_pipeline, the Hub push), so it may use pipelines.
+    "training": {"methods", "cli", "app", "evaluation"},
+    "imageio": {"models", "schedulers", "pipelines", "methods", "cli", "app", "evaluation", "convert", "training"},
+    "defaults": {"models", "schedulers", "pipelines", "methods", "cli", "app", "evaluation", "convert", "training"},
+}
+
+
+def room_of_module(module: str) -> str | None:
+    """`asuka.pipelines.x` -> "pipelines", `asuka.cli` -> "cli", `app` -> "app", `training.x` -> "training"."""
+    parts = module.split(".")
+    if parts[0] in ("app", "training"):
+        return parts[0]
+    if parts[0] != "asuka" or len(parts) < 2:
+        return None
+    return parts[1]
+
+
+def module_name(path: Path, root: Path) -> str:
+    relative = path.relative_to(root).with_suffix("")
+    parts = list(relative.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def resolve(module: str, node: ast.ImportFrom, is_package: bool) -> str:
+    """The absolute module an `ImportFrom` names (relative imports resolved against `module`)."""
+    if node.level == 0:
+        return node.module or ""
+    base = module.split(".") if is_package else module.split(".")[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def violations(root: Path, files: list[Path]) -> list[str]:
+    """Every import that breaks the layering or reaches into another module's private names."""
+    found = []
+    for path in files:
+        module = module_name(path, root)
+        room = room_of_module(module)
+        tree = ast.parse(path.read_text(), filename=str(path))
+        imported_modules = {}  # local alias -> absolute module, for `alias._private` attribute access
+        for node in ast.walk(tree):
+            targets = []
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    targets.append(alias.name)
+                    imported_modules[(alias.asname or alias.name).split(".")[0]] = alias.name
+            elif isinstance(node, ast.ImportFrom):
+                source = resolve(module, node, path.name == "__init__.py")
+                targets.append(source)
+                for alias in node.names:
+                    if alias.name.startswith("_") and not alias.name.startswith("__") and source != module:
+                        found.append(f"{path.relative_to(root)}: imports private name {alias.name} from {source}")
+                    imported_modules[alias.asname or alias.name] = f"{source}.{alias.name}"
+            for target in targets:
+                target_room = room_of_module(target)
+                if room and target_room in FORBIDDEN.get(room, ()):
+                    found.append(f"{path.relative_to(root)}: room {room} imports {target} (room {target_room})")
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+                and room_of_module(imported_modules.get(node.value.id, "")) is not None
+            ):
+                found.append(f"{path.relative_to(root)}: uses private {node.value.id}.{node.attr}")
+    return found
+
+
+def project_files() -> list[Path]:
+    return sorted([*(ROOT / "asuka").rglob("*.py"), *(ROOT / "training").rglob("*.py"), ROOT / "app.py"])
+
+
+def test_project_layering_holds():
+    problems = violations(ROOT, project_files())
+    assert not problems, "Layering broken (see docs/architecture.md):\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize(
+    ("path", "source", "expected"),
+    [
+        ("asuka/models/bad.py", "from asuka.pipelines import AsukaPipeline\n", "room models imports asuka.pipelines"),
+        ("asuka/schedulers/bad.py", "import asuka.methods\n", "room schedulers imports asuka.methods"),
+        ("asuka/pipelines/bad.py", "from ..methods import get_method\n", "room pipelines imports asuka.methods"),
+        ("asuka/pipelines/bad.py", "from asuka.cli import main\n", "room pipelines imports asuka.cli"),
+        ("asuka/methods/bad.py", "from asuka.pipelines.x import _helper\n", "private name _helper"),
+        ("asuka/methods/bad.py", "from asuka import imageio\nimageio._open(1)\n", "uses private imageio._open"),
+    ],
+)
+def test_checker_catches_each_kind_of_violation(tmp_path, path, source, expected):
+    file = tmp_path / path
+    file.parent.mkdir(parents=True)
+    file.write_text(source)
+    problems = violations(tmp_path, [file])
+    assert any(expected in problem for problem in problems), problems
+
+
+def test_checker_accepts_downward_and_own_private_imports(tmp_path):
+    file = tmp_path / "asuka" / "pipelines" / "ok.py"
+    file.parent.mkdir(parents=True)
+    file.write_text("from asuka.models import AsukaMAE\nfrom .steps import plan\n_x = 1\nprint(_x)\n")
+    assert violations(tmp_path, [file]) == []

@@ -1,0 +1,124 @@
+"""The Hub export bundles a pipeline's package imports (transitively) so the folder loads as diffusers remote code,
+from a local folder and from a Hub repo, without the package installed."""
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from asuka.pipelines.hub_export import bundle_module
+from asuka.testing import make_tiny_pipeline
+
+
+# Loads `module_file` of `folder` with diffusers' remote-code loader, as a local folder and as a Hub repo (downloads
+# served from the folder), with `blocked` unimportable. Prints the class's `answer` (or name) both times.
+LOADER = textwrap.dedent(
+    """
+    import os, sys, types
+    folder, module_file, class_name, blocked = sys.argv[1:5]
+    sys.modules[blocked] = None  # the package itself cannot be imported
+    import diffusers.utils.dynamic_modules_utils as dynamic
+
+    def download(repo_id, filename, subfolder=None, **kwargs):
+        return os.path.join(folder, subfolder or "", filename)
+
+    local = dynamic.get_class_from_dynamic_module(folder, module_file, class_name=class_name, trust_remote_code=True)
+    dynamic.hf_hub_download = download
+    dynamic.model_info = lambda *args, **kwargs: types.SimpleNamespace(sha="0" * 40)
+    hub = dynamic.get_class_from_dynamic_module(
+        "someone/repo", module_file, class_name=class_name, trust_remote_code=True
+    )
+    print(*(getattr(cls, "answer", cls.__name__) for cls in (local, hub)))
+    """
+)
+
+
+def load_both_ways(folder, module_file: str, class_name: str, blocked: str, tmp_path) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    result = subprocess.run(
+        [sys.executable, "-c", LOADER, str(folder), module_file, class_name, blocked],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.strip()
+
+
+def write_package(tmp_path, monkeypatch, files: dict[str, str]) -> str:
+    """Write `files` (paths and text with `toypkg` for the package) as an importable package of a name unique to
+    this test (imported packages stay in `sys.modules`); returns that name."""
+    package = "toypkg_" + re.sub(r"\W", "_", tmp_path.name)
+    for name, text in files.items():
+        path = tmp_path / "src" / name.replace("toypkg", package)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).replace("toypkg", package))
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    return package
+
+
+def test_bundles_relative_and_absolute_package_imports_transitively(tmp_path, monkeypatch):
+    package = write_package(
+        tmp_path,
+        monkeypatch,
+        {
+            "toypkg/__init__.py": "",
+            "toypkg/util.py": "BASE = 40\n",
+            "toypkg/pipes/__init__.py": "",
+            "toypkg/pipes/steps.py": "from ..util import BASE\n\nSTEP = BASE + 1\n",
+            "toypkg/pipes/extra.py": "from toypkg.pipes.steps import STEP\n\nEXTRA = STEP + 1\n",
+            "toypkg/pipes/pipe.py": """\
+                import math
+
+                from .extra import EXTRA
+
+
+                class Pipe:
+                    answer = math.floor(EXTRA)
+                """,
+        },
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    assert bundle_module(f"{package}.pipes.pipe", out) == "pipe"
+    assert sorted(p.name for p in out.iterdir()) == ["extra.py", "pipe.py", "steps.py", "util.py"]
+    assert "from .util import BASE" in (out / "steps.py").read_text()
+    assert "from .steps import STEP" in (out / "extra.py").read_text()
+    assert load_both_ways(out, "pipe.py", "Pipe", package, tmp_path) == "42 42"
+
+
+@pytest.mark.parametrize("line", ["from . import util", "from .. import util", "from toypkg.pipes import steps"])
+def test_package_imports_are_refused_with_a_clear_error(tmp_path, monkeypatch, line):
+    package = write_package(
+        tmp_path,
+        monkeypatch,
+        {
+            "toypkg/__init__.py": "",
+            "toypkg/util.py": "",
+            "toypkg/pipes/__init__.py": "",
+            "toypkg/pipes/steps.py": "",
+            "toypkg/pipes/pipe.py": f"{line}\n",
+        },
+    )
+    with pytest.raises(ValueError, match="bundles modules only"):
+        bundle_module(f"{package}.pipes.pipe", tmp_path)
+
+
+def test_asuka_pipeline_export_is_self_contained(tmp_path):
+    folder = tmp_path / "hub"
+    make_tiny_pipeline("sd").save_pretrained(folder, hub_format=True)
+    bundled = {"pipeline_asuka.py", "inpaint_steps.py", "imageio.py", "hub_export.py"}
+    assert bundled <= {p.name for p in folder.iterdir()}
+    for name in bundled:
+        for line in (folder / name).read_text().splitlines():
+            if line.startswith(("import ", "from ")):
+                module = line.split()[1]
+                assert module.split(".")[0] != "asuka" and not module.startswith(".."), f"{name}: {line}"
+    loaded = load_both_ways(folder, "pipeline_asuka.py", "AsukaPipeline", "asuka", tmp_path)
+    assert loaded.split() == ["AsukaPipeline"] * 2

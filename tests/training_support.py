@@ -1,0 +1,84 @@
+"""Helpers shared by the training tests: the scripts on sys.path, one flag builder, an offline env, a fake Hub."""
+
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def put_training_on_path() -> None:
+    """asuka from this checkout, and training/ first on sys.path, as `accelerate launch training/train_x.py`
+    sees it: the scripts import `asuka_training` from their own folder."""
+    for folder in (ROOT, ROOT / "training"):
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
+
+
+def training_argv(pipeline_dir, image_dir, output_dir, steps, **flags) -> list[str]:
+    """argv of a tiny, seeded training run (checkpoint every step, two kept); `flags` override or add flags,
+    `True` stands for a bare switch."""
+    defaults = {
+        "pretrained_model_name_or_path": pipeline_dir,
+        "train_data_dir": image_dir,
+        "output_dir": output_dir,
+        "max_train_steps": steps,
+        "train_batch_size": 2,
+        "checkpointing_steps": 1,
+        "checkpoints_total_limit": 2,
+        "seed": 0,
+        "report_to": "none",
+    }
+    argv = []
+    for key, value in {**defaults, **flags}.items():
+        argv += [f"--{key}"] + ([] if value is True else [str(value)])
+    return argv
+
+
+def tiny_pipeline_dir(tmp_path_factory, kind: str) -> Path:
+    """A tiny random pipeline of `kind` (asuka.testing), saved once per test module."""
+    from asuka.testing import make_tiny_pipeline
+
+    folder = tmp_path_factory.mktemp(f"tiny_{kind}")
+    make_tiny_pipeline(kind, seed=0).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module", autouse=True)
+def offline(tmp_path_factory) -> Iterator[None]:
+    """No network, and no user accelerate config or Hub cache leaking into the runs (import it to use it)."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("HF_HUB_OFFLINE", "1")
+    patch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf_home")))
+    patch.setenv("OMP_NUM_THREADS", "1")
+    yield
+    patch.undo()
+
+
+def intercept_hub(patch: pytest.MonkeyPatch, uploads: Path) -> list[tuple[str, dict]]:
+    """Replace `HfApi.create_repo`/`upload_folder`: files land in `uploads/<repo_id>/`, honouring the
+    ignore patterns like the real upload. Returns the (repo_id, kwargs) of every created repo."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import filter_repo_objects
+
+    repos = []
+
+    def fake_create_repo(self, repo_id, **kwargs):
+        repos.append((repo_id, kwargs))
+        return type("RepoUrl", (), {"repo_id": repo_id})()
+
+    def fake_upload_folder(self, *, repo_id, folder_path, ignore_patterns=None, **kwargs):
+        files = [p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*") if p.is_file()]
+        for relative in filter_repo_objects(files, ignore_patterns=ignore_patterns):
+            target = uploads / repo_id / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(folder_path) / relative, target)
+        return f"https://huggingface.co/{repo_id}/commit/fake"
+
+    patch.setattr(HfApi, "create_repo", fake_create_repo)
+    patch.setattr(HfApi, "upload_folder", fake_upload_folder)
+    return repos

@@ -1,0 +1,100 @@
+"""Shared machinery of the asuka training scripts (diffusers-example conventions), split by concern.
+
+`args` (flags), `data` (images via `asuka.imageio` + paper masks), `checkpoints` (resumable states in
+diffusers format), `setup` (accelerator, optimizer, `prepare`), `loop` (the loop and the final folder)
+and `hub` (model card and upload). Every script is assembled the same way; nothing here knows a model:
+
+    args = parse_args(parser, argv, resolve=None)   # validated and normalised once; ValueError on bad flags
+    accelerator = setup_accelerator(args)           # Accelerator + ProjectConfiguration + seed
+    weight_dtype = freeze(accelerator, vae, unet)   # load the models; frozen ones: no grad, eval, cast
+    setup = prepare(args, accelerator, {"aligner": model}, tracker_name="train_aligner")
+    result, grid = run_training(setup, train_step, validate)   # checkpoints, logs, grids
+    return finish(setup, result, {"": setup.model}, make_pipeline, title=..., ...)  # final folder, card, push
+
+`train_step(batch, global_step)` computes the loss, calls `setup.step(loss)` and returns scalars
+to log (key "loss" is required); `validate(global_step)` returns rows of PIL images for a grid
+(`inpainting_rows` for a pipeline).
+A batch holds "pixel_values" (B,3,R,R) in [0,1], "mask" (B,1,R,R) with 1 = hole, "num_bad_images".
+"""
+
+from .args import build_parser, parse_args, serialisable_args
+from .checkpoints import (
+    CHECKPOINT_PREFIX,
+    list_checkpoints,
+    load_component,
+    register_diffusers_hooks,
+    resolve_resume_path,
+    resume_if_requested,
+    save_checkpoint,
+    save_diffusers_model,
+    unwrapped_copy,
+)
+from .data import (
+    ImageFolderDataset,
+    ImageTransform,
+    SampleMaker,
+    StreamingImageDataset,
+    build_dataset,
+    collate,
+    load_rgb,
+    load_training_image,
+    make_dataloader,
+    validation_batch,
+)
+from .hub import push_folder_to_hub, write_model_card
+from .loop import TrainingResult, finish, inpainting_rows, log_validation, optimizer_step, run_training, to_pil
+from .setup import (
+    TrainingSetup,
+    freeze,
+    load_scheduler,
+    make_lr_scheduler,
+    make_optimizer,
+    prepare,
+    scaled_learning_rate,
+    setup_accelerator,
+    weight_dtype_for,
+)
+
+
+__all__ = [
+    "CHECKPOINT_PREFIX",
+    "ImageFolderDataset",
+    "ImageTransform",
+    "SampleMaker",
+    "StreamingImageDataset",
+    "TrainingResult",
+    "TrainingSetup",
+    "build_dataset",
+    "build_parser",
+    "collate",
+    "finish",
+    "freeze",
+    "inpainting_rows",
+    "list_checkpoints",
+    "load_component",
+    "load_rgb",
+    "load_scheduler",
+    "load_training_image",
+    "log_validation",
+    "make_dataloader",
+    "make_lr_scheduler",
+    "make_optimizer",
+    "optimizer_step",
+    "parse_args",
+    "prepare",
+    "push_folder_to_hub",
+    "register_diffusers_hooks",
+    "resolve_resume_path",
+    "resume_if_requested",
+    "run_training",
+    "save_checkpoint",
+    "save_diffusers_model",
+    "scaled_learning_rate",
+    "serialisable_args",
+    "setup_accelerator",
+    "to_pil",
+    "unwrapped_copy",
+    "validation_batch",
+    "weight_dtype_for",
+    "write_model_card",
+]

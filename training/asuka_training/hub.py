@@ -1,0 +1,69 @@
+"""The Hub side of a finished run: the model card and the upload (the one place that talks to the Hub)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .checkpoints import CHECKPOINT_PREFIX
+
+
+def write_model_card(
+    folder: str,
+    training_args: dict[str, Any],
+    title: str,
+    description: str,
+    component: str,
+    sample_image: Path | None = None,
+) -> Path:
+    """README.md (Hub model card) with metadata, the training arguments, the base model and a sample grid.
+
+    `training_args` is `serialisable_args(...)`: no secrets.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    folder_path = Path(folder)
+    if sample_image is not None and Path(sample_image).is_file():
+        shutil.copyfile(sample_image, folder_path / "sample_grid.png")
+    image_line = ""
+    if (folder_path / "sample_grid.png").is_file():  # this run's grid, or the one of the run it resumed
+        image_line = "\n## Samples\n\n![samples](./sample_grid.png)\n"
+    base_model = training_args["pretrained_model_name_or_path"]
+    card_data = ModelCardData(
+        license="apache-2.0",
+        library_name="diffusers",
+        base_model=base_model,
+        tags=["asuka", "image-inpainting", "diffusers-training", component],
+        pipeline_tag="image-to-image",
+    )
+    arguments = json.dumps(training_args, indent=2, default=str)
+    content = (
+        f"---\n{card_data.to_yaml()}\n---\n\n# {title}\n\n{description}\n\n"
+        f"Base model: `{base_model}`. Trained with the `asuka` toolkit "
+        f"(`training/`), mask mixture of ASUKA (ECCV 2024) Sec. 3.1.\n{image_line}\n"
+        f"## Training arguments\n\n```json\n{arguments}\n```\n"
+    )
+    card = ModelCard(content)
+    path = folder_path / "README.md"
+    card.save(str(path))
+    (folder_path / "training_args.json").write_text(arguments + "\n", encoding="utf-8")
+    return path
+
+
+def push_folder_to_hub(args: argparse.Namespace, folder: str) -> str:
+    """Create the repo (if needed) and upload `folder` without checkpoints or logs; returns the repo id."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=args.hub_token)
+    repo_id = args.hub_model_id or Path(args.output_dir).resolve().name
+    repo_id = api.create_repo(repo_id=repo_id, exist_ok=True, private=args.hub_private, repo_type="model").repo_id
+    api.upload_folder(
+        repo_id=repo_id,
+        folder_path=folder,
+        commit_message="asuka training: final model",
+        ignore_patterns=[f"{CHECKPOINT_PREFIX}*", ".partial-*", "logs/*", "validation/*"],
+    )
+    return repo_id

@@ -1,0 +1,197 @@
+"""Everything between parsing the flags and the first step: accelerator, optimizer, data, `prepare`, resume."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .args import serialisable_args
+from .checkpoints import register_diffusers_hooks, resume_if_requested
+from .data import build_dataset, make_dataloader, validation_batch
+from .loop import optimizer_step
+
+
+if TYPE_CHECKING:  # accelerate is imported lazily, when a script starts
+    from accelerate import Accelerator
+
+logger = logging.getLogger("asuka.training")
+
+
+def setup_accelerator(args: argparse.Namespace) -> Accelerator:
+    """Accelerator + ProjectConfiguration, logging, seeding and the output folder."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+
+    project_config = ProjectConfiguration(
+        project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, args.logging_dir)
+    )
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=project_config,
+    )
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    logger.info(accelerator.state)
+    if args.seed is not None:
+        set_seed(args.seed, device_specific=True)
+    if args.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+    if accelerator.is_main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
+    return accelerator
+
+
+def weight_dtype_for(accelerator: Accelerator) -> torch.dtype:
+    """dtype for frozen models under the current mixed-precision mode."""
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+
+
+def freeze(accelerator: Accelerator, *models: torch.nn.Module | None) -> torch.dtype:
+    """No gradients, eval mode, and the mixed-precision dtype on the device for frozen models; returns that dtype."""
+    weight_dtype = weight_dtype_for(accelerator)
+    for model in models:
+        if model is not None:
+            model.requires_grad_(False)
+            model.eval()
+            model.to(accelerator.device, dtype=weight_dtype)
+    return weight_dtype
+
+
+def scaled_learning_rate(args: argparse.Namespace, accelerator: Accelerator) -> float:
+    """--learning_rate, times processes x batch size x accumulation with --scale_lr (like the diffusers examples)."""
+    if not args.scale_lr:
+        return args.learning_rate
+    return args.learning_rate * args.gradient_accumulation_steps * args.train_batch_size * accelerator.num_processes
+
+
+def make_optimizer(
+    args: argparse.Namespace, params: Iterable[torch.nn.Parameter], accelerator: Accelerator
+) -> torch.optim.Optimizer:
+    """AdamW from the --adam_* flags at `scaled_learning_rate`."""
+    return torch.optim.AdamW(
+        params,
+        lr=scaled_learning_rate(args, accelerator),
+        betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay,
+        eps=args.adam_epsilon,
+    )
+
+
+def make_lr_scheduler(
+    args: argparse.Namespace, optimizer: torch.optim.Optimizer, accelerator: Accelerator, max_train_steps: int
+) -> Any:
+    """diffusers' `get_scheduler`, with step counts in per-process optimizer steps like the examples."""
+    from diffusers.optimization import get_scheduler
+
+    return get_scheduler(
+        args.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=max_train_steps * accelerator.num_processes,
+    )
+
+
+def load_scheduler(path: str, subfolder: str = "scheduler", revision: str | None = None) -> Any:
+    """The scheduler class named in `<path>/<subfolder>/scheduler_config.json` (any diffusers scheduler)."""
+    import diffusers
+
+    config = diffusers.DDPMScheduler.load_config(path, subfolder=subfolder, revision=revision)
+    cls = getattr(diffusers, config.get("_class_name", "DDPMScheduler"), diffusers.DDPMScheduler)
+    return cls.from_config(config)
+
+
+def updates_per_epoch(args: argparse.Namespace, dataloader: torch.utils.data.DataLoader) -> int | None:
+    """Optimizer steps in one pass over `dataloader`; None for iterable (streaming) data, which has no length."""
+    try:
+        return max(1, math.ceil(len(dataloader) / args.gradient_accumulation_steps))
+    except TypeError:
+        return None
+
+
+@dataclass
+class TrainingSetup:
+    """What `prepare` hands a script: the prepared objects and the step counts resolved from the flags."""
+
+    args: argparse.Namespace
+    accelerator: Accelerator
+    model: torch.nn.Module  # the prepared main trainable, stepped by `optimizer` and `lr_scheduler`
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: Any
+    dataset: torch.utils.data.Dataset
+    dataloader: Any
+    validation: dict[str, torch.Tensor]  # a fixed batch for the validation grids
+    max_train_steps: int
+    steps_per_epoch: int
+    initial_global_step: int
+    extras: dict[str, tuple[torch.nn.Module, torch.optim.Optimizer]] = field(default_factory=dict)
+
+    def step(self, loss: torch.Tensor) -> None:
+        """`optimizer_step` of the main model: backward, clip to --max_grad_norm, optimizer and lr steps."""
+        params = list(self.model.parameters())
+        optimizer_step(self.accelerator, loss, params, self.optimizer, self.lr_scheduler, self.args.max_grad_norm)
+
+    def last_lr(self) -> torch.Tensor:
+        """The main optimizer's current learning rate, for the logs."""
+        return torch.tensor(self.lr_scheduler.get_last_lr()[0])
+
+
+def prepare(
+    args: argparse.Namespace,
+    accelerator: Accelerator,
+    trainables: dict[str, torch.nn.Module],
+    *,
+    tracker_name: str,
+    extra_optimizers: dict[str, torch.optim.Optimizer] | None = None,
+    **dataset_options: Any,
+) -> TrainingSetup:
+    """The setup every script shares, after its models are loaded and frozen.
+
+    `trainables` maps a checkpoint subfolder to an (unprepared) model; the first is the main model,
+    trained by AdamW from the --adam_* flags with the --lr_scheduler schedule. Any other trainable
+    brings its own optimizer in `extra_optimizers` (same key) and is prepared after the main one.
+    Registers the diffusers-format checkpoint hooks, builds the data (`dataset_options` go to
+    `build_dataset`), starts the trackers and resumes from --resume_from_checkpoint.
+    """
+    register_diffusers_hooks(accelerator, trainables)
+    model = next(iter(trainables.values()))
+    optimizer = make_optimizer(args, model.parameters(), accelerator)
+    dataset = build_dataset(args, **dataset_options)
+    dataloader = make_dataloader(args, dataset)
+    # like the diffusers examples: --num_train_epochs counts epochs of the unsharded loader
+    max_train_steps = args.max_train_steps
+    if max_train_steps is None:  # parse_args requires --max_train_steps for streaming data
+        max_train_steps = args.num_train_epochs * updates_per_epoch(args, dataloader)
+    lr_scheduler = make_lr_scheduler(args, optimizer, accelerator, max_train_steps)
+    model, optimizer, dataloader, lr_scheduler = accelerator.prepare(model, optimizer, dataloader, lr_scheduler)
+    extras = {
+        key: tuple(accelerator.prepare(trainables[key], extra_optimizer))
+        for key, extra_optimizer in (extra_optimizers or {}).items()
+    }
+    if accelerator.is_main_process:
+        accelerator.init_trackers(
+            args.tracker_project_name or tracker_name,
+            config={k: str(v) for k, v in serialisable_args(args, max_train_steps=max_train_steps).items()},
+        )
+    initial_global_step = resume_if_requested(args, accelerator)
+    return TrainingSetup(
+        args=args,
+        accelerator=accelerator,
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        dataset=dataset,
+        dataloader=dataloader,
+        validation=validation_batch(dataset, args.num_validation_images),
+        max_train_steps=max_train_steps,
+        steps_per_epoch=updates_per_epoch(args, dataloader) or max_train_steps,  # streaming: the run is one epoch
+        initial_global_step=initial_global_step,
+        extras=extras,
+    )
