@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -79,3 +80,17 @@ def seeded_state_dict(
         else:
             state_dict[key] = _seeded_value(key, t)
     return state_dict
+
+
+STRDIFFUSION_FIXTURES = FIXTURES / "strdiffusion"
+STRDIFFUSION_KEYS = json.loads((STRDIFFUSION_FIXTURES / "checkpoint_keys.json").read_text())
+
+
+def reference_state_dict(name: str, prefix: str = "") -> dict:
+    """Seeded weights of one released file as the goldens used them (texture: stored SVD u/v kept)."""
+    entry = STRDIFFUSION_KEYS[name]
+    weights = seeded_state_dict([(k, s) for k, s, _, _ in entry["keys"]], seed=entry["weight_seed"])
+    if entry["kept_not_random"]:
+        golden = load_file(str(STRDIFFUSION_FIXTURES / "golden_texture_denoiser.safetensors"))
+        weights.update({k: golden[f"keep.{k}"] for k in entry["kept_not_random"]})
+    return {prefix + k: v for k, v in weights.items()}

@@ -15,7 +15,8 @@ FORBIDDEN = {
     "schedulers": {"pipelines", "methods", "cli", "app", "evaluation", "convert", "training"},
     "pipelines": {"methods", "cli", "app", "evaluation", "convert", "training"},
     "methods": {"cli", "app", "evaluation", "training"},
-    "convert": {"pipelines", "methods", "cli", "app", "evaluation", "training"},
+    # the ASUKA-FLUX converter writes a light Hub repo, which carries the pipeline's code, so it may use pipelines.
+    "convert": {"methods", "cli", "app", "evaluation", "training"},
     # training assembles and saves complete pipelines (--save_pipeline, the Hub push), so it may use pipelines.
     "training": {"methods", "cli", "app", "evaluation"},
     "imageio": {"models", "schedulers", "pipelines", "methods", "cli", "app", "evaluation", "convert", "training"},

@@ -1,13 +1,11 @@
 """StrDiffusion networks against the reference goldens, with weights rebuilt by the README's seeded rule
 and loaded through the converter (full-size networks: the golden sizes are fixed by the reference data)."""
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 from safetensors.torch import load_file
-from seeded import seeded_state_dict
+from seeded import STRDIFFUSION_FIXTURES as FIXTURES
+from seeded import reference_state_dict
 
 from asuka.convert.strdiffusion import (
     convert_denoiser,
@@ -15,20 +13,6 @@ from asuka.convert.strdiffusion import (
     load_official_state_dict,
     strip_module_prefix,
 )
-
-
-FIXTURES = Path(__file__).parent / "fixtures" / "strdiffusion"
-KEYS = json.loads((FIXTURES / "checkpoint_keys.json").read_text())
-
-
-def reference_state_dict(name: str, prefix: str = "") -> dict:
-    """Seeded weights of one released file as the goldens used them (texture: stored SVD u/v kept)."""
-    entry = KEYS[name]
-    weights = seeded_state_dict([(k, s) for k, s, _, _ in entry["keys"]], seed=entry["weight_seed"])
-    if entry["kept_not_random"]:
-        golden = load_file(str(FIXTURES / "golden_texture_denoiser.safetensors"))
-        weights.update({k: golden[f"keep.{k}"] for k in entry["kept_not_random"]})
-    return {prefix + k: v for k, v in weights.items()}
 
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:

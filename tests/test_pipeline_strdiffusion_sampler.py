@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from test_strdiffusion_models import reference_state_dict
+from seeded import reference_state_dict
 
 from asuka.convert.strdiffusion import convert_denoiser, convert_discriminator
 from asuka.pipelines.pipeline_strdiffusion import StrDiffusionPipeline, extract_structure

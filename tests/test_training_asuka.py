@@ -316,7 +316,8 @@ def test_patch_discriminator_keeps_its_checkpoint_layout():
 
 @pytest.fixture(scope="module")
 def decoder_push_run(pipeline_dir, image_dir, tmp_path_factory):
-    """Decoder training with a discriminator, a full pipeline folder and --push_to_hub intercepted at HfApi."""
+    """Decoder training with a discriminator, a full pipeline folder and --push_to_hub --push_full_pipeline
+    intercepted at HfApi (the default light push: tests/test_hub_push.py)."""
     uploads, patch = tmp_path_factory.mktemp("uploaded"), pytest.MonkeyPatch()
     repos = intercept_hub(patch, uploads)
     output_dir = tmp_path_factory.mktemp("decoder_run")
@@ -330,6 +331,7 @@ def decoder_push_run(pipeline_dir, image_dir, tmp_path_factory):
                 save_pipeline=True,
                 discriminator_weight=0.1,
                 push_to_hub=True,
+                push_full_pipeline=True,
                 hub_model_id="someone/asuka-decoder-test",
             )
         )
@@ -378,7 +380,8 @@ def test_push_to_hub_uploads_card_and_loadable_weights(decoder_push_run):
     assert not list(uploaded.glob("checkpoint-*"))
     from asuka import AsukaPipeline
 
-    pipe = AsukaPipeline.from_pretrained(uploaded)  # the complete pipeline folder was pushed
+    assert (uploaded / "unet" / "diffusion_pytorch_model.safetensors").is_file()  # the complete pipeline folder
+    pipe = AsukaPipeline.from_pretrained(uploaded)
     assert isinstance(pipe.decoder, AsukaDecoder)
     trained = state_dict_of(output_dir / "pipeline" / "decoder")
     assert all(torch.equal(v, pipe.decoder.state_dict()[k]) for k, v in trained.items())

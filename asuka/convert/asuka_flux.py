@@ -1,6 +1,10 @@
-"""Convert the authors' ASUKA-FLUX release (`yikaiwang/ASUKA-FLUX.1-Fill`) to diffusers component folders.
+"""Convert the authors' ASUKA-FLUX release (`yikaiwang/ASUKA-FLUX.1-Fill`) to a light Hub repo.
 
-`python -m asuka.convert asuka-flux --release DIR_OR_REPO --out DIR [--push-to-hub REPO]`
+`python -m asuka.convert asuka-flux --release DIR_OR_REPO --out DIR [--backbone-revision SHA] [--push-to-hub REPO]`
+
+`--out` is a light repo (`asuka.pipelines.hub_light`, docs/hub.md): the four ASUKA component folders below, the
+pipeline code, and pointers to FLUX.1-Fill-dev's `transformer`, `vae` and `scheduler`, so it loads with
+`DiffusionPipeline.from_pretrained(out, trust_remote_code=True)`; its model card names the release.
 
 Release files and what becomes of them:
 
@@ -41,7 +45,7 @@ from asuka.convert.asuka_flux_keys import (
     convert_decoder_state_dict,
     convert_mae_state_dict,
 )
-from asuka.convert.output import check_output_folder, push_folder, write_folder
+from asuka.convert.output import check_output_folder, push_folder, unshare, write_atomically
 from asuka.convert.safe_loading import load_checkpoint, load_strict, tensor_state_dict
 from asuka.defaults import ASUKA_FLUX_RELEASE_REPO, FLUX_FILL_REPO
 from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE
@@ -162,6 +166,13 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+#: The FLUX.1-Fill-dev components a converted repo points to (its text encoders are never used).
+FLUX_BACKBONE_CLASSES = {
+    "transformer": "FluxTransformer2DModel",
+    "vae": "AutoencoderKL",
+    "scheduler": "FlowMatchEulerDiscreteScheduler",
+}
+
 # The model card's component table, one row a line (kept out of the f-string to keep its lines short).
 _COMPONENT_TABLE = "\n".join(
     (
@@ -177,48 +188,41 @@ _COMPONENT_TABLE = "\n".join(
 )
 
 
-def model_card(source: str, hashes: Mapping[str, str], condition_weight: float) -> str:
-    """README.md of a converted folder: what it is, where it came from, how to use it."""
+def model_card(
+    repo_id: str,
+    source: str,
+    hashes: Mapping[str, str],
+    condition_weight: float,
+    backbone: str = FLUX_FILL_REPO,
+    backbone_revision: str | None = None,
+) -> str:
+    """README.md of a converted light repo: the backbone and its licence, the paper, the release, usage."""
+    from asuka.pipelines.hub_light import light_model_card
+
     files = "\n".join(f"| `{name}` | `{digest}` |" for name, digest in hashes.items())
-    return f"""---
-library_name: diffusers
-base_model: {FLUX_FILL_REPO}
-pipeline_tag: image-to-image
-tags:
-- inpainting
-- asuka
-- flux
-license: other
----
-
-# ASUKA components for FLUX.1-Fill-dev (diffusers format)
-
-The ASUKA modules of the authors' release [`{ASUKA_FLUX_RELEASE_REPO}`](https://huggingface.co/{ASUKA_FLUX_RELEASE_REPO})
-(ECCV 2024, "Towards Stable and Faithful Inpainting"), converted with the `asuka` package
-(`python -m asuka.convert asuka-flux`) into diffusers component folders:
+    provenance = f"""Converted with the `asuka` package (`python -m asuka.convert asuka-flux`) from the authors'
+release [`{ASUKA_FLUX_RELEASE_REPO}`](https://huggingface.co/{ASUKA_FLUX_RELEASE_REPO}) (source: `{source}`):
 
 {_COMPONENT_TABLE}
 
 The aligners interpolate towards the null embeddings with `condition_weight={condition_weight}` by default.
-The FLUX.1-Fill-dev backbone is **not** included: it is gated and under the FLUX.1 [dev] Non-Commercial
-License. Accept that licence on its Hub page, log in (`hf auth login`), then:
-
-```python
-import torch
-from asuka import AsukaFluxPipeline
-
-pipe = AsukaFluxPipeline.from_pretrained(
-    "{FLUX_FILL_REPO}", asuka="<this repo or folder>", torch_dtype=torch.bfloat16
-).to("cuda")
-result = pipe(image=image, mask_image=mask).images[0]  # white mask pixels are repainted
-```
-
-Use of these weights follows the terms of the original release. Source: `{source}`.
+Use of these weights follows the terms of the original release.
 
 | release file | sha256 |
 |---|---|
-{files}
-"""
+{files}"""
+    return light_model_card(
+        repo_id=repo_id,
+        pipeline_class_name="AsukaFluxPipeline",
+        title="ASUKA for FLUX.1-Fill-dev (diffusers, light repo)",
+        description="The authors' ASUKA-FLUX weights: FLUX.1-Fill-dev inpainting conditioned on the visible image "
+        "instead of a text prompt, without hallucinated objects or colour shifts.",
+        backbone_repo=backbone,
+        backbone_revision=backbone_revision,
+        provenance=provenance,
+        torch_dtype="bfloat16",
+        tags=("flux", "inpainting"),
+    )
 
 
 def write_components(
@@ -227,10 +231,30 @@ def write_components(
     card: str,
     metadata: Mapping,
     overwrite: bool = False,
+    backbone: str = FLUX_FILL_REPO,
+    backbone_revision: str | None = None,
 ) -> Path:
-    """Save the ASUKA components (`COMPONENT_FOLDERS`) as safetensors folders under `out`, atomically."""
-    files = {"conversion.json": json.dumps(metadata, indent=2) + "\n", "README.md": card}
-    return write_folder(out, {name: components[name] for name in COMPONENT_FOLDERS}, files, overwrite)
+    """Write the light repo of the ASUKA components (`COMPONENT_FOLDERS`) pointing to `backbone`, atomically."""
+    # The repo carries the pipeline's code, so this converter reaches into the pipelines (only here).
+    from asuka.pipelines.hub_light import write_light_repo
+    from asuka.pipelines.pipeline_asuka_flux import AsukaFluxPipeline
+
+    def write(folder: Path) -> None:
+        parts = {name: components[name] for name in COMPONENT_FOLDERS}
+        for model in parts.values():
+            unshare(model)
+        write_light_repo(
+            folder,
+            AsukaFluxPipeline,
+            parts,
+            FLUX_BACKBONE_CLASSES,
+            backbone,
+            backbone_revision=backbone_revision,
+            model_card=card,
+        )
+        (folder / "conversion.json").write_text(json.dumps(metadata, indent=2) + "\n")
+
+    return write_atomically(out, write, overwrite)
 
 
 def convert_asuka_flux(
@@ -241,9 +265,12 @@ def convert_asuka_flux(
     condition_weight: float = RELEASE_CONDITION_WEIGHT,
     token: str | None = None,
     private: bool = False,
+    backbone: str = FLUX_FILL_REPO,
+    backbone_revision: str | None = None,
 ) -> Path:
-    """Convert an ASUKA-FLUX release (folder or Hub repo) into `out`; optionally upload it.
+    """Convert an ASUKA-FLUX release (folder or Hub repo) into the light repo `out`; optionally upload it.
 
+    `backbone` / `backbone_revision`: the FLUX.1-Fill repo (and the commit to pin) the light repo points to.
     Returns the output folder. Every problem with the release raises `ValueError` naming the file
     (and key); nothing is left at `out` then.
     """
@@ -254,16 +281,18 @@ def convert_asuka_flux(
     metadata = {
         "format": "asuka-flux",
         "source": str(release),
-        "base_model": FLUX_FILL_REPO,
+        "base_model": backbone,
+        "base_model_revision": backbone_revision,
         "condition_weight": condition_weight,
         "release_files_sha256": hashes,
     }
-    out = write_components(
-        components, Path(out), model_card(str(release), hashes, condition_weight), metadata, overwrite
+    card = model_card(
+        push_to_hub or Path(out).name, str(release), hashes, condition_weight, backbone, backbone_revision
     )
+    out = write_components(components, Path(out), card, metadata, overwrite, backbone, backbone_revision)
     if push_to_hub:
         push_folder(
-            out, push_to_hub, token=token, private=private, commit_message="Add converted ASUKA-FLUX components"
+            out, push_to_hub, token=token, private=private, commit_message="Add converted ASUKA-FLUX (light repo)"
         )
     return out
 
@@ -275,7 +304,7 @@ def add_asuka_flux_command(subparsers: argparse._SubParsersAction) -> None:
     """Register `asuka-flux` on the `python -m asuka.convert` sub-command parser."""
     parser = subparsers.add_parser(
         "asuka-flux",
-        help=f"ASUKA for FLUX.1-Fill ({ASUKA_FLUX_RELEASE_REPO}) -> diffusers component folders",
+        help=f"ASUKA for FLUX.1-Fill ({ASUKA_FLUX_RELEASE_REPO}) -> a light diffusers repo",
         description=__doc__.split("\n\n")[0],
     )
     parser.add_argument(
@@ -285,6 +314,12 @@ def add_asuka_flux_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--push-to-hub", default=None, metavar="REPO", help="also upload the folder to this Hub repo")
     parser.add_argument("--private", action="store_true", help="create the --push-to-hub repo as private")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    parser.add_argument(
+        "--backbone",
+        default=FLUX_FILL_REPO,
+        help=f"the FLUX.1-Fill repo the output points to (default {FLUX_FILL_REPO})",
+    )
+    parser.add_argument("--backbone-revision", default=None, help="the backbone commit to pin (recommended)")
     parser.add_argument(
         "--condition-weight",
         type=float,
@@ -302,5 +337,7 @@ def _run_asuka_flux(args: argparse.Namespace) -> None:
         overwrite=args.overwrite,
         condition_weight=args.condition_weight,
         private=args.private,
+        backbone=args.backbone,
+        backbone_revision=args.backbone_revision,
     )
     print(f"Wrote {out}" + (f" and uploaded it to {args.push_to_hub}" if args.push_to_hub else ""))

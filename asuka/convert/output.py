@@ -8,7 +8,7 @@ looks like a converted folder.
 import os
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ def check_output_folder(out: str | os.PathLike, overwrite: bool) -> None:
         raise ValueError(f"--out {out} already exists and is not empty; choose another folder or pass --overwrite.")
 
 
-def _unshare(model: torch.nn.Module) -> None:
+def unshare(model: torch.nn.Module) -> None:
     """Give every parameter its own contiguous storage (safetensors refuses shared or strided views)."""
     seen: set[int] = set()
     for module in model.modules():
@@ -42,20 +42,29 @@ def write_folder(
 ) -> Path:
     """Save each component (a diffusers model or scheduler) with `save_pretrained` into `out/<name>/` (models as
     safetensors) and each text file of `files` into `out`, atomically. Returns `out`."""
+
+    def write(folder: Path) -> None:
+        for name, component in components.items():
+            if isinstance(component, torch.nn.Module):
+                unshare(component)
+                component.save_pretrained(folder / name, safe_serialization=True)
+            else:
+                component.save_pretrained(folder / name)
+        for name, text in files.items():
+            (folder / name).write_text(text)
+
+    return write_atomically(out, write, overwrite)
+
+
+def write_atomically(out: str | os.PathLike, write: Callable[[Path], Any], overwrite: bool = False) -> Path:
+    """Run `write(folder)` on a temporary sibling of `out` and rename it into place when it returns. Returns `out`."""
     out = Path(out)
     check_output_folder(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.incomplete-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir()
-        for name, component in components.items():
-            if isinstance(component, torch.nn.Module):
-                _unshare(component)
-                component.save_pretrained(tmp / name, safe_serialization=True)
-            else:
-                component.save_pretrained(tmp / name)
-        for name, text in files.items():
-            (tmp / name).write_text(text)
+        write(tmp)
         if out.exists():
             old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(out, old)

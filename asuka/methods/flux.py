@@ -1,10 +1,10 @@
 """FLUX.1-Fill methods: "asuka-flux" (AsukaFluxPipeline) and "flux-fill" (the plain backbone, the release's baseline).
 
-`asuka-flux` accepts as `model`: a folder saved with `AsukaFluxPipeline.save_pretrained`; a folder or Hub repo of
-converted ASUKA components (`python -m asuka.convert asuka-flux`); or the authors' release
-(`yikaiwang/ASUKA-FLUX.1-Fill`, the default, or a local copy), which is converted once into the asuka cache. The
-FLUX backbone comes from `ASUKA_FLUX_BASE` (default `black-forest-labs/FLUX.1-Fill-dev`, gated: accept its licence
-and log in).
+`asuka-flux` accepts as `model`: a light repo or folder (docs/hub.md: `python -m asuka.convert asuka-flux` writes
+one), whose backbone comes from the FLUX repo it points to; a folder saved with `AsukaFluxPipeline.save_pretrained`;
+a folder or Hub repo of ASUKA components alone; or the authors' release (`yikaiwang/ASUKA-FLUX.1-Fill`, the
+default, or a local copy), which is converted once into the asuka cache. For the last two the FLUX backbone comes
+from `ASUKA_FLUX_BASE` (default `black-forest-labs/FLUX.1-Fill-dev`, gated: accept its licence and log in).
 """
 
 from __future__ import annotations
@@ -59,8 +59,9 @@ def is_release(model: str) -> bool:
 
 def load_asuka_flux(model: str, device: str, dtype: torch.dtype) -> Any:
     from asuka import AsukaFluxPipeline
+    from asuka.pipelines.hub_light import is_light_repo
 
-    if (Path(model) / "model_index.json").is_file():
+    if not is_release(model) and ((Path(model) / "model_index.json").is_file() or is_light_repo(model)):
         pipeline = AsukaFluxPipeline.from_pretrained(model, torch_dtype=dtype)
     else:
         asuka = converted_release(model) if is_release(model) else model

@@ -21,7 +21,7 @@ from asuka.methods.registry import (
 
 
 def load_asuka_sd(model: str, device: str, dtype: torch.dtype) -> Any:
-    """An AsukaPipeline saved with ``save_pretrained`` (folder or Hub repo)."""
+    """An AsukaPipeline saved with ``save_pretrained``, full or light (folder or Hub repo; docs/hub.md)."""
     from asuka import AsukaPipeline
 
     return ready_pipeline(AsukaPipeline.from_pretrained(model, torch_dtype=dtype), device)

@@ -21,6 +21,7 @@ from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import replace_example_docstring
 
 from .hub_export import write_remote_code
+from .hub_light import HUB_KWARGS, is_light_repo, load_light_pipeline, save_light_pipeline
 from .inpaint_steps import (
     AsukaPipelineOutput,
     ImageInput,
@@ -390,13 +391,44 @@ class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin):
             generated, input_image, hole, region, keep_unmasked, num_images_per_prompt, output_type, return_dict
         )
 
-    def save_pretrained(self, save_directory: str | os.PathLike, hub_format: bool = False, **kwargs):
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> "AsukaPipeline":
+        """`DiffusionPipeline.from_pretrained`, which also reads light repos (see `save_pretrained(light=True)`).
+
+        For a light repo, `torch_dtype`, `variant` and the Hub arguments apply to the backbone too, `revision` is the
+        light repo's, and `backbone_revision=` overrides the backbone revision it pins.
+        """
+        hub_kwargs = {key: kwargs.get(key) for key in (*HUB_KWARGS, "revision")}
+        if is_light_repo(pretrained_model_name_or_path, **hub_kwargs):
+            return load_light_pipeline(cls, pretrained_model_name_or_path, **kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        hub_format: bool = False,
+        light: bool = False,
+        backbone: str | None = None,
+        backbone_revision: str | None = None,
+        backbone_variants: tuple[str, ...] = (),
+        model_card: str | None = None,
+        **kwargs,
+    ):
         """Save every component; with `hub_format=True`, also the code so the folder loads without `asuka`.
 
         A hub-format folder loads with `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`: its
         `model_index.json` names `[file, Class]` for the pipeline and the ASUKA components, and the files sit beside
         the weights.
+
+        With `light=True`, only ASUKA's components (MAE, aligner, decoder) and their code are written, and `vae`,
+        `unet` and `scheduler` become pointers to `backbone` (the SD-1.5-inpainting Hub id) at `backbone_revision`
+        (pin a commit); `backbone_variants` lists the weight variants it offers (e.g. `("fp16",)`). The folder
+        loads with the same `DiffusionPipeline.from_pretrained` call. `model_card` is its README.md (default: a
+        generic card, see `hub_light.light_model_card`).
         """
+        if light:
+            save_light_pipeline(self, save_directory, backbone, backbone_revision, backbone_variants, model_card)
+            return
         super().save_pretrained(save_directory, **kwargs)
         if hub_format:
             write_remote_code(self, save_directory)

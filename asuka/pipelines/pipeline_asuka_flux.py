@@ -37,6 +37,7 @@ from diffusers.utils import replace_example_docstring
 from ..models.aligner import AsukaAligner
 from ..models.decoder import AsukaDecoder
 from ..models.mae import AsukaMAE
+from .hub_light import HUB_KWARGS, is_light_repo, load_light_pipeline, save_light_pipeline
 from .inpaint_steps import (
     AsukaPipelineOutput,
     ImageInput,
@@ -194,17 +195,22 @@ class AsukaFluxPipeline(DiffusionPipeline):
         asuka: str | os.PathLike | None = None,
         **kwargs: Any,
     ) -> AsukaFluxPipeline:
-        """Load a saved `AsukaFluxPipeline`, or assemble one from two sources.
+        """Load a saved `AsukaFluxPipeline` or a light repo, or assemble one from two sources.
 
         With `asuka=None` this is `DiffusionPipeline.from_pretrained` on a folder written by
-        `save_pretrained`. With `asuka=` (a folder or Hub repo written by
-        `python -m asuka.convert asuka-flux`), `vae`, `transformer` and `scheduler` come from
-        `pretrained_model_name_or_path` (e.g. "black-forest-labs/FLUX.1-Fill-dev") and `mae`,
-        `token_aligner`, `pooled_aligner`, `decoder` from `asuka`. Components passed as keyword
+        `save_pretrained`, or reads the light repo written by `save_pretrained(light=True)` and by
+        `python -m asuka.convert asuka-flux` (there `torch_dtype`, `variant` and the Hub arguments
+        apply to the backbone too; `backbone_revision=` overrides the FLUX revision it pins).
+        With `asuka=` (a folder or Hub repo of ASUKA components), `vae`, `transformer` and `scheduler`
+        come from `pretrained_model_name_or_path` (e.g. "black-forest-labs/FLUX.1-Fill-dev") and
+        `mae`, `token_aligner`, `pooled_aligner`, `decoder` from `asuka`. Components passed as keyword
         arguments are used instead of loading them. `torch_dtype`, `cache_dir`, `token`, `revision`,
         `local_files_only` and `variant` apply to the FLUX repo; all but `revision`/`variant` to `asuka`.
         """
         if asuka is None:
+            hub_kwargs = {key: kwargs.get(key) for key in (*HUB_KWARGS, "revision")}
+            if is_light_repo(pretrained_model_name_or_path, **hub_kwargs):
+                return load_light_pipeline(cls, pretrained_model_name_or_path, **kwargs)
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         components = {name: kwargs.pop(name) for name in list(kwargs) if name in cls._init_names()}
         hub_keys = ("cache_dir", "token", "local_files_only", "revision", "variant", "torch_dtype")
@@ -229,6 +235,23 @@ class AsukaFluxPipeline(DiffusionPipeline):
         for name, module in load_asuka_flux_components(asuka, **asuka_kwargs).items():
             components.setdefault(name, module)
         return cls(**components)
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        light: bool = False,
+        backbone: str | None = None,
+        backbone_revision: str | None = None,
+        backbone_variants: tuple[str, ...] = (),
+        model_card: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Save every component; with `light=True`, only the ASUKA components, their code and a pointer to the
+        FLUX.1-Fill `backbone` repo at `backbone_revision` (see `AsukaPipeline.save_pretrained`)."""
+        if light:
+            save_light_pipeline(self, save_directory, backbone, backbone_revision, backbone_variants, model_card)
+        else:
+            super().save_pretrained(save_directory, **kwargs)
 
     @classmethod
     def _init_names(cls) -> set[str]:

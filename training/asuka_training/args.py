@@ -104,6 +104,24 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     add("--hub_model_id", type=str, default=None, help="Repo id to push to (defaults to the output folder name).")
     add("--hub_token", type=str, default=None, help="Hub token (defaults to the stored login).")
     add("--hub_private", action="store_true", help="Create the Hub repo as private.")
+    add(
+        "--push_full_pipeline",
+        action="store_true",
+        help="Push the complete pipeline folder (with another copy of the frozen backbone) instead of the light repo "
+        "of ASUKA's components and a pointer to the backbone (docs/hub.md).",
+    )
+    add(
+        "--hub_backbone_id",
+        type=str,
+        default=None,
+        help="Backbone repo the light repo points to (default: --pretrained_model_name_or_path).",
+    )
+    add(
+        "--hub_backbone_revision",
+        type=str,
+        default=None,
+        help="Backbone commit the light repo pins (default: --revision).",
+    )
     return parser
 
 

@@ -53,6 +53,45 @@ def write_model_card(
     return path
 
 
+def light_repo_for_push(
+    args: argparse.Namespace,
+    pipeline: Any,
+    training_args: dict[str, Any],
+    title: str,
+    description: str,
+    sample_image: Path | None = None,
+) -> str | None:
+    """Write `<output_dir>/light`: the light repo of an ASUKA `pipeline` (its trained components and a pointer to
+    the backbone, docs/hub.md) with its model card; returns the folder, or None for a pipeline without that format
+    (the whole folder is pushed then) or with --push_full_pipeline."""
+    from asuka import AsukaFluxPipeline, AsukaPipeline
+    from asuka.pipelines.hub_light import light_model_card
+
+    if args.push_full_pipeline or not isinstance(pipeline, (AsukaPipeline, AsukaFluxPipeline)):
+        return None
+    folder = Path(args.output_dir) / "light"
+    shutil.rmtree(folder, ignore_errors=True)
+    backbone = args.hub_backbone_id or args.pretrained_model_name_or_path
+    revision = args.hub_backbone_revision or args.revision
+    repo_id = args.hub_model_id or Path(args.output_dir).resolve().name
+    arguments = json.dumps(training_args, indent=2, default=str)
+    provenance = (
+        f"Trained with the `asuka` toolkit (`training/`) from `{args.pretrained_model_name_or_path}`, with the mask "
+        f"mixture of ASUKA Sec. 3.1.\n\n## Training arguments\n\n```json\n{arguments}\n```"
+    )
+    card = light_model_card(repo_id, type(pipeline).__name__, title, description, backbone, revision, provenance)
+    variants = (args.variant,) if args.variant else ()
+    pipeline.save_pretrained(
+        folder, light=True, backbone=backbone, backbone_revision=revision, backbone_variants=variants, model_card=card
+    )
+    (folder / "training_args.json").write_text(arguments + "\n", encoding="utf-8")
+    if sample_image is not None and Path(sample_image).is_file():
+        shutil.copyfile(sample_image, folder / "sample_grid.png")
+        with open(folder / "README.md", "a", encoding="utf-8") as f:
+            f.write("\n## Samples\n\n![samples](./sample_grid.png)\n")
+    return str(folder)
+
+
 def push_folder_to_hub(args: argparse.Namespace, folder: str) -> str:
     """Create the repo (if needed) and upload `folder` without checkpoints or logs; returns the repo id."""
     from huggingface_hub import HfApi

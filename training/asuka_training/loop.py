@@ -14,7 +14,7 @@ from PIL import Image
 
 from .args import serialisable_args
 from .checkpoints import save_checkpoint, save_diffusers_model
-from .hub import push_folder_to_hub, write_model_card
+from .hub import light_repo_for_push, push_folder_to_hub, write_model_card
 
 
 if TYPE_CHECKING:
@@ -199,7 +199,8 @@ def finish(
 
     `components` maps a subfolder of --output_dir ("" = the folder itself) to a trained, prepared model.
     `make_pipeline()` (main process, after the components are saved) returns a complete pipeline holding the
-    trained component(s); it is saved in float32 to `<output_dir>/pipeline`, and that folder is what gets pushed.
+    trained component(s); it is saved in float32 to `<output_dir>/pipeline`. --push_to_hub uploads the light repo
+    of an ASUKA pipeline (`<output_dir>/light`, see `light_repo_for_push`), else the pipeline (or final) folder.
     """
     args, accelerator = setup.args, setup.accelerator
     accelerator.wait_for_everyone()
@@ -211,16 +212,19 @@ def finish(
             f"{args.output_dir}",
             flush=True,
         )
+        pipeline = None
         if make_pipeline is not None:
             result.pipeline_dir = str(Path(args.output_dir) / "pipeline")
-            make_pipeline().to(torch.float32).save_pretrained(result.pipeline_dir)
+            pipeline = make_pipeline().to(torch.float32)
+            pipeline.save_pretrained(result.pipeline_dir)
         folder = result.pipeline_dir or args.output_dir
         training_args = serialisable_args(args, max_train_steps=setup.max_train_steps)
         write_model_card(folder, training_args, title, description, component, sample_grid)
         if folder != args.output_dir:
             write_model_card(args.output_dir, training_args, title, description, component, sample_grid)
         if args.push_to_hub:
-            result.repo_id = push_folder_to_hub(args, folder)
+            light = light_repo_for_push(args, pipeline, training_args, title, description, sample_grid)
+            result.repo_id = push_folder_to_hub(args, light or folder)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return result

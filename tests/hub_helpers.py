@@ -1,0 +1,164 @@
+"""The offline "Hub" of the light-format tests: tiny backbone repos, a Hub cache that serves them, a blocked asuka.
+
+A backbone repo is a tiny SD-1.5-inpainting (or FLUX.1-Fill) pipeline folder with tiny text encoders, written with
+diffusers' `save_pretrained`, plus an `fp16` variant of its models holding *different* weights (so a test can tell
+which file was read). `hub_cache` places it in a Hugging Face cache at a commit hash, where `HF_HUB_OFFLINE=1`
+loading finds it only when that revision is asked for.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import torch
+from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+from asuka.testing.flux import make_tiny_flux_components
+from asuka.testing.sd import make_tiny_sd_components
+
+
+BACKBONE_SHA = "0123456789abcdef0123456789abcdef01234567"
+SD_BACKBONE = "tiny-hub/sd-inpainting"
+FLUX_BACKBONE = "tiny-hub/flux-fill"
+#: The backbone's component classes a light repo points to.
+SD_BACKBONE_CLASSES = {"vae": "AutoencoderKL", "unet": "UNet2DConditionModel", "scheduler": "PNDMScheduler"}
+FLUX_BACKBONE_CLASSES = {
+    "vae": "AutoencoderKL",
+    "transformer": "FluxTransformer2DModel",
+    "scheduler": "FlowMatchEulerDiscreteScheduler",
+}
+
+
+def tiny_clip_text_encoder(hidden_size: int = 32) -> CLIPTextModel:
+    torch.manual_seed(0)
+    config = CLIPTextConfig(
+        hidden_size=hidden_size,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=1,
+        vocab_size=100,
+        projection_dim=hidden_size,
+    )
+    return CLIPTextModel(config).eval()
+
+
+def tiny_t5_encoder() -> T5EncoderModel:
+    torch.manual_seed(0)
+    return T5EncoderModel(T5Config(d_model=32, d_ff=37, d_kv=8, num_layers=1, num_heads=4, vocab_size=100)).eval()
+
+
+def save_sd_backbone(folder: Path) -> Path:
+    """SD-1.5-inpainting's layout: vae, unet, scheduler, text_encoder (+ fp16 variants of vae and unet)."""
+    from diffusers import StableDiffusionInpaintPipeline
+
+    parts = make_tiny_sd_components(seed=0)
+    StableDiffusionInpaintPipeline(
+        vae=parts["vae"],
+        text_encoder=tiny_clip_text_encoder(),
+        tokenizer=None,
+        unet=parts["unet"],
+        scheduler=parts["scheduler"],
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    ).save_pretrained(folder)
+    other = make_tiny_sd_components(seed=1)
+    for name in ("vae", "unet"):
+        other[name].save_pretrained(folder / name, variant="fp16")
+    return folder
+
+
+def save_flux_backbone(folder: Path) -> Path:
+    """FLUX.1-Fill's layout: vae, transformer, scheduler, text_encoder (CLIP), text_encoder_2 (T5) + fp16 variants."""
+    from diffusers import FluxFillPipeline
+
+    parts = make_tiny_flux_components(seed=0)
+    FluxFillPipeline(
+        scheduler=parts["scheduler"],
+        vae=parts["vae"],
+        text_encoder=tiny_clip_text_encoder(),
+        tokenizer=None,
+        text_encoder_2=tiny_t5_encoder(),
+        tokenizer_2=None,
+        transformer=parts["transformer"],
+    ).save_pretrained(folder)
+    other = make_tiny_flux_components(seed=1)
+    for name in ("vae", "transformer"):
+        other[name].save_pretrained(folder / name, variant="fp16")
+    return folder
+
+
+def hub_cache(cache_dir: Path, repo_id: str, folder: Path, sha: str = BACKBONE_SHA) -> Path:
+    """Serve `folder` as `repo_id` at commit `sha` from a Hugging Face cache (no `refs/main`: only `sha` resolves)."""
+    snapshot = cache_dir / f"models--{repo_id.replace('/', '--')}" / "snapshots" / sha
+    shutil.copytree(folder, snapshot)
+    return cache_dir
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+def weight_files(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in Path(folder).rglob("*.safetensors"))
+
+
+# The prelude of every subprocess: `import asuka` fails, and each model load is recorded (text encoders refuse).
+BLOCKED_PRELUDE = """
+import json, sys
+sys.modules["asuka"] = None  # any `import asuka` now fails
+try:
+    import asuka
+except ImportError:
+    pass
+else:
+    raise SystemExit("asuka is importable")
+import diffusers, transformers
+from diffusers import ModelMixin, SchedulerMixin
+
+LOADS = []
+_model_load = ModelMixin.from_pretrained.__func__
+_scheduler_load = SchedulerMixin.from_pretrained.__func__
+
+def _record(cls, path, kwargs):
+    LOADS.append({"class": cls.__name__, "path": str(path), "subfolder": kwargs.get("subfolder"),
+                  "revision": kwargs.get("revision"), "variant": kwargs.get("variant"),
+                  "torch_dtype": str(kwargs.get("torch_dtype"))})
+
+def model_load(cls, path, **kwargs):
+    _record(cls, path, kwargs)
+    return _model_load(cls, path, **kwargs)
+
+def scheduler_load(cls, path=None, subfolder=None, return_unused_kwargs=False, **kwargs):
+    _record(cls, path, {"subfolder": subfolder, **kwargs})
+    return _scheduler_load(cls, path, subfolder=subfolder, return_unused_kwargs=return_unused_kwargs, **kwargs)
+
+def text_encoder_load(cls, *args, **kwargs):
+    raise AssertionError(f"a text encoder was loaded: {cls.__name__} {args}")
+
+ModelMixin.from_pretrained = classmethod(model_load)
+SchedulerMixin.from_pretrained = classmethod(scheduler_load)
+transformers.PreTrainedModel.from_pretrained = classmethod(text_encoder_load)
+"""
+
+
+def run_without_asuka(script: str, cwd: Path, hf_cache: Path | None = None) -> subprocess.CompletedProcess:
+    """Run `BLOCKED_PRELUDE + script` in a fresh interpreter, offline, with an empty module cache."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(cwd / "modules"), OMP_NUM_THREADS="1")
+    if hf_cache is not None:
+        env["HF_HUB_CACHE"] = str(hf_cache)
+    code = BLOCKED_PRELUDE + textwrap.dedent(script)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def read_loads(path: Path) -> list[dict]:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,190 @@
+"""The light Hub format for ASUKA-FLUX: only ASUKA's components + code + a pointer to FLUX.1-Fill (issue 14).
+
+The "Hub" is a Hugging Face cache that serves a tiny FLUX.1-Fill repo (with tiny CLIP and T5 text encoders) at one
+commit; the light repo is a local folder. Loading without `asuka` runs in a subprocess where `import asuka` fails.
+"""
+
+import json
+import re
+import shutil
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from hub_helpers import (
+    BACKBONE_SHA,
+    FLUX_BACKBONE,
+    folder_bytes,
+    hub_cache,
+    read_loads,
+    run_without_asuka,
+    save_flux_backbone,
+    weight_files,
+)
+
+from asuka import AsukaFluxPipeline
+from asuka.methods.registry import load_pipeline
+from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE
+from asuka.testing import make_tiny_pipeline
+
+
+STEPS = 2
+
+
+def make_inputs(size: int = 64) -> tuple[PIL.Image.Image, PIL.Image.Image]:
+    rng = np.random.RandomState(0)
+    image = PIL.Image.fromarray((rng.rand(size, size, 3) * 255).astype(np.uint8))
+    mask = np.zeros((size, size), np.uint8)
+    mask[size // 4 : 3 * size // 4, size // 3 : 2 * size // 3] = 255
+    return image, PIL.Image.fromarray(mask)
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    """(pipeline, light folder, full export, backbone folder, Hub cache)."""
+    root = tmp_path_factory.mktemp("hub_flux")
+    backbone = save_flux_backbone(root / "backbone")
+    cache = hub_cache(root / "hf_cache", FLUX_BACKBONE, backbone)
+    pipe = make_tiny_pipeline("flux")
+    light, full = root / "light", root / "full"
+    pipe.save_pretrained(
+        light,
+        light=True,
+        backbone=FLUX_BACKBONE,
+        backbone_revision=BACKBONE_SHA,
+        backbone_variants=("fp16",),
+    )
+    pipe.save_pretrained(full)
+    return pipe, light, full, backbone, cache
+
+
+def test_light_repo_holds_only_asukas_components(hub):
+    _, light, full, _, _ = hub
+    assert weight_files(light) == [
+        "decoder/diffusion_pytorch_model.safetensors",
+        "mae/diffusion_pytorch_model.safetensors",
+        "pooled_aligner/diffusion_pytorch_model.safetensors",
+        "token_aligner/diffusion_pytorch_model.safetensors",
+    ]
+    assert not any((light / name).exists() for name in ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"))
+    for name in ("transformer", "vae", "scheduler"):
+        assert sorted(p.name for p in (light / name).iterdir()) == [
+            "backbone.fp16.json",
+            "backbone.json",
+            "backbone_component.py",
+        ]
+        pointer = json.loads((light / name / "backbone.json").read_text())
+        assert (
+            pointer["repo"] == FLUX_BACKBONE and pointer["revision"] == BACKBONE_SHA and pointer["subfolder"] == name
+        )
+    index = json.loads((light / "model_index.json").read_text())
+    assert index["_asuka_backbone"] == {"repo": FLUX_BACKBONE, "revision": BACKBONE_SHA}
+    assert index["transformer"] == ["backbone_component", "BackboneComponent"] and index["mae"] == ["mae", "AsukaMAE"]
+    assert index["working_resolution"] == 64
+    light_size, full_size = folder_bytes(light), folder_bytes(full)
+    print(f"light repo {light_size / 1e6:.2f} MB vs full export {full_size / 1e6:.2f} MB")
+    assert light_size < full_size - folder_bytes(full / "transformer") + 1
+
+
+def test_one_diffusers_call_loads_it_without_asuka(hub, tmp_path):
+    """Same output as the assembled pipeline; backbone from its repo at the pinned revision; dtype/variant reach it.
+
+    The reference is assembled the documented two-source way from the same files (backbone folder + the light
+    repo's components): the FLUX transformer's matmuls round differently (~2e-6) on memory-mapped safetensors than
+    on freshly allocated weights, whatever the format, so an in-memory pipeline is not a bit-exact reference.
+    """
+    pipe, light, _, backbone, cache = hub
+    image, mask = make_inputs()
+    assembled = AsukaFluxPipeline.from_pretrained(backbone, asuka=light)
+    assembled.set_progress_bar_config(disable=True)
+    expected = assembled(
+        image, mask, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0), output_type="np"
+    )
+    image.save(tmp_path / "image.png")
+    mask.save(tmp_path / "mask.png")
+    run_without_asuka(
+        f"""
+        import re
+        import numpy as np, torch, PIL.Image
+        from diffusers import DiffusionPipeline
+
+        pipe = DiffusionPipeline.from_pretrained({str(light)!r}, trust_remote_code=True)
+        assert type(pipe).__name__ == "AsukaFluxPipeline", type(pipe)
+        out = pipe(PIL.Image.open("image.png"), PIL.Image.open("mask.png"), num_inference_steps={STEPS},
+                   generator=torch.Generator().manual_seed(0), output_type="np").images
+        np.save("out.npy", out)
+        json.dump(LOADS, open("loads.json", "w"))
+        LOADS.clear()
+        half = DiffusionPipeline.from_pretrained(
+            {str(light)!r}, trust_remote_code=True, torch_dtype=torch.float16, variant="fp16"
+        )
+        assert half.transformer.dtype == half.vae.dtype == torch.float16, (half.transformer.dtype, half.vae.dtype)
+        json.dump(LOADS, open("loads_fp16.json", "w"))
+
+        # the model card's usage snippet runs as written (on the inputs it names)
+        code = re.search(r"```python\\n(.*?)```", open({str(light / "README.md")!r}).read(), re.S).group(1)
+        exec(code.replace('"light"', {repr(str(light))!r}))
+        assert PIL.Image.open("inpainted.png").size == PIL.Image.open("image.png").size
+        """,
+        cwd=tmp_path,
+        hf_cache=cache,
+    )
+    diff = np.abs(np.load(tmp_path / "out.npy") - expected.images).max()
+    assert diff <= 1e-6, diff
+    loads = {entry["class"]: entry for entry in read_loads(tmp_path / "loads.json")}
+    for class_name, name in (
+        ("FluxTransformer2DModel", "transformer"),
+        ("AutoencoderKL", "vae"),
+        ("FlowMatchEulerDiscreteScheduler", "scheduler"),
+    ):
+        assert loads[class_name]["path"] == FLUX_BACKBONE and loads[class_name]["subfolder"] == name
+        assert loads[class_name]["revision"] == BACKBONE_SHA
+    assert loads["AsukaMAE"]["path"] == str(light / "mae") and loads["AsukaDecoder"]["path"] == str(light / "decoder")
+    half = {entry["class"]: entry for entry in read_loads(tmp_path / "loads_fp16.json")}
+    for class_name in ("FluxTransformer2DModel", "AutoencoderKL"):
+        assert half[class_name]["torch_dtype"] == "torch.float16" and half[class_name]["variant"] == "fp16"
+        assert half[class_name]["revision"] == BACKBONE_SHA
+
+
+def test_asuka_pipeline_from_pretrained_loads_the_light_repo(hub):
+    pipe, light, _, _, cache = hub
+    loaded = AsukaFluxPipeline.from_pretrained(light, cache_dir=str(cache))
+    assert isinstance(loaded, AsukaFluxPipeline)
+    assert isinstance(loaded.mae, AsukaMAE) and isinstance(loaded.token_aligner, AsukaAligner)
+    assert isinstance(loaded.pooled_aligner, AsukaAligner) and isinstance(loaded.decoder, AsukaDecoder)
+    assert loaded.config.working_resolution == 64
+    for name in ("transformer", "vae", "mae", "token_aligner", "pooled_aligner", "decoder"):
+        expected = getattr(pipe, name).state_dict()
+        assert all(torch.equal(v, expected[k]) for k, v in getattr(loaded, name).state_dict().items()), name
+    variant = AsukaFluxPipeline.from_pretrained(light, cache_dir=str(cache), variant="fp16", torch_dtype=torch.float16)
+    assert variant.transformer.dtype == torch.float16 and variant.mae.dtype == torch.float16
+    other = make_tiny_pipeline("flux", seed=1).transformer  # the fp16 variant holds the seed-1 weights
+    assert torch.equal(variant.transformer.x_embedder.weight, other.x_embedder.weight.half())
+
+
+def test_a_backbone_without_the_component_names_repo_and_component(hub, tmp_path):
+    pipe, _, _, backbone, _ = hub
+    broken = tmp_path / "backbone-without-transformer"
+    shutil.copytree(backbone, broken)
+    shutil.rmtree(broken / "transformer")
+    light = tmp_path / "light"
+    pipe.save_pretrained(light, light=True, backbone=str(broken))
+    with pytest.raises(ValueError, match=rf"{re.escape(str(broken))}.*`transformer`"):
+        AsukaFluxPipeline.from_pretrained(light)
+
+
+def test_light_save_needs_a_backbone(hub, tmp_path):
+    pipe = hub[0]
+    with pytest.raises(ValueError, match="backbone"):
+        pipe.save_pretrained(tmp_path / "light", light=True)
+
+
+def test_the_methods_accept_a_light_repo(hub, tmp_path):
+    """The app, the CLI and the evaluation runner load models through `asuka.methods`: a light folder works there."""
+    pipe, _, _, backbone, _ = hub
+    light = tmp_path / "light"
+    pipe.save_pretrained(light, light=True, backbone=str(backbone))
+    loaded = load_pipeline("asuka-flux", model=str(light))
+    assert isinstance(loaded, AsukaFluxPipeline)
+    assert torch.equal(loaded.transformer.x_embedder.weight, pipe.transformer.x_embedder.weight)

@@ -1,0 +1,209 @@
+"""The light Hub format for ASUKA-SD: only ASUKA's components + code + a pointer to SD-1.5-inpainting (issue 14).
+
+The "Hub" is a Hugging Face cache that serves a tiny SD-1.5-inpainting repo (with a tiny text encoder) at one commit;
+the light repo is a local folder. Loading without `asuka` runs in a subprocess where `import asuka` fails.
+"""
+
+import json
+import re
+import shutil
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from hub_helpers import (
+    BACKBONE_SHA,
+    SD_BACKBONE,
+    folder_bytes,
+    hub_cache,
+    read_loads,
+    run_without_asuka,
+    save_sd_backbone,
+    weight_files,
+)
+
+from asuka import AsukaPipeline
+from asuka.methods.registry import load_pipeline
+from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE
+from asuka.pipelines.hub_light import light_model_card
+from asuka.testing import make_tiny_pipeline
+
+
+STEPS = 2
+
+
+def make_inputs(size: int = 64) -> tuple[PIL.Image.Image, PIL.Image.Image]:
+    rng = np.random.RandomState(0)
+    image = PIL.Image.fromarray((rng.rand(size, size, 3) * 255).astype(np.uint8))
+    mask = np.zeros((size, size), np.uint8)
+    mask[size // 4 : 3 * size // 4, size // 3 : 2 * size // 3] = 255
+    return image, PIL.Image.fromarray(mask)
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    """(pipeline, light folder, full hub-format export, backbone folder, Hub cache)."""
+    root = tmp_path_factory.mktemp("hub_sd")
+    backbone = save_sd_backbone(root / "backbone")
+    cache = hub_cache(root / "hf_cache", SD_BACKBONE, backbone)
+    pipe = make_tiny_pipeline("sd")
+    light, full = root / "light", root / "full"
+    pipe.save_pretrained(
+        light,
+        light=True,
+        backbone=SD_BACKBONE,
+        backbone_revision=BACKBONE_SHA,
+        backbone_variants=("fp16",),
+    )
+    pipe.save_pretrained(full, hub_format=True)
+    return pipe, light, full, backbone, cache
+
+
+def test_light_repo_holds_only_asukas_components(hub):
+    _, light, full, _, _ = hub
+    assert weight_files(light) == [
+        "aligner/diffusion_pytorch_model.safetensors",
+        "decoder/diffusion_pytorch_model.safetensors",
+        "mae/diffusion_pytorch_model.safetensors",
+    ]
+    assert not (light / "text_encoder").exists() and not (light / "tokenizer").exists()
+    for name in ("unet", "vae", "scheduler"):
+        assert sorted(p.name for p in (light / name).iterdir()) == [
+            "backbone.fp16.json",
+            "backbone.json",
+            "backbone_component.py",
+        ]
+        pointer = json.loads((light / name / "backbone.json").read_text())
+        assert pointer["repo"] == SD_BACKBONE and pointer["revision"] == BACKBONE_SHA and pointer["subfolder"] == name
+    index = json.loads((light / "model_index.json").read_text())
+    assert index["_asuka_backbone"] == {"repo": SD_BACKBONE, "revision": BACKBONE_SHA}
+    assert index["unet"] == ["backbone_component", "BackboneComponent"] and index["mae"] == ["mae", "AsukaMAE"]
+    light_size, full_size = folder_bytes(light), folder_bytes(full)
+    print(f"light repo {light_size / 1e6:.2f} MB vs full export {full_size / 1e6:.2f} MB")
+    assert light_size < full_size - folder_bytes(full / "unet") + 1
+
+
+def test_one_diffusers_call_loads_it_without_asuka(hub, tmp_path):
+    """Same output as the assembled pipeline; backbone from its repo at the pinned revision; dtype/variant reach it."""
+    pipe, light, _, _, cache = hub
+    image, mask = make_inputs()
+    expected = pipe(
+        image, mask, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0), output_type="np"
+    )
+    image.save(tmp_path / "image.png")
+    mask.save(tmp_path / "mask.png")
+    run_without_asuka(
+        f"""
+        import re
+        import numpy as np, torch, PIL.Image
+        from diffusers import DiffusionPipeline
+
+        pipe = DiffusionPipeline.from_pretrained({str(light)!r}, trust_remote_code=True)
+        assert type(pipe).__name__ == "AsukaPipeline", type(pipe)
+        out = pipe(PIL.Image.open("image.png"), PIL.Image.open("mask.png"), num_inference_steps={STEPS},
+                   generator=torch.Generator().manual_seed(0), output_type="np").images
+        np.save("out.npy", out)
+        json.dump(LOADS, open("loads.json", "w"))
+        LOADS.clear()
+        half = DiffusionPipeline.from_pretrained(
+            {str(light)!r}, trust_remote_code=True, torch_dtype=torch.float16, variant="fp16"
+        )
+        assert half.unet.dtype == half.vae.dtype == torch.float16, (half.unet.dtype, half.vae.dtype)
+        json.dump(LOADS, open("loads_fp16.json", "w"))
+
+        # the model card's usage snippet runs as written (on the inputs it names)
+        code = re.search(r"```python\\n(.*?)```", open({str(light / "README.md")!r}).read(), re.S).group(1)
+        exec(code.replace('"light"', {repr(str(light))!r}))
+        assert PIL.Image.open("inpainted.png").size == PIL.Image.open("image.png").size
+        """,
+        cwd=tmp_path,
+        hf_cache=cache,
+    )
+    diff = np.abs(np.load(tmp_path / "out.npy") - expected.images).max()
+    assert diff <= 1e-6, diff
+    loads = {entry["class"]: entry for entry in read_loads(tmp_path / "loads.json")}
+    for class_name, name in (
+        ("UNet2DConditionModel", "unet"),
+        ("AutoencoderKL", "vae"),
+        ("PNDMScheduler", "scheduler"),
+    ):
+        assert loads[class_name]["path"] == SD_BACKBONE and loads[class_name]["subfolder"] == name
+        assert loads[class_name]["revision"] == BACKBONE_SHA
+    for class_name, name in (("AsukaMAE", "mae"), ("AsukaAligner", "aligner"), ("AsukaDecoder", "decoder")):
+        assert loads[class_name]["path"] == str(light / name)
+    half = {entry["class"]: entry for entry in read_loads(tmp_path / "loads_fp16.json")}
+    for class_name in ("UNet2DConditionModel", "AutoencoderKL"):
+        assert half[class_name]["torch_dtype"] == "torch.float16" and half[class_name]["variant"] == "fp16"
+        assert half[class_name]["revision"] == BACKBONE_SHA
+
+
+def test_asuka_pipeline_from_pretrained_loads_the_light_repo(hub):
+    pipe, light, _, _, cache = hub
+    loaded = AsukaPipeline.from_pretrained(light, cache_dir=str(cache))
+    assert isinstance(loaded, AsukaPipeline)
+    assert isinstance(loaded.mae, AsukaMAE) and isinstance(loaded.aligner, AsukaAligner)
+    assert isinstance(loaded.decoder, AsukaDecoder)
+    for name in ("unet", "vae", "mae", "aligner", "decoder"):
+        expected = getattr(pipe, name).state_dict()
+        assert all(torch.equal(v, expected[k]) for k, v in getattr(loaded, name).state_dict().items()), name
+    variant = AsukaPipeline.from_pretrained(light, cache_dir=str(cache), variant="fp16", torch_dtype=torch.float16)
+    assert variant.unet.dtype == torch.float16 and variant.mae.dtype == torch.float16
+    other = make_tiny_pipeline("sd", seed=1).unet.state_dict()  # the fp16 variant holds the seed-1 weights
+    assert torch.equal(variant.unet.conv_in.weight, other["conv_in.weight"].half())
+
+
+def test_a_backbone_without_the_component_names_repo_and_component(hub, tmp_path):
+    pipe, _, _, backbone, _ = hub
+    broken = tmp_path / "backbone-without-unet"
+    shutil.copytree(backbone, broken)
+    shutil.rmtree(broken / "unet")
+    light = tmp_path / "light"
+    pipe.save_pretrained(light, light=True, backbone=str(broken))
+    with pytest.raises(ValueError, match=rf"{re.escape(str(broken))}.*`unet`"):
+        AsukaPipeline.from_pretrained(light)
+
+
+def test_light_save_needs_a_backbone(hub, tmp_path):
+    pipe = hub[0]
+    with pytest.raises(ValueError, match="backbone"):
+        pipe.save_pretrained(tmp_path / "light", light=True)
+
+
+def test_model_card_names_backbone_licence_paper_provenance_and_usage():
+    card = light_model_card(
+        repo_id="you/asuka-sd",
+        pipeline_class_name="AsukaPipeline",
+        title="ASUKA-SD",
+        description="Trained decoder.",
+        backbone_repo="stable-diffusion-v1-5/stable-diffusion-inpainting",
+        backbone_revision=BACKBONE_SHA,
+        provenance='## Training arguments\n\n```json\n{"max_train_steps": 3}\n```',
+    )
+    assert "base_model: stable-diffusion-v1-5/stable-diffusion-inpainting" in card
+    assert "license: creativeml-openrail-m" in card and BACKBONE_SHA in card
+    assert "arxiv.org/abs/2312.04831" in card and '"max_train_steps": 3' in card
+    assert 'DiffusionPipeline.from_pretrained("you/asuka-sd", trust_remote_code=True' in card
+    assert 'asuka.AsukaPipeline.from_pretrained("you/asuka-sd")' in card
+    flux = light_model_card(
+        "you/asuka-flux",
+        "AsukaFluxPipeline",
+        "t",
+        "d",
+        "black-forest-labs/FLUX.1-Fill-dev",
+        None,
+        "release",
+        "bfloat16",
+    )
+    assert "license: other" in flux and "FLUX.1 [dev] Non-Commercial License" in flux
+    assert "torch.bfloat16" in flux
+
+
+def test_the_methods_accept_a_light_repo(hub, tmp_path):
+    """The app, the CLI and the evaluation runner load models through `asuka.methods`: a light folder works there."""
+    pipe, _, _, backbone, _ = hub
+    light = tmp_path / "light"
+    pipe.save_pretrained(light, light=True, backbone=str(backbone))
+    loaded = load_pipeline("asuka-sd", model=str(light))
+    assert isinstance(loaded, AsukaPipeline)
+    assert torch.equal(loaded.unet.conv_in.weight, pipe.unet.conv_in.weight)
