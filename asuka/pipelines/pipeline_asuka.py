@@ -7,6 +7,7 @@ siblings (bundled with it by `hub_export`).
 
 import os
 from collections.abc import Callable
+from typing import Any
 
 import PIL.Image
 import torch
