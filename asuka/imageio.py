@@ -150,6 +150,11 @@ def load_mask(source: ImageSource, size: tuple[int, int] | None = None) -> Image
     return mask
 
 
+def load_layer(source: ImageSource) -> Image.Image:
+    """A painted editor layer as ``RGBA``: its alpha is the paint (see `mask_from_layers`)."""
+    return _open(source).convert("RGBA")
+
+
 def mask_from_layers(layers: list[Image.Image | np.ndarray | None], size: tuple[int, int]) -> Image.Image:
     """The union of painted strokes (alpha > 0) over editor layers, as an ``L`` mask of ``size``."""
     hole = np.zeros((size[1], size[0]), dtype=bool)

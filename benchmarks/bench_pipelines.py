@@ -14,9 +14,11 @@ What it measures (see benchmarks/README.md for figures and benchmarks/NOTES.md f
   the aligner) vs a bare frozen-UNet step whose only learnable input is a text-conditioning-sized embedding
   (1, 77, 768) (backward through the same UNet, AdamW on the embedding), on the same cached latents batch.
 * optional: ASUKA-FLUX vs `FluxFillPipeline` with a depth-reduced FLUX transformer of the real widths (`--flux`).
+* next to every time ratio, the exact FLOP ratio of the same two calls (benchmarks/flops.py, counted on meta-device
+  copies of the same architectures): time on a shared CPU swings by +-10 % between identical calls, FLOPs do not.
 
 Models are full-size architectures with random weights, built from the public configs written below (no
-download). `--tiny` swaps in the tiny test components (used by tests/test_benchmarks.py so the code cannot rot).
+download). `--tiny` swaps in the tiny test components (used by tests/test_benchmarks_smoke.py so the code cannot rot).
 
     python benchmarks/bench_pipelines.py                          # CPU: 256x256, 2 steps
     python benchmarks/bench_pipelines.py --device cuda --dtype bf16 --size 512 --steps 50 --flux
@@ -47,8 +49,14 @@ from diffusers import (
     UNet2DConditionModel,
 )
 
-from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE
-from asuka.pipelines import AsukaPipeline
+
+BENCHMARKS = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [BENCHMARKS, os.path.dirname(BENCHMARKS)]  # the sibling flops.py; this repository's asuka
+
+from flops import flop_counter_mode, flux_text_encoders, on_meta, pipeline_flops  # noqa: E402
+
+from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE  # noqa: E402
+from asuka.pipelines import AsukaPipeline  # noqa: E402
 
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -308,7 +316,7 @@ def sd_inference_runs(components: dict, size: int, steps: int, device: str, dtyp
 # ---------------------------------------------------------------------------------------------
 
 
-def _rss_kib(field: str) -> int:
+def rss_kib(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
@@ -330,9 +338,11 @@ def memory_child(config: str, args: argparse.Namespace) -> dict[str, float]:
     )
     if config == "asuka":
         pipe = sd_pipelines(components)[0]
-        call = lambda: pipe(
-            image, mask, num_inference_steps=args.steps, generator=torch.Generator().manual_seed(0), output_type="np"
-        )  # noqa: E731
+
+        def call():
+            generator = torch.Generator().manual_seed(0)
+            return pipe(image, mask, num_inference_steps=args.steps, generator=generator, output_type="np")
+
     else:
         pipe = StableDiffusionInpaintPipeline(
             vae=components["vae"],
@@ -373,15 +383,15 @@ def memory_child(config: str, args: argparse.Namespace) -> dict[str, float]:
         call()
         peak = torch.cuda.max_memory_allocated()
         return {"loaded_mib": loaded / 2**20, "peak_mib": peak / 2**20}
-    loaded = _rss_kib("VmRSS")
+    loaded = rss_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current RSS
     call()
-    return {"loaded_mib": loaded / 1024, "peak_mib": _rss_kib("VmHWM") / 1024}
+    return {"loaded_mib": loaded / 1024, "peak_mib": rss_kib("VmHWM") / 1024}
 
 
 def measure_memory(config: str, args: argparse.Namespace) -> dict[str, float]:
-    """Run `memory_child(config)` in a fresh interpreter, so weights and allocator state of other configs don't count."""
+    """Run `memory_child(config)` in a fresh interpreter, so other configs' weights and allocator state don't count."""
     command = [
         sys.executable,
         os.path.abspath(__file__),
@@ -593,6 +603,60 @@ def flux_inference_runs(components: dict, size: int, steps: int, device: str, dt
 
 
 # ---------------------------------------------------------------------------------------------
+# FLOP ratios of the timed calls, counted on meta-device copies of the same architectures
+# ---------------------------------------------------------------------------------------------
+
+
+def inference_flop_ratios(kind: str, args: argparse.Namespace) -> dict[str, float]:
+    """ASUKA's FLOPs over the baseline's for one whole pipeline call each (benchmarks/flops.py): as timed (the
+    baseline given embeddings; ASUKA with its conditioning cache, as it runs by default), ASUKA with the cache
+    off, and against the baseline with its text encoders (full size only)."""
+    with on_meta({}) as components:
+        if kind == "sd":
+            components.update(build_sd_components(args.tiny))
+            if not args.tiny:
+                components["text_encoder"] = sd_text_encoder()
+        else:
+            components.update(build_flux_components(args.tiny, *args.flux_depth))
+            if not args.tiny:
+                components["text_encoders"] = flux_text_encoders()
+    totals = {k: sum(v.values()) for k, v in pipeline_flops(kind, components, args.size, args.steps).items()}
+    base = "sd" if kind == "sd" else "flux-fill"
+    ratios = {"as_timed": totals["asuka_cached"] / totals[base], "uncached": totals["asuka"] / totals[base]}
+    if base + "+text" in totals:
+        ratios["vs_text"] = totals["asuka_cached"] / totals[base + "+text"]
+        ratios["vs_text_uncached"] = totals["asuka"] / totals[base + "+text"]
+    return ratios
+
+
+def training_flop_ratio(args: argparse.Namespace) -> float:
+    """FLOPs of the ASUKA training step over the bare step's (forward, backward and optimizer), on meta copies."""
+    with on_meta({}) as components:
+        components.update(build_sd_components(args.tiny))
+    counts = {}
+    for name, (fn, _stages) in training_runs(
+        components, args.size, args.train_batch_size, "meta", torch.float32
+    ).items():
+        with flop_counter_mode() as counter:
+            fn()
+        counts[name] = counter.get_total_flops()
+    return counts["asuka"] / counts["bare"]
+
+
+def format_flop_ratios(names: tuple[str, str], ratios: dict[str, float], what: str = "whole call, as timed") -> str:
+    a, b = names
+    line = f"FLOP ratio {a}/{b} ({what}): **{ratios['as_timed']:.4f}**"
+    if "uncached" in ratios:
+        line += f" (conditioning cache off: {ratios['uncached']:.4f})"
+    if "vs_text" in ratios:
+        line += (
+            f"\nFLOP ratio {a}/{b} with its text encoder(s): **{ratios['vs_text']:.4f}** (cache off: "
+            f"{ratios['vs_text_uncached']:.4f})"
+        )
+    return line + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------------
 
@@ -639,9 +703,8 @@ def format_memory(memory: dict[str, dict[str, float]], unit: str, target: float)
     lines.append("")
     for base in [k for k in memory if k != "asuka"]:
         ratio = memory["asuka"]["peak_mib"] / memory[base]["peak_mib"]
-        lines.append(
-            f"peak ratio asuka/{base}: **{ratio:.3f}** (target <= {target:.2f}: {'met' if ratio <= target else 'NOT met'})"
-        )
+        verdict = "met" if ratio <= target else "NOT met"
+        lines.append(f"peak ratio asuka/{base}: **{ratio:.3f}** (target <= {target:.2f}: {verdict})")
     return "\n".join(lines) + "\n"
 
 
@@ -705,6 +768,7 @@ def main(argv: list[str] | None = None) -> str:
                 sd_inference_runs(components, args.size, args.steps, device, dtype), args.repeats, device
             )
             emit(format_timing(f"Inference, median of {args.repeats} alternated runs", medians, 1.05))
+            emit(format_flop_ratios(("asuka", "sd"), inference_flop_ratios("sd", args)))
         if "training" not in args.skip:
             medians = alternate(
                 training_runs(components, args.size, args.train_batch_size, device, dtype), args.repeats, device
@@ -714,6 +778,7 @@ def main(argv: list[str] | None = None) -> str:
                     f"Training step (batch {args.train_batch_size}), median of {args.repeats}", medians, 1.10
                 )
             )
+            emit(format_flop_ratios(("asuka", "bare"), {"as_timed": training_flop_ratio(args)}, "one step"))
         del components
     if "memory" not in args.skip:
         memory = {config: measure_memory(config, args) for config in ("asuka", "sd", "sd+text")}
@@ -733,6 +798,7 @@ def main(argv: list[str] | None = None) -> str:
             "tiny" if args.tiny else f"{args.flux_depth[0]} double + {args.flux_depth[1]} single blocks, real widths"
         )
         emit(format_timing(f"ASUKA-FLUX vs FluxFillPipeline ({depth}), median of {args.repeats}", medians, 1.05))
+        emit(format_flop_ratios(("asuka-flux", "flux-fill"), inference_flop_ratios("flux", args)))
     return "\n".join(out)
 
 

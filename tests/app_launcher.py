@@ -9,6 +9,7 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,9 +22,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+#: Variables by which the app recognises a Hugging Face Space; the tests set them only where they mean to.
+SPACES_VARIABLES = ("SYSTEM", "SPACE_ID", "SPACE_AUTHOR_NAME", "SPACE_REPO_NAME", "SPACE_HOST")
+
+
 def quiet_env(**extra: str) -> dict:
-    """Subprocess environment: one torch thread (the CI box is shared), no Hub, no telemetry."""
-    env = dict(os.environ)
+    """Subprocess environment: one torch thread (the CI box is shared), no Hub, no telemetry, not a Space."""
+    env = {key: value for key, value in os.environ.items() if key not in SPACES_VARIABLES}
     env.update(
         OMP_NUM_THREADS="1",
         MKL_NUM_THREADS="1",
@@ -37,14 +42,16 @@ def quiet_env(**extra: str) -> dict:
 
 
 @contextmanager
-def running_app(args: Sequence[str] = ("--tiny",), log_path: Path | None = None) -> Iterator[str]:
-    """Yield the base URL of a running `python app.py ARGS`; the process is stopped afterwards."""
+def running_app(
+    args: Sequence[str] = ("--tiny",), log_path: Path | None = None, env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """Yield the base URL of a running `python app.py ARGS` (``env``: extra variables); stopped afterwards."""
     port = free_port()
     log = open(log_path, "w") if log_path else subprocess.DEVNULL
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "app.py"), *args, "--port", str(port)],
         cwd=ROOT,
-        env=quiet_env(),
+        env=quiet_env(**(env or {})),
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -73,3 +80,79 @@ def running_app(args: Sequence[str] = ("--tiny",), log_path: Path | None = None)
             process.wait()
         if log_path:
             log.close()
+
+
+#: Debian's chromium (installed by .ci/install_browser.sh); Playwright never downloads a browser of its own.
+CHROMIUM = os.environ.get("ASUKA_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@contextmanager
+def browser_page(url: str, width: int = 1366, height: int = 768) -> Iterator[Any]:
+    """A Playwright page of chromium showing ``url`` at ``width`` x ``height``, closed afterwards."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.set_default_timeout(120_000)
+            page.goto(url, wait_until="networkidle")
+            yield page
+        finally:
+            browser.close()
+
+
+def small_inputs(tmp_path: Path) -> tuple[dict, Any, Any, Any]:
+    """A 64x48 photo and a rectangular hole saved in ``tmp_path``, as `/inpaint` takes them.
+
+    Returns the editor value, the mask file, the photo (uint8 HxWx3) and the hole (bool HxW).
+    """
+    import numpy as np
+    from gradio_client import handle_file
+    from PIL import Image
+
+    photo = np.asarray(Image.open(ROOT / "examples" / "coffee.jpg").convert("RGB").resize((64, 48)))
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    hole = np.zeros((48, 64), dtype=bool)
+    hole[10:30, 20:40] = True
+    Image.fromarray(hole.astype(np.uint8) * 255).save(tmp_path / "mask.png")
+    editor = {"background": handle_file(str(tmp_path / "photo.png")), "layers": [], "composite": None}
+    return editor, handle_file(str(tmp_path / "mask.png")), photo, hole
+
+
+def inpaint_call(client: Any, image_path, mask_path=None, layers=(), **settings) -> dict:
+    """Call `/inpaint` with files (ASUKA-SD, 2 steps unless ``settings`` say otherwise); returns the named outputs."""
+    from gradio_client import handle_file
+
+    values = dict(
+        method="asuka-sd",
+        steps=2,
+        seed=0,
+        randomize_seed=False,
+        condition_weight=1.0,
+        guidance_scale=1.0,
+        keep_unmasked=True,
+        dilation=0,
+        run_backbone=False,
+    )
+    values.update(settings)
+    editor = {
+        "background": handle_file(str(image_path)),
+        "layers": [handle_file(str(p)) for p in layers],
+        "composite": None,
+    }
+    outputs = client.predict(
+        editor, handle_file(str(mask_path)) if mask_path else None, *values.values(), api_name="/inpaint"
+    )
+    names = ["result", "slider", "backbone", "reconstruction", "download", "seed", "mask"]
+    return dict(zip(names, outputs))

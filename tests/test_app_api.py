@@ -6,7 +6,8 @@ import urllib.request
 import numpy as np
 import pytest
 from app_launcher import ROOT, running_app
-from gradio_client import Client, handle_file
+from app_launcher import inpaint_call as call
+from gradio_client import Client
 from gradio_client.exceptions import AppError
 from PIL import Image
 
@@ -35,32 +36,6 @@ def _hole() -> np.ndarray:
     hole = np.zeros((H, W), dtype=bool)
     hole[15:40, 20:50] = True
     return hole
-
-
-def call(client: Client, image_path, mask_path=None, layers=(), **settings):
-    """Call /inpaint; returns the named outputs."""
-    values = dict(
-        method="asuka-sd",
-        steps=2,
-        seed=0,
-        randomize_seed=False,
-        condition_weight=1.0,
-        guidance_scale=1.0,
-        keep_unmasked=True,
-        dilation=0,
-        run_backbone=False,
-    )
-    values.update(settings)
-    editor = {
-        "background": handle_file(str(image_path)),
-        "layers": [handle_file(str(p)) for p in layers],
-        "composite": None,
-    }
-    outputs = client.predict(
-        editor, handle_file(str(mask_path)) if mask_path else None, *values.values(), api_name="/inpaint"
-    )
-    names = ["result", "slider", "backbone", "reconstruction", "download", "seed", "mask"]
-    return dict(zip(names, outputs))
 
 
 def test_inpaint_keeps_size_and_unmasked_pixels(client, tmp_path):

@@ -1,29 +1,17 @@
-"""A real browser (Debian's chromium, driven by Playwright) paints a stroke, presses Run and checks the result.
+"""A real browser (Debian's chromium, driven by Playwright) at a laptop's 1366x768: paint a stroke, Run, check.
 
 Playwright's own browser download is never used: chromium comes from apt (see .ci/install_browser.sh).
 """
 
 import io
-import os
 
 import numpy as np
 import pytest
-from app_launcher import ROOT, running_app
+from app_launcher import ROOT, browser_page, running_app
 from PIL import Image
-from playwright.sync_api import sync_playwright
 
 
-CHROMIUM = os.environ.get("ASUKA_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+WIDTH, HEIGHT = 1366, 768  # a common laptop screen
 
 
 @pytest.fixture(scope="module")
@@ -34,18 +22,26 @@ def app_url(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(app_url):
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(120_000)
-        page.goto(app_url, wait_until="networkidle")
+    with browser_page(app_url, WIDTH, HEIGHT) as page:
         yield page
-        browser.close()
 
 
 def _fetch(page, selector: str) -> np.ndarray:
     src = page.locator(selector).get_attribute("src")
     return np.asarray(Image.open(io.BytesIO(page.request.get(src).body())).convert("RGB"))
+
+
+def _on_screen(page, locator) -> bool:
+    """Visible and entirely inside the viewport with the page scrolled to the top."""
+    box = locator.bounding_box()
+    return (
+        locator.is_visible()
+        and box is not None
+        and box["x"] >= 0
+        and box["y"] >= 0
+        and box["x"] + box["width"] <= WIDTH
+        and box["y"] + box["height"] <= HEIGHT
+    )
 
 
 def test_banner_is_visible(page):
@@ -71,8 +67,19 @@ def test_paint_a_stroke_run_and_see_the_result(page, tmp_path):
     page.locator("#run").click()
     page.locator("#result img").wait_for(state="visible")
     assert page.locator("#result img").is_visible()
-
     result = _fetch(page, "#result img")
+
+    # the result, the output tabs and the download fit a laptop screen without scrolling
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(tmp_path / "after_run_1366x768.png"))
+    assert (tmp_path / "after_run_1366x768.png").stat().st_size > 0
+    assert _on_screen(page, page.locator("#result img")), page.locator("#result img").bounding_box()
+    assert _on_screen(page, page.locator("#download")), page.locator("#download").bounding_box()
+    for name in ("Result", "Before / after", "Backbone alone", "MAE reconstruction", "Mask used"):
+        assert _on_screen(page, page.get_by_role("tab", name=name)), name
+
+    page.get_by_role("tab", name="Mask used").click()
+    page.locator("#mask-used img").wait_for(state="visible")
     mask = _fetch(page, "#mask-used img")[..., 0] > 127
     assert result.shape == photo.shape
     # the painted region is where the stroke went: a band through the centre, not the whole image

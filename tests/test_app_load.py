@@ -2,12 +2,13 @@
 
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from app_launcher import ROOT, quiet_env, running_app
-from gradio_client import Client, handle_file
+from app_launcher import ROOT, quiet_env, running_app, small_inputs
+from gradio_client import Client
 from gradio_client.exceptions import AppError
 from gradio_client.utils import QueueError
 from PIL import Image
@@ -23,23 +24,13 @@ def app_url(tmp_path_factory):
         yield url
 
 
-def _inputs(tmp_path):
-    photo = np.asarray(Image.open(ROOT / "examples" / "coffee.jpg").convert("RGB").resize((64, 48)))
-    Image.fromarray(photo).save(tmp_path / "photo.png")
-    mask = np.zeros((48, 64), dtype=np.uint8)
-    mask[10:30, 20:40] = 255
-    Image.fromarray(mask).save(tmp_path / "mask.png")
-    editor = {"background": handle_file(str(tmp_path / "photo.png")), "layers": [], "composite": None}
-    return editor, handle_file(str(tmp_path / "mask.png")), photo, mask > 0
-
-
 def _call(url, editor, mask, steps):
     client = Client(url, verbose=False)
     return client.predict(editor, mask, "asuka-sd", steps, 0, False, 1.0, 1.0, True, 0, False, api_name="/inpaint")
 
 
 def test_concurrent_calls_succeed_or_are_told_the_queue_is_full(app_url, tmp_path):
-    editor, mask, photo, hole = _inputs(tmp_path)
+    editor, mask, photo, hole = small_inputs(tmp_path)
 
     def one(_):
         try:
@@ -63,15 +54,22 @@ def test_concurrent_calls_succeed_or_are_told_the_queue_is_full(app_url, tmp_pat
     assert np.array_equal(result[~hole], photo[~hole])
 
 
-def test_unloadable_model_exits_fast_with_guidance():
+def _start(*args: str, **env: str) -> tuple[subprocess.CompletedProcess, float]:
+    """Run `app.py ARGS` outside Spaces, offline, until it exits; returns the process and its wall time."""
+    start = time.monotonic()
     process = subprocess.run(
-        [sys.executable, str(ROOT / "app.py"), "--model", "no-such-user/no-such-asuka-model", "--port", "0"],
+        [sys.executable, str(ROOT / "app.py"), *args, "--port", "0"],
         cwd=ROOT,
-        env=quiet_env(HF_HUB_OFFLINE="1"),
+        env=quiet_env(HF_HUB_OFFLINE="1", **env),
         capture_output=True,
         text=True,
         timeout=300,
     )
+    return process, time.monotonic() - start
+
+
+def test_unloadable_model_exits_fast_with_guidance():
+    process, _ = _start("--method", "asuka-sd", "--model", "no-such-user/no-such-asuka-model")
     assert process.returncode == 2
     message = process.stderr
     assert "no-such-user/no-such-asuka-model" in message
@@ -80,13 +78,19 @@ def test_unloadable_model_exits_fast_with_guidance():
     assert "Traceback" not in message and "Traceback" not in process.stdout
 
 
-def test_missing_default_checkpoint_says_what_to_pass():
-    process = subprocess.run(
-        [sys.executable, str(ROOT / "app.py"), "--port", "0"],
-        cwd=ROOT,
-        env=quiet_env(HF_HUB_OFFLINE="1"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert process.returncode == 2 and "--model" in process.stderr and "Traceback" not in process.stderr
+def test_unloadable_default_exits_with_code_2_within_30_s(tmp_path):
+    # what a Space runs (its variable names the method), but outside Spaces: fail fast, as before
+    process, seconds = _start(ASUKA_METHOD="asuka-flux", ASUKA_CACHE=str(tmp_path), HF_HOME=str(tmp_path))
+    assert process.returncode == 2, process.stderr
+    assert seconds < 30, f"took {seconds:.0f} s"
+    assert "Could not load the ASUKA-FLUX model" in process.stderr and "How to fix it" in process.stderr
+    assert "Traceback" not in process.stderr
+
+
+def test_no_method_on_a_machine_without_cuda_explains_tiny_and_what_each_method_needs():
+    process, _ = _start()  # the test machines have no CUDA GPU
+    assert process.returncode == 2 and "Traceback" not in process.stderr
+    message = process.stderr
+    assert "No CUDA GPU" in message and "--tiny" in message and "--method" in message
+    for name in ("asuka-sd", "sd", "asuka-flux", "flux-fill", "strdiffusion"):
+        assert f"  {name} " in message, message

@@ -21,6 +21,7 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_inpaint impo
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import replace_example_docstring
 
+from .cached_attention import cache_constant_conditioning
 from .hub_export import write_remote_code
 from .hub_light import HUB_KWARGS, is_light_repo, load_light_pipeline, save_light_pipeline
 from .inpaint_steps import (
@@ -180,6 +181,7 @@ class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin):
         return mae_reconstruction(self.mae, image, mask_image)
 
     @torch.no_grad()
+    @cache_constant_conditioning("unet")  # cross-attention K/V once per call, restored afterwards
     @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,

@@ -37,6 +37,7 @@ from diffusers.utils import replace_example_docstring
 from ..models.aligner import AsukaAligner
 from ..models.decoder import AsukaDecoder
 from ..models.mae import AsukaMAE
+from .cached_attention import cache_constant_conditioning
 from .hub_light import HUB_KWARGS, is_light_repo, load_light_pipeline, save_light_pipeline
 from .inpaint_steps import (
     AsukaPipelineOutput,
@@ -284,6 +285,7 @@ class AsukaFluxPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ call
 
     @torch.no_grad()
+    @cache_constant_conditioning("transformer")  # context_embedder once per call, restored afterwards
     @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,

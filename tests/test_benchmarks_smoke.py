@@ -37,6 +37,8 @@ def test_main_prints_inference_and_flux_tables(bench):
     )
     assert "wall-clock ratio asuka/sd:" in report and "CPU-time ratio asuka/sd:" in report
     assert "wall-clock ratio asuka-flux/flux-fill:" in report
+    assert "FLOP ratio asuka/sd (whole call, as timed):" in report
+    assert "FLOP ratio asuka-flux/flux-fill (whole call, as timed):" in report
     assert "Machine:" in report and "load average" in report
 
 
@@ -60,6 +62,12 @@ def test_inference_pair_runs_the_same_backbone_weights(bench):
     asuka, base = bench.sd_pipelines(components)
     assert asuka.unet is base.unet and asuka.vae is base.vae
     assert asuka.scheduler is not base.scheduler and asuka.scheduler.config == base.scheduler.config
+
+
+def test_training_flop_ratio_is_counted_on_meta_copies(bench):
+    args = argparse.Namespace(tiny=True, size=SIZE, train_batch_size=1)
+    # tiny components: 16 aligner tokens against the bare step's 77, so either step may be the larger one
+    assert 0.5 < bench.training_flop_ratio(args) < 2
 
 
 def test_training_steps_update_only_their_learnable_inputs(bench):

@@ -1,0 +1,371 @@
+"""Exact FLOP counts of whole pipeline calls, ASUKA vs the diffusers backbone pipelines, in seconds.
+
+A pipeline call is a fixed sequence of network calls (prior, aligner, VAE encode, one denoiser call per step,
+decode; the baselines' text encoders instead of the prior and aligner). `call_plan` lists that sequence with the
+inputs' shapes, and `count_plan` counts each distinct call once with `torch.utils.flop_counter.FlopCounterMode`
+and multiplies by how often it runs. Everything else a pipeline does (scheduler updates, resizing, packing) is
+element-wise, which the counter does not count. So the full-size architectures can be built on the `meta` device
+(no memory, no weights, no download) and counted in seconds; tests/test_benchmarks_flops.py checks on tiny
+components that the plan's total equals `FlopCounterMode` over the real pipeline call, and the counter against a
+hand count of a Linear layer and an attention block.
+
+    python benchmarks/flops.py            # ASUKA-SD vs SD (256, 512; 50 steps) and ASUKA-FLUX vs FluxFill
+                                          # (full depth; 512, 1024; 28, 50 steps), with and without the cache
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch.utils import flop_counter
+from torch.utils.flop_counter import FlopCounterMode
+
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this repository's asuka
+from asuka.pipelines.cached_attention import ConstantInputCache, constant_condition_modules  # noqa: E402
+
+
+SD_TEXT_TOKENS = 77  # CLIP's sequence length
+FLUX_T5_TOKENS = 512  # FluxFillPipeline's default max_sequence_length
+FLUX_CLIP_TOKENS = 77
+
+
+# FlopCounterMode has formulas for the CUDA attention kernels and counts meta tensors' SDPA through its math
+# decomposition, but on CPU SDPA runs one fused op it has no formula for (it would count 0): give it theirs.
+def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _cpu_sdpa_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+CPU_ATTENTION_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward_flops,
+}
+
+
+def flop_counter_mode() -> FlopCounterMode:
+    """A FlopCounterMode that also counts SDPA on CPU."""
+    return FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS)
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of one call of `fn` (matmuls, convolutions, attention; a multiply-add counts as 2)."""
+    with torch.no_grad(), flop_counter_mode() as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+@dataclass
+class Call:
+    """One network call of a pipeline, `times` times per pipeline call.
+
+    `cached_first` marks a denoiser call whose constant-conditioning projections the cache computes only on the
+    first of the `times` calls (counted as one first call plus `times - 1` calls with the projections reused).
+    """
+
+    stage: str
+    fn: Callable[[], object]
+    times: int = 1
+    cache_model: torch.nn.Module | None = None
+
+
+def count_plan(plan: list[Call]) -> dict[str, int]:
+    """{stage: FLOPs of the whole pipeline call spent in it}, each distinct call counted once."""
+    totals: dict[str, int] = {}
+    for call in plan:
+        if call.cache_model is None:
+            flops = count_flops(call.fn) * call.times
+        else:
+            with ConstantInputCache(constant_condition_modules(call.cache_model)):
+                flops = count_flops(call.fn) + count_flops(call.fn) * (call.times - 1)
+        totals[call.stage] = totals.get(call.stage, 0) + flops
+    return totals
+
+
+def _vae_factor(vae: torch.nn.Module) -> int:
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def sd_call_plan(
+    components: dict,
+    size: int,
+    steps: int,
+    asuka: bool,
+    cached: bool = False,
+    text_encoder: torch.nn.Module | None = None,
+    batch: int = 1,
+) -> list[Call]:
+    """The network calls of `AsukaPipeline` (`asuka=True`) or `StableDiffusionInpaintPipeline` given
+    `prompt_embeds` (plus one `text_encoder` pass when given), no classifier-free guidance, `size`x`size`."""
+    unet, vae, scheduler = components["unet"], components["vae"], components["scheduler"]
+    device, dtype = unet.device, unet.dtype
+    scheduler = scheduler.__class__.from_config(scheduler.config)
+    scheduler.set_timesteps(steps)
+    unet_calls = len(scheduler.timesteps)
+    latent = size // _vae_factor(vae)
+    image = torch.zeros(batch, 3, size, size, device=device, dtype=dtype)
+    hole = torch.zeros(batch, 1, size, size, device=device, dtype=dtype)
+    latents = torch.zeros(batch, vae.config.latent_channels, latent, latent, device=device, dtype=dtype)
+    x = torch.zeros(batch, unet.config.in_channels, latent, latent, device=device, dtype=dtype)
+    t = torch.tensor(999, device=device)
+    plan = []
+    if asuka:
+        mae, aligner = components["mae"], components["aligner"]
+        prior = mae.prior(image, hole)
+        embeds = aligner(prior).tokens
+        plan += [Call("mae", lambda: mae.prior(image, hole)), Call("aligner", lambda: aligner(prior))]
+    else:
+        width = unet.config.cross_attention_dim
+        embeds = torch.zeros(batch, SD_TEXT_TOKENS, width, device=device, dtype=dtype)
+        if text_encoder is not None:
+            ids = torch.zeros(batch, SD_TEXT_TOKENS, dtype=torch.long, device=device)
+            plan.append(Call("text_encoder", lambda: text_encoder(ids)))
+    plan.append(Call("vae_encode", lambda: vae.encode(image)))
+    plan.append(
+        Call(
+            "denoise",
+            lambda: unet(x, t, encoder_hidden_states=embeds, return_dict=False),
+            unet_calls,
+            unet if cached else None,
+        )
+    )
+    if asuka and components.get("decoder") is not None:
+        decoder = components["decoder"]
+        plan.append(Call("decode", lambda: decoder(latents, image, hole, return_dict=False)))
+    else:
+        plan.append(Call("decode", lambda: vae.decode(latents, return_dict=False)))
+    return plan
+
+
+def flux_call_plan(
+    components: dict,
+    size: int,
+    steps: int,
+    asuka: bool,
+    cached: bool = False,
+    text_encoders: tuple[torch.nn.Module, torch.nn.Module] | None = None,
+    t5_tokens: int = FLUX_T5_TOKENS,
+    batch: int = 1,
+) -> list[Call]:
+    """The network calls of `AsukaFluxPipeline` (`asuka=True`) or `FluxFillPipeline` given embeddings (plus one
+    T5 and one CLIP pass when `text_encoders=(t5, clip)` is given), `size`x`size`, one transformer call per step."""
+    transformer, vae = components["transformer"], components["vae"]
+    device, dtype = transformer.device, transformer.dtype
+    latent = size // _vae_factor(vae)
+    tokens = (latent // 2) ** 2
+    image = torch.zeros(batch, 3, size, size, device=device, dtype=dtype)
+    hole = torch.zeros(batch, 1, size, size, device=device, dtype=dtype)
+    latents = torch.zeros(batch, vae.config.latent_channels, latent, latent, device=device, dtype=dtype)
+    hidden = torch.zeros(batch, tokens, transformer.config.in_channels, device=device, dtype=dtype)
+    img_ids = torch.zeros(tokens, 3, device=device, dtype=dtype)
+    timestep = torch.ones(batch, device=device, dtype=dtype)
+    guidance = torch.ones(batch, device=device) if transformer.config.guidance_embeds else None
+    pooled = torch.zeros(batch, transformer.config.pooled_projection_dim, device=device, dtype=dtype)
+    plan = []
+    if asuka:
+        mae, token_aligner, pooled_aligner = (components[k] for k in ("mae", "token_aligner", "pooled_aligner"))
+        prior = mae.prior(image, hole)
+        embeds = token_aligner(prior).tokens
+        plan += [
+            Call("mae", lambda: mae.prior(image, hole)),
+            Call("aligner", lambda: token_aligner(prior)),
+            Call("pooled_aligner", lambda: pooled_aligner(prior)),
+        ]
+    else:
+        embeds = torch.zeros(batch, t5_tokens, transformer.config.joint_attention_dim, device=device, dtype=dtype)
+        if text_encoders is not None:
+            t5, clip = text_encoders
+            t5_ids = torch.zeros(batch, t5_tokens, dtype=torch.long, device=device)
+            clip_ids = torch.zeros(batch, FLUX_CLIP_TOKENS, dtype=torch.long, device=device)
+            plan += [Call("t5", lambda: t5(t5_ids)), Call("clip", lambda: clip(clip_ids))]
+    txt_ids = torch.zeros(embeds.shape[1], 3, device=device, dtype=dtype)
+    # prepare_latents encodes the image, prepare_mask_latents the masked image
+    plan.append(Call("vae_encode", lambda: vae.encode(image), 2))
+    plan.append(
+        Call(
+            "denoise",
+            lambda: transformer(
+                hidden_states=hidden,
+                timestep=timestep,
+                guidance=guidance,
+                pooled_projections=pooled,
+                encoder_hidden_states=embeds,
+                txt_ids=txt_ids,
+                img_ids=img_ids,
+                return_dict=False,
+            ),
+            steps,
+            transformer if cached else None,
+        )
+    )
+    if asuka and components.get("decoder") is not None:
+        decoder = components["decoder"]
+        plan.append(Call("decode", lambda: decoder(latents, image, hole, return_dict=False)))
+    else:
+        plan.append(Call("decode", lambda: vae.decode(latents, return_dict=False)))
+    return plan
+
+
+# ---------------------------------------------------------------------------------------------
+# Full-size architectures on the meta device
+# ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def on_meta(components: dict) -> Iterator[dict]:
+    """Build `components` on the meta device; the AsukaDecoder's input-range check reads values, which meta
+    tensors do not have, so it is switched off there (it does no matmul or convolution, so it counts no FLOPs)."""
+    with torch.device("meta"):
+        yield components
+    if components.get("decoder") is not None:
+        components["decoder"]._check_inputs = lambda *args: None
+
+
+def meta_sd_components(tiny: bool = False) -> dict:
+    """Full-size SD-1.5-inpainting UNet and VAE, ASUKA's MAE/aligner/decoder, CLIP ViT-L text encoder; on meta.
+    (`tiny`: the tiny test components, without a text encoder.)"""
+    from bench_pipelines import build_sd_components, sd_text_encoder
+
+    with on_meta({}) as components:
+        components.update(build_sd_components(tiny))
+        if not tiny:
+            components["text_encoder"] = sd_text_encoder()
+    return components
+
+
+def flux_text_encoders() -> tuple[torch.nn.Module, torch.nn.Module]:
+    """FLUX.1's T5-XXL encoder (google/t5-v1_1-xxl) and CLIP ViT-L text encoder, from their public configs."""
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=32128,
+            d_model=4096,
+            d_kv=64,
+            d_ff=10240,
+            num_layers=24,
+            num_heads=64,
+            relative_attention_num_buckets=32,
+            feed_forward_proj="gated-gelu",
+            is_encoder_decoder=False,
+            use_cache=False,
+        )
+    )
+    clip = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=77,
+            hidden_act="quick_gelu",
+            projection_dim=768,
+        )
+    )
+    return t5.eval(), clip.eval()
+
+
+def meta_flux_components(tiny: bool = False) -> dict:
+    """Full-depth FLUX.1-Fill transformer (19 + 38 blocks) and VAE, ASUKA-FLUX's MAE/aligners/decoder, T5-XXL and
+    CLIP text encoders; on meta. (`tiny`: the tiny test components, without text encoders.)"""
+    from bench_pipelines import build_flux_components
+
+    with on_meta({}) as components:
+        components.update(build_flux_components(tiny, num_layers=19, num_single_layers=38))
+        if not tiny:
+            components["text_encoders"] = flux_text_encoders()
+    return components
+
+
+def pipeline_flops(kind: str, components: dict, size: int, steps: int) -> dict[str, dict[str, int]]:
+    """Per-stage FLOPs of one call of each pipeline: "asuka" and "asuka_cached" (the cache on, as the pipelines
+    run by default), the baseline given embeddings ("sd" / "flux-fill", what bench_pipelines.py times) and with
+    its text encoders ("sd+text" / "flux-fill+text": CLIP, or T5-XXL and CLIP), when `components` holds them."""
+    if kind == "sd":
+        plan, base, text = sd_call_plan, "sd", {"text_encoder": components.get("text_encoder")}
+    else:
+        plan, base, text = flux_call_plan, "flux-fill", {"text_encoders": components.get("text_encoders")}
+    counts = {
+        "asuka": count_plan(plan(components, size, steps, True)),
+        "asuka_cached": count_plan(plan(components, size, steps, True, cached=True)),
+        base: count_plan(plan(components, size, steps, False)),
+    }
+    if None not in text.values():
+        counts[base + "+text"] = count_plan(plan(components, size, steps, False, **text))
+    return counts
+
+
+def ratio_rows(kind: str, components: dict, sizes: list[int], steps: list[int]) -> list[dict]:
+    """One row per (size, steps): the pipelines' GFLOPs, per stage and in all, and ASUKA's ratios (uncached and
+    cached) to the baseline with its text encoders (without them when `components` has none)."""
+    rows = []
+    for size in sizes:
+        for n in steps:
+            counts = pipeline_flops(kind, components, size, n)
+            base = counts[max(k for k in counts if not k.startswith("asuka"))]  # "+text" when counted
+            b, p, c = (sum(x.values()) for x in (base, counts["asuka"], counts["asuka_cached"]))
+            rows.append(
+                {
+                    "pipeline": kind,
+                    "size": size,
+                    "steps": n,
+                    "baseline_gflop": b / 1e9,
+                    "asuka_gflop": p / 1e9,
+                    "asuka_cached_gflop": c / 1e9,
+                    "ratio": p / b,
+                    "ratio_cached": c / b,
+                    "stages_gflop": {name: {k: v / 1e9 for k, v in x.items()} for name, x in counts.items()},
+                }
+            )
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    names = {"sd": ("ASUKA-SD", "SD-inpaint + CLIP"), "flux": ("ASUKA-FLUX", "FluxFill + T5-XXL + CLIP")}
+    lines = [
+        "| pipelines | size | steps | ASUKA (TFLOP) | ASUKA cached (TFLOP) | baseline (TFLOP) | ratio | ratio cached"
+        " |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        a, b = names[r["pipeline"]]
+        lines.append(
+            f"| {a} / {b} | {r['size']} | {r['steps']} | {r['asuka_gflop'] / 1e3:.2f} | "
+            f"{r['asuka_cached_gflop'] / 1e3:.2f} | {r['baseline_gflop'] / 1e3:.2f} | {r['ratio']:.4f} | "
+            f"{r['ratio_cached']:.4f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sd-sizes", type=int, nargs="*", default=[256, 512])
+    parser.add_argument("--sd-steps", type=int, nargs="*", default=[50])
+    parser.add_argument("--flux-sizes", type=int, nargs="*", default=[512, 1024])
+    parser.add_argument("--flux-steps", type=int, nargs="*", default=[28, 50])
+    parser.add_argument("--tiny", action="store_true", help="tiny test components (no text encoders)")
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    args = parser.parse_args(argv)
+    rows = []
+    if args.sd_sizes and args.sd_steps:
+        rows += ratio_rows("sd", meta_sd_components(args.tiny), args.sd_sizes, args.sd_steps)
+    if args.flux_sizes and args.flux_steps:
+        rows += ratio_rows("flux", meta_flux_components(args.tiny), args.flux_sizes, args.flux_steps)
+    print(format_rows(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""The app's parts without a server: default method, Spaces, ZeroGPU duration, result files, load progress."""
+
+import json
+import math
+import os
+import sys
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+from app_launcher import ROOT
+from PIL import Image
+from tqdm import tqdm
+
+from asuka import methods
+
+
+sys.path.insert(0, str(ROOT))
+import app  # noqa: E402  (app.py lives at the repository root)
+
+
+def _editor(width: int, height: int) -> dict:
+    """The editor value as the handler gets it; only the photo's size matters for the duration."""
+    return {"background": SimpleNamespace(width=width, height=height), "layers": [], "composite": None}
+
+
+# --- default method ---------------------------------------------------------------------------------
+
+
+def test_default_method_follows_cuda(monkeypatch):
+    assert app.choose_method(None, tiny=False, cuda_available=True) == "asuka-flux"
+    with pytest.raises(app.NoDefaultMethod) as error:
+        app.choose_method(None, tiny=False, cuda_available=False)
+    message = str(error.value)
+    assert "--tiny" in message
+    for spec in methods.list_methods():  # which methods need what
+        assert spec.name in message
+    # asked-for methods and --tiny never depend on the hardware
+    assert app.choose_method("sd", tiny=False, cuda_available=False) == "sd"
+    assert app.choose_method(None, tiny=True, cuda_available=False) == methods.list_methods()[0].name
+    with pytest.raises(ValueError, match="Unknown method"):
+        app.choose_method("no-such-method", tiny=False, cuda_available=True)
+
+
+def test_default_method_reads_cuda_when_not_told(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert app.choose_method(None, tiny=False) == "asuka-flux"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(app.NoDefaultMethod):
+        app.choose_method(None, tiny=False)
+
+
+def test_spaces_are_recognised_from_their_environment():
+    assert app.on_spaces({"SYSTEM": "spaces", "SPACE_ID": "someone/asuka"})
+    assert app.on_spaces({"SPACE_ID": "someone/asuka"})
+    assert not app.on_spaces({})
+    assert not app.on_spaces({"SYSTEM": "linux"})
+
+
+# --- ZeroGPU duration -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", [spec.name for spec in methods.list_methods()])
+def test_gpu_duration_per_method(method):
+    spec = methods.get_method(method)
+    steps = spec.default_steps
+    base = app.gpu_duration(_editor(1024, 768), None, method, steps)
+    assert isinstance(base, int) and app.GPU_OVERHEAD_S < base <= app.GPU_MAX_DURATION_S
+    assert base == math.ceil(app.GPU_OVERHEAD_S + steps * app.GPU_SECONDS_PER_STEP[method])  # under 4 MP: no scaling
+    # more steps, a bigger photo and "also run the backbone" each ask for more time (below the cap)
+    assert app.gpu_duration(_editor(1024, 768), None, method, steps // 2) < base
+    assert app.gpu_duration(_editor(4000, 3000), None, method, steps) > base
+    with_backbone = app.gpu_duration(_editor(1024, 768), None, method, steps, run_backbone=True)
+    assert with_backbone > base if spec.backbone else with_backbone == base
+    # never more than the cap, however large the request
+    assert app.gpu_duration(_editor(40000, 40000), None, method, 100, run_backbone=True) == app.GPU_MAX_DURATION_S
+
+
+def test_gpu_duration_ranks_methods_by_cost():
+    photo = _editor(1024, 1024)
+    flux = app.gpu_duration(photo, None, "asuka-flux", 28)
+    sd = app.gpu_duration(photo, None, "asuka-sd", 28)
+    assert flux > sd  # a 12B-parameter FLUX step costs far more than an SD-1.5 step
+    # a method added by another package gets the slowest estimate, not a crash
+    assert app.gpu_duration(photo, None, "someone-elses-method", 28) >= flux
+
+
+def test_gpu_decorator_is_applied_with_the_duration_function(monkeypatch):
+    seen = {}
+
+    def fake_gpu(fn=None, **options):
+        seen.update(options)
+        return fn if fn is not None else (lambda f: f)
+
+    monkeypatch.setattr(app, "gpu", fake_gpu)
+    app.build_demo(methods.PipelineCache(tiny=True), "asuka-sd", tiny=True)
+    assert seen["duration"] is app.gpu_duration
+
+
+# --- bounded result files ---------------------------------------------------------------------------
+
+
+def test_result_files_are_bounded_in_number_and_age(tmp_path):
+    results = app.ResultFiles(tmp_path / "results", max_files=3, max_age_s=60)
+    paths = [results.save(Image.new("RGB", (8, 8), (i, 0, 0))) for i in range(7)]
+    on_disk = sorted(str(p) for p in (tmp_path / "results").rglob("*.png"))
+    assert on_disk == sorted(paths[-3:])  # the newest three
+    assert all(path.endswith("inpainted.png") for path in paths)  # the download keeps a friendly name
+    old = tmp_path / "results" / os.listdir(tmp_path / "results")[0]
+    stale = time.time() - 120
+    os.utime(old, (stale, stale))
+    results.prune()
+    assert not old.exists() and len(list((tmp_path / "results").iterdir())) == 2
+
+
+# --- progress while loading -------------------------------------------------------------------------
+
+
+class RecordingProgress(app.gr.Progress):
+    """Stands in for the page's progress bar: records what the page would show."""
+
+    def __init__(self):
+        super().__init__()
+        self.shown = []
+
+    def _progress_callback(self):
+        return lambda iterables: self.shown.extend((it.desc, it.unit, it.index, it.length) for it in iterables)
+
+
+def test_loading_reports_downloads_in_bytes_and_each_stage():
+    page = RecordingProgress()
+    with app.reporting_load(page, "ASUKA-FLUX"):
+        for _ in tqdm(range(3), desc="Fetching 2 files"):
+            pass
+        with tqdm(total=3_000_000, desc="mae_300.pth", unit="B", unit_scale=True) as bar:
+            bar.update(1_000_000)
+            bar.update(2_000_000)
+        for _ in tqdm(range(2), desc="Converting the release"):
+            pass
+        for _ in tqdm(range(5), desc="Loading pipeline components..."):
+            pass
+    descs = [desc for desc, *_ in page.shown]
+    assert "ASUKA-FLUX: downloading — Fetching 2 files" in descs
+    assert ("ASUKA-FLUX: downloading — mae_300.pth", "B", 3_000_000, 3_000_000) in page.shown
+    assert "ASUKA-FLUX: converting — Converting the release" in descs
+    assert "ASUKA-FLUX: loading — Loading pipeline components..." in descs
+    assert any("preparing the weights" in (desc or "") for desc in descs)  # between bars
+    # outside a load, tqdm bars are not sent to the page
+    count = len(page.shown)
+    for _ in tqdm(range(3), desc="denoising", disable=True):
+        pass
+    assert len(page.shown) == count
+
+
+def test_loading_stage_from_bar():
+    assert app.load_stage("model.safetensors", "B") == "downloading"
+    assert app.load_stage("Fetching 23 files", "it") == "downloading"
+    assert app.load_stage("Converting ASUKA-FLUX", "it") == "converting"
+    assert app.load_stage("Loading checkpoint shards", "it") == "loading"
+
+
+def test_cache_sweep_deletes_old_tracked_files_but_not_kept_ones(tmp_path):
+    files = [tmp_path / f"{name}.png" for name in ("upload", "output", "example")]
+    for file in files:
+        file.write_bytes(b"png")
+    tracked = {str(file) for file in files}
+    demo = SimpleNamespace(blocks={0: SimpleNamespace(keep_in_cache={str(files[2])})}, temp_file_sets=[tracked])
+    results = app.ResultFiles(tmp_path / "results", max_files=3, max_age_s=3600)
+    app.sweep_cache(demo, results, max_age_s=3600)  # nothing is old yet
+    assert all(file.exists() for file in files) and len(tracked) == 3
+    app.sweep_cache(demo, results, max_age_s=-1)  # everything is old
+    assert not files[0].exists() and not files[1].exists() and files[2].exists()
+    assert tracked == {str(files[2])}
+
+
+def test_cache_sweeper_survives_a_failed_sweep(tmp_path):
+    sweeps = []
+
+    class FlakyDemo:
+        blocks = {}
+
+        @property
+        def temp_file_sets(self):
+            sweeps.append(time.monotonic())
+            if len(sweeps) == 1:
+                raise RuntimeError("Set changed size during iteration")  # what ends Gradio's own clean-up
+            return []
+
+    stop = threading.Event()
+    thread = app.start_cache_sweeper(FlakyDemo(), app.ResultFiles(tmp_path), max_age_s=1, every_s=0.05, stop=stop)
+    deadline = time.monotonic() + 10
+    while len(sweeps) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    thread.join(timeout=5)
+    assert len(sweeps) >= 3 and not thread.is_alive()
+
+
+def test_on_a_space_without_gpu_the_page_starts_with_the_guidance(monkeypatch):
+    launched = []
+    monkeypatch.setattr(app.gr.Blocks, "launch", lambda demo, **options: launched.append(demo))
+    for name, value in {"SYSTEM": "spaces", "SPACE_ID": "someone/asuka"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("ASUKA_METHOD", raising=False)
+    monkeypatch.delenv("ASUKA_TINY", raising=False)
+    app.main(["--device", "cpu"])  # a CPU Space run as Spaces run it: no flags
+    (demo,) = launched
+    page = json.dumps(demo.config)
+    assert "No CUDA GPU was found" in page and "--tiny" in page and "ASUKA_TINY=1" in page
+    assert "load-guidance" in page
+
+    monkeypatch.delenv("SYSTEM")
+    monkeypatch.delenv("SPACE_ID")
+    with pytest.raises(SystemExit) as exit_:  # the same start outside Spaces fails fast
+        app.main(["--device", "cpu"])
+    assert exit_.value.code == 2 and len(launched) == 1

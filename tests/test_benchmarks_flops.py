@@ -1,0 +1,157 @@
+"""benchmarks/flops.py: the counter against hand counts, and the per-component call plans against FlopCounterMode
+over the real pipeline calls (tiny components), on CPU and on the meta device the full-size counts use."""
+
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from diffusers.models.attention_processor import Attention
+
+from asuka.pipelines.cached_attention import ConstantInputCache, constant_condition_modules
+from asuka.testing import make_tiny_pipeline
+from asuka.testing.flux import make_tiny_flux_components
+from asuka.testing.sd import make_tiny_sd_components
+
+
+SIZE, STEPS = 32, 3
+
+
+@pytest.fixture(scope="module")
+def flops(bench_dir):
+    import flops
+
+    return flops
+
+
+@pytest.fixture(scope="module")
+def bench_dir():
+    import pathlib
+
+    path = str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks")
+    sys.path.insert(0, path)
+    yield path
+    sys.path.remove(path)
+
+
+def _inputs():
+    image = np.random.RandomState(0).rand(SIZE, SIZE, 3).astype(np.float32)
+    mask = np.zeros((SIZE, SIZE), np.float32)
+    mask[8:24, 8:24] = 1
+    return image, mask
+
+
+def test_linear_and_attention_blocks_match_a_hand_count(flops):
+    linear = torch.nn.Linear(64, 32)
+    assert flops.count_flops(lambda: linear(torch.zeros(2, 10, 64))) == 2 * (2 * 10) * 64 * 32
+
+    # cross-attention: 16 queries of width 32, 5 keys of width 48, 2 heads of 8 (inner 16)
+    attn = Attention(query_dim=32, cross_attention_dim=48, heads=2, dim_head=8)
+    x, context = torch.zeros(1, 16, 32), torch.zeros(1, 5, 48)
+    q, k, v, out = 2 * 16 * 32 * 16, 2 * 5 * 48 * 16, 2 * 5 * 48 * 16, 2 * 16 * 16 * 32
+    scores, weighted = 2 * 2 * 16 * 5 * 8, 2 * 2 * 16 * 5 * 8  # QK^T and AV over 2 heads
+    for device in ("cpu", "meta"):
+        attn.to(device)
+        x, context = x.to(device), context.to(device)
+        assert flops.count_flops(lambda: attn(x, context)) == q + k + v + scores + weighted + out, device
+        with ConstantInputCache(constant_condition_modules(attn)):
+            first = flops.count_flops(lambda: attn(x, context))
+            again = flops.count_flops(lambda: attn(x, context))
+        assert first == q + k + v + scores + weighted + out and again == first - k - v, device
+
+
+def _sd_components(pipe) -> dict:
+    names = ("unet", "vae", "scheduler", "mae", "aligner", "decoder")
+    return {k: getattr(pipe, k) for k in names if getattr(pipe, k, None) is not None}
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_sd_plan_equals_the_whole_asuka_call(flops, cached):
+    pipe = make_tiny_pipeline("sd")
+    pipe.cache_conditioning = cached
+    image, mask = _inputs()
+    with flops.flop_counter_mode() as counter:
+        pipe(image, mask, num_inference_steps=STEPS, working_resolution=SIZE, output_type="np")
+    plan = flops.count_plan(flops.sd_call_plan(_sd_components(pipe), SIZE, STEPS, asuka=True, cached=cached))
+    assert set(plan) == {"mae", "aligner", "vae_encode", "denoise", "decode"}
+    assert sum(plan.values()) == counter.get_total_flops() > 0
+
+
+def test_sd_plan_equals_the_whole_stable_diffusion_inpaint_call(flops):
+    pipe = make_tiny_pipeline("sd-backbone")
+    image, mask = _inputs()
+    embeds = torch.randn(1, flops.SD_TEXT_TOKENS, pipe.unet.config.cross_attention_dim)
+    with flops.flop_counter_mode() as counter:
+        pipe(
+            prompt_embeds=embeds,
+            image=torch.from_numpy(image).permute(2, 0, 1)[None],
+            mask_image=torch.from_numpy(mask)[None, None],
+            height=SIZE,
+            width=SIZE,
+            num_inference_steps=STEPS,
+            guidance_scale=1.0,
+            output_type="np",
+        )
+    plan = flops.count_plan(flops.sd_call_plan(_sd_components(pipe), SIZE, STEPS, asuka=False))
+    assert sum(plan.values()) == counter.get_total_flops() > 0
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_flux_plans_equal_the_whole_calls(flops, cached):
+    names = ("transformer", "vae", "scheduler", "mae", "token_aligner", "pooled_aligner", "decoder")
+    image, mask = _inputs()
+    pipe = make_tiny_pipeline("flux")
+    pipe.cache_conditioning = cached
+    with flops.flop_counter_mode() as counter:
+        pipe(image, mask, num_inference_steps=STEPS, working_resolution=SIZE, output_type="np")
+    plan = flops.count_plan(
+        flops.flux_call_plan({k: getattr(pipe, k) for k in names}, SIZE, STEPS, asuka=True, cached=cached)
+    )
+    assert sum(plan.values()) == counter.get_total_flops() > 0
+
+    base = make_tiny_pipeline("flux-backbone")
+    config = base.transformer.config
+    with flops.flop_counter_mode() as counter:
+        base(
+            image=PIL.Image.fromarray((image * 255).astype(np.uint8)),
+            mask_image=PIL.Image.fromarray((mask * 255).astype(np.uint8)),
+            prompt_embeds=torch.randn(1, 7, config.joint_attention_dim),
+            pooled_prompt_embeds=torch.randn(1, config.pooled_projection_dim),
+            height=SIZE,
+            width=SIZE,
+            num_inference_steps=STEPS,
+            output_type="np",
+        )
+    plan = flops.count_plan(
+        flops.flux_call_plan({k: getattr(base, k) for k in names[:3]}, SIZE, STEPS, asuka=False, t5_tokens=7)
+    )
+    assert sum(plan.values()) == counter.get_total_flops() > 0
+
+
+def test_meta_device_counts_what_cpu_counts(flops):
+    """The full-size figures are counted on meta tensors: on tiny components both devices give the same plan."""
+    cpu = make_tiny_sd_components(0)
+    with flops.on_meta({}) as meta:
+        meta.update(make_tiny_sd_components(0))
+    for cached in (False, True):
+        on_cpu = flops.count_plan(flops.sd_call_plan(cpu, SIZE, STEPS, asuka=True, cached=cached))
+        on_meta = flops.count_plan(flops.sd_call_plan(meta, SIZE, STEPS, asuka=True, cached=cached))
+        assert on_meta == on_cpu
+    assert next(meta["unet"].parameters()).device.type == "meta"
+
+    cpu = make_tiny_flux_components(0)
+    with flops.on_meta({}) as meta:
+        meta.update(make_tiny_flux_components(0))
+    assert flops.count_plan(flops.flux_call_plan(meta, SIZE, STEPS, asuka=True)) == flops.count_plan(
+        flops.flux_call_plan(cpu, SIZE, STEPS, asuka=True)
+    )
+
+
+def test_ratio_rows_report_the_cache_saving(flops):
+    components = make_tiny_sd_components(0)
+    [row] = flops.ratio_rows("sd", components, [SIZE], [STEPS])
+    assert row["asuka_cached_gflop"] < row["asuka_gflop"]
+    assert row["ratio"] == pytest.approx(row["asuka_gflop"] / row["baseline_gflop"])
+    assert row["baseline_gflop"] == pytest.approx(sum(row["stages_gflop"]["sd"].values()))
+    assert "| ASUKA-SD / SD-inpaint + CLIP | 32 | 3 |" in flops.format_rows([row])
