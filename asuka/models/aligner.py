@@ -66,14 +66,14 @@ class AsukaAligner(ModelMixin, ConfigMixin):
     `w = condition_weight` (the ASUKA-FLUX release uses the unconditional T5/CLIP embeddings and w = 0.5).
 
     Parameters:
-        in_dim (`int`, defaults to 512): Width of the MAE prior.
-        hidden_dim (`int`, defaults to 768): Width of the conditioning.
-        num_blocks (`int`, defaults to 4): Transformer blocks.
-        head_dim (`int`, defaults to 64): Attention head width.
-        mlp_ratio (`float`, defaults to 4.0): MLP expansion.
-        num_tokens (`int`, defaults to 256): Number of prior tokens (shape of a token null embedding).
-        null_embedding (`str`, *optional*): `None`, `"tokens"` or `"pooled"`.
-        condition_weight (`float`, defaults to 1.0): Default interpolation weight towards the conditioning.
+        in_dim (`int`, *optional*, defaults to 512): Width of the MAE prior.
+        hidden_dim (`int`, *optional*, defaults to 768): Width of the conditioning.
+        num_blocks (`int`, *optional*, defaults to 4): Transformer blocks.
+        head_dim (`int`, *optional*, defaults to 64): Attention head width.
+        mlp_ratio (`float`, *optional*, defaults to 4.0): MLP expansion.
+        num_tokens (`int`, *optional*, defaults to 256): Number of prior tokens (shape of a token null embedding).
+        null_embedding (`str`, *optional*): `None` (no null conditioning), `"tokens"` or `"pooled"`.
+        condition_weight (`float`, *optional*, defaults to 1.0): Default interpolation weight towards the conditioning.
     """
 
     @register_to_config

@@ -58,6 +58,20 @@ class AsukaDecoder(ModelMixin, ConfigMixin):
     `z / 0.3611 + 0.1159`) while copying the known region's appearance from `image` (in [-1, 1], at the
     output resolution); `mask` is (B, 1, H, W) in [0, 1] with 1 = hole. Like a diffusers model, the forward
     does not inspect values: the pipelines pass binary masks.
+
+    Parameters:
+        latent_channels (`int`, *optional*, defaults to 4): Latent channels (4 for SD-1.5, 16 for FLUX).
+        out_channels (`int`, *optional*, defaults to 3): Image channels.
+        up_block_types (`tuple[str, ...]`, *optional*, defaults to `("UpDecoderBlock2D",) * 4`):
+            One up block per level, as in `AutoencoderKL`.
+        block_out_channels (`tuple[int, ...]`, *optional*, defaults to `(128, 256, 512, 512)`):
+            Widths of the levels (also the condition encoder's, one feature map per level).
+        layers_per_block (`int`, *optional*, defaults to 2): ResNet layers per up block.
+        norm_num_groups (`int`, *optional*, defaults to 32): GroupNorm groups.
+        act_fn (`str`, *optional*, defaults to `"silu"`): Activation.
+        mid_block_add_attention (`bool`, *optional*, defaults to `True`): Attention in the mid block.
+        use_post_quant_conv (`bool`, *optional*, defaults to `True`):
+            Apply the VAE's 1x1 `post_quant_conv` first (SD's VAE has one, FLUX's does not).
     """
 
     _supports_gradient_checkpointing = True

@@ -72,18 +72,18 @@ class AsukaMAE(ModelMixin, ConfigMixin):
     tokens. Hence the prior depends only on visible pixels and is finite for empty and full masks.
 
     Parameters:
-        image_size (`int`, defaults to 256): Working resolution of the ViT.
-        patch_size (`int`, defaults to 16): Patch size.
-        in_channels (`int`, defaults to 3): Image channels.
-        embed_dim (`int`, defaults to 768): Encoder width.
-        depth (`int`, defaults to 12): Encoder blocks.
-        num_heads (`int`, defaults to 12): Encoder attention heads.
-        decoder_embed_dim (`int`, defaults to 512): Decoder width (= prior width).
-        decoder_depth (`int`, defaults to 8): Decoder blocks.
-        decoder_num_heads (`int`, defaults to 16): Decoder attention heads.
-        mlp_ratio (`float`, defaults to 4.0): MLP expansion of every block.
-        norm_eps (`float`, defaults to 1e-6): LayerNorm epsilon.
-        prior_layer (`int`, defaults to 6): Number of decoder blocks run before the prior is read.
+        image_size (`int`, *optional*, defaults to 256): Working resolution of the ViT.
+        patch_size (`int`, *optional*, defaults to 16): Patch size.
+        in_channels (`int`, *optional*, defaults to 3): Image channels.
+        embed_dim (`int`, *optional*, defaults to 768): Encoder width.
+        depth (`int`, *optional*, defaults to 12): Encoder blocks.
+        num_heads (`int`, *optional*, defaults to 12): Encoder attention heads.
+        decoder_embed_dim (`int`, *optional*, defaults to 512): Decoder width (= prior width).
+        decoder_depth (`int`, *optional*, defaults to 8): Decoder blocks.
+        decoder_num_heads (`int`, *optional*, defaults to 16): Decoder attention heads.
+        mlp_ratio (`float`, *optional*, defaults to 4.0): MLP expansion of every block.
+        norm_eps (`float`, *optional*, defaults to 1e-6): LayerNorm epsilon.
+        prior_layer (`int`, *optional*, defaults to 6): Number of decoder blocks run before the prior is read.
     """
 
     @register_to_config

@@ -193,6 +193,17 @@ class StrDiffusionUNet(ModelMixin, ConfigMixin):
 
     Released configs: texture `in_channels=3, structure_channels=1`; structure `in_channels=1,
     structure_channels=0`; both `base_channels=64, depth=4`.
+
+    Parameters:
+        in_channels (`int`, *optional*, defaults to 3): Channels of the state (3 texture, 1 structure).
+        out_channels (`int`, *optional*): Channels of the predicted noise; `None` means `in_channels`.
+        base_channels (`int`, *optional*, defaults to 64): Width of the first level (doubled per level).
+        depth (`int`, *optional*, defaults to 4): Encoder/decoder levels.
+        structure_channels (`int`, *optional*, defaults to 1):
+            Channels of the SPADE structure guide; 0 builds no SPADE blocks (the structure denoiser).
+        spade_hidden_channels (`int`, *optional*, defaults to 16): Hidden width of the SPADE blocks.
+        attention_heads (`int`, *optional*, defaults to 4): Heads of the linear attention blocks.
+        attention_head_dim (`int`, *optional*, defaults to 32): Width of an attention head.
     """
 
     @register_to_config
@@ -337,6 +348,13 @@ class StrDiffusionDiscriminator(ModelMixin, ConfigMixin):
     A StyleGAN minibatch-stddev channel couples samples that share a group (group = min(B, stddev_group)),
     so a sample's output depends on its batch. `stddev_group=1` gives every sample the batch-1 value
     (the constant 1e-4 channel), which is what the reference sampler computes; StrDiffusionPipeline uses it.
+
+    Parameters:
+        in_channels (`int`, *optional*, defaults to 4): Texture (3) plus structure (1) channels.
+        base_channels (`int`, *optional*, defaults to 64): Width of the first convolution.
+        t_emb_dim (`int`, *optional*, defaults to 256): Width of the time embedding.
+        stddev_group (`int`, *optional*, defaults to 4):
+            Default minibatch-stddev group (the authors' training value); `forward(stddev_group=)` overrides it.
     """
 
     @register_to_config

@@ -12,12 +12,14 @@ from typing import Any
 import PIL.Image
 import torch
 from diffusers import AsymmetricAutoencoderKL, AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_inpaint import (
     StableDiffusionInpaintPipeline,
     retrieve_timesteps,
 )
 from diffusers.schedulers import KarrasDiffusionSchedulers
+from diffusers.utils import replace_example_docstring
 
 from .cached_attention import cache_constant_conditioning
 from .hub_export import write_remote_code
@@ -36,6 +38,27 @@ from .inpaint_steps import (
 )
 
 
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import torch
+        >>> from diffusers.utils import load_image
+
+        >>> from asuka import AsukaPipeline
+
+        >>> # "./asuka-sd" is a folder written by `AsukaPipeline.save_pretrained` (or a Hub repo made from one).
+        >>> device = "cuda" if torch.cuda.is_available() else "cpu"
+        >>> dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        >>> pipe = AsukaPipeline.from_pretrained("./asuka-sd", torch_dtype=dtype).to(device)
+
+        >>> image = load_image("photo.png")
+        >>> mask = load_image("mask.png")  # white = repaint; the image's size or aspect ratio
+        >>> result = pipe(image, mask, num_inference_steps=50, generator=torch.Generator(device).manual_seed(0))
+        >>> result.images[0].save("inpainted.png")  # the input's size; pixels outside the mask are the input's
+        ```
+"""
+
+
 class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin):
     r"""ASUKA inpainting with a frozen SD-1.5-inpainting UNet.
 
@@ -44,12 +67,18 @@ class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin):
     mask-conditioned `decoder` blends the real unmasked pixels into the decoding so colours stay consistent.
 
     Args:
-        vae: encodes the masked image (and decodes when `decoder` is None).
-        unet: the 9-channel SD-inpainting `UNet2DConditionModel` (frozen).
-        scheduler: any diffusers scheduler compatible with the UNet.
-        mae: `AsukaMAE`, the masked autoencoder that gives the prior.
-        aligner: `AsukaAligner`, maps the prior to the UNet's cross-attention space.
-        decoder: `AsukaDecoder`, diffusers' `AsymmetricAutoencoderKL`, or None for the plain VAE decoder.
+        vae ([`AutoencoderKL`]):
+            Encodes the masked image (and decodes when `decoder` is None).
+        unet ([`UNet2DConditionModel`]):
+            The frozen 9-channel SD-inpainting UNet.
+        scheduler ([`SchedulerMixin`]):
+            Any diffusers scheduler compatible with the UNet (one of [`KarrasDiffusionSchedulers`]).
+        mae ([`AsukaMAE`]):
+            The masked autoencoder that gives the prior from the unmasked pixels only.
+        aligner ([`AsukaAligner`]):
+            Maps the prior to the UNet's cross-attention space.
+        decoder ([`AsukaDecoder`] or [`AsymmetricAutoencoderKL`], *optional*):
+            The mask-conditioned decoder; `None` decodes with the plain VAE (the paper's decoder ablation).
     """
 
     model_cpu_offload_seq = "mae->aligner->vae->unet->decoder"
@@ -77,18 +106,22 @@ class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin):
 
     @property
     def guidance_scale(self) -> float:
+        """The classifier-free guidance scale of the current step; a step callback may change `_guidance_scale`."""
         return self._guidance_scale
 
     @property
     def do_classifier_free_guidance(self) -> bool:
+        """Whether the current step is guided (`guidance_scale > 1`); diffusers' CFG cut-off callbacks end it."""
         return self._guidance_scale > 1.0
 
     @property
     def num_timesteps(self) -> int:
+        """How many steps the current (or last) call runs."""
         return self._num_timesteps
 
     @property
     def interrupt(self) -> bool:
+        """Set `pipe._interrupt = True` in a step callback to stop the loop after that step."""
         return self._interrupt
 
     @property
@@ -149,6 +182,7 @@ class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin):
 
     @torch.no_grad()
     @cache_constant_conditioning("unet")  # cross-attention K/V once per call, restored afterwards
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
         image: ImageInput,
@@ -168,35 +202,72 @@ class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin):
         padding_mask_crop: int | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
-        callback_on_step_end: Callable[[Any, int, int, dict], dict] | None = None,
+        callback_on_step_end: Callable[[DiffusionPipeline, int, int, dict], dict]
+        | PipelineCallback
+        | MultiPipelineCallbacks
+        | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
-    ):
+    ) -> AsukaPipelineOutput | tuple:
         r"""Inpaint `image` where `mask_image` is white.
 
         Args:
-            image: image(s) to inpaint, of any size (PIL, numpy, tensor in [0, 1], or a list).
-            mask_image: white = repaint. Same size as `image`, or the same aspect ratio.
-            num_inference_steps: denoising steps.
-            timesteps: custom timesteps for schedulers that accept them.
-            guidance_scale: classifier-free guidance; the paper uses none (1.0). Above 1 needs
-                `negative_prompt_embeds`.
-            prompt_embeds: overrides ASUKA's conditioning (e.g. CLIP text embeddings for the SD baselines).
-            negative_prompt_embeds: the unconditional embeddings for guidance.
-            condition_weight: pulls the aligner output towards its null embedding (aligners that hold one).
-            num_images_per_prompt: samples per input image.
-            eta: DDIM's eta.
-            generator: torch generator(s) for determinism.
-            latents: initial noise latents at the working size.
-            keep_unmasked: paste only the hole back, so every unmasked pixel equals the input's exactly.
-            working_resolution: long side of the size the backbone runs at (default: its native resolution).
-                Larger images are processed on a crop around the mask.
-            padding_mask_crop: always work on a crop around the mask with this many pixels of context.
-            output_type: `pil`, `np`, `pt` or `latent`.
-            return_dict: return an `AsukaPipelineOutput` instead of a tuple.
-            callback_on_step_end: called as `fn(pipe, step, timestep, tensors)` after each step; may replace tensors.
-            callback_on_step_end_tensor_inputs: which tensors the callback receives.
+            image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor`, `str` or a `list` of them):
+                The image(s) to inpaint, of any size: PIL images or paths, numpy arrays (H, W, C) / (B, H, W, C)
+                (uint8, or float in [0, 1]), tensors (C, H, W) / (B, C, H, W) in [0, 1].
+            mask_image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor`, `str` or a `list` of them):
+                White (> 0.5) = repaint. The image's size, or the same aspect ratio; one mask, or one per image.
+            num_inference_steps (`int`, *optional*, defaults to 50):
+                The number of denoising steps.
+            timesteps (`list[int]`, *optional*):
+                Custom timesteps, in descending order, for schedulers whose `set_timesteps` accepts them.
+            guidance_scale (`float`, *optional*, defaults to 1.0):
+                Classifier-free guidance scale, on when above 1; the paper uses none (1.0). Guidance needs
+                `negative_prompt_embeds` (ASUKA has no text prompt to negate). Read as `pipe.guidance_scale` at every
+                step, so a step callback may change it (diffusers' `SDCFGCutoffCallback` ends guidance).
+            prompt_embeds (`torch.Tensor`, *optional*):
+                Replaces ASUKA's conditioning `aligner(mae.prior(image, mask))`, e.g. CLIP text embeddings for the SD
+                baselines; batch 1 or one per image.
+            negative_prompt_embeds (`torch.Tensor`, *optional*):
+                The unconditional embeddings that guidance pushes away from; batch 1 or one per image.
+            condition_weight (`float`, *optional*):
+                Pulls the aligner output towards its null embedding (aligners that hold one); `None` uses the
+                aligner's configured weight.
+            num_images_per_prompt (`int`, *optional*, defaults to 1):
+                Samples per input image; the outputs of one image are consecutive.
+            eta (`float`, *optional*, defaults to 0.0):
+                DDIM's eta; ignored by other schedulers.
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*):
+                One generator, or one per output (`len(image) * num_images_per_prompt`); with one per output, each
+                output equals the run of its image alone with its generator.
+            latents (`torch.Tensor`, *optional*):
+                Initial noise latents, one per output at the working size; drawn from `generator` when not given.
+            keep_unmasked (`bool`, *optional*, defaults to `True`):
+                Paste only the hole back, so every unmasked pixel equals the input's exactly.
+            working_resolution (`int`, *optional*):
+                Long side of the size the backbone runs at (default: its native resolution, 512 for SD-1.5). Larger
+                images are processed on a crop around the mask.
+            padding_mask_crop (`int`, *optional*):
+                Always work on a crop around the mask with this many pixels of context.
+            output_type (`str`, *optional*, defaults to `"pil"`):
+                `"pil"`, `"np"`, `"pt"` (in [0, 1], at the input size) or `"latent"` (the denoised latents).
+            return_dict (`bool`, *optional*, defaults to `True`):
+                Return an [`AsukaPipelineOutput`] instead of a tuple.
+            callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*):
+                Called after each step as `callback_on_step_end(pipe, step, timestep, callback_kwargs)` with the
+                tensors named in `callback_on_step_end_tensor_inputs` (a callback object brings its own
+                `tensor_inputs`); the tensors it returns replace the pipeline's.
+            callback_on_step_end_tensor_inputs (`list[str]`, *optional*, defaults to `["latents"]`):
+                Names from `_callback_tensor_inputs`: `latents`, `prompt_embeds` (with guidance, the negative
+                embeddings first), `mask` and `masked_image_latents`.
+
+        Examples:
+
+        Returns:
+            [`AsukaPipelineOutput`] or `tuple`: the images, or a one-element tuple when `return_dict` is False.
         """
         # 1. Check and standardise the inputs
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         working_resolution = working_resolution or self.default_working_resolution
         self.check_inputs(
             num_inference_steps,
@@ -250,12 +321,19 @@ class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin):
         latents = self.prepare_latents(
             total, num_channels_latents, work_h, work_w, prompt_embeds.dtype, device, generator, latents
         )[0]
-        masked_image = init_image * (work_hole < 0.5)
+        # One masked image per output: each output's VAE sample comes from its own generator.
+        masked_image = (init_image * (work_hole < 0.5)).repeat_interleave(num_images_per_prompt, dim=0)
         mask, masked_image_latents = self.prepare_mask_latents(
-            work_hole, masked_image, batch_size, work_h, work_w, prompt_embeds.dtype, device, generator, False
+            work_hole.repeat_interleave(num_images_per_prompt, dim=0),
+            masked_image,
+            total,
+            work_h,
+            work_w,
+            prompt_embeds.dtype,
+            device,
+            generator,
+            False,
         )
-        mask = mask.repeat_interleave(num_images_per_prompt, dim=0)
-        masked_image_latents = masked_image_latents.repeat_interleave(num_images_per_prompt, dim=0)
         if self.unet.config.in_channels != num_channels_latents + mask.shape[1] + masked_image_latents.shape[1]:
             raise ValueError(
                 f"`unet` takes {self.unet.config.in_channels} input channels; ASUKA needs a 9-channel inpainting UNet."
@@ -279,7 +357,7 @@ class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin):
                 ]
                 if self.do_classifier_free_guidance:
                     noise_uncond, noise_cond = noise_pred.chunk(2)
-                    noise_pred = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
+                    noise_pred = noise_uncond + self.guidance_scale * (noise_cond - noise_uncond)
                 latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
 
                 if callback_on_step_end is not None:

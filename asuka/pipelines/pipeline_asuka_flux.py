@@ -29,8 +29,10 @@ from diffusers import (
     FluxFillPipeline,
     FluxTransformer2DModel,
 )
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.flux.pipeline_flux_fill import calculate_shift, retrieve_timesteps
+from diffusers.utils import replace_example_docstring
 
 from ..models.aligner import AsukaAligner
 from ..models.decoder import AsukaDecoder
@@ -51,6 +53,30 @@ from .inpaint_steps import (
 )
 
 
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import torch
+        >>> from diffusers.utils import load_image
+
+        >>> from asuka import AsukaFluxPipeline
+
+        >>> # FLUX.1-Fill-dev is gated: accept its licence on the Hub and log in. "./asuka-flux" is the folder written
+        >>> # by `python -m asuka.convert asuka-flux --release yikaiwang/ASUKA-FLUX.1-Fill --out ./asuka-flux`.
+        >>> pipe = AsukaFluxPipeline.from_pretrained(
+        ...     "black-forest-labs/FLUX.1-Fill-dev", asuka="./asuka-flux", torch_dtype=torch.bfloat16
+        ... )
+        >>> device = "cuda" if torch.cuda.is_available() else "cpu"
+        >>> pipe = pipe.to(device)
+
+        >>> image = load_image("photo.png")
+        >>> mask = load_image("mask.png")  # white = repaint; the image's size or aspect ratio
+        >>> # The release's settings: 50 steps, FLUX guidance 30, condition_weight 0.5 (the aligners' default).
+        >>> result = pipe(image, mask, guidance_scale=30.0, generator=torch.Generator(device).manual_seed(0))
+        >>> result.images[0].save("inpainted.png")  # the input's size; pixels outside the mask are the input's
+        ```
+"""
+
 # Sub-folders of a converted ASUKA-FLUX folder (see `asuka.convert.release`).
 ASUKA_FLUX_COMPONENTS = ("mae", "token_aligner", "pooled_aligner", "decoder")
 
@@ -58,20 +84,28 @@ ASUKA_FLUX_COMPONENTS = ("mae", "token_aligner", "pooled_aligner", "decoder")
 class AsukaFluxPipeline(DiffusionPipeline):
     r"""FLUX.1-Fill inpainting conditioned on the visible image (ASUKA) instead of a text prompt.
 
-    Components: `vae` (FLUX AutoencoderKL, 16 latent channels), `transformer` (FLUX.1-Fill
-    `FluxTransformer2DModel`), `scheduler` (`FlowMatchEulerDiscreteScheduler`), `mae` (`AsukaMAE`),
-    `token_aligner` / `pooled_aligner` (`AsukaAligner`, 4096- and 768-wide in the release) and
-    `decoder` (`AsukaDecoder` or `None` for the plain VAE decoder). `working_resolution` (saved in the
-    pipeline config) is the default long side the backbone runs at.
+    Assemble it from the gated FLUX repo and the converted ASUKA components with
+    `AsukaFluxPipeline.from_pretrained("black-forest-labs/FLUX.1-Fill-dev", asuka=...)` (text encoders are never
+    loaded). FLUX.1-Fill's guidance is a scale embedded in the transformer, not classifier-free guidance, so the
+    pipeline has `guidance_scale` but no `do_classifier_free_guidance` (as `FluxFillPipeline`).
 
-    Assemble from the gated FLUX repo and the converted ASUKA components (text encoders are never
-    loaded):
-
-    ```py
-    pipe = AsukaFluxPipeline.from_pretrained(
-        "black-forest-labs/FLUX.1-Fill-dev", asuka="path/or/repo-of-converted-asuka", torch_dtype=torch.bfloat16
-    )
-    ```
+    Args:
+        vae ([`AutoencoderKL`]):
+            The FLUX VAE (16 latent channels): encodes the masked image, and decodes when `decoder` is None.
+        transformer ([`FluxTransformer2DModel`]):
+            The frozen FLUX.1-Fill transformer.
+        scheduler ([`FlowMatchEulerDiscreteScheduler`]):
+            FLUX's flow-matching scheduler (resolution-dependent shift).
+        mae ([`AsukaMAE`]):
+            The masked autoencoder that gives the prior from the unmasked pixels only.
+        token_aligner ([`AsukaAligner`]):
+            Maps the prior to the tokens that replace T5's (4096 wide in the release).
+        pooled_aligner ([`AsukaAligner`]):
+            Maps the prior to the pooled vector that replaces CLIP's (768 wide in the release).
+        decoder ([`AsukaDecoder`], *optional*):
+            The 16-channel mask-conditioned decoder; `None` decodes with the plain VAE.
+        working_resolution (`int`, *optional*, defaults to 1024):
+            The default long side the backbone runs at (saved in the pipeline config).
     """
 
     # The VAE encodes the masked image before denoising; with an ASUKA decoder it is not needed again.
@@ -116,6 +150,21 @@ class AsukaFluxPipeline(DiffusionPipeline):
         self.image_processor = VaeImageProcessor(
             vae_scale_factor=self.vae_scale_factor * 2, vae_latent_channels=self.latent_channels
         )
+
+    @property
+    def guidance_scale(self) -> float:
+        """The embedded FLUX guidance scale of the current call (the `guidance_scale` argument)."""
+        return self._guidance_scale
+
+    @property
+    def num_timesteps(self) -> int:
+        """How many steps the current (or last) call runs."""
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        """Set `pipe._interrupt = True` in a step callback to stop the loop after that step."""
+        return self._interrupt
 
     def check_inputs(
         self,
@@ -237,6 +286,7 @@ class AsukaFluxPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     @cache_constant_conditioning("transformer")  # context_embedder once per call, restored afterwards
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
         image: ImageInput,
@@ -256,32 +306,71 @@ class AsukaFluxPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         joint_attention_kwargs: dict[str, Any] | None = None,
-        callback_on_step_end: Callable[[Any, int, torch.Tensor, dict], dict] | None = None,
+        callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict]
+        | PipelineCallback
+        | MultiPipelineCallbacks
+        | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
     ) -> AsukaPipelineOutput | tuple:
         r"""Inpaint `image` where `mask_image` is white.
 
         Args:
-            image: image(s) of any size (PIL, path, numpy, tensor in [0, 1], or a list).
-            mask_image: white = repaint; the image's size or the same aspect ratio.
-            num_inference_steps / guidance_scale: the release uses 50 steps and FLUX guidance 30.
-            generator / latents: as in `FluxFillPipeline` (`latents` are packed, at the working size).
-            num_images_per_prompt: samples per input image.
-            prompt_embeds / pooled_prompt_embeds: override the ASUKA conditioning (both or neither), e.g. T5/CLIP
-                embeddings for the plain FLUX-Fill baseline; batch 1 or one per image.
-            condition_weight: interpolation towards the null embeddings (None: the aligners' own, 0.5 in the release).
-            keep_unmasked: paste only the hole back, so every unmasked pixel equals the input's exactly.
-            working_resolution: long side the backbone runs at (default `config.working_resolution`, 1024);
-                larger images are processed on a crop around the mask.
-            padding_mask_crop: always work on a crop around the mask with this many pixels of context.
-            sigmas: custom flow-matching sigmas (default: FLUX's linear schedule, shifted for the resolution).
-            output_type: `pil`, `np`, `pt` or `latent` (packed FLUX latents, as `FluxFillPipeline` returns them).
-            return_dict: return an `AsukaPipelineOutput` instead of a tuple.
-            joint_attention_kwargs: passed to the transformer's attention processors.
-            callback_on_step_end: called as `fn(pipe, step, timestep, tensors)` after each step; may replace tensors.
-            callback_on_step_end_tensor_inputs: which tensors the callback receives (`latents`, `prompt_embeds`).
+            image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor`, `str` or a `list` of them):
+                The image(s) to inpaint, of any size: PIL images or paths, numpy arrays (H, W, C) / (B, H, W, C)
+                (uint8, or float in [0, 1]), tensors (C, H, W) / (B, C, H, W) in [0, 1].
+            mask_image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor`, `str` or a `list` of them):
+                White (> 0.5) = repaint. The image's size, or the same aspect ratio; one mask, or one per image.
+            num_inference_steps (`int`, *optional*, defaults to 50):
+                The number of denoising steps (the release uses 50).
+            guidance_scale (`float`, *optional*, defaults to 30.0):
+                FLUX.1-Fill's embedded guidance scale (the release uses 30); readable as `pipe.guidance_scale`.
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*):
+                One generator, or one per output (`len(image) * num_images_per_prompt`); with one per output, each
+                output equals the run of its image alone with its generator.
+            latents (`torch.Tensor`, *optional*):
+                Initial noise latents, packed as `FluxFillPipeline` packs them, one per output at the working size;
+                drawn from `generator` when not given.
+            num_images_per_prompt (`int`, *optional*, defaults to 1):
+                Samples per input image; the outputs of one image are consecutive.
+            prompt_embeds (`torch.Tensor`, *optional*):
+                Replaces the ASUKA tokens (with `pooled_prompt_embeds`; both or neither), e.g. T5 embeddings for
+                the plain FLUX-Fill baseline; batch 1 or one per image.
+            pooled_prompt_embeds (`torch.Tensor`, *optional*):
+                Replaces the ASUKA pooled vector, e.g. pooled CLIP embeddings; batch 1 or one per image.
+            condition_weight (`float`, *optional*):
+                Interpolation towards the aligners' null embeddings; `None` uses the aligners' own (0.5 in the
+                release).
+            keep_unmasked (`bool`, *optional*, defaults to `True`):
+                Paste only the hole back, so every unmasked pixel equals the input's exactly.
+            working_resolution (`int`, *optional*):
+                Long side the backbone runs at (default `config.working_resolution`, 1024); larger images are
+                processed on a crop around the mask.
+            padding_mask_crop (`int`, *optional*):
+                Always work on a crop around the mask with this many pixels of context.
+            sigmas (`list[float]`, *optional*):
+                Custom flow-matching sigmas (default: FLUX's linear schedule, shifted for the resolution).
+            output_type (`str`, *optional*, defaults to `"pil"`):
+                `"pil"`, `"np"`, `"pt"` (in [0, 1], at the input size) or `"latent"` (packed FLUX latents, as
+                `FluxFillPipeline` returns them).
+            return_dict (`bool`, *optional*, defaults to `True`):
+                Return an [`AsukaPipelineOutput`] instead of a tuple.
+            joint_attention_kwargs (`dict`, *optional*):
+                Passed to the transformer's attention processors.
+            callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*):
+                Called after each step as `callback_on_step_end(pipe, step, timestep, callback_kwargs)` with the
+                tensors named in `callback_on_step_end_tensor_inputs` (a callback object brings its own
+                `tensor_inputs`); the tensors it returns replace the pipeline's.
+            callback_on_step_end_tensor_inputs (`list[str]`, *optional*, defaults to `["latents"]`):
+                Names from `_callback_tensor_inputs`: `latents` and `prompt_embeds`.
+
+        Examples:
+
+        Returns:
+            [`AsukaPipelineOutput`] or `tuple`: the images, or a one-element tuple when `return_dict` is False.
         """
         # 1. Check and standardise the inputs
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         working_resolution = working_resolution or self.config.working_resolution
         self.check_inputs(
             num_inference_steps,
@@ -292,6 +381,8 @@ class AsukaFluxPipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs,
             working_resolution,
         )
+        self._guidance_scale = guidance_scale
+        self._interrupt = False
         input_image, hole = standardise_inputs(image, mask_image)
         batch_size = input_image.shape[0]
         total = batch_size * num_images_per_prompt
@@ -335,7 +426,10 @@ class AsukaFluxPipeline(DiffusionPipeline):
         )
         timesteps, num_inference_steps = self.get_timesteps(num_inference_steps, 1.0, device)
 
-        # 6. Noise latents and the packed masked-image latents + mask (FluxFillPipeline's own preparation)
+        # 6. Noise latents and the packed masked-image latents + mask (FluxFillPipeline's own preparation), one
+        #    image per output so that each output's VAE samples and noise come from its own generator
+        init_image = init_image.repeat_interleave(num_images_per_prompt, dim=0)
+        work_hole = work_hole.repeat_interleave(num_images_per_prompt, dim=0)
         latents, latent_image_ids = self.prepare_latents(
             init_image,
             timesteps[:1].repeat(total),
@@ -352,9 +446,9 @@ class AsukaFluxPipeline(DiffusionPipeline):
         packed_mask, masked_image_latents = self.prepare_mask_latents(
             work_hole,
             masked_image,
-            batch_size,
+            total,
             self.latent_channels,
-            num_images_per_prompt,
+            1,
             height,
             width,
             dtype,
@@ -370,6 +464,8 @@ class AsukaFluxPipeline(DiffusionPipeline):
         self._num_timesteps = len(timesteps)
         with self.progress_bar(total=num_inference_steps) as progress_bar:
             for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    continue
                 timestep = t.expand(latents.shape[0]).to(latents.dtype)
                 noise_pred = self.transformer(
                     hidden_states=torch.cat((latents, masked_image_latents), dim=2),
@@ -398,11 +494,7 @@ class AsukaFluxPipeline(DiffusionPipeline):
 
         # 8. Decode: the mask-conditioned AsukaDecoder (or the plain VAE) after FLUX's unscaling
         latents = self._unpack_latents(latents, height, width, self.vae_scale_factor)
-        decoded = self.decode_latents(
-            latents,
-            init_image.repeat_interleave(num_images_per_prompt, dim=0),
-            work_hole.repeat_interleave(num_images_per_prompt, dim=0),
-        )
+        decoded = self.decode_latents(latents, init_image, work_hole)
         generated = self.image_processor.denormalize(decoded.float().cpu())
 
         # 9. Paste back into the full-resolution input and convert

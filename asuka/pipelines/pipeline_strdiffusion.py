@@ -36,18 +36,40 @@ import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
-from diffusers.utils import BaseOutput
+from diffusers.utils import BaseOutput, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 from skimage.color import rgb2gray
 from skimage.feature import canny
 
 from ..models.strdiffusion import StrDiffusionDiscriminator, StrDiffusionUNet
 from ..schedulers.ir_sde import IRSDEScheduler
-from .inpaint_steps import check_common_inputs, standardise_inputs, to_output_type
+from .inpaint_steps import ImageInput, check_common_inputs, standardise_inputs, to_output_type
 
 
 RGB2GRAY = (0.2125, 0.7154, 0.0721)  # scikit-image's rgb2gray weights
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import torch
+        >>> from diffusers.utils import load_image
+
+        >>> from asuka import StrDiffusionPipeline
+
+        >>> # "./strdiffusion" is the folder written by `python -m asuka.convert strdiffusion --texture G.pth
+        >>> # --structure Gs.pth --discriminator D.pth --out ./strdiffusion` from the authors' checkpoints.
+        >>> device = "cuda" if torch.cuda.is_available() else "cpu"
+        >>> pipe = StrDiffusionPipeline.from_pretrained("./strdiffusion").to(device)
+
+        >>> image = load_image("photo.png")
+        >>> mask = load_image("mask.png")  # white = repaint; the image's size or aspect ratio
+        >>> output = pipe(image, mask, generator=torch.Generator(device).manual_seed(0))
+        >>> output.images[0].save("inpainted.png")
+        >>> decisions = output.decisions[0]  # (t, iteration, "accept" / "average" / "stop") of the resampling
+        ```
+"""
 
 
 @dataclass
@@ -102,12 +124,44 @@ class _Noise:
 
 
 class StrDiffusionPipeline(DiffusionPipeline):
-    """Structure-guided IR-SDE inpainting (see the module docstring for conventions and quirk flags).
+    r"""Structure-guided IR-SDE inpainting (see the module docstring for conventions and quirk flags).
 
-    Components: `texture_unet` (StrDiffusionUNet with SPADE), `structure_unet` (StrDiffusionUNet without),
-    `discriminator` (StrDiffusionDiscriminator), `scheduler` (IRSDEScheduler, shared by both SDEs).
-    `resolution`: the models' working size (256: the image is resized, the hole pasted back at full
-    resolution); None runs at the input size.
+    Args:
+        texture_unet ([`StrDiffusionUNet`]):
+            The texture denoiser (with SPADE structure guidance), over the 3-channel image state.
+        structure_unet ([`StrDiffusionUNet`]):
+            The structure denoiser (no SPADE), over the 1-channel edge-map state.
+        discriminator ([`StrDiffusionDiscriminator`]):
+            Scores (texture, structure) pairs for the adaptive resampling of the early stage.
+        scheduler ([`IRSDEScheduler`]):
+            The mean-reverting SDE shared by both states.
+        resolution (`int`, *optional*, defaults to 256):
+            The models' working size: the image is resized to `resolution` x `resolution` and the hole pasted back
+            at full resolution. `None` runs at the input size.
+        canny_sigma (`float`, *optional*, defaults to 2.0):
+            Gaussian sigma of the Canny edge map (2 at test time in the reference, 3 in its training loaders).
+        early_stage_fraction (`float`, *optional*, defaults to 0.4):
+            Levels t >= `early_stage_fraction * T` run the structure-guided early stage, the rest texture only.
+        resample_u_max (`int`, *optional*, defaults to 6):
+            At most `resample_u_max - 1` resampling iterations per step.
+        resample_u_min (`int`, *optional*, defaults to 3):
+            Iterations before a rejected candidate may stop the resampling.
+        resample_jump (`int`, *optional*, defaults to 5):
+            Resample at the levels that are multiples of `resample_jump`.
+        resample_depth (`int`, *optional*, defaults to 5):
+            How many levels a resampling iteration re-noises the structure state.
+        refresh_discriminator_reference (`bool`, *optional*, defaults to `False`):
+            Re-score the reference D_n after an accept/average (the reference keeps the step's first value).
+        fix_resampling_levels (`bool`, *optional*, defaults to `False`):
+            Re-noise with the levels the reverse passes use, and paste a fresh known structure per level.
+        late_structure_rgb2gray (`bool`, *optional*, defaults to `False`):
+            Guide the late stage with rgb2gray weights instead of the plain channel mean.
+        accept_higher_discriminator (`bool`, *optional*, defaults to `False`):
+            Accept a candidate whose discriminator score is higher (the reference accepts the lower one).
+        discriminator_full_state (`bool`, *optional*, defaults to `False`):
+            Show the discriminator the full texture state instead of the state times the mask.
+        round_structure_input (`bool`, *optional*, defaults to `False`):
+            Round instead of truncate to uint8 before the structure extraction.
     """
 
     model_cpu_offload_seq = "structure_unet->texture_unet->discriminator"
@@ -171,63 +225,130 @@ class StrDiffusionPipeline(DiffusionPipeline):
         times = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         return self.discriminator(times, shown, structure, stddev_group=1)
 
+    @property
+    def num_timesteps(self) -> int:
+        """How many steps the current (or last) call runs."""
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        """Set `pipe._interrupt = True` in a step callback to stop the loop after that step."""
+        return self._interrupt
+
     def check_inputs(
         self,
         batch_size: int,
         num_inference_steps: int | None,
+        num_images_per_prompt: int,
         generator: torch.Generator | list[torch.Generator] | None,
         output_type: str,
         noise_tape: Iterable[torch.Tensor] | None,
         callback_on_step_end_tensor_inputs: list[str],
     ) -> None:
-        counts = {} if num_inference_steps is None else {"num_inference_steps": num_inference_steps}
+        counts = {"num_images_per_prompt": num_images_per_prompt}
+        if num_inference_steps is not None:
+            counts["num_inference_steps"] = num_inference_steps
         check_common_inputs(output_type, counts, callback_on_step_end_tensor_inputs, self._callback_tensor_inputs)
-        if isinstance(generator, list) and len(generator) != batch_size:
-            raise ValueError(f"got {len(generator)} generators for a batch of {batch_size}.")
+        outputs = batch_size * num_images_per_prompt
+        if isinstance(generator, list) and len(generator) != outputs:
+            raise ValueError(f"got {len(generator)} generators for {outputs} outputs; expected one per output.")
         if noise_tape is not None and generator is not None:
             raise ValueError("pass either `generator` or `noise_tape`, not both.")
 
     # ------------------------------------------------------------------------------------------- sampler
     @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
-        image,
-        mask_image,
+        image: ImageInput,
+        mask_image: ImageInput,
         num_inference_steps: int | None = None,
+        num_images_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
+        initial_texture_state: torch.Tensor | None = None,
+        initial_structure_state: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         noise_tape: Iterable[torch.Tensor] | None = None,
-        callback_on_step_end: Callable[..., dict] | None = None,
+        callback_on_step_end: Callable[[DiffusionPipeline, int, int, dict], dict]
+        | PipelineCallback
+        | MultiPipelineCallbacks
+        | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["texture_state"],
-    ):
-        """Inpaint `image` where `mask_image` is white.
+    ) -> StrDiffusionPipelineOutput | tuple:
+        r"""Inpaint `image` where `mask_image` is white.
+
+        StrDiffusion has no text conditioning, so diffusers' `prompt`, `prompt_embeds`, `negative_prompt_embeds`,
+        `guidance_scale` and `do_classifier_free_guidance` have no meaning here and are not accepted; the structure
+        guidance is built in (the structure SDE's state steers the texture denoiser).
 
         Args:
-            image / mask_image: PIL, path, numpy, tensor in [0, 1] or lists (see
-                `asuka.pipelines.inpaint_steps.standardise_inputs`).
-            num_inference_steps: None = all T steps (the reference sampler). Fewer steps jump between
-                levels with the exact OU posterior (`IRSDEScheduler.step_jump`) and skip resampling.
-            generator: one generator, or one per sample (then a batch equals its samples run alone).
-            output_type: "pil", "np", "pt" (clamped to [0, 1], input size) or "latent" (the unclamped
-                composite Y*M + x*(1-M) at the working size, like the reference before saving).
-            noise_tape: standard-normal draws consumed in the reference's order instead of sampling
-                (conformance tests replay the reference's recorded draws).
-            callback_on_step_end: called as `fn(pipe, i, t, {"texture_state": x, "structure_state": xs})`
-                after each step; may return replacements for those tensors.
+            image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor`, `str` or a `list` of them):
+                The image(s) to inpaint, of any size: PIL images or paths, numpy arrays (H, W, C) / (B, H, W, C)
+                (uint8, or float in [0, 1]), tensors (C, H, W) / (B, C, H, W) in [0, 1]. The structure maps (gray
+                level and Canny edges) are computed on 8-bit images, as the reference does: float inputs are
+                truncated to 8 bits for them, so a float input of an 8-bit image gives exactly that image's result.
+            mask_image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor`, `str` or a `list` of them):
+                White (> 0.5) = repaint. The image's size, or the same aspect ratio; one mask, or one per image.
+            num_inference_steps (`int`, *optional*):
+                `None` runs all T levels of the scheduler with adaptive resampling (the reference sampler). Fewer
+                steps jump between levels with the exact OU posterior (`IRSDEScheduler.step_jump`) and skip the
+                resampling.
+            num_images_per_prompt (`int`, *optional*, defaults to 1):
+                Samples per input image; the outputs of one image are consecutive.
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*):
+                One generator, or one per output (`len(image) * num_images_per_prompt`); with one per output, each
+                output equals the run of its image alone with its generator.
+            initial_texture_state (`torch.Tensor`, *optional*):
+                The texture SDE's start state x_T, (outputs, 3, R, R) at the working size R: the IR-SDE starts
+                around the masked image, at `image * known + max_sigma * noise`. Drawn (first) when not given.
+            initial_structure_state (`torch.Tensor`, *optional*):
+                The structure SDE's start state, (outputs, 1, R, R): around the masked Canny map,
+                `edges * known + max_sigma * noise`. Drawn (after the texture state) when not given.
+            output_type (`str`, *optional*, defaults to `"pil"`):
+                `"pil"`, `"np"`, `"pt"` (in [0, 1], at the input size) or `"latent"` (the unclamped composite
+                `image * known + texture_state * hole` at the working size, as the reference saves it).
+            return_dict (`bool`, *optional*, defaults to `True`):
+                Return a [`StrDiffusionPipelineOutput`] instead of a tuple.
+            noise_tape (`Iterable[torch.Tensor]`, *optional*):
+                Standard-normal draws consumed in the reference's order instead of sampling (conformance tests
+                replay the reference's recorded draws); not together with `generator`.
+            callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*):
+                Called after each step as `callback_on_step_end(pipe, step, timestep, callback_kwargs)` with the
+                tensors named in `callback_on_step_end_tensor_inputs` (a callback object brings its own
+                `tensor_inputs`); the tensors it returns replace the pipeline's.
+            callback_on_step_end_tensor_inputs (`list[str]`, *optional*, defaults to `["texture_state"]`):
+                Names from `_callback_tensor_inputs`: `texture_state` and `structure_state`.
+
+        Examples:
+
+        Returns:
+            [`StrDiffusionPipelineOutput`] or `tuple`: the images and, per output, the (t, iteration, decision) of
+            every adaptive-resampling iteration; as `(images, decisions)` when `return_dict` is False.
         """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        self._interrupt = False
         cfg = self.config
         device = self._execution_device
         dtype = self.texture_unet.dtype
         total = self.scheduler.config.num_train_timesteps
 
-        # 1. Check and standardise inputs; move to the working resolution (image bilinear, mask nearest, like the
-        #    reference)
+        # 1. Check and standardise inputs, one row per output; move to the working resolution (image bilinear,
+        #    mask nearest, like the reference)
         pixels, hole = standardise_inputs(image, mask_image)
-        batch, _, height, width = pixels.shape
         self.check_inputs(
-            batch, num_inference_steps, generator, output_type, noise_tape, callback_on_step_end_tensor_inputs
+            pixels.shape[0],
+            num_inference_steps,
+            num_images_per_prompt,
+            generator,
+            output_type,
+            noise_tape,
+            callback_on_step_end_tensor_inputs,
         )
+        pixels = pixels.repeat_interleave(num_images_per_prompt, dim=0)
+        hole = hole.repeat_interleave(num_images_per_prompt, dim=0)
+        batch, _, height, width = pixels.shape
         work_y, work_hole = pixels, hole
         if cfg.resolution is not None and (height, width) != (cfg.resolution, cfg.resolution):
             size = (cfg.resolution, cfg.resolution)
@@ -241,20 +362,23 @@ class StrDiffusionPipeline(DiffusionPipeline):
         gray, edges = gray.to(device, dtype), edges.to(device, dtype)
         mu, mu_s, xs_known = y * known, edges * known, gray * known
 
-        # 3. Start states (texture first, then structure, as the reference draws them)
+        # 3. Start states (texture first, then structure, as the reference draws them), unless given
         noise = _Noise(generator, noise_tape, device)
-        x = self.scheduler.noise_state(mu, noise=noise(mu))
-        xs = self.scheduler.noise_state(mu_s, noise=noise(mu_s))
+        x = self._initial_state(initial_texture_state, mu, noise, "initial_texture_state")
+        xs = self._initial_state(initial_structure_state, mu_s, noise, "initial_structure_state")
 
         # 4. Timesteps: all T levels (reference) or an evenly spaced subset
         self.scheduler.set_timesteps(num_inference_steps, device="cpu")
         timesteps = [int(t) for t in self.scheduler.timesteps]
+        self._num_timesteps = len(timesteps)
         full = len(timesteps) == total
         boundary = int(cfg.early_stage_fraction * total)
         decisions: list[list[tuple]] = [[] for _ in range(batch)]
 
         with self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    continue
                 s = timesteps[i + 1] if i + 1 < len(timesteps) else 0
                 if t >= boundary:
                     # 5. Early stage: structure step, guided texture step, adaptive resampling
@@ -307,6 +431,17 @@ class StrDiffusionPipeline(DiffusionPipeline):
         if not return_dict:
             return images, decisions
         return StrDiffusionPipelineOutput(images=images, decisions=decisions)
+
+    def _initial_state(self, given: torch.Tensor | None, mean: torch.Tensor, noise: "_Noise", name: str):
+        """A start state: `given` (checked against the mean's shape) or `mean + max_sigma * noise` drawn now."""
+        if given is None:
+            return self.scheduler.noise_state(mean, noise=noise(mean))
+        if tuple(given.shape) != tuple(mean.shape):
+            raise ValueError(
+                f"`{name}` has shape {tuple(given.shape)}; expected {tuple(mean.shape)} (outputs, channels, and the "
+                "working size) for this input."
+            )
+        return given.to(mean.device, mean.dtype)
 
     def _resample(self, x, x_upd, xs_t, xs_opt, xs_known, t, mu, mu_s, known, noise, decisions):
         """Adaptive resampling of one early step (reference `utils/sde_utils.py:284-330`), per sample."""

@@ -39,14 +39,29 @@ def _cosine_thetas(num_steps: int, s: float = 0.008) -> torch.Tensor:
 
 
 class IRSDEScheduler(SchedulerMixin, ConfigMixin):
-    """Tables and steps of the mean-reverting SDE.
+    """Tables and steps of StrDiffusion's mean-reverting SDE (IR-SDE), as a diffusers scheduler.
 
-    Args:
-        num_train_timesteps: T; the tables have T + 1 entries (index 0 is never a step).
-        max_sigma: stationary noise level; values >= 1 are read on the 0..255 scale (the reference's
-            `max_sigma: 30` means 30 / 255).
-        eps: exp(-sum(theta) * dt) at t = T, which fixes dt.
-        schedule: only "cosine" (the schedule every StrDiffusion config uses).
+    Parameters:
+        num_train_timesteps (`int`, *optional*, defaults to 100):
+            T; the tables have T + 1 entries (index 0 is never a step).
+        max_sigma (`float`, *optional*, defaults to 30.0):
+            Stationary noise level; values >= 1 are read on the 0..255 scale (the reference's `max_sigma: 30` means
+            30 / 255).
+        eps (`float`, *optional*, defaults to 0.005):
+            exp(-sum(theta) * dt) at t = T, which fixes dt.
+        schedule (`str`, *optional*, defaults to `"cosine"`):
+            Only `"cosine"`, the schedule every StrDiffusion config uses.
+
+    Example:
+
+    ```py
+    >>> import torch
+    >>> from asuka.schedulers import IRSDEScheduler
+
+    >>> scheduler = IRSDEScheduler(num_train_timesteps=100)
+    >>> clean, mean = torch.rand(1, 3, 8, 8), torch.zeros(1, 3, 8, 8)
+    >>> noisy = scheduler.add_noise(clean, torch.randn_like(clean), 100, mean)  # the state at t = T
+    ```
     """
 
     order = 1
