@@ -34,9 +34,8 @@ def run_baseline(
     """
     # Imported here so that listing the methods does not import diffusers' pipelines.
     from asuka.pipelines.inpaint_steps import (
-        crop_to_working,
+        cut_working_region,
         paste_from_working,
-        plan_working_region,
         standardise_inputs,
         to_output_type,
     )
@@ -44,8 +43,7 @@ def run_baseline(
     image, hole = standardise_inputs(request.image, request.mask)
     if not hole.any():  # nothing to inpaint: the input, as the ASUKA pipelines return it
         return InpaintResult(image=to_output_type(image, "pil")[0])
-    region = plan_working_region(hole, working_resolution, multiple)
-    work_image, work_hole = crop_to_working(image, hole, region)
+    region, work_image, work_hole = cut_working_region(image, hole, working_resolution, multiple)
     work_mask = Image.fromarray((work_hole[0, 0].numpy() * 255).astype(np.uint8), mode="L")
     width, height = region.size
     generated = pipeline(
