@@ -381,7 +381,21 @@ class StepStateMixin:
 
 
 class AsukaInpaintMixin(StepStateMixin):
-    """What the ASUKA pipelines (SD and FLUX) share beyond the step state: the preview of their `mae` prior."""
+    """What the ASUKA pipelines (SD and FLUX) share beyond the step state: the start of a call, the empty-mask
+    output and the preview of their `mae` prior."""
+
+    def _begin_call(
+        self, image: ImageInput, mask_image: ImageInput, guidance_scale: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reset the step state and standardise the inputs: images (B, 3, H, W) in [0, 1], holes (B, 1, H, W)."""
+        self._guidance_scale = guidance_scale
+        self._interrupt = False
+        return standardise_inputs(image, mask_image)
+
+    def _unchanged_output(self, images: torch.Tensor, num_images_per_prompt: int, output_type: str, return_dict: bool):
+        """`unchanged_output` (an empty mask: the input itself), after offloading hooks are released."""
+        self.maybe_free_model_hooks()
+        return unchanged_output(images, num_images_per_prompt, output_type, return_dict)
 
     def mae_reconstruction(self, image: ImageInput, mask_image: ImageInput) -> list[PIL.Image.Image]:
         """The MAE's own pixel estimate ("what the prior thinks"), pasted into the hole at the input's size."""

@@ -31,8 +31,6 @@ from .inpaint_steps import (
     cut_working_region,
     finish_output,
     repeat_to_batch,
-    standardise_inputs,
-    unchanged_output,
 )
 
 
@@ -261,17 +259,14 @@ class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin, AsukaInpaintMixin):
             callback_on_step_end_tensor_inputs,
             working_resolution,
         )
-        self._guidance_scale = guidance_scale
-        self._interrupt = False
-        input_image, hole = standardise_inputs(image, mask_image)
+        input_image, hole = self._begin_call(image, mask_image, guidance_scale)
         batch_size = input_image.shape[0]
         total = batch_size * num_images_per_prompt
         device = self._execution_device
 
         # 2. An empty mask has nothing to inpaint: return the input untouched
         if not hole.any() and output_type != "latent":
-            self.maybe_free_model_hooks()
-            return unchanged_output(input_image, num_images_per_prompt, output_type, return_dict)
+            return self._unchanged_output(input_image, num_images_per_prompt, output_type, return_dict)
 
         # 3. Cut the working region (the whole image, or a crop around the mask) at the backbone's resolution
         region, work_image, work_hole = cut_working_region(
