@@ -249,16 +249,8 @@ def clip_text_encoder() -> torch.nn.Module:
     """The CLIP ViT-L/14 text encoder of SD-1.x (and FLUX.1's second text encoder), from its public config."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    config = CLIPTextConfig(
-        vocab_size=49408,
-        hidden_size=768,
-        intermediate_size=3072,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        max_position_embeddings=77,
-        hidden_act="quick_gelu",
-        projection_dim=768,
-    )
+    # CLIPTextConfig's defaults are the ViT-B/32 text tower (12 layers, 77 positions, quick_gelu); ViT-L/14's is wider.
+    config = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12, projection_dim=768)
     return CLIPTextModel(config).eval()
 
 
@@ -266,20 +258,9 @@ def flux_text_encoders() -> tuple[torch.nn.Module, torch.nn.Module]:
     """FLUX.1's T5-XXL encoder (google/t5-v1_1-xxl) and CLIP ViT-L text encoder, from their public configs."""
     from transformers import T5Config, T5EncoderModel
 
-    t5 = T5EncoderModel(
-        T5Config(
-            vocab_size=32128,
-            d_model=4096,
-            d_kv=64,
-            d_ff=10240,
-            num_layers=24,
-            num_heads=64,
-            relative_attention_num_buckets=32,
-            feed_forward_proj="gated-gelu",
-            is_encoder_decoder=False,
-            use_cache=False,
-        )
-    )
+    # T5Config's defaults are t5-small's (vocabulary, 64-wide heads, 32 position buckets); v1.1-XXL is larger, gated.
+    xxl = {"d_model": 4096, "d_ff": 10240, "num_layers": 24, "num_heads": 64, "feed_forward_proj": "gated-gelu"}
+    t5 = T5EncoderModel(T5Config(**xxl, is_encoder_decoder=False, use_cache=False))
     return t5.eval(), clip_text_encoder()
 
 

@@ -46,21 +46,10 @@ FLUX_VAE_CONFIG = dict(
     use_post_quant_conv=False,
 )
 
-# FLUX.1-Fill-dev's transformer: 384 input channels = packed noise (16*4) + packed masked-image latents (16*4) +
-# the packed 8x8 pixel mask (8*8*4); 19 double and 38 single blocks, 24 heads of 128, T5 4096 / CLIP 768 inputs.
-FLUX_TRANSFORMER_CONFIG = dict(
-    patch_size=1,
-    in_channels=384,
-    out_channels=64,
-    num_layers=19,
-    num_single_layers=38,
-    attention_head_dim=128,
-    num_attention_heads=24,
-    joint_attention_dim=4096,
-    pooled_projection_dim=768,
-    guidance_embeds=True,
-    axes_dims_rope=(16, 56, 56),
-)
+# FLUX.1-Fill-dev's transformer: FluxTransformer2DModel's defaults are FLUX.1-dev's (19 double and 38 single blocks,
+# 24 heads of 128, T5 4096 / CLIP 768 inputs); Fill takes packed noise (16*4) + packed masked-image latents (16*4) +
+# the packed 8x8 pixel mask (8*8*4) = 384 input channels, and embeds the guidance scale.
+FLUX_TRANSFORMER_CONFIG = dict(in_channels=384, out_channels=64, guidance_embeds=True)
 
 TOKEN_DIM = 32  # stands in for T5's 4096
 POOLED_DIM = 24  # stands in for CLIP's 768 (deliberately different from TOKEN_DIM)
