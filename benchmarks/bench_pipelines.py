@@ -171,6 +171,12 @@ def training_batch(
     return image, hole
 
 
+def trained_with_adamw(module: torch.nn.Module, lr: float) -> torch.optim.AdamW:
+    """Put `module` in training mode with gradients on; the AdamW optimizer of its parameters (as the scripts)."""
+    module.train().requires_grad_(True)
+    return torch.optim.AdamW(module.parameters(), lr=lr)
+
+
 def test_inputs(size: int) -> tuple[PIL.Image.Image, PIL.Image.Image]:
     """A deterministic textured RGB image and a centred rectangular hole (a quarter of the area)."""
     rng = np.random.RandomState(0)
@@ -247,6 +253,20 @@ def alternate(
     return {name: {k: statistics.median(s[k] for s in runs_) for k in runs_[0]} for name, runs_ in samples.items()}
 
 
+def stage_maps(components: dict, denoiser: str, aligners: dict[str, str]) -> tuple[dict, dict]:
+    """The stages timed in an ASUKA call (MAE prior, the `aligners` {stage: component}, VAE encode, denoising,
+    ASUKA decoder) and in its baseline's (VAE encode, denoising, VAE decode), for `stage_timer`."""
+    vae, denoise = components["vae"], (components[denoiser], "forward")
+    asuka = {
+        "mae": (components["mae"], "prior"),
+        **{stage: (components[name], "forward") for stage, name in aligners.items()},
+        "vae_encode": (vae, "encode"),
+        "denoise": denoise,
+        "decode": (components["decoder"], "forward"),
+    }
+    return asuka, {"vae_encode": (vae, "encode"), "denoise": denoise, "decode": (vae, "decode")}
+
+
 # ---------------------------------------------------------------------------------------------
 # Inference: ASUKA-SD vs StableDiffusionInpaintPipeline
 # ---------------------------------------------------------------------------------------------
@@ -256,7 +276,7 @@ def sd_inference_runs(components: dict, size: int, steps: int, device: str, dtyp
     """The two calls to compare (closures) with their stage maps."""
     asuka, base = sd_pipelines(components)
     image, mask = test_inputs(size)
-    unet, vae = components["unet"], components["vae"]
+    unet = components["unet"]
     text_embeds = torch.randn(
         1, TEXT_TOKENS, unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(1)
     ).to(device, dtype)
@@ -279,14 +299,7 @@ def sd_inference_runs(components: dict, size: int, steps: int, device: str, dtyp
             output_type="np",
         )
 
-    asuka_stages = {
-        "mae": (components["mae"], "prior"),
-        "aligner": (components["aligner"], "forward"),
-        "vae_encode": (vae, "encode"),
-        "denoise": (unet, "forward"),
-        "decode": (components["decoder"], "forward"),
-    }
-    base_stages = {"vae_encode": (vae, "encode"), "denoise": (unet, "forward"), "decode": (vae, "decode")}
+    asuka_stages, base_stages = stage_maps(components, "unet", {"aligner": "aligner"})
     return {"asuka": (run_asuka, asuka_stages), "sd": (run_base, base_stages)}
 
 
@@ -408,8 +421,7 @@ def training_runs(components: dict, size: int, batch_size: int, device: str, dty
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=generator).to(device)
     model_input = torch.cat([scheduler.add_noise(latents, noise, timesteps), mask_latents, masked_latents], dim=1)
 
-    aligner.train().requires_grad_(True)
-    aligner_optimizer = torch.optim.AdamW(aligner.parameters(), lr=1e-5)
+    aligner_optimizer = trained_with_adamw(aligner, lr=1e-5)
     embedding = torch.nn.Parameter(
         torch.randn(batch_size, TEXT_TOKENS, unet.config.cross_attention_dim, device=device, dtype=dtype)
     )
@@ -518,16 +530,8 @@ def flux_inference_runs(components: dict, size: int, steps: int, device: str, dt
             output_type="np",
         )
 
-    vae = components["vae"]
-    asuka_stages = {
-        "mae": (components["mae"], "prior"),
-        "aligner": (components["token_aligner"], "forward"),
-        "pooled_aligner": (components["pooled_aligner"], "forward"),
-        "vae_encode": (vae, "encode"),
-        "denoise": (transformer, "forward"),
-        "decode": (components["decoder"], "forward"),
-    }
-    base_stages = {"vae_encode": (vae, "encode"), "denoise": (transformer, "forward"), "decode": (vae, "decode")}
+    aligners = {"aligner": "token_aligner", "pooled_aligner": "pooled_aligner"}
+    asuka_stages, base_stages = stage_maps(components, "transformer", aligners)
     return {"asuka-flux": (run_asuka, asuka_stages), "flux-fill": (run_base, base_stages)}
 
 

@@ -63,6 +63,7 @@ from bench_pipelines import (  # noqa: E402
     synchronize,
     test_inputs,
     to_device,
+    trained_with_adamw,
     training_batch,
     training_runs,
 )
@@ -218,8 +219,7 @@ def decoder_training_run(components: dict, size: int, batch: int, device: str, d
     timesteps = torch.randint(700, 1000, (half,), generator=generator).to(device)
     alphas = scheduler.alphas_cumprod.to(device)[timesteps].view(-1, 1, 1, 1).to(dtype)
     scale = vae.config.scaling_factor
-    decoder.train().requires_grad_(True)
-    optimizer = torch.optim.AdamW(decoder.parameters(), lr=8e-5)
+    optimizer = trained_with_adamw(decoder, lr=8e-5)
 
     def step():
         with torch.no_grad():

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_pipelines import build_sd_components, rss_kib, training_batch  # noqa: E402
+from bench_pipelines import build_sd_components, rss_kib, trained_with_adamw, training_batch  # noqa: E402
 from flops import flop_counter_mode, on_meta, write_json  # noqa: E402
 from gpu_suite import decoder_training_run  # noqa: E402
 
@@ -49,8 +49,7 @@ def aligner_training_run(components: dict, size: int, batch: int, device: str, d
     pixels, hole = training_batch(batch, size, device, dtype, generator)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator).to(device)
     scale = vae.config.scaling_factor
-    aligner.train().requires_grad_(True)
-    optimizer = torch.optim.AdamW(aligner.parameters(), lr=1e-4)
+    optimizer = trained_with_adamw(aligner, lr=1e-4)
 
     def step():
         with torch.no_grad():
