@@ -517,6 +517,7 @@ def flux_inference_runs(components: dict, size: int, steps: int, device: str, dt
             output_type="np",
         )
 
+    # Same shape as sd_inference_runs' run_base: each calls its own baseline pipeline with that pipeline's arguments.
     def run_base():
         return base(
             image=image,

@@ -119,6 +119,8 @@ def run_flux_fill(pipeline: Any, request: InpaintRequest, progress: ProgressCall
     )
 
 
+# Same shape as every method's registration (sd.py, strdiffusion.py): one declarative MethodSpec per method, kept
+# separate because the values differ; the fields both FLUX methods share are FLUX_FILL_SPEC.
 registry.register_method(
     registry.MethodSpec(
         name="asuka-flux",

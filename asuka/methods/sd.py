@@ -69,6 +69,7 @@ def run_sd_backbone(pipeline: Any, request: InpaintRequest, progress: ProgressCa
     )
 
 
+# Same shape as flux.py's registrations: one declarative MethodSpec per method, kept separate (the values differ).
 registry.register_method(
     registry.MethodSpec(
         name="asuka-sd",

@@ -410,6 +410,7 @@ class AsukaFluxPipeline(DiffusionPipeline, AsukaInpaintMixin):
         #    image per output so that each output's VAE samples and noise come from its own generator
         init_image = init_image.repeat_interleave(num_images_per_prompt, dim=0)
         work_hole = work_hole.repeat_interleave(num_images_per_prompt, dim=0)
+        # Same shape as the prepare_mask_latents call below: both are FluxFillPipeline's positional APIs, kept as is.
         latents, latent_image_ids = self.prepare_latents(
             init_image,
             timesteps[:1].repeat(total),
