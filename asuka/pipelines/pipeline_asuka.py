@@ -23,7 +23,7 @@ from diffusers.utils import replace_example_docstring
 from .cached_attention import cache_constant_conditioning
 from .hub_export import write_remote_code
 from .hub_light import HUB_KWARGS, is_light_repo, load_light_pipeline, save_light_pipeline
-from .inpaint_steps import (
+from .inpaint_steps import (  # same names as pipeline_asuka_flux.py's: both run these shared steps (deliberate)
     AsukaInpaintMixin,
     AsukaPipelineOutput,
     ImageInput,

@@ -38,7 +38,7 @@ from ..models.decoder import AsukaDecoder
 from ..models.mae import AsukaMAE
 from .cached_attention import cache_constant_conditioning
 from .hub_light import HUB_KWARGS, is_light_repo, load_light_pipeline, save_light_pipeline
-from .inpaint_steps import (
+from .inpaint_steps import (  # same names as pipeline_asuka.py's: both run these shared steps (deliberate)
     AsukaInpaintMixin,
     AsukaPipelineOutput,
     ImageInput,
