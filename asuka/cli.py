@@ -163,14 +163,7 @@ def inpaint_command(args: argparse.Namespace) -> int:
                 mask = load_mask(job.mask, size=image.size)
                 if args.dilate:
                     mask = dilate_mask(mask, args.dilate)
-                request = methods.InpaintRequest(
-                    image=image,
-                    mask=mask,
-                    steps=args.steps,
-                    seed=args.seed,
-                    condition_weight=args.condition_weight,
-                    guidance_scale=args.guidance_scale,
-                )
+                request = methods.InpaintRequest.from_settings(image, mask, args)
                 result = methods.run_method(spec.name, pipeline, request)
                 result.image.save(job.output)
                 written += 1

@@ -42,7 +42,6 @@ import torch.nn.functional as F
 from diffusers import (
     AutoencoderKL,
     FlowMatchEulerDiscreteScheduler,
-    FluxFillPipeline,
     FluxTransformer2DModel,
     PNDMScheduler,
     StableDiffusionInpaintPipeline,
@@ -53,10 +52,18 @@ from diffusers import (
 BENCHMARKS = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [BENCHMARKS, os.path.dirname(BENCHMARKS)]  # the sibling flops.py; this repository's asuka
 
-from flops import flop_counter_mode, flux_text_encoders, on_meta, pipeline_flops  # noqa: E402
+from flops import clip_text_encoder, flop_counter_mode, flux_text_encoders, on_meta, pipeline_flops  # noqa: E402
 
 from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE  # noqa: E402
 from asuka.pipelines import AsukaPipeline  # noqa: E402
+from asuka.testing.flux import (  # noqa: E402
+    FLUX_SCHEDULER_CONFIG,
+    FLUX_TRANSFORMER_CONFIG,
+    FLUX_VAE_CONFIG,
+    flux_fill_pipeline,
+    make_tiny_flux_components,
+)
+from asuka.testing.sd import make_tiny_sd_components, sd_inpaint_pipeline  # noqa: E402
 
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -92,19 +99,10 @@ def sd15_inpainting_unet() -> UNet2DConditionModel:
 
 
 def sd15_vae() -> AutoencoderKL:
-    """SD-1.x's KL VAE (f=8, 4 latent channels), from its public config."""
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512),
-        layers_per_block=2,
-        latent_channels=4,
-        norm_num_groups=32,
-        sample_size=512,
-        scaling_factor=0.18215,
-    )
+    """SD-1.x's KL VAE (f=8, 4 latent channels), from its public config: the architecture FLUX.1's VAE keeps with
+    16 latent channels and without the (post-)quant convs."""
+    sd = {"latent_channels": 4, "sample_size": 512, "scaling_factor": 0.18215, "shift_factor": None}
+    return AutoencoderKL(**{**FLUX_VAE_CONFIG, **sd, "use_quant_conv": True, "use_post_quant_conv": True})
 
 
 def sd15_scheduler() -> PNDMScheduler:
@@ -120,28 +118,9 @@ def sd15_scheduler() -> PNDMScheduler:
     )
 
 
-def sd_text_encoder() -> torch.nn.Module:
-    """SD-1.x's CLIP ViT-L/14 text encoder (what the baseline normally holds), from its public config."""
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    config = CLIPTextConfig(
-        vocab_size=49408,
-        hidden_size=768,
-        intermediate_size=3072,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        max_position_embeddings=77,
-        hidden_act="quick_gelu",
-        projection_dim=768,
-    )
-    return CLIPTextModel(config).eval()
-
-
 def build_sd_components(tiny: bool, parts: str = "asuka", seed: int = 0) -> dict[str, torch.nn.Module]:
     """`parts="asuka"`: vae, unet, scheduler, mae, aligner, decoder; `"backbone"`: only vae, unet, scheduler."""
     if tiny:
-        from asuka.testing.sd import make_tiny_sd_components
-
         components = make_tiny_sd_components(seed)
     else:
         torch.manual_seed(seed)
@@ -177,19 +156,25 @@ def sd_pipelines(components: dict) -> tuple[AsukaPipeline, StableDiffusionInpain
         aligner=components["aligner"],
         decoder=components["decoder"],
     )
-    base = StableDiffusionInpaintPipeline(
-        vae=components["vae"],
-        text_encoder=None,
-        tokenizer=None,
-        unet=components["unet"],
-        scheduler=scheduler.__class__.from_config(scheduler.config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    for pipe in (asuka, base):
-        pipe.set_progress_bar_config(disable=True)
+    asuka.set_progress_bar_config(disable=True)
+    base = sd_inpaint_pipeline({**components, "scheduler": scheduler.__class__.from_config(scheduler.config)})
     return asuka, base
+
+
+def training_batch(
+    batch: int, size: int, device: str, dtype: torch.dtype, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random images in [0, 1] (B, 3, size, size) and a centred square hole of a quarter of the area (B, 1, ...)."""
+    image = torch.rand(batch, 3, size, size, generator=generator).to(device, dtype)
+    hole = torch.zeros(batch, 1, size, size, device=device, dtype=dtype)
+    hole[..., size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 1
+    return image, hole
+
+
+def trained_with_adamw(module: torch.nn.Module, lr: float) -> torch.optim.AdamW:
+    """Put `module` in training mode with gradients on; the AdamW optimizer of its parameters (as the scripts)."""
+    module.train().requires_grad_(True)
+    return torch.optim.AdamW(module.parameters(), lr=lr)
 
 
 def test_inputs(size: int) -> tuple[PIL.Image.Image, PIL.Image.Image]:
@@ -268,6 +253,20 @@ def alternate(
     return {name: {k: statistics.median(s[k] for s in runs_) for k in runs_[0]} for name, runs_ in samples.items()}
 
 
+def stage_maps(components: dict, denoiser: str, aligners: dict[str, str]) -> tuple[dict, dict]:
+    """The stages timed in an ASUKA call (MAE prior, the `aligners` {stage: component}, VAE encode, denoising,
+    ASUKA decoder) and in its baseline's (VAE encode, denoising, VAE decode), for `stage_timer`."""
+    vae, denoise = components["vae"], (components[denoiser], "forward")
+    asuka = {
+        "mae": (components["mae"], "prior"),
+        **{stage: (components[name], "forward") for stage, name in aligners.items()},
+        "vae_encode": (vae, "encode"),
+        "denoise": denoise,
+        "decode": (components["decoder"], "forward"),
+    }
+    return asuka, {"vae_encode": (vae, "encode"), "denoise": denoise, "decode": (vae, "decode")}
+
+
 # ---------------------------------------------------------------------------------------------
 # Inference: ASUKA-SD vs StableDiffusionInpaintPipeline
 # ---------------------------------------------------------------------------------------------
@@ -277,7 +276,7 @@ def sd_inference_runs(components: dict, size: int, steps: int, device: str, dtyp
     """The two calls to compare (closures) with their stage maps."""
     asuka, base = sd_pipelines(components)
     image, mask = test_inputs(size)
-    unet, vae = components["unet"], components["vae"]
+    unet = components["unet"]
     text_embeds = torch.randn(
         1, TEXT_TOKENS, unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(1)
     ).to(device, dtype)
@@ -300,14 +299,7 @@ def sd_inference_runs(components: dict, size: int, steps: int, device: str, dtyp
             output_type="np",
         )
 
-    asuka_stages = {
-        "mae": (components["mae"], "prior"),
-        "aligner": (components["aligner"], "forward"),
-        "vae_encode": (vae, "encode"),
-        "denoise": (unet, "forward"),
-        "decode": (components["decoder"], "forward"),
-    }
-    base_stages = {"vae_encode": (vae, "encode"), "denoise": (unet, "forward"), "decode": (vae, "decode")}
+    asuka_stages, base_stages = stage_maps(components, "unet", {"aligner": "aligner"})
     return {"asuka": (run_asuka, asuka_stages), "sd": (run_base, base_stages)}
 
 
@@ -334,7 +326,7 @@ def memory_child(config: str, args: argparse.Namespace) -> dict[str, float]:
     components = to_device(build_sd_components(args.tiny, "backbone" if config != "asuka" else "asuka"), device, dtype)
     image, mask = test_inputs(args.size)
     text_encoder = (
-        to_device({"t": sd_text_encoder()}, device, dtype)["t"] if config == "sd+text" and not args.tiny else None
+        to_device({"t": clip_text_encoder()}, device, dtype)["t"] if config == "sd+text" and not args.tiny else None
     )
     if config == "asuka":
         pipe = sd_pipelines(components)[0]
@@ -344,17 +336,7 @@ def memory_child(config: str, args: argparse.Namespace) -> dict[str, float]:
             return pipe(image, mask, num_inference_steps=args.steps, generator=generator, output_type="np")
 
     else:
-        pipe = StableDiffusionInpaintPipeline(
-            vae=components["vae"],
-            text_encoder=None,
-            tokenizer=None,
-            unet=components["unet"],
-            scheduler=components["scheduler"],
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-        pipe.set_progress_bar_config(disable=True)
+        pipe = sd_inpaint_pipeline(components)
         width = components["unet"].config.cross_attention_dim
 
         def call():
@@ -429,9 +411,7 @@ def training_runs(components: dict, size: int, batch_size: int, device: str, dty
     """
     unet, vae, mae, aligner, scheduler = (components[k] for k in ("unet", "vae", "mae", "aligner", "scheduler"))
     generator = torch.Generator().manual_seed(0)
-    image = torch.rand(batch_size, 3, size, size, generator=generator).to(device, dtype)
-    hole = torch.zeros(batch_size, 1, size, size, device=device, dtype=dtype)
-    hole[..., size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 1
+    image, hole = training_batch(batch_size, size, device, dtype, generator)
     scale = vae.config.scaling_factor
     with torch.no_grad():  # cached latents, identical for both steps
         latents = vae.encode(image * 2 - 1).latent_dist.mean * scale
@@ -441,8 +421,7 @@ def training_runs(components: dict, size: int, batch_size: int, device: str, dty
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=generator).to(device)
     model_input = torch.cat([scheduler.add_noise(latents, noise, timesteps), mask_latents, masked_latents], dim=1)
 
-    aligner.train().requires_grad_(True)
-    aligner_optimizer = torch.optim.AdamW(aligner.parameters(), lr=1e-5)
+    aligner_optimizer = trained_with_adamw(aligner, lr=1e-5)
     embedding = torch.nn.Parameter(
         torch.randn(batch_size, TEXT_TOKENS, unet.config.cross_attention_dim, device=device, dtype=dtype)
     )
@@ -479,41 +458,12 @@ def build_flux_components(tiny: bool, num_layers: int, num_single_layers: int, s
     channels, T5 4096 / CLIP 768 conditioning) but only `num_layers` double and `num_single_layers` single blocks
     (the real model has 19 and 38); the MAE and aligners (4096- and 768-wide, 4 blocks each) of ASUKA-FLUX."""
     if tiny:
-        from asuka.testing.flux import make_tiny_flux_components
-
         components = make_tiny_flux_components(seed)
     else:
-        from asuka.testing.flux import FLUX_SCHEDULER_CONFIG
-
         torch.manual_seed(seed)
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(128, 256, 512, 512),
-            layers_per_block=2,
-            latent_channels=16,
-            norm_num_groups=32,
-            sample_size=1024,
-            scaling_factor=0.3611,
-            shift_factor=0.1159,
-            use_quant_conv=False,
-            use_post_quant_conv=False,
-        )
-        transformer = FluxTransformer2DModel(
-            patch_size=1,
-            in_channels=384,
-            out_channels=64,
-            num_layers=num_layers,
-            num_single_layers=num_single_layers,
-            attention_head_dim=128,
-            num_attention_heads=24,
-            joint_attention_dim=4096,
-            pooled_projection_dim=768,
-            guidance_embeds=True,
-            axes_dims_rope=(16, 56, 56),
-        )
+        vae = AutoencoderKL(**FLUX_VAE_CONFIG)
+        depth = {"num_layers": num_layers, "num_single_layers": num_single_layers}
+        transformer = FluxTransformer2DModel(**{**FLUX_TRANSFORMER_CONFIG, **depth})
         mae = AsukaMAE()
         components = dict(
             vae=vae,
@@ -544,17 +494,8 @@ def flux_inference_runs(components: dict, size: int, steps: int, device: str, dt
 
     scheduler = components["scheduler"]
     asuka = AsukaFluxPipeline(**{**components, "scheduler": scheduler.__class__.from_config(scheduler.config)})
-    base = FluxFillPipeline(
-        scheduler=scheduler.__class__.from_config(scheduler.config),
-        vae=components["vae"],
-        text_encoder=None,
-        tokenizer=None,
-        text_encoder_2=None,
-        tokenizer_2=None,
-        transformer=components["transformer"],
-    )
-    for pipe in (asuka, base):
-        pipe.set_progress_bar_config(disable=True)
+    asuka.set_progress_bar_config(disable=True)
+    base = flux_fill_pipeline({**components, "scheduler": scheduler.__class__.from_config(scheduler.config)})
     image, mask = test_inputs(size)
     transformer = components["transformer"]
     tokens = (
@@ -576,6 +517,7 @@ def flux_inference_runs(components: dict, size: int, steps: int, device: str, dt
             output_type="np",
         )
 
+    # Same shape as sd_inference_runs' run_base: each calls its own baseline pipeline with that pipeline's arguments.
     def run_base():
         return base(
             image=image,
@@ -589,16 +531,8 @@ def flux_inference_runs(components: dict, size: int, steps: int, device: str, dt
             output_type="np",
         )
 
-    vae = components["vae"]
-    asuka_stages = {
-        "mae": (components["mae"], "prior"),
-        "aligner": (components["token_aligner"], "forward"),
-        "pooled_aligner": (components["pooled_aligner"], "forward"),
-        "vae_encode": (vae, "encode"),
-        "denoise": (transformer, "forward"),
-        "decode": (components["decoder"], "forward"),
-    }
-    base_stages = {"vae_encode": (vae, "encode"), "denoise": (transformer, "forward"), "decode": (vae, "decode")}
+    aligners = {"aligner": "token_aligner", "pooled_aligner": "pooled_aligner"}
+    asuka_stages, base_stages = stage_maps(components, "transformer", aligners)
     return {"asuka-flux": (run_asuka, asuka_stages), "flux-fill": (run_base, base_stages)}
 
 
@@ -615,7 +549,7 @@ def inference_flop_ratios(kind: str, args: argparse.Namespace) -> dict[str, floa
         if kind == "sd":
             components.update(build_sd_components(args.tiny))
             if not args.tiny:
-                components["text_encoder"] = sd_text_encoder()
+                components["text_encoder"] = clip_text_encoder()
         else:
             components.update(build_flux_components(args.tiny, *args.flux_depth))
             if not args.tiny:

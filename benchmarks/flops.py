@@ -94,6 +94,24 @@ def _vae_factor(vae: torch.nn.Module) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
+def _pixel_inputs(vae: torch.nn.Module, size: int, batch: int, device, dtype) -> tuple[torch.Tensor, ...]:
+    """Zero image (B, 3, size, size), hole (B, 1, size, size) and VAE latents of a `size`x`size` call."""
+    latent = size // _vae_factor(vae)
+    image = torch.zeros(batch, 3, size, size, device=device, dtype=dtype)
+    hole = torch.zeros(batch, 1, size, size, device=device, dtype=dtype)
+    latents = torch.zeros(batch, vae.config.latent_channels, latent, latent, device=device, dtype=dtype)
+    return image, hole, latents
+
+
+def _decode_call(components: dict, asuka: bool, latents: torch.Tensor, image: torch.Tensor, hole: torch.Tensor):
+    """ASUKA's mask-conditioned decoder when it has one, else the VAE decoder."""
+    if asuka and components.get("decoder") is not None:
+        decoder = components["decoder"]
+        return Call("decode", lambda: decoder(latents, image, hole, return_dict=False))
+    vae = components["vae"]
+    return Call("decode", lambda: vae.decode(latents, return_dict=False))
+
+
 def sd_call_plan(
     components: dict,
     size: int,
@@ -110,11 +128,8 @@ def sd_call_plan(
     scheduler = scheduler.__class__.from_config(scheduler.config)
     scheduler.set_timesteps(steps)
     unet_calls = len(scheduler.timesteps)
-    latent = size // _vae_factor(vae)
-    image = torch.zeros(batch, 3, size, size, device=device, dtype=dtype)
-    hole = torch.zeros(batch, 1, size, size, device=device, dtype=dtype)
-    latents = torch.zeros(batch, vae.config.latent_channels, latent, latent, device=device, dtype=dtype)
-    x = torch.zeros(batch, unet.config.in_channels, latent, latent, device=device, dtype=dtype)
+    image, hole, latents = _pixel_inputs(vae, size, batch, device, dtype)
+    x = torch.zeros(batch, unet.config.in_channels, *latents.shape[-2:], device=device, dtype=dtype)
     t = torch.tensor(999, device=device)
     plan = []
     if asuka:
@@ -137,11 +152,7 @@ def sd_call_plan(
             unet if cached else None,
         )
     )
-    if asuka and components.get("decoder") is not None:
-        decoder = components["decoder"]
-        plan.append(Call("decode", lambda: decoder(latents, image, hole, return_dict=False)))
-    else:
-        plan.append(Call("decode", lambda: vae.decode(latents, return_dict=False)))
+    plan.append(_decode_call(components, asuka, latents, image, hole))
     return plan
 
 
@@ -159,11 +170,8 @@ def flux_call_plan(
     T5 and one CLIP pass when `text_encoders=(t5, clip)` is given), `size`x`size`, one transformer call per step."""
     transformer, vae = components["transformer"], components["vae"]
     device, dtype = transformer.device, transformer.dtype
-    latent = size // _vae_factor(vae)
-    tokens = (latent // 2) ** 2
-    image = torch.zeros(batch, 3, size, size, device=device, dtype=dtype)
-    hole = torch.zeros(batch, 1, size, size, device=device, dtype=dtype)
-    latents = torch.zeros(batch, vae.config.latent_channels, latent, latent, device=device, dtype=dtype)
+    image, hole, latents = _pixel_inputs(vae, size, batch, device, dtype)
+    tokens = (latents.shape[-1] // 2) ** 2
     hidden = torch.zeros(batch, tokens, transformer.config.in_channels, device=device, dtype=dtype)
     img_ids = torch.zeros(tokens, 3, device=device, dtype=dtype)
     timestep = torch.ones(batch, device=device, dtype=dtype)
@@ -206,11 +214,7 @@ def flux_call_plan(
             transformer if cached else None,
         )
     )
-    if asuka and components.get("decoder") is not None:
-        decoder = components["decoder"]
-        plan.append(Call("decode", lambda: decoder(latents, image, hole, return_dict=False)))
-    else:
-        plan.append(Call("decode", lambda: vae.decode(latents, return_dict=False)))
+    plan.append(_decode_call(components, asuka, latents, image, hole))
     return plan
 
 
@@ -232,46 +236,32 @@ def on_meta(components: dict) -> Iterator[dict]:
 def meta_sd_components(tiny: bool = False) -> dict:
     """Full-size SD-1.5-inpainting UNet and VAE, ASUKA's MAE/aligner/decoder, CLIP ViT-L text encoder; on meta.
     (`tiny`: the tiny test components, without a text encoder.)"""
-    from bench_pipelines import build_sd_components, sd_text_encoder
+    from bench_pipelines import build_sd_components
 
     with on_meta({}) as components:
         components.update(build_sd_components(tiny))
         if not tiny:
-            components["text_encoder"] = sd_text_encoder()
+            components["text_encoder"] = clip_text_encoder()
     return components
+
+
+def clip_text_encoder() -> torch.nn.Module:
+    """The CLIP ViT-L/14 text encoder of SD-1.x (and FLUX.1's second text encoder), from its public config."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    # CLIPTextConfig's defaults are the ViT-B/32 text tower (12 layers, 77 positions, quick_gelu); ViT-L/14's is wider.
+    config = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12, projection_dim=768)
+    return CLIPTextModel(config).eval()
 
 
 def flux_text_encoders() -> tuple[torch.nn.Module, torch.nn.Module]:
     """FLUX.1's T5-XXL encoder (google/t5-v1_1-xxl) and CLIP ViT-L text encoder, from their public configs."""
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    from transformers import T5Config, T5EncoderModel
 
-    t5 = T5EncoderModel(
-        T5Config(
-            vocab_size=32128,
-            d_model=4096,
-            d_kv=64,
-            d_ff=10240,
-            num_layers=24,
-            num_heads=64,
-            relative_attention_num_buckets=32,
-            feed_forward_proj="gated-gelu",
-            is_encoder_decoder=False,
-            use_cache=False,
-        )
-    )
-    clip = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            max_position_embeddings=77,
-            hidden_act="quick_gelu",
-            projection_dim=768,
-        )
-    )
-    return t5.eval(), clip.eval()
+    # T5Config's defaults are t5-small's (vocabulary, 64-wide heads, 32 position buckets); v1.1-XXL is larger, gated.
+    xxl = {"d_model": 4096, "d_ff": 10240, "num_layers": 24, "num_heads": 64, "feed_forward_proj": "gated-gelu"}
+    t5 = T5EncoderModel(T5Config(**xxl, is_encoder_decoder=False, use_cache=False))
+    return t5.eval(), clip_text_encoder()
 
 
 def meta_flux_components(tiny: bool = False) -> dict:
@@ -346,6 +336,13 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_json(path: str | None, data: object) -> None:
+    """Write `data` to `path` as indented JSON, when a path is given (the scripts' `--json`)."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(data, f, indent=1, default=str)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sd-sizes", type=int, nargs="*", default=[256, 512])
@@ -361,9 +358,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.flux_sizes and args.flux_steps:
         rows += ratio_rows("flux", meta_flux_components(args.tiny), args.flux_sizes, args.flux_steps)
     print(format_rows(rows))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+    write_json(args.json, rows)
     return rows
 
 

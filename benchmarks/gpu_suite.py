@@ -60,13 +60,14 @@ from bench_pipelines import (  # noqa: E402
     flux_inference_runs,
     sd_inference_runs,
     sd_pipelines,
-    sd_text_encoder,
     synchronize,
     test_inputs,
     to_device,
+    trained_with_adamw,
+    training_batch,
     training_runs,
 )
-from flops import flux_text_encoders  # noqa: E402
+from flops import clip_text_encoder, flux_text_encoders, write_json  # noqa: E402
 
 
 SCHEMA = "asuka-gpu-suite/1"
@@ -213,15 +214,12 @@ def decoder_training_run(components: dict, size: int, batch: int, device: str, d
     unet, vae, decoder, scheduler = (components[k] for k in ("unet", "vae", "decoder", "scheduler"))
     mae, aligner = components["mae"], components["aligner"]
     generator = torch.Generator().manual_seed(0)
-    pixels = torch.rand(batch, 3, size, size, generator=generator).to(device, dtype)
-    hole = torch.zeros(batch, 1, size, size, device=device, dtype=dtype)
-    hole[..., size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 1
+    pixels, hole = training_batch(batch, size, device, dtype, generator)
     half = max(batch // 2, 1)
     timesteps = torch.randint(700, 1000, (half,), generator=generator).to(device)
     alphas = scheduler.alphas_cumprod.to(device)[timesteps].view(-1, 1, 1, 1).to(dtype)
     scale = vae.config.scaling_factor
-    decoder.train().requires_grad_(True)
-    optimizer = torch.optim.AdamW(decoder.parameters(), lr=8e-5)
+    optimizer = trained_with_adamw(decoder, lr=8e-5)
 
     def step():
         with torch.no_grad():
@@ -456,8 +454,7 @@ def run_section(
 
 def write_outputs(report: dict, ctx: dict) -> None:
     report["elapsed_s"] = ctx["budget"].elapsed()
-    with open(ctx["json_path"], "w") as f:
-        json.dump(report, f, indent=1, default=str)
+    write_json(ctx["json_path"], report)
     with open(ctx["json_path"][: -len(".json")] + ".md", "w") as f:
         f.write(markdown(report))
 
@@ -609,7 +606,7 @@ def run_sd_sections(report: dict, ctx: dict) -> None:
     def build() -> dict:
         components = build_on(device, lambda: build_sd_components(tiny), ctx["sd_dtype"])
         if not tiny:
-            components["text_encoder"] = build_on(device, lambda: {"t": sd_text_encoder()}, ctx["sd_dtype"])["t"]
+            components["text_encoder"] = build_on(device, lambda: {"t": clip_text_encoder()}, ctx["sd_dtype"])["t"]
         return components
 
     if not plan or not built(report, ctx, "sd", build, [entry[0] for entry in plan if entry[3] is None]):

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_pipelines import build_sd_components, rss_kib  # noqa: E402
-from flops import flop_counter_mode, on_meta  # noqa: E402
+from bench_pipelines import build_sd_components, rss_kib, trained_with_adamw, training_batch  # noqa: E402
+from flops import flop_counter_mode, on_meta, write_json  # noqa: E402
 from gpu_suite import decoder_training_run  # noqa: E402
 
 
@@ -46,13 +46,10 @@ def aligner_training_run(components: dict, size: int, batch: int, device: str, d
     the frozen UNet's eps-MSE, backward to the aligner, AdamW on the aligner."""
     unet, vae, mae, aligner, scheduler = (components[k] for k in ("unet", "vae", "mae", "aligner", "scheduler"))
     generator = torch.Generator().manual_seed(0)
-    pixels = torch.rand(batch, 3, size, size, generator=generator).to(device, dtype)
-    hole = torch.zeros(batch, 1, size, size, device=device, dtype=dtype)
-    hole[..., size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 1
+    pixels, hole = training_batch(batch, size, device, dtype, generator)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator).to(device)
     scale = vae.config.scaling_factor
-    aligner.train().requires_grad_(True)
-    optimizer = torch.optim.AdamW(aligner.parameters(), lr=1e-4)
+    optimizer = trained_with_adamw(aligner, lr=1e-4)
 
     def step():
         with torch.no_grad():
@@ -189,9 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
             row["cpu_tflops"] = per_sample[row["step"]] * row["batch"] / row["step_cpu_s"] / 1e12
         result["cpu"] = rows
         print(json.dumps(rows, indent=1))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+    write_json(args.json, result)
     return result
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-from asuka.testing.flux import make_tiny_flux_components
-from asuka.testing.sd import make_tiny_sd_components
+from asuka.testing.flux import flux_fill_pipeline, make_tiny_flux_components
+from asuka.testing.sd import make_tiny_sd_components, sd_inpaint_pipeline
 
 
 BACKBONE_SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -53,19 +53,9 @@ def tiny_t5_encoder() -> T5EncoderModel:
 
 def save_sd_backbone(folder: Path) -> Path:
     """SD-1.5-inpainting's layout: vae, unet, scheduler, text_encoder (+ fp16 variants of vae and unet)."""
-    from diffusers import StableDiffusionInpaintPipeline
-
-    parts = make_tiny_sd_components(seed=0)
-    StableDiffusionInpaintPipeline(
-        vae=parts["vae"],
-        text_encoder=tiny_clip_text_encoder(),
-        tokenizer=None,
-        unet=parts["unet"],
-        scheduler=parts["scheduler"],
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    ).save_pretrained(folder)
+    pipe = sd_inpaint_pipeline(make_tiny_sd_components(seed=0))
+    pipe.register_modules(text_encoder=tiny_clip_text_encoder())
+    pipe.save_pretrained(folder)
     other = make_tiny_sd_components(seed=1)
     for name in ("vae", "unet"):
         other[name].save_pretrained(folder / name, variant="fp16")
@@ -74,18 +64,9 @@ def save_sd_backbone(folder: Path) -> Path:
 
 def save_flux_backbone(folder: Path) -> Path:
     """FLUX.1-Fill's layout: vae, transformer, scheduler, text_encoder (CLIP), text_encoder_2 (T5) + fp16 variants."""
-    from diffusers import FluxFillPipeline
-
-    parts = make_tiny_flux_components(seed=0)
-    FluxFillPipeline(
-        scheduler=parts["scheduler"],
-        vae=parts["vae"],
-        text_encoder=tiny_clip_text_encoder(),
-        tokenizer=None,
-        text_encoder_2=tiny_t5_encoder(),
-        tokenizer_2=None,
-        transformer=parts["transformer"],
-    ).save_pretrained(folder)
+    pipe = flux_fill_pipeline(make_tiny_flux_components(seed=0))
+    pipe.register_modules(text_encoder=tiny_clip_text_encoder(), text_encoder_2=tiny_t5_encoder())
+    pipe.save_pretrained(folder)
     other = make_tiny_flux_components(seed=1)
     for name in ("vae", "transformer"):
         other[name].save_pretrained(folder / name, variant="fp16")

@@ -12,6 +12,7 @@ from seeded import FIXTURES, MAE_SINCOS_KEYS, load_checkpoint_keys, seeded_state
 from asuka.convert.asuka_flux_keys import convert_aligner_state_dict, convert_mae_state_dict
 from asuka.models import AsukaAligner, AsukaMAE
 from asuka.models.mae import IMAGENET_MEAN, IMAGENET_STD
+from asuka.testing.mae import TINY_MAE_CONFIG
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -122,19 +123,6 @@ def test_aligner_conversion_errors_name_the_key(edit, match):
     edit(release)
     with pytest.raises(ValueError, match=match):
         convert_aligner_state_dict(release)
-
-
-TINY_MAE_CONFIG = dict(
-    image_size=32,
-    patch_size=8,
-    embed_dim=32,
-    depth=2,
-    num_heads=2,
-    decoder_embed_dim=32,
-    decoder_depth=2,
-    decoder_num_heads=2,
-    prior_layer=1,
-)
 
 
 @pytest.mark.parametrize(

@@ -7,24 +7,12 @@ from seeded import sincos_pos_embed_2d
 
 from asuka.models import AsukaMAE
 from asuka.models.mae import get_2d_sincos_pos_embed
-
-
-TINY_CONFIG = dict(
-    image_size=32,
-    patch_size=8,
-    embed_dim=32,
-    depth=2,
-    num_heads=2,
-    decoder_embed_dim=32,
-    decoder_depth=2,
-    decoder_num_heads=2,
-    prior_layer=1,
-)
+from asuka.testing.mae import TINY_MAE_CONFIG
 
 
 def make_tiny_mae(seed: int = 0) -> AsukaMAE:
     torch.manual_seed(seed)
-    model = AsukaMAE(**TINY_CONFIG).eval()
+    model = AsukaMAE(**TINY_MAE_CONFIG).eval()
     with torch.no_grad():
         model.alpha.fill_(0.5)  # exercise the partial-patch blend (the released init is 1.0: no blend)
     return model
@@ -151,7 +139,7 @@ def test_save_and_load_round_trip(tmp_path):
     model.save_pretrained(tmp_path)
     assert (tmp_path / "diffusion_pytorch_model.safetensors").exists()
     loaded = AsukaMAE.from_pretrained(tmp_path).eval()
-    assert {key: loaded.config[key] for key in TINY_CONFIG} == TINY_CONFIG
+    assert {key: loaded.config[key] for key in TINY_MAE_CONFIG} == TINY_MAE_CONFIG
     with torch.no_grad():
         expected, actual = model(image, mask), loaded(image, mask)
     assert torch.equal(expected.prior, actual.prior)
@@ -182,6 +170,6 @@ def test_integer_image_raises_value_error():
 
 def test_bad_config_raises_value_error():
     with pytest.raises(ValueError, match="prior_layer"):
-        AsukaMAE(**{**TINY_CONFIG, "prior_layer": 3})
+        AsukaMAE(**{**TINY_MAE_CONFIG, "prior_layer": 3})
     with pytest.raises(ValueError, match="multiple"):
-        AsukaMAE(**{**TINY_CONFIG, "image_size": 30})
+        AsukaMAE(**{**TINY_MAE_CONFIG, "image_size": 30})

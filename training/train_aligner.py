@@ -178,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
 
         return build_pipeline(aligner=AsukaAligner.from_pretrained(args.output_dir))
 
+    # Same shape as the other scripts' ends: one shared asuka_training.finish call, only the card text differs.
     return asuka_training.finish(
         setup,
         result,

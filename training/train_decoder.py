@@ -110,6 +110,7 @@ def build_decoder_parser():
         default=0.0,
         help="Weight of the LPIPS term (0 = off; needs `pip install lpips` and its weights).",
     )
+    # Same shape as --latent_aug_prob above: one declaration per flag, not shared logic.
     add(
         "--discriminator_weight",
         type=float,

@@ -38,14 +38,8 @@ class Extractors:
     lpips: LpipsFn
 
 
-def _torchvision_inception(device: torch.device) -> FeatureFn:
-    from torchvision.models import Inception_V3_Weights, inception_v3
-
-    weights = Inception_V3_Weights.IMAGENET1K_V1
-    model = inception_v3(weights=weights)
-    model.fc = torch.nn.Identity()
-    model.eval().to(device)
-    preprocess = weights.transforms()
+def _batched_features(model: torch.nn.Module, preprocess: Callable, device: torch.device) -> FeatureFn:
+    """`features(images)`: `model` on the `preprocess`ed images as one batch, as float64 on the CPU."""
 
     @torch.no_grad()
     def features(images: list[Image.Image]) -> np.ndarray:
@@ -53,6 +47,16 @@ def _torchvision_inception(device: torch.device) -> FeatureFn:
         return model(batch).double().cpu().numpy()
 
     return features
+
+
+def _torchvision_inception(device: torch.device) -> FeatureFn:
+    from torchvision.models import Inception_V3_Weights, inception_v3
+
+    weights = Inception_V3_Weights.IMAGENET1K_V1
+    model = inception_v3(weights=weights)
+    model.fc = torch.nn.Identity()
+    model.eval().to(device)
+    return _batched_features(model, weights.transforms(), device)
 
 
 def _fid_inception(device: torch.device) -> FeatureFn:
@@ -63,13 +67,7 @@ def _fid_inception(device: torch.device) -> FeatureFn:
     from torchmetrics.image.fid import NoTrainInceptionV3
 
     model = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"]).eval().to(device)
-
-    @torch.no_grad()
-    def features(images: list[Image.Image]) -> np.ndarray:
-        batch = torch.stack([pil_to_tensor(image) for image in images]).to(device)
-        return model(batch).double().cpu().numpy()
-
-    return features
+    return _batched_features(model, pil_to_tensor, device)
 
 
 def _lpips_alex(device: torch.device) -> LpipsFn:

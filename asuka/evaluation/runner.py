@@ -86,15 +86,7 @@ def generate(benchmark: Benchmark, out_dir: Path, settings: GenerationSettings, 
     for sample in bar:
         try:
             image, mask = load_sample(sample)
-            request = InpaintRequest(
-                image=image,
-                mask=mask,
-                steps=settings.steps,
-                seed=settings.seed,
-                condition_weight=settings.condition_weight,
-                guidance_scale=settings.guidance_scale,
-                keep_unmasked=True,
-            )
+            request = InpaintRequest.from_settings(image, mask, settings)
             result = run_method(settings.method, pipeline, request)
             _save_atomic(result.image, images_dir / sample.name)
             log.generated.append(sample.name)

@@ -7,30 +7,35 @@ it already has a valid size), and the result pasted back so that, with ``keep_un
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
-from asuka.methods.registry import InpaintRequest, InpaintResult
+from asuka.methods.registry import InpaintRequest, InpaintResult, ProgressCallback, seeded_generator, step_callback
 
 
-#: ``generate(image, mask, width, height)``: the backbone's output for a working-size image and ``L`` mask,
-#: as a (1, 3, height, width) tensor in [0, 1].
-Generate = Callable[[Image.Image, Image.Image, int, int], torch.Tensor]
+def run_baseline(
+    pipeline: Any,
+    request: InpaintRequest,
+    progress: ProgressCallback | None,
+    *,
+    prompt: dict[str, Any],
+    default_guidance: float,
+    working_resolution: int,
+    multiple: int,
+) -> InpaintResult:
+    """Inpaint ``request`` with the diffusers inpainting ``pipeline`` on the working region the ASUKA pipelines
+    would use.
 
-
-def run_baseline(generate: Generate, request: InpaintRequest, working_resolution: int, multiple: int) -> InpaintResult:
-    """Inpaint ``request`` with ``generate`` on the working region the ASUKA pipelines would use.
-
-    ``multiple`` is the side multiple the backbone needs (the VAE's scale factor, times 2 for FLUX's packing).
+    ``prompt`` holds the pipeline's prompt arguments (an empty prompt, or embeddings standing in for it);
+    ``default_guidance`` is used when the request has no guidance scale; ``multiple`` is the side multiple the
+    backbone needs (the VAE's scale factor, times 2 for FLUX's packing).
     """
     # Imported here so that listing the methods does not import diffusers' pipelines.
     from asuka.pipelines.inpaint_steps import (
-        crop_to_working,
+        cut_working_region,
         paste_from_working,
-        plan_working_region,
         standardise_inputs,
         to_output_type,
     )
@@ -38,9 +43,21 @@ def run_baseline(generate: Generate, request: InpaintRequest, working_resolution
     image, hole = standardise_inputs(request.image, request.mask)
     if not hole.any():  # nothing to inpaint: the input, as the ASUKA pipelines return it
         return InpaintResult(image=to_output_type(image, "pil")[0])
-    region = plan_working_region(hole, working_resolution, multiple)
-    work_image, work_hole = crop_to_working(image, hole, region)
+    region, work_image, work_hole = cut_working_region(image, hole, working_resolution, multiple)
     work_mask = Image.fromarray((work_hole[0, 0].numpy() * 255).astype(np.uint8), mode="L")
-    generated = generate(to_output_type(work_image, "pil")[0], work_mask, *region.size)
+    width, height = region.size
+    generated = pipeline(
+        **prompt,
+        image=to_output_type(work_image, "pil")[0],
+        mask_image=work_mask,
+        height=height,
+        width=width,
+        num_inference_steps=request.steps,
+        guidance_scale=request.guidance_scale if request.guidance_scale is not None else default_guidance,
+        generator=seeded_generator(request.seed),
+        output_type="pt",
+        callback_on_step_end=step_callback(progress, request.steps),
+        callback_on_step_end_tensor_inputs=[],  # progress needs only the step index
+    ).images
     result = paste_from_working(generated.float().cpu(), image, hole, region, request.keep_unmasked)
     return InpaintResult(image=to_output_type(result, "pil")[0])

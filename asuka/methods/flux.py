@@ -17,22 +17,23 @@ from typing import Any
 import torch
 
 from asuka.defaults import ASUKA_FLUX_RELEASE_REPO, FLUX_FILL_REPO
+from asuka.methods import registry
 from asuka.methods.baseline import run_baseline
-from asuka.methods.registry import (
-    InpaintRequest,
-    InpaintResult,
-    MethodSpec,
-    ProgressCallback,
-    ready_pipeline,
-    register_method,
-    seeded_generator,
-    step_callback,
-)
+from asuka.methods.registry import InpaintRequest, InpaintResult, ProgressCallback
 
 
 #: FLUX.1-Fill's default guidance (the ASUKA release uses it too).
 FLUX_GUIDANCE = 30.0
 FLUX_REQUIREMENTS = "~35 GB of downloads; a CUDA GPU with >= 24 GB in bfloat16 (or CPU offload)"
+#: The `MethodSpec` fields both methods on FLUX.1-Fill-dev share: its guidance, the GPU and the gated backbone.
+FLUX_FILL_SPEC = dict(
+    uses_guidance=True,
+    default_steps=50,
+    default_guidance=FLUX_GUIDANCE,
+    needs_gpu=True,
+    gated_repo=FLUX_FILL_REPO,
+    requirements=FLUX_REQUIREMENTS,
+)
 
 
 def asuka_cache_dir() -> Path:
@@ -67,7 +68,7 @@ def load_asuka_flux(model: str, device: str, dtype: torch.dtype) -> Any:
         asuka = converted_release(model) if is_release(model) else model
         base = os.environ.get("ASUKA_FLUX_BASE", FLUX_FILL_REPO)
         pipeline = AsukaFluxPipeline.from_pretrained(base, asuka=asuka, torch_dtype=dtype)
-    return ready_pipeline(pipeline, device)
+    return registry.ready_pipeline(pipeline, device)
 
 
 def run_asuka_flux(pipeline: Any, request: InpaintRequest, progress: ProgressCallback | None) -> InpaintResult:
@@ -76,10 +77,10 @@ def run_asuka_flux(pipeline: Any, request: InpaintRequest, progress: ProgressCal
         mask_image=request.mask,
         num_inference_steps=request.steps,
         guidance_scale=request.guidance_scale if request.guidance_scale is not None else FLUX_GUIDANCE,
-        generator=seeded_generator(request.seed),
+        generator=registry.seeded_generator(request.seed),
         condition_weight=request.condition_weight,
         keep_unmasked=request.keep_unmasked,
-        callback_on_step_end=step_callback(progress, request.steps),
+        callback_on_step_end=registry.step_callback(progress, request.steps),
     )
     reconstruction = pipeline.mae_reconstruction(request.image, request.mask)[0]
     return InpaintResult(image=output.images[0], reconstruction=reconstruction)
@@ -88,7 +89,7 @@ def run_asuka_flux(pipeline: Any, request: InpaintRequest, progress: ProgressCal
 def load_flux_fill(model: str, device: str, dtype: torch.dtype) -> Any:
     from diffusers import FluxFillPipeline
 
-    return ready_pipeline(FluxFillPipeline.from_pretrained(model, torch_dtype=dtype), device)
+    return registry.ready_pipeline(FluxFillPipeline.from_pretrained(model, torch_dtype=dtype), device)
 
 
 def run_flux_fill(pipeline: Any, request: InpaintRequest, progress: ProgressCallback | None) -> InpaintResult:
@@ -106,58 +107,44 @@ def run_flux_fill(pipeline: Any, request: InpaintRequest, progress: ProgressCall
     else:
         prompt = dict(prompt="")
 
-    def generate(image, mask, width, height):
-        return pipeline(
-            **prompt,
-            image=image,
-            mask_image=mask,
-            height=height,
-            width=width,
-            num_inference_steps=request.steps,
-            guidance_scale=request.guidance_scale if request.guidance_scale is not None else FLUX_GUIDANCE,
-            generator=seeded_generator(request.seed),
-            output_type="pt",
-            callback_on_step_end=step_callback(progress, request.steps),
-        ).images
-
     working_resolution = pipeline.default_sample_size * pipeline.vae_scale_factor
-    return run_baseline(generate, request, working_resolution, pipeline.vae_scale_factor * 2)
+    return run_baseline(
+        pipeline,
+        request,
+        progress,
+        prompt=prompt,
+        default_guidance=FLUX_GUIDANCE,
+        working_resolution=working_resolution,
+        multiple=pipeline.vae_scale_factor * 2,
+    )
 
 
-register_method(
-    MethodSpec(
+# Same shape as every method's registration (sd.py, strdiffusion.py): one declarative MethodSpec per method, kept
+# separate because the values differ; the fields both FLUX methods share are FLUX_FILL_SPEC.
+registry.register_method(
+    registry.MethodSpec(
         name="asuka-flux",
         label="ASUKA-FLUX",
         default_model=ASUKA_FLUX_RELEASE_REPO,
         load=load_asuka_flux,
         run=run_asuka_flux,
         tiny_kind="flux",
-        uses_guidance=True,
         uses_condition_weight=True,
-        default_steps=50,
-        default_guidance=FLUX_GUIDANCE,
         backbone="flux-fill",
         description="ASUKA on FLUX.1-Fill-dev (the authors' release): MAE prior instead of T5/CLIP, "
         "mask-conditioned decoder.",
-        needs_gpu=True,
-        gated_repo=FLUX_FILL_REPO,
-        requirements=FLUX_REQUIREMENTS,
+        **FLUX_FILL_SPEC,
     )
 )
-register_method(
-    MethodSpec(
+registry.register_method(
+    registry.MethodSpec(
         name="flux-fill",
         label="FLUX.1-Fill (backbone)",
         default_model=FLUX_FILL_REPO,
         load=load_flux_fill,
         run=run_flux_fill,
         tiny_kind="flux-backbone",
-        uses_guidance=True,
-        default_steps=50,
-        default_guidance=FLUX_GUIDANCE,
         description="The frozen FLUX.1-Fill-dev backbone alone, with an empty prompt.",
-        needs_gpu=True,
-        gated_repo=FLUX_FILL_REPO,
-        requirements=FLUX_REQUIREMENTS,
+        **FLUX_FILL_SPEC,
     )
 )

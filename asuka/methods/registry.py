@@ -53,6 +53,19 @@ class InpaintRequest:
     guidance_scale: float | None = None
     keep_unmasked: bool = True
 
+    @classmethod
+    def from_settings(cls, image: Image.Image, mask: Image.Image, settings: Any) -> InpaintRequest:
+        """A request for `image` and `mask` with `settings`' steps, seed, condition_weight and guidance_scale (the
+        CLI's parsed arguments, an evaluation run's settings), so every interface passes the same fields."""
+        return cls(
+            image=image,
+            mask=mask,
+            steps=settings.steps,
+            seed=settings.seed,
+            condition_weight=settings.condition_weight,
+            guidance_scale=settings.guidance_scale,
+        )
+
 
 @dataclass
 class InpaintResult:

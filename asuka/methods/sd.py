@@ -7,24 +7,16 @@ from typing import Any
 import torch
 
 from asuka.defaults import SD_INPAINT_REPO
+from asuka.methods import registry
 from asuka.methods.baseline import run_baseline
-from asuka.methods.registry import (
-    InpaintRequest,
-    InpaintResult,
-    MethodSpec,
-    ProgressCallback,
-    ready_pipeline,
-    register_method,
-    seeded_generator,
-    step_callback,
-)
+from asuka.methods.registry import InpaintRequest, InpaintResult, ProgressCallback
 
 
 def load_asuka_sd(model: str, device: str, dtype: torch.dtype) -> Any:
     """An AsukaPipeline saved with ``save_pretrained``, full or light (folder or Hub repo; docs/hub.md)."""
     from asuka import AsukaPipeline
 
-    return ready_pipeline(AsukaPipeline.from_pretrained(model, torch_dtype=dtype), device)
+    return registry.ready_pipeline(AsukaPipeline.from_pretrained(model, torch_dtype=dtype), device)
 
 
 def run_asuka_sd(pipeline: Any, request: InpaintRequest, progress: ProgressCallback | None) -> InpaintResult:
@@ -34,10 +26,10 @@ def run_asuka_sd(pipeline: Any, request: InpaintRequest, progress: ProgressCallb
         image=request.image,
         mask_image=request.mask,
         num_inference_steps=request.steps,
-        generator=seeded_generator(request.seed),
+        generator=registry.seeded_generator(request.seed),
         condition_weight=request.condition_weight if has_null else None,
         keep_unmasked=request.keep_unmasked,
-        callback_on_step_end=step_callback(progress, request.steps),
+        callback_on_step_end=registry.step_callback(progress, request.steps),
         callback_on_step_end_tensor_inputs=[],  # progress needs only the step index
     )
     reconstruction = pipeline.mae_reconstruction(request.image, request.mask)[0]
@@ -51,7 +43,7 @@ def load_sd_backbone(model: str, device: str, dtype: torch.dtype) -> Any:
     pipeline = StableDiffusionInpaintPipeline.from_pretrained(
         model, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
     )
-    return ready_pipeline(pipeline, device)
+    return registry.ready_pipeline(pipeline, device)
 
 
 def run_sd_backbone(pipeline: Any, request: InpaintRequest, progress: ProgressCallback | None) -> InpaintResult:
@@ -65,27 +57,21 @@ def run_sd_backbone(pipeline: Any, request: InpaintRequest, progress: ProgressCa
             )
         }
 
-    def generate(image, mask, width, height):
-        return pipeline(
-            **text,
-            image=image,
-            mask_image=mask,
-            height=height,
-            width=width,
-            num_inference_steps=request.steps,
-            guidance_scale=request.guidance_scale if request.guidance_scale is not None else 1.0,
-            generator=seeded_generator(request.seed),
-            output_type="pt",
-            callback_on_step_end=step_callback(progress, request.steps),
-            callback_on_step_end_tensor_inputs=[],  # progress needs only the step index
-        ).images
-
     native = pipeline.unet.config.sample_size * pipeline.vae_scale_factor  # AsukaPipeline's default resolution
-    return run_baseline(generate, request, native, pipeline.vae_scale_factor)
+    return run_baseline(
+        pipeline,
+        request,
+        progress,
+        prompt=text,
+        default_guidance=1.0,
+        working_resolution=native,
+        multiple=pipeline.vae_scale_factor,
+    )
 
 
-register_method(
-    MethodSpec(
+# Same shape as flux.py's registrations: one declarative MethodSpec per method, kept separate (the values differ).
+registry.register_method(
+    registry.MethodSpec(
         name="asuka-sd",
         label="ASUKA-SD",
         default_model=None,  # no public ASUKA-SD checkpoint exists yet
@@ -100,8 +86,8 @@ register_method(
         requirements="a GPU with >= 6 GB in float16 (CPU works, slowly)",
     )
 )
-register_method(
-    MethodSpec(
+registry.register_method(
+    registry.MethodSpec(
         name="sd",
         label="SD-1.5 inpainting (backbone)",
         default_model=SD_INPAINT_REPO,

@@ -11,22 +11,14 @@ from typing import Any
 
 import torch
 
-from asuka.methods.registry import (
-    InpaintRequest,
-    InpaintResult,
-    MethodSpec,
-    ProgressCallback,
-    ready_pipeline,
-    register_method,
-    seeded_generator,
-    step_callback,
-)
+from asuka.methods import registry
+from asuka.methods.registry import InpaintRequest, InpaintResult, ProgressCallback
 
 
 def load_strdiffusion(model: str, device: str, dtype: torch.dtype) -> Any:
     from asuka import StrDiffusionPipeline
 
-    return ready_pipeline(StrDiffusionPipeline.from_pretrained(model, torch_dtype=dtype), device)
+    return registry.ready_pipeline(StrDiffusionPipeline.from_pretrained(model, torch_dtype=dtype), device)
 
 
 def run_strdiffusion(pipeline: Any, request: InpaintRequest, progress: ProgressCallback | None) -> InpaintResult:
@@ -36,15 +28,15 @@ def run_strdiffusion(pipeline: Any, request: InpaintRequest, progress: ProgressC
         image=request.image,
         mask_image=request.mask,
         num_inference_steps=steps,
-        generator=seeded_generator(request.seed),
-        callback_on_step_end=step_callback(progress, steps or total),
+        generator=registry.seeded_generator(request.seed),
+        callback_on_step_end=registry.step_callback(progress, steps or total),
         callback_on_step_end_tensor_inputs=[],
     )
     return InpaintResult(image=output.images[0])  # known pixels are always pasted back (keep_unmasked)
 
 
-register_method(
-    MethodSpec(
+registry.register_method(
+    registry.MethodSpec(
         name="strdiffusion",
         label="StrDiffusion",
         default_model=None,  # the authors' weight links are dead: convert a copy

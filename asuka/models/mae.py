@@ -86,6 +86,7 @@ class AsukaMAE(ModelMixin, ConfigMixin):
         prior_layer (`int`, *optional*, defaults to 6): Number of decoder blocks run before the prior is read.
     """
 
+    # Same shape as the other components' config signatures (boilerplate): the config is these arguments (diffusers).
     @register_to_config
     def __init__(
         self,

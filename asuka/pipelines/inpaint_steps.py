@@ -3,8 +3,12 @@
 
 1. `standardise_inputs`: any image/mask input to float tensors (paths and PIL images through `asuka.imageio`).
 2. `unchanged_output`: an empty mask returns the input untouched.
-3. `plan_working_region` + `crop_to_working`: the crop around the mask at the backbone's resolution.
+3. `cut_working_region` (`plan_working_region` + `crop_to_working`): the crop around the mask at the backbone's
+   resolution.
 4. `finish_output`: paste the generated crop back into the full-resolution input and convert to `output_type`.
+
+`StepStateMixin` gives every pipeline diffusers' step-callback properties, and `AsukaInpaintMixin` the ASUKA
+pipelines' `mae_reconstruction`.
 
 This module ships to the Hub as remote code next to the pipeline files (see `hub_export`), so it imports only
 torch, diffusers, numpy, PIL and its relative siblings.
@@ -282,6 +286,18 @@ def crop_to_working(
     return image.clamp(0, 1), hole
 
 
+def cut_working_region(
+    image: torch.Tensor,
+    hole: torch.Tensor,
+    working_resolution: int,
+    multiple: int,
+    padding_mask_crop: int | None = None,
+) -> tuple[WorkingRegion, torch.Tensor, torch.Tensor]:
+    """`plan_working_region` and `crop_to_working` in one: the region, and the image and hole cut to it."""
+    region = plan_working_region(hole, working_resolution, multiple, padding_mask_crop)
+    return region, *crop_to_working(image, hole, region)
+
+
 # ---------------------------------------------------------------------------------------------
 # 4. Paste back and convert
 # ---------------------------------------------------------------------------------------------
@@ -347,3 +363,40 @@ def mae_reconstruction(mae: torch.nn.Module, image: ImageInput, mask_image: Imag
     recon = mae.reconstruct(image.to(mae.device, mae.dtype), hole.to(mae.device, mae.dtype))
     recon = F.interpolate(recon.float().cpu(), size=image.shape[-2:], mode="bicubic", align_corners=False)
     return to_output_type(torch.where(hole > 0.5, recon.clamp(0, 1), image), "pil")
+
+
+class StepStateMixin:
+    """diffusers' step-callback contract of a pipeline call: `num_timesteps` and `interrupt` (`__call__` sets
+    `self._num_timesteps` and `self._interrupt`)."""
+
+    @property
+    def num_timesteps(self) -> int:
+        """How many steps the current (or last) call runs."""
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        """Set `pipe._interrupt = True` in a step callback to stop the loop after that step."""
+        return self._interrupt
+
+
+class AsukaInpaintMixin(StepStateMixin):
+    """What the ASUKA pipelines (SD and FLUX) share beyond the step state: the start of a call, the empty-mask
+    output and the preview of their `mae` prior."""
+
+    def _begin_call(
+        self, image: ImageInput, mask_image: ImageInput, guidance_scale: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reset the step state and standardise the inputs: images (B, 3, H, W) in [0, 1], holes (B, 1, H, W)."""
+        self._guidance_scale = guidance_scale
+        self._interrupt = False
+        return standardise_inputs(image, mask_image)
+
+    def _unchanged_output(self, images: torch.Tensor, num_images_per_prompt: int, output_type: str, return_dict: bool):
+        """`unchanged_output` (an empty mask: the input itself), after offloading hooks are released."""
+        self.maybe_free_model_hooks()
+        return unchanged_output(images, num_images_per_prompt, output_type, return_dict)
+
+    def mae_reconstruction(self, image: ImageInput, mask_image: ImageInput) -> list[PIL.Image.Image]:
+        """The MAE's own pixel estimate ("what the prior thinks"), pasted into the hole at the input's size."""
+        return mae_reconstruction(self.mae, image, mask_image)

@@ -9,7 +9,6 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-import PIL.Image
 import torch
 from diffusers import AsymmetricAutoencoderKL, AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
@@ -24,17 +23,14 @@ from diffusers.utils import replace_example_docstring
 from .cached_attention import cache_constant_conditioning
 from .hub_export import write_remote_code
 from .hub_light import HUB_KWARGS, is_light_repo, load_light_pipeline, save_light_pipeline
-from .inpaint_steps import (
+from .inpaint_steps import (  # same names as pipeline_asuka_flux.py's: both run these shared steps (deliberate)
+    AsukaInpaintMixin,
     AsukaPipelineOutput,
     ImageInput,
     check_common_inputs,
-    crop_to_working,
+    cut_working_region,
     finish_output,
-    mae_reconstruction,
-    plan_working_region,
     repeat_to_batch,
-    standardise_inputs,
-    unchanged_output,
 )
 
 
@@ -59,7 +55,7 @@ EXAMPLE_DOC_STRING = """
 """
 
 
-class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin):
+class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin, AsukaInpaintMixin):
     r"""ASUKA inpainting with a frozen SD-1.5-inpainting UNet.
 
     The text conditioning is replaced by `aligner(mae.prior(image, mask))`: an MAE that sees only the unmasked pixels
@@ -115,16 +111,6 @@ class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin):
         return self._guidance_scale > 1.0
 
     @property
-    def num_timesteps(self) -> int:
-        """How many steps the current (or last) call runs."""
-        return self._num_timesteps
-
-    @property
-    def interrupt(self) -> bool:
-        """Set `pipe._interrupt = True` in a step callback to stop the loop after that step."""
-        return self._interrupt
-
-    @property
     def default_working_resolution(self) -> int:
         """The backbone's native resolution (512 for SD-1.5)."""
         return self.unet.config.sample_size * self.vae_scale_factor
@@ -175,10 +161,6 @@ class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin):
         if isinstance(self.decoder, AsymmetricAutoencoderKL):
             return self.decoder.decode(latents.to(self.decoder.dtype), image=image, mask=hole, return_dict=False)[0]
         return self.decoder(latents.to(self.decoder.dtype), image, hole, return_dict=False)[0]
-
-    def mae_reconstruction(self, image: ImageInput, mask_image: ImageInput) -> list[PIL.Image.Image]:
-        """The MAE's own pixel estimate ("what the prior thinks"), pasted into the hole at the input's size."""
-        return mae_reconstruction(self.mae, image, mask_image)
 
     @torch.no_grad()
     @cache_constant_conditioning("unet")  # cross-attention K/V once per call, restored afterwards
@@ -277,21 +259,19 @@ class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin):
             callback_on_step_end_tensor_inputs,
             working_resolution,
         )
-        self._guidance_scale = guidance_scale
-        self._interrupt = False
-        input_image, hole = standardise_inputs(image, mask_image)
+        input_image, hole = self._begin_call(image, mask_image, guidance_scale)
         batch_size = input_image.shape[0]
         total = batch_size * num_images_per_prompt
         device = self._execution_device
 
         # 2. An empty mask has nothing to inpaint: return the input untouched
         if not hole.any() and output_type != "latent":
-            self.maybe_free_model_hooks()
-            return unchanged_output(input_image, num_images_per_prompt, output_type, return_dict)
+            return self._unchanged_output(input_image, num_images_per_prompt, output_type, return_dict)
 
         # 3. Cut the working region (the whole image, or a crop around the mask) at the backbone's resolution
-        region = plan_working_region(hole, working_resolution, self.vae_scale_factor, padding_mask_crop)
-        work_image, work_hole = crop_to_working(input_image, hole, region)
+        region, work_image, work_hole = cut_working_region(
+            input_image, hole, working_resolution, self.vae_scale_factor, padding_mask_crop
+        )
         init_image = (work_image * 2 - 1).to(device)
         work_hole = work_hole.to(device)
         work_w, work_h = region.size

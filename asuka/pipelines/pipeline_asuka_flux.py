@@ -20,7 +20,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import PIL.Image
 import torch
 from diffusers import (
     AutoencoderKL,
@@ -39,17 +38,14 @@ from ..models.decoder import AsukaDecoder
 from ..models.mae import AsukaMAE
 from .cached_attention import cache_constant_conditioning
 from .hub_light import HUB_KWARGS, is_light_repo, load_light_pipeline, save_light_pipeline
-from .inpaint_steps import (
+from .inpaint_steps import (  # same names as pipeline_asuka.py's: both run these shared steps (deliberate)
+    AsukaInpaintMixin,
     AsukaPipelineOutput,
     ImageInput,
     check_common_inputs,
-    crop_to_working,
+    cut_working_region,
     finish_output,
-    mae_reconstruction,
-    plan_working_region,
     repeat_to_batch,
-    standardise_inputs,
-    unchanged_output,
 )
 
 
@@ -81,7 +77,7 @@ EXAMPLE_DOC_STRING = """
 ASUKA_FLUX_COMPONENTS = ("mae", "token_aligner", "pooled_aligner", "decoder")
 
 
-class AsukaFluxPipeline(DiffusionPipeline):
+class AsukaFluxPipeline(DiffusionPipeline, AsukaInpaintMixin):
     r"""FLUX.1-Fill inpainting conditioned on the visible image (ASUKA) instead of a text prompt.
 
     Assemble it from the gated FLUX repo and the converted ASUKA components with
@@ -155,16 +151,6 @@ class AsukaFluxPipeline(DiffusionPipeline):
     def guidance_scale(self) -> float:
         """The embedded FLUX guidance scale of the current call (the `guidance_scale` argument)."""
         return self._guidance_scale
-
-    @property
-    def num_timesteps(self) -> int:
-        """How many steps the current (or last) call runs."""
-        return self._num_timesteps
-
-    @property
-    def interrupt(self) -> bool:
-        """Set `pipe._interrupt = True` in a step callback to stop the loop after that step."""
-        return self._interrupt
 
     def check_inputs(
         self,
@@ -278,10 +264,6 @@ class AsukaFluxPipeline(DiffusionPipeline):
         pooled = self.pooled_aligner(prior.to(self.pooled_aligner.dtype), condition_weight=condition_weight).pooled
         return tokens, pooled
 
-    def mae_reconstruction(self, image: ImageInput, mask_image: ImageInput) -> list[PIL.Image.Image]:
-        """The MAE's own pixel estimate ("what the prior thinks"), pasted into the hole at the input's size."""
-        return mae_reconstruction(self.mae, image, mask_image)
-
     # ------------------------------------------------------------------ call
 
     @torch.no_grad()
@@ -381,21 +363,19 @@ class AsukaFluxPipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs,
             working_resolution,
         )
-        self._guidance_scale = guidance_scale
-        self._interrupt = False
-        input_image, hole = standardise_inputs(image, mask_image)
+        input_image, hole = self._begin_call(image, mask_image, guidance_scale)
         batch_size = input_image.shape[0]
         total = batch_size * num_images_per_prompt
         device = self._execution_device
 
         # 2. An empty mask has nothing to inpaint: return the input untouched
         if not hole.any() and output_type != "latent":
-            self.maybe_free_model_hooks()
-            return unchanged_output(input_image, num_images_per_prompt, output_type, return_dict)
+            return self._unchanged_output(input_image, num_images_per_prompt, output_type, return_dict)
 
         # 3. Cut the working region (the whole image, or a crop around the mask) at the backbone's resolution
-        region = plan_working_region(hole, working_resolution, self.vae_scale_factor * 2, padding_mask_crop)
-        work_image, work_hole = crop_to_working(input_image, hole, region)
+        region, work_image, work_hole = cut_working_region(
+            input_image, hole, working_resolution, self.vae_scale_factor * 2, padding_mask_crop
+        )
         init_image = self.image_processor.normalize(work_image)
         width, height = region.size
 
@@ -430,6 +410,7 @@ class AsukaFluxPipeline(DiffusionPipeline):
         #    image per output so that each output's VAE samples and noise come from its own generator
         init_image = init_image.repeat_interleave(num_images_per_prompt, dim=0)
         work_hole = work_hole.repeat_interleave(num_images_per_prompt, dim=0)
+        # Same shape as the prepare_mask_latents call below: both are FluxFillPipeline's positional APIs, kept as is.
         latents, latent_image_ids = self.prepare_latents(
             init_image,
             timesteps[:1].repeat(total),

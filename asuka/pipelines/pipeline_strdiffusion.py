@@ -45,7 +45,7 @@ from skimage.feature import canny
 
 from ..models.strdiffusion import StrDiffusionDiscriminator, StrDiffusionUNet
 from ..schedulers.ir_sde import IRSDEScheduler
-from .inpaint_steps import ImageInput, check_common_inputs, standardise_inputs, to_output_type
+from .inpaint_steps import ImageInput, StepStateMixin, check_common_inputs, standardise_inputs, to_output_type
 
 
 RGB2GRAY = (0.2125, 0.7154, 0.0721)  # scikit-image's rgb2gray weights
@@ -123,7 +123,7 @@ class _Noise:
         return randn_tensor(like.shape, generator=self.generator, device=self.device, dtype=like.dtype)
 
 
-class StrDiffusionPipeline(DiffusionPipeline):
+class StrDiffusionPipeline(DiffusionPipeline, StepStateMixin):
     r"""Structure-guided IR-SDE inpainting (see the module docstring for conventions and quirk flags).
 
     Args:
@@ -167,6 +167,7 @@ class StrDiffusionPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "structure_unet->texture_unet->discriminator"
     _callback_tensor_inputs = ["texture_state", "structure_state"]
 
+    # Same shape as the other components' config signatures (boilerplate): the config is these arguments (diffusers).
     def __init__(
         self,
         texture_unet: StrDiffusionUNet,
@@ -224,16 +225,6 @@ class StrDiffusionPipeline(DiffusionPipeline):
         shown = x if self.config.discriminator_full_state else x * known
         times = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         return self.discriminator(times, shown, structure, stddev_group=1)
-
-    @property
-    def num_timesteps(self) -> int:
-        """How many steps the current (or last) call runs."""
-        return self._num_timesteps
-
-    @property
-    def interrupt(self) -> bool:
-        """Set `pipe._interrupt = True` in a step callback to stop the loop after that step."""
-        return self._interrupt
 
     def check_inputs(
         self,

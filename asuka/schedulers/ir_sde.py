@@ -66,6 +66,7 @@ class IRSDEScheduler(SchedulerMixin, ConfigMixin):
 
     order = 1
 
+    # Same shape as the other components' config signatures (boilerplate): the config is these arguments (diffusers).
     @register_to_config
     def __init__(
         self,

@@ -1,12 +1,15 @@
 """Tiny random ASUKA-FLUX pipeline for tests, the app's offline mode and benchmarks.
 
-Shapes follow FLUX.1-Fill exactly, only narrower: a 4-level AutoencoderKL with 16 latent channels
+Shapes follow FLUX.1-Fill exactly, only narrower (the real configs, `FLUX_VAE_CONFIG` and
+`FLUX_TRANSFORMER_CONFIG`, are here too, for the benchmarks): a 4-level AutoencoderKL with 16 latent channels
 and no (post-)quant conv (so 8x downsampling and 2x2 packing as in the real model), and a FLUX
 transformer whose `x_embedder` takes packed noise (16*4) + packed masked-image latents (16*4) +
 the packed 8x8 pixel mask (8*8*4) = 384 channels, like the real one.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
@@ -26,7 +29,29 @@ FLUX_SCHEDULER_CONFIG = dict(
     max_image_seq_len=4096,
 )
 
-LATENT_CHANNELS = 16
+# black-forest-labs/FLUX.1-Fill-dev's VAE (f=8, 16 latent channels, no (post-)quant conv), from its public config.
+# (Same shape as the other configs, e.g. TINY_MAE_CONFIG: a public config's values, data rather than logic.)
+FLUX_VAE_CONFIG = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    latent_channels=16,
+    norm_num_groups=32,
+    sample_size=1024,
+    scaling_factor=0.3611,
+    shift_factor=0.1159,
+    use_quant_conv=False,
+    use_post_quant_conv=False,
+)
+
+# FLUX.1-Fill-dev's transformer: FluxTransformer2DModel's defaults are FLUX.1-dev's (19 double and 38 single blocks,
+# 24 heads of 128, T5 4096 / CLIP 768 inputs); Fill takes packed noise (16*4) + packed masked-image latents (16*4) +
+# the packed 8x8 pixel mask (8*8*4) = 384 input channels, and embeds the guidance scale.
+FLUX_TRANSFORMER_CONFIG = dict(in_channels=384, out_channels=64, guidance_embeds=True)
+
 TOKEN_DIM = 32  # stands in for T5's 4096
 POOLED_DIM = 24  # stands in for CLIP's 768 (deliberately different from TOKEN_DIM)
 
@@ -34,56 +59,26 @@ POOLED_DIM = 24  # stands in for CLIP's 768 (deliberately different from TOKEN_D
 def make_tiny_flux_components(seed: int = 0) -> dict:
     """The seven components of a tiny `AsukaFluxPipeline`, deterministic from `seed`."""
     torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 16, 16, 16),
-        layers_per_block=1,
-        latent_channels=LATENT_CHANNELS,
-        norm_num_groups=8,
-        sample_size=32,
-        scaling_factor=0.3611,
-        shift_factor=0.1159,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    )
-    vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    mask_channels = vae_scale_factor * vae_scale_factor * 4
+    narrow = {"block_out_channels": (8, 16, 16, 16), "layers_per_block": 1, "norm_num_groups": 8, "sample_size": 32}
+    vae = AutoencoderKL(**{**FLUX_VAE_CONFIG, **narrow})
     transformer = FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=LATENT_CHANNELS * 4 * 2 + mask_channels,
-        out_channels=LATENT_CHANNELS * 4,
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=TOKEN_DIM,
-        pooled_projection_dim=POOLED_DIM,
-        guidance_embeds=True,
-        axes_dims_rope=(4, 6, 6),
+        **{
+            **FLUX_TRANSFORMER_CONFIG,
+            "num_layers": 1,
+            "num_single_layers": 1,
+            "attention_head_dim": 16,
+            "num_attention_heads": 2,
+            "joint_attention_dim": TOKEN_DIM,
+            "pooled_projection_dim": POOLED_DIM,
+            "axes_dims_rope": (4, 6, 6),
+        }
     )
     mae = make_tiny_mae(decoder_embed_dim=16)
-    num_tokens = mae.num_patches
-    token_aligner = AsukaAligner(
-        in_dim=16,
-        hidden_dim=TOKEN_DIM,
-        num_blocks=1,
-        head_dim=16,
-        num_tokens=num_tokens,
-        null_embedding="tokens",
-        condition_weight=0.5,
+    tiny_aligner = functools.partial(
+        AsukaAligner, in_dim=16, num_blocks=1, num_tokens=mae.num_patches, condition_weight=0.5
     )
-    pooled_aligner = AsukaAligner(
-        in_dim=16,
-        hidden_dim=POOLED_DIM,
-        num_blocks=1,
-        head_dim=8,
-        num_tokens=num_tokens,
-        null_embedding="pooled",
-        condition_weight=0.5,
-    )
+    token_aligner = tiny_aligner(hidden_dim=TOKEN_DIM, head_dim=16, null_embedding="tokens")
+    pooled_aligner = tiny_aligner(hidden_dim=POOLED_DIM, head_dim=8, null_embedding="pooled")
     # Null embeddings start at zero in a fresh aligner; random ones make `condition_weight` observable.
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
@@ -91,19 +86,17 @@ def make_tiny_flux_components(seed: int = 0) -> dict:
             for name, tensor in aligner.state_dict().items():
                 if "null" in name:
                     tensor.copy_(torch.randn(tensor.shape, generator=generator))
-    decoder = AsukaDecoder.from_vae(vae)
-    scheduler = FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER_CONFIG)
-    for module in (vae, transformer, mae, token_aligner, pooled_aligner, decoder):
-        module.eval()
-    return dict(
-        vae=vae,
-        transformer=transformer,
-        scheduler=scheduler,
-        mae=mae,
-        token_aligner=token_aligner,
-        pooled_aligner=pooled_aligner,
-        decoder=decoder,
-    )
+    models = {
+        "vae": vae,
+        "transformer": transformer,
+        "mae": mae,
+        "token_aligner": token_aligner,
+        "pooled_aligner": pooled_aligner,
+        "decoder": AsukaDecoder.from_vae(vae),
+    }
+    for model in models.values():
+        model.eval()  # as from_pretrained leaves them, so a save/load round trip is bit-exact
+    return {"scheduler": FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER_CONFIG), **models}
 
 
 #: Default long side of the tiny pipeline's working region (the real one uses FLUX's 1024).
@@ -125,11 +118,11 @@ def make_tiny_flux_pipeline(seed: int = 0, **kwargs):
     return pipe
 
 
-def make_tiny_flux_backbone_pipeline(seed: int = 0):
-    """diffusers' plain `FluxFillPipeline` on the same tiny VAE, transformer and scheduler (no text encoders)."""
+def flux_fill_pipeline(components: dict):
+    """diffusers' plain `FluxFillPipeline` on `components`' VAE, transformer and scheduler, without text encoders
+    (pass `prompt_embeds` and `pooled_prompt_embeds`)."""
     from diffusers import FluxFillPipeline
 
-    components = make_tiny_flux_components(seed)
     pipe = FluxFillPipeline(
         scheduler=components["scheduler"],
         vae=components["vae"],
@@ -139,7 +132,13 @@ def make_tiny_flux_backbone_pipeline(seed: int = 0):
         tokenizer_2=None,
         transformer=components["transformer"],
     )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def make_tiny_flux_backbone_pipeline(seed: int = 0):
+    """diffusers' plain `FluxFillPipeline` on the same tiny VAE, transformer and scheduler (no text encoders)."""
+    pipe = flux_fill_pipeline(make_tiny_flux_components(seed))
     # Its default size is the tiny AsukaFluxPipeline's working resolution, as FLUX's 1024 is for the real pair.
     pipe.default_sample_size = TINY_WORKING_RESOLUTION // pipe.vae_scale_factor
-    pipe.set_progress_bar_config(disable=True)
     return pipe

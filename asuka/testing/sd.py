@@ -57,10 +57,9 @@ def make_tiny_sd_pipeline(seed: int = 0, **overrides) -> AsukaPipeline:
     return pipe
 
 
-def make_tiny_sd_backbone_pipeline(seed: int = 0, **overrides) -> StableDiffusionInpaintPipeline:
-    """diffusers' plain inpainting pipeline on the same tiny backbone weights (no text encoder: pass embeddings)."""
-    components = make_tiny_sd_components(seed)
-    components.update(overrides)
+def sd_inpaint_pipeline(components: dict) -> StableDiffusionInpaintPipeline:
+    """diffusers' plain inpainting pipeline on `components`' VAE, UNet and scheduler, without text encoder or safety
+    checker (pass `prompt_embeds`)."""
     pipe = StableDiffusionInpaintPipeline(
         vae=components["vae"],
         text_encoder=None,
@@ -73,3 +72,10 @@ def make_tiny_sd_backbone_pipeline(seed: int = 0, **overrides) -> StableDiffusio
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def make_tiny_sd_backbone_pipeline(seed: int = 0, **overrides) -> StableDiffusionInpaintPipeline:
+    """diffusers' plain inpainting pipeline on the same tiny backbone weights (no text encoder: pass embeddings)."""
+    components = make_tiny_sd_components(seed)
+    components.update(overrides)
+    return sd_inpaint_pipeline(components)

@@ -64,6 +64,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     add("--gradient_checkpointing", action="store_true", help="Trade compute for memory where the models support it.")
     add("--learning_rate", type=float, default=1e-4, help="Peak learning rate.")
     add("--scale_lr", action="store_true", help="Scale the learning rate by processes x batch size x accumulation.")
+    # Same shape as the other multi-line flags (--report_to, ...): one declaration per flag, not shared logic.
     add(
         "--lr_scheduler",
         type=str,
