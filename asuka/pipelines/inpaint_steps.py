@@ -372,6 +372,14 @@ class StepStateMixin:
                 f"expected names in {self._callback_tensor_inputs}."
             )
 
+    def _step_callback(
+        self, callback: StepCallback, step: int, timestep: torch.Tensor, tensors: dict, names: list[str]
+    ) -> dict[str, torch.Tensor]:
+        """Run `callback` after a step with the `tensors` it asked for (`names`); the tensors it returns replace
+        those of the same name, the others stay."""
+        outputs = callback(self, step, timestep, {k: tensors[k] for k in names})
+        return {k: outputs.get(k, value) for k, value in tensors.items()}
+
     @staticmethod
     def step_callback_tensor_inputs(callback: StepCallback | None, tensor_inputs: list[str]) -> list[str]:
         """The tensors a step callback receives: a callback object's own `tensor_inputs`, else `tensor_inputs`."""
@@ -462,6 +470,11 @@ class AsukaInpaintMixin(StepStateMixin):
             start.output_type,
             start.return_dict,
         )
+
+    def _latents_output(self, latents: torch.Tensor, return_dict: bool):
+        """What `output_type="latent"` returns: the denoised latents (after offloading hooks are released)."""
+        self.maybe_free_model_hooks()
+        return AsukaPipelineOutput(images=latents) if return_dict else (latents,)
 
     def mae_reconstruction(self, image: ImageInput, mask_image: ImageInput) -> list[PIL.Image.Image]:
         """The MAE's own pixel estimate ("what the prior thinks"), pasted into the hole at the input's size."""

@@ -315,23 +315,19 @@ class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin, AsukaInpaintMixin):
                 latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
 
                 if callback_on_step_end is not None:
-                    step_tensors = {
-                        "latents": latents,
-                        "prompt_embeds": prompt_embeds,
-                        "mask": mask,
-                        "masked_image_latents": masked_image_latents,
-                    }
-                    callback_kwargs = {k: step_tensors[k] for k in tensor_inputs}
-                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
-                    latents = callback_outputs.pop("latents", latents)
-                    prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
-                    mask = callback_outputs.pop("mask", mask)
-                    masked_image_latents = callback_outputs.pop("masked_image_latents", masked_image_latents)
+                    tensors = dict(
+                        latents=latents,
+                        prompt_embeds=prompt_embeds,
+                        mask=mask,
+                        masked_image_latents=masked_image_latents,
+                    )
+                    tensors = self._step_callback(callback_on_step_end, i, t, tensors, tensor_inputs)
+                    latents, prompt_embeds = tensors["latents"], tensors["prompt_embeds"]
+                    mask, masked_image_latents = tensors["mask"], tensors["masked_image_latents"]
                 progress_bar.update()
 
         if output_type == "latent":
-            self.maybe_free_model_hooks()
-            return AsukaPipelineOutput(images=latents) if return_dict else (latents,)
+            return self._latents_output(latents, return_dict)
 
         # 8. Decode with the mask-conditioned decoder
         decoded = self.decode_latents(

@@ -121,15 +121,8 @@ class AsukaFluxPipeline(DiffusionPipeline, AsukaInpaintMixin):
         working_resolution: int = 1024,
     ):
         super().__init__()
-        self.register_modules(
-            vae=vae,
-            transformer=transformer,
-            scheduler=scheduler,
-            mae=mae,
-            token_aligner=token_aligner,
-            pooled_aligner=pooled_aligner,
-            decoder=decoder,
-        )
+        self.register_modules(vae=vae, transformer=transformer, scheduler=scheduler)  # the frozen FLUX.1-Fill backbone
+        self.register_modules(mae=mae, token_aligner=token_aligner, pooled_aligner=pooled_aligner, decoder=decoder)
         self.register_to_config(working_resolution=working_resolution)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.latent_channels = self.vae.config.latent_channels
@@ -254,6 +247,8 @@ class AsukaFluxPipeline(DiffusionPipeline, AsukaInpaintMixin):
 
     # ------------------------------------------------------------------ call
 
+    # The head of the call is AsukaPipeline.__call__'s (duplicates lists the pair): diffusers' decorators and the
+    # public arguments both pipelines start with (image, mask_image, num_inference_steps).
     @torch.no_grad()
     @cache_constant_conditioning("transformer")  # context_embedder once per call, restored afterwards
     @replace_example_docstring(EXAMPLE_DOC_STRING)
@@ -279,7 +274,7 @@ class AsukaFluxPipeline(DiffusionPipeline, AsukaInpaintMixin):
         callback_on_step_end: StepCallback | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
     ) -> AsukaPipelineOutput | tuple:
-        r"""Inpaint `image` where `mask_image` is white.
+        r"""Inpaint `image` where `mask_image` is white, with FLUX.1-Fill conditioned on the MAE prior.
 
         Args:
             image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor`, `str` or a `list` of them):
@@ -323,9 +318,7 @@ class AsukaFluxPipeline(DiffusionPipeline, AsukaInpaintMixin):
             joint_attention_kwargs (`dict`, *optional*):
                 Passed to the transformer's attention processors.
             callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*):
-                Called after each step as `callback_on_step_end(pipe, step, timestep, callback_kwargs)` with the
-                tensors named in `callback_on_step_end_tensor_inputs` (a callback object brings its own
-                `tensor_inputs`); the tensors it returns replace the pipeline's.
+                The step callback, called as in [`AsukaPipeline`] with the tensors named below.
             callback_on_step_end_tensor_inputs (`list[str]`, *optional*, defaults to `["latents"]`):
                 Names from `_callback_tensor_inputs`: `latents` and `prompt_embeds`.
 
@@ -426,15 +419,12 @@ class AsukaFluxPipeline(DiffusionPipeline, AsukaInpaintMixin):
 
                 if callback_on_step_end is not None:
                     tensors = {"latents": latents, "prompt_embeds": prompt_embeds}
-                    callback_kwargs = {k: tensors[k] for k in tensor_inputs}
-                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
-                    latents = callback_outputs.pop("latents", latents)
-                    prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
+                    tensors = self._step_callback(callback_on_step_end, i, t, tensors, tensor_inputs)
+                    latents, prompt_embeds = tensors["latents"], tensors["prompt_embeds"]
                 progress_bar.update()
 
-        if output_type == "latent":
-            self.maybe_free_model_hooks()
-            return AsukaPipelineOutput(images=latents) if return_dict else (latents,)
+        if output_type == "latent":  # packed, as FluxFillPipeline returns them
+            return self._latents_output(latents, return_dict)
 
         # 8. Decode: the mask-conditioned AsukaDecoder (or the plain VAE) after FLUX's unscaling
         latents = self._unpack_latents(latents, height, width, self.vae_scale_factor)

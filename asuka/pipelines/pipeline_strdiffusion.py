@@ -59,7 +59,6 @@ EXAMPLE_DOC_STRING = """
     Examples:
         ```py
         >>> import torch
-        >>> from diffusers.utils import load_image
 
         >>> from asuka import StrDiffusionPipeline
 
@@ -68,9 +67,8 @@ EXAMPLE_DOC_STRING = """
         >>> device = "cuda" if torch.cuda.is_available() else "cpu"
         >>> pipe = StrDiffusionPipeline.from_pretrained("./strdiffusion").to(device)
 
-        >>> image = load_image("photo.png")
-        >>> mask = load_image("mask.png")  # white = repaint; the image's size or aspect ratio
-        >>> output = pipe(image, mask, generator=torch.Generator(device).manual_seed(0))
+        >>> # Image and mask as paths (or PIL images, arrays, tensors); white = repaint, at the image's size or ratio.
+        >>> output = pipe("photo.png", "mask.png", generator=torch.Generator(device).manual_seed(0))
         >>> output.images[0].save("inpainted.png")
         >>> decisions = output.decisions[0]  # (t, iteration, "accept" / "average" / "stop") of the resampling
         ```
