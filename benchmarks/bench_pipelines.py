@@ -272,6 +272,21 @@ def stage_maps(components: dict, denoiser: str, aligners: dict[str, str]) -> tup
 # ---------------------------------------------------------------------------------------------
 
 
+def baseline_call(pipeline, image: PIL.Image.Image, mask: PIL.Image.Image, size: int, steps: int, **conditioning):
+    """One timed run of a diffusers baseline pipeline: `size` x `size`, `steps` steps, seed 0, numpy output, with
+    the pipeline's own `conditioning` (its prompt embeddings, guidance)."""
+    return pipeline(
+        image=image,
+        mask_image=mask,
+        height=size,
+        width=size,
+        num_inference_steps=steps,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+        **conditioning,
+    )
+
+
 def sd_inference_runs(components: dict, size: int, steps: int, device: str, dtype: torch.dtype) -> dict:
     """The two calls to compare (closures) with their stage maps."""
     asuka, base = sd_pipelines(components)
@@ -287,17 +302,7 @@ def sd_inference_runs(components: dict, size: int, steps: int, device: str, dtyp
         )
 
     def run_base():
-        return base(
-            prompt_embeds=text_embeds,
-            image=image,
-            mask_image=mask,
-            height=size,
-            width=size,
-            num_inference_steps=steps,
-            guidance_scale=1.0,
-            generator=torch.Generator().manual_seed(0),
-            output_type="np",
-        )
+        return baseline_call(base, image, mask, size, steps, prompt_embeds=text_embeds, guidance_scale=1.0)
 
     asuka_stages, base_stages = stage_maps(components, "unet", {"aligner": "aligner"})
     return {"asuka": (run_asuka, asuka_stages), "sd": (run_base, base_stages)}
@@ -517,19 +522,8 @@ def flux_inference_runs(components: dict, size: int, steps: int, device: str, dt
             output_type="np",
         )
 
-    # Same shape as sd_inference_runs' run_base: each calls its own baseline pipeline with that pipeline's arguments.
     def run_base():
-        return base(
-            image=image,
-            mask_image=mask,
-            prompt_embeds=prompt_embeds,
-            pooled_prompt_embeds=pooled,
-            height=size,
-            width=size,
-            num_inference_steps=steps,
-            generator=torch.Generator().manual_seed(0),
-            output_type="np",
-        )
+        return baseline_call(base, image, mask, size, steps, prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled)
 
     aligners = {"aligner": "token_aligner", "pooled_aligner": "pooled_aligner"}
     asuka_stages, base_stages = stage_maps(components, "transformer", aligners)

@@ -27,6 +27,16 @@ from PIL import Image
 import asuka_training
 
 
+# The model card's text (README.md of the final folder and of a pushed repo)
+CARD = asuka_training.CardText(
+    title="ASUKA aligner",
+    description=(
+        "An ASUKA aligner trained on a frozen SD-inpainting backbone and MAE prior (`asuka.models.AsukaAligner`)."
+    ),
+    component="asuka-aligner",
+)
+
+
 def reconstructed_prior_probability(step: int, start: float = 1.0, end: float = 0.1, decay_steps: int = 2000) -> float:
     """p(step): linear from `start` to `end` over `decay_steps` optimizer steps, then constant."""
     if decay_steps <= 0 or step >= decay_steps:
@@ -178,18 +188,8 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
 
         return build_pipeline(aligner=AsukaAligner.from_pretrained(args.output_dir))
 
-    # Same shape as the other scripts' ends: one shared asuka_training.finish call, only the card text differs.
     return asuka_training.finish(
-        setup,
-        result,
-        {"": aligner_model},
-        trained_pipeline if args.save_pipeline else None,
-        title="ASUKA aligner",
-        description=(
-            "An ASUKA aligner trained on a frozen SD-inpainting backbone and MAE prior (`asuka.models.AsukaAligner`)."
-        ),
-        component="asuka-aligner",
-        sample_grid=grid,
+        setup, result, {"": aligner_model}, trained_pipeline if args.save_pipeline else None, CARD, grid
     )
 
 

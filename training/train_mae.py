@@ -19,6 +19,14 @@ from PIL import Image
 import asuka_training
 
 
+# The model card's text (README.md of the final folder and of a pushed repo)
+CARD = asuka_training.CardText(
+    title="ASUKA inpainting MAE",
+    description="An inpainting MAE fine-tuned with the ASUKA mask mixture (`asuka.models.AsukaMAE`).",
+    component="asuka-mae",
+)
+
+
 def masked_patch_l2(
     reconstruction: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, patch_size: int
 ) -> torch.Tensor:
@@ -115,16 +123,7 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
         ]
 
     result, grid = asuka_training.run_training(setup, train_step, validate)
-    return asuka_training.finish(
-        setup,
-        result,
-        {"": mae_model},
-        None,
-        title="ASUKA inpainting MAE",
-        description="An inpainting MAE fine-tuned with the ASUKA mask mixture (`asuka.models.AsukaMAE`).",
-        component="asuka-mae",
-        sample_grid=grid,
-    )
+    return asuka_training.finish(setup, result, {"": mae_model}, None, CARD, grid)
 
 
 if __name__ == "__main__":

@@ -241,11 +241,7 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
     def trained_pipeline():
         return build_pipeline(type(model).from_pretrained(args.output_dir))
 
-    return asuka_training.finish(
-        setup,
-        result,
-        {"": net},
-        trained_pipeline if args.save_pipeline else None,
+    card = asuka_training.CardText(
         title=f"StrDiffusion {args.network} network",
         description=(
             f"The StrDiffusion (CVPR 2024) {args.network} network "
@@ -253,7 +249,9 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
             "trained with the authors' objectives."
         ),
         component=f"strdiffusion-{args.network}",
-        sample_grid=grid,
+    )
+    return asuka_training.finish(
+        setup, result, {"": net}, trained_pipeline if args.save_pipeline else None, card, grid
     )
 
 

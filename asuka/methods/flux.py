@@ -9,6 +9,7 @@ from `ASUKA_FLUX_BASE` (default `black-forest-labs/FLUX.1-Fill-dev`, gated: acce
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from pathlib import Path
@@ -25,15 +26,6 @@ from asuka.methods.registry import InpaintRequest, InpaintResult, ProgressCallba
 #: FLUX.1-Fill's default guidance (the ASUKA release uses it too).
 FLUX_GUIDANCE = 30.0
 FLUX_REQUIREMENTS = "~35 GB of downloads; a CUDA GPU with >= 24 GB in bfloat16 (or CPU offload)"
-#: The `MethodSpec` fields both methods on FLUX.1-Fill-dev share: its guidance, the GPU and the gated backbone.
-FLUX_FILL_SPEC = dict(
-    uses_guidance=True,
-    default_steps=50,
-    default_guidance=FLUX_GUIDANCE,
-    needs_gpu=True,
-    gated_repo=FLUX_FILL_REPO,
-    requirements=FLUX_REQUIREMENTS,
-)
 
 
 def asuka_cache_dir() -> Path:
@@ -119,32 +111,36 @@ def run_flux_fill(pipeline: Any, request: InpaintRequest, progress: ProgressCall
     )
 
 
-# Same shape as every method's registration (sd.py, strdiffusion.py): one declarative MethodSpec per method, kept
-# separate because the values differ; the fields both FLUX methods share are FLUX_FILL_SPEC.
+# The FLUX.1-Fill-dev backbone alone (declared like sd.py's "sd" backbone: the same fields, its own values), and ASUKA
+# on it: the same guidance, GPU and gated backbone; its own name, text, weights and code.
+FLUX_FILL = registry.MethodSpec(
+    name="flux-fill",
+    label="FLUX.1-Fill (backbone)",
+    default_model=FLUX_FILL_REPO,
+    load=load_flux_fill,
+    run=run_flux_fill,
+    tiny_kind="flux-backbone",
+    description="The frozen FLUX.1-Fill-dev backbone alone, with an empty prompt.",
+    uses_guidance=True,
+    default_steps=50,
+    default_guidance=FLUX_GUIDANCE,
+    needs_gpu=True,
+    gated_repo=FLUX_FILL_REPO,
+    requirements=FLUX_REQUIREMENTS,
+)
 registry.register_method(
-    registry.MethodSpec(
+    dataclasses.replace(
+        FLUX_FILL,
         name="asuka-flux",
         label="ASUKA-FLUX",
+        description="ASUKA on FLUX.1-Fill-dev (the authors' release): MAE prior instead of T5/CLIP, "
+        "mask-conditioned decoder.",
+        backbone=FLUX_FILL.name,
+        uses_condition_weight=True,
         default_model=ASUKA_FLUX_RELEASE_REPO,
         load=load_asuka_flux,
         run=run_asuka_flux,
         tiny_kind="flux",
-        uses_condition_weight=True,
-        backbone="flux-fill",
-        description="ASUKA on FLUX.1-Fill-dev (the authors' release): MAE prior instead of T5/CLIP, "
-        "mask-conditioned decoder.",
-        **FLUX_FILL_SPEC,
     )
 )
-registry.register_method(
-    registry.MethodSpec(
-        name="flux-fill",
-        label="FLUX.1-Fill (backbone)",
-        default_model=FLUX_FILL_REPO,
-        load=load_flux_fill,
-        run=run_flux_fill,
-        tiny_kind="flux-backbone",
-        description="The frozen FLUX.1-Fill-dev backbone alone, with an empty prompt.",
-        **FLUX_FILL_SPEC,
-    )
-)
+registry.register_method(FLUX_FILL)

@@ -69,7 +69,6 @@ def run_sd_backbone(pipeline: Any, request: InpaintRequest, progress: ProgressCa
     )
 
 
-# Same shape as flux.py's registrations: one declarative MethodSpec per method, kept separate (the values differ).
 registry.register_method(
     registry.MethodSpec(
         name="asuka-sd",
@@ -86,6 +85,8 @@ registry.register_method(
         requirements="a GPU with >= 6 GB in float16 (CPU works, slowly)",
     )
 )
+# The backbone's declaration has the same shape as flux.py's FLUX_FILL (duplicates lists the pair): each states one
+# backbone method's own values (name, weights, code, needs); nothing in them is shared logic.
 registry.register_method(
     registry.MethodSpec(
         name="sd",

@@ -8,7 +8,7 @@
 4. `finish_output`: paste the generated crop back into the full-resolution input and convert to `output_type`.
 
 `StepStateMixin` gives every pipeline diffusers' step-callback properties, and `AsukaInpaintMixin` the ASUKA
-pipelines' `mae_reconstruction`.
+pipelines' start and end of a call (`_start_call`, `_finish_call`) and `mae_reconstruction`.
 
 This module ships to the Hub as remote code next to the pipeline files (see `hub_export`), so it imports only
 torch, diffusers, numpy, PIL and its relative siblings.
@@ -23,6 +23,8 @@ import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
+from diffusers import DiffusionPipeline
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils import BaseOutput
 
 from ..imageio import load_image, load_mask
@@ -31,6 +33,10 @@ from ..imageio import load_image, load_mask
 ImageInput = PIL.Image.Image | np.ndarray | torch.Tensor | str | list[Any]
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+# A pipeline's `callback_on_step_end`: `callback(pipe, step, timestep, callback_kwargs) -> dict`, or a diffusers
+# callback object (which brings its own `tensor_inputs`).
+StepCallback = Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict] | PipelineCallback | MultiPipelineCallbacks
 
 
 @dataclass
@@ -42,38 +48,6 @@ class AsukaPipelineOutput(BaseOutput):
     """
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
-
-
-# ---------------------------------------------------------------------------------------------
-# 0. Checks of the call arguments every pipeline takes
-# ---------------------------------------------------------------------------------------------
-
-
-def check_common_inputs(
-    output_type: str,
-    counts: dict[str, Any],
-    callback_on_step_end_tensor_inputs: list[str],
-    callback_tensor_inputs: list[str],
-    working_resolution: int | None = None,
-    multiple: int = 1,
-) -> None:
-    """The checks of a pipeline's `check_inputs` that all pipelines share.
-
-    `counts` maps argument names (e.g. `num_inference_steps`) to values that must be positive integers;
-    `working_resolution`, when given, must be at least `multiple` (the backbone's size step).
-    """
-    if output_type not in OUTPUT_TYPES:
-        raise ValueError(f"`output_type` is {output_type!r}; expected one of {OUTPUT_TYPES}.")
-    for name, value in counts.items():
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{name}` is {value!r}; expected a positive integer.")
-    unknown = [k for k in callback_on_step_end_tensor_inputs if k not in callback_tensor_inputs]
-    if unknown:
-        raise ValueError(
-            f"`callback_on_step_end_tensor_inputs` has {unknown}; expected names in {callback_tensor_inputs}."
-        )
-    if working_resolution is not None and working_resolution < multiple:
-        raise ValueError(f"`working_resolution` is {working_resolution}; expected at least {multiple}.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,7 +341,8 @@ def mae_reconstruction(mae: torch.nn.Module, image: ImageInput, mask_image: Imag
 
 class StepStateMixin:
     """diffusers' step-callback contract of a pipeline call: `num_timesteps` and `interrupt` (`__call__` sets
-    `self._num_timesteps` and `self._interrupt`)."""
+    `self._num_timesteps` and `self._interrupt`), the callback's tensor names, and the input checks every pipeline
+    shares."""
 
     @property
     def num_timesteps(self) -> int:
@@ -379,23 +354,127 @@ class StepStateMixin:
         """Set `pipe._interrupt = True` in a step callback to stop the loop after that step."""
         return self._interrupt
 
+    def _check_common_inputs(self, output_type: str, counts: dict[str, Any], tensor_inputs: list[str]) -> None:
+        """The checks of a pipeline's `check_inputs` that all pipelines share.
+
+        `counts` maps argument names (e.g. `num_inference_steps`) to values that must be positive integers;
+        `tensor_inputs` (`callback_on_step_end_tensor_inputs`) must be in the pipeline's `_callback_tensor_inputs`.
+        """
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` is {output_type!r}; expected one of {OUTPUT_TYPES}.")
+        for name, value in counts.items():
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` is {value!r}; expected a positive integer.")
+        unknown = [k for k in tensor_inputs if k not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(
+                f"`callback_on_step_end_tensor_inputs` has {unknown}; "
+                f"expected names in {self._callback_tensor_inputs}."
+            )
+
+    def _step_callback(
+        self, callback: StepCallback, step: int, timestep: torch.Tensor, tensors: dict, names: list[str]
+    ) -> dict[str, torch.Tensor]:
+        """Run `callback` after a step with the `tensors` it asked for (`names`); the tensors it returns replace
+        those of the same name, the others stay."""
+        outputs = callback(self, step, timestep, {k: tensors[k] for k in names})
+        return {k: outputs.get(k, value) for k, value in tensors.items()}
+
+    @staticmethod
+    def step_callback_tensor_inputs(callback: StepCallback | None, tensor_inputs: list[str]) -> list[str]:
+        """The tensors a step callback receives: a callback object's own `tensor_inputs`, else `tensor_inputs`."""
+        if isinstance(callback, (PipelineCallback, MultiPipelineCallbacks)):
+            return callback.tensor_inputs
+        return tensor_inputs
+
+
+@dataclass
+class CallStart:
+    """The start of an ASUKA call (`AsukaInpaintMixin._start_call`): its standardised inputs and output settings.
+
+    `images` (B, 3, H, W) in [0, 1], `holes` (B, 1, H, W) with 1 = repaint, `total` = B * `num_images_per_prompt`
+    outputs. `output` is set when the mask is empty: the call returns it (the input untouched). `region` is set by
+    `cut_working_region`.
+    """
+
+    images: torch.Tensor
+    holes: torch.Tensor
+    device: torch.device
+    num_images_per_prompt: int
+    output_type: str
+    return_dict: bool
+    output: AsukaPipelineOutput | tuple | None = None
+    region: WorkingRegion | None = None
+
+    @property
+    def batch_size(self) -> int:
+        """How many input images."""
+        return self.images.shape[0]
+
+    @property
+    def total(self) -> int:
+        """How many outputs: `num_images_per_prompt` per input image, consecutive."""
+        return self.batch_size * self.num_images_per_prompt
+
+    def cut_working_region(
+        self, working_resolution: int, multiple: int, padding_mask_crop: int | None
+    ) -> tuple[WorkingRegion, torch.Tensor, torch.Tensor]:
+        """`cut_working_region` of the inputs: the region (kept for the paste back), the image and hole cut to it."""
+        self.region, work_image, work_hole = cut_working_region(
+            self.images, self.holes, working_resolution, multiple, padding_mask_crop
+        )
+        return self.region, work_image, work_hole
+
 
 class AsukaInpaintMixin(StepStateMixin):
-    """What the ASUKA pipelines (SD and FLUX) share beyond the step state: the start of a call, the empty-mask
-    output and the preview of their `mae` prior."""
+    """What the ASUKA pipelines (SD and FLUX) share beyond the step state: the start and the end of a call around
+    the backbone, and the preview of their `mae` prior."""
 
-    def _begin_call(
-        self, image: ImageInput, mask_image: ImageInput, guidance_scale: float
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reset the step state and standardise the inputs: images (B, 3, H, W) in [0, 1], holes (B, 1, H, W)."""
+    @staticmethod
+    def _check_working_resolution(working_resolution: int, multiple: int) -> None:
+        """The backbone needs at least one `multiple` (its size step) of working resolution."""
+        if working_resolution < multiple:
+            raise ValueError(f"`working_resolution` is {working_resolution}; expected at least {multiple}.")
+
+    def _start_call(
+        self,
+        image: ImageInput,
+        mask_image: ImageInput,
+        guidance_scale: float,
+        num_images_per_prompt: int,
+        output_type: str,
+        return_dict: bool,
+    ) -> CallStart:
+        """Reset the step state and standardise the inputs; for an empty mask (unless `output_type="latent"`) the
+        start's `output` is the input untouched, which the call returns as is."""
         self._guidance_scale = guidance_scale
         self._interrupt = False
-        return standardise_inputs(image, mask_image)
+        images, holes = standardise_inputs(image, mask_image)
+        start = CallStart(images, holes, self._execution_device, num_images_per_prompt, output_type, return_dict)
+        if not holes.any() and output_type != "latent":
+            self.maybe_free_model_hooks()
+            start.output = unchanged_output(images, num_images_per_prompt, output_type, return_dict)
+        return start
 
-    def _unchanged_output(self, images: torch.Tensor, num_images_per_prompt: int, output_type: str, return_dict: bool):
-        """`unchanged_output` (an empty mask: the input itself), after offloading hooks are released."""
+    def _finish_call(self, start: CallStart, generated: torch.Tensor, keep_unmasked: bool):
+        """`finish_output` of the call's inputs (after offloading hooks are released): paste `generated` (working
+        size, [0, 1], one per output) back into them and convert."""
         self.maybe_free_model_hooks()
-        return unchanged_output(images, num_images_per_prompt, output_type, return_dict)
+        return finish_output(
+            generated,
+            start.images,
+            start.holes,
+            start.region,
+            keep_unmasked,
+            start.num_images_per_prompt,
+            start.output_type,
+            start.return_dict,
+        )
+
+    def _latents_output(self, latents: torch.Tensor, return_dict: bool):
+        """What `output_type="latent"` returns: the denoised latents (after offloading hooks are released)."""
+        self.maybe_free_model_hooks()
+        return AsukaPipelineOutput(images=latents) if return_dict else (latents,)
 
     def mae_reconstruction(self, image: ImageInput, mask_image: ImageInput) -> list[PIL.Image.Image]:
         """The MAE's own pixel estimate ("what the prior thinks"), pasted into the hole at the input's size."""

@@ -6,12 +6,10 @@ siblings (bundled with it by `hub_export`).
 """
 
 import os
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from diffusers import AsymmetricAutoencoderKL, AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
-from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_inpaint import (
     StableDiffusionInpaintPipeline,
@@ -23,15 +21,7 @@ from diffusers.utils import replace_example_docstring
 from .cached_attention import cache_constant_conditioning
 from .hub_export import write_remote_code
 from .hub_light import HUB_KWARGS, is_light_repo, load_light_pipeline, save_light_pipeline
-from .inpaint_steps import (  # same names as pipeline_asuka_flux.py's: both run these shared steps (deliberate)
-    AsukaInpaintMixin,
-    AsukaPipelineOutput,
-    ImageInput,
-    check_common_inputs,
-    cut_working_region,
-    finish_output,
-    repeat_to_batch,
-)
+from .inpaint_steps import AsukaInpaintMixin, AsukaPipelineOutput, ImageInput, StepCallback, repeat_to_batch
 
 
 EXAMPLE_DOC_STRING = """
@@ -124,14 +114,10 @@ class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin, AsukaInpaintMixin):
         callback_on_step_end_tensor_inputs: list[str],
         working_resolution: int,
     ) -> None:
-        check_common_inputs(
-            output_type,
-            {"num_inference_steps": num_inference_steps},
-            callback_on_step_end_tensor_inputs,
-            self._callback_tensor_inputs,
-            working_resolution,
-            self.vae_scale_factor,
+        self._check_common_inputs(
+            output_type, {"num_inference_steps": num_inference_steps}, callback_on_step_end_tensor_inputs
         )
+        self._check_working_resolution(working_resolution, self.vae_scale_factor)
         if guidance_scale > 1.0 and negative_prompt_embeds is None:
             raise ValueError(
                 "`guidance_scale` > 1 needs `negative_prompt_embeds` (ASUKA has no text prompt to negate)."
@@ -184,10 +170,7 @@ class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin, AsukaInpaintMixin):
         padding_mask_crop: int | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
-        callback_on_step_end: Callable[[DiffusionPipeline, int, int, dict], dict]
-        | PipelineCallback
-        | MultiPipelineCallbacks
-        | None = None,
+        callback_on_step_end: StepCallback | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
     ) -> AsukaPipelineOutput | tuple:
         r"""Inpaint `image` where `mask_image` is white.
@@ -247,30 +230,21 @@ class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin, AsukaInpaintMixin):
         Returns:
             [`AsukaPipelineOutput`] or `tuple`: the images, or a one-element tuple when `return_dict` is False.
         """
-        # 1. Check and standardise the inputs
-        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
-            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        # 1. Check the inputs
+        tensor_inputs = self.step_callback_tensor_inputs(callback_on_step_end, callback_on_step_end_tensor_inputs)
         working_resolution = working_resolution or self.default_working_resolution
         self.check_inputs(
-            num_inference_steps,
-            output_type,
-            guidance_scale,
-            negative_prompt_embeds,
-            callback_on_step_end_tensor_inputs,
-            working_resolution,
+            num_inference_steps, output_type, guidance_scale, negative_prompt_embeds, tensor_inputs, working_resolution
         )
-        input_image, hole = self._begin_call(image, mask_image, guidance_scale)
-        batch_size = input_image.shape[0]
-        total = batch_size * num_images_per_prompt
-        device = self._execution_device
+        # 2. Standardise them; an empty mask has nothing to inpaint: the start's output is the input untouched
+        start = self._start_call(image, mask_image, guidance_scale, num_images_per_prompt, output_type, return_dict)
+        if start.output is not None:
+            return start.output
+        batch_size, total, device = start.batch_size, start.total, start.device
 
-        # 2. An empty mask has nothing to inpaint: return the input untouched
-        if not hole.any() and output_type != "latent":
-            return self._unchanged_output(input_image, num_images_per_prompt, output_type, return_dict)
-
-        # 3. Cut the working region (the whole image, or a crop around the mask) at the backbone's resolution
-        region, work_image, work_hole = cut_working_region(
-            input_image, hole, working_resolution, self.vae_scale_factor, padding_mask_crop
+        # 3. Cut the working region (the whole image, or a crop around the mask) at the UNet's resolution
+        region, work_image, work_hole = start.cut_working_region(
+            working_resolution, self.vae_scale_factor, padding_mask_crop
         )
         init_image = (work_image * 2 - 1).to(device)
         work_hole = work_hole.to(device)
@@ -341,23 +315,19 @@ class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin, AsukaInpaintMixin):
                 latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
 
                 if callback_on_step_end is not None:
-                    step_tensors = {
-                        "latents": latents,
-                        "prompt_embeds": prompt_embeds,
-                        "mask": mask,
-                        "masked_image_latents": masked_image_latents,
-                    }
-                    callback_kwargs = {k: step_tensors[k] for k in callback_on_step_end_tensor_inputs}
-                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
-                    latents = callback_outputs.pop("latents", latents)
-                    prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
-                    mask = callback_outputs.pop("mask", mask)
-                    masked_image_latents = callback_outputs.pop("masked_image_latents", masked_image_latents)
+                    tensors = dict(
+                        latents=latents,
+                        prompt_embeds=prompt_embeds,
+                        mask=mask,
+                        masked_image_latents=masked_image_latents,
+                    )
+                    tensors = self._step_callback(callback_on_step_end, i, t, tensors, tensor_inputs)
+                    latents, prompt_embeds = tensors["latents"], tensors["prompt_embeds"]
+                    mask, masked_image_latents = tensors["mask"], tensors["masked_image_latents"]
                 progress_bar.update()
 
         if output_type == "latent":
-            self.maybe_free_model_hooks()
-            return AsukaPipelineOutput(images=latents) if return_dict else (latents,)
+            return self._latents_output(latents, return_dict)
 
         # 8. Decode with the mask-conditioned decoder
         decoded = self.decode_latents(
@@ -369,10 +339,7 @@ class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin, AsukaInpaintMixin):
         generated = (decoded.float().cpu() / 2 + 0.5).clamp(0, 1)
 
         # 9. Paste back into the full-resolution input and convert
-        self.maybe_free_model_hooks()
-        return finish_output(
-            generated, input_image, hole, region, keep_unmasked, num_images_per_prompt, output_type, return_dict
-        )
+        return self._finish_call(start, generated, keep_unmasked)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> "AsukaPipeline":

@@ -16,7 +16,6 @@ Everything FLUX-specific (latent packing, mask packing, image ids, timestep shif
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -28,7 +27,6 @@ from diffusers import (
     FluxFillPipeline,
     FluxTransformer2DModel,
 )
-from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.flux.pipeline_flux_fill import calculate_shift, retrieve_timesteps
 from diffusers.utils import replace_example_docstring
@@ -38,22 +36,13 @@ from ..models.decoder import AsukaDecoder
 from ..models.mae import AsukaMAE
 from .cached_attention import cache_constant_conditioning
 from .hub_light import HUB_KWARGS, is_light_repo, load_light_pipeline, save_light_pipeline
-from .inpaint_steps import (  # same names as pipeline_asuka.py's: both run these shared steps (deliberate)
-    AsukaInpaintMixin,
-    AsukaPipelineOutput,
-    ImageInput,
-    check_common_inputs,
-    cut_working_region,
-    finish_output,
-    repeat_to_batch,
-)
+from .inpaint_steps import AsukaInpaintMixin, AsukaPipelineOutput, ImageInput, StepCallback, repeat_to_batch
 
 
 EXAMPLE_DOC_STRING = """
     Examples:
         ```py
         >>> import torch
-        >>> from diffusers.utils import load_image
 
         >>> from asuka import AsukaFluxPipeline
 
@@ -65,10 +54,11 @@ EXAMPLE_DOC_STRING = """
         >>> device = "cuda" if torch.cuda.is_available() else "cpu"
         >>> pipe = pipe.to(device)
 
-        >>> image = load_image("photo.png")
-        >>> mask = load_image("mask.png")  # white = repaint; the image's size or aspect ratio
-        >>> # The release's settings: 50 steps, FLUX guidance 30, condition_weight 0.5 (the aligners' default).
-        >>> result = pipe(image, mask, guidance_scale=30.0, generator=torch.Generator(device).manual_seed(0))
+        >>> # Paths are read as they are (or pass PIL images, arrays, tensors); the mask: white = repaint, the image's
+        >>> # size or aspect ratio. The release's settings: 50 steps, FLUX guidance 30, condition_weight 0.5 (the
+        >>> # aligners' default).
+        >>> generator = torch.Generator(device).manual_seed(0)
+        >>> result = pipe("photo.png", "mask.png", guidance_scale=30.0, generator=generator)
         >>> result.images[0].save("inpainted.png")  # the input's size; pixels outside the mask are the input's
         ```
 """
@@ -131,15 +121,8 @@ class AsukaFluxPipeline(DiffusionPipeline, AsukaInpaintMixin):
         working_resolution: int = 1024,
     ):
         super().__init__()
-        self.register_modules(
-            vae=vae,
-            transformer=transformer,
-            scheduler=scheduler,
-            mae=mae,
-            token_aligner=token_aligner,
-            pooled_aligner=pooled_aligner,
-            decoder=decoder,
-        )
+        self.register_modules(vae=vae, transformer=transformer, scheduler=scheduler)  # the frozen FLUX.1-Fill backbone
+        self.register_modules(mae=mae, token_aligner=token_aligner, pooled_aligner=pooled_aligner, decoder=decoder)
         self.register_to_config(working_resolution=working_resolution)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.latent_channels = self.vae.config.latent_channels
@@ -162,14 +145,12 @@ class AsukaFluxPipeline(DiffusionPipeline, AsukaInpaintMixin):
         callback_on_step_end_tensor_inputs: list[str],
         working_resolution: int,
     ) -> None:
-        check_common_inputs(
+        self._check_common_inputs(
             output_type,
             {"num_inference_steps": num_inference_steps, "num_images_per_prompt": num_images_per_prompt},
             callback_on_step_end_tensor_inputs,
-            self._callback_tensor_inputs,
-            working_resolution,
-            self.vae_scale_factor * 2,
         )
+        self._check_working_resolution(working_resolution, self.vae_scale_factor * 2)
         if (prompt_embeds is None) != (pooled_prompt_embeds is None):
             raise ValueError("Pass both `prompt_embeds` and `pooled_prompt_embeds`, or neither (ASUKA conditioning).")
 
@@ -266,6 +247,8 @@ class AsukaFluxPipeline(DiffusionPipeline, AsukaInpaintMixin):
 
     # ------------------------------------------------------------------ call
 
+    # The head of the call is AsukaPipeline.__call__'s (duplicates lists the pair): diffusers' decorators and the
+    # public arguments both pipelines start with (image, mask_image, num_inference_steps).
     @torch.no_grad()
     @cache_constant_conditioning("transformer")  # context_embedder once per call, restored afterwards
     @replace_example_docstring(EXAMPLE_DOC_STRING)
@@ -288,20 +271,16 @@ class AsukaFluxPipeline(DiffusionPipeline, AsukaInpaintMixin):
         output_type: str = "pil",
         return_dict: bool = True,
         joint_attention_kwargs: dict[str, Any] | None = None,
-        callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict]
-        | PipelineCallback
-        | MultiPipelineCallbacks
-        | None = None,
+        callback_on_step_end: StepCallback | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
     ) -> AsukaPipelineOutput | tuple:
-        r"""Inpaint `image` where `mask_image` is white.
+        r"""Inpaint `image` where `mask_image` is white, with FLUX.1-Fill conditioned on the MAE prior.
 
         Args:
             image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor`, `str` or a `list` of them):
-                The image(s) to inpaint, of any size: PIL images or paths, numpy arrays (H, W, C) / (B, H, W, C)
-                (uint8, or float in [0, 1]), tensors (C, H, W) / (B, C, H, W) in [0, 1].
+                The image(s) to inpaint, of any size, in every form [`AsukaPipeline`] takes (the same reading).
             mask_image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor`, `str` or a `list` of them):
-                White (> 0.5) = repaint. The image's size, or the same aspect ratio; one mask, or one per image.
+                White (> 0.5) = repaint, at the image's size or aspect ratio; one mask, or one per image.
             num_inference_steps (`int`, *optional*, defaults to 50):
                 The number of denoising steps (the release uses 50).
             guidance_scale (`float`, *optional*, defaults to 30.0):
@@ -339,9 +318,7 @@ class AsukaFluxPipeline(DiffusionPipeline, AsukaInpaintMixin):
             joint_attention_kwargs (`dict`, *optional*):
                 Passed to the transformer's attention processors.
             callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*):
-                Called after each step as `callback_on_step_end(pipe, step, timestep, callback_kwargs)` with the
-                tensors named in `callback_on_step_end_tensor_inputs` (a callback object brings its own
-                `tensor_inputs`); the tensors it returns replace the pipeline's.
+                The step callback, called as in [`AsukaPipeline`] with the tensors named below.
             callback_on_step_end_tensor_inputs (`list[str]`, *optional*, defaults to `["latents"]`):
                 Names from `_callback_tensor_inputs`: `latents` and `prompt_embeds`.
 
@@ -350,9 +327,8 @@ class AsukaFluxPipeline(DiffusionPipeline, AsukaInpaintMixin):
         Returns:
             [`AsukaPipelineOutput`] or `tuple`: the images, or a one-element tuple when `return_dict` is False.
         """
-        # 1. Check and standardise the inputs
-        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
-            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        # 1. Check the inputs
+        tensor_inputs = self.step_callback_tensor_inputs(callback_on_step_end, callback_on_step_end_tensor_inputs)
         working_resolution = working_resolution or self.config.working_resolution
         self.check_inputs(
             num_inference_steps,
@@ -360,21 +336,19 @@ class AsukaFluxPipeline(DiffusionPipeline, AsukaInpaintMixin):
             output_type,
             prompt_embeds,
             pooled_prompt_embeds,
-            callback_on_step_end_tensor_inputs,
+            tensor_inputs,
             working_resolution,
         )
-        input_image, hole = self._begin_call(image, mask_image, guidance_scale)
-        batch_size = input_image.shape[0]
-        total = batch_size * num_images_per_prompt
-        device = self._execution_device
+        # 2. Standardise them; an empty mask has nothing to inpaint: the start's output is the input untouched
+        start = self._start_call(image, mask_image, guidance_scale, num_images_per_prompt, output_type, return_dict)
+        if start.output is not None:
+            return start.output
+        batch_size, total, device = start.batch_size, start.total, start.device
 
-        # 2. An empty mask has nothing to inpaint: return the input untouched
-        if not hole.any() and output_type != "latent":
-            return self._unchanged_output(input_image, num_images_per_prompt, output_type, return_dict)
-
-        # 3. Cut the working region (the whole image, or a crop around the mask) at the backbone's resolution
-        region, work_image, work_hole = cut_working_region(
-            input_image, hole, working_resolution, self.vae_scale_factor * 2, padding_mask_crop
+        # 3. Cut the working region (the whole image, or a crop around the mask), sides multiples of the packed
+        #    latent patch (2 latent pixels), at the transformer's resolution
+        region, work_image, work_hole = start.cut_working_region(
+            working_resolution, self.vae_scale_factor * 2, padding_mask_crop
         )
         init_image = self.image_processor.normalize(work_image)
         width, height = region.size
@@ -410,31 +384,13 @@ class AsukaFluxPipeline(DiffusionPipeline, AsukaInpaintMixin):
         #    image per output so that each output's VAE samples and noise come from its own generator
         init_image = init_image.repeat_interleave(num_images_per_prompt, dim=0)
         work_hole = work_hole.repeat_interleave(num_images_per_prompt, dim=0)
-        # Same shape as the prepare_mask_latents call below: both are FluxFillPipeline's positional APIs, kept as is.
+        latent_timestep = timesteps[:1].repeat(total)
         latents, latent_image_ids = self.prepare_latents(
-            init_image,
-            timesteps[:1].repeat(total),
-            total,
-            self.latent_channels,
-            height,
-            width,
-            dtype,
-            device,
-            generator,
-            latents,
+            init_image, latent_timestep, total, self.latent_channels, height, width, dtype, device, generator, latents
         )
         masked_image = (init_image * (1 - work_hole)).to(device=device, dtype=dtype)
         packed_mask, masked_image_latents = self.prepare_mask_latents(
-            work_hole,
-            masked_image,
-            total,
-            self.latent_channels,
-            1,
-            height,
-            width,
-            dtype,
-            device,
-            generator,
+            work_hole, masked_image, total, self.latent_channels, 1, height, width, dtype, device, generator
         )
         masked_image_latents = torch.cat((masked_image_latents, packed_mask), dim=-1)
         guidance = None
@@ -463,15 +419,12 @@ class AsukaFluxPipeline(DiffusionPipeline, AsukaInpaintMixin):
 
                 if callback_on_step_end is not None:
                     tensors = {"latents": latents, "prompt_embeds": prompt_embeds}
-                    callback_kwargs = {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
-                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
-                    latents = callback_outputs.pop("latents", latents)
-                    prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
+                    tensors = self._step_callback(callback_on_step_end, i, t, tensors, tensor_inputs)
+                    latents, prompt_embeds = tensors["latents"], tensors["prompt_embeds"]
                 progress_bar.update()
 
-        if output_type == "latent":
-            self.maybe_free_model_hooks()
-            return AsukaPipelineOutput(images=latents) if return_dict else (latents,)
+        if output_type == "latent":  # packed, as FluxFillPipeline returns them
+            return self._latents_output(latents, return_dict)
 
         # 8. Decode: the mask-conditioned AsukaDecoder (or the plain VAE) after FLUX's unscaling
         latents = self._unpack_latents(latents, height, width, self.vae_scale_factor)
@@ -479,10 +432,7 @@ class AsukaFluxPipeline(DiffusionPipeline, AsukaInpaintMixin):
         generated = self.image_processor.denormalize(decoded.float().cpu())
 
         # 9. Paste back into the full-resolution input and convert
-        self.maybe_free_model_hooks()
-        return finish_output(
-            generated, input_image, hole, region, keep_unmasked, num_images_per_prompt, output_type, return_dict
-        )
+        return self._finish_call(start, generated, keep_unmasked)
 
     def decode_latents(self, latents: torch.Tensor, image: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
         """Scaled, unpacked FLUX latents to [-1, 1] pixels: `z / scaling_factor + shift_factor`, then the decoder.

@@ -29,14 +29,13 @@ samples run one by one. (Evaluating it with the authors' group of min(B, 4) woul
 decisions depend on the other samples; the pipeline never does that.)
 """
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
-from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import BaseOutput, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
@@ -45,7 +44,13 @@ from skimage.feature import canny
 
 from ..models.strdiffusion import StrDiffusionDiscriminator, StrDiffusionUNet
 from ..schedulers.ir_sde import IRSDEScheduler
-from .inpaint_steps import ImageInput, StepStateMixin, check_common_inputs, standardise_inputs, to_output_type
+from .inpaint_steps import (
+    ImageInput,
+    StepCallback,
+    StepStateMixin,
+    standardise_inputs,
+    to_output_type,
+)
 
 
 RGB2GRAY = (0.2125, 0.7154, 0.0721)  # scikit-image's rgb2gray weights
@@ -54,7 +59,6 @@ EXAMPLE_DOC_STRING = """
     Examples:
         ```py
         >>> import torch
-        >>> from diffusers.utils import load_image
 
         >>> from asuka import StrDiffusionPipeline
 
@@ -63,9 +67,8 @@ EXAMPLE_DOC_STRING = """
         >>> device = "cuda" if torch.cuda.is_available() else "cpu"
         >>> pipe = StrDiffusionPipeline.from_pretrained("./strdiffusion").to(device)
 
-        >>> image = load_image("photo.png")
-        >>> mask = load_image("mask.png")  # white = repaint; the image's size or aspect ratio
-        >>> output = pipe(image, mask, generator=torch.Generator(device).manual_seed(0))
+        >>> # Image and mask as paths (or PIL images, arrays, tensors); white = repaint, at the image's size or ratio.
+        >>> output = pipe("photo.png", "mask.png", generator=torch.Generator(device).manual_seed(0))
         >>> output.images[0].save("inpainted.png")
         >>> decisions = output.decisions[0]  # (t, iteration, "accept" / "average" / "stop") of the resampling
         ```
@@ -239,7 +242,7 @@ class StrDiffusionPipeline(DiffusionPipeline, StepStateMixin):
         counts = {"num_images_per_prompt": num_images_per_prompt}
         if num_inference_steps is not None:
             counts["num_inference_steps"] = num_inference_steps
-        check_common_inputs(output_type, counts, callback_on_step_end_tensor_inputs, self._callback_tensor_inputs)
+        self._check_common_inputs(output_type, counts, callback_on_step_end_tensor_inputs)
         outputs = batch_size * num_images_per_prompt
         if isinstance(generator, list) and len(generator) != outputs:
             raise ValueError(f"got {len(generator)} generators for {outputs} outputs; expected one per output.")
@@ -261,10 +264,7 @@ class StrDiffusionPipeline(DiffusionPipeline, StepStateMixin):
         output_type: str = "pil",
         return_dict: bool = True,
         noise_tape: Iterable[torch.Tensor] | None = None,
-        callback_on_step_end: Callable[[DiffusionPipeline, int, int, dict], dict]
-        | PipelineCallback
-        | MultiPipelineCallbacks
-        | None = None,
+        callback_on_step_end: StepCallback | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["texture_state"],
     ) -> StrDiffusionPipelineOutput | tuple:
         r"""Inpaint `image` where `mask_image` is white.
@@ -317,8 +317,9 @@ class StrDiffusionPipeline(DiffusionPipeline, StepStateMixin):
             [`StrDiffusionPipelineOutput`] or `tuple`: the images and, per output, the (t, iteration, decision) of
             every adaptive-resampling iteration; as `(images, decisions)` when `return_dict` is False.
         """
-        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
-            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        callback_on_step_end_tensor_inputs = self.step_callback_tensor_inputs(
+            callback_on_step_end, callback_on_step_end_tensor_inputs
+        )
         self._interrupt = False
         cfg = self.config
         device = self._execution_device

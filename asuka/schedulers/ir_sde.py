@@ -66,14 +66,9 @@ class IRSDEScheduler(SchedulerMixin, ConfigMixin):
 
     order = 1
 
-    # Same shape as the other components' config signatures (boilerplate): the config is these arguments (diffusers).
     @register_to_config
     def __init__(
-        self,
-        num_train_timesteps: int = 100,
-        max_sigma: float = 30.0,
-        eps: float = 0.005,
-        schedule: str = "cosine",
+        self, num_train_timesteps: int = 100, max_sigma: float = 30.0, eps: float = 0.005, schedule: str = "cosine"
     ):
         if schedule != "cosine":
             raise ValueError(f"Unsupported schedule {schedule!r}; only 'cosine' is implemented.")

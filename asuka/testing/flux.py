@@ -30,7 +30,6 @@ FLUX_SCHEDULER_CONFIG = dict(
 )
 
 # black-forest-labs/FLUX.1-Fill-dev's VAE (f=8, 16 latent channels, no (post-)quant conv), from its public config.
-# (Same shape as the other configs, e.g. TINY_MAE_CONFIG: a public config's values, data rather than logic.)
 FLUX_VAE_CONFIG = dict(
     in_channels=3,
     out_channels=3,

@@ -3,17 +3,15 @@
 from asuka.models import AsukaMAE
 
 
-#: 32² input, 8² patches (16 tokens), two encoder and two decoder blocks; the prior is taken after decoder block 1.
+#: 32² input, 8² patches (16 tokens); the encoder and the decoder alike have two blocks of width 32 with two heads;
+#: the prior is taken after decoder block 1.
+_BLOCKS = dict(embed_dim=32, depth=2, num_heads=2)
 TINY_MAE_CONFIG = dict(
     image_size=32,
     patch_size=8,
-    embed_dim=32,
-    depth=2,
-    num_heads=2,
-    decoder_embed_dim=32,
-    decoder_depth=2,
-    decoder_num_heads=2,
     prior_layer=1,
+    **_BLOCKS,
+    **{f"decoder_{key}": value for key, value in _BLOCKS.items()},
 )
 
 

@@ -9,7 +9,7 @@ and `hub` (model card and upload). Every script is assembled the same way; nothi
     weight_dtype = freeze(accelerator, vae, unet)   # load the models; frozen ones: no grad, eval, cast
     setup = prepare(args, accelerator, {"aligner": model}, tracker_name="train_aligner")
     result, grid = run_training(setup, train_step, validate)   # checkpoints, logs, grids
-    return finish(setup, result, {"": setup.model}, make_pipeline, title=..., ...)  # final folder, card, push
+    return finish(setup, result, {"": setup.model}, make_pipeline, CardText(...), grid)  # final folder, card, push
 
 `train_step(batch, global_step)` computes the loss, calls `setup.step(loss)` and returns scalars
 to log (key "loss" is required); `validate(global_step)` returns rows of PIL images for a grid
@@ -41,7 +41,7 @@ from .data import (
     make_dataloader,
     validation_batch,
 )
-from .hub import push_folder_to_hub, write_model_card
+from .hub import CardText, push_folder_to_hub, write_model_card
 from .loop import TrainingResult, finish, inpainting_rows, log_validation, optimizer_step, run_training, to_pil
 from .setup import (
     TrainingSetup,
@@ -58,6 +58,7 @@ from .setup import (
 
 __all__ = [
     "CHECKPOINT_PREFIX",
+    "CardText",
     "ImageFolderDataset",
     "ImageTransform",
     "SampleMaker",

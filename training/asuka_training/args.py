@@ -8,6 +8,13 @@ from pathlib import Path
 from typing import Any
 
 
+# The names --lr_scheduler (diffusers' `get_scheduler`) and --report_to (accelerate's trackers) accept.
+LR_SCHEDULES = ", ".join(
+    ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
+)
+TRACKERS = ", ".join(("tensorboard", "wandb", "comet_ml", "all", "none"))
+
+
 def build_parser(description: str) -> argparse.ArgumentParser:
     """The standard diffusers-example flags plus the data and mask flags every asuka script shares."""
     parser = argparse.ArgumentParser(description=description)
@@ -64,14 +71,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     add("--gradient_checkpointing", action="store_true", help="Trade compute for memory where the models support it.")
     add("--learning_rate", type=float, default=1e-4, help="Peak learning rate.")
     add("--scale_lr", action="store_true", help="Scale the learning rate by processes x batch size x accumulation.")
-    # Same shape as the other multi-line flags (--report_to, ...): one declaration per flag, not shared logic.
-    add(
-        "--lr_scheduler",
-        type=str,
-        default="constant",
-        help='One of diffusers\' schedules: "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", '
-        '"constant_with_warmup".',
-    )
+    add("--lr_scheduler", type=str, default="constant", help=f"One of diffusers' schedules: {LR_SCHEDULES}.")
     add("--lr_warmup_steps", type=int, default=0, help="Warmup steps of the lr schedule.")
     add("--adam_beta1", type=float, default=0.9, help="AdamW beta1.")
     add("--adam_beta2", type=float, default=0.999, help="AdamW beta2.")
@@ -87,13 +87,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     )
     add("--allow_tf32", action="store_true", help="Allow TF32 matmuls on Ampere+ GPUs.")
     # logging, checkpoints, validation
-    add(
-        "--report_to",
-        type=str,
-        default="none",
-        help='Trackers: "tensorboard", "wandb", "comet_ml", "all" or "none" (validation grids are always saved '
-        "as PNG).",
-    )
+    add("--report_to", type=str, default="none", help=f"Trackers: {TRACKERS} (validation grids are always PNG files).")
     add("--tracker_project_name", type=str, default=None, help="Tracker project name (defaults to the script name).")
     add("--checkpointing_steps", type=int, default=500, help="Save a resumable checkpoint-N folder every N steps.")
     add("--checkpoints_total_limit", type=int, default=None, help="Keep at most this many checkpoint-N folders.")

@@ -5,10 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .checkpoints import CHECKPOINT_PREFIX
+
+
+@dataclass(frozen=True)
+class CardText:
+    """What a training script's model card says: its `title`, a one-paragraph `description` and the `component`
+    tag (e.g. "asuka-aligner")."""
+
+    title: str
+    description: str
+    component: str
 
 
 def write_model_card(

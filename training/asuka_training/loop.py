@@ -14,7 +14,7 @@ from PIL import Image
 
 from .args import serialisable_args
 from .checkpoints import save_checkpoint, save_diffusers_model
-from .hub import light_repo_for_push, push_folder_to_hub, write_model_card
+from .hub import CardText, light_repo_for_push, push_folder_to_hub, write_model_card
 
 
 if TYPE_CHECKING:
@@ -190,17 +190,16 @@ def finish(
     result: TrainingResult,
     components: dict[str, torch.nn.Module],
     make_pipeline: Callable[[], Any] | None,
-    title: str,
-    description: str,
-    component: str,
+    card: CardText,
     sample_grid: Path | None,
 ) -> TrainingResult:
     """Write the final folder (main process only), its model card, an optional pipeline folder, and push.
 
     `components` maps a subfolder of --output_dir ("" = the folder itself) to a trained, prepared model.
     `make_pipeline()` (main process, after the components are saved) returns a complete pipeline holding the
-    trained component(s); it is saved in float32 to `<output_dir>/pipeline`. --push_to_hub uploads the light repo
-    of an ASUKA pipeline (`<output_dir>/light`, see `light_repo_for_push`), else the pipeline (or final) folder.
+    trained component(s); it is saved in float32 to `<output_dir>/pipeline`. `card` is the model cards' text.
+    --push_to_hub uploads the light repo of an ASUKA pipeline (`<output_dir>/light`, see `light_repo_for_push`),
+    else the pipeline (or final) folder.
     """
     args, accelerator = setup.args, setup.accelerator
     accelerator.wait_for_everyone()
@@ -219,11 +218,11 @@ def finish(
             pipeline.save_pretrained(result.pipeline_dir)
         folder = result.pipeline_dir or args.output_dir
         training_args = serialisable_args(args, max_train_steps=setup.max_train_steps)
-        write_model_card(folder, training_args, title, description, component, sample_grid)
+        write_model_card(folder, training_args, card.title, card.description, card.component, sample_grid)
         if folder != args.output_dir:
-            write_model_card(args.output_dir, training_args, title, description, component, sample_grid)
+            write_model_card(args.output_dir, training_args, card.title, card.description, card.component, sample_grid)
         if args.push_to_hub:
-            light = light_repo_for_push(args, pipeline, training_args, title, description, sample_grid)
+            light = light_repo_for_push(args, pipeline, training_args, card.title, card.description, sample_grid)
             result.repo_id = push_folder_to_hub(args, light or folder)
     accelerator.wait_for_everyone()
     accelerator.end_training()
