@@ -63,7 +63,7 @@ EXAMPLE_DOC_STRING = """
         ```
 """
 
-# Sub-folders of a converted ASUKA-FLUX folder (see `asuka.convert.release`).
+# Sub-folders of a converted ASUKA-FLUX folder (see `asuka.convert.asuka_flux`).
 ASUKA_FLUX_COMPONENTS = ("mae", "token_aligner", "pooled_aligner", "decoder")
 
 
