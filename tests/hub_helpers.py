@@ -14,6 +14,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
@@ -143,3 +144,63 @@ def run_without_asuka(script: str, cwd: Path, hf_cache: Path | None = None) -> s
 
 def read_loads(path: Path) -> list[dict]:
     return json.loads(Path(path).read_text())
+
+
+def load_light_repo_without_asuka(
+    light: Path, cache: Path, tmp_path: Path, image, mask, pipeline_class: str, denoiser: str, steps: int
+) -> np.ndarray:
+    """The one documented diffusers call on `light`, in a subprocess without `asuka`: runs it on `image`/`mask`,
+    loads it again in fp16 with the fp16 variant, and runs the model card's usage snippet as written.
+
+    Returns the output; `loads.json` / `loads_fp16.json` in `tmp_path` record every component load.
+    """
+    image.save(tmp_path / "image.png")
+    mask.save(tmp_path / "mask.png")
+    run_without_asuka(
+        f"""
+        import re
+        import numpy as np, torch, PIL.Image
+        from diffusers import DiffusionPipeline
+
+        pipe = DiffusionPipeline.from_pretrained({str(light)!r}, trust_remote_code=True)
+        assert type(pipe).__name__ == {pipeline_class!r}, type(pipe)
+        out = pipe(PIL.Image.open("image.png"), PIL.Image.open("mask.png"), num_inference_steps={steps},
+                   generator=torch.Generator().manual_seed(0), output_type="np").images
+        np.save("out.npy", out)
+        json.dump(LOADS, open("loads.json", "w"))
+        LOADS.clear()
+        half = DiffusionPipeline.from_pretrained(
+            {str(light)!r}, trust_remote_code=True, torch_dtype=torch.float16, variant="fp16"
+        )
+        assert half.{denoiser}.dtype == half.vae.dtype == torch.float16, (half.{denoiser}.dtype, half.vae.dtype)
+        json.dump(LOADS, open("loads_fp16.json", "w"))
+
+        # the model card's usage snippet runs as written (on the inputs it names)
+        code = re.search(r"```python\\n(.*?)```", open({str(light / "README.md")!r}).read(), re.S).group(1)
+        exec(code.replace('"light"', {repr(str(light))!r}))
+        assert PIL.Image.open("inpainted.png").size == PIL.Image.open("image.png").size
+        """,
+        cwd=tmp_path,
+        hf_cache=cache,
+    )
+    return np.load(tmp_path / "out.npy")
+
+
+def assert_backbone_loaded_from_pointer(
+    tmp_path: Path, backbone: str, classes: dict[str, str], light: Path, asuka_parts: tuple[str, ...]
+) -> None:
+    """The recorded loads: each backbone component from `backbone` at the pinned revision (fp16 and its variant in
+    the second load), each ASUKA part from the light repo."""
+    loads = {entry["class"]: entry for entry in read_loads(tmp_path / "loads.json")}
+    for name, class_name in classes.items():
+        assert loads[class_name]["path"] == backbone and loads[class_name]["subfolder"] == name
+        assert loads[class_name]["revision"] == BACKBONE_SHA
+    entries = read_loads(tmp_path / "loads.json")
+    loaded_parts = {Path(entry["path"]).name for entry in entries if str(entry["path"]).startswith(str(light))}
+    assert set(asuka_parts) <= loaded_parts, loaded_parts
+    half = {entry["class"]: entry for entry in read_loads(tmp_path / "loads_fp16.json")}
+    for name, class_name in classes.items():
+        if name == "scheduler":
+            continue
+        assert half[class_name]["torch_dtype"] == "torch.float16" and half[class_name]["variant"] == "fp16"
+        assert half[class_name]["revision"] == BACKBONE_SHA

@@ -15,10 +15,11 @@ import torch
 from hub_helpers import (
     BACKBONE_SHA,
     FLUX_BACKBONE,
+    FLUX_BACKBONE_CLASSES,
+    assert_backbone_loaded_from_pointer,
     folder_bytes,
     hub_cache,
-    read_loads,
-    run_without_asuka,
+    load_light_repo_without_asuka,
     save_flux_backbone,
     weight_files,
 )
@@ -101,50 +102,12 @@ def test_one_diffusers_call_loads_it_without_asuka(hub, tmp_path):
     expected = assembled(
         image, mask, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0), output_type="np"
     )
-    image.save(tmp_path / "image.png")
-    mask.save(tmp_path / "mask.png")
-    run_without_asuka(
-        f"""
-        import re
-        import numpy as np, torch, PIL.Image
-        from diffusers import DiffusionPipeline
-
-        pipe = DiffusionPipeline.from_pretrained({str(light)!r}, trust_remote_code=True)
-        assert type(pipe).__name__ == "AsukaFluxPipeline", type(pipe)
-        out = pipe(PIL.Image.open("image.png"), PIL.Image.open("mask.png"), num_inference_steps={STEPS},
-                   generator=torch.Generator().manual_seed(0), output_type="np").images
-        np.save("out.npy", out)
-        json.dump(LOADS, open("loads.json", "w"))
-        LOADS.clear()
-        half = DiffusionPipeline.from_pretrained(
-            {str(light)!r}, trust_remote_code=True, torch_dtype=torch.float16, variant="fp16"
-        )
-        assert half.transformer.dtype == half.vae.dtype == torch.float16, (half.transformer.dtype, half.vae.dtype)
-        json.dump(LOADS, open("loads_fp16.json", "w"))
-
-        # the model card's usage snippet runs as written (on the inputs it names)
-        code = re.search(r"```python\\n(.*?)```", open({str(light / "README.md")!r}).read(), re.S).group(1)
-        exec(code.replace('"light"', {repr(str(light))!r}))
-        assert PIL.Image.open("inpainted.png").size == PIL.Image.open("image.png").size
-        """,
-        cwd=tmp_path,
-        hf_cache=cache,
-    )
-    diff = np.abs(np.load(tmp_path / "out.npy") - expected.images).max()
+    out = load_light_repo_without_asuka(light, cache, tmp_path, image, mask, "AsukaFluxPipeline", "transformer", STEPS)
+    diff = np.abs(out - expected.images).max()
     assert diff <= 1e-6, diff
-    loads = {entry["class"]: entry for entry in read_loads(tmp_path / "loads.json")}
-    for class_name, name in (
-        ("FluxTransformer2DModel", "transformer"),
-        ("AutoencoderKL", "vae"),
-        ("FlowMatchEulerDiscreteScheduler", "scheduler"),
-    ):
-        assert loads[class_name]["path"] == FLUX_BACKBONE and loads[class_name]["subfolder"] == name
-        assert loads[class_name]["revision"] == BACKBONE_SHA
-    assert loads["AsukaMAE"]["path"] == str(light / "mae") and loads["AsukaDecoder"]["path"] == str(light / "decoder")
-    half = {entry["class"]: entry for entry in read_loads(tmp_path / "loads_fp16.json")}
-    for class_name in ("FluxTransformer2DModel", "AutoencoderKL"):
-        assert half[class_name]["torch_dtype"] == "torch.float16" and half[class_name]["variant"] == "fp16"
-        assert half[class_name]["revision"] == BACKBONE_SHA
+    assert_backbone_loaded_from_pointer(
+        tmp_path, FLUX_BACKBONE, FLUX_BACKBONE_CLASSES, light, ("mae", "token_aligner", "pooled_aligner", "decoder")
+    )
 
 
 def test_asuka_pipeline_from_pretrained_loads_the_light_repo(hub):
