@@ -16,8 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
+from asuka.testing import make_tiny_pipeline
 from asuka.testing.flux import flux_fill_pipeline, make_tiny_flux_components
 from asuka.testing.sd import make_tiny_sd_components, sd_inpaint_pipeline
 
@@ -204,3 +206,26 @@ def assert_backbone_loaded_from_pointer(
             continue
         assert half[class_name]["torch_dtype"] == "torch.float16" and half[class_name]["variant"] == "fp16"
         assert half[class_name]["revision"] == BACKBONE_SHA
+
+
+def make_inputs(size: int = 64) -> tuple[Image.Image, Image.Image]:
+    """A random RGB image and a rectangular hole in its middle."""
+    rng = np.random.RandomState(0)
+    image = Image.fromarray((rng.rand(size, size, 3) * 255).astype(np.uint8))
+    mask = np.zeros((size, size), np.uint8)
+    mask[size // 4 : 3 * size // 4, size // 3 : 2 * size // 3] = 255
+    return image, Image.fromarray(mask)
+
+
+def light_and_full_repos(root: Path, kind: str, backbone_id: str, save_backbone, **full_kwargs):
+    """A tiny pipeline of `kind`, its light repo (pointing to `backbone_id` at `BACKBONE_SHA`, fp16 variant) and its
+    full export, with a Hub cache serving the backbone: (pipeline, light, full, backbone folder, cache)."""
+    backbone = save_backbone(root / "backbone")
+    cache = hub_cache(root / "hf_cache", backbone_id, backbone)
+    pipe = make_tiny_pipeline(kind)
+    light, full = root / "light", root / "full"
+    pipe.save_pretrained(
+        light, light=True, backbone=backbone_id, backbone_revision=BACKBONE_SHA, backbone_variants=("fp16",)
+    )
+    pipe.save_pretrained(full, **full_kwargs)
+    return pipe, light, full, backbone, cache

@@ -9,7 +9,6 @@ import re
 import shutil
 
 import numpy as np
-import PIL.Image
 import pytest
 import torch
 from hub_helpers import (
@@ -18,8 +17,9 @@ from hub_helpers import (
     FLUX_BACKBONE_CLASSES,
     assert_backbone_loaded_from_pointer,
     folder_bytes,
-    hub_cache,
+    light_and_full_repos,
     load_light_repo_without_asuka,
+    make_inputs,
     save_flux_backbone,
     weight_files,
 )
@@ -33,31 +33,10 @@ from asuka.testing import make_tiny_pipeline
 STEPS = 2
 
 
-def make_inputs(size: int = 64) -> tuple[PIL.Image.Image, PIL.Image.Image]:
-    rng = np.random.RandomState(0)
-    image = PIL.Image.fromarray((rng.rand(size, size, 3) * 255).astype(np.uint8))
-    mask = np.zeros((size, size), np.uint8)
-    mask[size // 4 : 3 * size // 4, size // 3 : 2 * size // 3] = 255
-    return image, PIL.Image.fromarray(mask)
-
-
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     """(pipeline, light folder, full export, backbone folder, Hub cache)."""
-    root = tmp_path_factory.mktemp("hub_flux")
-    backbone = save_flux_backbone(root / "backbone")
-    cache = hub_cache(root / "hf_cache", FLUX_BACKBONE, backbone)
-    pipe = make_tiny_pipeline("flux")
-    light, full = root / "light", root / "full"
-    pipe.save_pretrained(
-        light,
-        light=True,
-        backbone=FLUX_BACKBONE,
-        backbone_revision=BACKBONE_SHA,
-        backbone_variants=("fp16",),
-    )
-    pipe.save_pretrained(full)
-    return pipe, light, full, backbone, cache
+    return light_and_full_repos(tmp_path_factory.mktemp("hub_flux"), "flux", FLUX_BACKBONE, save_flux_backbone)
 
 
 def test_light_repo_holds_only_asukas_components(hub):
