@@ -3,11 +3,11 @@
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from accelerate_launch import two_process_launch
 from PIL import Image
 
 import asuka.testing
@@ -195,31 +195,8 @@ def test_per_file_errors_are_reported_and_the_run_goes_on(tmp_path, capsys, inve
 
 def test_two_process_accelerate_run_writes_each_output_once(tmp_path):
     data, out = _make_benchmark(tmp_path / "data"), tmp_path / "run"
-    # `accelerate launch --cpu` starts a single process unless MPI is installed; its torchrun launcher
-    # (`--multi_gpu`) starts two, which form a gloo group on a machine without CUDA.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "asuka.evaluation",
-        "run",
-        *TINY_RUN,
-        "--data",
-        str(data),
-        "--out",
-        str(out),
-    ]
+    command = two_process_launch("-m", "asuka.evaluation", "run", *TINY_RUN, "--data", str(data), "--out", str(out))
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     logs = [json.loads((out / "logs" / f"rank{rank}.json").read_text()) for rank in (0, 1)]

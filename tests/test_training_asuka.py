@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from accelerate_launch import two_process_launch
 from PIL import Image
 from safetensors.torch import load_file
 from training_support import (
@@ -513,26 +514,13 @@ def _env():
 
 def test_accelerate_launch_two_cpu_processes(pipeline_dir, image_dir, tmp_path):
     output_dir = tmp_path / "ddp"
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "29517",
+    command = two_process_launch(
         str(ROOT / "training" / "train_aligner.py"),
         *base_args(
             pipeline_dir, image_dir, output_dir, steps=2, train_batch_size=1, validation_steps=0, checkpointing_steps=2
         ),
-    ]
+        main_process_port=29517,
+    )
     # torchrun-style launch of two processes; ACCELERATE_USE_CPU makes accelerate pick MULTI_CPU (gloo)
     completed = subprocess.run(
         command, env=dict(_env(), ACCELERATE_USE_CPU="1"), capture_output=True, text=True, timeout=600
