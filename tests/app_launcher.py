@@ -112,6 +112,18 @@ def browser_page(url: str, width: int = 1366, height: int = 768) -> Iterator[Any
             browser.close()
 
 
+def photo_and_hole(width: int = 77, height: int = 53) -> tuple[Any, Any]:
+    """examples/chelsea.jpg at 77x53 (deliberately not a multiple of 8) as uint8 HxWx3, and a rectangular hole
+    (bool HxW) in it."""
+    import numpy as np
+    from PIL import Image
+
+    photo = np.asarray(Image.open(ROOT / "examples" / "chelsea.jpg").convert("RGB").resize((width, height)))
+    hole = np.zeros((height, width), dtype=bool)
+    hole[15:40, 20:50] = True
+    return photo, hole
+
+
 def small_inputs(tmp_path: Path) -> tuple[dict, Any, Any, Any]:
     """A 64x48 photo and a rectangular hole saved in ``tmp_path``, as `/inpaint` takes them.
 

@@ -5,7 +5,7 @@ import urllib.request
 
 import numpy as np
 import pytest
-from app_launcher import ROOT, running_app
+from app_launcher import ROOT, photo_and_hole
 from app_launcher import inpaint_call as call
 from gradio_client import Client
 from gradio_client.exceptions import AppError
@@ -18,9 +18,8 @@ H, W = 53, 77  # deliberately not a multiple of 8
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
-    with running_app(["--tiny"], tmp_path_factory.mktemp("app") / "app.log") as url:
-        yield url
+def app_url(tiny_app_url):
+    return tiny_app_url
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +28,11 @@ def client(app_url):
 
 
 def _photo() -> np.ndarray:
-    return np.asarray(Image.open(ROOT / "examples" / "chelsea.jpg").convert("RGB").resize((W, H)))
+    return photo_and_hole(W, H)[0]
 
 
 def _hole() -> np.ndarray:
-    hole = np.zeros((H, W), dtype=bool)
-    hole[15:40, 20:50] = True
-    return hole
+    return photo_and_hole(W, H)[1]
 
 
 def test_inpaint_keeps_size_and_unmasked_pixels(client, tmp_path):

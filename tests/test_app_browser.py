@@ -7,7 +7,7 @@ import io
 
 import numpy as np
 import pytest
-from app_launcher import ROOT, browser_page, running_app
+from app_launcher import ROOT, browser_page
 from PIL import Image
 
 
@@ -15,9 +15,8 @@ WIDTH, HEIGHT = 1366, 768  # a common laptop screen
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
-    with running_app(["--tiny"], tmp_path_factory.mktemp("app") / "app.log") as url:
-        yield url
+def app_url(tiny_app_url):
+    return tiny_app_url
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import zlib
 
 import numpy as np
 import pytest
-from app_launcher import ROOT, inpaint_call, running_app
+from app_launcher import inpaint_call, photo_and_hole
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 from imageio_cases import assert_reads_like_imageio, write_awkward_images
@@ -19,15 +19,12 @@ from asuka.imageio import load_image
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    with running_app(["--tiny"], tmp_path_factory.mktemp("app") / "app.log") as url:
-        yield Client(url, verbose=False)
+def client(tiny_app_url):
+    return Client(tiny_app_url, verbose=False)
 
 
 def _photo_and_hole(tmp_path):
-    photo = np.asarray(Image.open(ROOT / "examples" / "chelsea.jpg").convert("RGB").resize((77, 53)))
-    hole = np.zeros((53, 77), dtype=bool)
-    hole[15:40, 20:50] = True
+    photo, hole = photo_and_hole()
     Image.fromarray(photo).save(tmp_path / "photo.png")
     Image.fromarray(hole.astype(np.uint8) * 255).save(tmp_path / "mask.png")
     return photo, hole
