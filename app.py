@@ -38,6 +38,7 @@ from asuka import methods
 from asuka.defaults import default_device, default_dtype
 from asuka.imageio import load_image, load_layer, load_mask, mask_from_layers
 from asuka.masks import dilate_mask
+from asuka.methods import NoDefaultMethod, choose_method
 
 
 try:  # On a ZeroGPU Space, `spaces.GPU` grants a GPU for the duration of each call.
@@ -542,22 +543,6 @@ def _examples() -> list[list[str]]:
         if image is not None:
             pairs.append([str(image), str(mask)])
     return pairs
-
-
-class NoDefaultMethod(RuntimeError):
-    """No method can run here without being asked for (no GPU, no --tiny); the message says what to try."""
-
-
-def choose_method(requested: str | None, tiny: bool, cuda_available: bool | None = None) -> str:
-    """The method shown first: the one asked for; with --tiny the first registered; else the default by hardware."""
-    if requested:
-        return methods.get_method(requested).name
-    if tiny:
-        return methods.list_methods()[0].name
-    name = methods.default_method(cuda_available)
-    if name is None:
-        raise NoDefaultMethod(methods.no_default_guidance())
-    return name
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -190,6 +190,25 @@ def default_method(cuda_available: bool | None = None) -> str | None:
     return next((spec.name for spec in specs if spec.name not in baselines and spec.public_weights), None)
 
 
+class NoDefaultMethod(RuntimeError):
+    """No method can run here without being asked for (no GPU, no --tiny); the message says what to try."""
+
+
+def choose_method(requested: str | None, tiny: bool, cuda_available: bool | None = None) -> str:
+    """The method an interface runs: the one asked for (checked: ``ValueError`` for an unknown name); with ``tiny``
+    the first registered (tiny weights run anywhere); else :func:`default_method` for ``cuda_available`` (the
+    device the interface will use; None: whether this machine has a GPU). Without one, :class:`NoDefaultMethod`
+    carries :func:`no_default_guidance`."""
+    if requested:
+        return get_method(requested).name
+    if tiny:
+        return list_methods()[0].name
+    name = default_method(cuda_available)
+    if name is None:
+        raise NoDefaultMethod(no_default_guidance())
+    return name
+
+
 def method_needs(spec: MethodSpec) -> str:
     """One line saying what ``spec`` needs to run with real weights."""
     parts = []
