@@ -372,6 +372,7 @@ def build_demo(
             condition_weight=float(condition_weight) if spec.uses_condition_weight else None,
             guidance_scale=float(guidance_scale) if spec.uses_guidance else None,
             keep_unmasked=bool(keep_unmasked),
+            reconstruction=True,  # shown in the "MAE reconstruction" tab
         )
 
         def run(name: str, label: str) -> methods.InpaintResult:

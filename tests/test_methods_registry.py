@@ -16,12 +16,12 @@ from asuka.methods import InpaintRequest, InpaintResult, MethodSpec, ModelLoadEr
 from asuka.testing import make_tiny_pipeline
 
 
-def _request(steps=2, seed=3):
+def _request(steps=2, seed=3, reconstruction=False):
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8))
     mask = Image.new("L", image.size, 0)
     mask.paste(255, (10, 8, 30, 24))
-    return InpaintRequest(image=image, mask=mask, steps=steps, seed=seed)
+    return InpaintRequest(image=image, mask=mask, steps=steps, seed=seed, reconstruction=reconstruction)
 
 
 def test_builtin_sd_entries_and_unknown_names():
@@ -87,7 +87,7 @@ def test_cache_loads_once():
 
 
 def test_asuka_sd_entry_equals_a_direct_pipeline_call_and_reports_progress():
-    request = _request()
+    request = _request(reconstruction=True)
     pipe = methods.load_pipeline("asuka-sd", tiny=True)
     seen = []
     result = methods.run_method("asuka-sd", pipe, request, lambda done, total: seen.append((done, total)))

@@ -74,7 +74,7 @@ def run_asuka_flux(pipeline: Any, request: InpaintRequest, progress: ProgressCal
         keep_unmasked=request.keep_unmasked,
         callback_on_step_end=registry.step_callback(progress, request.steps),
     )
-    reconstruction = pipeline.mae_reconstruction(request.image, request.mask)[0]
+    reconstruction = pipeline.mae_reconstruction(request.image, request.mask)[0] if request.reconstruction else None
     return InpaintResult(image=output.images[0], reconstruction=reconstruction)
 
 

@@ -43,7 +43,11 @@ ProgressCallback = Callable[[int, int], None]
 
 @dataclass
 class InpaintRequest:
-    """One inpainting job: an RGB image and an ``L`` mask of the same size (255 = hole)."""
+    """One inpainting job: an RGB image and an ``L`` mask of the same size (255 = hole).
+
+    ``reconstruction`` asks methods with a prior for its reconstruction too (an extra prior pass; only the app shows
+    it).
+    """
 
     image: Image.Image
     mask: Image.Image
@@ -52,6 +56,7 @@ class InpaintRequest:
     condition_weight: float | None = None
     guidance_scale: float | None = None
     keep_unmasked: bool = True
+    reconstruction: bool = False
 
     @classmethod
     def from_settings(cls, image: Image.Image, mask: Image.Image, settings: Any) -> InpaintRequest:
@@ -69,7 +74,8 @@ class InpaintRequest:
 
 @dataclass
 class InpaintResult:
-    """The inpainted image (input size) and, where the method has one, its prior's reconstruction."""
+    """The inpainted image (input size) and, when the request asked for it and the method has a prior, the prior's
+    reconstruction."""
 
     image: Image.Image
     reconstruction: Image.Image | None = None
