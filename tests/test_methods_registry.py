@@ -33,12 +33,15 @@ def test_builtin_sd_entries_and_unknown_names():
 
 
 def test_registering_a_method_makes_it_available_everywhere():
+    received = []
     spec = MethodSpec(
         name="test-identity",
         label="Identity",
         default_model=None,
         load=lambda model, device, dtype: "pipe",
-        run=lambda pipe, request, progress: InpaintResult(image=request.image),
+        run=lambda pipe, request, progress: received.append(request) or InpaintResult(image=request.image),
+        default_steps=7,
+        default_guidance=4.5,
     )
     methods.register_method(spec)
     try:
@@ -48,6 +51,9 @@ def test_registering_a_method_makes_it_available_everywhere():
             methods.register_method(MethodSpec(**{**spec.__dict__, "label": "Other"}))
         request = _request()
         assert methods.run_method("test-identity", "pipe", request).image is request.image
+        # run functions get the spec's defaults for what the request leaves unset
+        methods.run_method("test-identity", "pipe", InpaintRequest(image=request.image, mask=request.mask))
+        assert (received[-1].steps, received[-1].guidance_scale) == (7, 4.5)
     finally:
         methods.unregister_method("test-identity")
 

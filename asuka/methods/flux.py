@@ -68,7 +68,7 @@ def run_asuka_flux(pipeline: Any, request: InpaintRequest, progress: ProgressCal
         image=request.image,
         mask_image=request.mask,
         num_inference_steps=request.steps,
-        guidance_scale=request.guidance_scale if request.guidance_scale is not None else FLUX_GUIDANCE,
+        guidance_scale=request.guidance_scale,
         generator=registry.seeded_generator(request.seed),
         condition_weight=request.condition_weight,
         keep_unmasked=request.keep_unmasked,
@@ -105,7 +105,6 @@ def run_flux_fill(pipeline: Any, request: InpaintRequest, progress: ProgressCall
         request,
         progress,
         prompt=prompt,
-        default_guidance=FLUX_GUIDANCE,
         working_resolution=working_resolution,
         multiple=pipeline.vae_scale_factor * 2,
     )

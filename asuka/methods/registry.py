@@ -400,7 +400,8 @@ def run_method(
 ) -> InpaintResult:
     """Run ``request`` through ``pipeline`` with method ``name``, validating the request first.
 
-    The method's run function always gets a positive ``request.steps`` (the spec's default when none is given).
+    The method's run function always gets a positive ``request.steps`` and a ``request.guidance_scale`` (the
+    spec's defaults when none is given).
     """
     if request.image.size != request.mask.size:
         raise ValueError(f"Image size {request.image.size} and mask size {request.mask.size} differ; they must match.")
@@ -409,6 +410,8 @@ def run_method(
         request = dataclasses.replace(request, steps=spec.default_steps)
     elif request.steps < 1:
         raise ValueError(f"steps must be a positive integer, got {request.steps}.")
+    if request.guidance_scale is None:
+        request = dataclasses.replace(request, guidance_scale=spec.default_guidance)
     return spec.run(pipeline, request, progress)
 
 

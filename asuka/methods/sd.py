@@ -63,7 +63,6 @@ def run_sd_backbone(pipeline: Any, request: InpaintRequest, progress: ProgressCa
         request,
         progress,
         prompt=text,
-        default_guidance=1.0,
         working_resolution=native,
         multiple=pipeline.vae_scale_factor,
     )
