@@ -35,7 +35,7 @@ from gradio.utils import get_upload_folder
 from PIL import Image
 
 from asuka import methods
-from asuka.defaults import default_device, default_dtype
+from asuka.defaults import resolve_device_dtype
 from asuka.imageio import load_image, load_layer, load_mask, mask_from_layers
 from asuka.masks import dilate_mask
 from asuka.methods import NoDefaultMethod, choose_method
@@ -549,8 +549,7 @@ def _examples() -> list[list[str]]:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    device = args.device or default_device()
-    dtype = args.dtype or default_dtype(device)
+    device, dtype = resolve_device_dtype(args.device, args.dtype)
     cache = methods.PipelineCache(device=device, dtype=dtype, tiny=args.tiny)
     name, guidance = None, None
     try:

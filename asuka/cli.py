@@ -109,7 +109,7 @@ def inpaint_command(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from asuka import methods
-    from asuka.defaults import default_device, default_dtype
+    from asuka.defaults import resolve_device_dtype
     from asuka.imageio import load_image, load_mask
     from asuka.masks import dilate_mask
 
@@ -126,10 +126,9 @@ def inpaint_command(args: argparse.Namespace) -> int:
         print(f"error: no images found in {args.image}.", file=sys.stderr)
         return EXIT_USAGE
 
-    device = args.device or default_device()
     try:
+        device, dtype = resolve_device_dtype(args.device, args.dtype)
         spec = methods.get_method(methods.choose_method(args.method, args.tiny, torch.device(device).type == "cuda"))
-        dtype = args.dtype or default_dtype(device)
         pipeline = methods.load_pipeline(spec.name, args.model, device, dtype, args.tiny)
     except (ValueError, methods.NoDefaultMethod, methods.ModelLoadError) as error:
         print(f"error: {error}", file=sys.stderr)
