@@ -35,9 +35,10 @@ from gradio.utils import get_upload_folder
 from PIL import Image
 
 from asuka import methods
-from asuka.defaults import default_device, default_dtype
+from asuka.defaults import resolve_device_dtype
 from asuka.imageio import load_image, load_layer, load_mask, mask_from_layers
 from asuka.masks import dilate_mask
+from asuka.methods import NoDefaultMethod, choose_method
 
 
 try:  # On a ZeroGPU Space, `spaces.GPU` grants a GPU for the duration of each call.
@@ -371,6 +372,7 @@ def build_demo(
             condition_weight=float(condition_weight) if spec.uses_condition_weight else None,
             guidance_scale=float(guidance_scale) if spec.uses_guidance else None,
             keep_unmasked=bool(keep_unmasked),
+            reconstruction=True,  # shown in the "MAE reconstruction" tab
         )
 
         def run(name: str, label: str) -> methods.InpaintResult:
@@ -544,27 +546,10 @@ def _examples() -> list[list[str]]:
     return pairs
 
 
-class NoDefaultMethod(RuntimeError):
-    """No method can run here without being asked for (no GPU, no --tiny); the message says what to try."""
-
-
-def choose_method(requested: str | None, tiny: bool, cuda_available: bool | None = None) -> str:
-    """The method shown first: the one asked for; with --tiny the first registered; else the default by hardware."""
-    if requested:
-        return methods.get_method(requested).name
-    if tiny:
-        return methods.list_methods()[0].name
-    name = methods.default_method(cuda_available)
-    if name is None:
-        raise NoDefaultMethod(methods.no_default_guidance())
-    return name
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    device = args.device or default_device()
-    dtype = args.dtype or default_dtype(device)
+    device, dtype = resolve_device_dtype(args.device, args.dtype)
     cache = methods.PipelineCache(device=device, dtype=dtype, tiny=args.tiny)
     name, guidance = None, None
     try:

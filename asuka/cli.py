@@ -16,8 +16,6 @@ from pathlib import Path
 
 
 EXIT_OK, EXIT_SKIPPED, EXIT_USAGE = 0, 1, 2
-#: The method ``--tiny`` runs without a GPU when no ``--method`` is given.
-TINY_DEFAULT_METHOD = "asuka-sd"
 
 
 @dataclass
@@ -91,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     inpaint.add_argument(
         "--method",
         default=None,
-        help="registered method (see asuka.methods); default: asuka-flux on a GPU, else asuka-sd with --tiny",
+        help="registered method (see asuka.methods); default: asuka-flux on a GPU device; with --tiny, asuka-sd",
     )
     inpaint.add_argument("--model", default=None, help="Hub id or local folder of the method's weights")
     inpaint.add_argument("--steps", type=int, default=None, help="denoising steps (default: the method's)")
@@ -106,19 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def choose_method(method: str | None, tiny: bool) -> str | None:
-    """``--method`` if given, else this machine's default method; without a GPU that is asuka-sd with ``--tiny``
-    and None otherwise (the caller then prints :func:`asuka.methods.no_default_guidance`)."""
-    from asuka import methods
-
-    return method or methods.default_method() or (TINY_DEFAULT_METHOD if tiny else None)
-
-
 def inpaint_command(args: argparse.Namespace) -> int:
+    import torch
     from tqdm.auto import tqdm
 
     from asuka import methods
-    from asuka.defaults import default_device, default_dtype
+    from asuka.defaults import resolve_device_dtype
     from asuka.imageio import load_image, load_mask
     from asuka.masks import dilate_mask
 
@@ -135,16 +126,11 @@ def inpaint_command(args: argparse.Namespace) -> int:
         print(f"error: no images found in {args.image}.", file=sys.stderr)
         return EXIT_USAGE
 
-    method = choose_method(args.method, args.tiny)
-    if method is None:
-        print(f"error: {methods.no_default_guidance()}", file=sys.stderr)
-        return EXIT_USAGE
     try:
-        spec = methods.get_method(method)
-        device = args.device or default_device()
-        dtype = args.dtype or default_dtype(device)
+        device, dtype = resolve_device_dtype(args.device, args.dtype)
+        spec = methods.get_method(methods.choose_method(args.method, args.tiny, torch.device(device).type == "cuda"))
         pipeline = methods.load_pipeline(spec.name, args.model, device, dtype, args.tiny)
-    except (ValueError, methods.ModelLoadError) as error:
+    except (ValueError, methods.NoDefaultMethod, methods.ModelLoadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -1,4 +1,4 @@
-"""The project's defaults in one place: Hub ids of the backbones and the release, and the dtype per device.
+"""The project's defaults in one place: Hub ids of the backbones and the release, and the device and dtype.
 
 Imported by the methods, the CLI, the app, the evaluation runner and the converters; it imports only torch.
 """
@@ -43,3 +43,14 @@ def default_device() -> str:
 def default_dtype(device: str | torch.device) -> torch.dtype:
     """bfloat16 on a GPU (the dtype of the ASUKA-FLUX release, and safe for SD's VAE), float32 on the CPU."""
     return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def resolve_device_dtype(
+    device: str | torch.device | None, dtype: str | torch.dtype | None
+) -> tuple[str, torch.dtype]:
+    """The device and dtype to run on, as the app, the CLI and the evaluation runner choose them: None or
+    ``"auto"`` is the default (:func:`default_device`, then :func:`default_dtype` for that device); a dtype name
+    is parsed (``ValueError`` for an unknown one)."""
+    device = default_device() if device is None or device == "auto" else str(device)
+    dtype = default_dtype(device) if dtype is None or dtype == "auto" else parse_dtype(dtype)
+    return device, dtype

@@ -11,7 +11,8 @@ import torch
 from app_launcher import ROOT, quiet_env
 from PIL import Image
 
-from asuka.cli import choose_method, main, plan_jobs
+from asuka import methods
+from asuka.cli import main, plan_jobs
 
 
 def _snapshot(folder: Path) -> dict:
@@ -129,9 +130,18 @@ def test_without_method_or_gpu_exits_2_with_guidance(folders, tmp_path, monkeypa
     assert not (tmp_path / "out").exists()
 
 
-def test_default_method_follows_the_machine(monkeypatch):
+def test_default_method_follows_the_device(folders, tmp_path, monkeypatch, capsys):
+    # the CLI and the app choose with the same rule; --tiny runs the first method on any device
+    assert methods.choose_method(None, tiny=False, cuda_available=True) == "asuka-flux"
+    assert methods.choose_method(None, tiny=True, cuda_available=True) == "asuka-sd"
+    assert methods.choose_method("sd", tiny=False, cuda_available=False) == "sd"
+    assert methods.choose_method(None, tiny=True, cuda_available=False) == "asuka-sd"
+    with pytest.raises(methods.NoDefaultMethod):
+        methods.choose_method(None, tiny=False, cuda_available=False)
+    # on a GPU machine, --device cpu without --method must not pick the GPU-only default
+    images, masks, _, _ = folders
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert choose_method(None, tiny=False) == "asuka-flux" and choose_method(None, tiny=True) == "asuka-flux"
-    assert choose_method("sd", tiny=False) == "sd"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert choose_method(None, tiny=False) is None and choose_method(None, tiny=True) == "asuka-sd"
+    args = ["inpaint", "--image", str(images / "good.png"), "--mask", str(masks), "--output", str(tmp_path / "out")]
+    assert main(args + ["--device", "cpu"]) == 2
+    assert "No CUDA GPU" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

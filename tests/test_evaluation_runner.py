@@ -238,3 +238,17 @@ def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
     assert "Unknown method 'no-such-method'" in capsys.readouterr().err
     assert main(["table", str(tmp_path)]) == 2
     assert "has no metrics.json" in capsys.readouterr().err
+
+
+def test_device_and_dtype_resolve_as_in_the_app_and_the_cli(monkeypatch):
+    import torch
+
+    from asuka.defaults import resolve_device_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for unset in (None, "auto"):  # the runner's "auto" and the CLI's/app's None mean the same
+        assert resolve_device_dtype(unset, unset) == ("cpu", torch.float32)
+    assert resolve_device_dtype(torch.device("cuda"), "auto") == ("cuda", torch.bfloat16)
+    assert resolve_device_dtype("cpu", "fp16") == ("cpu", torch.float16)
+    with pytest.raises(ValueError, match="Unknown dtype 'float8'"):
+        resolve_device_dtype("cpu", "float8")

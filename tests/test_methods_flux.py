@@ -11,7 +11,7 @@ def request() -> InpaintRequest:
     image = PIL.Image.fromarray((rng.rand(40, 56, 3) * 255).astype(np.uint8))
     mask = np.zeros((40, 56), dtype=np.uint8)
     mask[10:25, 20:40] = 255
-    return InpaintRequest(image=image, mask=PIL.Image.fromarray(mask), steps=2, seed=0)
+    return InpaintRequest(image=image, mask=PIL.Image.fromarray(mask), steps=2, seed=0, reconstruction=True)
 
 
 def test_asuka_flux_and_flux_fill_are_registered_and_run_tiny():

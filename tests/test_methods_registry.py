@@ -16,12 +16,12 @@ from asuka.methods import InpaintRequest, InpaintResult, MethodSpec, ModelLoadEr
 from asuka.testing import make_tiny_pipeline
 
 
-def _request(steps=2, seed=3):
+def _request(steps=2, seed=3, reconstruction=False):
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8))
     mask = Image.new("L", image.size, 0)
     mask.paste(255, (10, 8, 30, 24))
-    return InpaintRequest(image=image, mask=mask, steps=steps, seed=seed)
+    return InpaintRequest(image=image, mask=mask, steps=steps, seed=seed, reconstruction=reconstruction)
 
 
 def test_builtin_sd_entries_and_unknown_names():
@@ -33,12 +33,15 @@ def test_builtin_sd_entries_and_unknown_names():
 
 
 def test_registering_a_method_makes_it_available_everywhere():
+    received = []
     spec = MethodSpec(
         name="test-identity",
         label="Identity",
         default_model=None,
         load=lambda model, device, dtype: "pipe",
-        run=lambda pipe, request, progress: InpaintResult(image=request.image),
+        run=lambda pipe, request, progress: received.append(request) or InpaintResult(image=request.image),
+        default_steps=7,
+        default_guidance=4.5,
     )
     methods.register_method(spec)
     try:
@@ -48,6 +51,9 @@ def test_registering_a_method_makes_it_available_everywhere():
             methods.register_method(MethodSpec(**{**spec.__dict__, "label": "Other"}))
         request = _request()
         assert methods.run_method("test-identity", "pipe", request).image is request.image
+        # run functions get the spec's defaults for what the request leaves unset
+        methods.run_method("test-identity", "pipe", InpaintRequest(image=request.image, mask=request.mask))
+        assert (received[-1].steps, received[-1].guidance_scale) == (7, 4.5)
     finally:
         methods.unregister_method("test-identity")
 
@@ -87,7 +93,7 @@ def test_cache_loads_once():
 
 
 def test_asuka_sd_entry_equals_a_direct_pipeline_call_and_reports_progress():
-    request = _request()
+    request = _request(reconstruction=True)
     pipe = methods.load_pipeline("asuka-sd", tiny=True)
     seen = []
     result = methods.run_method("asuka-sd", pipe, request, lambda done, total: seen.append((done, total)))

@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from accelerate import PartialState
 from tqdm.auto import tqdm
 
-from asuka.defaults import default_dtype, parse_dtype
+from asuka.defaults import resolve_device_dtype
 from asuka.evaluation.data import Benchmark, SampleError, load_sample
 from asuka.methods import InpaintRequest, get_method, load_pipeline, run_method
 
@@ -51,11 +50,6 @@ class ShardLog:
     errors: dict[str, str] = field(default_factory=dict)
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``"auto"`` is the project's default for ``device`` (asuka.defaults); any other name is parsed."""
-    return default_dtype(device) if name == "auto" else parse_dtype(name)
-
-
 def _save_atomic(image: Any, path: Path) -> None:
     partial = path.with_name(f".{path.name}.partial")
     image.save(partial, format="PNG")
@@ -78,8 +72,8 @@ def generate(benchmark: Benchmark, out_dir: Path, settings: GenerationSettings, 
             todo.append(sample)
     pipeline = None
     if todo:
-        dtype = resolve_dtype(settings.dtype, state.device)
-        pipeline = load_pipeline(settings.method, settings.model, str(state.device), dtype, settings.tiny)
+        device, dtype = resolve_device_dtype(state.device, settings.dtype)
+        pipeline = load_pipeline(settings.method, settings.model, device, dtype, settings.tiny)
     bar = tqdm(
         todo, desc=f"{settings.method} [{state.process_index + 1}/{state.num_processes}]", position=state.process_index
     )

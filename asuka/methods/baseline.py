@@ -21,7 +21,6 @@ def run_baseline(
     progress: ProgressCallback | None,
     *,
     prompt: dict[str, Any],
-    default_guidance: float,
     working_resolution: int,
     multiple: int,
 ) -> InpaintResult:
@@ -29,8 +28,8 @@ def run_baseline(
     would use.
 
     ``prompt`` holds the pipeline's prompt arguments (an empty prompt, or embeddings standing in for it);
-    ``default_guidance`` is used when the request has no guidance scale; ``multiple`` is the side multiple the
-    backbone needs (the VAE's scale factor, times 2 for FLUX's packing).
+    ``multiple`` is the side multiple the backbone needs (the VAE's scale factor, times 2 for FLUX's packing).
+    ``request.guidance_scale`` is set (:func:`asuka.methods.run_method` fills in the method's default).
     """
     # Imported here so that listing the methods does not import diffusers' pipelines.
     from asuka.pipelines.inpaint_steps import (
@@ -53,7 +52,7 @@ def run_baseline(
         height=height,
         width=width,
         num_inference_steps=request.steps,
-        guidance_scale=request.guidance_scale if request.guidance_scale is not None else default_guidance,
+        guidance_scale=request.guidance_scale,
         generator=seeded_generator(request.seed),
         output_type="pt",
         callback_on_step_end=step_callback(progress, request.steps),

@@ -51,15 +51,20 @@ def is_release(model: str) -> bool:
 
 
 def load_asuka_flux(model: str, device: str, dtype: torch.dtype) -> Any:
+    """AsukaFluxPipeline from any form of `model` the module docstring lists, each form checked once (a Hub repo
+    is asked for its `model_index.json` once)."""
     from asuka import AsukaFluxPipeline
-    from asuka.pipelines.hub_light import is_light_repo
+    from asuka.pipelines.hub_light import is_light_repo, load_light_pipeline
 
-    if not is_release(model) and ((Path(model) / "model_index.json").is_file() or is_light_repo(model)):
+    base = os.environ.get("ASUKA_FLUX_BASE", FLUX_FILL_REPO)
+    if is_release(model):
+        pipeline = AsukaFluxPipeline.from_pretrained(base, asuka=converted_release(model), torch_dtype=dtype)
+    elif is_light_repo(model):
+        pipeline = load_light_pipeline(AsukaFluxPipeline, model, torch_dtype=dtype)
+    elif (Path(model) / "model_index.json").is_file():  # saved with save_pretrained
         pipeline = AsukaFluxPipeline.from_pretrained(model, torch_dtype=dtype)
-    else:
-        asuka = converted_release(model) if is_release(model) else model
-        base = os.environ.get("ASUKA_FLUX_BASE", FLUX_FILL_REPO)
-        pipeline = AsukaFluxPipeline.from_pretrained(base, asuka=asuka, torch_dtype=dtype)
+    else:  # ASUKA's components alone, on the FLUX backbone
+        pipeline = AsukaFluxPipeline.from_pretrained(base, asuka=model, torch_dtype=dtype)
     return registry.ready_pipeline(pipeline, device)
 
 
@@ -68,13 +73,13 @@ def run_asuka_flux(pipeline: Any, request: InpaintRequest, progress: ProgressCal
         image=request.image,
         mask_image=request.mask,
         num_inference_steps=request.steps,
-        guidance_scale=request.guidance_scale if request.guidance_scale is not None else FLUX_GUIDANCE,
+        guidance_scale=request.guidance_scale,
         generator=registry.seeded_generator(request.seed),
         condition_weight=request.condition_weight,
         keep_unmasked=request.keep_unmasked,
         callback_on_step_end=registry.step_callback(progress, request.steps),
     )
-    reconstruction = pipeline.mae_reconstruction(request.image, request.mask)[0]
+    reconstruction = pipeline.mae_reconstruction(request.image, request.mask)[0] if request.reconstruction else None
     return InpaintResult(image=output.images[0], reconstruction=reconstruction)
 
 
@@ -105,7 +110,6 @@ def run_flux_fill(pipeline: Any, request: InpaintRequest, progress: ProgressCall
         request,
         progress,
         prompt=prompt,
-        default_guidance=FLUX_GUIDANCE,
         working_resolution=working_resolution,
         multiple=pipeline.vae_scale_factor * 2,
     )

@@ -43,7 +43,11 @@ ProgressCallback = Callable[[int, int], None]
 
 @dataclass
 class InpaintRequest:
-    """One inpainting job: an RGB image and an ``L`` mask of the same size (255 = hole)."""
+    """One inpainting job: an RGB image and an ``L`` mask of the same size (255 = hole).
+
+    ``reconstruction`` asks methods with a prior for its reconstruction too (an extra prior pass; only the app shows
+    it).
+    """
 
     image: Image.Image
     mask: Image.Image
@@ -52,6 +56,7 @@ class InpaintRequest:
     condition_weight: float | None = None
     guidance_scale: float | None = None
     keep_unmasked: bool = True
+    reconstruction: bool = False
 
     @classmethod
     def from_settings(cls, image: Image.Image, mask: Image.Image, settings: Any) -> InpaintRequest:
@@ -69,7 +74,8 @@ class InpaintRequest:
 
 @dataclass
 class InpaintResult:
-    """The inpainted image (input size) and, where the method has one, its prior's reconstruction."""
+    """The inpainted image (input size) and, when the request asked for it and the method has a prior, the prior's
+    reconstruction."""
 
     image: Image.Image
     reconstruction: Image.Image | None = None
@@ -188,6 +194,25 @@ def default_method(cuda_available: bool | None = None) -> str | None:
     specs = list_methods()
     baselines = {spec.backbone for spec in specs}
     return next((spec.name for spec in specs if spec.name not in baselines and spec.public_weights), None)
+
+
+class NoDefaultMethod(RuntimeError):
+    """No method can run here without being asked for (no GPU, no --tiny); the message says what to try."""
+
+
+def choose_method(requested: str | None, tiny: bool, cuda_available: bool | None = None) -> str:
+    """The method an interface runs: the one asked for (checked: ``ValueError`` for an unknown name); with ``tiny``
+    the first registered (tiny weights run anywhere); else :func:`default_method` for ``cuda_available`` (the
+    device the interface will use; None: whether this machine has a GPU). Without one, :class:`NoDefaultMethod`
+    carries :func:`no_default_guidance`."""
+    if requested:
+        return get_method(requested).name
+    if tiny:
+        return list_methods()[0].name
+    name = default_method(cuda_available)
+    if name is None:
+        raise NoDefaultMethod(no_default_guidance())
+    return name
 
 
 def method_needs(spec: MethodSpec) -> str:
@@ -375,7 +400,8 @@ def run_method(
 ) -> InpaintResult:
     """Run ``request`` through ``pipeline`` with method ``name``, validating the request first.
 
-    The method's run function always gets a positive ``request.steps`` (the spec's default when none is given).
+    The method's run function always gets a positive ``request.steps`` and a ``request.guidance_scale`` (the
+    spec's defaults when none is given).
     """
     if request.image.size != request.mask.size:
         raise ValueError(f"Image size {request.image.size} and mask size {request.mask.size} differ; they must match.")
@@ -384,6 +410,8 @@ def run_method(
         request = dataclasses.replace(request, steps=spec.default_steps)
     elif request.steps < 1:
         raise ValueError(f"steps must be a positive integer, got {request.steps}.")
+    if request.guidance_scale is None:
+        request = dataclasses.replace(request, guidance_scale=spec.default_guidance)
     return spec.run(pipeline, request, progress)
 
 

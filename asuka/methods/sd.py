@@ -32,7 +32,7 @@ def run_asuka_sd(pipeline: Any, request: InpaintRequest, progress: ProgressCallb
         callback_on_step_end=registry.step_callback(progress, request.steps),
         callback_on_step_end_tensor_inputs=[],  # progress needs only the step index
     )
-    reconstruction = pipeline.mae_reconstruction(request.image, request.mask)[0]
+    reconstruction = pipeline.mae_reconstruction(request.image, request.mask)[0] if request.reconstruction else None
     return InpaintResult(image=output.images[0], reconstruction=reconstruction)
 
 
@@ -63,7 +63,6 @@ def run_sd_backbone(pipeline: Any, request: InpaintRequest, progress: ProgressCa
         request,
         progress,
         prompt=text,
-        default_guidance=1.0,
         working_resolution=native,
         multiple=pipeline.vae_scale_factor,
     )
