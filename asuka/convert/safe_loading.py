@@ -121,3 +121,24 @@ def load_strict(
     check_state_dict(state_dict, model, source, names)
     model.load_state_dict(dict(state_dict), strict=True, assign=True)
     return model.eval()
+
+
+def build_strict(
+    model_class: type,
+    config: Mapping[str, Any],
+    state_dict: Mapping[str, torch.Tensor],
+    source: str = "",
+    checked: bool = False,
+) -> torch.nn.Module:
+    """`model_class.from_config(config)` built on the meta device (no memory, no random init) and holding exactly
+    the tensors of `state_dict` (no copies), in eval mode.
+
+    Checked with `load_strict`, unless `checked` says the caller already ran `check_state_dict` on this state dict
+    (torch's strict loading still refuses a mismatch then).
+    """
+    with torch.device("meta"):
+        model = model_class.from_config(dict(config))
+    if not checked:
+        return load_strict(model, state_dict, source)
+    model.load_state_dict(dict(state_dict), strict=True, assign=True)
+    return model.eval()
