@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from asuka.convert.output import check_output_folder, push_folder, unshare, write_atomically
-from asuka.convert.safe_loading import load_checkpoint, load_strict, tensor_state_dict
+from asuka.convert.safe_loading import build_strict, load_checkpoint, tensor_state_dict
 from asuka.models.strdiffusion import StrDiffusionDiscriminator, StrDiffusionUNet
 from asuka.schedulers.ir_sde import IRSDEScheduler
 
@@ -64,8 +64,7 @@ def _unet_config(state_dict: StateDict, source: str) -> dict:
 
 def convert_denoiser(state_dict: StateDict, source: str = "checkpoint") -> StrDiffusionUNet:
     """Build a texture (with SPADE) or structure denoiser from an official state dict."""
-    model = StrDiffusionUNet(**_unet_config(state_dict, source))
-    return load_strict(model, _float32(state_dict), source)
+    return build_strict(StrDiffusionUNet, _unet_config(state_dict, source), _float32(state_dict), source)
 
 
 def convert_discriminator(state_dict: StateDict, source: str = "checkpoint") -> StrDiffusionDiscriminator:
@@ -75,12 +74,12 @@ def convert_discriminator(state_dict: StateDict, source: str = "checkpoint") -> 
             f"{source}: no 'start_conv.weight'/'t_embed.main.0.weight'; not a StrDiffusion discriminator."
         )
     start = state_dict["start_conv.weight"]
-    model = StrDiffusionDiscriminator(
-        in_channels=start.shape[1],
-        base_channels=start.shape[0] // 2,
-        t_emb_dim=state_dict["t_embed.main.0.weight"].shape[1],
-    )
-    return load_strict(model, _float32(state_dict), source)
+    config = {
+        "in_channels": start.shape[1],
+        "base_channels": start.shape[0] // 2,
+        "t_emb_dim": state_dict["t_embed.main.0.weight"].shape[1],
+    }
+    return build_strict(StrDiffusionDiscriminator, config, _float32(state_dict), source)
 
 
 def convert_strdiffusion(
