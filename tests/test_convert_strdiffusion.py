@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 from seeded import seeded_state_dict
 
 from asuka.convert.__main__ import main as convert_main
-from asuka.convert.strdiffusion import load_official_state_dict
+from asuka.convert.strdiffusion import convert_strdiffusion, load_official_state_dict
 from asuka.models.strdiffusion import StrDiffusionDiscriminator, StrDiffusionUNet
 from asuka.pipelines.pipeline_strdiffusion import StrDiffusionPipeline
 from asuka.testing.strdiffusion import TINY_UNET
@@ -56,6 +56,23 @@ def test_cli_converts_and_folder_loads_offline(checkpoints, prefix, monkeypatch)
         assert all(torch.equal(loaded[k], v) for k, v in weights[name].items())
     assert pipe.texture_unet.config.base_channels == TINY_UNET["base_channels"]
     assert pipe.scheduler.config.num_train_timesteps == 100 and pipe.config.resample_u_max == 6
+
+
+def test_converted_components_are_built_without_init_and_keep_constant_buffers(checkpoints):
+    """Parameters are the checkpoint's own tensors (built on the meta device, loaded with assign); buffers outside
+    the state dict (the discriminator's FIR kernels) are real, equal to a freshly built model's."""
+    tmp, weights = checkpoints
+    files = {name: write(tmp / f"{name}.pth", sd) for name, sd in weights.items()}
+    components = convert_strdiffusion(files["texture"], files["structure"], files["discriminator"])
+    fresh = StrDiffusionDiscriminator(base_channels=4, t_emb_dim=16)
+    for name in ("texture_unet", "structure_unet", "discriminator"):
+        tensors = [*components[name].parameters(), *components[name].buffers()]
+        assert tensors and not any(t.is_meta for t in tensors)
+    fresh_buffers = dict(fresh.named_buffers())
+    assert any(key not in fresh.state_dict() for key in fresh_buffers)
+    for key, buffer in components["discriminator"].named_buffers():
+        if key not in fresh.state_dict():
+            assert torch.equal(buffer, fresh_buffers[key])
 
 
 def test_wrong_shape_key_is_a_clear_error(checkpoints, capsys):

@@ -46,7 +46,7 @@ from asuka.convert.asuka_flux_keys import (
     convert_mae_state_dict,
 )
 from asuka.convert.output import check_output_folder, push_folder, unshare, write_atomically
-from asuka.convert.safe_loading import load_checkpoint, load_strict, tensor_state_dict
+from asuka.convert.safe_loading import build_strict, load_checkpoint, tensor_state_dict
 from asuka.defaults import ASUKA_FLUX_RELEASE_REPO, FLUX_FILL_REPO
 from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE
 
@@ -100,13 +100,6 @@ def load_null_embedding(folder: Path, name: str, shape: tuple[int, ...]) -> torc
 # ---------------------------------------------------------------------------------------- building
 
 
-def _build(model_class: type, config: Mapping, state_dict: Mapping[str, torch.Tensor], name: str) -> torch.nn.Module:
-    """`model_class(**config)` holding exactly `state_dict` (no random init, no copies); errors name the file."""
-    with torch.device("meta"):
-        model = model_class.from_config(dict(config))
-    return load_strict(model, state_dict, name)
-
-
 def _with_file(name: str, error: ValueError) -> ValueError:
     message = str(error)
     return ValueError(message if message.startswith(name) else f"{name}: {message}")
@@ -119,11 +112,12 @@ def build_components(folder: Path, condition_weight: float = RELEASE_CONDITION_W
         raise ValueError(
             f"Missing release file(s) {missing} in {folder}; the release needs {', '.join(RELEASE_FILES)}."
         )
+    # Each `convert_*_state_dict` checks its result against the model it builds, so `build_strict` does not again.
     components: dict[str, torch.nn.Module] = {}
 
     mae_sd = tensor_state_dict(load_checkpoint(folder / MAE_FILE), MAE_FILE, "model")
     try:  # the default AsukaMAE config is the release's ViT-B/16 at 256 pixels
-        components["mae"] = _build(AsukaMAE, {}, convert_mae_state_dict(mae_sd), MAE_FILE)
+        components["mae"] = build_strict(AsukaMAE, {}, convert_mae_state_dict(mae_sd), checked=True)
     except ValueError as error:
         raise _with_file(MAE_FILE, error) from None
     num_tokens = components["mae"].num_patches
@@ -142,14 +136,14 @@ def build_components(folder: Path, condition_weight: float = RELEASE_CONDITION_W
         null = load_null_embedding(folder, null_file, null_shape).to(aligner_sd["0.weight"].dtype)
         try:
             converted = convert_aligner_state_dict(aligner_sd, null_embedding=null)
-            components[component] = _build(AsukaAligner, config, converted, file)
+            components[component] = build_strict(AsukaAligner, config, converted, checked=True)
         except ValueError as error:
             raise _with_file(file, error) from None
 
     decoder_sd = tensor_state_dict(load_checkpoint(folder / DECODER_FILE), DECODER_FILE, "state_dict")
     try:
         converted = convert_decoder_state_dict(decoder_sd, ASUKA_FLUX_DECODER_CONFIG)
-        components["decoder"] = _build(AsukaDecoder, ASUKA_FLUX_DECODER_CONFIG, converted, DECODER_FILE)
+        components["decoder"] = build_strict(AsukaDecoder, ASUKA_FLUX_DECODER_CONFIG, converted, checked=True)
     except ValueError as error:
         raise _with_file(DECODER_FILE, error) from None
     return components

@@ -8,7 +8,7 @@ looks like a converted folder.
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,25 +35,6 @@ def unshare(model: torch.nn.Module) -> None:
                     data = tensor.detach().clone(memory_format=torch.contiguous_format)
                     store[key] = torch.nn.Parameter(data, requires_grad=False) if key in module._parameters else data
                 seen.add(store[key].untyped_storage().data_ptr())
-
-
-def write_folder(
-    out: str | os.PathLike, components: Mapping[str, Any], files: Mapping[str, str], overwrite: bool = False
-) -> Path:
-    """Save each component (a diffusers model or scheduler) with `save_pretrained` into `out/<name>/` (models as
-    safetensors) and each text file of `files` into `out`, atomically. Returns `out`."""
-
-    def write(folder: Path) -> None:
-        for name, component in components.items():
-            if isinstance(component, torch.nn.Module):
-                unshare(component)
-                component.save_pretrained(folder / name, safe_serialization=True)
-            else:
-                component.save_pretrained(folder / name)
-        for name, text in files.items():
-            (folder / name).write_text(text)
-
-    return write_atomically(out, write, overwrite)
 
 
 def write_atomically(out: str | os.PathLike, write: Callable[[Path], Any], overwrite: bool = False) -> Path:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import init_empty_weights
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
@@ -119,5 +120,27 @@ def load_strict(
     mode. Checked first with `check_state_dict`, so a mismatch is a `ValueError` naming `source` and the keys.
     """
     check_state_dict(state_dict, model, source, names)
+    model.load_state_dict(dict(state_dict), strict=True, assign=True)
+    return model.eval()
+
+
+def build_strict(
+    model_class: type,
+    config: Mapping[str, Any],
+    state_dict: Mapping[str, torch.Tensor],
+    source: str = "",
+    checked: bool = False,
+) -> torch.nn.Module:
+    """`model_class.from_config(config)` with its parameters built on the meta device (no memory, no random init)
+    and holding exactly the tensors of `state_dict` (no copies), in eval mode. Buffers are built for real: a
+    non-persistent one (a constant kernel) is in no state dict and would otherwise stay on the meta device.
+
+    Checked with `load_strict`, unless `checked` says the caller already ran `check_state_dict` on this state dict
+    (torch's strict loading still refuses a mismatch then).
+    """
+    with init_empty_weights(include_buffers=False):
+        model = model_class.from_config(dict(config))
+    if not checked:
+        return load_strict(model, state_dict, source)
     model.load_state_dict(dict(state_dict), strict=True, assign=True)
     return model.eval()

@@ -6,31 +6,26 @@ into a `StrDiffusionPipeline` folder (safetensors, loads offline).
 The official files are flat key -> tensor pickles, possibly with DataParallel `module.` prefixes. They are
 read with `asuka.convert.safe_loading` (`torch.load(..., weights_only=True)`, so a pickle that holds anything
 but tensors and plain containers is refused). Unlike the authors' non-strict loader, missing, unexpected or
-wrong-shape keys are errors that name the file and the key. The folder is written atomically and holds the
-components and a `model_index.json` naming `StrDiffusionPipeline`; the pipeline's own settings (resampling
-constants, quirk flags) are not pinned in it and take the pipeline's defaults when it is loaded.
+wrong-shape keys are errors that name the file and the key. The folder is `StrDiffusionPipeline.save_pretrained`'s,
+written atomically; its `model_index.json` pins the pipeline's settings (resampling constants, quirk flags) at their
+defaults.
 """
 
 import argparse
-import json
 import re
 from pathlib import Path
 from typing import Any
 
-import diffusers
 import torch
 
-from asuka.convert.output import check_output_folder, push_folder, write_folder
-from asuka.convert.safe_loading import load_checkpoint, load_strict, tensor_state_dict
+from asuka.convert.output import check_output_folder, push_folder, unshare, write_atomically
+from asuka.convert.safe_loading import build_strict, load_checkpoint, tensor_state_dict
 from asuka.models.strdiffusion import StrDiffusionDiscriminator, StrDiffusionUNet
 from asuka.schedulers.ir_sde import IRSDEScheduler
 
 
 PathLike = str | Path
 StateDict = dict[str, torch.Tensor]
-
-#: The `DiffusionPipeline` class a converted folder loads into (`model_index.json`'s `_class_name`).
-PIPELINE_CLASS_NAME = "StrDiffusionPipeline"
 
 
 def load_official_state_dict(path: PathLike) -> StateDict:
@@ -69,8 +64,7 @@ def _unet_config(state_dict: StateDict, source: str) -> dict:
 
 def convert_denoiser(state_dict: StateDict, source: str = "checkpoint") -> StrDiffusionUNet:
     """Build a texture (with SPADE) or structure denoiser from an official state dict."""
-    model = StrDiffusionUNet(**_unet_config(state_dict, source))
-    return load_strict(model, _float32(state_dict), source)
+    return build_strict(StrDiffusionUNet, _unet_config(state_dict, source), _float32(state_dict), source)
 
 
 def convert_discriminator(state_dict: StateDict, source: str = "checkpoint") -> StrDiffusionDiscriminator:
@@ -80,12 +74,12 @@ def convert_discriminator(state_dict: StateDict, source: str = "checkpoint") -> 
             f"{source}: no 'start_conv.weight'/'t_embed.main.0.weight'; not a StrDiffusion discriminator."
         )
     start = state_dict["start_conv.weight"]
-    model = StrDiffusionDiscriminator(
-        in_channels=start.shape[1],
-        base_channels=start.shape[0] // 2,
-        t_emb_dim=state_dict["t_embed.main.0.weight"].shape[1],
-    )
-    return load_strict(model, _float32(state_dict), source)
+    config = {
+        "in_channels": start.shape[1],
+        "base_channels": start.shape[0] // 2,
+        "t_emb_dim": state_dict["t_embed.main.0.weight"].shape[1],
+    }
+    return build_strict(StrDiffusionDiscriminator, config, _float32(state_dict), source)
 
 
 def convert_strdiffusion(
@@ -112,11 +106,16 @@ def convert_strdiffusion(
 
 
 def save_strdiffusion(components: dict[str, Any], out: PathLike, overwrite: bool = False) -> Path:
-    """Write the components and a `model_index.json` that `StrDiffusionPipeline.from_pretrained` loads."""
-    model_index = {"_class_name": PIPELINE_CLASS_NAME, "_diffusers_version": diffusers.__version__}
-    model_index.update({name: [type(c).__module__, type(c).__name__] for name, c in sorted(components.items())})
-    files = {"model_index.json": json.dumps(model_index, indent=2) + "\n"}
-    return write_folder(out, components, files, overwrite)
+    """Write `StrDiffusionPipeline(**components)` with `save_pretrained` (safetensors), atomically."""
+    from asuka.pipelines.pipeline_strdiffusion import StrDiffusionPipeline
+
+    def write(folder: Path) -> None:
+        for component in components.values():
+            if isinstance(component, torch.nn.Module):
+                unshare(component)
+        StrDiffusionPipeline(**components).save_pretrained(folder, safe_serialization=True)
+
+    return write_atomically(out, write, overwrite)
 
 
 def add_strdiffusion_command(subparsers: argparse._SubParsersAction) -> None:

@@ -22,6 +22,22 @@ class CardText:
     component: str
 
 
+def _repo_id(args: argparse.Namespace) -> str:
+    """The repo a run pushes to: --hub_model_id, or the output folder's name."""
+    return args.hub_model_id or Path(args.output_dir).resolve().name
+
+
+def _training_files(folder: Path, training_args: dict[str, Any], sample_image: Path | None) -> tuple[str, str]:
+    """Write `training_args.json` into `folder` and copy `sample_image` there as `sample_grid.png`; returns the
+    arguments as JSON and the model card's samples section ("" when `folder` holds no grid)."""
+    arguments = json.dumps(training_args, indent=2, default=str)
+    (folder / "training_args.json").write_text(arguments + "\n", encoding="utf-8")
+    if sample_image is not None and Path(sample_image).is_file():
+        shutil.copyfile(sample_image, folder / "sample_grid.png")
+    has_grid = (folder / "sample_grid.png").is_file()  # this run's grid, or the one of the run it resumed
+    return arguments, "\n## Samples\n\n![samples](./sample_grid.png)\n" if has_grid else ""
+
+
 def write_model_card(
     folder: str,
     training_args: dict[str, Any],
@@ -37,11 +53,7 @@ def write_model_card(
     from huggingface_hub import ModelCard, ModelCardData
 
     folder_path = Path(folder)
-    if sample_image is not None and Path(sample_image).is_file():
-        shutil.copyfile(sample_image, folder_path / "sample_grid.png")
-    image_line = ""
-    if (folder_path / "sample_grid.png").is_file():  # this run's grid, or the one of the run it resumed
-        image_line = "\n## Samples\n\n![samples](./sample_grid.png)\n"
+    arguments, samples = _training_files(folder_path, training_args, sample_image)
     base_model = training_args["pretrained_model_name_or_path"]
     card_data = ModelCardData(
         license="apache-2.0",
@@ -50,17 +62,14 @@ def write_model_card(
         tags=["asuka", "image-inpainting", "diffusers-training", component],
         pipeline_tag="image-to-image",
     )
-    arguments = json.dumps(training_args, indent=2, default=str)
     content = (
         f"---\n{card_data.to_yaml()}\n---\n\n# {title}\n\n{description}\n\n"
         f"Base model: `{base_model}`. Trained with the `asuka` toolkit "
-        f"(`training/`), mask mixture of ASUKA (ECCV 2024) Sec. 3.1.\n{image_line}\n"
+        f"(`training/`), mask mixture of ASUKA (ECCV 2024) Sec. 3.1.\n{samples}\n"
         f"## Training arguments\n\n```json\n{arguments}\n```\n"
     )
-    card = ModelCard(content)
     path = folder_path / "README.md"
-    card.save(str(path))
-    (folder_path / "training_args.json").write_text(arguments + "\n", encoding="utf-8")
+    ModelCard(content).save(str(path))
     return path
 
 
@@ -82,24 +91,26 @@ def light_repo_for_push(
         return None
     folder = Path(args.output_dir) / "light"
     shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    arguments, samples = _training_files(folder, training_args, sample_image)
     backbone = args.hub_backbone_id or args.pretrained_model_name_or_path
     revision = args.hub_backbone_revision or args.revision
-    repo_id = args.hub_model_id or Path(args.output_dir).resolve().name
-    arguments = json.dumps(training_args, indent=2, default=str)
     provenance = (
         f"Trained with the `asuka` toolkit (`training/`) from `{args.pretrained_model_name_or_path}`, with the mask "
         f"mixture of ASUKA Sec. 3.1.\n\n## Training arguments\n\n```json\n{arguments}\n```"
     )
-    card = light_model_card(repo_id, type(pipeline).__name__, title, description, backbone, revision, provenance)
+    card = light_model_card(
+        _repo_id(args), type(pipeline).__name__, title, description, backbone, revision, provenance
+    )
     variants = (args.variant,) if args.variant else ()
     pipeline.save_pretrained(
-        folder, light=True, backbone=backbone, backbone_revision=revision, backbone_variants=variants, model_card=card
+        folder,
+        light=True,
+        backbone=backbone,
+        backbone_revision=revision,
+        backbone_variants=variants,
+        model_card=card + samples,
     )
-    (folder / "training_args.json").write_text(arguments + "\n", encoding="utf-8")
-    if sample_image is not None and Path(sample_image).is_file():
-        shutil.copyfile(sample_image, folder / "sample_grid.png")
-        with open(folder / "README.md", "a", encoding="utf-8") as f:
-            f.write("\n## Samples\n\n![samples](./sample_grid.png)\n")
     return str(folder)
 
 
@@ -108,8 +119,9 @@ def push_folder_to_hub(args: argparse.Namespace, folder: str) -> str:
     from huggingface_hub import HfApi
 
     api = HfApi(token=args.hub_token)
-    repo_id = args.hub_model_id or Path(args.output_dir).resolve().name
-    repo_id = api.create_repo(repo_id=repo_id, exist_ok=True, private=args.hub_private, repo_type="model").repo_id
+    repo_id = api.create_repo(
+        repo_id=_repo_id(args), exist_ok=True, private=args.hub_private, repo_type="model"
+    ).repo_id
     api.upload_folder(
         repo_id=repo_id,
         folder_path=folder,
