@@ -103,12 +103,7 @@ def build_decoder_parser():
         default=None,
         help="Decoder to continue from; by default a fresh AsukaDecoder.from_vae(vae) (the base VAE decoder).",
     )
-    add(
-        "--latent_aug_prob",
-        type=float,
-        default=0.5,
-        help="Fraction of samples whose latent is replaced by the UNet's x0 estimate.",
-    )
+    add("--latent_aug_prob", type=float, default=0.5, help="Share of samples whose latent is the UNet's x0 estimate.")
     add("--latent_aug_timestep_min", type=int, default=700, help="Smallest timestep of the latent augmentation.")
     add("--latent_aug_timestep_max", type=int, default=999, help="Largest timestep of the latent augmentation.")
     add("--no_color_jitter", action="store_true", help="Disable the colour augmentation of the encoded image.")
@@ -118,12 +113,7 @@ def build_decoder_parser():
         default=0.0,
         help="Weight of the LPIPS term (0 = off; needs `pip install lpips` and its weights).",
     )
-    add(
-        "--discriminator_weight",
-        type=float,
-        default=0.0,
-        help="Weight of the adversarial term (0 = no discriminator).",
-    )
+    add("--discriminator_weight", type=float, default=0.0, help="Adversarial term weight (0 = no discriminator).")
     add("--discriminator_start_step", type=int, default=0, help="Step from which the adversarial term is used.")
     add("--discriminator_learning_rate", type=float, default=None, help="Discriminator lr (default: --learning_rate).")
     add("--save_pipeline", action="store_true", help="Also write a complete AsukaPipeline to <output_dir>/pipeline.")
