@@ -287,6 +287,16 @@ def baseline_call(pipeline, image: PIL.Image.Image, mask: PIL.Image.Image, size:
     )
 
 
+def sd_prompt_embeds(text_encoder: torch.nn.Module | None, width: int, device: str, dtype: torch.dtype):
+    """The SD baseline's `prompt_embeds` (1, 77, `width`): a fixed token sequence through `text_encoder`, as a prompt
+    would be encoded, or random embeddings of that shape when there is no text encoder."""
+    if text_encoder is None:
+        return torch.randn(1, TEXT_TOKENS, width).to(device, dtype)
+    ids = torch.arange(TEXT_TOKENS, device=device)[None] % 49408  # CLIP's vocabulary size
+    with torch.no_grad():
+        return text_encoder(ids)[0]
+
+
 def sd_inference_runs(components: dict, size: int, steps: int, device: str, dtype: torch.dtype) -> dict:
     """The two calls to compare (closures) with their stage maps."""
     asuka, base = sd_pipelines(components)
@@ -345,23 +355,8 @@ def memory_child(config: str, args: argparse.Namespace) -> dict[str, float]:
         width = components["unet"].config.cross_attention_dim
 
         def call():
-            if text_encoder is not None:  # encode a fixed token sequence, as the prompt would be
-                ids = torch.arange(TEXT_TOKENS, device=device)[None] % 49408
-                with torch.no_grad():
-                    embeds = text_encoder(ids)[0]
-            else:
-                embeds = torch.randn(1, TEXT_TOKENS, width).to(device, dtype)
-            return pipe(
-                prompt_embeds=embeds,
-                image=image,
-                mask_image=mask,
-                height=args.size,
-                width=args.size,
-                num_inference_steps=args.steps,
-                guidance_scale=1.0,
-                generator=torch.Generator().manual_seed(0),
-                output_type="np",
-            )
+            embeds = sd_prompt_embeds(text_encoder, width, device, dtype)
+            return baseline_call(pipe, image, mask, args.size, args.steps, prompt_embeds=embeds, guidance_scale=1.0)
 
     if device.startswith("cuda"):
         torch.cuda.synchronize()

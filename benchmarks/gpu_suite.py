@@ -53,13 +53,14 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the sibling benchmark modules
 from bench_pipelines import (  # noqa: E402
     DTYPES,
-    TEXT_TOKENS,
     alternate,
+    baseline_call,
     build_flux_components,
     build_sd_components,
     flux_inference_runs,
     sd_inference_runs,
     sd_pipelines,
+    sd_prompt_embeds,
     synchronize,
     test_inputs,
     to_device,
@@ -183,12 +184,10 @@ def sd_inference(ctx: dict) -> dict:
     common = dict(num_inference_steps=s["sd_steps"], output_type="np")
 
     def run_base(encode: bool):
-        if encode and text_encoder is not None:  # a fixed token sequence, as a prompt would be
-            embeds = text_encoder(torch.arange(TEXT_TOKENS, device=device)[None] % 49408)[0]
-        else:
-            embeds = torch.randn(1, TEXT_TOKENS, components["unet"].config.cross_attention_dim).to(device, dtype)
-        base(prompt_embeds=embeds, image=image, mask_image=mask, height=s["sd_size"], width=s["sd_size"],
-             guidance_scale=1.0, **common)  # fmt: skip
+        embeds = sd_prompt_embeds(
+            text_encoder if encode else None, components["unet"].config.cross_attention_dim, device, dtype
+        )
+        baseline_call(base, image, mask, s["sd_size"], s["sd_steps"], prompt_embeds=embeds, guidance_scale=1.0)
 
     backbone = [components["unet"], components["vae"]]
     extras = [components[k] for k in ("mae", "aligner", "decoder")]
