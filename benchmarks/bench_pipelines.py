@@ -39,31 +39,18 @@ import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
-from diffusers import (
-    AutoencoderKL,
-    FlowMatchEulerDiscreteScheduler,
-    FluxTransformer2DModel,
-    PNDMScheduler,
-    StableDiffusionInpaintPipeline,
-    UNet2DConditionModel,
-)
+from diffusers import StableDiffusionInpaintPipeline
 
 
 BENCHMARKS = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [BENCHMARKS, os.path.dirname(BENCHMARKS)]  # the sibling flops.py; this repository's asuka
+sys.path[:0] = [BENCHMARKS, os.path.dirname(BENCHMARKS)]  # the sibling modules; this repository's asuka
 
-from flops import clip_text_encoder, flop_counter_mode, flux_text_encoders, on_meta, pipeline_flops  # noqa: E402
+from architectures import build_flux_components, build_sd_components, clip_text_encoder  # noqa: E402
+from flops import count_flops, meta_flux_components, meta_sd_components, pipeline_flops  # noqa: E402
 
-from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE  # noqa: E402
 from asuka.pipelines import AsukaPipeline  # noqa: E402
-from asuka.testing.flux import (  # noqa: E402
-    FLUX_SCHEDULER_CONFIG,
-    FLUX_TRANSFORMER_CONFIG,
-    FLUX_VAE_CONFIG,
-    flux_fill_pipeline,
-    make_tiny_flux_components,
-)
-from asuka.testing.sd import make_tiny_sd_components, sd_inpaint_pipeline  # noqa: E402
+from asuka.testing.flux import flux_fill_pipeline  # noqa: E402
+from asuka.testing.sd import sd_inpaint_pipeline  # noqa: E402
 
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -72,68 +59,8 @@ FLUX_TEXT_TOKENS = 512  # FluxFillPipeline's default T5 max_sequence_length
 
 
 # ---------------------------------------------------------------------------------------------
-# Components: full-size public architectures with random weights, or the tiny test ones.
+# Components on a device, in pipelines; training inputs (the models themselves: architectures.py).
 # ---------------------------------------------------------------------------------------------
-
-
-def sd15_inpainting_unet() -> UNet2DConditionModel:
-    """The UNet of runwayml/stable-diffusion-inpainting (9 input channels), from its public config."""
-    return UNet2DConditionModel(
-        sample_size=64,
-        in_channels=9,
-        out_channels=4,
-        layers_per_block=2,
-        block_out_channels=(320, 640, 1280, 1280),
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=768,
-        attention_head_dim=8,
-        norm_num_groups=32,
-        norm_eps=1e-5,
-        act_fn="silu",
-        downsample_padding=1,
-        flip_sin_to_cos=True,
-        freq_shift=0,
-        mid_block_scale_factor=1,
-    )
-
-
-def sd15_vae() -> AutoencoderKL:
-    """SD-1.x's KL VAE (f=8, 4 latent channels), from its public config: the architecture FLUX.1's VAE keeps with
-    16 latent channels and without the (post-)quant convs."""
-    sd = {"latent_channels": 4, "sample_size": 512, "scaling_factor": 0.18215, "shift_factor": None}
-    return AutoencoderKL(**{**FLUX_VAE_CONFIG, **sd, "use_quant_conv": True, "use_post_quant_conv": True})
-
-
-def sd15_scheduler() -> PNDMScheduler:
-    """The scheduler config shipped with SD-1.5-inpainting."""
-    return PNDMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        skip_prk_steps=True,
-        steps_offset=1,
-        set_alpha_to_one=False,
-    )
-
-
-def build_sd_components(tiny: bool, parts: str = "asuka", seed: int = 0) -> dict[str, torch.nn.Module]:
-    """`parts="asuka"`: vae, unet, scheduler, mae, aligner, decoder; `"backbone"`: only vae, unet, scheduler."""
-    if tiny:
-        components = make_tiny_sd_components(seed)
-    else:
-        torch.manual_seed(seed)
-        components = {"scheduler": sd15_scheduler(), "vae": sd15_vae(), "unet": sd15_inpainting_unet()}
-        if parts == "asuka":
-            # ViT-B/16 MAE with a 512-wide 8-block decoder, a 768-wide 4-block aligner: the defaults.
-            components.update(mae=AsukaMAE(), aligner=AsukaAligner(), decoder=AsukaDecoder.from_vae(components["vae"]))
-    if parts == "backbone":
-        components = {k: components[k] for k in ("scheduler", "vae", "unet")}
-    for name, module in components.items():
-        if name != "scheduler":
-            module.eval().requires_grad_(False)
-    return components
 
 
 def to_device(components: dict, device: str, dtype: torch.dtype) -> dict:
@@ -453,42 +380,6 @@ def training_runs(components: dict, size: int, batch_size: int, device: str, dty
 # ---------------------------------------------------------------------------------------------
 
 
-def build_flux_components(tiny: bool, num_layers: int, num_single_layers: int, seed: int = 0) -> dict:
-    """FLUX.1-Fill's VAE and a FluxTransformer2DModel with its real widths (3072 wide, 24 heads of 128, 384 input
-    channels, T5 4096 / CLIP 768 conditioning) but only `num_layers` double and `num_single_layers` single blocks
-    (the real model has 19 and 38); the MAE and aligners (4096- and 768-wide, 4 blocks each) of ASUKA-FLUX."""
-    if tiny:
-        components = make_tiny_flux_components(seed)
-    else:
-        torch.manual_seed(seed)
-        vae = AutoencoderKL(**FLUX_VAE_CONFIG)
-        depth = {"num_layers": num_layers, "num_single_layers": num_single_layers}
-        transformer = FluxTransformer2DModel(**{**FLUX_TRANSFORMER_CONFIG, **depth})
-        mae = AsukaMAE()
-        components = dict(
-            vae=vae,
-            transformer=transformer,
-            scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER_CONFIG),
-            mae=mae,
-            token_aligner=AsukaAligner(
-                hidden_dim=4096,
-                num_blocks=4,
-                head_dim=128,
-                num_tokens=mae.num_patches,
-                null_embedding="tokens",
-                condition_weight=0.5,
-            ),
-            pooled_aligner=AsukaAligner(
-                hidden_dim=768, num_blocks=4, num_tokens=mae.num_patches, null_embedding="pooled", condition_weight=0.5
-            ),
-            decoder=AsukaDecoder.from_vae(vae),
-        )
-    for name, module in components.items():
-        if name != "scheduler":
-            module.eval().requires_grad_(False)
-    return components
-
-
 def flux_inference_runs(components: dict, size: int, steps: int, device: str, dtype: torch.dtype) -> dict:
     from asuka.pipelines.pipeline_asuka_flux import AsukaFluxPipeline
 
@@ -534,15 +425,7 @@ def inference_flop_ratios(kind: str, args: argparse.Namespace) -> dict[str, floa
     """ASUKA's FLOPs over the baseline's for one whole pipeline call each (benchmarks/flops.py): as timed (the
     baseline given embeddings; ASUKA with its conditioning cache, as it runs by default), ASUKA with the cache
     off, and against the baseline with its text encoders (full size only)."""
-    with on_meta({}) as components:
-        if kind == "sd":
-            components.update(build_sd_components(args.tiny))
-            if not args.tiny:
-                components["text_encoder"] = clip_text_encoder()
-        else:
-            components.update(build_flux_components(args.tiny, *args.flux_depth))
-            if not args.tiny:
-                components["text_encoders"] = flux_text_encoders()
+    components = meta_sd_components(args.tiny) if kind == "sd" else meta_flux_components(args.tiny, *args.flux_depth)
     totals = {k: sum(v.values()) for k, v in pipeline_flops(kind, components, args.size, args.steps).items()}
     base = "sd" if kind == "sd" else "flux-fill"
     ratios = {"as_timed": totals["asuka_cached"] / totals[base], "uncached": totals["asuka"] / totals[base]}
@@ -554,15 +437,8 @@ def inference_flop_ratios(kind: str, args: argparse.Namespace) -> dict[str, floa
 
 def training_flop_ratio(args: argparse.Namespace) -> float:
     """FLOPs of the ASUKA training step over the bare step's (forward, backward and optimizer), on meta copies."""
-    with on_meta({}) as components:
-        components.update(build_sd_components(args.tiny))
-    counts = {}
-    for name, (fn, _stages) in training_runs(
-        components, args.size, args.train_batch_size, "meta", torch.float32
-    ).items():
-        with flop_counter_mode() as counter:
-            fn()
-        counts[name] = counter.get_total_flops()
+    runs = training_runs(meta_sd_components(args.tiny), args.size, args.train_batch_size, "meta", torch.float32)
+    counts = {name: count_flops(fn, grad=True) for name, (fn, _stages) in runs.items()}
     return counts["asuka"] / counts["bare"]
 
 

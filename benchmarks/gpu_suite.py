@@ -51,12 +51,11 @@ import torch.nn.functional as F
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the sibling benchmark modules
+from architectures import build_flux_components, build_sd_components, clip_text_encoder, flux_text_encoders  # noqa: E402
 from bench_pipelines import (  # noqa: E402
     DTYPES,
     alternate,
     baseline_call,
-    build_flux_components,
-    build_sd_components,
     flux_inference_runs,
     sd_inference_runs,
     sd_pipelines,
@@ -68,7 +67,7 @@ from bench_pipelines import (  # noqa: E402
     training_batch,
     training_runs,
 )
-from flops import clip_text_encoder, flux_text_encoders, write_json  # noqa: E402
+from flops import write_json  # noqa: E402
 
 
 SCHEMA = "asuka-gpu-suite/1"

@@ -28,8 +28,9 @@ import torch.nn.functional as F
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_pipelines import build_sd_components, rss_kib, trained_with_adamw, training_batch  # noqa: E402
-from flops import flop_counter_mode, on_meta, write_json  # noqa: E402
+from architectures import build_sd_components  # noqa: E402
+from bench_pipelines import rss_kib, trained_with_adamw, training_batch  # noqa: E402
+from flops import count_flops, meta_sd_components, write_json  # noqa: E402
 from gpu_suite import decoder_training_run  # noqa: E402
 
 
@@ -80,12 +81,8 @@ MEASURED = (
 
 def flops_per_sample(name: str, size: int = 512, batch: int = 2) -> float:
     """FLOPs of one training step per sample (forward, backward, optimizer), counted on meta tensors."""
-    with on_meta({}) as components:
-        components.update(build_sd_components(tiny=False))
-    step = RUNS[name](components, size, batch, "meta", torch.float32)
-    with flop_counter_mode() as counter:
-        step()
-    return counter.get_total_flops() / batch
+    step = RUNS[name](meta_sd_components(tiny=False), size, batch, "meta", torch.float32)
+    return count_flops(step, grad=True) / batch
 
 
 def measure_child(name: str, size: int, batch: int, checkpointing: bool, repeats: int) -> dict:
