@@ -104,6 +104,67 @@ def trained_with_adamw(module: torch.nn.Module, lr: float) -> torch.optim.AdamW:
     return torch.optim.AdamW(module.parameters(), lr=lr)
 
 
+def aligner_training_run(components: dict, size: int, batch: int, device: str, dtype: torch.dtype) -> Callable:
+    """One step of train_aligner.py: encode the image and the masked image, the MAE prior (no grad), the aligner,
+    the frozen UNet's eps-MSE, backward to the aligner, AdamW on the aligner."""
+    unet, vae, mae, aligner, scheduler = (components[k] for k in ("unet", "vae", "mae", "aligner", "scheduler"))
+    generator = torch.Generator().manual_seed(0)
+    pixels, hole = training_batch(batch, size, device, dtype, generator)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator).to(device)
+    scale = vae.config.scaling_factor
+    optimizer = trained_with_adamw(aligner, lr=1e-4)
+
+    def step():
+        with torch.no_grad():
+            latents = vae.encode(pixels * 2 - 1).latent_dist.sample() * scale
+            masked = vae.encode((pixels * 2 - 1) * (hole < 0.5)).latent_dist.sample() * scale
+            mask_latents = F.interpolate(hole, size=latents.shape[-2:])
+            prior = mae.prior(pixels, hole)
+            noise = torch.randn_like(latents)
+            noisy = scheduler.add_noise(latents, noise, timesteps)
+        tokens = aligner(prior).tokens
+        prediction = unet(torch.cat([noisy, mask_latents, masked], 1), timesteps, tokens, return_dict=False)[0]
+        F.mse_loss(prediction.float(), noise.float()).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def decoder_training_run(components: dict, size: int, batch: int, device: str, dtype: torch.dtype) -> Callable:
+    """One step of training/train_decoder.py (L1 only, its default): VAE-encode the batch, replace half of the
+    latents by the frozen UNet's one-step x0 estimate at t in [700, 999] (conditioned on the aligned MAE prior of the
+    whole image, the clean latent as masked-image latent and a zero mask), decode with the AsukaDecoder, L1 against
+    the image, backward, AdamW on the decoder."""
+    unet, vae, decoder, scheduler = (components[k] for k in ("unet", "vae", "decoder", "scheduler"))
+    mae, aligner = components["mae"], components["aligner"]
+    generator = torch.Generator().manual_seed(0)
+    pixels, hole = training_batch(batch, size, device, dtype, generator)
+    half = max(batch // 2, 1)
+    timesteps = torch.randint(700, 1000, (half,), generator=generator).to(device)
+    alphas = scheduler.alphas_cumprod.to(device)[timesteps].view(-1, 1, 1, 1).to(dtype)
+    scale = vae.config.scaling_factor
+    optimizer = trained_with_adamw(decoder, lr=8e-5)
+
+    def step():
+        with torch.no_grad():
+            latents = vae.encode(pixels * 2 - 1).latent_dist.sample() * scale
+            tokens = aligner(mae.prior(pixels, torch.zeros_like(hole))).tokens
+            clean = latents[:half]
+            noisy = scheduler.add_noise(clean, torch.randn_like(clean), timesteps)
+            model_input = torch.cat([noisy, torch.zeros_like(clean[:, :1]), clean], dim=1)
+            eps = unet(model_input, timesteps, encoder_hidden_states=tokens[:half], return_dict=False)[0]
+            x0 = (noisy - (1 - alphas).sqrt() * eps) / alphas.sqrt()
+            latents = torch.cat([x0, latents[half:]]) / scale
+        target = pixels * 2 - 1
+        output = decoder(latents, target, hole, return_dict=False)[0]
+        F.l1_loss(output.float(), target.float()).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
 def test_inputs(size: int) -> tuple[PIL.Image.Image, PIL.Image.Image]:
     """A deterministic textured RGB image and a centred rectangular hole (a quarter of the area)."""
     rng = np.random.RandomState(0)
