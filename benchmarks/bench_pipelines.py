@@ -39,31 +39,18 @@ import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
-from diffusers import (
-    AutoencoderKL,
-    FlowMatchEulerDiscreteScheduler,
-    FluxTransformer2DModel,
-    PNDMScheduler,
-    StableDiffusionInpaintPipeline,
-    UNet2DConditionModel,
-)
+from diffusers import StableDiffusionInpaintPipeline
 
 
 BENCHMARKS = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [BENCHMARKS, os.path.dirname(BENCHMARKS)]  # the sibling flops.py; this repository's asuka
+sys.path[:0] = [BENCHMARKS, os.path.dirname(BENCHMARKS)]  # the sibling modules; this repository's asuka
 
-from flops import clip_text_encoder, flop_counter_mode, flux_text_encoders, on_meta, pipeline_flops  # noqa: E402
+from architectures import build_flux_components, build_sd_components, clip_text_encoder  # noqa: E402
+from flops import count_flops, meta_flux_components, meta_sd_components, pipeline_flops  # noqa: E402
 
-from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE  # noqa: E402
 from asuka.pipelines import AsukaPipeline  # noqa: E402
-from asuka.testing.flux import (  # noqa: E402
-    FLUX_SCHEDULER_CONFIG,
-    FLUX_TRANSFORMER_CONFIG,
-    FLUX_VAE_CONFIG,
-    flux_fill_pipeline,
-    make_tiny_flux_components,
-)
-from asuka.testing.sd import make_tiny_sd_components, sd_inpaint_pipeline  # noqa: E402
+from asuka.testing.flux import flux_fill_pipeline  # noqa: E402
+from asuka.testing.sd import sd_inpaint_pipeline  # noqa: E402
 
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -72,68 +59,8 @@ FLUX_TEXT_TOKENS = 512  # FluxFillPipeline's default T5 max_sequence_length
 
 
 # ---------------------------------------------------------------------------------------------
-# Components: full-size public architectures with random weights, or the tiny test ones.
+# Components on a device, in pipelines; training inputs (the models themselves: architectures.py).
 # ---------------------------------------------------------------------------------------------
-
-
-def sd15_inpainting_unet() -> UNet2DConditionModel:
-    """The UNet of runwayml/stable-diffusion-inpainting (9 input channels), from its public config."""
-    return UNet2DConditionModel(
-        sample_size=64,
-        in_channels=9,
-        out_channels=4,
-        layers_per_block=2,
-        block_out_channels=(320, 640, 1280, 1280),
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=768,
-        attention_head_dim=8,
-        norm_num_groups=32,
-        norm_eps=1e-5,
-        act_fn="silu",
-        downsample_padding=1,
-        flip_sin_to_cos=True,
-        freq_shift=0,
-        mid_block_scale_factor=1,
-    )
-
-
-def sd15_vae() -> AutoencoderKL:
-    """SD-1.x's KL VAE (f=8, 4 latent channels), from its public config: the architecture FLUX.1's VAE keeps with
-    16 latent channels and without the (post-)quant convs."""
-    sd = {"latent_channels": 4, "sample_size": 512, "scaling_factor": 0.18215, "shift_factor": None}
-    return AutoencoderKL(**{**FLUX_VAE_CONFIG, **sd, "use_quant_conv": True, "use_post_quant_conv": True})
-
-
-def sd15_scheduler() -> PNDMScheduler:
-    """The scheduler config shipped with SD-1.5-inpainting."""
-    return PNDMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        skip_prk_steps=True,
-        steps_offset=1,
-        set_alpha_to_one=False,
-    )
-
-
-def build_sd_components(tiny: bool, parts: str = "asuka", seed: int = 0) -> dict[str, torch.nn.Module]:
-    """`parts="asuka"`: vae, unet, scheduler, mae, aligner, decoder; `"backbone"`: only vae, unet, scheduler."""
-    if tiny:
-        components = make_tiny_sd_components(seed)
-    else:
-        torch.manual_seed(seed)
-        components = {"scheduler": sd15_scheduler(), "vae": sd15_vae(), "unet": sd15_inpainting_unet()}
-        if parts == "asuka":
-            # ViT-B/16 MAE with a 512-wide 8-block decoder, a 768-wide 4-block aligner: the defaults.
-            components.update(mae=AsukaMAE(), aligner=AsukaAligner(), decoder=AsukaDecoder.from_vae(components["vae"]))
-    if parts == "backbone":
-        components = {k: components[k] for k in ("scheduler", "vae", "unet")}
-    for name, module in components.items():
-        if name != "scheduler":
-            module.eval().requires_grad_(False)
-    return components
 
 
 def to_device(components: dict, device: str, dtype: torch.dtype) -> dict:
@@ -175,6 +102,67 @@ def trained_with_adamw(module: torch.nn.Module, lr: float) -> torch.optim.AdamW:
     """Put `module` in training mode with gradients on; the AdamW optimizer of its parameters (as the scripts)."""
     module.train().requires_grad_(True)
     return torch.optim.AdamW(module.parameters(), lr=lr)
+
+
+def aligner_training_run(components: dict, size: int, batch: int, device: str, dtype: torch.dtype) -> Callable:
+    """One step of train_aligner.py: encode the image and the masked image, the MAE prior (no grad), the aligner,
+    the frozen UNet's eps-MSE, backward to the aligner, AdamW on the aligner."""
+    unet, vae, mae, aligner, scheduler = (components[k] for k in ("unet", "vae", "mae", "aligner", "scheduler"))
+    generator = torch.Generator().manual_seed(0)
+    pixels, hole = training_batch(batch, size, device, dtype, generator)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator).to(device)
+    scale = vae.config.scaling_factor
+    optimizer = trained_with_adamw(aligner, lr=1e-4)
+
+    def step():
+        with torch.no_grad():
+            latents = vae.encode(pixels * 2 - 1).latent_dist.sample() * scale
+            masked = vae.encode((pixels * 2 - 1) * (hole < 0.5)).latent_dist.sample() * scale
+            mask_latents = F.interpolate(hole, size=latents.shape[-2:])
+            prior = mae.prior(pixels, hole)
+            noise = torch.randn_like(latents)
+            noisy = scheduler.add_noise(latents, noise, timesteps)
+        tokens = aligner(prior).tokens
+        prediction = unet(torch.cat([noisy, mask_latents, masked], 1), timesteps, tokens, return_dict=False)[0]
+        F.mse_loss(prediction.float(), noise.float()).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def decoder_training_run(components: dict, size: int, batch: int, device: str, dtype: torch.dtype) -> Callable:
+    """One step of training/train_decoder.py (L1 only, its default): VAE-encode the batch, replace half of the
+    latents by the frozen UNet's one-step x0 estimate at t in [700, 999] (conditioned on the aligned MAE prior of the
+    whole image, the clean latent as masked-image latent and a zero mask), decode with the AsukaDecoder, L1 against
+    the image, backward, AdamW on the decoder."""
+    unet, vae, decoder, scheduler = (components[k] for k in ("unet", "vae", "decoder", "scheduler"))
+    mae, aligner = components["mae"], components["aligner"]
+    generator = torch.Generator().manual_seed(0)
+    pixels, hole = training_batch(batch, size, device, dtype, generator)
+    half = max(batch // 2, 1)
+    timesteps = torch.randint(700, 1000, (half,), generator=generator).to(device)
+    alphas = scheduler.alphas_cumprod.to(device)[timesteps].view(-1, 1, 1, 1).to(dtype)
+    scale = vae.config.scaling_factor
+    optimizer = trained_with_adamw(decoder, lr=8e-5)
+
+    def step():
+        with torch.no_grad():
+            latents = vae.encode(pixels * 2 - 1).latent_dist.sample() * scale
+            tokens = aligner(mae.prior(pixels, torch.zeros_like(hole))).tokens
+            clean = latents[:half]
+            noisy = scheduler.add_noise(clean, torch.randn_like(clean), timesteps)
+            model_input = torch.cat([noisy, torch.zeros_like(clean[:, :1]), clean], dim=1)
+            eps = unet(model_input, timesteps, encoder_hidden_states=tokens[:half], return_dict=False)[0]
+            x0 = (noisy - (1 - alphas).sqrt() * eps) / alphas.sqrt()
+            latents = torch.cat([x0, latents[half:]]) / scale
+        target = pixels * 2 - 1
+        output = decoder(latents, target, hole, return_dict=False)[0]
+        F.l1_loss(output.float(), target.float()).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
 
 
 def test_inputs(size: int) -> tuple[PIL.Image.Image, PIL.Image.Image]:
@@ -287,6 +275,16 @@ def baseline_call(pipeline, image: PIL.Image.Image, mask: PIL.Image.Image, size:
     )
 
 
+def sd_prompt_embeds(text_encoder: torch.nn.Module | None, width: int, device: str, dtype: torch.dtype):
+    """The SD baseline's `prompt_embeds` (1, 77, `width`): a fixed token sequence through `text_encoder`, as a prompt
+    would be encoded, or random embeddings of that shape when there is no text encoder."""
+    if text_encoder is None:
+        return torch.randn(1, TEXT_TOKENS, width).to(device, dtype)
+    ids = torch.arange(TEXT_TOKENS, device=device)[None] % 49408  # CLIP's vocabulary size
+    with torch.no_grad():
+        return text_encoder(ids)[0]
+
+
 def sd_inference_runs(components: dict, size: int, steps: int, device: str, dtype: torch.dtype) -> dict:
     """The two calls to compare (closures) with their stage maps."""
     asuka, base = sd_pipelines(components)
@@ -345,23 +343,8 @@ def memory_child(config: str, args: argparse.Namespace) -> dict[str, float]:
         width = components["unet"].config.cross_attention_dim
 
         def call():
-            if text_encoder is not None:  # encode a fixed token sequence, as the prompt would be
-                ids = torch.arange(TEXT_TOKENS, device=device)[None] % 49408
-                with torch.no_grad():
-                    embeds = text_encoder(ids)[0]
-            else:
-                embeds = torch.randn(1, TEXT_TOKENS, width).to(device, dtype)
-            return pipe(
-                prompt_embeds=embeds,
-                image=image,
-                mask_image=mask,
-                height=args.size,
-                width=args.size,
-                num_inference_steps=args.steps,
-                guidance_scale=1.0,
-                generator=torch.Generator().manual_seed(0),
-                output_type="np",
-            )
+            embeds = sd_prompt_embeds(text_encoder, width, device, dtype)
+            return baseline_call(pipe, image, mask, args.size, args.steps, prompt_embeds=embeds, guidance_scale=1.0)
 
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -458,42 +441,6 @@ def training_runs(components: dict, size: int, batch_size: int, device: str, dty
 # ---------------------------------------------------------------------------------------------
 
 
-def build_flux_components(tiny: bool, num_layers: int, num_single_layers: int, seed: int = 0) -> dict:
-    """FLUX.1-Fill's VAE and a FluxTransformer2DModel with its real widths (3072 wide, 24 heads of 128, 384 input
-    channels, T5 4096 / CLIP 768 conditioning) but only `num_layers` double and `num_single_layers` single blocks
-    (the real model has 19 and 38); the MAE and aligners (4096- and 768-wide, 4 blocks each) of ASUKA-FLUX."""
-    if tiny:
-        components = make_tiny_flux_components(seed)
-    else:
-        torch.manual_seed(seed)
-        vae = AutoencoderKL(**FLUX_VAE_CONFIG)
-        depth = {"num_layers": num_layers, "num_single_layers": num_single_layers}
-        transformer = FluxTransformer2DModel(**{**FLUX_TRANSFORMER_CONFIG, **depth})
-        mae = AsukaMAE()
-        components = dict(
-            vae=vae,
-            transformer=transformer,
-            scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER_CONFIG),
-            mae=mae,
-            token_aligner=AsukaAligner(
-                hidden_dim=4096,
-                num_blocks=4,
-                head_dim=128,
-                num_tokens=mae.num_patches,
-                null_embedding="tokens",
-                condition_weight=0.5,
-            ),
-            pooled_aligner=AsukaAligner(
-                hidden_dim=768, num_blocks=4, num_tokens=mae.num_patches, null_embedding="pooled", condition_weight=0.5
-            ),
-            decoder=AsukaDecoder.from_vae(vae),
-        )
-    for name, module in components.items():
-        if name != "scheduler":
-            module.eval().requires_grad_(False)
-    return components
-
-
 def flux_inference_runs(components: dict, size: int, steps: int, device: str, dtype: torch.dtype) -> dict:
     from asuka.pipelines.pipeline_asuka_flux import AsukaFluxPipeline
 
@@ -539,15 +486,7 @@ def inference_flop_ratios(kind: str, args: argparse.Namespace) -> dict[str, floa
     """ASUKA's FLOPs over the baseline's for one whole pipeline call each (benchmarks/flops.py): as timed (the
     baseline given embeddings; ASUKA with its conditioning cache, as it runs by default), ASUKA with the cache
     off, and against the baseline with its text encoders (full size only)."""
-    with on_meta({}) as components:
-        if kind == "sd":
-            components.update(build_sd_components(args.tiny))
-            if not args.tiny:
-                components["text_encoder"] = clip_text_encoder()
-        else:
-            components.update(build_flux_components(args.tiny, *args.flux_depth))
-            if not args.tiny:
-                components["text_encoders"] = flux_text_encoders()
+    components = meta_sd_components(args.tiny) if kind == "sd" else meta_flux_components(args.tiny, *args.flux_depth)
     totals = {k: sum(v.values()) for k, v in pipeline_flops(kind, components, args.size, args.steps).items()}
     base = "sd" if kind == "sd" else "flux-fill"
     ratios = {"as_timed": totals["asuka_cached"] / totals[base], "uncached": totals["asuka"] / totals[base]}
@@ -559,15 +498,8 @@ def inference_flop_ratios(kind: str, args: argparse.Namespace) -> dict[str, floa
 
 def training_flop_ratio(args: argparse.Namespace) -> float:
     """FLOPs of the ASUKA training step over the bare step's (forward, backward and optimizer), on meta copies."""
-    with on_meta({}) as components:
-        components.update(build_sd_components(args.tiny))
-    counts = {}
-    for name, (fn, _stages) in training_runs(
-        components, args.size, args.train_batch_size, "meta", torch.float32
-    ).items():
-        with flop_counter_mode() as counter:
-            fn()
-        counts[name] = counter.get_total_flops()
+    runs = training_runs(meta_sd_components(args.tiny), args.size, args.train_batch_size, "meta", torch.float32)
+    counts = {name: count_flops(fn, grad=True) for name, (fn, _stages) in runs.items()}
     return counts["asuka"] / counts["bare"]
 
 

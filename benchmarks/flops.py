@@ -26,7 +26,10 @@ from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this repository's asuka
+BENCHMARKS = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [BENCHMARKS, os.path.dirname(BENCHMARKS)]  # the sibling architectures.py; this repository's asuka
+from architectures import build_flux_components, build_sd_components, clip_text_encoder, flux_text_encoders  # noqa: E402
+
 from asuka.pipelines.cached_attention import ConstantInputCache, constant_condition_modules  # noqa: E402
 
 
@@ -56,9 +59,10 @@ def flop_counter_mode() -> FlopCounterMode:
     return FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS)
 
 
-def count_flops(fn: Callable[[], object]) -> int:
-    """FLOPs of one call of `fn` (matmuls, convolutions, attention; a multiply-add counts as 2)."""
-    with torch.no_grad(), flop_counter_mode() as counter:
+def count_flops(fn: Callable[[], object], grad: bool = False) -> int:
+    """FLOPs of one call of `fn` (matmuls, convolutions, attention; a multiply-add counts as 2); `grad=True` for a
+    training step (autograd on, so its backward is counted too)."""
+    with torch.set_grad_enabled(grad), flop_counter_mode() as counter:
         fn()
     return counter.get_total_flops()
 
@@ -236,8 +240,6 @@ def on_meta(components: dict) -> Iterator[dict]:
 def meta_sd_components(tiny: bool = False) -> dict:
     """Full-size SD-1.5-inpainting UNet and VAE, ASUKA's MAE/aligner/decoder, CLIP ViT-L text encoder; on meta.
     (`tiny`: the tiny test components, without a text encoder.)"""
-    from bench_pipelines import build_sd_components
-
     with on_meta({}) as components:
         components.update(build_sd_components(tiny))
         if not tiny:
@@ -245,32 +247,11 @@ def meta_sd_components(tiny: bool = False) -> dict:
     return components
 
 
-def clip_text_encoder() -> torch.nn.Module:
-    """The CLIP ViT-L/14 text encoder of SD-1.x (and FLUX.1's second text encoder), from its public config."""
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    # CLIPTextConfig's defaults are the ViT-B/32 text tower (12 layers, 77 positions, quick_gelu); ViT-L/14's is wider.
-    config = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12, projection_dim=768)
-    return CLIPTextModel(config).eval()
-
-
-def flux_text_encoders() -> tuple[torch.nn.Module, torch.nn.Module]:
-    """FLUX.1's T5-XXL encoder (google/t5-v1_1-xxl) and CLIP ViT-L text encoder, from their public configs."""
-    from transformers import T5Config, T5EncoderModel
-
-    # T5Config's defaults are t5-small's (vocabulary, 64-wide heads, 32 position buckets); v1.1-XXL is larger, gated.
-    xxl = {"d_model": 4096, "d_ff": 10240, "num_layers": 24, "num_heads": 64, "feed_forward_proj": "gated-gelu"}
-    t5 = T5EncoderModel(T5Config(**xxl, is_encoder_decoder=False, use_cache=False))
-    return t5.eval(), clip_text_encoder()
-
-
-def meta_flux_components(tiny: bool = False) -> dict:
-    """Full-depth FLUX.1-Fill transformer (19 + 38 blocks) and VAE, ASUKA-FLUX's MAE/aligners/decoder, T5-XXL and
-    CLIP text encoders; on meta. (`tiny`: the tiny test components, without text encoders.)"""
-    from bench_pipelines import build_flux_components
-
+def meta_flux_components(tiny: bool = False, num_layers: int = 19, num_single_layers: int = 38) -> dict:
+    """FLUX.1-Fill transformer (by default full depth: 19 + 38 blocks) and VAE, ASUKA-FLUX's MAE/aligners/decoder,
+    T5-XXL and CLIP text encoders; on meta. (`tiny`: the tiny test components, without text encoders.)"""
     with on_meta({}) as components:
-        components.update(build_flux_components(tiny, num_layers=19, num_single_layers=38))
+        components.update(build_flux_components(tiny, num_layers, num_single_layers))
         if not tiny:
             components["text_encoders"] = flux_text_encoders()
     return components

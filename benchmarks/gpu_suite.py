@@ -47,27 +47,25 @@ from collections.abc import Callable
 import diffusers
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the sibling benchmark modules
+from architectures import build_flux_components, build_sd_components, clip_text_encoder, flux_text_encoders  # noqa: E402
 from bench_pipelines import (  # noqa: E402
     DTYPES,
-    TEXT_TOKENS,
     alternate,
-    build_flux_components,
-    build_sd_components,
+    baseline_call,
+    decoder_training_run,
     flux_inference_runs,
     sd_inference_runs,
     sd_pipelines,
+    sd_prompt_embeds,
     synchronize,
     test_inputs,
     to_device,
-    trained_with_adamw,
-    training_batch,
     training_runs,
 )
-from flops import clip_text_encoder, flux_text_encoders, write_json  # noqa: E402
+from flops import write_json  # noqa: E402
 
 
 SCHEMA = "asuka-gpu-suite/1"
@@ -183,12 +181,10 @@ def sd_inference(ctx: dict) -> dict:
     common = dict(num_inference_steps=s["sd_steps"], output_type="np")
 
     def run_base(encode: bool):
-        if encode and text_encoder is not None:  # a fixed token sequence, as a prompt would be
-            embeds = text_encoder(torch.arange(TEXT_TOKENS, device=device)[None] % 49408)[0]
-        else:
-            embeds = torch.randn(1, TEXT_TOKENS, components["unet"].config.cross_attention_dim).to(device, dtype)
-        base(prompt_embeds=embeds, image=image, mask_image=mask, height=s["sd_size"], width=s["sd_size"],
-             guidance_scale=1.0, **common)  # fmt: skip
+        embeds = sd_prompt_embeds(
+            text_encoder if encode else None, components["unet"].config.cross_attention_dim, device, dtype
+        )
+        baseline_call(base, image, mask, s["sd_size"], s["sd_steps"], prompt_embeds=embeds, guidance_scale=1.0)
 
     backbone = [components["unet"], components["vae"]]
     extras = [components[k] for k in ("mae", "aligner", "decoder")]
@@ -204,40 +200,6 @@ def sd_inference(ctx: dict) -> dict:
         if memory["asuka"]["peak_mib"] is not None:
             result[f"memory_ratio_vs_{base_name}"] = memory["asuka"]["peak_mib"] / memory[base_name]["peak_mib"]
     return result
-
-
-def decoder_training_run(components: dict, size: int, batch: int, device: str, dtype: torch.dtype) -> Callable:
-    """One step of training/train_decoder.py (L1 only, its default): VAE-encode the batch, replace half of the
-    latents by the frozen UNet's one-step x0 estimate at t in [700, 999] (conditioned on the aligned MAE prior of the
-    whole image, the clean latent as masked-image latent and a zero mask), decode with the AsukaDecoder, L1 against
-    the image, backward, AdamW on the decoder."""
-    unet, vae, decoder, scheduler = (components[k] for k in ("unet", "vae", "decoder", "scheduler"))
-    mae, aligner = components["mae"], components["aligner"]
-    generator = torch.Generator().manual_seed(0)
-    pixels, hole = training_batch(batch, size, device, dtype, generator)
-    half = max(batch // 2, 1)
-    timesteps = torch.randint(700, 1000, (half,), generator=generator).to(device)
-    alphas = scheduler.alphas_cumprod.to(device)[timesteps].view(-1, 1, 1, 1).to(dtype)
-    scale = vae.config.scaling_factor
-    optimizer = trained_with_adamw(decoder, lr=8e-5)
-
-    def step():
-        with torch.no_grad():
-            latents = vae.encode(pixels * 2 - 1).latent_dist.sample() * scale
-            tokens = aligner(mae.prior(pixels, torch.zeros_like(hole))).tokens
-            clean = latents[:half]
-            noisy = scheduler.add_noise(clean, torch.randn_like(clean), timesteps)
-            model_input = torch.cat([noisy, torch.zeros_like(clean[:, :1]), clean], dim=1)
-            eps = unet(model_input, timesteps, encoder_hidden_states=tokens[:half], return_dict=False)[0]
-            x0 = (noisy - (1 - alphas).sqrt() * eps) / alphas.sqrt()
-            latents = torch.cat([x0, latents[half:]]) / scale
-        target = pixels * 2 - 1
-        output = decoder(latents, target, hole, return_dict=False)[0]
-        F.l1_loss(output.float(), target.float()).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
 
 
 def training(ctx: dict) -> dict:

@@ -5,7 +5,7 @@
     python benchmarks/training_budget.py --measure-one decoder 1 0 --repeats 0   # one of them
 
 The steps mirror the scripts: `train_aligner.py` (two VAE encodes, the frozen MAE prior, the aligner, the frozen
-UNet forward and backward to the aligner, AdamW) and `train_decoder.py` (`gpu_suite.decoder_training_run`: VAE
+UNet forward and backward to the aligner, AdamW) and `train_decoder.py` (`bench_pipelines.decoder_training_run`: VAE
 encode, the prior and aligner for the UNet's one-step x0 augmentation of half the batch, AsukaDecoder forward and
 backward, AdamW). FLOPs are counted with benchmarks/flops.py's counter on meta tensors; GPU-hours follow from an
 ASSUMED sustained throughput (`--tflops`), since no GPU was measured; `python benchmarks/gpu_suite.py` measures the
@@ -21,16 +21,14 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_pipelines import build_sd_components, rss_kib, trained_with_adamw, training_batch  # noqa: E402
-from flops import flop_counter_mode, on_meta, write_json  # noqa: E402
-from gpu_suite import decoder_training_run  # noqa: E402
+from architectures import build_sd_components  # noqa: E402
+from bench_pipelines import aligner_training_run, decoder_training_run, rss_kib  # noqa: E402
+from flops import count_flops, meta_sd_components, write_json  # noqa: E402
 
 
 # The schedules (docs/training.md): samples = steps x global batch.
@@ -39,33 +37,6 @@ SCHEDULES = {
     "decoder": {"steps": 50_000, "batch": 40, "source": "the paper (50K steps at batch 40)"},
 }
 H200_BF16_DENSE_TFLOPS = 989.0  # NVIDIA's H200 SXM spec sheet, dense (no sparsity)
-
-
-def aligner_training_run(components: dict, size: int, batch: int, device: str, dtype: torch.dtype) -> Callable:
-    """One step of train_aligner.py: encode the image and the masked image, the MAE prior (no grad), the aligner,
-    the frozen UNet's eps-MSE, backward to the aligner, AdamW on the aligner."""
-    unet, vae, mae, aligner, scheduler = (components[k] for k in ("unet", "vae", "mae", "aligner", "scheduler"))
-    generator = torch.Generator().manual_seed(0)
-    pixels, hole = training_batch(batch, size, device, dtype, generator)
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator).to(device)
-    scale = vae.config.scaling_factor
-    optimizer = trained_with_adamw(aligner, lr=1e-4)
-
-    def step():
-        with torch.no_grad():
-            latents = vae.encode(pixels * 2 - 1).latent_dist.sample() * scale
-            masked = vae.encode((pixels * 2 - 1) * (hole < 0.5)).latent_dist.sample() * scale
-            mask_latents = F.interpolate(hole, size=latents.shape[-2:])
-            prior = mae.prior(pixels, hole)
-            noise = torch.randn_like(latents)
-            noisy = scheduler.add_noise(latents, noise, timesteps)
-        tokens = aligner(prior).tokens
-        prediction = unet(torch.cat([noisy, mask_latents, masked], 1), timesteps, tokens, return_dict=False)[0]
-        F.mse_loss(prediction.float(), noise.float()).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
 
 
 RUNS = {"aligner": aligner_training_run, "decoder": decoder_training_run}
@@ -80,12 +51,8 @@ MEASURED = (
 
 def flops_per_sample(name: str, size: int = 512, batch: int = 2) -> float:
     """FLOPs of one training step per sample (forward, backward, optimizer), counted on meta tensors."""
-    with on_meta({}) as components:
-        components.update(build_sd_components(tiny=False))
-    step = RUNS[name](components, size, batch, "meta", torch.float32)
-    with flop_counter_mode() as counter:
-        step()
-    return counter.get_total_flops() / batch
+    step = RUNS[name](meta_sd_components(tiny=False), size, batch, "meta", torch.float32)
+    return count_flops(step, grad=True) / batch
 
 
 def measure_child(name: str, size: int, batch: int, checkpointing: bool, repeats: int) -> dict:

@@ -1,12 +1,11 @@
 """benchmarks/flops.py: the counter against hand counts, and the per-component call plans against FlopCounterMode
 over the real pipeline calls (tiny components), on CPU and on the meta device the full-size counts use."""
 
-import sys
-
 import numpy as np
 import PIL.Image
 import pytest
 import torch
+from benchmark_modules import flops
 from diffusers.models.attention_processor import Attention
 
 from asuka.pipelines.cached_attention import ConstantInputCache, constant_condition_modules
@@ -18,23 +17,6 @@ from asuka.testing.sd import make_tiny_sd_components
 SIZE, STEPS = 32, 3
 
 
-@pytest.fixture(scope="module")
-def flops(bench_dir):
-    import flops
-
-    return flops
-
-
-@pytest.fixture(scope="module")
-def bench_dir():
-    import pathlib
-
-    path = str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks")
-    sys.path.insert(0, path)
-    yield path
-    sys.path.remove(path)
-
-
 def _inputs():
     image = np.random.RandomState(0).rand(SIZE, SIZE, 3).astype(np.float32)
     mask = np.zeros((SIZE, SIZE), np.float32)
@@ -42,7 +24,7 @@ def _inputs():
     return image, mask
 
 
-def test_linear_and_attention_blocks_match_a_hand_count(flops):
+def test_linear_and_attention_blocks_match_a_hand_count():
     linear = torch.nn.Linear(64, 32)
     assert flops.count_flops(lambda: linear(torch.zeros(2, 10, 64))) == 2 * (2 * 10) * 64 * 32
 
@@ -67,7 +49,7 @@ def _sd_components(pipe) -> dict:
 
 
 @pytest.mark.parametrize("cached", [False, True])
-def test_sd_plan_equals_the_whole_asuka_call(flops, cached):
+def test_sd_plan_equals_the_whole_asuka_call(cached):
     pipe = make_tiny_pipeline("sd")
     pipe.cache_conditioning = cached
     image, mask = _inputs()
@@ -78,7 +60,7 @@ def test_sd_plan_equals_the_whole_asuka_call(flops, cached):
     assert sum(plan.values()) == counter.get_total_flops() > 0
 
 
-def test_sd_plan_equals_the_whole_stable_diffusion_inpaint_call(flops):
+def test_sd_plan_equals_the_whole_stable_diffusion_inpaint_call():
     pipe = make_tiny_pipeline("sd-backbone")
     image, mask = _inputs()
     embeds = torch.randn(1, flops.SD_TEXT_TOKENS, pipe.unet.config.cross_attention_dim)
@@ -98,7 +80,7 @@ def test_sd_plan_equals_the_whole_stable_diffusion_inpaint_call(flops):
 
 
 @pytest.mark.parametrize("cached", [False, True])
-def test_flux_plans_equal_the_whole_calls(flops, cached):
+def test_flux_plans_equal_the_whole_calls(cached):
     names = ("transformer", "vae", "scheduler", "mae", "token_aligner", "pooled_aligner", "decoder")
     image, mask = _inputs()
     pipe = make_tiny_pipeline("flux")
@@ -129,7 +111,7 @@ def test_flux_plans_equal_the_whole_calls(flops, cached):
     assert sum(plan.values()) == counter.get_total_flops() > 0
 
 
-def test_meta_device_counts_what_cpu_counts(flops):
+def test_meta_device_counts_what_cpu_counts():
     """The full-size figures are counted on meta tensors: on tiny components both devices give the same plan."""
     cpu = make_tiny_sd_components(0)
     with flops.on_meta({}) as meta:
@@ -148,7 +130,7 @@ def test_meta_device_counts_what_cpu_counts(flops):
     )
 
 
-def test_ratio_rows_report_the_cache_saving(flops):
+def test_ratio_rows_report_the_cache_saving():
     components = make_tiny_sd_components(0)
     [row] = flops.ratio_rows("sd", components, [SIZE], [STEPS])
     assert row["asuka_cached_gflop"] < row["asuka_gflop"]

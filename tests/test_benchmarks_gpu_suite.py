@@ -2,37 +2,25 @@
 results/ files and docs rely on; the budget guard skips sections cleanly and still writes the JSON."""
 
 import argparse
-import importlib.util
 import json
-import pathlib
 
 import pytest
 import torch
-
-
-SUITE_PATH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_suite.py"
-
-
-@pytest.fixture(scope="module")
-def suite():
-    spec = importlib.util.spec_from_file_location("gpu_suite", SUITE_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from benchmark_modules import gpu_suite
 
 
 def _number(x) -> bool:
     return isinstance(x, (int, float)) and x > 0
 
 
-def test_tiny_run_writes_the_full_schema(suite, tmp_path):
-    report = suite.main(["--tiny", "--out", str(tmp_path)])
+def test_tiny_run_writes_the_full_schema(tmp_path):
+    report = gpu_suite.main(["--tiny", "--out", str(tmp_path)])
     [json_file] = tmp_path.glob("*-cpu-tiny.json")
     assert json.loads(json_file.read_text()) == json.loads(json.dumps(report, default=str))
     assert "| measurement | value | note |" in json_file.with_suffix(".md").read_text()
 
-    assert report["schema"] == suite.SCHEMA and report["tiny"] is True and report["device"] == "cpu"
-    assert set(report["sections"]) == set(suite.SECTIONS)
+    assert report["schema"] == gpu_suite.SCHEMA and report["tiny"] is True and report["device"] == "cpu"
+    assert set(report["sections"]) == set(gpu_suite.SECTIONS)
     sections = report["sections"]
     sd = sections["sd_inference"]
     assert sd["status"] == "done" and _number(sd["time_ratio"])
@@ -57,8 +45,8 @@ def test_tiny_run_writes_the_full_schema(suite, tmp_path):
     assert all(row["asuka_cached_gflop"] < row["asuka_gflop"] for row in flops["rows"])
 
 
-def test_budget_guard_skips_sections_and_still_writes_the_json(suite, tmp_path):
-    report = suite.main(["--tiny", "--budget", "0", "--out", str(tmp_path), "--skip", "flops"])
+def test_budget_guard_skips_sections_and_still_writes_the_json(tmp_path):
+    report = gpu_suite.main(["--tiny", "--budget", "0", "--out", str(tmp_path), "--skip", "flops"])
     statuses = [entry["status"] for entry in report["sections"].values() if "status" in entry]
     statuses += [part["status"] for entry in report["sections"].values() for part in entry.values()
                  if isinstance(part, dict)]  # fmt: skip
@@ -67,31 +55,31 @@ def test_budget_guard_skips_sections_and_still_writes_the_json(suite, tmp_path):
     assert json.loads(json_file.read_text())["sections"]["flops"]["status"] == "skipped: --skip"
 
 
-def test_a_failing_section_is_recorded_and_does_not_stop_the_run(suite, tmp_path, monkeypatch):
-    report = {"sections": {name: {} for name in suite.SECTIONS}, "elapsed_s": 0.0}
-    ctx = {"budget": suite.Budget(60), "json_path": str(tmp_path / "r.json")}
-    monkeypatch.setattr(suite, "write_outputs", lambda *args: None)
+def test_a_failing_section_is_recorded_and_does_not_stop_the_run(tmp_path, monkeypatch):
+    report = {"sections": {name: {} for name in gpu_suite.SECTIONS}, "elapsed_s": 0.0}
+    ctx = {"budget": gpu_suite.Budget(60), "json_path": str(tmp_path / "r.json")}
+    monkeypatch.setattr(gpu_suite, "write_outputs", lambda *args: None)
 
     def boom(ctx):
         raise RuntimeError("CUDA out of memory")
 
-    suite.run_section(report, "training", boom, ctx, 1)
-    suite.run_section(report, "eval_throughput", lambda ctx: {"images_per_min": 1.0}, ctx, 1, part="sd")
+    gpu_suite.run_section(report, "training", boom, ctx, 1)
+    gpu_suite.run_section(report, "eval_throughput", lambda ctx: {"images_per_min": 1.0}, ctx, 1, part="sd")
     assert report["sections"]["training"]["status"] == "error"
     assert "CUDA out of memory" in report["sections"]["training"]["error"]
     assert report["sections"]["eval_throughput"]["sd"]["status"] == "done"
 
 
-def test_a_failing_model_build_is_recorded_in_the_sections_that_needed_it(suite, tmp_path, monkeypatch):
+def test_a_failing_model_build_is_recorded_in_the_sections_that_needed_it(tmp_path, monkeypatch):
     def out_of_memory(*args, **kwargs):
         raise RuntimeError("CUDA out of memory")
 
-    monkeypatch.setattr(suite, "build_sd_components", out_of_memory)
-    monkeypatch.setattr(suite, "write_outputs", lambda *args: None)
-    report = {"sections": {name: {} for name in suite.SECTIONS}}
+    monkeypatch.setattr(gpu_suite, "build_sd_components", out_of_memory)
+    monkeypatch.setattr(gpu_suite, "write_outputs", lambda *args: None)
+    report = {"sections": {name: {} for name in gpu_suite.SECTIONS}}
     args = argparse.Namespace(skip=[], tiny=True)
-    ctx = {"args": args, "device": "cpu", "sd_dtype": torch.float32, "budget": suite.Budget(60)}
-    suite.run_sd_sections(report, ctx)
+    ctx = {"args": args, "device": "cpu", "sd_dtype": torch.float32, "budget": gpu_suite.Budget(60)}
+    gpu_suite.run_sd_sections(report, ctx)
     for name in ("sd_inference", "training"):
         assert report["sections"][name]["status"].startswith("error while building the models: CUDA out of memory")
     assert "sd" not in ctx
