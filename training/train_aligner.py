@@ -49,12 +49,9 @@ def build_aligner_parser():
         "Train the ASUKA aligner (MAE prior -> UNet conditioning) on a frozen SD-inpainting backbone."
     )
     add = parser.add_argument
-    add("--mae_model_name_or_path", type=str, default=None, help="Trained AsukaMAE (default: <pretrained>/mae).")
-    add(
-        "--aligner_model_name_or_path",
-        type=str,
-        default=None,
-        help="Aligner to start from (default: <pretrained>/aligner when it exists, else a fresh one).",
+    asuka_training.add_start_from(parser, "mae", "Trained AsukaMAE (default: <pretrained>/mae).")
+    asuka_training.add_start_from(
+        parser, "aligner", "Aligner to start from (default: <pretrained>/aligner when it exists, else a fresh one)."
     )
     add("--aligner_num_blocks", type=int, default=4, help="Blocks of a fresh aligner.")
     add("--aligner_head_dim", type=int, default=64, help="Head size of a fresh aligner.")

@@ -97,11 +97,8 @@ def latent_augmentation(
 def build_decoder_parser():
     parser = asuka_training.build_parser("Train the ASUKA mask-conditioned decoder from the base VAE decoder.")
     add = parser.add_argument  # one call per flag: their alike shapes are declarations, not shared logic
-    add(
-        "--decoder_model_name_or_path",
-        type=str,
-        default=None,
-        help="Decoder to continue from; by default a fresh AsukaDecoder.from_vae(vae) (the base VAE decoder).",
+    asuka_training.add_start_from(
+        parser, "decoder", "Decoder to continue from (default: a fresh AsukaDecoder.from_vae of the base VAE)."
     )
     add("--latent_aug_prob", type=float, default=0.5, help="Share of samples whose latent is the UNet's x0 estimate.")
     add("--latent_aug_timestep_min", type=int, default=700, help="Smallest timestep of the latent augmentation.")

@@ -86,11 +86,10 @@ def build_strdiffusion_parser():
     )
     add = parser.add_argument
     add("--network", type=str, required=True, choices=NETWORKS, help="Which network to train.")
-    add(
-        "--component_model_name_or_path",
-        type=str,
-        default=None,
-        help="Start from this component folder instead of the pipeline's own (structure_unet/, texture_unet/ "
+    asuka_training.add_start_from(
+        parser,
+        "component",
+        "Start from this component folder instead of the pipeline's own (structure_unet/, texture_unet/ "
         "or discriminator/).",
     )
     add(

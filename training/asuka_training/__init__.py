@@ -17,7 +17,7 @@ to log (key "loss" is required); `validate(global_step)` returns rows of PIL ima
 A batch holds "pixel_values" (B,3,R,R) in [0,1], "mask" (B,1,R,R) with 1 = hole, "num_bad_images".
 """
 
-from .args import build_parser, parse_args, serialisable_args
+from .args import add_start_from, build_parser, parse_args, serialisable_args
 from .checkpoints import (
     CHECKPOINT_PREFIX,
     list_checkpoints,
@@ -57,6 +57,7 @@ from .setup import (
 
 
 __all__ = [
+    "add_start_from",
     "CHECKPOINT_PREFIX",
     "CardText",
     "ImageFolderDataset",

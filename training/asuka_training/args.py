@@ -120,6 +120,12 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def add_start_from(parser: argparse.ArgumentParser, component: str, help: str) -> None:
+    """`--<component>_model_name_or_path`: a folder or Hub id to start the trained component from (default None:
+    the script's own rule, given in `help`)."""
+    parser.add_argument(f"--{component}_model_name_or_path", type=str, default=None, help=help)
+
+
 def parse_args(
     parser: argparse.ArgumentParser,
     argv: Sequence[str] | None = None,
