@@ -376,8 +376,14 @@ class StepStateMixin:
         self, callback: StepCallback, step: int, timestep: torch.Tensor, tensors: dict, names: list[str]
     ) -> dict[str, torch.Tensor]:
         """Run `callback` after a step with the `tensors` it asked for (`names`); the tensors it returns replace
-        those of the same name, the others stay."""
+        those of the same name, the others stay.
+
+        The callback may have edited the conditioning in place, which a `conditioning_cache` (see
+        `cached_attention`) cannot see for inference tensors, so the cache is invalidated after it."""
         outputs = callback(self, step, timestep, {k: tensors[k] for k in names})
+        cache = getattr(self, "conditioning_cache", None)
+        if cache is not None:
+            cache.invalidate()
         return {k: outputs.get(k, value) for k, value in tensors.items()}
 
     @staticmethod
