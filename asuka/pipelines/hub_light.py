@@ -362,3 +362,43 @@ def load_light_pipeline(pipeline_class: type, pretrained_model_name_or_path: str
         pretrained_model_name_or_path, installed_component_classes(pipeline_class), skip=set(passed), **kwargs
     )
     return pipeline_class(**{**config, **components, **passed})
+
+
+class LightRepoMixin:
+    """The light-repo branches of an ASUKA pipeline's `from_pretrained` and `save_pretrained`; list it before
+    `DiffusionPipeline` in the bases, which handles everything else (through `super()`)."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
+        """`DiffusionPipeline.from_pretrained`, which also reads light repos (see `save_pretrained(light=True)`).
+
+        For a light repo, `torch_dtype`, `variant` and the Hub arguments apply to the backbone too, `revision` is the
+        light repo's, and `backbone_revision=` overrides the backbone revision it pins.
+        """
+        hub_kwargs = {key: kwargs.get(key) for key in (*HUB_KWARGS, "revision")}
+        if is_light_repo(pretrained_model_name_or_path, **hub_kwargs):
+            return load_light_pipeline(cls, pretrained_model_name_or_path, **kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        light: bool = False,
+        backbone: str | None = None,
+        backbone_revision: str | None = None,
+        backbone_variants: tuple[str, ...] = (),
+        model_card: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Save every component (`DiffusionPipeline.save_pretrained`), or with `light=True` a light repo.
+
+        A light repo has only ASUKA's components (MAE, aligners, decoder) and their code; the backbone's components
+        become pointers to `backbone` (its Hub id) at `backbone_revision` (pin a commit), and `backbone_variants`
+        lists the weight variants it offers (e.g. `("fp16",)`). The folder loads with the same
+        `DiffusionPipeline.from_pretrained` call. `model_card` is its README.md (default: a generic card, see
+        `light_model_card`).
+        """
+        if light:
+            save_light_pipeline(self, save_directory, backbone, backbone_revision, backbone_variants, model_card)
+        else:
+            super().save_pretrained(save_directory, **kwargs)

@@ -436,6 +436,12 @@ class AsukaInpaintMixin(StepStateMixin):
     """What the ASUKA pipelines (SD and FLUX) share beyond the step state: the start and the end of a call around
     the backbone, and the preview of their `mae` prior."""
 
+    @property
+    def guidance_scale(self) -> float:
+        """The guidance scale of the current step (classifier-free for SD, FLUX's embedded guidance for FLUX); a step
+        callback may change `_guidance_scale`."""
+        return self._guidance_scale
+
     @staticmethod
     def _check_working_resolution(working_resolution: int, multiple: int) -> None:
         """The backbone needs at least one `multiple` (its size step) of working resolution."""
