@@ -24,10 +24,8 @@ torch, diffusers and its siblings (`huggingface_hub`, a diffusers dependency, la
 """
 
 import importlib
-import inspect
 import json
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,7 +33,7 @@ import diffusers
 import torch
 
 from .backbone_component import HUB_KWARGS, BackboneComponent, load_backbone_component, pointer_file, read_pointer
-from .hub_export import bundle_module
+from .hub_export import bundle_module, source_module
 
 
 #: model_index.json key that marks a light repo and names its backbone.
@@ -46,14 +44,6 @@ BACKBONE_ENTRY = [BackboneComponent.__module__.rsplit(".", 1)[-1], BackboneCompo
 BACKBONE_COMPONENTS = ("vae", "unet", "transformer", "scheduler")
 
 # ------------------------------------------------------------------------------------------------ writing
-
-
-def source_module(component_class: type, directory: str | os.PathLike) -> str:
-    """Copy the file that defines `component_class` into `directory`; its module name, for `model_index.json`."""
-    source = inspect.getsourcefile(component_class)
-    os.makedirs(directory, exist_ok=True)
-    shutil.copyfile(source, os.path.join(directory, os.path.basename(source)))
-    return os.path.splitext(os.path.basename(source))[0]
 
 
 def write_light_repo(
