@@ -247,7 +247,7 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
 
         # 4. Conditioning: the aligned MAE prior, unless embeddings are given
         if prompt_embeds is None:
-            prompt_embeds = self.encode_prior(work_image, work_hole.cpu(), condition_weight)
+            prompt_embeds = self.encode_prior(work_image, work_hole, condition_weight)
         prompt_embeds = repeat_to_batch(prompt_embeds.to(device, self.unet.dtype), batch_size, "prompt_embeds")
         prompt_embeds = prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
         if self.do_classifier_free_guidance:
