@@ -18,12 +18,11 @@ from __future__ import annotations
 import numpy as np
 import PIL.Image
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL, FluxFillPipeline
 from diffusers.image_processor import VaeImageProcessor
 
 from asuka.models import AsukaDecoder
-from asuka.pipelines.inpaint_steps import ImageInput, standardise_inputs
+from asuka.pipelines.inpaint_steps import ImageInput, WorkingRegion, crop_to_working, standardise_inputs
 
 
 @torch.no_grad()
@@ -83,11 +82,9 @@ def decode_with_asuka_decoder(
 
     # 2. Image and mask at the decoded size
     size = (latents.shape[-2] * vae_scale_factor, latents.shape[-1] * vae_scale_factor)
-    if pixels.shape[-2:] != size:
-        pixels = F.interpolate(pixels, size=size, mode="bicubic", antialias=True).clamp(0, 1)
+    whole_image = WorkingRegion(box=(0, 0, pixels.shape[-1], pixels.shape[-2]), size=(size[1], size[0]))
+    pixels, hole = crop_to_working(pixels, hole, whole_image)
     pixels = VaeImageProcessor.normalize(pixels)
-    if hole.shape[-2:] != size:
-        hole = (F.interpolate(hole, size=size, mode="area") > 0).float()
     batch = latents.shape[0]
     if pixels.shape[0] not in (1, batch) or hole.shape[0] not in (1, batch):
         raise ValueError(f"`image`/`mask_image` batch must be 1 or {batch} (the latents' batch).")

@@ -16,11 +16,12 @@ computes from it alone is the same at every step too:
 
 A cached output is reused only while the module sees the very same input tensor object with an unchanged version
 counter (so a callback that replaces `prompt_embeds`, or edits it in place, gets fresh projections), and only with
-autograd off. Inference-mode tensors have no version counter; for them the input is compared with a stored copy
-(one cheap read per layer and step). A denoiser with any `torch.compile`d part is left alone (wrapping its
-submodules for one call would make dynamo recompile at every call). Nothing is changed in the model: the modules'
-`forward` is wrapped for the duration of the call and restored in a `finally`, and the user's attention processors
-are never touched.
+autograd off. Inference-mode tensors have no version counter; since only a step callback can edit the conditioning
+during a call, the pipeline calls `invalidate()` after each callback (`StepStateMixin._step_callback`), which drops
+the outputs of such inputs: no copy or comparison of the input on the hot path. A denoiser with any
+`torch.compile`d part is left alone (wrapping its submodules for one call would make dynamo recompile at every
+call). Nothing is changed in the model: the modules' `forward` is wrapped for the duration of the call and restored
+in a `finally`, and the user's attention processors are never touched.
 
 This module ships to the Hub as remote code next to the pipelines, so it imports only torch.
 """
@@ -41,8 +42,8 @@ class ConstantInputCache:
         self.modules = list(modules)
         self.hits = 0
         self.misses = 0
-        # module id -> (input, its version, output, a copy of the input when it has no version counter)
-        self._entries: dict[int, tuple[torch.Tensor, int | None, torch.Tensor, torch.Tensor | None]] = {}
+        # module id -> (input, its version (None for an inference tensor), output)
+        self._entries: dict[int, tuple[torch.Tensor, int | None, torch.Tensor]] = {}
         self._previous: list[tuple[torch.nn.Module, Callable | None]] = []
 
     def __enter__(self) -> "ConstantInputCache":
@@ -60,6 +61,12 @@ class ConstantInputCache:
         self._previous.clear()
         self._entries.clear()
 
+    def invalidate(self) -> None:
+        """Forget the outputs of inputs without a version counter (inference tensors), whose in-place edits the
+        cache cannot see; a pipeline calls this after each step callback. The other entries stay: their version
+        counter tells an edit apart."""
+        self._entries = {key: entry for key, entry in self._entries.items() if entry[1] is not None}
+
     def _cached(self, key: int, forward: Callable) -> Callable:
         def cached_forward(x, *args, **kwargs):
             if args or kwargs or not isinstance(x, torch.Tensor) or torch.is_grad_enabled():
@@ -69,12 +76,11 @@ class ConstantInputCache:
             version = None if x.is_inference() else x._version
             entry = self._entries.get(key)
             if entry is not None and entry[0] is x and entry[1] == version:
-                if version is not None or torch.equal(entry[3], x):
-                    self.hits += 1
-                    return entry[2]
+                self.hits += 1
+                return entry[2]
             self.misses += 1
             output = forward(x)
-            self._entries[key] = (x, version, output, x.clone() if version is None else None)
+            self._entries[key] = (x, version, output)
             return output
 
         return cached_forward
@@ -113,7 +119,9 @@ def is_compiled(model: torch.nn.Module) -> bool:
 
 def cache_constant_conditioning(denoiser: str) -> Callable:
     """Decorate a pipeline's `__call__` so that the `denoiser` component (e.g. "unet", "transformer") computes the
-    projections of its constant conditioning once per call. `pipe.cache_conditioning = False` turns it off."""
+    projections of its constant conditioning once per call. `pipe.cache_conditioning = False` turns it off.
+
+    During the call the cache is `self.conditioning_cache` (None otherwise), for the step callback to invalidate."""
 
     def decorator(call: Callable) -> Callable:
         @functools.wraps(call)
@@ -121,8 +129,13 @@ def cache_constant_conditioning(denoiser: str) -> Callable:
             model = getattr(self, denoiser, None)
             if model is None or not getattr(self, "cache_conditioning", True) or is_compiled(model):
                 return call(self, *args, **kwargs)
-            with ConstantInputCache(constant_condition_modules(model)):
-                return call(self, *args, **kwargs)
+            previous = getattr(self, "conditioning_cache", None)
+            with ConstantInputCache(constant_condition_modules(model)) as cache:
+                self.conditioning_cache = cache  # what `_step_callback` invalidates
+                try:
+                    return call(self, *args, **kwargs)
+                finally:
+                    self.conditioning_cache = previous
 
         return wrapper
 

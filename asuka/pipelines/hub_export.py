@@ -39,12 +39,18 @@ def write_remote_code(pipeline: DiffusionPipeline, save_directory: str | os.Path
     for name, entry in index.items():
         if name.startswith("_") or not isinstance(entry, list) or entry[0] in LIBRARIES:
             continue
-        component = getattr(pipeline, name)
-        source = inspect.getsourcefile(type(component))
-        shutil.copyfile(source, os.path.join(save_directory, name, os.path.basename(source)))
-        index[name] = [Path(source).stem, type(component).__name__]
+        component_class = type(getattr(pipeline, name))
+        index[name] = [source_module(component_class, os.path.join(save_directory, name)), component_class.__name__]
     with open(index_path, "w") as f:
         json.dump(index, f, indent=2, sort_keys=True)
+
+
+def source_module(component_class: type, directory: str | os.PathLike) -> str:
+    """Copy the file that defines `component_class` into `directory`; its module name, for `model_index.json`."""
+    source = inspect.getsourcefile(component_class)
+    os.makedirs(directory, exist_ok=True)
+    shutil.copyfile(source, os.path.join(directory, os.path.basename(source)))
+    return Path(source).stem
 
 
 def bundle_module(module_name: str, save_directory: str | os.PathLike) -> str:

@@ -24,10 +24,8 @@ torch, diffusers and its siblings (`huggingface_hub`, a diffusers dependency, la
 """
 
 import importlib
-import inspect
 import json
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,7 +33,7 @@ import diffusers
 import torch
 
 from .backbone_component import HUB_KWARGS, BackboneComponent, load_backbone_component, pointer_file, read_pointer
-from .hub_export import bundle_module
+from .hub_export import bundle_module, source_module
 
 
 #: model_index.json key that marks a light repo and names its backbone.
@@ -46,14 +44,6 @@ BACKBONE_ENTRY = [BackboneComponent.__module__.rsplit(".", 1)[-1], BackboneCompo
 BACKBONE_COMPONENTS = ("vae", "unet", "transformer", "scheduler")
 
 # ------------------------------------------------------------------------------------------------ writing
-
-
-def source_module(component_class: type, directory: str | os.PathLike) -> str:
-    """Copy the file that defines `component_class` into `directory`; its module name, for `model_index.json`."""
-    source = inspect.getsourcefile(component_class)
-    os.makedirs(directory, exist_ok=True)
-    shutil.copyfile(source, os.path.join(directory, os.path.basename(source)))
-    return os.path.splitext(os.path.basename(source))[0]
 
 
 def write_light_repo(
@@ -362,3 +352,43 @@ def load_light_pipeline(pipeline_class: type, pretrained_model_name_or_path: str
         pretrained_model_name_or_path, installed_component_classes(pipeline_class), skip=set(passed), **kwargs
     )
     return pipeline_class(**{**config, **components, **passed})
+
+
+class LightRepoMixin:
+    """The light-repo branches of an ASUKA pipeline's `from_pretrained` and `save_pretrained`; list it before
+    `DiffusionPipeline` in the bases, which handles everything else (through `super()`)."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
+        """`DiffusionPipeline.from_pretrained`, which also reads light repos (see `save_pretrained(light=True)`).
+
+        For a light repo, `torch_dtype`, `variant` and the Hub arguments apply to the backbone too, `revision` is the
+        light repo's, and `backbone_revision=` overrides the backbone revision it pins.
+        """
+        hub_kwargs = {key: kwargs.get(key) for key in (*HUB_KWARGS, "revision")}
+        if is_light_repo(pretrained_model_name_or_path, **hub_kwargs):
+            return load_light_pipeline(cls, pretrained_model_name_or_path, **kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        light: bool = False,
+        backbone: str | None = None,
+        backbone_revision: str | None = None,
+        backbone_variants: tuple[str, ...] = (),
+        model_card: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Save every component (`DiffusionPipeline.save_pretrained`), or with `light=True` a light repo.
+
+        A light repo has only ASUKA's components (MAE, aligners, decoder) and their code; the backbone's components
+        become pointers to `backbone` (its Hub id) at `backbone_revision` (pin a commit), and `backbone_variants`
+        lists the weight variants it offers (e.g. `("fp16",)`). The folder loads with the same
+        `DiffusionPipeline.from_pretrained` call. `model_card` is its README.md (default: a generic card, see
+        `light_model_card`).
+        """
+        if light:
+            save_light_pipeline(self, save_directory, backbone, backbone_revision, backbone_variants, model_card)
+        else:
+            super().save_pretrained(save_directory, **kwargs)

@@ -34,9 +34,11 @@ ImageInput = PIL.Image.Image | np.ndarray | torch.Tensor | str | list[Any]
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
-# A pipeline's `callback_on_step_end`: `callback(pipe, step, timestep, callback_kwargs) -> dict`, or a diffusers
+# A pipeline's `callback_on_step_end`: `callback(pipe, step, timestep, callback_kwargs) -> dict | None`, or a diffusers
 # callback object (which brings its own `tensor_inputs`).
-StepCallback = Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict] | PipelineCallback | MultiPipelineCallbacks
+StepCallback = (
+    Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict | None] | PipelineCallback | MultiPipelineCallbacks
+)
 
 
 @dataclass
@@ -375,9 +377,15 @@ class StepStateMixin:
     def _step_callback(
         self, callback: StepCallback, step: int, timestep: torch.Tensor, tensors: dict, names: list[str]
     ) -> dict[str, torch.Tensor]:
-        """Run `callback` after a step with the `tensors` it asked for (`names`); the tensors it returns replace
-        those of the same name, the others stay."""
-        outputs = callback(self, step, timestep, {k: tensors[k] for k in names})
+        """Run `callback` after a step with the `tensors` it asked for (`names`); the tensors it returns (a dict, or
+        None for none) replace those of the same name, the others stay.
+
+        The callback may have edited the conditioning in place, which a `conditioning_cache` (see
+        `cached_attention`) cannot see for inference tensors, so the cache is invalidated after it."""
+        outputs = callback(self, step, timestep, {k: tensors[k] for k in names}) or {}
+        cache = getattr(self, "conditioning_cache", None)
+        if cache is not None:
+            cache.invalidate()
         return {k: outputs.get(k, value) for k, value in tensors.items()}
 
     @staticmethod
@@ -429,6 +437,12 @@ class CallStart:
 class AsukaInpaintMixin(StepStateMixin):
     """What the ASUKA pipelines (SD and FLUX) share beyond the step state: the start and the end of a call around
     the backbone, and the preview of their `mae` prior."""
+
+    @property
+    def guidance_scale(self) -> float:
+        """The guidance scale of the current step (classifier-free for SD, FLUX's embedded guidance for FLUX); a step
+        callback may change `_guidance_scale`."""
+        return self._guidance_scale
 
     @staticmethod
     def _check_working_resolution(working_resolution: int, multiple: int) -> None:

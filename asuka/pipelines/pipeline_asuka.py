@@ -20,7 +20,7 @@ from diffusers.utils import replace_example_docstring
 
 from .cached_attention import cache_constant_conditioning
 from .hub_export import write_remote_code
-from .hub_light import HUB_KWARGS, is_light_repo, load_light_pipeline, save_light_pipeline
+from .hub_light import LightRepoMixin
 from .inpaint_steps import AsukaInpaintMixin, AsukaPipelineOutput, ImageInput, StepCallback, repeat_to_batch
 
 
@@ -45,7 +45,7 @@ EXAMPLE_DOC_STRING = """
 """
 
 
-class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin, AsukaInpaintMixin):
+class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, AsukaInpaintMixin):
     r"""ASUKA inpainting with a frozen SD-1.5-inpainting UNet.
 
     The text conditioning is replaced by `aligner(mae.prior(image, mask))`: an MAE that sees only the unmasked pixels
@@ -89,11 +89,6 @@ class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin, AsukaInpaintMixin):
         super().__init__()
         self.register_modules(vae=vae, unet=unet, scheduler=scheduler, mae=mae, aligner=aligner, decoder=decoder)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if getattr(self, "vae", None) else 8
-
-    @property
-    def guidance_scale(self) -> float:
-        """The classifier-free guidance scale of the current step; a step callback may change `_guidance_scale`."""
-        return self._guidance_scale
 
     @property
     def do_classifier_free_guidance(self) -> bool:
@@ -252,7 +247,7 @@ class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin, AsukaInpaintMixin):
 
         # 4. Conditioning: the aligned MAE prior, unless embeddings are given
         if prompt_embeds is None:
-            prompt_embeds = self.encode_prior(work_image, work_hole.cpu(), condition_weight)
+            prompt_embeds = self.encode_prior(work_image, work_hole, condition_weight)
         prompt_embeds = repeat_to_batch(prompt_embeds.to(device, self.unet.dtype), batch_size, "prompt_embeds")
         prompt_embeds = prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
         if self.do_classifier_free_guidance:
@@ -341,44 +336,19 @@ class AsukaPipeline(DiffusionPipeline, StableDiffusionMixin, AsukaInpaintMixin):
         # 9. Paste back into the full-resolution input and convert
         return self._finish_call(start, generated, keep_unmasked)
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> "AsukaPipeline":
-        """`DiffusionPipeline.from_pretrained`, which also reads light repos (see `save_pretrained(light=True)`).
-
-        For a light repo, `torch_dtype`, `variant` and the Hub arguments apply to the backbone too, `revision` is the
-        light repo's, and `backbone_revision=` overrides the backbone revision it pins.
-        """
-        hub_kwargs = {key: kwargs.get(key) for key in (*HUB_KWARGS, "revision")}
-        if is_light_repo(pretrained_model_name_or_path, **hub_kwargs):
-            return load_light_pipeline(cls, pretrained_model_name_or_path, **kwargs)
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-
     def save_pretrained(
-        self,
-        save_directory: str | os.PathLike,
-        hub_format: bool = False,
-        light: bool = False,
-        backbone: str | None = None,
-        backbone_revision: str | None = None,
-        backbone_variants: tuple[str, ...] = (),
-        model_card: str | None = None,
-        **kwargs,
-    ):
+        self, save_directory: str | os.PathLike, hub_format: bool = False, light: bool = False, **kwargs: Any
+    ) -> None:
         """Save every component; with `hub_format=True`, also the code so the folder loads without `asuka`.
 
         A hub-format folder loads with `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`: its
         `model_index.json` names `[file, Class]` for the pipeline and the ASUKA components, and the files sit beside
         the weights.
 
-        With `light=True`, only ASUKA's components (MAE, aligner, decoder) and their code are written, and `vae`,
-        `unet` and `scheduler` become pointers to `backbone` (the SD-1.5-inpainting Hub id) at `backbone_revision`
-        (pin a commit); `backbone_variants` lists the weight variants it offers (e.g. `("fp16",)`). The folder
-        loads with the same `DiffusionPipeline.from_pretrained` call. `model_card` is its README.md (default: a
-        generic card, see `hub_light.light_model_card`).
+        With `light=True` (and `backbone`, the SD-1.5-inpainting Hub id; see `LightRepoMixin.save_pretrained`), only
+        ASUKA's components (MAE, aligner, decoder) and their code are written, and `vae`, `unet` and `scheduler`
+        become pointers to the backbone.
         """
-        if light:
-            save_light_pipeline(self, save_directory, backbone, backbone_revision, backbone_variants, model_card)
-            return
-        super().save_pretrained(save_directory, **kwargs)
-        if hub_format:
+        super().save_pretrained(save_directory, light=light, **kwargs)
+        if hub_format and not light:
             write_remote_code(self, save_directory)

@@ -35,7 +35,7 @@ from ..models.aligner import AsukaAligner
 from ..models.decoder import AsukaDecoder
 from ..models.mae import AsukaMAE
 from .cached_attention import cache_constant_conditioning
-from .hub_light import HUB_KWARGS, is_light_repo, load_light_pipeline, save_light_pipeline
+from .hub_light import LightRepoMixin
 from .inpaint_steps import AsukaInpaintMixin, AsukaPipelineOutput, ImageInput, StepCallback, repeat_to_batch
 
 
@@ -67,7 +67,7 @@ EXAMPLE_DOC_STRING = """
 ASUKA_FLUX_COMPONENTS = ("mae", "token_aligner", "pooled_aligner", "decoder")
 
 
-class AsukaFluxPipeline(DiffusionPipeline, AsukaInpaintMixin):
+class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin):
     r"""FLUX.1-Fill inpainting conditioned on the visible image (ASUKA) instead of a text prompt.
 
     Assemble it from the gated FLUX repo and the converted ASUKA components with
@@ -130,11 +130,6 @@ class AsukaFluxPipeline(DiffusionPipeline, AsukaInpaintMixin):
             vae_scale_factor=self.vae_scale_factor * 2, vae_latent_channels=self.latent_channels
         )
 
-    @property
-    def guidance_scale(self) -> float:
-        """The embedded FLUX guidance scale of the current call (the `guidance_scale` argument)."""
-        return self._guidance_scale
-
     def check_inputs(
         self,
         num_inference_steps: int,
@@ -175,10 +170,7 @@ class AsukaFluxPipeline(DiffusionPipeline, AsukaInpaintMixin):
         arguments are used instead of loading them. `torch_dtype`, `cache_dir`, `token`, `revision`,
         `local_files_only` and `variant` apply to the FLUX repo; all but `revision`/`variant` to `asuka`.
         """
-        if asuka is None:
-            hub_kwargs = {key: kwargs.get(key) for key in (*HUB_KWARGS, "revision")}
-            if is_light_repo(pretrained_model_name_or_path, **hub_kwargs):
-                return load_light_pipeline(cls, pretrained_model_name_or_path, **kwargs)
+        if asuka is None:  # a saved pipeline or a light repo (`LightRepoMixin`)
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         components = {name: kwargs.pop(name) for name in list(kwargs) if name in cls._init_names()}
         hub_keys = ("cache_dir", "token", "local_files_only", "revision", "variant", "torch_dtype")
@@ -203,23 +195,6 @@ class AsukaFluxPipeline(DiffusionPipeline, AsukaInpaintMixin):
         for name, module in load_asuka_flux_components(asuka, **asuka_kwargs).items():
             components.setdefault(name, module)
         return cls(**components)
-
-    def save_pretrained(
-        self,
-        save_directory: str | os.PathLike,
-        light: bool = False,
-        backbone: str | None = None,
-        backbone_revision: str | None = None,
-        backbone_variants: tuple[str, ...] = (),
-        model_card: str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Save every component; with `light=True`, only the ASUKA components, their code and a pointer to the
-        FLUX.1-Fill `backbone` repo at `backbone_revision` (see `AsukaPipeline.save_pretrained`)."""
-        if light:
-            save_light_pipeline(self, save_directory, backbone, backbone_revision, backbone_variants, model_card)
-        else:
-            super().save_pretrained(save_directory, **kwargs)
 
     @classmethod
     def _init_names(cls) -> set[str]:

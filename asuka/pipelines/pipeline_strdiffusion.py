@@ -403,11 +403,8 @@ class StrDiffusionPipeline(DiffusionPipeline, StepStateMixin):
                         x = self.scheduler.step_jump(self.texture_unet(x, mu, t, guide), t, s, x, mu, noise=noise(x))
                 if callback_on_step_end is not None:
                     state = {"texture_state": x, "structure_state": xs}
-                    updates = callback_on_step_end(
-                        self, i, t, {k: state[k] for k in callback_on_step_end_tensor_inputs}
-                    )
-                    x = (updates or {}).get("texture_state", x)
-                    xs = (updates or {}).get("structure_state", xs)
+                    state = self._step_callback(callback_on_step_end, i, t, state, callback_on_step_end_tensor_inputs)
+                    x, xs = state["texture_state"], state["structure_state"]
                 progress.update()
 
         # 7. Paste the known pixels back (at the working size, then at full resolution)
