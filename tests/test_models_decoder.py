@@ -1,10 +1,12 @@
 """AsukaDecoder on tiny random VAEs: identity with `vae.decode`, the blend rule, round trips, errors."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from diffusers.models.autoencoders.vae import Decoder
+from torch.utils.flop_counter import FlopCounterMode
 
 from asuka.models.decoder import AsukaDecoder
 
@@ -237,13 +239,15 @@ def test_tiling_decodes_tiles_with_their_own_crops_and_blends_them():
 
         decoder.enable_tiling(tile_sample_size=16, tile_overlap=0.25)  # 8x8 latent tiles, stride 6
         crops = []
-        decoder._decode = lambda z_tile, image_tile, mask_tile: (
-            crops.append(image_tile.shape[-2:]) or AsukaDecoder._decode(decoder, z_tile, image_tile, mask_tile)
+        decoder._decode = lambda z_tile, image_tile, mask_tile, box: (
+            crops.append(image_tile.shape[-2:]) or AsukaDecoder._decode(decoder, z_tile, image_tile, mask_tile, box)
         )
         tiled = decoder(z, image, mask).sample
     assert tiled.shape == whole.shape and torch.isfinite(tiled).all()
     assert len(crops) == 9 and crops[0] == (16, 16)  # 3x3 tiles, each with its 16x16 image/mask crop
-    first_tile = AsukaDecoder._decode(decoder, z[..., :8, :8], image[..., :16, :16], mask[..., :16, :16])
+    first_tile = AsukaDecoder._decode(
+        decoder, z[..., :8, :8], image[..., :16, :16], mask[..., :16, :16], decoder.hole_box(mask[..., :16, :16])
+    )
     assert torch.allclose(tiled[..., :4, :4], first_tile[..., :4, :4])  # away from seams: that tile's own decode
     assert (tiled - whole).abs().mean() < 0.5 * whole.abs().mean()  # close to the one-pass decode overall
 
@@ -252,3 +256,103 @@ def test_tiling_decodes_tiles_with_their_own_crops_and_blends_them():
         assert torch.equal(decoder(z, image, mask).sample, whole)
     with pytest.raises(ValueError, match="tile_sample_size"):
         decoder.enable_tiling(tile_sample_size=15)
+
+
+def _holes(mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Holes of every kind for a (2, 1, S, S) batch: the default square, a different hole per sample (the box is
+    their union), holes touching the borders, one pixel, none and the whole image."""
+    size = mask.shape[-1]
+    per_sample, border, pixel = torch.zeros_like(mask), torch.zeros_like(mask), torch.zeros_like(mask)
+    per_sample[0, :, 2:5, 3:6] = 1
+    per_sample[1, :, 9:12, 7:13] = 1
+    border[0, :, : size // 3, -3:] = 1
+    border[1, :, -2:, :4] = 1
+    pixel[1, :, 5, 7] = 1
+    return {
+        "square": mask,
+        "per-sample": per_sample,
+        "border": border,
+        "pixel": pixel,
+        "none": torch.zeros_like(mask),
+        "everywhere": torch.ones_like(mask),
+    }
+
+
+def _numpy_box(mask: torch.Tensor) -> tuple[int, int, int, int]:
+    rows, cols = np.nonzero(mask.numpy().any(axis=(0, 1)))
+    if not len(rows):
+        return (0, 0, 0, 0)
+    return (int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1)
+
+
+@pytest.mark.parametrize("kind", VAE_KINDS)
+@pytest.mark.parametrize("hole", ["square", "per-sample", "border", "pixel", "none", "everywhere"])
+def test_decoding_the_hole_box_equals_decoding_the_whole_map(kind, hole):
+    """Each blend discards the decoder state outside the hole, so computing each up level's last convolution
+    over the hole's box alone gives the whole-map output, for fewer FLOPs unless the box is the whole image."""
+    vae = tiny_vae(**VAE_KINDS[kind])
+    decoder = AsukaDecoder.from_vae(vae)
+    randomize_condition_encoder(decoder)
+    z, image, mask = inputs(vae)
+    mask = _holes(mask)[hole]
+    size = tuple(image.shape[-2:])
+    box = _numpy_box(mask)
+    assert AsukaDecoder.hole_box(mask) == box
+    with torch.no_grad(), FlopCounterMode(display=False) as whole_count:
+        whole = decoder(z, image, mask, hole_box=(0, 0, *size)).sample
+    with torch.no_grad(), FlopCounterMode(display=False) as box_count:
+        boxed = decoder(z, image, mask).sample
+    assert (boxed - whole).abs().max() <= 1e-5
+    if box == (0, 0, *size):
+        assert box_count.get_total_flops() == whole_count.get_total_flops()
+    else:
+        assert box_count.get_total_flops() < whole_count.get_total_flops()
+    with torch.no_grad():  # the same box given, and a larger one, change nothing
+        assert torch.equal(decoder(z, image, mask, hole_box=box).sample, boxed)
+        if hole != "none":
+            larger = (max(box[0] - 3, 0), max(box[1] - 3, 0), min(box[2] + 3, size[0]), min(box[3] + 3, size[1]))
+            assert (decoder(z, image, mask, hole_box=larger).sample - whole).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_hole_box_training_gives_the_whole_map_gradients(checkpointing):
+    vae = tiny_vae()
+    z, image, mask = inputs(vae)
+    grads = []
+    for hole_box in ((0, 0, *image.shape[-2:]), None):
+        decoder = AsukaDecoder.from_vae(vae).train()
+        randomize_condition_encoder(decoder)
+        if checkpointing:
+            decoder.enable_gradient_checkpointing()
+        decoder(z, image, mask, hole_box=hole_box).sample.square().mean().backward()
+        grads.append([p.grad.clone() for p in decoder.parameters()])
+    for whole, boxed in zip(*grads):
+        assert torch.allclose(whole, boxed, atol=1e-6)
+
+
+def test_tiled_decoding_uses_each_tiles_part_of_the_box():
+    vae = tiny_vae()
+    decoder = AsukaDecoder.from_vae(vae)
+    randomize_condition_encoder(decoder)
+    z, image, mask = inputs(vae, batch=1, latent_size=16)
+    decoder.enable_tiling(tile_sample_size=16, tile_overlap=0.25)
+    with torch.no_grad():
+        whole = decoder(z, image, mask, hole_box=(0, 0, *image.shape[-2:])).sample
+        with FlopCounterMode(display=False) as count:
+            boxed = decoder(z, image, mask).sample
+        with FlopCounterMode(display=False) as whole_count:
+            decoder(z, image, mask, hole_box=(0, 0, *image.shape[-2:]))
+    assert (boxed - whole).abs().max() <= 1e-5
+    assert count.get_total_flops() < whole_count.get_total_flops()
+
+
+def test_hole_box_of_meta_tensors_is_the_whole_map():
+    assert AsukaDecoder.hole_box(torch.zeros(2, 1, 8, 12, device="meta")) == (0, 0, 8, 12)
+
+
+@pytest.mark.parametrize("box", [(0, 0, 17, 16), (4, 0, 3, 16), (0, 0, 16), (0.0, 0, 16, 16), "all", (-1, 0, 4, 4)])
+def test_bad_hole_box_raises_value_error(box):
+    vae = tiny_vae()
+    decoder = AsukaDecoder.from_vae(vae)
+    with pytest.raises(ValueError, match="hole_box"):
+        decoder(*inputs(vae), hole_box=box)

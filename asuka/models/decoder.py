@@ -6,8 +6,14 @@ encoder looks at the known pixels, `cat((1 - mask) * image, mask)`, and its feat
 decoder state outside the hole before every up level and once more at full resolution. Inside the
 hole the plain VAE decoding is kept, so with an all-ones mask the output is exactly `vae.decode`.
 
+Because each blend discards the decoder state outside the hole, the convolution that ends each up level (the
+upsampler's) is computed only over the hole's bounding box at that level: the same output for fewer FLOPs, the
+more so the smaller the hole.
+
 This module ships to the Hub as remote code: it imports only torch and diffusers.
 """
+
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -16,6 +22,12 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from diffusers.models.autoencoders.vae import Decoder, DecoderOutput
 from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.unets.unet_2d_blocks import UpDecoderBlock2D
+from diffusers.models.upsampling import Upsample2D
+
+
+HoleBox = tuple[int, int, int, int]  # (top, left, bottom, right) in output pixels, bottom/right exclusive
+NO_HOLE: HoleBox = (0, 0, 0, 0)
 
 
 class AsukaConditionEncoder(nn.Module):
@@ -179,11 +191,27 @@ class AsukaDecoder(ModelMixin, ConfigMixin):
                 f"{latents.shape[0]}, {image.shape[0]} and {mask.shape[0]}."
             )
 
-    def _run(self, block: nn.Module, sample: torch.Tensor) -> torch.Tensor:
-        """Calls a decoder block the way diffusers' `Decoder.forward` does, checkpointed when enabled."""
+    def _run(self, fn: Callable[[torch.Tensor], torch.Tensor], sample: torch.Tensor) -> torch.Tensor:
+        """`fn(sample)` for a decoder stage, checkpointed when gradient checkpointing is enabled."""
         if torch.is_grad_enabled() and self.decoder.gradient_checkpointing:
-            return self.decoder._gradient_checkpointing_func(block, sample, None)
-        return block(sample, None)
+            return self.decoder._gradient_checkpointing_func(fn, sample)
+        return fn(sample)
+
+    @staticmethod
+    def hole_box(mask: torch.Tensor) -> HoleBox:
+        """The smallest `(top, left, bottom, right)` box holding every nonzero pixel of `mask` over the whole batch,
+        `(0, 0, 0, 0)` when there is none. One device sync. Meta tensors have no values: their box is the whole map.
+        """
+        height, width = mask.shape[-2:]
+        if mask.device.type == "meta":
+            return (0, 0, height, width)
+        touched = (mask != 0).flatten(0, -3).any(dim=0)
+        spans = []
+        for flags in (touched.any(dim=1), touched.any(dim=0)):
+            index = torch.arange(flags.numel(), device=flags.device)
+            spans += [torch.where(flags, index, flags.numel()).min(), torch.where(flags, index, -1).max() + 1]
+        top, bottom, left, right = torch.stack(spans).tolist()
+        return (top, left, bottom, right) if top < bottom else NO_HOLE
 
     def enable_tiling(self, tile_sample_size: int = 512, tile_overlap: float = 0.25) -> None:
         """Decode large latents in overlapping tiles, each with its own image and mask crop, to bound memory.
@@ -214,42 +242,84 @@ class AsukaDecoder(ModelMixin, ConfigMixin):
         latents: torch.Tensor,
         image: torch.Tensor,
         mask: torch.Tensor,
+        hole_box: HoleBox | None = None,
         return_dict: bool = True,
     ) -> DecoderOutput | tuple[torch.Tensor]:
-        """Decodes `latents`, taking the region outside `mask` from `image` through the condition encoder."""
+        """Decodes `latents`, taking the region outside `mask` from `image` through the condition encoder.
+
+        `hole_box` (`(top, left, bottom, right)` in output pixels, bottom/right exclusive) must hold every nonzero
+        pixel of `mask`; it is computed from `mask` (one device sync) when not given.
+        """
         self._check_shapes(latents, image, mask)
+        box = self.hole_box(mask) if hole_box is None else _checked_box(hole_box, image.shape[-2:])
         latents, image, mask = (t.to(self.dtype) for t in (latents, image, mask))
         if self.use_tiling and max(latents.shape[-2:]) > self.tile_sample_size // self.scale_factor:
-            sample = self._tiled_decode(latents, image, mask)
+            sample = self._tiled_decode(latents, image, mask, box)
         else:
-            sample = self._decode(latents, image, mask)
+            sample = self._decode(latents, image, mask, box)
         if not return_dict:
             return (sample,)
         return DecoderOutput(sample=sample)
 
-    def _decode(self, latents: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _decode(self, latents: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, box: HoleBox) -> torch.Tensor:
         # 1. Condition features, once per call, from full resolution down. Each is popped (smallest first) when
         #    blended, so it is freed before the larger up levels run: lower peak memory, same result.
         features = self.condition_encoder(torch.cat([(1 - mask) * image, mask], dim=1))
 
-        # 2. The body, as diffusers' `AutoencoderKL._decode` + `Decoder.forward` walk it, with the blends.
-        if self.post_quant_conv is not None:
-            latents = self.post_quant_conv(latents)
+        # 2. The body, as diffusers' `AutoencoderKL._decode` + `Decoder.forward` walk it, with the blends. Without a
+        #    hole every blend keeps only the condition features, so the body is skipped.
         decoder = self.decoder
-        sample = decoder.conv_in(latents)
-        sample = self._run(decoder.mid_block, sample)
-        for up_block in decoder.up_blocks:
-            sample = _blend(sample, features.pop(), _binary_mask(mask, sample.shape[-2:]))
-            sample = self._run(up_block, sample)
-        sample = _blend(sample, features.pop(), mask)
+        if _is_empty(box):
+            sample = features[0]
+        else:
+            if self.post_quant_conv is not None:
+                latents = self.post_quant_conv(latents)
+            sample = self._run(decoder.mid_block, decoder.conv_in(latents))
+            region = None  # the box of the map that `sample` holds; None: all of it
+            for up_block in decoder.up_blocks:
+                feature = features.pop()
+                sample = _blend(sample, feature, _binary_mask(mask, feature.shape[-2:]), region)
+                sample, region = self._up_level(up_block, sample, box, image.shape[-2])
+            sample = _blend(sample, features.pop(), mask, region)
 
         # 3. Post-process, as in diffusers' `Decoder.forward`.
         sample = decoder.conv_norm_out(sample)
         sample = decoder.conv_act(sample)
         return decoder.conv_out(sample)
 
-    def _tiled_decode(self, latents: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """`_decode` over overlapping latent tiles, blended like `AutoencoderKL.tiled_decode`."""
+    def _up_level(
+        self, block: nn.Module, sample: torch.Tensor, box: HoleBox, image_height: int
+    ) -> tuple[torch.Tensor, HoleBox | None]:
+        """Runs an up block; when its upsampler allows, its last convolution only over the hole's `box` (in image
+        pixels) at the block's output resolution. Returns the output and the box it covers (None: all of it)."""
+        upsampler = _croppable_upsampler(block)
+        if upsampler is None:
+            return self._run(block, sample), None
+        height, width = 2 * sample.shape[-2], 2 * sample.shape[-1]
+        level = _scaled_box(box, image_height // height)
+        if level == (0, 0, height, width):
+            return self._run(block, sample), None
+        top, left, bottom, right = level
+
+        def block_in_box(sample: torch.Tensor) -> torch.Tensor:
+            for resnet in block.resnets:
+                sample = resnet(sample, None)
+            # The rows and columns before the 2x nearest upsampling that the 3x3 convolution reads for the box, with
+            # one row of margin where the box does not reach the border (its zero padding is dropped below).
+            in_top, in_left = max(top - 1, 0) // 2, max(left - 1, 0) // 2
+            in_bottom = min(-(-(bottom + 1) // 2), sample.shape[-2])
+            in_right = min(-(-(right + 1) // 2), sample.shape[-1])
+            reads = sample[..., in_top:in_bottom, in_left:in_right]
+            out = upsampler.conv(F.interpolate(reads, scale_factor=2.0, mode="nearest"))
+            return out[..., top - 2 * in_top : bottom - 2 * in_top, left - 2 * in_left : right - 2 * in_left]
+
+        return self._run(block_in_box, sample), level
+
+    def _tiled_decode(
+        self, latents: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, box: HoleBox
+    ) -> torch.Tensor:
+        """`_decode` over overlapping latent tiles (each with its part of `box`), blended like
+        `AutoencoderKL.tiled_decode`."""
         factor = self.scale_factor
         tile = self.tile_sample_size // factor
         stride = max(1, int(tile * (1 - self.tile_overlap)))
@@ -260,7 +330,10 @@ class AsukaDecoder(ModelMixin, ConfigMixin):
             row = []
             for j in range(0, latents.shape[3], stride):
                 pixels = (..., slice(i * factor, (i + tile) * factor), slice(j * factor, (j + tile) * factor))
-                row.append(self._decode(latents[..., i : i + tile, j : j + tile], image[pixels], mask[pixels]))
+                tile_box = _box_in_tile(box, i * factor, j * factor, mask[pixels].shape[-2:])
+                row.append(
+                    self._decode(latents[..., i : i + tile, j : j + tile], image[pixels], mask[pixels], tile_box)
+                )
             rows.append(row)
         result_rows = []
         for i, row in enumerate(rows):
@@ -280,9 +353,78 @@ def _binary_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return (F.interpolate(mask, size=tuple(size), mode="area") > 0).to(mask.dtype)
 
 
-def _blend(sample: torch.Tensor, feature: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Keeps the decoder state inside the hole and the condition feature outside it."""
-    return sample * mask + feature * (1 - mask)
+def _blend(
+    sample: torch.Tensor, feature: torch.Tensor, mask: torch.Tensor, region: HoleBox | None = None
+) -> torch.Tensor:
+    """Keeps the decoder state inside the hole and the condition feature outside it. When `sample` holds only the
+    `region` box of the map (which contains the hole), the feature is kept everywhere else."""
+    if region is None:
+        return sample * mask + feature * (1 - mask)
+    top, left, bottom, right = region
+    inside = (..., slice(top, bottom), slice(left, right))
+    blended = feature.clone()
+    blended[inside] = sample * mask[inside] + feature[inside] * (1 - mask[inside])
+    return blended
+
+
+def _is_empty(box: HoleBox) -> bool:
+    return box[0] >= box[2] or box[1] >= box[3]
+
+
+def _scaled_box(box: HoleBox, factor: int) -> HoleBox:
+    """`box` at a resolution `factor` times coarser: every position that covers a pixel of it."""
+    top, left, bottom, right = box
+    return (top // factor, left // factor, -(-bottom // factor), -(-right // factor))
+
+
+def _box_in_tile(box: HoleBox, top: int, left: int, size: tuple[int, int]) -> HoleBox:
+    """The part of `box` inside the tile of `size` at (`top`, `left`), in the tile's pixels."""
+    clipped = (
+        max(box[0] - top, 0),
+        max(box[1] - left, 0),
+        min(box[2] - top, size[0]),
+        min(box[3] - left, size[1]),
+    )
+    return NO_HOLE if _is_empty(clipped) else clipped
+
+
+def _checked_box(box: object, size: tuple[int, int]) -> HoleBox:
+    """`hole_box` as four ints inside the image of `size`; empty boxes become `(0, 0, 0, 0)`."""
+    height, width = size
+    if (
+        not isinstance(box, (tuple, list))
+        or len(box) != 4
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in box)
+        or not (0 <= box[0] <= box[2] <= height and 0 <= box[1] <= box[3] <= width)
+    ):
+        raise ValueError(
+            f"`hole_box` must be (top, left, bottom, right) ints with 0 <= top <= bottom <= {height} and "
+            f"0 <= left <= right <= {width} (the image's size), got {box!r}."
+        )
+    return NO_HOLE if _is_empty(tuple(box)) else tuple(box)
+
+
+def _croppable_upsampler(block: nn.Module) -> Upsample2D | None:
+    """The upsampler of a diffusers `UpDecoderBlock2D` whose last step is a plain 2x nearest upsampling and a
+    3x3 convolution (padding 1), which can be computed over a box alone; None for any other block."""
+    upsamplers = getattr(block, "upsamplers", None)
+    if not isinstance(block, UpDecoderBlock2D) or upsamplers is None or len(upsamplers) != 1:
+        return None
+    upsampler = upsamplers[0]
+    conv = getattr(upsampler, "conv", None)
+    plain = (
+        isinstance(upsampler, Upsample2D)
+        and upsampler.use_conv
+        and upsampler.interpolate
+        and not upsampler.use_conv_transpose
+        and upsampler.norm is None
+        and isinstance(conv, nn.Conv2d)
+        and conv.kernel_size == (3, 3)
+        and conv.stride == (1, 1)
+        and conv.padding == (1, 1)
+        and conv.dilation == (1, 1)
+    )
+    return upsampler if plain else None
 
 
 def _describe(value: object) -> str:
