@@ -15,6 +15,7 @@ hand count of a Linear layer and an attention block.
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import sys
@@ -36,6 +37,10 @@ from asuka.pipelines.cached_attention import ConstantInputCache, constant_condit
 SD_TEXT_TOKENS = 77  # CLIP's sequence length
 FLUX_T5_TOKENS = 512  # FluxFillPipeline's default max_sequence_length
 FLUX_CLIP_TOKENS = 77
+# The timed benchmarks' hole (bench_pipelines.test_inputs): a centred square of half the side, a quarter of the area.
+# ASUKA's decoder computes each up level's last convolution over the hole's bounding box only, so its FLOPs depend
+# on the box; a side of 1.0 (a box spanning the image) is the worst case.
+HOLE_SIDE = 0.5
 
 
 # FlopCounterMode has formulas for the CUDA attention kernels and counts meta tensors' SDPA through its math
@@ -98,20 +103,27 @@ def _vae_factor(vae: torch.nn.Module) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
-def _pixel_inputs(vae: torch.nn.Module, size: int, batch: int, device, dtype) -> tuple[torch.Tensor, ...]:
-    """Zero image (B, 3, size, size), hole (B, 1, size, size) and VAE latents of a `size`x`size` call."""
+def _pixel_inputs(vae: torch.nn.Module, size: int, batch: int, device, dtype, hole_side: float) -> tuple:
+    """Zero image (B, 3, size, size), hole (B, 1, size, size: a centred square of `hole_side` x `size`), its box
+    (top, left, bottom, right) and the VAE latents of a `size`x`size` call."""
+    if not 0 < hole_side <= 1:
+        raise ValueError(f"`hole_side` must lie in (0, 1] (a fraction of the image side), got {hole_side}.")
     latent = size // _vae_factor(vae)
     image = torch.zeros(batch, 3, size, size, device=device, dtype=dtype)
+    margin = round(size * (1 - hole_side) / 2)
+    box = (margin, margin, size - margin, size - margin)
     hole = torch.zeros(batch, 1, size, size, device=device, dtype=dtype)
+    hole[..., margin : size - margin, margin : size - margin] = 1
     latents = torch.zeros(batch, vae.config.latent_channels, latent, latent, device=device, dtype=dtype)
-    return image, hole, latents
+    return image, hole, box, latents
 
 
-def _decode_call(components: dict, asuka: bool, latents: torch.Tensor, image: torch.Tensor, hole: torch.Tensor):
-    """ASUKA's mask-conditioned decoder when it has one, else the VAE decoder."""
+def _decode_call(components: dict, asuka: bool, latents: torch.Tensor, image: torch.Tensor, hole: torch.Tensor, box):
+    """ASUKA's mask-conditioned decoder when it has one (given the hole's box, which meta tensors cannot yield),
+    else the VAE decoder."""
     if asuka and components.get("decoder") is not None:
         decoder = components["decoder"]
-        return Call("decode", lambda: decoder(latents, image, hole, return_dict=False))
+        return Call("decode", lambda: decoder(latents, image, hole, hole_box=box, return_dict=False))
     vae = components["vae"]
     return Call("decode", lambda: vae.decode(latents, return_dict=False))
 
@@ -124,15 +136,17 @@ def sd_call_plan(
     cached: bool = False,
     text_encoder: torch.nn.Module | None = None,
     batch: int = 1,
+    hole_side: float = HOLE_SIDE,
 ) -> list[Call]:
     """The network calls of `AsukaPipeline` (`asuka=True`) or `StableDiffusionInpaintPipeline` given
-    `prompt_embeds` (plus one `text_encoder` pass when given), no classifier-free guidance, `size`x`size`."""
+    `prompt_embeds` (plus one `text_encoder` pass when given), no classifier-free guidance, `size`x`size`, a
+    centred square hole of `hole_side` x `size`."""
     unet, vae, scheduler = components["unet"], components["vae"], components["scheduler"]
     device, dtype = unet.device, unet.dtype
     scheduler = scheduler.__class__.from_config(scheduler.config)
     scheduler.set_timesteps(steps)
     unet_calls = len(scheduler.timesteps)
-    image, hole, latents = _pixel_inputs(vae, size, batch, device, dtype)
+    image, hole, box, latents = _pixel_inputs(vae, size, batch, device, dtype, hole_side)
     x = torch.zeros(batch, unet.config.in_channels, *latents.shape[-2:], device=device, dtype=dtype)
     t = torch.tensor(999, device=device)
     plan = []
@@ -156,7 +170,7 @@ def sd_call_plan(
             unet if cached else None,
         )
     )
-    plan.append(_decode_call(components, asuka, latents, image, hole))
+    plan.append(_decode_call(components, asuka, latents, image, hole, box))
     return plan
 
 
@@ -169,12 +183,14 @@ def flux_call_plan(
     text_encoders: tuple[torch.nn.Module, torch.nn.Module] | None = None,
     t5_tokens: int = FLUX_T5_TOKENS,
     batch: int = 1,
+    hole_side: float = HOLE_SIDE,
 ) -> list[Call]:
     """The network calls of `AsukaFluxPipeline` (`asuka=True`) or `FluxFillPipeline` given embeddings (plus one
-    T5 and one CLIP pass when `text_encoders=(t5, clip)` is given), `size`x`size`, one transformer call per step."""
+    T5 and one CLIP pass when `text_encoders=(t5, clip)` is given), `size`x`size`, one transformer call per step,
+    a centred square hole of `hole_side` x `size`."""
     transformer, vae = components["transformer"], components["vae"]
     device, dtype = transformer.device, transformer.dtype
-    image, hole, latents = _pixel_inputs(vae, size, batch, device, dtype)
+    image, hole, box, latents = _pixel_inputs(vae, size, batch, device, dtype, hole_side)
     tokens = (latents.shape[-1] // 2) ** 2
     hidden = torch.zeros(batch, tokens, transformer.config.in_channels, device=device, dtype=dtype)
     img_ids = torch.zeros(tokens, 3, device=device, dtype=dtype)
@@ -218,7 +234,7 @@ def flux_call_plan(
             transformer if cached else None,
         )
     )
-    plan.append(_decode_call(components, asuka, latents, image, hole))
+    plan.append(_decode_call(components, asuka, latents, image, hole, box))
     return plan
 
 
@@ -229,12 +245,9 @@ def flux_call_plan(
 
 @contextlib.contextmanager
 def on_meta(components: dict) -> Iterator[dict]:
-    """Build `components` on the meta device; the AsukaDecoder's input-range check reads values, which meta
-    tensors do not have, so it is switched off there (it does no matmul or convolution, so it counts no FLOPs)."""
+    """Build `components` on the meta device (no memory, no values: FLOP counts only)."""
     with torch.device("meta"):
         yield components
-    if components.get("decoder") is not None:
-        components["decoder"]._check_inputs = lambda *args: None
 
 
 def meta_sd_components(tiny: bool = False) -> dict:
@@ -257,7 +270,9 @@ def meta_flux_components(tiny: bool = False, num_layers: int = 19, num_single_la
     return components
 
 
-def pipeline_flops(kind: str, components: dict, size: int, steps: int) -> dict[str, dict[str, int]]:
+def pipeline_flops(
+    kind: str, components: dict, size: int, steps: int, hole_side: float = HOLE_SIDE
+) -> dict[str, dict[str, int]]:
     """Per-stage FLOPs of one call of each pipeline: "asuka" and "asuka_cached" (the cache on, as the pipelines
     run by default), the baseline given embeddings ("sd" / "flux-fill", what bench_pipelines.py times) and with
     its text encoders ("sd+text" / "flux-fill+text": CLIP, or T5-XXL and CLIP), when `components` holds them."""
@@ -265,52 +280,55 @@ def pipeline_flops(kind: str, components: dict, size: int, steps: int) -> dict[s
         plan, base, text = sd_call_plan, "sd", {"text_encoder": components.get("text_encoder")}
     else:
         plan, base, text = flux_call_plan, "flux-fill", {"text_encoders": components.get("text_encoders")}
+    hole = {"hole_side": hole_side}
     counts = {
-        "asuka": count_plan(plan(components, size, steps, True)),
-        "asuka_cached": count_plan(plan(components, size, steps, True, cached=True)),
-        base: count_plan(plan(components, size, steps, False)),
+        "asuka": count_plan(plan(components, size, steps, True, **hole)),
+        "asuka_cached": count_plan(plan(components, size, steps, True, cached=True, **hole)),
+        base: count_plan(plan(components, size, steps, False, **hole)),
     }
     if None not in text.values():
-        counts[base + "+text"] = count_plan(plan(components, size, steps, False, **text))
+        counts[base + "+text"] = count_plan(plan(components, size, steps, False, **text, **hole))
     return counts
 
 
-def ratio_rows(kind: str, components: dict, sizes: list[int], steps: list[int]) -> list[dict]:
-    """One row per (size, steps): the pipelines' GFLOPs, per stage and in all, and ASUKA's ratios (uncached and
-    cached) to the baseline with its text encoders (without them when `components` has none)."""
+def ratio_rows(
+    kind: str, components: dict, sizes: list[int], steps: list[int], hole_sides: tuple[float, ...] = (HOLE_SIDE,)
+) -> list[dict]:
+    """One row per (size, steps, hole side): the pipelines' GFLOPs, per stage and in all, and ASUKA's ratios
+    (uncached and cached) to the baseline with its text encoders (without them when `components` has none)."""
     rows = []
-    for size in sizes:
-        for n in steps:
-            counts = pipeline_flops(kind, components, size, n)
-            base = counts[max(k for k in counts if not k.startswith("asuka"))]  # "+text" when counted
-            b, p, c = (sum(x.values()) for x in (base, counts["asuka"], counts["asuka_cached"]))
-            rows.append(
-                {
-                    "pipeline": kind,
-                    "size": size,
-                    "steps": n,
-                    "baseline_gflop": b / 1e9,
-                    "asuka_gflop": p / 1e9,
-                    "asuka_cached_gflop": c / 1e9,
-                    "ratio": p / b,
-                    "ratio_cached": c / b,
-                    "stages_gflop": {name: {k: v / 1e9 for k, v in x.items()} for name, x in counts.items()},
-                }
-            )
+    for size, n, hole_side in itertools.product(sizes, steps, hole_sides):
+        counts = pipeline_flops(kind, components, size, n, hole_side)
+        base = counts[max(k for k in counts if not k.startswith("asuka"))]  # "+text" when counted
+        b, p, c = (sum(x.values()) for x in (base, counts["asuka"], counts["asuka_cached"]))
+        rows.append(
+            {
+                "pipeline": kind,
+                "size": size,
+                "steps": n,
+                "hole_side": hole_side,
+                "baseline_gflop": b / 1e9,
+                "asuka_gflop": p / 1e9,
+                "asuka_cached_gflop": c / 1e9,
+                "ratio": p / b,
+                "ratio_cached": c / b,
+                "stages_gflop": {name: {k: v / 1e9 for k, v in x.items()} for name, x in counts.items()},
+            }
+        )
     return rows
 
 
 def format_rows(rows: list[dict]) -> str:
     names = {"sd": ("ASUKA-SD", "SD-inpaint + CLIP"), "flux": ("ASUKA-FLUX", "FluxFill + T5-XXL + CLIP")}
     lines = [
-        "| pipelines | size | steps | ASUKA (TFLOP) | ASUKA cached (TFLOP) | baseline (TFLOP) | ratio | ratio cached"
-        " |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| pipelines | size | steps | hole side | ASUKA (TFLOP) | ASUKA cached (TFLOP) | baseline (TFLOP) | ratio |"
+        " ratio cached |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         a, b = names[r["pipeline"]]
         lines.append(
-            f"| {a} / {b} | {r['size']} | {r['steps']} | {r['asuka_gflop'] / 1e3:.2f} | "
+            f"| {a} / {b} | {r['size']} | {r['steps']} | {r['hole_side']:g} | {r['asuka_gflop'] / 1e3:.2f} | "
             f"{r['asuka_cached_gflop'] / 1e3:.2f} | {r['baseline_gflop'] / 1e3:.2f} | {r['ratio']:.4f} | "
             f"{r['ratio_cached']:.4f} |"
         )
@@ -330,14 +348,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--sd-steps", type=int, nargs="*", default=[50])
     parser.add_argument("--flux-sizes", type=int, nargs="*", default=[512, 1024])
     parser.add_argument("--flux-steps", type=int, nargs="*", default=[28, 50])
+    parser.add_argument(
+        "--hole-sides",
+        type=float,
+        nargs="*",
+        default=[HOLE_SIDE, 1.0],
+        help="side of the centred square hole as a fraction of the image side (default: the timed benchmarks' 0.5, "
+        "and 1.0, a hole whose box spans the image: the decoder's worst case)",
+    )
     parser.add_argument("--tiny", action="store_true", help="tiny test components (no text encoders)")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
     rows = []
     if args.sd_sizes and args.sd_steps:
-        rows += ratio_rows("sd", meta_sd_components(args.tiny), args.sd_sizes, args.sd_steps)
+        rows += ratio_rows("sd", meta_sd_components(args.tiny), args.sd_sizes, args.sd_steps, args.hole_sides)
     if args.flux_sizes and args.flux_steps:
-        rows += ratio_rows("flux", meta_flux_components(args.tiny), args.flux_sizes, args.flux_steps)
+        rows += ratio_rows("flux", meta_flux_components(args.tiny), args.flux_sizes, args.flux_steps, args.hole_sides)
     print(format_rows(rows))
     write_json(args.json, rows)
     return rows

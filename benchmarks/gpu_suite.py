@@ -479,8 +479,8 @@ def markdown(report: dict) -> str:
         if "offload_slowdown" in co.get(part, {}):
             add(f"enable_model_cpu_offload / resident time ({part})", fmt(co[part]["offload_slowdown"]))
     for row in sections.get("flops", {}).get("rows", []):
-        add(f"FLOP ratio {row['pipeline']} {row['size']}px {row['steps']} steps (cached)",
-            fmt(row["ratio_cached"], 4), f"uncached {fmt(row['ratio'], 4)}")  # fmt: skip
+        what = f"{row['pipeline']} {row['size']}px {row['steps']} steps, hole side {row['hole_side']:g}"
+        add(f"FLOP ratio {what} (cached)", fmt(row["ratio_cached"], 4), f"uncached {fmt(row['ratio'], 4)}")
     status = "; ".join(f"{k}: {section_status(v)}" for k, v in sections.items())
     head = [
         f"## GPU suite: {report['device']} ({report['date']}{', tiny components' if report['tiny'] else ''})",

@@ -137,3 +137,18 @@ def test_ratio_rows_report_the_cache_saving():
     assert row["ratio"] == pytest.approx(row["asuka_gflop"] / row["baseline_gflop"])
     assert row["baseline_gflop"] == pytest.approx(sum(row["stages_gflop"]["sd"].values()))
     assert "| ASUKA-SD / SD-inpaint + CLIP | 32 | 3 |" in flops.format_rows([row])
+
+
+def test_a_smaller_hole_only_makes_asukas_decode_cheaper():
+    components = make_tiny_sd_components(0)
+    half, whole = flops.ratio_rows("sd", components, [SIZE], [STEPS], hole_sides=(0.5, 1.0))
+    for name, stages in half["stages_gflop"].items():
+        for stage, gflop in stages.items():
+            if (name, stage) in (("asuka", "decode"), ("asuka_cached", "decode")):
+                assert gflop < whole["stages_gflop"][name][stage]
+            else:
+                assert gflop == whole["stages_gflop"][name][stage], (name, stage)
+    assert half["ratio_cached"] < whole["ratio_cached"]
+    assert "| ASUKA-SD / SD-inpaint + CLIP | 32 | 3 | 0.5 |" in flops.format_rows([half])
+    with pytest.raises(ValueError, match="hole_side"):
+        flops.ratio_rows("sd", components, [SIZE], [STEPS], hole_sides=(0.0,))

@@ -41,7 +41,10 @@ def test_tiny_run_writes_the_full_schema(tmp_path):
 
     flops = sections["flops"]
     assert flops["status"] == "done", flops
-    assert {(row["pipeline"], row["size"], row["steps"]) for row in flops["rows"]} == {("sd", 32, 2), ("flux", 32, 2)}
+    # the timed hole (a centred square of half the side) and the decoder's worst case (a box spanning the image)
+    assert {(row["pipeline"], row["size"], row["steps"], row["hole_side"]) for row in flops["rows"]} == {
+        (pipeline, 32, 2, side) for pipeline in ("sd", "flux") for side in (0.5, 1.0)
+    }
     assert all(row["asuka_cached_gflop"] < row["asuka_gflop"] for row in flops["rows"])
 
 
