@@ -25,7 +25,8 @@ written after every section, so an interrupted run still leaves one):
 6. `eval_throughput` (FLUX part) and `compile_offload` (FLUX part: offload, then diffusers' regional compilation of
    the transformer, `compile_repeated_blocks`).
 7. `flops`: the exact FLOP ratios of the same calls (benchmarks/flops.py), counted on the meta device by a
-   subprocess that runs on spare CPU cores from the start.
+   subprocess that runs on spare CPU cores from the start; for the timed hole (a centred square of half the side)
+   and for a hole whose box spans the image (ASUKA's decoder works on the hole's box).
 
 Memory is measured in one process: everything stays resident, and a configuration's peak is the peak allocated
 above what was allocated before its call, plus the bytes of the modules that configuration needs.
