@@ -309,8 +309,7 @@ class AsukaDecoder(ModelMixin, ConfigMixin):
             in_top, in_left = max(top - 1, 0) // 2, max(left - 1, 0) // 2
             in_bottom = min(-(-(bottom + 1) // 2), sample.shape[-2])
             in_right = min(-(-(right + 1) // 2), sample.shape[-1])
-            reads = sample[..., in_top:in_bottom, in_left:in_right]
-            out = upsampler.conv(F.interpolate(reads, scale_factor=2.0, mode="nearest"))
+            out = upsampler(sample[..., in_top:in_bottom, in_left:in_right])
             return out[..., top - 2 * in_top : bottom - 2 * in_top, left - 2 * in_left : right - 2 * in_left]
 
         return self._run(block_in_box, sample), level
