@@ -377,18 +377,12 @@ def _scaled_box(box: HoleBox, factor: int) -> HoleBox:
 
 
 def _box_in_tile(box: HoleBox, top: int, left: int, size: tuple[int, int]) -> HoleBox:
-    """The part of `box` inside the tile of `size` at (`top`, `left`), in the tile's pixels."""
-    clipped = (
-        max(box[0] - top, 0),
-        max(box[1] - left, 0),
-        min(box[2] - top, size[0]),
-        min(box[3] - left, size[1]),
-    )
-    return NO_HOLE if _is_empty(clipped) else clipped
+    """The part of `box` inside the tile of `size` at (`top`, `left`), in the tile's pixels (empty when none)."""
+    return (max(box[0] - top, 0), max(box[1] - left, 0), min(box[2] - top, size[0]), min(box[3] - left, size[1]))
 
 
 def _checked_box(box: object, size: tuple[int, int]) -> HoleBox:
-    """`hole_box` as four ints inside the image of `size`; empty boxes become `(0, 0, 0, 0)`."""
+    """`hole_box` as a tuple of four ints inside the image of `size`."""
     height, width = size
     if (
         not isinstance(box, (tuple, list))
@@ -400,7 +394,7 @@ def _checked_box(box: object, size: tuple[int, int]) -> HoleBox:
             f"`hole_box` must be (top, left, bottom, right) ints with 0 <= top <= bottom <= {height} and "
             f"0 <= left <= right <= {width} (the image's size), got {box!r}."
         )
-    return NO_HOLE if _is_empty(tuple(box)) else tuple(box)
+    return tuple(box)
 
 
 def _croppable_upsampler(block: nn.Module) -> Upsample2D | None:
