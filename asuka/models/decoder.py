@@ -309,8 +309,7 @@ class AsukaDecoder(ModelMixin, ConfigMixin):
             in_top, in_left = max(top - 1, 0) // 2, max(left - 1, 0) // 2
             in_bottom = min(-(-(bottom + 1) // 2), sample.shape[-2])
             in_right = min(-(-(right + 1) // 2), sample.shape[-1])
-            reads = sample[..., in_top:in_bottom, in_left:in_right]
-            out = upsampler.conv(F.interpolate(reads, scale_factor=2.0, mode="nearest"))
+            out = upsampler(sample[..., in_top:in_bottom, in_left:in_right])
             return out[..., top - 2 * in_top : bottom - 2 * in_top, left - 2 * in_left : right - 2 * in_left]
 
         return self._run(block_in_box, sample), level
@@ -378,18 +377,12 @@ def _scaled_box(box: HoleBox, factor: int) -> HoleBox:
 
 
 def _box_in_tile(box: HoleBox, top: int, left: int, size: tuple[int, int]) -> HoleBox:
-    """The part of `box` inside the tile of `size` at (`top`, `left`), in the tile's pixels."""
-    clipped = (
-        max(box[0] - top, 0),
-        max(box[1] - left, 0),
-        min(box[2] - top, size[0]),
-        min(box[3] - left, size[1]),
-    )
-    return NO_HOLE if _is_empty(clipped) else clipped
+    """The part of `box` inside the tile of `size` at (`top`, `left`), in the tile's pixels (empty when none)."""
+    return (max(box[0] - top, 0), max(box[1] - left, 0), min(box[2] - top, size[0]), min(box[3] - left, size[1]))
 
 
 def _checked_box(box: object, size: tuple[int, int]) -> HoleBox:
-    """`hole_box` as four ints inside the image of `size`; empty boxes become `(0, 0, 0, 0)`."""
+    """`hole_box` as a tuple of four ints inside the image of `size`."""
     height, width = size
     if (
         not isinstance(box, (tuple, list))
@@ -401,7 +394,7 @@ def _checked_box(box: object, size: tuple[int, int]) -> HoleBox:
             f"`hole_box` must be (top, left, bottom, right) ints with 0 <= top <= bottom <= {height} and "
             f"0 <= left <= right <= {width} (the image's size), got {box!r}."
         )
-    return NO_HOLE if _is_empty(tuple(box)) else tuple(box)
+    return tuple(box)
 
 
 def _croppable_upsampler(block: nn.Module) -> Upsample2D | None:
