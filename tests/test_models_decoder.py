@@ -213,6 +213,8 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         (lambda z, image, mask: (z, image, mask.repeat(1, 2, 1, 1)), "mask"),
         (lambda z, image, mask: (z, image, mask[:1]), "batch"),
         (lambda z, image, mask: (z[0], image, mask), "4-D"),
+        (lambda z, image, mask: (z, image, mask * 2), r"\[0, 1\]"),
+        (lambda z, image, mask: (z, image, mask - 0.5), r"\[0, 1\]"),
     ],
 )
 def test_bad_inputs_raise_value_error(change, message):

@@ -68,8 +68,8 @@ class AsukaDecoder(ModelMixin, ConfigMixin):
 
     `forward(latents, image, mask)` decodes UNSCALED latents (SD: `z / scaling_factor`; FLUX:
     `z / 0.3611 + 0.1159`) while copying the known region's appearance from `image` (in [-1, 1], at the
-    output resolution); `mask` is (B, 1, H, W) in [0, 1] with 1 = hole. Like a diffusers model, the forward
-    does not inspect values: the pipelines pass binary masks.
+    output resolution); `mask` is (B, 1, H, W) in [0, 1] with 1 = hole (the pipelines pass binary masks). Its
+    values are checked in the one device sync that finds the hole's box, skipped when the caller gives `hole_box`.
 
     Parameters:
         latent_channels (`int`, *optional*, defaults to 4): Latent channels (4 for SD-1.5, 16 for FLUX).
@@ -200,17 +200,22 @@ class AsukaDecoder(ModelMixin, ConfigMixin):
     @staticmethod
     def hole_box(mask: torch.Tensor) -> HoleBox:
         """The smallest `(top, left, bottom, right)` box holding every nonzero pixel of `mask` over the whole batch,
-        `(0, 0, 0, 0)` when there is none. One device sync. Meta tensors have no values: their box is the whole map.
+        `(0, 0, 0, 0)` when there is none. One device sync, which also checks that the values lie in [0, 1].
+        Meta tensors have no values: their box is the whole map.
         """
         height, width = mask.shape[-2:]
         if mask.device.type == "meta":
             return (0, 0, height, width)
+        if mask.numel() == 0:
+            return NO_HOLE
         touched = (mask != 0).flatten(0, -3).any(dim=0)
-        spans = []
+        stats = [((mask < 0) | (mask > 1)).any().long()]
         for flags in (touched.any(dim=1), touched.any(dim=0)):
             index = torch.arange(flags.numel(), device=flags.device)
-            spans += [torch.where(flags, index, flags.numel()).min(), torch.where(flags, index, -1).max() + 1]
-        top, bottom, left, right = torch.stack(spans).tolist()
+            stats += [torch.where(flags, index, flags.numel()).min(), torch.where(flags, index, -1).max() + 1]
+        out_of_range, top, bottom, left, right = torch.stack(stats).tolist()
+        if out_of_range:
+            raise ValueError("`mask` values must lie in [0, 1] (1 = hole).")
         return (top, left, bottom, right) if top < bottom else NO_HOLE
 
     def enable_tiling(self, tile_sample_size: int = 512, tile_overlap: float = 0.25) -> None:
