@@ -4,16 +4,15 @@ ASUKA's files and the model card (HfApi intercepted; the "Hub" is local folders)
 import hashlib
 import json
 
-import numpy as np
 import pytest
 import torch
 from hub_helpers import save_flux_backbone, weight_files
-from PIL import Image
 from safetensors.torch import load_file
 from training_support import (
     intercept_hub,
     offline,  # noqa: F401 (the module-wide autouse fixture)
     put_training_on_path,
+    random_images,
     tiny_pipeline_dir,
     training_argv,
 )
@@ -83,11 +82,7 @@ def pipeline_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def image_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for index in range(2):
-        Image.fromarray((rng.random((36, 40, 3)) * 255).astype(np.uint8)).save(folder / f"image_{index}.png")
-    return folder
+    return random_images(tmp_path_factory.mktemp("images"), [(36, 40)] * 2)
 
 
 def run_and_push(script, pipeline_dir, image_dir, output_dir, uploads, **flags):

@@ -24,6 +24,7 @@ from training_support import (
     intercept_hub,
     offline,  # noqa: F401 (the module-wide autouse fixture)
     put_training_on_path,
+    random_images,
     tiny_pipeline_dir,
     training_argv,
 )
@@ -51,11 +52,7 @@ def pipeline_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def image_dir(tmp_path_factory):
     """Three random images of different sizes plus one unreadable file (skipped and counted)."""
-    folder = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for index, size in enumerate([(40, 48), (64, 36), (33, 33)]):
-        pixels = (rng.random((*size, 3)) * 255).astype(np.uint8)
-        Image.fromarray(pixels).save(folder / f"image_{index}.png")
+    folder = random_images(tmp_path_factory.mktemp("images"), [(40, 48), (64, 36), (33, 33)])
     (folder / "broken.jpg").write_bytes(b"definitely not a jpeg")
     return folder
 

@@ -1,11 +1,14 @@
-"""Helpers shared by the training tests: the scripts on sys.path, one flag builder, an offline env, a fake Hub."""
+"""Helpers shared by the training tests: the scripts on sys.path, one flag builder, random images, an offline env,
+a fake Hub."""
 
 import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +48,14 @@ def tiny_pipeline_dir(tmp_path_factory, kind: str) -> Path:
 
     folder = tmp_path_factory.mktemp(f"tiny_{kind}")
     make_tiny_pipeline(kind, seed=0).save_pretrained(folder)
+    return folder
+
+
+def random_images(folder: Path, sizes: list[tuple[int, int]]) -> Path:
+    """Write `image_<i>.png`, seeded random RGB of each (height, width) in `sizes`, into `folder`; returns it."""
+    rng = np.random.default_rng(0)
+    for index, size in enumerate(sizes):
+        Image.fromarray((rng.random((*size, 3)) * 255).astype(np.uint8)).save(folder / f"image_{index}.png")
     return folder
 
 

@@ -152,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
         setup.step(loss)
         return {"loss": loss, "p": torch.tensor(p), "lr": setup.last_lr()}
 
-    def build_pipeline(aligner=None):
+    def build_pipeline(aligner):
         from asuka import AsukaPipeline
 
         scheduler = asuka_training.load_scheduler(args.pretrained_model_name_or_path, revision=args.revision)
@@ -166,14 +166,14 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
             unet=unet,
             scheduler=scheduler,
             mae=mae,
-            aligner=aligner or accelerator.unwrap_model(aligner_model),
+            aligner=aligner,
             decoder=decoder,
         )
 
     def validate(global_step: int) -> list[list[Image.Image]]:
         if not accelerator.is_main_process:
             return []
-        pipe = build_pipeline(aligner=asuka_training.unwrapped_copy(accelerator, aligner_model))
+        pipe = build_pipeline(asuka_training.unwrapped_copy(accelerator, aligner_model))
         pipe.set_progress_bar_config(disable=True)
         seed, steps = args.seed or 0, args.validation_inference_steps
         return asuka_training.inpainting_rows(pipe, validation, seed, steps, accelerator.device, weight_dtype)
@@ -183,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
     def trained_pipeline():
         from asuka.models import AsukaAligner
 
-        return build_pipeline(aligner=AsukaAligner.from_pretrained(args.output_dir))
+        return build_pipeline(AsukaAligner.from_pretrained(args.output_dir))
 
     return asuka_training.finish(
         setup, result, {"": aligner_model}, trained_pipeline if args.save_pipeline else None, CARD, grid

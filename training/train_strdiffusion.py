@@ -217,13 +217,11 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
         setup.step(loss)
         return {"loss": loss, "lr": setup.last_lr(), **logs}
 
-    def build_pipeline(component=None):
+    def build_pipeline(component):
         from asuka import StrDiffusionPipeline
 
         pipe = StrDiffusionPipeline.from_pretrained(
-            args.pretrained_model_name_or_path,
-            revision=args.revision,
-            **{subfolder: accelerator.unwrap_model(net) if component is None else component},
+            args.pretrained_model_name_or_path, revision=args.revision, **{subfolder: component}
         )
         pipe.set_progress_bar_config(disable=True)
         return pipe

@@ -110,20 +110,6 @@ def check_state_dict(
         )
 
 
-def load_strict(
-    model: torch.nn.Module,
-    state_dict: Mapping[str, torch.Tensor],
-    source: str = "",
-    names: Mapping[str, str] | None = None,
-) -> torch.nn.Module:
-    """`model` holding exactly the tensors of `state_dict` (no copies; `model` may be on the meta device), in eval
-    mode. Checked first with `check_state_dict`, so a mismatch is a `ValueError` naming `source` and the keys.
-    """
-    check_state_dict(state_dict, model, source, names)
-    model.load_state_dict(dict(state_dict), strict=True, assign=True)
-    return model.eval()
-
-
 def build_strict(
     model_class: type,
     config: Mapping[str, Any],
@@ -135,12 +121,12 @@ def build_strict(
     and holding exactly the tensors of `state_dict` (no copies), in eval mode. Buffers are built for real: a
     non-persistent one (a constant kernel) is in no state dict and would otherwise stay on the meta device.
 
-    Checked with `load_strict`, unless `checked` says the caller already ran `check_state_dict` on this state dict
-    (torch's strict loading still refuses a mismatch then).
+    Checked with `check_state_dict` first (a mismatch is a `ValueError` naming `source` and the keys), unless
+    `checked` says the caller already ran it on this state dict (torch's strict loading still refuses a mismatch then).
     """
     with init_empty_weights(include_buffers=False):
         model = model_class.from_config(dict(config))
     if not checked:
-        return load_strict(model, state_dict, source)
+        check_state_dict(state_dict, model, source)
     model.load_state_dict(dict(state_dict), strict=True, assign=True)
     return model.eval()
