@@ -222,8 +222,6 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin):
 
     # ------------------------------------------------------------------ call
 
-    # The head of the call is AsukaPipeline.__call__'s (duplicates lists the pair): diffusers' decorators and the
-    # public arguments both pipelines start with (image, mask_image, num_inference_steps).
     @torch.no_grad()
     @cache_constant_conditioning("transformer")  # context_embedder once per call, restored afterwards
     @replace_example_docstring(EXAMPLE_DOC_STRING)
