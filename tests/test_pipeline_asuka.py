@@ -1,16 +1,13 @@
 """AsukaPipeline: diffusers equivalence, sizes, pixels, round trips, callbacks, outputs and errors."""
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
 from diffusers import AsymmetricAutoencoderKL, DDIMScheduler
+from hub_helpers import run_without_asuka
 
 from asuka import AsukaPipeline
 from asuka.pipelines.inpaint_steps import plan_working_region
@@ -288,31 +285,18 @@ def test_hub_format_loads_without_the_asuka_package(pipe, tmp_path):
         ]
     image.save(tmp_path / "image.png")
     mask.save(tmp_path / "mask.png")
-    script = textwrap.dedent(
+    run_without_asuka(
         f"""
-        import sys
-        sys.modules["asuka"] = None  # any `import asuka` now fails
-        try:
-            import asuka
-        except ImportError:
-            pass
-        else:
-            raise SystemExit("asuka is importable")
         import numpy as np, torch, PIL.Image
         from diffusers import DiffusionPipeline
         pipe = DiffusionPipeline.from_pretrained({str(folder)!r}, trust_remote_code=True)
         assert type(pipe).__name__ == "AsukaPipeline", type(pipe)
-        out = pipe(PIL.Image.open({str(tmp_path / "image.png")!r}), PIL.Image.open({str(tmp_path / "mask.png")!r}),
+        out = pipe(PIL.Image.open("image.png"), PIL.Image.open("mask.png"),
                    num_inference_steps={STEPS}, generator=torch.Generator().manual_seed(0), output_type="np").images
-        np.save({str(tmp_path / "out.npy")!r}, out)
-        """
+        np.save("out.npy", out)
+        """,
+        cwd=tmp_path,
     )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
     assert np.array_equal(np.load(tmp_path / "out.npy"), expected)
 
 

@@ -42,29 +42,17 @@ def test_equals_diffusers_flux_fill_with_explicit_embeddings():
     embeds = torch.randn(1, 7, 32, generator=generator(1))
     pooled = torch.randn(1, 24, generator=generator(2))
 
-    expected = flux_fill(
-        image=image,
-        mask_image=mask,
-        prompt_embeds=embeds,
-        pooled_prompt_embeds=pooled,
-        height=32,
-        width=48,
-        num_inference_steps=3,
-        guidance_scale=30.0,
-        generator=generator(0),
-        output_type="np",
-    ).images
-    actual = asuka(
+    both = dict(
         image=image,
         mask_image=mask,
         prompt_embeds=embeds,
         pooled_prompt_embeds=pooled,
         num_inference_steps=3,
         guidance_scale=30.0,
-        generator=generator(0),
         output_type="np",
-        keep_unmasked=False,
-    ).images
+    )
+    expected = flux_fill(**both, height=32, width=48, generator=generator(0)).images
+    actual = asuka(**both, generator=generator(0), keep_unmasked=False).images
     assert actual.shape == expected.shape == (1, 32, 48, 3)
     assert np.abs(actual - expected).max() <= 1e-5
 

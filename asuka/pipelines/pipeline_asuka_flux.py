@@ -63,9 +63,6 @@ EXAMPLE_DOC_STRING = """
         ```
 """
 
-# Sub-folders of a converted ASUKA-FLUX folder (see `asuka.convert.asuka_flux`).
-ASUKA_FLUX_COMPONENTS = ("mae", "token_aligner", "pooled_aligner", "decoder")
-
 
 class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin):
     r"""FLUX.1-Fill inpainting conditioned on the visible image (ASUKA) instead of a text prompt.
@@ -172,13 +169,14 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin):
         """
         if asuka is None:  # a saved pipeline or a light repo (`LightRepoMixin`)
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        components = {name: kwargs.pop(name) for name in list(kwargs) if name in cls._init_names()}
+        init_names = set().union(*cls._get_signature_keys(cls))  # the components and `working_resolution`
+        components = {name: kwargs.pop(name) for name in list(kwargs) if name in init_names}
         hub_keys = ("cache_dir", "token", "local_files_only", "revision", "variant", "torch_dtype")
         load_kwargs = {key: kwargs.pop(key) for key in hub_keys if key in kwargs}
         if kwargs:
             raise ValueError(
                 f"Unsupported argument(s) {sorted(kwargs)} when assembling from two sources; accepted: "
-                f"{sorted(hub_keys)} and {sorted(cls._init_names())}."
+                f"{sorted(hub_keys)} and {sorted(init_names)}."
             )
         base_classes = {"vae": AutoencoderKL, "transformer": FluxTransformer2DModel}
         for name, model_class in base_classes.items():
@@ -195,10 +193,6 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin):
         for name, module in load_asuka_flux_components(asuka, **asuka_kwargs).items():
             components.setdefault(name, module)
         return cls(**components)
-
-    @classmethod
-    def _init_names(cls) -> set[str]:
-        return {"vae", "transformer", "scheduler", *ASUKA_FLUX_COMPONENTS, "working_resolution"}
 
     # ------------------------------------------------------------------ conditioning
 
@@ -222,8 +216,6 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin):
 
     # ------------------------------------------------------------------ call
 
-    # The head of the call is AsukaPipeline.__call__'s (duplicates lists the pair): diffusers' decorators and the
-    # public arguments both pipelines start with (image, mask_image, num_inference_steps).
     @torch.no_grad()
     @cache_constant_conditioning("transformer")  # context_embedder once per call, restored afterwards
     @replace_example_docstring(EXAMPLE_DOC_STRING)
