@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from app_launcher import browser_page, running_app, small_inputs
+from app_launcher import browser_page, inpaint_call, running_app, small_inputs
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 from PIL import Image
@@ -84,15 +84,10 @@ def test_the_page_shows_the_fix_it_guidance(space_url):
 
 
 def test_another_method_still_answers(space_url, tmp_path):
-    editor, mask, photo, hole = small_inputs(tmp_path)
+    image, mask, photo, hole = small_inputs(tmp_path)
     client = Client(space_url, verbose=False)
-
-    def call(method):
-        settings = (2, 0, False, 1.0, 1.0, True, 0, False)
-        return client.predict(editor, mask, method, *settings, api_name="/inpaint")
-
-    result = np.asarray(Image.open(call("sd")[0]).convert("RGB"))
+    result = np.asarray(Image.open(inpaint_call(client, image, mask, method="sd")["result"]).convert("RGB"))
     assert result.shape == photo.shape and np.array_equal(result[~hole], photo[~hole])
     assert (result[hole] != photo[hole]).any()
     with pytest.raises(AppError, match="Could not load the ASUKA-FLUX model"):  # the broken one says why, again
-        call("asuka-flux")
+        inpaint_call(client, image, mask, method="asuka-flux")
