@@ -26,7 +26,8 @@ SPACE_ENV = {
 
 def _cache_tiny_sd_inpainting(hf_home) -> None:
     """A tiny random SD-1.5 inpainting pipeline in ``hf_home`` laid out as the Hub cache stores a download."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from hub_helpers import tiny_clip_text_encoder
+    from transformers import CLIPTokenizer
 
     from asuka.testing import make_tiny_pipeline
     from asuka.testing.sd import CROSS_ATTENTION_DIM
@@ -39,21 +40,8 @@ def _cache_tiny_sd_inpainting(hf_home) -> None:
     vocab.write_text(json.dumps({"<|startoftext|>": 0, "<|endoftext|>": 1, "!": 2}))
     merges.write_text("#version: 0.2\n")
     tokenizer = CLIPTokenizer(str(vocab), str(merges), model_max_length=77)  # the empty prompt: <bos> <eos>
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=3,
-            hidden_size=CROSS_ATTENTION_DIM,
-            intermediate_size=37,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-        )
-    )
     pipeline = make_tiny_pipeline("sd-backbone")
-    pipeline.register_modules(text_encoder=text_encoder, tokenizer=tokenizer)
+    pipeline.register_modules(text_encoder=tiny_clip_text_encoder(CROSS_ATTENTION_DIM), tokenizer=tokenizer)
     pipeline.save_pretrained(repo / "snapshots" / commit)
 
 
