@@ -124,13 +124,12 @@ def photo_and_hole(width: int = 77, height: int = 53) -> tuple[Any, Any]:
     return photo, hole
 
 
-def small_inputs(tmp_path: Path) -> tuple[dict, Any, Any, Any]:
-    """A 64x48 photo and a rectangular hole saved in ``tmp_path``, as `/inpaint` takes them.
+def small_inputs(tmp_path: Path) -> tuple[Path, Path, Any, Any]:
+    """A 64x48 photo and a rectangular hole saved in ``tmp_path``, for :func:`inpaint_call`.
 
-    Returns the editor value, the mask file, the photo (uint8 HxWx3) and the hole (bool HxW).
+    Returns the photo's file, the mask's file, the photo (uint8 HxWx3) and the hole (bool HxW).
     """
     import numpy as np
-    from gradio_client import handle_file
     from PIL import Image
 
     photo = np.asarray(Image.open(ROOT / "examples" / "coffee.jpg").convert("RGB").resize((64, 48)))
@@ -138,8 +137,7 @@ def small_inputs(tmp_path: Path) -> tuple[dict, Any, Any, Any]:
     hole = np.zeros((48, 64), dtype=bool)
     hole[10:30, 20:40] = True
     Image.fromarray(hole.astype(np.uint8) * 255).save(tmp_path / "mask.png")
-    editor = {"background": handle_file(str(tmp_path / "photo.png")), "layers": [], "composite": None}
-    return editor, handle_file(str(tmp_path / "mask.png")), photo, hole
+    return tmp_path / "photo.png", tmp_path / "mask.png", photo, hole
 
 
 def inpaint_call(client: Any, image_path, mask_path=None, layers=(), **settings) -> dict:

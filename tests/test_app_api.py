@@ -18,13 +18,8 @@ H, W = 53, 77  # deliberately not a multiple of 8
 
 
 @pytest.fixture(scope="module")
-def app_url(tiny_app_url):
-    return tiny_app_url
-
-
-@pytest.fixture(scope="module")
-def client(app_url):
-    return Client(app_url, verbose=False)
+def client(tiny_app_url):
+    return Client(tiny_app_url, verbose=False)
 
 
 def _photo() -> np.ndarray:
@@ -112,8 +107,8 @@ def test_exif_rotated_and_16_bit_inputs(client, tmp_path):
     assert np.array_equal(result[~_hole()], expected[~_hole()])
 
 
-def test_tiny_banner_and_examples_are_in_the_page(app_url):
-    with urllib.request.urlopen(app_url + "config", timeout=30) as response:
+def test_tiny_banner_and_examples_are_in_the_page(tiny_app_url):
+    with urllib.request.urlopen(tiny_app_url + "config", timeout=30) as response:
         config = json.loads(response.read())
     text = json.dumps(config)
     assert "random weights, for trying the interface" in text

@@ -15,13 +15,8 @@ WIDTH, HEIGHT = 1366, 768  # a common laptop screen
 
 
 @pytest.fixture(scope="module")
-def app_url(tiny_app_url):
-    return tiny_app_url
-
-
-@pytest.fixture(scope="module")
-def page(app_url):
-    with browser_page(app_url, WIDTH, HEIGHT) as page:
+def page(tiny_app_url):
+    with browser_page(tiny_app_url, WIDTH, HEIGHT) as page:
         yield page
 
 

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from app_launcher import ROOT, quiet_env, running_app, small_inputs
+from app_launcher import ROOT, inpaint_call, quiet_env, running_app, small_inputs
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 from gradio_client.utils import QueueError
@@ -24,17 +24,17 @@ def app_url(tmp_path_factory):
         yield url
 
 
-def _call(url, editor, mask, steps):
-    client = Client(url, verbose=False)
-    return client.predict(editor, mask, "asuka-sd", steps, 0, False, 1.0, 1.0, True, 0, False, api_name="/inpaint")
+def _call(url, image, mask, steps):
+    """The result file of an ASUKA-SD `/inpaint` call with `steps`, from a client of its own."""
+    return inpaint_call(Client(url, verbose=False), image, mask, steps=steps)["result"]
 
 
 def test_concurrent_calls_succeed_or_are_told_the_queue_is_full(app_url, tmp_path):
-    editor, mask, photo, hole = small_inputs(tmp_path)
+    image, mask, photo, hole = small_inputs(tmp_path)
 
     def one(_):
         try:
-            return "ok", _call(app_url, editor, mask, 4)
+            return "ok", _call(app_url, image, mask, 4)
         except (QueueError, AppError) as error:
             return "refused", str(error)
 
@@ -45,12 +45,12 @@ def test_concurrent_calls_succeed_or_are_told_the_queue_is_full(app_url, tmp_pat
     assert set(kinds) <= {"ok", "refused"} and "ok" in kinds
     assert refusals, "16 simultaneous calls against a queue of 2 must overflow it"
     assert all("queue is full" in detail.lower() for detail in refusals), refusals
-    for kind, outputs in outcomes:
+    for kind, output in outcomes:
         if kind == "ok":
-            result = np.asarray(Image.open(outputs[0]).convert("RGB"))
+            result = np.asarray(Image.open(output).convert("RGB"))
             assert result.shape == photo.shape and np.array_equal(result[~hole], photo[~hole])
     # the server still answers once the burst is over
-    result = np.asarray(Image.open(_call(app_url, editor, mask, 1)[0]).convert("RGB"))
+    result = np.asarray(Image.open(_call(app_url, image, mask, 1)).convert("RGB"))
     assert np.array_equal(result[~hole], photo[~hole])
 
 

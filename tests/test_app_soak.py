@@ -4,7 +4,7 @@ import time
 from pathlib import Path
 
 import pytest
-from app_launcher import running_app, small_inputs
+from app_launcher import inpaint_call, running_app, small_inputs
 from gradio_client import Client
 
 
@@ -32,7 +32,7 @@ def app(tmp_path_factory):
 
 def test_sixty_calls_leave_bounded_temporary_files(app, tmp_path):
     url, temp = app
-    editor, mask, _, _ = small_inputs(tmp_path)
+    image, mask, _, _ = small_inputs(tmp_path)
     client = Client(url, verbose=False, download_files=False)  # nothing written on the client side
     baseline = set(_files(temp))
 
@@ -40,12 +40,9 @@ def test_sixty_calls_leave_bounded_temporary_files(app, tmp_path):
     for _ in range(CALLS):
         started = time.monotonic()
         # a random seed each time: every result is a new file, as with real users
-        outputs = client.predict(
-            editor, mask, "asuka-sd", 1, 0, True, 1.0, 1.0, True, 0, False,
-            api_name="/inpaint",
-        )  # fmt: skip
+        outputs = inpaint_call(client, image, mask, steps=1, randomize_seed=True)
         finished.append(time.monotonic())
-        assert outputs[0] is not None
+        assert outputs["result"] is not None
         time.sleep(max(0.0, MIN_CALL_S - (finished[-1] - started)))
     end = time.monotonic()
 

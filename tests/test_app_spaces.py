@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from app_launcher import browser_page, running_app, small_inputs
+from app_launcher import browser_page, inpaint_call, running_app, small_inputs
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 from PIL import Image
@@ -26,7 +26,8 @@ SPACE_ENV = {
 
 def _cache_tiny_sd_inpainting(hf_home) -> None:
     """A tiny random SD-1.5 inpainting pipeline in ``hf_home`` laid out as the Hub cache stores a download."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from hub_helpers import tiny_clip_text_encoder
+    from transformers import CLIPTokenizer
 
     from asuka.testing import make_tiny_pipeline
     from asuka.testing.sd import CROSS_ATTENTION_DIM
@@ -39,21 +40,8 @@ def _cache_tiny_sd_inpainting(hf_home) -> None:
     vocab.write_text(json.dumps({"<|startoftext|>": 0, "<|endoftext|>": 1, "!": 2}))
     merges.write_text("#version: 0.2\n")
     tokenizer = CLIPTokenizer(str(vocab), str(merges), model_max_length=77)  # the empty prompt: <bos> <eos>
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=3,
-            hidden_size=CROSS_ATTENTION_DIM,
-            intermediate_size=37,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-        )
-    )
     pipeline = make_tiny_pipeline("sd-backbone")
-    pipeline.register_modules(text_encoder=text_encoder, tokenizer=tokenizer)
+    pipeline.register_modules(text_encoder=tiny_clip_text_encoder(CROSS_ATTENTION_DIM), tokenizer=tokenizer)
     pipeline.save_pretrained(repo / "snapshots" / commit)
 
 
@@ -84,15 +72,10 @@ def test_the_page_shows_the_fix_it_guidance(space_url):
 
 
 def test_another_method_still_answers(space_url, tmp_path):
-    editor, mask, photo, hole = small_inputs(tmp_path)
+    image, mask, photo, hole = small_inputs(tmp_path)
     client = Client(space_url, verbose=False)
-
-    def call(method):
-        settings = (2, 0, False, 1.0, 1.0, True, 0, False)
-        return client.predict(editor, mask, method, *settings, api_name="/inpaint")
-
-    result = np.asarray(Image.open(call("sd")[0]).convert("RGB"))
+    result = np.asarray(Image.open(inpaint_call(client, image, mask, method="sd")["result"]).convert("RGB"))
     assert result.shape == photo.shape and np.array_equal(result[~hole], photo[~hole])
     assert (result[hole] != photo[hole]).any()
     with pytest.raises(AppError, match="Could not load the ASUKA-FLUX model"):  # the broken one says why, again
-        call("asuka-flux")
+        inpaint_call(client, image, mask, method="asuka-flux")

@@ -15,6 +15,11 @@ from asuka import methods
 from asuka.cli import main, plan_jobs
 
 
+def _inpaint_args(image: Path, mask: Path, output: Path, *extra: str) -> list[str]:
+    """`python -m asuka` arguments: inpaint `image` with `mask` into `output`, then `extra` options."""
+    return ["inpaint", "--image", str(image), "--mask", str(mask), "--output", str(output), *extra]
+
+
 def _snapshot(folder: Path) -> dict:
     return {p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in folder.iterdir()}
 
@@ -41,21 +46,7 @@ def test_folder_batch_skips_bad_and_unpaired_files(folders, tmp_path):
     before = (_snapshot(images), _snapshot(masks))
     output = tmp_path / "out"
     process = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "asuka",
-            "inpaint",
-            "--image",
-            str(images),
-            "--mask",
-            str(masks),
-            "--output",
-            str(output),
-            "--tiny",
-            "--steps",
-            "2",
-        ],
+        [sys.executable, "-m", "asuka", *_inpaint_args(images, masks, output, "--tiny", "--steps", "2")],
         cwd=ROOT,
         env=quiet_env(),
         capture_output=True,
@@ -77,18 +68,7 @@ def test_never_overwrites_without_flag(folders, tmp_path):
     output = tmp_path / "out"
     output.mkdir()
     (output / "good.png").write_bytes(b"keep me")
-    args = [
-        "inpaint",
-        "--image",
-        str(images / "good.png"),
-        "--mask",
-        str(masks),
-        "--output",
-        str(output),
-        "--tiny",
-        "--steps",
-        "1",
-    ]
+    args = _inpaint_args(images / "good.png", masks, output, "--tiny", "--steps", "1")
     assert main(args) == 1
     assert (output / "good.png").read_bytes() == b"keep me"
     assert main(args + ["--overwrite"]) == 0
@@ -99,9 +79,7 @@ def test_never_overwrites_without_flag(folders, tmp_path):
 def test_refuses_to_write_into_an_input_folder(folders):
     images, masks, _, _ = folders
     before = _snapshot(images)
-    assert (
-        main(["inpaint", "--image", str(images), "--mask", str(masks), "--output", str(images / "out"), "--tiny"]) == 2
-    )
+    assert main(_inpaint_args(images, masks, images / "out", "--tiny")) == 2
     assert _snapshot(images) == before
 
 
@@ -121,7 +99,7 @@ def test_masks_beside_images_and_single_mask_for_all(tmp_path):
 def test_without_method_or_gpu_exits_2_with_guidance(folders, tmp_path, monkeypatch, capsys):
     images, masks, _, _ = folders
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    args = ["inpaint", "--image", str(images / "good.png"), "--mask", str(masks), "--output", str(tmp_path / "out")]
+    args = _inpaint_args(images / "good.png", masks, tmp_path / "out")
     assert main(args) == 2
     stderr = capsys.readouterr().err
     assert "No CUDA GPU" in stderr and "--tiny" in stderr
@@ -141,7 +119,7 @@ def test_default_method_follows_the_device(folders, tmp_path, monkeypatch, capsy
     # on a GPU machine, --device cpu without --method must not pick the GPU-only default
     images, masks, _, _ = folders
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    args = ["inpaint", "--image", str(images / "good.png"), "--mask", str(masks), "--output", str(tmp_path / "out")]
+    args = _inpaint_args(images / "good.png", masks, tmp_path / "out")
     assert main(args + ["--device", "cpu"]) == 2
     assert "No CUDA GPU" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
