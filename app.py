@@ -332,8 +332,8 @@ def build_demo(
     """
     choices = [(spec.label, spec.name) for spec in methods.list_methods()]
     first = methods.get_method(default_method)
-    results = ResultFiles(Path(get_upload_folder()) / "asuka-results", max_results, cache_max_age)
     cache_max_age = max(1, cache_max_age)
+    results = ResultFiles(Path(get_upload_folder()) / "asuka-results", max_results, cache_max_age)
 
     @gpu(duration=gpu_duration)
     def inpaint(
