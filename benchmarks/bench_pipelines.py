@@ -39,7 +39,7 @@ import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
-from diffusers import StableDiffusionInpaintPipeline
+from diffusers import FluxFillPipeline, StableDiffusionInpaintPipeline
 
 
 BENCHMARKS = os.path.dirname(os.path.abspath(__file__))
@@ -48,7 +48,7 @@ sys.path[:0] = [BENCHMARKS, os.path.dirname(BENCHMARKS)]  # the sibling modules;
 from architectures import build_flux_components, build_sd_components, clip_text_encoder  # noqa: E402
 from flops import count_flops, meta_flux_components, meta_sd_components, pipeline_flops  # noqa: E402
 
-from asuka.pipelines import AsukaPipeline  # noqa: E402
+from asuka.pipelines import AsukaFluxPipeline, AsukaPipeline  # noqa: E402
 from asuka.testing.flux import flux_fill_pipeline  # noqa: E402
 from asuka.testing.sd import sd_inpaint_pipeline  # noqa: E402
 
@@ -85,6 +85,19 @@ def sd_pipelines(components: dict) -> tuple[AsukaPipeline, StableDiffusionInpain
     )
     asuka.set_progress_bar_config(disable=True)
     base = sd_inpaint_pipeline({**components, "scheduler": scheduler.__class__.from_config(scheduler.config)})
+    return asuka, base
+
+
+def flux_pipelines(components: dict) -> tuple[AsukaFluxPipeline, FluxFillPipeline]:
+    """ASUKA-FLUX and diffusers' FluxFill on the same module objects (each with its own scheduler instance); any
+    other entry of `components` (the suite's text encoders) is left out."""
+    scheduler = components["scheduler"]
+    names = ("vae", "transformer", "mae", "token_aligner", "pooled_aligner", "decoder")
+    asuka = AsukaFluxPipeline(
+        scheduler=scheduler.__class__.from_config(scheduler.config), **{k: components[k] for k in names}
+    )
+    asuka.set_progress_bar_config(disable=True)
+    base = flux_fill_pipeline({**components, "scheduler": scheduler.__class__.from_config(scheduler.config)})
     return asuka, base
 
 
@@ -442,12 +455,8 @@ def training_runs(components: dict, size: int, batch_size: int, device: str, dty
 
 
 def flux_inference_runs(components: dict, size: int, steps: int, device: str, dtype: torch.dtype) -> dict:
-    from asuka.pipelines.pipeline_asuka_flux import AsukaFluxPipeline
-
-    scheduler = components["scheduler"]
-    asuka = AsukaFluxPipeline(**{**components, "scheduler": scheduler.__class__.from_config(scheduler.config)})
-    asuka.set_progress_bar_config(disable=True)
-    base = flux_fill_pipeline({**components, "scheduler": scheduler.__class__.from_config(scheduler.config)})
+    """The two calls to compare (closures) with their stage maps."""
+    asuka, base = flux_pipelines(components)
     image, mask = test_inputs(size)
     transformer = components["transformer"]
     tokens = (

@@ -58,6 +58,7 @@ from bench_pipelines import (  # noqa: E402
     baseline_call,
     decoder_training_run,
     flux_inference_runs,
+    flux_pipelines,
     sd_inference_runs,
     sd_pipelines,
     sd_prompt_embeds,
@@ -351,14 +352,9 @@ def compile_and_offload_flux(ctx: dict) -> dict:
     """ASUKA-FLUX at the first configured size and steps: offload, then diffusers' regional compilation of the
     transformer (`compile_repeated_blocks`: each block type compiled once, so seconds rather than minutes for 57
     blocks)."""
-    from asuka.pipelines.pipeline_asuka_flux import AsukaFluxPipeline
-
     s, components = ctx["s"], ctx["flux"]
     size, steps = s["flux_configs"][0]
-    names = ("vae", "transformer", "mae", "token_aligner", "pooled_aligner", "decoder")
-    scheduler = components["scheduler"].__class__.from_config(components["scheduler"].config)
-    asuka = AsukaFluxPipeline(scheduler=scheduler, **{k: components[k] for k in names})
-    asuka.set_progress_bar_config(disable=True)
+    asuka = flux_pipelines(components)[0]
     image, mask = test_inputs(size)
 
     def compile_transformer() -> str:
