@@ -14,12 +14,11 @@ hand count of a Linear layer and an attention block.
 """
 
 import argparse
-import contextlib
 import itertools
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -76,7 +75,7 @@ def count_flops(fn: Callable[[], object], grad: bool = False) -> int:
 class Call:
     """One network call of a pipeline, `times` times per pipeline call.
 
-    `cached_first` marks a denoiser call whose constant-conditioning projections the cache computes only on the
+    `cache_model` marks a denoiser call whose constant-conditioning projections the cache computes only on the
     first of the `times` calls (counted as one first call plus `times - 1` calls with the projections reused).
     """
 
@@ -243,18 +242,11 @@ def flux_call_plan(
 # ---------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def on_meta(components: dict) -> Iterator[dict]:
-    """Build `components` on the meta device (no memory, no values: FLOP counts only)."""
-    with torch.device("meta"):
-        yield components
-
-
 def meta_sd_components(tiny: bool = False) -> dict:
     """Full-size SD-1.5-inpainting UNet and VAE, ASUKA's MAE/aligner/decoder, CLIP ViT-L text encoder; on meta.
     (`tiny`: the tiny test components, without a text encoder.)"""
-    with on_meta({}) as components:
-        components.update(build_sd_components(tiny))
+    with torch.device("meta"):
+        components = build_sd_components(tiny)
         if not tiny:
             components["text_encoder"] = clip_text_encoder()
     return components
@@ -263,8 +255,8 @@ def meta_sd_components(tiny: bool = False) -> dict:
 def meta_flux_components(tiny: bool = False, num_layers: int = 19, num_single_layers: int = 38) -> dict:
     """FLUX.1-Fill transformer (by default full depth: 19 + 38 blocks) and VAE, ASUKA-FLUX's MAE/aligners/decoder,
     T5-XXL and CLIP text encoders; on meta. (`tiny`: the tiny test components, without text encoders.)"""
-    with on_meta({}) as components:
-        components.update(build_flux_components(tiny, num_layers, num_single_layers))
+    with torch.device("meta"):
+        components = build_flux_components(tiny, num_layers, num_single_layers)
         if not tiny:
             components["text_encoders"] = flux_text_encoders()
     return components
