@@ -46,7 +46,14 @@ BENCHMARKS = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [BENCHMARKS, os.path.dirname(BENCHMARKS)]  # the sibling modules; this repository's asuka
 
 from architectures import build_flux_components, build_sd_components, clip_text_encoder  # noqa: E402
-from flops import count_flops, meta_flux_components, meta_sd_components, pipeline_flops  # noqa: E402
+from flops import (  # noqa: E402
+    FLUX_T5_TOKENS,
+    SD_TEXT_TOKENS,
+    count_flops,
+    meta_flux_components,
+    meta_sd_components,
+    pipeline_flops,
+)
 
 from asuka.pipelines import AsukaFluxPipeline, AsukaPipeline  # noqa: E402
 from asuka.testing.flux import flux_fill_pipeline  # noqa: E402
@@ -54,8 +61,6 @@ from asuka.testing.sd import sd_inpaint_pipeline  # noqa: E402
 
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-TEXT_TOKENS = 77  # CLIP's sequence length: the baseline's prompt_embeds (B, 77, cross_attention_dim)
-FLUX_TEXT_TOKENS = 512  # FluxFillPipeline's default T5 max_sequence_length
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,8 +297,8 @@ def sd_prompt_embeds(text_encoder: torch.nn.Module | None, width: int, device: s
     """The SD baseline's `prompt_embeds` (1, 77, `width`): a fixed token sequence through `text_encoder`, as a prompt
     would be encoded, or random embeddings of that shape when there is no text encoder."""
     if text_encoder is None:
-        return torch.randn(1, TEXT_TOKENS, width).to(device, dtype)
-    ids = torch.arange(TEXT_TOKENS, device=device)[None] % 49408  # CLIP's vocabulary size
+        return torch.randn(1, SD_TEXT_TOKENS, width).to(device, dtype)
+    ids = torch.arange(SD_TEXT_TOKENS, device=device)[None] % 49408  # CLIP's vocabulary size
     with torch.no_grad():
         return text_encoder(ids)[0]
 
@@ -304,7 +309,7 @@ def sd_inference_runs(components: dict, size: int, steps: int, device: str, dtyp
     image, mask = test_inputs(size)
     unet = components["unet"]
     text_embeds = torch.randn(
-        1, TEXT_TOKENS, unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(1)
+        1, SD_TEXT_TOKENS, unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(1)
     ).to(device, dtype)
 
     def run_asuka():
@@ -424,7 +429,7 @@ def training_runs(components: dict, size: int, batch_size: int, device: str, dty
 
     aligner_optimizer = trained_with_adamw(aligner, lr=1e-5)
     embedding = torch.nn.Parameter(
-        torch.randn(batch_size, TEXT_TOKENS, unet.config.cross_attention_dim, device=device, dtype=dtype)
+        torch.randn(batch_size, SD_TEXT_TOKENS, unet.config.cross_attention_dim, device=device, dtype=dtype)
     )
     embedding_optimizer = torch.optim.AdamW([embedding], lr=1e-5)
 
@@ -460,7 +465,7 @@ def flux_inference_runs(components: dict, size: int, steps: int, device: str, dt
     image, mask = test_inputs(size)
     transformer = components["transformer"]
     tokens = (
-        FLUX_TEXT_TOKENS
+        FLUX_T5_TOKENS
         if transformer.config.joint_attention_dim == 4096
         else components["token_aligner"].config.num_tokens
     )

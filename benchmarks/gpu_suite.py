@@ -67,7 +67,7 @@ from bench_pipelines import (  # noqa: E402
     to_device,
     training_runs,
 )
-from flops import write_json  # noqa: E402
+from flops import FLUX_CLIP_TOKENS, FLUX_T5_TOKENS, write_json  # noqa: E402
 
 
 SCHEMA = "asuka-gpu-suite/1"
@@ -327,8 +327,8 @@ def flux_memory(components: dict, size: int, device: str, dtype: torch.dtype, t5
 
     def base_with_text():
         if t5 is not None:
-            t5(torch.zeros(1, 512, dtype=torch.long, device=device))
-            clip(torch.zeros(1, 77, dtype=torch.long, device=device))
+            t5(torch.zeros(1, FLUX_T5_TOKENS, dtype=torch.long, device=device))
+            clip(torch.zeros(1, FLUX_CLIP_TOKENS, dtype=torch.long, device=device))
         base_fn()
 
     with torch.no_grad():
