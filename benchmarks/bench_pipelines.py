@@ -153,7 +153,8 @@ def decoder_training_run(components: dict, size: int, batch: int, device: str, d
     """One step of training/train_decoder.py (L1 only, its default): VAE-encode the batch, replace half of the
     latents by the frozen UNet's one-step x0 estimate at t in [700, 999] (conditioned on the aligned MAE prior of the
     whole image, the clean latent as masked-image latent and a zero mask), decode with the AsukaDecoder, L1 against
-    the image, backward, AdamW on the decoder."""
+    the image, backward, AdamW on the decoder. The decoder gets the image-wide hole box: the script's random-stroke
+    masks span the image over a batch, and it is the box the FLOP count on meta tensors sees."""
     unet, vae, decoder, scheduler = (components[k] for k in ("unet", "vae", "decoder", "scheduler"))
     mae, aligner = components["mae"], components["aligner"]
     generator = torch.Generator().manual_seed(0)
@@ -175,7 +176,7 @@ def decoder_training_run(components: dict, size: int, batch: int, device: str, d
             x0 = (noisy - (1 - alphas).sqrt() * eps) / alphas.sqrt()
             latents = torch.cat([x0, latents[half:]]) / scale
         target = pixels * 2 - 1
-        output = decoder(latents, target, hole, return_dict=False)[0]
+        output = decoder(latents, target, hole, hole_box=(0, 0, size, size), return_dict=False)[0]
         F.l1_loss(output.float(), target.float()).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
