@@ -49,6 +49,7 @@ from architectures import build_flux_components, build_sd_components, clip_text_
 from flops import (  # noqa: E402
     FLUX_T5_TOKENS,
     SD_TEXT_TOKENS,
+    centred_hole_box,
     count_flops,
     meta_flux_components,
     meta_sd_components,
@@ -111,8 +112,9 @@ def training_batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random images in [0, 1] (B, 3, size, size) and a centred square hole of a quarter of the area (B, 1, ...)."""
     image = torch.rand(batch, 3, size, size, generator=generator).to(device, dtype)
+    top, left, bottom, right = centred_hole_box(size)
     hole = torch.zeros(batch, 1, size, size, device=device, dtype=dtype)
-    hole[..., size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 1
+    hole[..., top:bottom, left:right] = 1
     return image, hole
 
 
@@ -189,8 +191,9 @@ def test_inputs(size: int) -> tuple[PIL.Image.Image, PIL.Image.Image]:
     rng = np.random.RandomState(0)
     yy, xx = np.mgrid[0:size, 0:size] / size
     image = np.stack([np.sin(6 * xx), np.cos(5 * yy), xx * yy], -1) * 0.4 + 0.5 + 0.05 * rng.rand(size, size, 3)
+    top, left, bottom, right = centred_hole_box(size)
     mask = np.zeros((size, size), np.uint8)
-    mask[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 255
+    mask[top:bottom, left:right] = 255
     return PIL.Image.fromarray((image.clip(0, 1) * 255).astype(np.uint8)), PIL.Image.fromarray(mask)
 
 
