@@ -39,23 +39,29 @@ import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
-from diffusers import StableDiffusionInpaintPipeline
+from diffusers import FluxFillPipeline, StableDiffusionInpaintPipeline
 
 
 BENCHMARKS = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [BENCHMARKS, os.path.dirname(BENCHMARKS)]  # the sibling modules; this repository's asuka
 
 from architectures import build_flux_components, build_sd_components, clip_text_encoder  # noqa: E402
-from flops import count_flops, meta_flux_components, meta_sd_components, pipeline_flops  # noqa: E402
+from flops import (  # noqa: E402
+    FLUX_T5_TOKENS,
+    SD_TEXT_TOKENS,
+    centred_hole_box,
+    count_flops,
+    meta_flux_components,
+    meta_sd_components,
+    pipeline_flops,
+)
 
-from asuka.pipelines import AsukaPipeline  # noqa: E402
+from asuka.pipelines import AsukaFluxPipeline, AsukaPipeline  # noqa: E402
 from asuka.testing.flux import flux_fill_pipeline  # noqa: E402
 from asuka.testing.sd import sd_inpaint_pipeline  # noqa: E402
 
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-TEXT_TOKENS = 77  # CLIP's sequence length: the baseline's prompt_embeds (B, 77, cross_attention_dim)
-FLUX_TEXT_TOKENS = 512  # FluxFillPipeline's default T5 max_sequence_length
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,13 +94,27 @@ def sd_pipelines(components: dict) -> tuple[AsukaPipeline, StableDiffusionInpain
     return asuka, base
 
 
+def flux_pipelines(components: dict) -> tuple[AsukaFluxPipeline, FluxFillPipeline]:
+    """ASUKA-FLUX and diffusers' FluxFill on the same module objects (each with its own scheduler instance); any
+    other entry of `components` (the suite's text encoders) is left out."""
+    scheduler = components["scheduler"]
+    names = ("vae", "transformer", "mae", "token_aligner", "pooled_aligner", "decoder")
+    asuka = AsukaFluxPipeline(
+        scheduler=scheduler.__class__.from_config(scheduler.config), **{k: components[k] for k in names}
+    )
+    asuka.set_progress_bar_config(disable=True)
+    base = flux_fill_pipeline({**components, "scheduler": scheduler.__class__.from_config(scheduler.config)})
+    return asuka, base
+
+
 def training_batch(
     batch: int, size: int, device: str, dtype: torch.dtype, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random images in [0, 1] (B, 3, size, size) and a centred square hole of a quarter of the area (B, 1, ...)."""
     image = torch.rand(batch, 3, size, size, generator=generator).to(device, dtype)
+    top, left, bottom, right = centred_hole_box(size)
     hole = torch.zeros(batch, 1, size, size, device=device, dtype=dtype)
-    hole[..., size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 1
+    hole[..., top:bottom, left:right] = 1
     return image, hole
 
 
@@ -135,7 +155,8 @@ def decoder_training_run(components: dict, size: int, batch: int, device: str, d
     """One step of training/train_decoder.py (L1 only, its default): VAE-encode the batch, replace half of the
     latents by the frozen UNet's one-step x0 estimate at t in [700, 999] (conditioned on the aligned MAE prior of the
     whole image, the clean latent as masked-image latent and a zero mask), decode with the AsukaDecoder, L1 against
-    the image, backward, AdamW on the decoder."""
+    the image, backward, AdamW on the decoder. The decoder gets the image-wide hole box: the script's random-stroke
+    masks span the image over a batch, and it is the box the FLOP count on meta tensors sees."""
     unet, vae, decoder, scheduler = (components[k] for k in ("unet", "vae", "decoder", "scheduler"))
     mae, aligner = components["mae"], components["aligner"]
     generator = torch.Generator().manual_seed(0)
@@ -157,7 +178,7 @@ def decoder_training_run(components: dict, size: int, batch: int, device: str, d
             x0 = (noisy - (1 - alphas).sqrt() * eps) / alphas.sqrt()
             latents = torch.cat([x0, latents[half:]]) / scale
         target = pixels * 2 - 1
-        output = decoder(latents, target, hole, return_dict=False)[0]
+        output = decoder(latents, target, hole, hole_box=(0, 0, size, size), return_dict=False)[0]
         F.l1_loss(output.float(), target.float()).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -170,8 +191,9 @@ def test_inputs(size: int) -> tuple[PIL.Image.Image, PIL.Image.Image]:
     rng = np.random.RandomState(0)
     yy, xx = np.mgrid[0:size, 0:size] / size
     image = np.stack([np.sin(6 * xx), np.cos(5 * yy), xx * yy], -1) * 0.4 + 0.5 + 0.05 * rng.rand(size, size, 3)
+    top, left, bottom, right = centred_hole_box(size)
     mask = np.zeros((size, size), np.uint8)
-    mask[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 255
+    mask[top:bottom, left:right] = 255
     return PIL.Image.fromarray((image.clip(0, 1) * 255).astype(np.uint8)), PIL.Image.fromarray(mask)
 
 
@@ -279,8 +301,8 @@ def sd_prompt_embeds(text_encoder: torch.nn.Module | None, width: int, device: s
     """The SD baseline's `prompt_embeds` (1, 77, `width`): a fixed token sequence through `text_encoder`, as a prompt
     would be encoded, or random embeddings of that shape when there is no text encoder."""
     if text_encoder is None:
-        return torch.randn(1, TEXT_TOKENS, width).to(device, dtype)
-    ids = torch.arange(TEXT_TOKENS, device=device)[None] % 49408  # CLIP's vocabulary size
+        return torch.randn(1, SD_TEXT_TOKENS, width).to(device, dtype)
+    ids = torch.arange(SD_TEXT_TOKENS, device=device)[None] % 49408  # CLIP's vocabulary size
     with torch.no_grad():
         return text_encoder(ids)[0]
 
@@ -291,7 +313,7 @@ def sd_inference_runs(components: dict, size: int, steps: int, device: str, dtyp
     image, mask = test_inputs(size)
     unet = components["unet"]
     text_embeds = torch.randn(
-        1, TEXT_TOKENS, unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(1)
+        1, SD_TEXT_TOKENS, unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(1)
     ).to(device, dtype)
 
     def run_asuka():
@@ -411,7 +433,7 @@ def training_runs(components: dict, size: int, batch_size: int, device: str, dty
 
     aligner_optimizer = trained_with_adamw(aligner, lr=1e-5)
     embedding = torch.nn.Parameter(
-        torch.randn(batch_size, TEXT_TOKENS, unet.config.cross_attention_dim, device=device, dtype=dtype)
+        torch.randn(batch_size, SD_TEXT_TOKENS, unet.config.cross_attention_dim, device=device, dtype=dtype)
     )
     embedding_optimizer = torch.optim.AdamW([embedding], lr=1e-5)
 
@@ -442,16 +464,12 @@ def training_runs(components: dict, size: int, batch_size: int, device: str, dty
 
 
 def flux_inference_runs(components: dict, size: int, steps: int, device: str, dtype: torch.dtype) -> dict:
-    from asuka.pipelines.pipeline_asuka_flux import AsukaFluxPipeline
-
-    scheduler = components["scheduler"]
-    asuka = AsukaFluxPipeline(**{**components, "scheduler": scheduler.__class__.from_config(scheduler.config)})
-    asuka.set_progress_bar_config(disable=True)
-    base = flux_fill_pipeline({**components, "scheduler": scheduler.__class__.from_config(scheduler.config)})
+    """The two calls to compare (closures) with their stage maps."""
+    asuka, base = flux_pipelines(components)
     image, mask = test_inputs(size)
     transformer = components["transformer"]
     tokens = (
-        FLUX_TEXT_TOKENS
+        FLUX_T5_TOKENS
         if transformer.config.joint_attention_dim == 4096
         else components["token_aligner"].config.num_tokens
     )

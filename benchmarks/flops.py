@@ -14,12 +14,11 @@ hand count of a Linear layer and an attention block.
 """
 
 import argparse
-import contextlib
 import itertools
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -37,7 +36,8 @@ from asuka.pipelines.cached_attention import ConstantInputCache, constant_condit
 SD_TEXT_TOKENS = 77  # CLIP's sequence length
 FLUX_T5_TOKENS = 512  # FluxFillPipeline's default max_sequence_length
 FLUX_CLIP_TOKENS = 77
-# The timed benchmarks' hole (bench_pipelines.test_inputs): a centred square of half the side, a quarter of the area.
+# The timed benchmarks' hole (bench_pipelines.test_inputs and training_batch draw it with `centred_hole_box` too): a
+# centred square of half the side, a quarter of the area.
 # ASUKA's decoder computes each up level's last convolution over the hole's bounding box only, so its FLOPs depend
 # on the box; a side of 1.0 (a box spanning the image) is the worst case.
 HOLE_SIDE = 0.5
@@ -76,7 +76,7 @@ def count_flops(fn: Callable[[], object], grad: bool = False) -> int:
 class Call:
     """One network call of a pipeline, `times` times per pipeline call.
 
-    `cached_first` marks a denoiser call whose constant-conditioning projections the cache computes only on the
+    `cache_model` marks a denoiser call whose constant-conditioning projections the cache computes only on the
     first of the `times` calls (counted as one first call plus `times - 1` calls with the projections reused).
     """
 
@@ -103,17 +103,23 @@ def _vae_factor(vae: torch.nn.Module) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
+def centred_hole_box(size: int, hole_side: float = HOLE_SIDE) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right), bottom/right exclusive, of a centred square hole of `hole_side` x `size` in a
+    `size`x`size` image."""
+    if not 0 < hole_side <= 1:
+        raise ValueError(f"`hole_side` must lie in (0, 1] (a fraction of the image side), got {hole_side}.")
+    margin = round(size * (1 - hole_side) / 2)
+    return (margin, margin, size - margin, size - margin)
+
+
 def _pixel_inputs(vae: torch.nn.Module, size: int, batch: int, device, dtype, hole_side: float) -> tuple:
     """Zero image (B, 3, size, size), hole (B, 1, size, size: a centred square of `hole_side` x `size`), its box
     (top, left, bottom, right) and the VAE latents of a `size`x`size` call."""
-    if not 0 < hole_side <= 1:
-        raise ValueError(f"`hole_side` must lie in (0, 1] (a fraction of the image side), got {hole_side}.")
     latent = size // _vae_factor(vae)
     image = torch.zeros(batch, 3, size, size, device=device, dtype=dtype)
-    margin = round(size * (1 - hole_side) / 2)
-    box = (margin, margin, size - margin, size - margin)
+    box = top, left, bottom, right = centred_hole_box(size, hole_side)
     hole = torch.zeros(batch, 1, size, size, device=device, dtype=dtype)
-    hole[..., margin : size - margin, margin : size - margin] = 1
+    hole[..., top:bottom, left:right] = 1
     latents = torch.zeros(batch, vae.config.latent_channels, latent, latent, device=device, dtype=dtype)
     return image, hole, box, latents
 
@@ -243,18 +249,11 @@ def flux_call_plan(
 # ---------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def on_meta(components: dict) -> Iterator[dict]:
-    """Build `components` on the meta device (no memory, no values: FLOP counts only)."""
-    with torch.device("meta"):
-        yield components
-
-
 def meta_sd_components(tiny: bool = False) -> dict:
     """Full-size SD-1.5-inpainting UNet and VAE, ASUKA's MAE/aligner/decoder, CLIP ViT-L text encoder; on meta.
     (`tiny`: the tiny test components, without a text encoder.)"""
-    with on_meta({}) as components:
-        components.update(build_sd_components(tiny))
+    with torch.device("meta"):
+        components = build_sd_components(tiny)
         if not tiny:
             components["text_encoder"] = clip_text_encoder()
     return components
@@ -263,8 +262,8 @@ def meta_sd_components(tiny: bool = False) -> dict:
 def meta_flux_components(tiny: bool = False, num_layers: int = 19, num_single_layers: int = 38) -> dict:
     """FLUX.1-Fill transformer (by default full depth: 19 + 38 blocks) and VAE, ASUKA-FLUX's MAE/aligners/decoder,
     T5-XXL and CLIP text encoders; on meta. (`tiny`: the tiny test components, without text encoders.)"""
-    with on_meta({}) as components:
-        components.update(build_flux_components(tiny, num_layers, num_single_layers))
+    with torch.device("meta"):
+        components = build_flux_components(tiny, num_layers, num_single_layers)
         if not tiny:
             components["text_encoders"] = flux_text_encoders()
     return components

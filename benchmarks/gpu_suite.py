@@ -58,6 +58,7 @@ from bench_pipelines import (  # noqa: E402
     baseline_call,
     decoder_training_run,
     flux_inference_runs,
+    flux_pipelines,
     sd_inference_runs,
     sd_pipelines,
     sd_prompt_embeds,
@@ -66,7 +67,7 @@ from bench_pipelines import (  # noqa: E402
     to_device,
     training_runs,
 )
-from flops import write_json  # noqa: E402
+from flops import FLUX_CLIP_TOKENS, FLUX_T5_TOKENS, write_json  # noqa: E402
 
 
 SCHEMA = "asuka-gpu-suite/1"
@@ -326,8 +327,8 @@ def flux_memory(components: dict, size: int, device: str, dtype: torch.dtype, t5
 
     def base_with_text():
         if t5 is not None:
-            t5(torch.zeros(1, 512, dtype=torch.long, device=device))
-            clip(torch.zeros(1, 77, dtype=torch.long, device=device))
+            t5(torch.zeros(1, FLUX_T5_TOKENS, dtype=torch.long, device=device))
+            clip(torch.zeros(1, FLUX_CLIP_TOKENS, dtype=torch.long, device=device))
         base_fn()
 
     with torch.no_grad():
@@ -351,14 +352,9 @@ def compile_and_offload_flux(ctx: dict) -> dict:
     """ASUKA-FLUX at the first configured size and steps: offload, then diffusers' regional compilation of the
     transformer (`compile_repeated_blocks`: each block type compiled once, so seconds rather than minutes for 57
     blocks)."""
-    from asuka.pipelines.pipeline_asuka_flux import AsukaFluxPipeline
-
     s, components = ctx["s"], ctx["flux"]
     size, steps = s["flux_configs"][0]
-    names = ("vae", "transformer", "mae", "token_aligner", "pooled_aligner", "decoder")
-    scheduler = components["scheduler"].__class__.from_config(components["scheduler"].config)
-    asuka = AsukaFluxPipeline(scheduler=scheduler, **{k: components[k] for k in names})
-    asuka.set_progress_bar_config(disable=True)
+    asuka = flux_pipelines(components)[0]
     image, mask = test_inputs(size)
 
     def compile_transformer() -> str:

@@ -55,6 +55,14 @@ def test_inference_pair_runs_the_same_backbone_weights():
     assert asuka.scheduler is not base.scheduler and asuka.scheduler.config == base.scheduler.config
 
 
+def test_flux_pair_runs_the_same_backbone_weights_beside_the_suites_text_encoders():
+    """gpu_suite.py keeps FLUX's text encoders in the same components dict; the pipelines take only their own."""
+    components = bench_pipelines.build_flux_components(tiny=True, num_layers=1, num_single_layers=1)
+    asuka, base = bench_pipelines.flux_pipelines({**components, "text_encoders": (None, None)})
+    assert asuka.transformer is base.transformer and asuka.vae is base.vae
+    assert asuka.scheduler is not base.scheduler and asuka.scheduler.config == base.scheduler.config
+
+
 def test_training_flop_ratio_is_counted_on_meta_copies():
     args = argparse.Namespace(tiny=True, size=SIZE, train_batch_size=1)
     ratio = bench_pipelines.training_flop_ratio(args)

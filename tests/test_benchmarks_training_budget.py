@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-from benchmark_modules import training_budget
+from benchmark_modules import flops, training_budget
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from asuka.testing.sd import make_tiny_sd_components
 
@@ -21,6 +22,17 @@ def test_steps_update_only_the_trained_component(name):
         if any(not torch.equal(v, components[key].state_dict()[n]) for n, v in state.items())
     }
     assert changed == {name}
+
+
+def test_decoder_step_counts_on_meta_what_it_runs_on_cpu():
+    """The budget's FLOPs are counted on meta tensors, its step times measured on real ones: both must be the same
+    step (the decoder's hole box included, which meta tensors cannot yield from the mask)."""
+    on_meta = training_budget.RUNS["decoder"](flops.meta_sd_components(tiny=True), 32, 2, "meta", torch.float32)
+    on_cpu = training_budget.RUNS["decoder"](
+        training_budget.build_sd_components(tiny=True), 32, 2, "cpu", torch.float32
+    )
+    with sdpa_kernel(SDPBackend.MATH):  # what meta tensors decompose attention into
+        assert flops.count_flops(on_meta, grad=True) == flops.count_flops(on_cpu, grad=True) > 0
 
 
 def test_budget_table_arithmetic():
