@@ -79,8 +79,9 @@ def test_sd_cached_output_equals_uncached_and_projects_once(sd_pipe, kwargs):
     assert len(calls) > n_modules  # and every step without the cache
 
 
-@pytest.mark.parametrize("edit", ["replace", "in_place"])
-def test_sd_cache_follows_a_callback_that_changes_the_conditioning(sd_pipe, edit):
+def _conditioning_edit(edit: str):
+    """A step callback that scales `prompt_embeds` after step 1, by replacing the tensor or editing it in place."""
+
     def callback(pipe, step, timestep, tensors):
         if step == 1:
             if edit == "replace":
@@ -88,10 +89,26 @@ def test_sd_cache_follows_a_callback_that_changes_the_conditioning(sd_pipe, edit
             tensors["prompt_embeds"].mul_(0.3)
         return {}
 
-    kwargs = {"callback_on_step_end": callback, "callback_on_step_end_tensor_inputs": ["prompt_embeds"]}
+    return {"callback_on_step_end": callback, "callback_on_step_end_tensor_inputs": ["prompt_embeds"]}
+
+
+@pytest.mark.parametrize("edit", ["replace", "in_place"])
+def test_sd_cache_follows_a_callback_that_changes_the_conditioning(sd_pipe, edit):
+    kwargs = _conditioning_edit(edit)
     reference = _run(sd_pipe, cached=False, **kwargs)
     unchanged = _run(sd_pipe, cached=False)
     out = _run(sd_pipe, cached=True, **kwargs)
+    assert np.abs(reference - unchanged).max() > 1e-3  # the edit matters
+    assert np.abs(out - reference).max() <= 1e-5
+
+
+@pytest.mark.parametrize("edit", ["replace", "in_place"])
+def test_flux_cache_follows_a_callback_that_changes_the_conditioning(edit):
+    pipe = make_tiny_pipeline("flux")
+    kwargs = _conditioning_edit(edit)
+    reference = _run(pipe, cached=False, **kwargs)
+    unchanged = _run(pipe, cached=False)
+    out = _run(pipe, cached=True, **kwargs)
     assert np.abs(reference - unchanged).max() > 1e-3  # the edit matters
     assert np.abs(out - reference).max() <= 1e-5
 
