@@ -229,3 +229,33 @@ def light_and_full_repos(root: Path, kind: str, backbone_id: str, save_backbone,
     )
     pipe.save_pretrained(full, **full_kwargs)
     return pipe, light, full, backbone, cache
+
+
+def assert_light_layout(light: Path, full: Path, backbone_id: str, denoiser: str, asuka_weights: list[str]) -> None:
+    """A light repo holds the weights of ASUKA's parts only; the denoiser, VAE and scheduler folders are pointers to
+    `backbone_id` at `BACKBONE_SHA` (with an fp16 variant); it is smaller than the full export less its denoiser."""
+    assert weight_files(light) == asuka_weights
+    for name in (denoiser, "vae", "scheduler"):
+        assert sorted(p.name for p in (light / name).iterdir()) == [
+            "backbone.fp16.json",
+            "backbone.json",
+            "backbone_component.py",
+        ]
+        pointer = json.loads((light / name / "backbone.json").read_text())
+        assert pointer["repo"] == backbone_id and pointer["revision"] == BACKBONE_SHA and pointer["subfolder"] == name
+    index = json.loads((light / "model_index.json").read_text())
+    assert index["_asuka_backbone"] == {"repo": backbone_id, "revision": BACKBONE_SHA}
+    assert index[denoiser] == ["backbone_component", "BackboneComponent"] and index["mae"] == ["mae", "AsukaMAE"]
+    light_size, full_size = folder_bytes(light), folder_bytes(full)
+    print(f"light repo {light_size / 1e6:.2f} MB vs full export {full_size / 1e6:.2f} MB")
+    assert light_size < full_size - folder_bytes(full / denoiser) + 1
+
+
+def light_repo_without(pipe, backbone: Path, component: str, tmp_path: Path) -> tuple[Path, Path]:
+    """`pipe` saved light against a copy of `backbone` that lacks `component`: (light folder, broken backbone)."""
+    broken = tmp_path / f"backbone-without-{component}"
+    shutil.copytree(backbone, broken)
+    shutil.rmtree(broken / component)
+    light = tmp_path / "light"
+    pipe.save_pretrained(light, light=True, backbone=str(broken))
+    return light, broken

@@ -6,22 +6,20 @@ commit; the light repo is a local folder. Loading without `asuka` runs in a subp
 
 import json
 import re
-import shutil
 
 import numpy as np
 import pytest
 import torch
 from hub_helpers import (
-    BACKBONE_SHA,
     FLUX_BACKBONE,
     FLUX_BACKBONE_CLASSES,
     assert_backbone_loaded_from_pointer,
-    folder_bytes,
+    assert_light_layout,
     light_and_full_repos,
+    light_repo_without,
     load_light_repo_without_asuka,
     make_inputs,
     save_flux_backbone,
-    weight_files,
 )
 
 from asuka import AsukaFluxPipeline
@@ -41,30 +39,20 @@ def hub(tmp_path_factory):
 
 def test_light_repo_holds_only_asukas_components(hub):
     _, light, full, _, _ = hub
-    assert weight_files(light) == [
-        "decoder/diffusion_pytorch_model.safetensors",
-        "mae/diffusion_pytorch_model.safetensors",
-        "pooled_aligner/diffusion_pytorch_model.safetensors",
-        "token_aligner/diffusion_pytorch_model.safetensors",
-    ]
+    assert_light_layout(
+        light,
+        full,
+        FLUX_BACKBONE,
+        "transformer",
+        [
+            "decoder/diffusion_pytorch_model.safetensors",
+            "mae/diffusion_pytorch_model.safetensors",
+            "pooled_aligner/diffusion_pytorch_model.safetensors",
+            "token_aligner/diffusion_pytorch_model.safetensors",
+        ],
+    )
     assert not any((light / name).exists() for name in ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"))
-    for name in ("transformer", "vae", "scheduler"):
-        assert sorted(p.name for p in (light / name).iterdir()) == [
-            "backbone.fp16.json",
-            "backbone.json",
-            "backbone_component.py",
-        ]
-        pointer = json.loads((light / name / "backbone.json").read_text())
-        assert (
-            pointer["repo"] == FLUX_BACKBONE and pointer["revision"] == BACKBONE_SHA and pointer["subfolder"] == name
-        )
-    index = json.loads((light / "model_index.json").read_text())
-    assert index["_asuka_backbone"] == {"repo": FLUX_BACKBONE, "revision": BACKBONE_SHA}
-    assert index["transformer"] == ["backbone_component", "BackboneComponent"] and index["mae"] == ["mae", "AsukaMAE"]
-    assert index["working_resolution"] == 64
-    light_size, full_size = folder_bytes(light), folder_bytes(full)
-    print(f"light repo {light_size / 1e6:.2f} MB vs full export {full_size / 1e6:.2f} MB")
-    assert light_size < full_size - folder_bytes(full / "transformer") + 1
+    assert json.loads((light / "model_index.json").read_text())["working_resolution"] == 64
 
 
 def test_one_diffusers_call_loads_it_without_asuka(hub, tmp_path):
@@ -107,11 +95,7 @@ def test_asuka_pipeline_from_pretrained_loads_the_light_repo(hub):
 
 def test_a_backbone_without_the_component_names_repo_and_component(hub, tmp_path):
     pipe, _, _, backbone, _ = hub
-    broken = tmp_path / "backbone-without-transformer"
-    shutil.copytree(backbone, broken)
-    shutil.rmtree(broken / "transformer")
-    light = tmp_path / "light"
-    pipe.save_pretrained(light, light=True, backbone=str(broken))
+    light, broken = light_repo_without(pipe, backbone, "transformer", tmp_path)
     with pytest.raises(ValueError, match=rf"{re.escape(str(broken))}.*`transformer`"):
         AsukaFluxPipeline.from_pretrained(light)
 

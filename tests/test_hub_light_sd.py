@@ -4,9 +4,7 @@ The "Hub" is a Hugging Face cache that serves a tiny SD-1.5-inpainting repo (wit
 the light repo is a local folder. Loading without `asuka` runs in a subprocess where `import asuka` fails.
 """
 
-import json
 import re
-import shutil
 
 import numpy as np
 import pytest
@@ -16,12 +14,12 @@ from hub_helpers import (
     SD_BACKBONE,
     SD_BACKBONE_CLASSES,
     assert_backbone_loaded_from_pointer,
-    folder_bytes,
+    assert_light_layout,
     light_and_full_repos,
+    light_repo_without,
     load_light_repo_without_asuka,
     make_inputs,
     save_sd_backbone,
-    weight_files,
 )
 
 from asuka import AsukaPipeline
@@ -44,26 +42,18 @@ def hub(tmp_path_factory):
 
 def test_light_repo_holds_only_asukas_components(hub):
     _, light, full, _, _ = hub
-    assert weight_files(light) == [
-        "aligner/diffusion_pytorch_model.safetensors",
-        "decoder/diffusion_pytorch_model.safetensors",
-        "mae/diffusion_pytorch_model.safetensors",
-    ]
+    assert_light_layout(
+        light,
+        full,
+        SD_BACKBONE,
+        "unet",
+        [
+            "aligner/diffusion_pytorch_model.safetensors",
+            "decoder/diffusion_pytorch_model.safetensors",
+            "mae/diffusion_pytorch_model.safetensors",
+        ],
+    )
     assert not (light / "text_encoder").exists() and not (light / "tokenizer").exists()
-    for name in ("unet", "vae", "scheduler"):
-        assert sorted(p.name for p in (light / name).iterdir()) == [
-            "backbone.fp16.json",
-            "backbone.json",
-            "backbone_component.py",
-        ]
-        pointer = json.loads((light / name / "backbone.json").read_text())
-        assert pointer["repo"] == SD_BACKBONE and pointer["revision"] == BACKBONE_SHA and pointer["subfolder"] == name
-    index = json.loads((light / "model_index.json").read_text())
-    assert index["_asuka_backbone"] == {"repo": SD_BACKBONE, "revision": BACKBONE_SHA}
-    assert index["unet"] == ["backbone_component", "BackboneComponent"] and index["mae"] == ["mae", "AsukaMAE"]
-    light_size, full_size = folder_bytes(light), folder_bytes(full)
-    print(f"light repo {light_size / 1e6:.2f} MB vs full export {full_size / 1e6:.2f} MB")
-    assert light_size < full_size - folder_bytes(full / "unet") + 1
 
 
 def test_one_diffusers_call_loads_it_without_asuka(hub, tmp_path):
@@ -98,11 +88,7 @@ def test_asuka_pipeline_from_pretrained_loads_the_light_repo(hub):
 
 def test_a_backbone_without_the_component_names_repo_and_component(hub, tmp_path):
     pipe, _, _, backbone, _ = hub
-    broken = tmp_path / "backbone-without-unet"
-    shutil.copytree(backbone, broken)
-    shutil.rmtree(broken / "unet")
-    light = tmp_path / "light"
-    pipe.save_pretrained(light, light=True, backbone=str(broken))
+    light, broken = light_repo_without(pipe, backbone, "unet", tmp_path)
     with pytest.raises(ValueError, match=rf"{re.escape(str(broken))}.*`unet`"):
         AsukaPipeline.from_pretrained(light)
 
