@@ -14,6 +14,7 @@ hand count of a Linear layer and an attention block.
 """
 
 import argparse
+import functools
 import itertools
 import json
 import os
@@ -279,14 +280,14 @@ def pipeline_flops(
         plan, base, text = sd_call_plan, "sd", {"text_encoder": components.get("text_encoder")}
     else:
         plan, base, text = flux_call_plan, "flux-fill", {"text_encoders": components.get("text_encoders")}
-    hole = {"hole_side": hole_side}
+    plan = functools.partial(plan, components, size, steps, hole_side=hole_side)
     counts = {
-        "asuka": count_plan(plan(components, size, steps, True, **hole)),
-        "asuka_cached": count_plan(plan(components, size, steps, True, cached=True, **hole)),
-        base: count_plan(plan(components, size, steps, False, **hole)),
+        "asuka": count_plan(plan(True)),
+        "asuka_cached": count_plan(plan(True, cached=True)),
+        base: count_plan(plan(False)),
     }
     if None not in text.values():
-        counts[base + "+text"] = count_plan(plan(components, size, steps, False, **text, **hole))
+        counts[base + "+text"] = count_plan(plan(False, **text))
     return counts
 
 
