@@ -1,7 +1,7 @@
 """Shared cases for the diffusers-contract tests (tests/test_pipeline_contract_*.py): one entry per public pipeline.
 
-Each case names the tiny pipeline kind, the callback tensor that holds the sampler's state, a test image size the
-tiny pipeline runs at without resizing, and a step count that keeps the run well under a second.
+Each case names the tiny pipeline kind, a test image size the tiny pipeline runs at without resizing and a step
+count that keeps the run well under a second.
 """
 
 from dataclasses import dataclass
@@ -16,7 +16,6 @@ from asuka.testing import make_tiny_pipeline
 @dataclass(frozen=True)
 class Case:
     kind: str
-    state: str  # the callback tensor holding the sampler state ("latents" or the method's equivalent)
     size: tuple[int, int]  # (width, height) of the test images
     steps: int
 
@@ -25,9 +24,9 @@ class Case:
 
 
 CASES = [
-    Case("sd", "latents", (64, 48), 2),
-    Case("flux", "latents", (48, 32), 2),
-    Case("strdiffusion", "texture_state", (16, 16), 3),
+    Case("sd", (64, 48), 2),
+    Case("flux", (48, 32), 2),
+    Case("strdiffusion", (16, 16), 3),
 ]
 
 
@@ -62,15 +61,3 @@ def run(pipe, case: Case, image=None, mask=None, **kwargs):
     image = make_image(case) if image is None else image
     mask = make_mask(case) if mask is None else mask
     return pipe(image, mask, **kwargs).images
-
-
-def sampler_state(case: Case, tensor: torch.Tensor) -> torch.Tensor:
-    """The part of a state (or an `output_type="latent"` result) the sampler owns.
-
-    SD and FLUX return their latents as they are; StrDiffusion's latent output is the composite
-    `image * known + texture_state * hole`, so only the hole of its texture state is comparable.
-    """
-    if case.kind != "strdiffusion":
-        return tensor
-    hole = torch.from_numpy(np.asarray(make_mask(case)) > 127)
-    return tensor * hole.to(tensor.dtype)

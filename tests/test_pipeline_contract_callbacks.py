@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback, SDCFGCutoffCallback
-from pipeline_contract import CASES, Case, make_pipe, run, sampler_state
+from pipeline_contract import CASES, Case, make_pipe, run
 
 from asuka import StrDiffusionPipeline
 from asuka.testing import make_tiny_pipeline
@@ -56,7 +56,7 @@ class SetGuidance(PipelineCallback):
 
 def test_callback_tensor_inputs_are_declared_and_delivered(pipe, case):
     names = pipe._callback_tensor_inputs
-    assert case.state in names
+    assert "latents" in names
     seen = []
 
     def record(p, i, t, tensors):
@@ -66,23 +66,23 @@ def test_callback_tensor_inputs_are_declared_and_delivered(pipe, case):
     run(pipe, case, callback_on_step_end=record, callback_on_step_end_tensor_inputs=names)
     assert seen and all(step == dict.fromkeys(names, True) for step in seen)
     with pytest.raises(ValueError, match="callback_on_step_end_tensor_inputs"):
-        run(pipe, case, callback_on_step_end=record, callback_on_step_end_tensor_inputs=[case.state, "noise_pred"])
+        run(pipe, case, callback_on_step_end=record, callback_on_step_end_tensor_inputs=["latents", "noise_pred"])
 
 
-def test_num_timesteps_lets_a_callback_zero_the_state_at_the_last_step(pipe, case):
+def test_num_timesteps_lets_a_callback_zero_the_latents_at_the_last_step(pipe, case):
     steps = []
 
     def zero_last(p, i, t, tensors):
         steps.append(i)
         if i == p.num_timesteps - 1:
-            return {case.state: torch.zeros_like(tensors[case.state])}
+            return {"latents": torch.zeros_like(tensors["latents"])}
         return tensors
 
-    callback = dict(callback_on_step_end=zero_last, callback_on_step_end_tensor_inputs=[case.state])
+    callback = dict(callback_on_step_end=zero_last, callback_on_step_end_tensor_inputs=["latents"])
     latent = run(pipe, case, output_type="latent", **callback)
     assert steps == list(range(pipe.num_timesteps)) and pipe.num_timesteps >= case.steps
-    assert torch.count_nonzero(sampler_state(case, latent)) == 0
-    assert torch.count_nonzero(sampler_state(case, run(pipe, case, output_type="latent"))) > 0
+    assert torch.count_nonzero(latent) == 0
+    assert torch.count_nonzero(run(pipe, case, output_type="latent")) > 0
     assert np.abs(run(pipe, case, **callback) - run(pipe, case)).max() > 1e-3
 
 
@@ -90,7 +90,7 @@ def test_interrupt_stops_the_loop_at_that_step(pipe, case):
     states = []
 
     def record(p, i, t, tensors):
-        states.append(tensors[case.state].clone())
+        states.append(tensors["latents"].clone())
         return tensors
 
     steps = 3
@@ -100,7 +100,7 @@ def test_interrupt_stops_the_loop_at_that_step(pipe, case):
         num_inference_steps=steps,
         output_type="latent",
         callback_on_step_end=record,
-        callback_on_step_end_tensor_inputs=[case.state],
+        callback_on_step_end_tensor_inputs=["latents"],
     )
     assert len(states) >= 3
     seen = []
@@ -113,16 +113,16 @@ def test_interrupt_stops_the_loop_at_that_step(pipe, case):
 
     stopped = run(pipe, case, num_inference_steps=steps, output_type="latent", callback_on_step_end=stop_after_second)
     assert seen == [0, 1]
-    torch.testing.assert_close(sampler_state(case, stopped), sampler_state(case, states[1]))
-    assert not torch.allclose(sampler_state(case, stopped), sampler_state(case, states[-1]))
+    torch.testing.assert_close(stopped, states[1])
+    assert not torch.allclose(stopped, states[-1])
     # The next call starts afresh.
     assert np.array_equal(run(pipe, case), run(pipe, case))
     assert pipe.interrupt is False
 
 
 def test_callback_object_receives_exactly_its_own_tensor_inputs(pipe, case):
-    # The names other than the state, so the pipeline's default `["latents"]`-style list would not do.
-    names = [name for name in pipe._callback_tensor_inputs if name != case.state]
+    # The names other than the latents, so the pipeline's default `["latents"]` would not do.
+    names = [name for name in pipe._callback_tensor_inputs if name != "latents"]
     recorder = Recorder(names)
     run(pipe, case, callback_on_step_end=recorder)
     assert recorder.steps == list(range(pipe.num_timesteps))
@@ -130,10 +130,10 @@ def test_callback_object_receives_exactly_its_own_tensor_inputs(pipe, case):
 
 
 def test_multi_pipeline_callbacks_runs_both_with_their_inputs(pipe, case):
-    first, second = Recorder([case.state]), Recorder(pipe._callback_tensor_inputs[-1:])
+    first, second = Recorder(["latents"]), Recorder(pipe._callback_tensor_inputs[-1:])
     run(pipe, case, callback_on_step_end=MultiPipelineCallbacks([first, second]))
     assert first.steps == second.steps == list(range(pipe.num_timesteps))
-    wanted = {case.state, pipe._callback_tensor_inputs[-1]}
+    wanted = {"latents", pipe._callback_tensor_inputs[-1]}
     assert all(set(received) == wanted for received in first.received + second.received)
 
 

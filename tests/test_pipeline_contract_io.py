@@ -96,9 +96,9 @@ def test_pil_numpy_and_torch_inputs_of_one_8bit_image_agree(pipe, case):
 # ------------------------------------------------------------------------------------- StrDiffusion's start states
 
 
-def test_strdiffusion_initial_states_replace_the_first_draws():
-    """The sampler starts from `mean + max_sigma * z` (texture, then structure); passing those states by hand and the
-    generator advanced past their draws gives the run that drew them."""
+def test_strdiffusion_latents_and_initial_structure_state_replace_the_first_draws():
+    """The sampler starts from `mean + max_sigma * z` (texture state `latents`, then structure); passing those states
+    by hand and the generator advanced past their draws gives the run that drew them."""
     case = CASES[2]
     pipe = make_pipe(case)
     image, mask = make_image(case), make_mask(case)
@@ -118,11 +118,11 @@ def test_strdiffusion_initial_states_replace_the_first_draws():
         image,
         mask,
         generator=generator,
-        initial_texture_state=pixels * known + max_sigma * texture_noise,
+        latents=pixels * known + max_sigma * texture_noise,
         initial_structure_state=edges * known + max_sigma * structure_noise,
     )
     assert np.abs(given - drawn).max() <= 1e-5
-    other = run(pipe, case, generator=gen(3), initial_texture_state=torch.zeros(1, 3, height, width))
+    other = run(pipe, case, generator=gen(3), latents=torch.zeros(1, 3, height, width))
     assert np.abs(other - drawn).max() > 1e-3
-    with pytest.raises(ValueError, match="initial_texture_state"):
-        run(pipe, case, initial_texture_state=torch.zeros(1, 3, height + 1, width))
+    with pytest.raises(ValueError, match="`latents` has shape"):
+        run(pipe, case, latents=torch.zeros(1, 3, height + 1, width))

@@ -119,9 +119,13 @@ def test_save_load_roundtrip_and_bad_inputs(pipe, tmp_path):
     again.set_progress_bar_config(disable=True)
     assert again.config.resolution == 16 and again.scheduler.config.num_train_timesteps == 10
     image, hole = inputs()
+    # The loaded networks agree with the saved ones to float32 round-off (~1e-6 relative), which the ten steps carry
+    # into the latents; outside the hole those are unclamped and reach tens.
     torch.testing.assert_close(
         again(image, hole, generator=gens(2), output_type="latent").images,
         pipe(image, hole, generator=gens(2), output_type="latent").images,
+        rtol=1e-5,
+        atol=1e-5,
     )
     with pytest.raises(ValueError, match="output_type"):
         pipe(image, hole, output_type="jpeg")

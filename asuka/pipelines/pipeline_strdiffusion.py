@@ -168,7 +168,7 @@ class StrDiffusionPipeline(DiffusionPipeline, StepStateMixin):
     """
 
     model_cpu_offload_seq = "structure_unet->texture_unet->discriminator"
-    _callback_tensor_inputs = ["texture_state", "structure_state"]
+    _callback_tensor_inputs = ["latents", "structure_state"]
 
     # Same shape as the other components' config signatures (boilerplate): the config is these arguments (diffusers).
     def __init__(
@@ -259,13 +259,13 @@ class StrDiffusionPipeline(DiffusionPipeline, StepStateMixin):
         num_inference_steps: int | None = None,
         num_images_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
-        initial_texture_state: torch.Tensor | None = None,
+        latents: torch.Tensor | None = None,
         initial_structure_state: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         noise_tape: Iterable[torch.Tensor] | None = None,
         callback_on_step_end: StepCallback | None = None,
-        callback_on_step_end_tensor_inputs: list[str] = ["texture_state"],
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
     ) -> StrDiffusionPipelineOutput | tuple:
         r"""Inpaint `image` where `mask_image` is white.
 
@@ -290,15 +290,18 @@ class StrDiffusionPipeline(DiffusionPipeline, StepStateMixin):
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*):
                 One generator, or one per output (`len(image) * num_images_per_prompt`); with one per output, each
                 output equals the run of its image alone with its generator.
-            initial_texture_state (`torch.Tensor`, *optional*):
-                The texture SDE's start state x_T, (outputs, 3, R, R) at the working size R: the IR-SDE starts
-                around the masked image, at `image * known + max_sigma * noise`. Drawn (first) when not given.
+            latents (`torch.Tensor`, *optional*):
+                The texture SDE's start state x_T, (outputs, 3, R, R) at the working size R: the state that becomes
+                the output, under diffusers' name for it (the pipeline works in pixel space, there is no VAE). The
+                IR-SDE starts around the masked image, at `image * known + max_sigma * noise`. Drawn (first) when not
+                given.
             initial_structure_state (`torch.Tensor`, *optional*):
                 The structure SDE's start state, (outputs, 1, R, R): around the masked Canny map,
                 `edges * known + max_sigma * noise`. Drawn (after the texture state) when not given.
             output_type (`str`, *optional*, defaults to `"pil"`):
-                `"pil"`, `"np"`, `"pt"` (in [0, 1], at the input size) or `"latent"` (the unclamped composite
-                `image * known + texture_state * hole` at the working size, as the reference saves it).
+                `"pil"`, `"np"`, `"pt"` (in [0, 1], at the input size) or `"latent"` (the final texture state
+                `latents` as it is: unclamped, at the working size, before the known pixels are pasted back; the
+                reference saves `image * known + latents * hole`).
             return_dict (`bool`, *optional*, defaults to `True`):
                 Return a [`StrDiffusionPipelineOutput`] instead of a tuple.
             noise_tape (`Iterable[torch.Tensor]`, *optional*):
@@ -308,8 +311,9 @@ class StrDiffusionPipeline(DiffusionPipeline, StepStateMixin):
                 Called after each step as `callback_on_step_end(pipe, step, timestep, callback_kwargs)` with the
                 tensors named in `callback_on_step_end_tensor_inputs` (a callback object brings its own
                 `tensor_inputs`); the tensors it returns replace the pipeline's.
-            callback_on_step_end_tensor_inputs (`list[str]`, *optional*, defaults to `["texture_state"]`):
-                Names from `_callback_tensor_inputs`: `texture_state` and `structure_state`.
+            callback_on_step_end_tensor_inputs (`list[str]`, *optional*, defaults to `["latents"]`):
+                Names from `_callback_tensor_inputs`: `latents` (the texture state, the tensor `latents=` starts)
+                and `structure_state` (the structure SDE's state).
 
         Examples:
 
@@ -356,7 +360,7 @@ class StrDiffusionPipeline(DiffusionPipeline, StepStateMixin):
 
         # 3. Start states (texture first, then structure, as the reference draws them), unless given
         noise = _Noise(generator, noise_tape, device)
-        x = self._initial_state(initial_texture_state, mu, noise, "initial_texture_state")
+        x = self._initial_state(latents, mu, noise, "latents")
         xs = self._initial_state(initial_structure_state, mu_s, noise, "initial_structure_state")
 
         # 4. Timesteps: all T levels (reference) or an evenly spaced subset
@@ -402,17 +406,16 @@ class StrDiffusionPipeline(DiffusionPipeline, StepStateMixin):
                     else:
                         x = self.scheduler.step_jump(self.texture_unet(x, mu, t, guide), t, s, x, mu, noise=noise(x))
                 if callback_on_step_end is not None:
-                    state = {"texture_state": x, "structure_state": xs}
+                    state = {"latents": x, "structure_state": xs}
                     state = self._step_callback(callback_on_step_end, i, t, state, callback_on_step_end_tensor_inputs)
-                    x, xs = state["texture_state"], state["structure_state"]
+                    x, xs = state["latents"], state["structure_state"]
                 progress.update()
 
-        # 7. Paste the known pixels back (at the working size, then at full resolution)
-        composite = y * known + x * (1 - known)
+        # 7. Paste the known pixels back (at the working size, then at full resolution), except for the latents
         if output_type == "latent":
-            images = composite
+            images = x
         else:
-            result = composite.clamp(0, 1).float().cpu()
+            result = (y * known + x * (1 - known)).clamp(0, 1).float().cpu()
             if result.shape[-2:] != (height, width):
                 result = F.interpolate(result, size=(height, width), mode="bilinear", align_corners=False).clamp(0, 1)
             images = to_output_type(pixels * (1 - hole) + result * hole, output_type)
