@@ -1,5 +1,6 @@
 """diffusers' usage contract for the three pipelines: batching with `num_images_per_prompt` and per-sample generators,
-dtype round trips, rebuilding from `components`, and PIL / numpy / torch inputs of the same 8-bit image."""
+given `latents`, dtype round trips, rebuilding from `components`, and PIL / numpy / torch inputs of the same 8-bit
+image."""
 
 import inspect
 
@@ -35,6 +36,19 @@ def test_num_images_per_prompt_times_a_batch_of_two(pipe, case):
         single = run(pipe, case, images[j // 2], masks[j // 2], generator=gen(10 + j))
         assert np.abs(batched[j] - single[0]).max() <= 1e-4, f"output {j}"
     assert np.abs(batched[0] - batched[1]).max() > 1e-3  # two samples of one input differ
+
+
+def test_given_latents_start_the_run(pipe, case):
+    # A run's latent output is its final latents, so it has the shape of the latents the run starts from.
+    shape = run(pipe, case, output_type="latent").shape
+    latents = torch.randn(shape, generator=gen(5))
+    given = run(pipe, case, latents=latents)
+    assert np.array_equal(run(pipe, case, latents=latents.clone()), given)
+    assert np.abs(run(pipe, case, latents=torch.randn(shape, generator=gen(6))) - given).max() > 1e-3
+    assert np.abs(run(pipe, case) - given).max() > 1e-3  # the drawn latents are other ones
+    wrong = torch.randn(shape[0], shape[1] + 1, *shape[2:])
+    with pytest.raises(ValueError, match=r"`latents` has shape .*; expected"):
+        run(pipe, case, latents=wrong)
 
 
 def test_save_and_from_pretrained_with_torch_dtype(pipe, case, tmp_path):

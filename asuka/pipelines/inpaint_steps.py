@@ -389,6 +389,15 @@ class StepStateMixin:
         return {k: outputs.get(k, value) for k, value in tensors.items()}
 
     @staticmethod
+    def _check_start_state(name: str, given: torch.Tensor | None, expected: tuple[int, ...], layout: str) -> None:
+        """A start state passed to a call (`latents`, ...) must have the shape the call would draw; `layout` names
+        its dimensions for the message."""
+        if given is not None and tuple(given.shape) != tuple(expected):
+            raise ValueError(
+                f"`{name}` has shape {tuple(given.shape)}; expected {tuple(expected)} ({layout}) for this input."
+            )
+
+    @staticmethod
     def step_callback_tensor_inputs(callback: StepCallback | None, tensor_inputs: list[str]) -> list[str]:
         """The tensors a step callback receives: a callback object's own `tensor_inputs`, else `tensor_inputs`."""
         if isinstance(callback, (PipelineCallback, MultiPipelineCallbacks)):

@@ -263,10 +263,8 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
 
         # 6. Initial noise latents and the mask / masked-image latents (diffusers' own preparation)
         num_channels_latents = self.vae.config.latent_channels
-        if latents is not None:
-            expected = (total, num_channels_latents, work_h // self.vae_scale_factor, work_w // self.vae_scale_factor)
-            if tuple(latents.shape) != expected:
-                raise ValueError(f"`latents` has shape {tuple(latents.shape)}; expected {expected} for this input.")
+        expected = (total, num_channels_latents, work_h // self.vae_scale_factor, work_w // self.vae_scale_factor)
+        self._check_start_state("latents", latents, expected, "outputs, latent channels, working size / VAE factor")
         latents = self.prepare_latents(
             total, num_channels_latents, work_h, work_w, prompt_embeds.dtype, device, generator, latents
         )[0]

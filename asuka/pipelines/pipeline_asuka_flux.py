@@ -352,6 +352,9 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin):
         init_image = init_image.repeat_interleave(num_images_per_prompt, dim=0)
         work_hole = work_hole.repeat_interleave(num_images_per_prompt, dim=0)
         latent_timestep = timesteps[:1].repeat(total)
+        tokens = (height // (self.vae_scale_factor * 2)) * (width // (self.vae_scale_factor * 2))
+        expected = (total, tokens, self.latent_channels * 4)
+        self._check_start_state("latents", latents, expected, "outputs, 2x2 latent patches, latent channels x 4")
         latents, latent_image_ids = self.prepare_latents(
             init_image, latent_timestep, total, self.latent_channels, height, width, dtype, device, generator, latents
         )

@@ -360,8 +360,8 @@ class StrDiffusionPipeline(DiffusionPipeline, StepStateMixin):
 
         # 3. Start states (texture first, then structure, as the reference draws them), unless given
         noise = _Noise(generator, noise_tape, device)
-        x = self._initial_state(latents, mu, noise, "latents")
-        xs = self._initial_state(initial_structure_state, mu_s, noise, "initial_structure_state")
+        x = self._initial_state("latents", latents, mu, noise)
+        xs = self._initial_state("initial_structure_state", initial_structure_state, mu_s, noise)
 
         # 4. Timesteps: all T levels (reference) or an evenly spaced subset
         self.scheduler.set_timesteps(num_inference_steps, device="cpu")
@@ -424,15 +424,11 @@ class StrDiffusionPipeline(DiffusionPipeline, StepStateMixin):
             return images, decisions
         return StrDiffusionPipelineOutput(images=images, decisions=decisions)
 
-    def _initial_state(self, given: torch.Tensor | None, mean: torch.Tensor, noise: "_Noise", name: str):
+    def _initial_state(self, name: str, given: torch.Tensor | None, mean: torch.Tensor, noise: "_Noise"):
         """A start state: `given` (checked against the mean's shape) or `mean + max_sigma * noise` drawn now."""
         if given is None:
             return self.scheduler.noise_state(mean, noise=noise(mean))
-        if tuple(given.shape) != tuple(mean.shape):
-            raise ValueError(
-                f"`{name}` has shape {tuple(given.shape)}; expected {tuple(mean.shape)} (outputs, channels, and the "
-                "working size) for this input."
-            )
+        self._check_start_state(name, given, mean.shape, "outputs, channels, working size")
         return given.to(mean.device, mean.dtype)
 
     def _resample(self, x, x_upd, xs_t, xs_opt, xs_known, t, mu, mu_s, known, noise, decisions):
