@@ -1,7 +1,7 @@
 """Shared cases for the diffusers-contract tests (tests/test_pipeline_contract_*.py): one entry per public pipeline.
 
-Each case names the tiny pipeline kind, a test image size the tiny pipeline runs at without resizing and a step
-count that keeps the run well under a second.
+Each case names the tiny pipeline kind, a test image size the tiny pipeline runs at without resizing, a step count
+that keeps the run well under a second, and the call arguments diffusers' pipeline tests require of it.
 """
 
 from dataclasses import dataclass
@@ -13,20 +13,55 @@ import torch
 from asuka.testing import make_tiny_pipeline
 
 
+# The optional `__call__` arguments diffusers' `PipelineTesterMixin` requires of every pipeline
+# (`required_optional_params`), and the step-callback pair without which its callback tests do not run.
+REQUIRED_OPTIONAL_PARAMS = frozenset(
+    [
+        "num_inference_steps",
+        "num_images_per_prompt",
+        "generator",
+        "latents",
+        "output_type",
+        "return_dict",
+        "callback_on_step_end",
+        "callback_on_step_end_tensor_inputs",
+    ]
+)
+
+
 @dataclass(frozen=True)
 class Case:
     kind: str
     size: tuple[int, int]  # (width, height) of the test images
     steps: int
+    # What diffusers' tests of the matching pipeline require `__call__` to take (`params`) and to take one entry per
+    # input of (`batch_params`), less `prompt` / `negative_prompt` (no text encoder: the conditioning is built in) and
+    # `height` / `width` (the output has the input's size).
+    params: frozenset[str]
+    batch_params: frozenset[str] = frozenset(["image", "mask_image"])
 
     def __str__(self) -> str:
         return self.kind
 
 
 CASES = [
-    Case("sd", (64, 48), 2),
-    Case("flux", (48, 32), 2),
-    Case("strdiffusion", (16, 16), 3),
+    # StableDiffusionInpaintPipeline's test sets (TEXT_GUIDED_IMAGE_INPAINTING_PARAMS / _BATCH_PARAMS).
+    Case(
+        "sd",
+        (64, 48),
+        2,
+        params=frozenset(["image", "mask_image", "guidance_scale", "prompt_embeds", "negative_prompt_embeds"]),
+    ),
+    # FluxFillPipeline's, whose test passes `image` and `mask_image` without listing them (its batch set is `prompt`).
+    Case(
+        "flux",
+        (48, 32),
+        2,
+        params=frozenset(["image", "mask_image", "guidance_scale", "prompt_embeds", "pooled_prompt_embeds"]),
+    ),
+    # The text-free inpainting sets (IMAGE_INPAINTING_PARAMS / _BATCH_PARAMS), less `guidance_scale` too: StrDiffusion
+    # has no guidance to scale (its structure guidance is built in).
+    Case("strdiffusion", (16, 16), 3, params=frozenset(["image", "mask_image"])),
 ]
 
 

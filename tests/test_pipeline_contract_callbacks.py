@@ -1,5 +1,8 @@
-"""diffusers' step-callback contract for the three pipelines: `num_timesteps`, `interrupt`, `_callback_tensor_inputs`,
-`PipelineCallback` / `MultiPipelineCallbacks` objects with their own `tensor_inputs`, and guidance."""
+"""diffusers' step-callback contract for the three pipelines: `_callback_tensor_inputs` (what diffusers'
+`test_callback_inputs` checks, and more), `num_timesteps`, `interrupt`, `PipelineCallback` / `MultiPipelineCallbacks`
+objects with their own `tensor_inputs`, and guidance."""
+
+import inspect
 
 import numpy as np
 import pytest
@@ -54,36 +57,72 @@ class SetGuidance(PipelineCallback):
         return callback_kwargs
 
 
-def test_callback_tensor_inputs_are_declared_and_delivered(pipe, case):
-    names = pipe._callback_tensor_inputs
-    assert "latents" in names
-    seen = []
+def recording_callback():
+    """A step callback that records, per step, the names it was handed (each must be a tensor), and its records."""
+    seen: list[list[str]] = []
 
     def record(p, i, t, tensors):
-        seen.append({k: isinstance(v, torch.Tensor) for k, v in tensors.items()})
-        return {}
+        assert all(isinstance(value, torch.Tensor) for value in tensors.values())
+        seen.append(sorted(tensors))
+        return tensors
 
-    run(pipe, case, callback_on_step_end=record, callback_on_step_end_tensor_inputs=names)
-    assert seen and all(step == dict.fromkeys(names, True) for step in seen)
+    return record, seen
+
+
+def test_callback_gets_exactly_the_tensors_it_asks_for(pipe, case):
+    names = pipe._callback_tensor_inputs
+    assert "latents" in names
+    for requested in (["latents"], names, []):
+        record, seen = recording_callback()
+        run(
+            pipe, case, output_type="latent", callback_on_step_end=record, callback_on_step_end_tensor_inputs=requested
+        )
+        assert seen == [sorted(requested)] * pipe.num_timesteps, requested
     with pytest.raises(ValueError, match="callback_on_step_end_tensor_inputs"):
         run(pipe, case, callback_on_step_end=record, callback_on_step_end_tensor_inputs=["latents", "noise_pred"])
+
+
+def test_callback_tensor_inputs_default_to_the_latents(pipe, case):
+    default = inspect.signature(type(pipe).__call__).parameters["callback_on_step_end_tensor_inputs"].default
+    assert default == ["latents"]
+    record, seen = recording_callback()
+    run(pipe, case, callback_on_step_end=record)
+    assert seen == [["latents"]] * pipe.num_timesteps
 
 
 def test_num_timesteps_lets_a_callback_zero_the_latents_at_the_last_step(pipe, case):
     steps = []
 
-    def zero_last(p, i, t, tensors):
+    def zero_last(p, i, t, tensors):  # edits the dict it is handed (all the tensors) and returns it, as diffusers' do
         steps.append(i)
         if i == p.num_timesteps - 1:
-            return {"latents": torch.zeros_like(tensors["latents"])}
+            tensors["latents"] = torch.zeros_like(tensors["latents"])
         return tensors
 
-    callback = dict(callback_on_step_end=zero_last, callback_on_step_end_tensor_inputs=["latents"])
+    callback = dict(callback_on_step_end=zero_last, callback_on_step_end_tensor_inputs=pipe._callback_tensor_inputs)
     latent = run(pipe, case, output_type="latent", **callback)
     assert steps == list(range(pipe.num_timesteps)) and pipe.num_timesteps >= case.steps
-    assert torch.count_nonzero(latent) == 0
+    assert latent.abs().sum() == 0
     assert torch.count_nonzero(run(pipe, case, output_type="latent")) > 0
     assert np.abs(run(pipe, case, **callback) - run(pipe, case)).max() > 1e-3
+
+
+def shifting_callback(name: str):
+    """A step callback that adds 1 to the tensor `name` after the first step."""
+
+    def shift(p, i, t, tensors):
+        return {name: tensors[name] + 1} if i == 0 else {}
+
+    return shift
+
+
+def test_every_callback_tensor_a_callback_replaces_steers_the_rest_of_the_run(pipe, case):
+    # A name the pipeline hands out but does not take back (or takes back and ignores) leaves the result unchanged.
+    # The final latents show it: the tiny networks' pixels are mostly clamped to 0 or 1, which can hide a change.
+    base = run(pipe, case, output_type="latent")
+    for name in pipe._callback_tensor_inputs:
+        callback = dict(callback_on_step_end=shifting_callback(name), callback_on_step_end_tensor_inputs=[name])
+        assert (run(pipe, case, output_type="latent", **callback) - base).abs().max() > 1e-3, name
 
 
 def test_interrupt_stops_the_loop_at_that_step(pipe, case):

@@ -1,6 +1,6 @@
-"""diffusers' usage contract for the three pipelines: batching with `num_images_per_prompt` and per-sample generators,
-given `latents`, dtype round trips, rebuilding from `components`, and PIL / numpy / torch inputs of the same 8-bit
-image."""
+"""diffusers' usage contract for the three pipelines: the call arguments its pipeline tests require, batching with
+`num_images_per_prompt` and per-sample generators, given `latents`, dtype round trips, rebuilding from `components`,
+and PIL / numpy / torch inputs of the same 8-bit image."""
 
 import inspect
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers.utils.torch_utils import randn_tensor
-from pipeline_contract import CASES, Case, gen, make_image, make_mask, make_pipe, run
+from pipeline_contract import CASES, REQUIRED_OPTIONAL_PARAMS, Case, gen, make_image, make_mask, make_pipe, run
 
 from asuka.pipelines.pipeline_strdiffusion import extract_structure
 
@@ -21,6 +21,15 @@ def case(request) -> Case:
 @pytest.fixture(scope="module")
 def pipe(case):
     return make_pipe(case)
+
+
+def test_call_signature_has_the_arguments_diffusers_pipeline_tests_require(pipe, case):
+    parameters = inspect.signature(type(pipe).__call__).parameters
+    missing = sorted((case.params | case.batch_params) - set(parameters))
+    assert not missing, f"`__call__` does not take {missing}"
+    optional = {name for name, parameter in parameters.items() if parameter.default is not inspect.Parameter.empty}
+    missing = sorted(REQUIRED_OPTIONAL_PARAMS - optional)
+    assert not missing, f"`__call__` does not take {missing} as optional arguments"
 
 
 def test_num_images_per_prompt_times_a_batch_of_two(pipe, case):
