@@ -25,7 +25,7 @@ from hub_helpers import (
 from asuka import AsukaPipeline
 from asuka.methods.registry import load_pipeline
 from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE
-from asuka.pipelines.hub_light import light_model_card
+from asuka.pipelines.hub_light import PAPER_BIBTEX, PAPER_TITLE, light_model_card
 from asuka.testing import make_tiny_pipeline
 
 
@@ -112,6 +112,8 @@ def test_model_card_names_backbone_licence_paper_provenance_and_usage():
     assert "base_model: stable-diffusion-v1-5/stable-diffusion-inpainting" in card
     assert "license: creativeml-openrail-m" in card and BACKBONE_SHA in card
     assert "arxiv.org/abs/2312.04831" in card and '"max_train_steps": 3' in card
+    assert f"[*{PAPER_TITLE}*](https://arxiv.org/abs/2312.04831), CVPR 2025" in card and "ECCV" not in card
+    assert card.endswith(f"## Citation\n\n```bibtex\n{PAPER_BIBTEX}\n```\n")
     assert 'DiffusionPipeline.from_pretrained("you/asuka-sd", trust_remote_code=True' in card
     assert 'asuka.AsukaPipeline.from_pretrained("you/asuka-sd")' in card
     flux = light_model_card(

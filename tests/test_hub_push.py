@@ -20,6 +20,7 @@ from training_support import (
 import asuka.convert.asuka_flux as asuka_flux
 from asuka import AsukaFluxPipeline, AsukaPipeline
 from asuka.convert.__main__ import main as convert_cli
+from asuka.pipelines.hub_light import PAPER_BIBTEX, PAPER_TITLE
 from asuka.testing.flux import make_tiny_flux_components
 
 
@@ -63,6 +64,7 @@ def test_converter_pushes_the_light_repo_and_its_card(flux_backbone, tmp_path, m
     card = (uploaded / "README.md").read_text()
     assert f"base_model: {flux_backbone}" in card and "yikaiwang/ASUKA-FLUX.1-Fill" in card
     assert "arxiv.org/abs/2312.04831" in card and hashlib.sha256(b"vec.pt").hexdigest() in card
+    assert PAPER_TITLE in card and PAPER_BIBTEX in card
     assert 'DiffusionPipeline.from_pretrained("me/asuka-flux", trust_remote_code=True' in card
     pipe = AsukaFluxPipeline.from_pretrained(uploaded)
     assert torch.equal(pipe.transformer.x_embedder.weight, tiny["transformer"].x_embedder.weight)

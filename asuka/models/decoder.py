@@ -64,7 +64,7 @@ class AsukaConditionEncoder(nn.Module):
 
 
 class AsukaDecoder(ModelMixin, ConfigMixin):
-    """Mask-conditioned KL decoder (ASUKA, ECCV 2024).
+    """Mask-conditioned KL decoder (ASUKA, CVPR 2025).
 
     `forward(latents, image, mask)` decodes UNSCALED latents (SD: `z / scaling_factor`; FLUX:
     `z / 0.3611 + 0.1159`) while copying the known region's appearance from `image` (in [-1, 1], at the

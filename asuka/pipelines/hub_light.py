@@ -247,6 +247,19 @@ def save_light_pipeline(
 # ------------------------------------------------------------------------------------------------ model card
 
 PAPER = "https://arxiv.org/abs/2312.04831"
+#: The paper's title and venue, and its BibTeX, as the authors give them (github.com/Yikai-Wang/asuka-misato).
+PAPER_TITLE = (
+    "Towards Enhanced Image Inpainting: Mitigating Unwanted Object Insertion and Preserving Color Consistency"
+)
+PAPER_VENUE = "CVPR 2025"
+PAPER_BIBTEX = """@inproceedings{wang2025towards,
+  title={Towards Enhanced Image Inpainting: Mitigating Unwanted Object Insertion and Preserving Color Consistency.},
+  author={Wang, Yikai and Cao, Chenjie and Yu, Junqiu and Fan, Ke and Xue, Xiangyang and Fu, Yanwei},
+  booktitle={Proceedings of the IEEE/CVF conference on computer vision and pattern recognition},
+  year={2025}
+}"""
+#: The "Citation" section of every model card that names the paper.
+PAPER_CITATION = f"## Citation\n\n```bibtex\n{PAPER_BIBTEX}\n```\n"
 #: Licence of each known backbone: (Hub `license` id, human name, link).
 BACKBONE_LICENCES = {
     "stable-diffusion-v1-5/stable-diffusion-inpainting": (
@@ -300,8 +313,8 @@ base_model: {backbone_repo}
 
 {description}
 
-This repo holds only what ASUKA ([paper]({PAPER})) adds to a frozen backbone: the MAE, the aligner(s) and the
-mask-conditioned decoder, their code, and a pointer to the backbone
+This repo holds only what ASUKA ([*{PAPER_TITLE}*]({PAPER}), {PAPER_VENUE}) adds to a frozen backbone: the MAE,
+the aligner(s) and the mask-conditioned decoder, their code, and a pointer to the backbone
 [`{backbone_repo}`](https://huggingface.co/{backbone_repo}){pinned}. Its components (and nothing of its text
 encoders) are fetched from there when you load this repo, so the backbone's licence, {licence_name}
 ({licence_link}), applies to its use: accept it on the backbone's page (and `hf auth login` if it is gated).
@@ -327,7 +340,8 @@ with the package's classes.
 ## Provenance
 
 {provenance}
-"""
+
+{PAPER_CITATION}"""
 
 
 def installed_component_classes(pipeline_class: type) -> dict[str, type]:

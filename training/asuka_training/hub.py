@@ -52,6 +52,8 @@ def write_model_card(
     """
     from huggingface_hub import ModelCard, ModelCardData
 
+    from asuka.pipelines.hub_light import PAPER, PAPER_CITATION, PAPER_VENUE
+
     folder_path = Path(folder)
     arguments, samples = _training_files(folder_path, training_args, sample_image)
     base_model = training_args["pretrained_model_name_or_path"]
@@ -65,8 +67,8 @@ def write_model_card(
     content = (
         f"---\n{card_data.to_yaml()}\n---\n\n# {title}\n\n{description}\n\n"
         f"Base model: `{base_model}`. Trained with the `asuka` toolkit "
-        f"(`training/`), mask mixture of ASUKA (ECCV 2024) Sec. 3.1.\n{samples}\n"
-        f"## Training arguments\n\n```json\n{arguments}\n```\n"
+        f"(`training/`), mask mixture of ASUKA ([paper]({PAPER}), {PAPER_VENUE}) Sec. 3.1.\n{samples}\n"
+        f"## Training arguments\n\n```json\n{arguments}\n```\n\n{PAPER_CITATION}"
     )
     path = folder_path / "README.md"
     ModelCard(content).save(str(path))
