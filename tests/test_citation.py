@@ -1,9 +1,11 @@
-"""The ASUKA paper is cited as its authors title it now (CVPR 2025, arXiv 2312.04831), with their BibTeX, in the
-training scripts' model cards (the light repos' card: tests/test_hub_light_sd.py)."""
+"""The ASUKA paper is cited as its authors title it now (CVPR 2025, arXiv 2312.04831), with their BibTeX: once in
+README.md and in the training scripts' model cards (the light repos' card: tests/test_hub_light_sd.py)."""
+
+from pathlib import Path
 
 from training_support import put_training_on_path
 
-from asuka.pipelines.hub_light import PAPER_BIBTEX
+from asuka.pipelines.hub_light import PAPER_BIBTEX, PAPER_TITLE
 
 
 put_training_on_path()
@@ -11,8 +13,26 @@ put_training_on_path()
 import asuka_training  # noqa: E402
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_cites_the_paper_with_the_authors_bibtex():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    citation = readme.split("\n## Citation\n", 1)[1]
+    assert PAPER_TITLE in citation and "CVPR 2025" in citation and "arxiv.org/abs/2312.04831" in citation
+    assert f"```bibtex\n{PAPER_BIBTEX}\n```" in citation
+    assert readme.count("@inproceedings{") == 1
+
+
 def test_training_card_cites_the_paper(tmp_path):
     args = {"pretrained_model_name_or_path": "base/model", "max_train_steps": 3}
     card = asuka_training.write_model_card(str(tmp_path), args, "ASUKA MAE", "Fine-tuned.", "asuka-mae").read_text()
     assert "mask mixture of ASUKA ([paper](https://arxiv.org/abs/2312.04831), CVPR 2025) Sec. 3.1" in card
     assert card.rstrip().endswith(f"## Citation\n\n```bibtex\n{PAPER_BIBTEX}\n```")
+
+
+def test_no_text_labels_asuka_with_its_arxiv_v2_venue():
+    texts = [ROOT / "README.md", ROOT / "app.py", *ROOT.glob("docs/*.md")]
+    texts += [*ROOT.glob("asuka/**/*.py"), *ROOT.glob("training/**/*.py")]
+    labelled = [str(path.relative_to(ROOT)) for path in texts if "ECCV" in path.read_text(encoding="utf-8")]
+    assert not labelled
