@@ -2,6 +2,7 @@
 module's private (`_x`) name."""
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,29 +10,56 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: room -> rooms it must never import (see docs/architecture.md).
-FORBIDDEN = {
-    "models": {"pipelines", "methods", "cli", "app", "evaluation", "convert", "training"},
-    "schedulers": {"pipelines", "methods", "cli", "app", "evaluation", "convert", "training"},
-    "pipelines": {"methods", "cli", "app", "evaluation", "convert", "training"},
-    "methods": {"cli", "app", "evaluation", "training"},
+#: room -> the other rooms it may import (see docs/architecture.md); a module in no room here fits no room and fails.
+ALLOWED = {
+    "models": set(),
+    "schedulers": set(),
+    "pipelines": {"models", "schedulers", "imageio"},
+    # the decoder drop-in for plain diffusers pipelines
+    "decode": {"models", "pipelines"},
+    # `asuka/__init__.py`: lazy re-exports of the pipelines, models and schedulers
+    "package": {"models", "schedulers", "pipelines"},
+    # tiny random pipelines for tests, `--tiny` and smoke runs
+    "testing": {"models", "schedulers", "pipelines"},
+    # the registry loads pipelines, converts the ASUKA-FLUX release on first use and builds tiny pipelines
+    "methods": {"package", "pipelines", "models", "schedulers", "convert", "testing", "imageio", "defaults"},
     # the ASUKA-FLUX converter writes a light Hub repo, which carries the pipeline's code, so it may use pipelines.
-    "convert": {"methods", "cli", "app", "evaluation", "training"},
+    "convert": {"models", "schedulers", "pipelines", "defaults"},
     # training assembles and saves complete pipelines (--save_pipeline, the Hub push), so it may use pipelines.
-    "training": {"methods", "cli", "app", "evaluation"},
-    "imageio": {"models", "schedulers", "pipelines", "methods", "cli", "app", "evaluation", "convert", "training"},
-    "defaults": {"models", "schedulers", "pipelines", "methods", "cli", "app", "evaluation", "convert", "training"},
+    "training": {"package", "models", "schedulers", "pipelines", "imageio", "masks", "defaults"},
+    "cli": {"methods", "imageio", "masks", "defaults"},
+    "app": {"methods", "imageio", "masks", "defaults"},
+    "evaluation": {"methods", "imageio", "masks", "defaults"},
+    # the floor: every room may use these
+    "imageio": set(),
+    "defaults": set(),
+    "masks": {"imageio"},
+}
+
+#: room -> the only third-party packages it may import (besides the standard library); rooms not listed may use any.
+#: models and schedulers ship to the Hub as remote code; the floor modules promise a small footprint.
+THIRD_PARTY = {
+    "models": {"torch", "diffusers", "timm", "numpy", "PIL"},
+    "schedulers": {"torch", "diffusers", "numpy"},
+    "imageio": {"numpy", "PIL"},
+    "defaults": {"torch"},
+    "masks": {"numpy", "PIL"},
 }
 
 
 def room_of_module(module: str) -> str | None:
-    """`asuka.pipelines.x` -> "pipelines", `asuka.cli` -> "cli", `app` -> "app", `training.x` -> "training"."""
+    """`asuka.pipelines.x` -> "pipelines", `asuka.cli` and `asuka.__main__` -> "cli", `asuka` -> "package",
+    `app` -> "app", `training.x` and `asuka_training.x` -> "training"; None outside the project."""
     parts = module.split(".")
-    if parts[0] in ("app", "training"):
-        return parts[0]
-    if parts[0] != "asuka" or len(parts) < 2:
+    if parts[0] == "app":
+        return "app"
+    if parts[0] in ("training", "asuka_training"):
+        return "training"
+    if parts[0] != "asuka":
         return None
-    return parts[1]
+    if len(parts) == 1:
+        return "package"
+    return "cli" if parts[1] == "__main__" else parts[1]
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -57,6 +85,8 @@ def violations(root: Path, files: list[Path]) -> list[str]:
     for path in files:
         module = module_name(path, root)
         room = room_of_module(module)
+        if room not in ALLOWED:
+            found.append(f"{path.relative_to(root)}: fits no room of docs/architecture.md ({room})")
         tree = ast.parse(path.read_text(), filename=str(path))
         imported_modules = {}  # local alias -> absolute module, for `alias._private` attribute access
         for node in ast.walk(tree):
@@ -67,14 +97,23 @@ def violations(root: Path, files: list[Path]) -> list[str]:
                     imported_modules[(alias.asname or alias.name).split(".")[0]] = alias.name
             elif isinstance(node, ast.ImportFrom):
                 source = resolve(module, node, path.name == "__init__.py")
-                targets.append(source)
+                if source == "asuka":  # `from asuka import imageio` names a module; `from asuka import X`, a re-export
+                    targets += [f"asuka.{a.name}" if a.name[0].islower() else source for a in node.names]
+                else:
+                    targets.append(source)
                 for alias in node.names:
                     if alias.name.startswith("_") and not alias.name.startswith("__") and source != module:
                         found.append(f"{path.relative_to(root)}: imports private name {alias.name} from {source}")
                     imported_modules[alias.asname or alias.name] = f"{source}.{alias.name}"
             for target in targets:
                 target_room = room_of_module(target)
-                if room and target_room in FORBIDDEN.get(room, ()):
+                if target_room is None:
+                    package = target.split(".")[0]
+                    allowed = THIRD_PARTY.get(room)
+                    if package and package not in sys.stdlib_module_names and allowed is not None:
+                        if package not in allowed:
+                            found.append(f"{path.relative_to(root)}: room {room} imports {package} (third party)")
+                elif room in ALLOWED and target_room != room and target_room not in ALLOWED[room]:
                     found.append(f"{path.relative_to(root)}: room {room} imports {target} (room {target_room})")
         for node in ast.walk(tree):
             if (
@@ -106,6 +145,14 @@ def test_project_layering_holds():
         ("asuka/pipelines/bad.py", "from asuka.cli import main\n", "room pipelines imports asuka.cli"),
         ("asuka/methods/bad.py", "from asuka.pipelines.x import _helper\n", "private name _helper"),
         ("asuka/methods/bad.py", "from asuka import imageio\nimageio._open(1)\n", "uses private imageio._open"),
+        ("asuka/masks.py", "import torch\n", "room masks imports torch (third party)"),
+        ("asuka/masks.py", "from asuka.models import AsukaMAE\n", "room masks imports asuka.models"),
+        ("asuka/imageio.py", "from . import defaults\n", "room imageio imports asuka.defaults"),
+        ("asuka/models/bad.py", "import cv2\n", "room models imports cv2 (third party)"),
+        ("asuka/decode.py", "from asuka.methods import get_method\n", "room decode imports asuka.methods"),
+        ("asuka/testing/bad.py", "from asuka.methods import get_method\n", "room testing imports asuka.methods"),
+        ("asuka/newroom.py", "import os\n", "fits no room"),
+        ("asuka/models/bad.py", "import os\nfrom asuka.defaults import FLUX_FILL_REPO\n", "room models imports"),
     ],
 )
 def test_checker_catches_each_kind_of_violation(tmp_path, path, source, expected):
