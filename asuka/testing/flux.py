@@ -14,7 +14,7 @@ import functools
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 
-from asuka.models import AsukaAligner, AsukaDecoder
+from asuka.models import AsukaAligner, AsukaDecoder, AsukaVAEEncoder
 from asuka.testing.mae import make_tiny_mae
 
 
@@ -96,6 +96,12 @@ def make_tiny_flux_components(seed: int = 0) -> dict:
     for model in models.values():
         model.eval()  # as from_pretrained leaves them, so a save/load round trip is bit-exact
     return {"scheduler": FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER_CONFIG), **models}
+
+
+def make_tiny_masked_image_encoder(vae: AutoencoderKL, seed: int = 1) -> AsukaVAEEncoder:
+    """An `AsukaVAEEncoder` shaped like `vae`'s encoder with other random weights: a release encoder that differs."""
+    torch.manual_seed(seed)
+    return AsukaVAEEncoder(**AsukaVAEEncoder.config_from_vae(vae.config)).eval()
 
 
 #: Default long side of the tiny pipeline's working region (the real one uses FLUX's 1024).
