@@ -138,7 +138,7 @@ def test_golden_decoder(converted):
 
 def test_converted_folder_loads_as_pipeline_components(converted):
     components = load_asuka_flux_components(converted)
-    assert sorted(components) == ["decoder", "mae", "pooled_aligner", "token_aligner"]
+    assert sorted(components) == ["decoder", "mae", "masked_image_encoder", "pooled_aligner", "token_aligner"]
 
 
 # ------------------------------------------------------------------------------------------ errors

@@ -108,14 +108,20 @@ def make_tiny_masked_image_encoder(vae: AutoencoderKL, seed: int = 1) -> AsukaVA
 TINY_WORKING_RESOLUTION = 64
 
 
-def make_tiny_flux_pipeline(seed: int = 0, **kwargs):
-    """A complete tiny `AsukaFluxPipeline`; `kwargs` replace components (e.g. `decoder=None`)."""
+def make_tiny_flux_pipeline(seed: int = 0, with_masked_image_encoder: bool = False, **kwargs):
+    """A complete tiny `AsukaFluxPipeline`; `kwargs` replace components (e.g. `decoder=None`).
+
+    `with_masked_image_encoder` adds a `masked_image_encoder` that differs from the VAE's encoder, as where the
+    release's encoder is stored.
+    """
     from asuka.pipelines.pipeline_asuka_flux import AsukaFluxPipeline
 
     components = make_tiny_flux_components(seed)
     unknown = set(kwargs) - set(components) - {"working_resolution"}
     if unknown:
         raise ValueError(f"Unknown argument(s) {sorted(unknown)}; accepted: {sorted(components)}, working_resolution.")
+    if with_masked_image_encoder:
+        components["masked_image_encoder"] = make_tiny_masked_image_encoder(components["vae"], seed + 1)
     components["working_resolution"] = TINY_WORKING_RESOLUTION
     components.update(kwargs)
     pipe = AsukaFluxPipeline(**components)
