@@ -217,12 +217,15 @@ def make_inputs(size: int = 64) -> tuple[Image.Image, Image.Image]:
     return image, Image.fromarray(mask)
 
 
-def light_and_full_repos(root: Path, kind: str, backbone_id: str, save_backbone, **full_kwargs):
-    """A tiny pipeline of `kind`, its light repo (pointing to `backbone_id` at `BACKBONE_SHA`, fp16 variant) and its
-    full export, with a Hub cache serving the backbone: (pipeline, light, full, backbone folder, cache)."""
+def light_and_full_repos(
+    root: Path, kind: str, backbone_id: str, save_backbone, tiny_kwargs: dict | None = None, **full_kwargs
+):
+    """A tiny pipeline of `kind` (`make_tiny_pipeline(kind, **tiny_kwargs)`), its light repo (pointing to
+    `backbone_id` at `BACKBONE_SHA`, fp16 variant) and its full export, with a Hub cache serving the backbone:
+    (pipeline, light, full, backbone folder, cache)."""
     backbone = save_backbone(root / "backbone")
     cache = hub_cache(root / "hf_cache", backbone_id, backbone)
-    pipe = make_tiny_pipeline(kind)
+    pipe = make_tiny_pipeline(kind, **(tiny_kwargs or {}))
     light, full = root / "light", root / "full"
     pipe.save_pretrained(
         light, light=True, backbone=backbone_id, backbone_revision=BACKBONE_SHA, backbone_variants=("fp16",)

@@ -82,6 +82,53 @@ def seeded_state_dict(
     return state_dict
 
 
+def bfl_encoder_keys(
+    block_out_channels: Sequence[int] = (128, 256, 512, 512),
+    layers_per_block: int = 2,
+    in_channels: int = 3,
+    latent_channels: int = 16,
+) -> list[tuple[str, list[int]]]:
+    """Ordered `(key, shape)` pairs of a VAE encoder in the BFL/LDM layout, as FLUX's `AutoEncoder.encoder` names
+    them and `asuka_decoder.ckpt` holds them (under `encoder.`); the defaults are FLUX.1's VAE encoder.
+
+    Written out from that layout, independently of any converter: `conv_in`, per level `down.{i}.block.{j}` ResNets
+    (`nin_shortcut` where the width changes) and `down.{i}.downsample.conv` but on the last, the mid block
+    (`block_1`, `attn_1` with 1x1-conv `q`/`k`/`v`/`proj_out`, `block_2`), `norm_out`, `conv_out` (mean and logvar).
+    """
+    keys: list[tuple[str, list[int]]] = []
+
+    def conv(name: str, out: int, inp: int, size: int) -> None:
+        keys.extend([(f"{name}.weight", [out, inp, size, size]), (f"{name}.bias", [out])])
+
+    def norm(name: str, channels: int) -> None:
+        keys.extend([(f"{name}.weight", [channels]), (f"{name}.bias", [channels])])
+
+    def resnet(name: str, inp: int, out: int) -> None:
+        norm(f"{name}.norm1", inp)
+        conv(f"{name}.conv1", out, inp, 3)
+        norm(f"{name}.norm2", out)
+        conv(f"{name}.conv2", out, out, 3)
+        if inp != out:
+            conv(f"{name}.nin_shortcut", out, inp, 1)
+
+    channels = block_out_channels[0]
+    conv("conv_in", channels, in_channels, 3)
+    for i, width in enumerate(block_out_channels):
+        for j in range(layers_per_block):
+            resnet(f"down.{i}.block.{j}", channels, width)
+            channels = width
+        if i < len(block_out_channels) - 1:
+            conv(f"down.{i}.downsample.conv", width, width, 3)
+    resnet("mid.block_1", channels, channels)
+    norm("mid.attn_1.norm", channels)
+    for name in ("q", "k", "v", "proj_out"):
+        conv(f"mid.attn_1.{name}", channels, channels, 1)
+    resnet("mid.block_2", channels, channels)
+    norm("norm_out", channels)
+    conv("conv_out", 2 * latent_channels, channels, 3)
+    return [(f"encoder.{key}", shape) for key, shape in keys]
+
+
 STRDIFFUSION_FIXTURES = FIXTURES / "strdiffusion"
 STRDIFFUSION_KEYS = json.loads((STRDIFFUSION_FIXTURES / "checkpoint_keys.json").read_text())
 

@@ -109,14 +109,18 @@ def test_half_precision_pipeline_runs_and_stays_close_to_fp32(dtype):
     assert np.abs(out - reference).mean() < 5e-3
 
 
-def test_model_cpu_offload_moves_every_component_in_order_including_the_mae():
+@pytest.mark.parametrize("kind, extra", [("sd", {}), ("flux", {"with_masked_image_encoder": True})])
+def test_model_cpu_offload_moves_every_component_in_order_including_the_mae(kind, extra):
     """enable_model_cpu_offload needs an accelerator in practice; with device="cpu" accelerate installs the same
     hooks, so we can check that every offloaded component's hook fires, in the sequence's order, and that the MAE's
-    fires too although the pipeline calls `mae.prior`, not `forward` (this needs `apply_forward_hook`)."""
+    fires too although the pipeline calls `mae.prior`, not `forward` (this needs `apply_forward_hook`; so does the
+    FLUX masked-image encoder's `encode`)."""
     image, mask = _inputs()
     kwargs = dict(num_inference_steps=2, output_type="np")
-    reference = make_tiny_pipeline("sd")(image, mask, generator=torch.Generator().manual_seed(0), **kwargs).images
-    pipe = make_tiny_pipeline("sd")
+    reference = make_tiny_pipeline(kind, **extra)(
+        image, mask, generator=torch.Generator().manual_seed(0), **kwargs
+    ).images
+    pipe = make_tiny_pipeline(kind, **extra)
     pipe.enable_model_cpu_offload(device="cpu")
     sequence = pipe.model_cpu_offload_seq.split("->")
     calls = []

@@ -2,24 +2,33 @@
 
 The seeded weights are exactly those the golden tensors were computed with (tests/seeded.py). The 4096-wide
 T5 aligner would be ~1B parameters; its file is written with the real key names at width 128 (the converter
-reads the width off the checkpoint), and checked for an exact weight round trip instead of a golden.
+reads the width off the checkpoint), and checked for an exact weight round trip instead of a golden. The decoder
+checkpoint's VAE encoder (no golden: the reference only loads it into FLUX's autoencoder) is checked against
+diffusers' own LDM conversion, and against tiny FLUX.1-Fill backbones whose VAE has the same or another encoder.
 """
 
 import json
 import os
 from pathlib import Path
 
+import huggingface_hub
 import pytest
 import torch
+from diffusers import FluxFillPipeline
+from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+from hub_helpers import BACKBONE_SHA, hub_cache
 from safetensors.torch import load_file
-from seeded import FIXTURES, MAE_SINCOS_KEYS, load_checkpoint_keys, seeded_state_dict
+from seeded import FIXTURES, MAE_SINCOS_KEYS, bfl_encoder_keys, load_checkpoint_keys, seeded_state_dict
 
+from asuka import AsukaFluxPipeline
 from asuka.convert.__main__ import main as convert_cli
-from asuka.convert.asuka_flux import RELEASE_FILES, resolve_release, write_components
+from asuka.convert.asuka_flux import DECODER_FILE, RELEASE_FILES, resolve_release, write_components
+from asuka.convert.asuka_flux_keys import encoder_fingerprint
 from asuka.convert.output import push_folder
-from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE
+from asuka.defaults import FLUX_FILL_REPO
+from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE, AsukaVAEEncoder
 from asuka.pipelines.pipeline_asuka_flux import load_asuka_flux_components
-from asuka.testing.flux import make_tiny_flux_components
+from asuka.testing.flux import flux_fill_pipeline, make_tiny_flux_components
 
 
 DECODER_KEYS = "asuka_decoder.ckpt:state_dict (each key prefixed 'decoder.')"
@@ -40,17 +49,24 @@ def narrow_t5_keys(width: int):
     ]
 
 
+def diffusers_encoder(encoder_sd: dict, down_block_types) -> dict:
+    """Release `encoder.*` tensors in `AutoencoderKL.encoder` names, by diffusers' own whole-checkpoint conversion
+    (as `from_single_file` runs it): the independent reference for the converter's checked, per-module one."""
+    converted = convert_ldm_vae_checkpoint(encoder_sd, {"down_block_types": down_block_types, "up_block_types": ()})
+    return {key.removeprefix("encoder."): value for key, value in converted.items()}
+
+
 def write_release(folder: Path) -> None:
-    """The six release files in their real formats, with seeded weights."""
+    """The six release files in their real formats, with seeded weights (a FLUX.1-sized VAE encoder included)."""
     folder.mkdir(parents=True, exist_ok=True)
     mae = seeded_state_dict(load_checkpoint_keys("mae_300.pth:model"), sincos_keys=MAE_SINCOS_KEYS)
     torch.save({"model": mae, "epoch": 300}, folder / "mae_300.pth")
     torch.save(seeded_state_dict(load_checkpoint_keys("asuka_alignment_clip.pt")), folder / "asuka_alignment_clip.pt")
     torch.save(seeded_state_dict(narrow_t5_keys(NARROW)), folder / "asuka_alignment_t5.pt")
     decoder = {"decoder." + k: v for k, v in seeded_state_dict(load_checkpoint_keys(DECODER_KEYS)).items()}
+    decoder.update(seeded_state_dict(bfl_encoder_keys(), seed=3))
     decoder.update(
         {  # the training wrapper's other state, to be ignored
-            "encoder.conv_in.weight": torch.randn(128, 3, 3, 3),
             "quant_conv.weight": torch.randn(32, 32, 1, 1),
             "loss.logvar": torch.zeros(()),
         }
@@ -66,6 +82,14 @@ def release(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("release")
     write_release(folder)
     return folder
+
+
+@pytest.fixture(scope="module", autouse=True)
+def empty_hub_cache(tmp_path_factory):
+    """The Hub cache the converter looks in for the backbone: empty, so no cached FLUX.1-Fill counts (no network)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path_factory.mktemp("empty_hf_cache")))
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +162,129 @@ def test_golden_decoder(converted):
 
 def test_converted_folder_loads_as_pipeline_components(converted):
     components = load_asuka_flux_components(converted)
-    assert sorted(components) == ["decoder", "mae", "pooled_aligner", "token_aligner"]
+    assert sorted(components) == ["decoder", "mae", "masked_image_encoder", "pooled_aligner", "token_aligner"]
+    assert isinstance(components["masked_image_encoder"], AsukaVAEEncoder)
+
+
+# ------------------------------------------------------------------------------------------ masked-image encoder
+
+
+def test_unverifiable_encoder_is_stored_with_diffusers_names(converted, release):
+    """Without the backbone (no folder, not in the Hub cache) the release's encoder is stored, with FLUX.1's VAE
+    encoder config; its weights are diffusers' own conversion of the release's `encoder.*`."""
+    record = json.loads((converted / "conversion.json").read_text())["masked_image_encoder"]
+    assert record["case"] == "unverified" and record["stored"] and record["backbone_fingerprint"] is None
+    assert FLUX_FILL_REPO in record["summary"] and "--backbone" in record["summary"]
+    encoder = AsukaVAEEncoder.from_pretrained(converted / "masked_image_encoder")
+    assert list(encoder.config.block_out_channels) == [128, 256, 512, 512] and encoder.config.latent_channels == 16
+    release_sd = torch.load(release / DECODER_FILE, weights_only=True)["state_dict"]
+    encoder_sd = {key: value for key, value in release_sd.items() if key.startswith("encoder.")}
+    expected = diffusers_encoder(encoder_sd, encoder.config.down_block_types)
+    state = encoder.encoder.state_dict()
+    assert sorted(state) == sorted(expected) and all(torch.equal(state[k], expected[k]) for k in expected)
+    assert record["fingerprint"] == encoder_fingerprint(expected)
+    assert "masked_image_encoder/" in (converted / "README.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def tiny_release(release, tmp_path_factory):
+    """The release with a tiny VAE encoder in its decoder checkpoint, and two tiny FLUX.1-Fill backbones (saved
+    `FluxFillPipeline`s): `equal`, a folder whose VAE encoder holds those weights (by diffusers' own conversion), and
+    `other`, whose VAE encoder is another, served from a Hub cache as FLUX.1-Fill-dev at `BACKBONE_SHA`.
+
+    Returns (release, equal, cache, the release's encoder in diffusers names)."""
+    root = tmp_path_factory.mktemp("tiny_release")
+    components = make_tiny_flux_components(seed=0)
+    vae_config = components["vae"].config
+    encoder_sd = seeded_state_dict(
+        bfl_encoder_keys(vae_config.block_out_channels, vae_config.layers_per_block), seed=5
+    )
+    folder = release_copy(release, root / "release", skip=DECODER_FILE)
+    state = torch.load(release / DECODER_FILE, weights_only=True)["state_dict"]
+    state = {key: value for key, value in state.items() if not key.startswith("encoder.")}
+    torch.save({"state_dict": {**state, **encoder_sd}}, folder / DECODER_FILE)
+
+    flux_fill_pipeline(components).save_pretrained(root / "other")
+    cache = hub_cache(root / "hf_cache", FLUX_FILL_REPO, root / "other")
+    release_encoder = diffusers_encoder(encoder_sd, vae_config.down_block_types)
+    components["vae"].encoder.load_state_dict(release_encoder)
+    flux_fill_pipeline(components).save_pretrained(root / "equal")
+    return folder, root / "equal", cache, release_encoder
+
+
+def saved_flux_fill(folder: Path) -> FluxFillPipeline:
+    """A saved tiny `FluxFillPipeline` (it has no text encoders)."""
+    return FluxFillPipeline.from_pretrained(
+        folder, **dict.fromkeys(("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"))
+    )
+
+
+def mask_latents(pipe, generator_seed: int = 0) -> torch.Tensor:
+    """The packed masked-image latents `pipe` prepares for a fixed 32x48 image and hole (FluxFillPipeline's call)."""
+    image = torch.rand(2, 3, 32, 48, generator=torch.Generator().manual_seed(9)) * 2 - 1
+    mask = torch.zeros(2, 1, 32, 48)
+    mask[..., 8:24, 16:40] = 1
+    _, latents = pipe.prepare_mask_latents(
+        mask=mask,
+        masked_image=image * (1 - mask),
+        batch_size=2,
+        num_channels_latents=16,
+        num_images_per_prompt=1,
+        height=32,
+        width=48,
+        dtype=torch.float32,
+        device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(generator_seed),
+    )
+    return latents
+
+
+def test_encoder_equal_to_the_backbones_is_not_stored(tiny_release, tmp_path, capsys):
+    """`--backbone FOLDER` with the same encoder: the fingerprints agree (for the release checkpoint and the diffusers
+    VAE built from its weights), nothing more is stored, and the masked image is encoded as today: by the VAE."""
+    release, equal, _, _ = tiny_release
+    out = tmp_path / "out"
+    assert convert_cli(["asuka-flux", "--release", str(release), "--out", str(out), "--backbone", str(equal)]) == 0
+    assert "equals the VAE encoder" in capsys.readouterr().out
+    record = json.loads((out / "conversion.json").read_text())["masked_image_encoder"]
+    backbone_encoder = saved_flux_fill(equal).vae.encoder.state_dict()
+    assert record["case"] == "equal" and not record["stored"]
+    assert record["fingerprint"] == record["backbone_fingerprint"] == encoder_fingerprint(backbone_encoder)
+    assert (
+        not (out / "masked_image_encoder").exists() and "masked_image_encoder/" not in (out / "README.md").read_text()
+    )
+    assert json.loads((out / "model_index.json").read_text())["masked_image_encoder"] == [None, None]
+
+    loaded = AsukaFluxPipeline.from_pretrained(out)  # the light repo, pointing to the backbone folder
+    assert loaded.masked_image_encoder is None
+    assert torch.equal(mask_latents(loaded), mask_latents(flux_fill_pipeline(loaded.components)))
+
+
+def test_encoder_different_from_the_cached_backbones_is_stored_and_used(tiny_release, tmp_path, capsys):
+    """The default backbone found in the Hub cache (never downloaded) with another encoder: the release's is stored
+    and encodes the masked image, exactly as a diffusers VAE holding the release's encoder would, in the light repo
+    and in the two-source assembly."""
+    release, equal, cache, release_encoder = tiny_release
+    out = tmp_path / "out"
+    argv = ["asuka-flux", "--release", str(release), "--out", str(out), "--backbone-revision", BACKBONE_SHA]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+        assert convert_cli(argv) == 0
+    assert "differs from the VAE encoder" in capsys.readouterr().out
+    record = json.loads((out / "conversion.json").read_text())["masked_image_encoder"]
+    assert record["case"] == "different" and record["stored"]
+    assert record["fingerprint"] == encoder_fingerprint(release_encoder) != record["backbone_fingerprint"]
+    assert "masked_image_encoder/" in (out / "README.md").read_text()
+
+    expected = mask_latents(saved_flux_fill(equal))  # a diffusers VAE with the release's encoder
+    hub = dict(cache_dir=str(cache), revision=BACKBONE_SHA)
+    for loaded in (
+        AsukaFluxPipeline.from_pretrained(out, cache_dir=str(cache)),  # the light repo
+        AsukaFluxPipeline.from_pretrained(FLUX_FILL_REPO, asuka=out, **hub),  # assembled from two sources
+    ):
+        assert isinstance(loaded.masked_image_encoder, AsukaVAEEncoder)
+        assert torch.equal(mask_latents(loaded), expected)
+        assert not torch.equal(mask_latents(flux_fill_pipeline(loaded.components)), expected)  # the backbone's VAE
 
 
 # ------------------------------------------------------------------------------------------ errors
@@ -183,13 +329,14 @@ def test_wrong_null_embedding_shape_is_named(release, tmp_path, capsys):
     assert "vec.pt" in error and "(1, 768)" in error
 
 
-def test_unexpected_key_names_file_and_key(release, tmp_path, capsys):
+@pytest.mark.parametrize("key", ["decoder.up.9.block.0.conv1.weight", "encoder.down.9.block.0.conv1.weight"])
+def test_unexpected_key_names_file_and_key(release, tmp_path, capsys, key):
     broken = release_copy(release, tmp_path / "release", skip="asuka_decoder.ckpt")
     checkpoint = torch.load(release / "asuka_decoder.ckpt", weights_only=True)
-    checkpoint["state_dict"]["decoder.up.9.block.0.conv1.weight"] = torch.zeros(3, 3, 3, 3)
+    checkpoint["state_dict"][key] = torch.zeros(3, 3, 3, 3)
     torch.save(checkpoint, broken / "asuka_decoder.ckpt")
     error = run_cli_error(broken, tmp_path / "out", capsys)
-    assert "asuka_decoder.ckpt" in error and "decoder.up.9.block.0.conv1.weight" in error
+    assert "asuka_decoder.ckpt" in error and key in error
 
 
 class SideEffect:

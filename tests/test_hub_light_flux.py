@@ -2,6 +2,7 @@
 
 The "Hub" is a Hugging Face cache that serves a tiny FLUX.1-Fill repo (with tiny CLIP and T5 text encoders) at one
 commit; the light repo is a local folder. Loading without `asuka` runs in a subprocess where `import asuka` fails.
+The pipeline has every optional component, the masked-image encoder (the release's, where it differs) included.
 """
 
 import json
@@ -24,7 +25,7 @@ from hub_helpers import (
 
 from asuka import AsukaFluxPipeline
 from asuka.methods.registry import load_pipeline
-from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE
+from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE, AsukaVAEEncoder
 from asuka.testing import make_tiny_pipeline
 
 
@@ -34,7 +35,13 @@ STEPS = 2
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     """(pipeline, light folder, full export, backbone folder, Hub cache)."""
-    return light_and_full_repos(tmp_path_factory.mktemp("hub_flux"), "flux", FLUX_BACKBONE, save_flux_backbone)
+    return light_and_full_repos(
+        tmp_path_factory.mktemp("hub_flux"),
+        "flux",
+        FLUX_BACKBONE,
+        save_flux_backbone,
+        tiny_kwargs={"with_masked_image_encoder": True},
+    )
 
 
 def test_light_repo_holds_only_asukas_components(hub):
@@ -47,6 +54,7 @@ def test_light_repo_holds_only_asukas_components(hub):
         [
             "decoder/diffusion_pytorch_model.safetensors",
             "mae/diffusion_pytorch_model.safetensors",
+            "masked_image_encoder/diffusion_pytorch_model.safetensors",
             "pooled_aligner/diffusion_pytorch_model.safetensors",
             "token_aligner/diffusion_pytorch_model.safetensors",
         ],
@@ -65,6 +73,7 @@ def test_one_diffusers_call_loads_it_without_asuka(hub, tmp_path):
     pipe, light, _, backbone, cache = hub
     image, mask = make_inputs()
     assembled = AsukaFluxPipeline.from_pretrained(backbone, asuka=light)
+    assert isinstance(assembled.masked_image_encoder, AsukaVAEEncoder)
     assembled.set_progress_bar_config(disable=True)
     expected = assembled(
         image, mask, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0), output_type="np"
@@ -73,7 +82,11 @@ def test_one_diffusers_call_loads_it_without_asuka(hub, tmp_path):
     diff = np.abs(out - expected.images).max()
     assert diff <= 1e-6, diff
     assert_backbone_loaded_from_pointer(
-        tmp_path, FLUX_BACKBONE, FLUX_BACKBONE_CLASSES, light, ("mae", "token_aligner", "pooled_aligner", "decoder")
+        tmp_path,
+        FLUX_BACKBONE,
+        FLUX_BACKBONE_CLASSES,
+        light,
+        ("mae", "token_aligner", "pooled_aligner", "decoder", "masked_image_encoder"),
     )
 
 
@@ -83,8 +96,9 @@ def test_asuka_pipeline_from_pretrained_loads_the_light_repo(hub):
     assert isinstance(loaded, AsukaFluxPipeline)
     assert isinstance(loaded.mae, AsukaMAE) and isinstance(loaded.token_aligner, AsukaAligner)
     assert isinstance(loaded.pooled_aligner, AsukaAligner) and isinstance(loaded.decoder, AsukaDecoder)
+    assert isinstance(loaded.masked_image_encoder, AsukaVAEEncoder)
     assert loaded.config.working_resolution == 64
-    for name in ("transformer", "vae", "mae", "token_aligner", "pooled_aligner", "decoder"):
+    for name in ("transformer", "vae", "mae", "token_aligner", "pooled_aligner", "decoder", "masked_image_encoder"):
         expected = getattr(pipe, name).state_dict()
         assert all(torch.equal(v, expected[k]) for k, v in getattr(loaded, name).state_dict().items()), name
     variant = AsukaFluxPipeline.from_pretrained(light, cache_dir=str(cache), variant="fp16", torch_dtype=torch.float16)

@@ -21,7 +21,7 @@ import asuka.convert.asuka_flux as asuka_flux
 from asuka import AsukaFluxPipeline, AsukaPipeline
 from asuka.convert.__main__ import main as convert_cli
 from asuka.pipelines.hub_light import PAPER_BIBTEX, PAPER_TITLE
-from asuka.testing.flux import make_tiny_flux_components
+from asuka.testing.flux import make_tiny_flux_components, make_tiny_masked_image_encoder
 
 
 put_training_on_path()
@@ -32,7 +32,8 @@ import train_mae  # noqa: E402
 
 
 LIGHT_FLUX_WEIGHTS = [
-    f"{name}/diffusion_pytorch_model.safetensors" for name in ("decoder", "mae", "pooled_aligner", "token_aligner")
+    f"{name}/diffusion_pytorch_model.safetensors"
+    for name in ("decoder", "mae", "masked_image_encoder", "pooled_aligner", "token_aligner")
 ]
 
 
@@ -48,18 +49,20 @@ def test_converter_pushes_the_light_repo_and_its_card(flux_backbone, tmp_path, m
     for name in asuka_flux.RELEASE_FILES:  # hashed for the card; the weights come from the stub below
         (release / name).write_bytes(name.encode())
     tiny = make_tiny_flux_components(seed=0)
-    monkeypatch.setattr(
-        asuka_flux,
-        "build_components",
-        lambda folder, condition_weight: {n: tiny[n] for n in asuka_flux.COMPONENT_FOLDERS},
-    )
+    encoder = make_tiny_masked_image_encoder(tiny["vae"])  # the release's encoder, unlike the backbone's
+
+    def build_components(folder, condition_weight, encoder_config):
+        assert encoder_config == dict(encoder.config)  # shaped like the backbone VAE's encoder
+        return {**{n: tiny[n] for n in asuka_flux.COMPONENT_FOLDERS}, asuka_flux.ENCODER_FOLDER: encoder}
+
+    monkeypatch.setattr(asuka_flux, "build_components", build_components)
     repos = intercept_hub(monkeypatch, tmp_path / "hub")
     out = tmp_path / "asuka-flux"
     argv = ["asuka-flux", "--release", str(release), "--out", str(out), "--push-to-hub", "me/asuka-flux"]
     assert convert_cli([*argv, "--backbone", str(flux_backbone), "--backbone-revision", "abc123"]) == 0
     assert [repo for repo, _ in repos] == ["me/asuka-flux"]
     uploaded = tmp_path / "hub" / "me/asuka-flux"
-    assert weight_files(uploaded) == LIGHT_FLUX_WEIGHTS  # no transformer, VAE or text encoder
+    assert weight_files(uploaded) == LIGHT_FLUX_WEIGHTS  # no transformer, VAE or text encoder; the release's encoder
     assert json.loads((uploaded / "transformer" / "backbone.json").read_text())["revision"] == "abc123"
     card = (uploaded / "README.md").read_text()
     assert f"base_model: {flux_backbone}" in card and "yikaiwang/ASUKA-FLUX.1-Fill" in card
@@ -69,6 +72,7 @@ def test_converter_pushes_the_light_repo_and_its_card(flux_backbone, tmp_path, m
     pipe = AsukaFluxPipeline.from_pretrained(uploaded)
     assert torch.equal(pipe.transformer.x_embedder.weight, tiny["transformer"].x_embedder.weight)
     assert torch.equal(pipe.token_aligner.null_embed, tiny["token_aligner"].null_embed)
+    assert torch.equal(pipe.masked_image_encoder.encoder.conv_in.weight, encoder.encoder.conv_in.weight)
 
 
 # ------------------------------------------------------------------------------------------ training scripts

@@ -3,7 +3,9 @@
 import numpy as np
 import PIL.Image
 
+import asuka.convert.asuka_flux
 from asuka.methods import InpaintRequest, get_method, load_pipeline, run_method
+from asuka.methods.flux import converted_release
 
 
 def request() -> InpaintRequest:
@@ -26,3 +28,21 @@ def test_asuka_flux_and_flux_fill_are_registered_and_run_tiny():
         assert np.array_equal(np.asarray(result.image)[keep], np.asarray(req.image)[keep])
         if name == "asuka-flux":
             assert result.reconstruction.size == req.image.size
+
+
+def test_the_release_is_converted_once_for_each_backbone(monkeypatch, tmp_path):
+    """The converter keeps the release's masked-image encoder or not by comparing it with the backbone's, so each
+    FLUX repo the release runs on (`ASUKA_FLUX_BASE`) gets its own conversion, checked against it."""
+    calls = []
+
+    def convert(model, out, overwrite, backbone):
+        calls.append((model, backbone))
+        (out / "decoder").mkdir(parents=True)
+        (out / "decoder" / "config.json").write_text("{}")
+
+    monkeypatch.setenv("ASUKA_CACHE", str(tmp_path))
+    monkeypatch.setattr(asuka.convert.asuka_flux, "convert_asuka_flux", convert)
+    first = converted_release("release", "base-a")
+    assert converted_release("release", "base-a") == first  # once
+    assert converted_release("release", "base-b") != first
+    assert calls == [("release", "base-a"), ("release", "base-b")]

@@ -12,7 +12,14 @@ import torch
 from pipeline_contract import CASES, Case, make_pipe
 
 from asuka import AsukaFluxPipeline, AsukaPipeline, StrDiffusionPipeline
-from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE, StrDiffusionDiscriminator, StrDiffusionUNet
+from asuka.models import (
+    AsukaAligner,
+    AsukaDecoder,
+    AsukaMAE,
+    AsukaVAEEncoder,
+    StrDiffusionDiscriminator,
+    StrDiffusionUNet,
+)
 
 
 PIPELINES = {"sd": AsukaPipeline, "flux": AsukaFluxPipeline, "strdiffusion": StrDiffusionPipeline}
@@ -91,7 +98,7 @@ def test_call_arguments_are_documented_in_the_diffusers_format(pipeline_class):
 
 @pytest.mark.parametrize(
     "component",
-    [AsukaMAE, AsukaAligner, AsukaDecoder, StrDiffusionUNet, StrDiffusionDiscriminator],
+    [AsukaMAE, AsukaAligner, AsukaDecoder, AsukaVAEEncoder, StrDiffusionUNet, StrDiffusionDiscriminator],
     ids=lambda c: c.__name__,
 )
 def test_component_arguments_are_documented_in_the_diffusers_format(component):

@@ -4,11 +4,16 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from diffusers import AutoencoderKL
 
 from asuka import AsukaFluxPipeline
-from asuka.models import AsukaDecoder
+from asuka.models import AsukaDecoder, AsukaVAEEncoder
 from asuka.testing import make_tiny_pipeline
-from asuka.testing.flux import make_tiny_flux_backbone_pipeline, make_tiny_flux_components
+from asuka.testing.flux import (
+    make_tiny_flux_backbone_pipeline,
+    make_tiny_flux_components,
+    make_tiny_masked_image_encoder,
+)
 
 
 STEPS = 2
@@ -225,8 +230,57 @@ def test_bfloat16_runs():
 
 def test_cpu_offload_sequence_names_the_components(pipe):
     assert set(pipe.model_cpu_offload_seq.split("->")) == {
-        name for name, module in pipe.components.items() if isinstance(module, torch.nn.Module)
+        name
+        for name, module in pipe.components.items()
+        if isinstance(module, torch.nn.Module) or name in pipe._optional_components
     }
+
+
+def with_encoder(pipe, **components) -> AsukaFluxPipeline:
+    """`pipe`'s components with others replaced or added (e.g. `masked_image_encoder`)."""
+    out = AsukaFluxPipeline(**{**pipe.components, **components})
+    out.set_progress_bar_config(disable=True)
+    return out
+
+
+def run_two_per_image(pipe) -> np.ndarray:
+    """Two outputs of one image, one generator each (so the masked image is encoded with a list of generators)."""
+    return pipe(
+        image=make_image(32, 48),
+        mask_image=make_mask(32, 48),
+        num_inference_steps=STEPS,
+        num_images_per_prompt=2,
+        generator=[generator(0), generator(1)],
+        output_type="np",
+    ).images
+
+
+def test_a_masked_image_encoder_equal_to_the_vaes_changes_nothing(pipe):
+    """Where the release's encoder equals the backbone's, encoding with it gives today's output bit for bit."""
+    same = make_tiny_masked_image_encoder(pipe.vae)
+    same.encoder.load_state_dict(pipe.vae.encoder.state_dict())
+    assert np.array_equal(run_two_per_image(with_encoder(pipe, masked_image_encoder=same)), run_two_per_image(pipe))
+
+
+def test_the_masked_image_encoder_encodes_the_masked_image(pipe, tmp_path):
+    """Another encoder: the output is that of FluxFillPipeline's encoding with a diffusers VAE holding its weights,
+    not the backbone VAE's; it survives save_pretrained / from_pretrained."""
+    encoder = make_tiny_masked_image_encoder(pipe.vae)
+    asuka = with_encoder(pipe, masked_image_encoder=encoder)
+    vae = AutoencoderKL.from_config(pipe.vae.config).eval()  # the reference: the VAE, with the release's encoder
+    vae.load_state_dict(
+        {**pipe.vae.state_dict(), **{f"encoder.{k}": v for k, v in encoder.encoder.state_dict().items()}}
+    )
+    expected = run_two_per_image(with_encoder(pipe, vae=vae))
+    out = run_two_per_image(asuka)
+    assert np.array_equal(out, expected)
+    assert np.abs(out - run_two_per_image(pipe)).max() > 1e-3  # the backbone VAE's encoding gives another output
+
+    asuka.save_pretrained(tmp_path / "pipe")
+    loaded = AsukaFluxPipeline.from_pretrained(tmp_path / "pipe")
+    loaded.set_progress_bar_config(disable=True)
+    assert isinstance(loaded.masked_image_encoder, AsukaVAEEncoder)
+    assert np.abs(run_two_per_image(loaded) - out).max() <= 1e-5  # loaded tensors may round differently (see below)
 
 
 def test_save_and_load_round_trip(pipe, tmp_path):
@@ -262,7 +316,9 @@ def test_assembly_from_flux_repo_and_converted_asuka_folder(tmp_path):
         "token_aligner",
         "pooled_aligner",
         "decoder",
+        "masked_image_encoder",
     }
+    assert pipe.masked_image_encoder is None  # the folder has none
     reference = make_tiny_pipeline(kind="flux", seed=0)
     kwargs = dict(image=make_image(32, 32), mask_image=make_mask(32, 32), num_inference_steps=STEPS, output_type="np")
     actual, expected = pipe(**kwargs, generator=generator()).images, reference(**kwargs, generator=generator()).images

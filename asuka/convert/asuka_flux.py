@@ -2,7 +2,7 @@
 
 `python -m asuka.convert asuka-flux --release DIR_OR_REPO --out DIR [--backbone-revision SHA] [--push-to-hub REPO]`
 
-`--out` is a light repo (`asuka.pipelines.hub_light`, docs/hub.md): the four ASUKA component folders below, the
+`--out` is a light repo (`asuka.pipelines.hub_light`, docs/hub.md): the ASUKA component folders below, the
 pipeline code, and pointers to FLUX.1-Fill-dev's `transformer`, `vae` and `scheduler`, so it loads with
 `DiffusionPipeline.from_pretrained(out, trust_remote_code=True)`; its model card names the release.
 
@@ -16,12 +16,19 @@ Release files and what becomes of them:
 | `asuka_alignment_clip.pt`  | state dict of the 768-wide aligner        | `pooled_aligner/` (`AsukaAligner`) |
 | `vec.pt`                   | (1, 768) pooled null embedding            | `pooled_aligner/` (its null)       |
 | `asuka_decoder.ckpt`       | `{"state_dict": {"decoder.*": ..., ...}}` | `decoder/` (`AsukaDecoder`)        |
+| `asuka_decoder.ckpt`       | its `encoder.*` (a FLUX VAE encoder)      | `masked_image_encoder/` (below)    |
+
+The authors' inference encodes the masked image with the `encoder.*` weights of the decoder checkpoint. The
+converter fingerprints them (`asuka_flux_keys.encoder_fingerprint`) and compares them with the encoder of the
+backbone's VAE where it can read that without the network (`--backbone` a local folder, or the Hub cache):
+equal, nothing more is stored and the pipeline encodes with the backbone's VAE; different, or not verifiable,
+they are stored as `masked_image_encoder/` (`AsukaVAEEncoder`), which the pipeline then encodes the masked
+image with. The case is printed and recorded in `conversion.json` (`masked_image_encoder`).
 
 Keys the forward pass never uses are dropped by the key mapping (`asuka.convert.asuka_flux_keys`, which
 documents why): each aligner block's `modulation.lin`, which the reference builds but never calls, the
-decoder's `up_layers.*`, and every decoder-checkpoint key outside `decoder.` (the VAE encoder and
-training-wrapper state). The release's `txt.pt` (the empty-prompt T5 embedding, 512 tokens) is not used by
-ASUKA and not read.
+decoder's `up_layers.*`, and the training-wrapper state of the decoder checkpoint (`quant_conv.*`, `loss.*`,
+...). The release's `txt.pt` (the empty-prompt T5 embedding, 512 tokens) is not used by ASUKA and not read.
 
 Files are read and loaded with `asuka.convert.safe_loading` (weights-only pickles, tensors only, strict
 loading) and written with `asuka.convert.output` (atomically: a half-written output never looks like a
@@ -35,20 +42,24 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
+from diffusers import AutoencoderKL
 
 from asuka.convert.asuka_flux_keys import (
     ASUKA_FLUX_DECODER_CONFIG,
     aligner_config,
     convert_aligner_state_dict,
     convert_decoder_state_dict,
+    convert_encoder_state_dict,
     convert_mae_state_dict,
+    encoder_fingerprint,
 )
 from asuka.convert.output import check_output_folder, push_folder, unshare, write_atomically
 from asuka.convert.safe_loading import build_strict, load_checkpoint, tensor_state_dict
 from asuka.defaults import ASUKA_FLUX_RELEASE_REPO, FLUX_FILL_REPO
-from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE
+from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE, AsukaVAEEncoder
 
 
 MAE_FILE = "mae_300.pth"
@@ -62,6 +73,8 @@ RELEASE_FILES = (MAE_FILE, TOKEN_ALIGNER_FILE, POOLED_ALIGNER_FILE, DECODER_FILE
 #: Sub-folders of a converted folder, in writing order. `AsukaFluxPipeline` reads the same names (it names them
 #: itself: pipeline modules ship as Hub remote code and import no `asuka.*`).
 COMPONENT_FOLDERS = ("mae", "token_aligner", "pooled_aligner", "decoder")
+#: The optional sub-folder with the release's VAE encoder, written unless it equals the backbone VAE's encoder.
+ENCODER_FOLDER = "masked_image_encoder"
 
 #: The release's interpolation towards the null embeddings (the authors' `--condition_weight`).
 RELEASE_CONDITION_WEIGHT = 0.5
@@ -105,8 +118,12 @@ def _with_file(name: str, error: ValueError) -> ValueError:
     return ValueError(message if message.startswith(name) else f"{name}: {message}")
 
 
-def build_components(folder: Path, condition_weight: float = RELEASE_CONDITION_WEIGHT) -> dict[str, torch.nn.Module]:
-    """Read, map and check every release file; returns `mae`, `token_aligner`, `pooled_aligner`, `decoder`."""
+def build_components(
+    folder: Path, condition_weight: float = RELEASE_CONDITION_WEIGHT, encoder_config: Mapping | None = None
+) -> dict[str, torch.nn.Module]:
+    """Read, map and check every release file; returns `mae`, `token_aligner`, `pooled_aligner`, `decoder` and
+    `masked_image_encoder` (the decoder checkpoint's `encoder.*` as an `AsukaVAEEncoder(**encoder_config)`,
+    default FLUX.1's VAE encoder)."""
     missing = [name for name in RELEASE_FILES if not (folder / name).is_file()]
     if missing:
         raise ValueError(
@@ -144,9 +161,56 @@ def build_components(folder: Path, condition_weight: float = RELEASE_CONDITION_W
     try:
         converted = convert_decoder_state_dict(decoder_sd, ASUKA_FLUX_DECODER_CONFIG)
         components["decoder"] = build_strict(AsukaDecoder, ASUKA_FLUX_DECODER_CONFIG, converted, checked=True)
+        converted = convert_encoder_state_dict(decoder_sd, encoder_config)
+        components[ENCODER_FOLDER] = build_strict(AsukaVAEEncoder, encoder_config or {}, converted, checked=True)
     except ValueError as error:
         raise _with_file(DECODER_FILE, error) from None
     return components
+
+
+# ---------------------------------------------------------------------------------------- the masked-image encoder
+
+
+def read_backbone_vae(backbone: str, revision: str | None = None) -> tuple[AutoencoderKL | None, str]:
+    """The backbone's VAE if it can be read without the network (a local folder, or the Hub cache with
+    `local_files_only=True`), else None; and why not ("" when read)."""
+    try:
+        vae = AutoencoderKL.from_pretrained(backbone, subfolder="vae", revision=revision, local_files_only=True)
+    except (OSError, ValueError) as error:
+        return None, str(error).strip().split("\n")[0] or type(error).__name__
+    return vae, ""
+
+
+def check_masked_image_encoder(
+    release_encoder: AsukaVAEEncoder, backbone_vae: AutoencoderKL | None, backbone: str, unread_reason: str = ""
+) -> dict[str, Any]:
+    """What becomes of the release's encoder, for `conversion.json`: its fingerprint, the backbone VAE encoder's
+    (None when unread), the `case` ("equal", "different" or "unverified"), whether it is `stored`, and a `summary`.
+    """
+    fingerprint = encoder_fingerprint(release_encoder.encoder.state_dict())
+    backbone_fingerprint = None if backbone_vae is None else encoder_fingerprint(backbone_vae.encoder.state_dict())
+    if backbone_vae is None:
+        case = "unverified"
+        summary = (
+            f"could not read the VAE of {backbone} without the network ({unread_reason}), so the release's encoder "
+            f"is stored as {ENCODER_FOLDER}/ and encodes the masked image (pass --backbone with a local FLUX.1-Fill "
+            "folder, or download it first, to compare)"
+        )
+    elif fingerprint == backbone_fingerprint:
+        case, summary = "equal", f"the release's encoder equals the VAE encoder of {backbone}; nothing more is stored"
+    else:
+        case = "different"
+        summary = (
+            f"the release's encoder differs from the VAE encoder of {backbone}, so it is stored as {ENCODER_FOLDER}/ "
+            "and encodes the masked image, as the authors' inference does"
+        )
+    return {
+        "fingerprint": fingerprint,
+        "backbone_fingerprint": backbone_fingerprint,
+        "case": case,
+        "stored": case != "equal",
+        "summary": f"Masked-image encoder: {summary}.",
+    }
 
 
 # ---------------------------------------------------------------------------------------- writing
@@ -180,6 +244,10 @@ _COMPONENT_TABLE = "\n".join(
         "| `decoder/` | `asuka.models.AsukaDecoder` | mask-conditioned 16-channel KL decoder |",
     )
 )
+_ENCODER_ROW = (
+    f"\n| `{ENCODER_FOLDER}/` | `asuka.models.AsukaVAEEncoder` "
+    "| the VAE encoder of `asuka_decoder.ckpt`, which encodes the masked image |"
+)
 
 
 def model_card(
@@ -189,15 +257,21 @@ def model_card(
     condition_weight: float,
     backbone: str = FLUX_FILL_REPO,
     backbone_revision: str | None = None,
+    encoder_check: Mapping[str, Any] | None = None,
 ) -> str:
-    """README.md of a converted light repo: the backbone and its licence, the paper, the release, usage."""
+    """README.md of a converted light repo: the backbone and its licence, the paper, the release, usage.
+
+    `encoder_check` (from `check_masked_image_encoder`) adds the masked-image encoder's row and summary.
+    """
     from asuka.pipelines.hub_light import light_model_card
 
     files = "\n".join(f"| `{name}` | `{digest}` |" for name, digest in hashes.items())
+    encoder_row = _ENCODER_ROW if encoder_check and encoder_check["stored"] else ""
+    encoder_note = f"\n\n{encoder_check['summary']}" if encoder_check else ""
     provenance = f"""Converted with the `asuka` package (`python -m asuka.convert asuka-flux`) from the authors'
 release [`{ASUKA_FLUX_RELEASE_REPO}`](https://huggingface.co/{ASUKA_FLUX_RELEASE_REPO}) (source: `{source}`):
 
-{_COMPONENT_TABLE}
+{_COMPONENT_TABLE}{encoder_row}{encoder_note}
 
 The aligners interpolate towards the null embeddings with `condition_weight={condition_weight}` by default.
 Use of these weights follows the terms of the original release.
@@ -228,15 +302,18 @@ def write_components(
     backbone: str = FLUX_FILL_REPO,
     backbone_revision: str | None = None,
 ) -> Path:
-    """Write the light repo of the ASUKA components (`COMPONENT_FOLDERS`) pointing to `backbone`, atomically."""
+    """Write the light repo of the ASUKA components (`COMPONENT_FOLDERS`, and `ENCODER_FOLDER` unless absent or
+    None) pointing to `backbone`, atomically."""
     # The repo carries the pipeline's code, so this converter reaches into the pipelines (only here).
     from asuka.pipelines.hub_light import write_light_repo
     from asuka.pipelines.pipeline_asuka_flux import AsukaFluxPipeline
 
     def write(folder: Path) -> None:
         parts = {name: components[name] for name in COMPONENT_FOLDERS}
+        parts[ENCODER_FOLDER] = components.get(ENCODER_FOLDER)
         for model in parts.values():
-            unshare(model)
+            if model is not None:
+                unshare(model)
         write_light_repo(
             folder,
             AsukaFluxPipeline,
@@ -264,13 +341,19 @@ def convert_asuka_flux(
 ) -> Path:
     """Convert an ASUKA-FLUX release (folder or Hub repo) into the light repo `out`; optionally upload it.
 
-    `backbone` / `backbone_revision`: the FLUX.1-Fill repo (and the commit to pin) the light repo points to.
+    `backbone` / `backbone_revision`: the FLUX.1-Fill repo (and the commit to pin) the light repo points to; its
+    VAE, when readable without the network, decides whether the release's encoder is stored (module docstring).
     Returns the output folder. Every problem with the release raises `ValueError` naming the file
     (and key); nothing is left at `out` then.
     """
     check_output_folder(out, overwrite)  # before any heavy work
     folder = resolve_release(release, token=token)
-    components = build_components(folder, condition_weight=condition_weight)
+    backbone_vae, unread_reason = read_backbone_vae(backbone, backbone_revision)
+    encoder_config = None if backbone_vae is None else AsukaVAEEncoder.config_from_vae(backbone_vae.config)
+    components = build_components(folder, condition_weight=condition_weight, encoder_config=encoder_config)
+    encoder_check = check_masked_image_encoder(components[ENCODER_FOLDER], backbone_vae, backbone, unread_reason)
+    if not encoder_check["stored"]:
+        components[ENCODER_FOLDER] = None
     hashes = {name: _sha256(folder / name) for name in RELEASE_FILES}
     metadata = {
         "format": "asuka-flux",
@@ -279,9 +362,16 @@ def convert_asuka_flux(
         "base_model_revision": backbone_revision,
         "condition_weight": condition_weight,
         "release_files_sha256": hashes,
+        ENCODER_FOLDER: encoder_check,
     }
     card = model_card(
-        push_to_hub or Path(out).name, str(release), hashes, condition_weight, backbone, backbone_revision
+        push_to_hub or Path(out).name,
+        str(release),
+        hashes,
+        condition_weight,
+        backbone,
+        backbone_revision,
+        encoder_check=encoder_check,
     )
     out = write_components(components, Path(out), card, metadata, overwrite, backbone, backbone_revision)
     if push_to_hub:
@@ -311,7 +401,8 @@ def add_asuka_flux_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--backbone",
         default=FLUX_FILL_REPO,
-        help=f"the FLUX.1-Fill repo the output points to (default {FLUX_FILL_REPO})",
+        help=f"the FLUX.1-Fill repo or folder the output points to (default {FLUX_FILL_REPO}); its VAE, read from "
+        "the folder or the Hub cache (never downloaded), is compared with the release's encoder",
     )
     parser.add_argument("--backbone-revision", default=None, help="the backbone commit to pin (recommended)")
     parser.add_argument(
@@ -335,3 +426,4 @@ def _run_asuka_flux(args: argparse.Namespace) -> None:
         backbone_revision=args.backbone_revision,
     )
     print(f"Wrote {out}" + (f" and uploaded it to {args.push_to_hub}" if args.push_to_hub else ""))
+    print(json.loads((out / "conversion.json").read_text())[ENCODER_FOLDER]["summary"])

@@ -1,5 +1,5 @@
-"""Key mapping from the ASUKA-FLUX release (`yikaiwang/ASUKA-FLUX.1-Fill`) to `AsukaMAE`, `AsukaAligner` and
-`AsukaDecoder`.
+"""Key mapping from the ASUKA-FLUX release (`yikaiwang/ASUKA-FLUX.1-Fill`) to `AsukaMAE`, `AsukaAligner`,
+`AsukaDecoder` and `AsukaVAEEncoder`, and the fingerprint that compares a VAE encoder with the backbone's.
 
 Each function takes a release state dict, returns one that loads into the project's module with
 `load_state_dict(strict=True)`, drops the release keys the forward pass never uses (and says why), and raises
@@ -8,6 +8,7 @@ shape). Expected names and shapes come from the project's module itself, built o
 random init), and are checked with `asuka.convert.safe_loading.check_state_dict`.
 """
 
+import hashlib
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -16,7 +17,7 @@ import torch
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
 from asuka.convert.safe_loading import check_state_dict, tensor_state_dict
-from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE
+from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE, AsukaVAEEncoder
 
 
 # ---------------------------------------------------------------------------------------- MAE
@@ -167,7 +168,7 @@ def convert_decoder_state_dict(sd: Mapping[str, Any], config: Mapping[str, Any])
 
     converted: dict[str, torch.Tensor] = {}
     release_names: dict[str, str] = {}
-    ldm_modules: dict[str, dict[str, torch.Tensor]] = {}
+    ldm_body: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
         is_post_quant_conv = key.startswith("post_quant_conv.") and has_post_quant_conv
         if not is_post_quant_conv and (not key.startswith(DECODER_PREFIX) or key.startswith(UNUSED_PREFIXES)):
@@ -177,25 +178,84 @@ def convert_decoder_state_dict(sd: Mapping[str, Any], config: Mapping[str, Any])
         elif key.startswith(CONDITION_ENCODER_PREFIX):
             new_key = "condition_" + key[len(DECODER_PREFIX) :]
         else:
-            ldm_modules.setdefault(key.rsplit(".", 1)[0], {})[key] = value
+            ldm_body[key] = value
             continue
         converted[new_key], release_names[new_key] = value, key
+    renamed, renamed_names = _rename_ldm_vae_keys(ldm_body, up_block_config, "decoder", "AsukaDecoder")
+    converted.update(renamed)
+    release_names.update(renamed_names)
 
-    # diffusers' mapping silently skips names it does not know, so it runs one LDM module (its weight
-    # and bias together) at a time and every release key must come back under a new name.
-    for module_keys in ldm_modules.values():
+    check_state_dict(converted, model, names=release_names, what="decoder")
+    return converted
+
+
+def _rename_ldm_vae_keys(
+    sd: Mapping[str, torch.Tensor], block_config: Mapping[str, Any], what: str, model_name: str
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """LDM-layout VAE keys renamed with diffusers' `convert_ldm_vae_checkpoint` (what `from_single_file` uses);
+    returns the renamed tensors and `{new key: release key}`.
+
+    diffusers' mapping silently skips names it does not know, so it runs one LDM module (its weight and bias
+    together) at a time and every release key must come back under a new name; `what` and `model_name` name the
+    part and the model in the errors.
+    """
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in sd.items():
+        modules.setdefault(key.rsplit(".", 1)[0], {})[key] = value
+    converted: dict[str, torch.Tensor] = {}
+    release_names: dict[str, str] = {}
+    for module_keys in modules.values():
         try:
-            renamed = convert_ldm_vae_checkpoint(dict(module_keys), up_block_config)
+            renamed = convert_ldm_vae_checkpoint(dict(module_keys), block_config)
         except KeyError as error:
-            raise ValueError(
-                f"Missing decoder key {error.args[0]!r} (its module has {sorted(module_keys)})."
-            ) from None
+            raise ValueError(f"Missing {what} key {error.args[0]!r} (its module has {sorted(module_keys)}).") from None
         by_suffix = {new_key.rsplit(".", 1)[1]: new_key for new_key in renamed}
         for key in module_keys:
             new_key = by_suffix.get(key.rsplit(".", 1)[1])
             if new_key is None:
-                raise ValueError(f"Unexpected decoder key {key!r}: it maps to no AsukaDecoder parameter.")
+                raise ValueError(f"Unexpected {what} key {key!r}: it maps to no {model_name} parameter.")
             converted[new_key], release_names[new_key] = renamed[new_key], key
+    return converted, release_names
 
-    check_state_dict(converted, model, names=release_names, what="decoder")
+
+# ---------------------------------------------------------------------------------------- masked-image encoder
+
+ENCODER_PREFIX = "encoder."
+
+
+def convert_encoder_state_dict(
+    sd: Mapping[str, Any], config: Mapping[str, Any] | None = None
+) -> dict[str, torch.Tensor]:
+    """Map the `encoder.*` keys of the release's `checkpoint["state_dict"]` (`asuka_decoder.ckpt`) to an
+    `AsukaVAEEncoder(**config)` state dict (`config` defaults to FLUX.1's VAE encoder).
+
+    These are the weights the authors' inference loads into the autoencoder that encodes the masked image, in the
+    BFL/LDM layout (`down.{i}.block.{j}`, `down.{i}.downsample`, `mid.attn_1.q` as 1x1 convs, `norm_out`, ...),
+    renamed with diffusers' own `convert_ldm_vae_checkpoint`. Every other key is the decoder's or the training
+    wrapper's and is ignored (the reference's FLUX autoencoder has no `quant_conv`). A key that maps to nothing, a
+    wrong shape, or a missing key raises `ValueError` naming the key.
+    """
+    sd = tensor_state_dict(sd)
+    with torch.device("meta"):
+        model = AsukaVAEEncoder.from_config(dict(config or {}))
+    block_config = {"down_block_types": tuple(model.config.down_block_types), "up_block_types": ()}
+    encoder_sd = {key: value for key, value in sd.items() if key.startswith(ENCODER_PREFIX)}
+    converted, release_names = _rename_ldm_vae_keys(encoder_sd, block_config, "encoder", "AsukaVAEEncoder")
+    check_state_dict(converted, model, names=release_names, what="encoder")
     return converted
+
+
+def encoder_fingerprint(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """sha256 (hex) of a VAE encoder's weights in diffusers' names, as `AutoencoderKL.encoder.state_dict()` (and
+    `AsukaVAEEncoder.encoder.state_dict()`) holds them, so a release encoder and a backbone VAE compare directly.
+
+    Over the keys in sorted order, it digests for each: the key, a newline, `str(list(shape))`, a newline (UTF-8),
+    then the values as little-endian float32 in row-major order. Equal weights give equal fingerprints whatever
+    dtype they are stored in, as long as float32 holds them exactly (float16 and bfloat16 values do).
+    """
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        tensor = state_dict[key].detach()
+        digest.update(f"{key}\n{list(tensor.shape)}\n".encode())
+        digest.update(tensor.to(device="cpu", dtype=torch.float32).numpy().astype("<f4").tobytes(order="C"))
+    return digest.hexdigest()

@@ -35,13 +35,15 @@ def asuka_cache_dir() -> Path:
     return Path(os.environ.get("ASUKA_CACHE", Path(HF_HOME) / "asuka"))
 
 
-def converted_release(model: str) -> Path:
-    """The authors' release at `model` (Hub repo or folder) converted into the cache, once."""
+def converted_release(model: str, base: str) -> Path:
+    """The authors' release at `model` (Hub repo or folder) converted into the cache, once for each FLUX repo `base`
+    (the converter compares the release's masked-image encoder with the encoder of `base`'s VAE)."""
     from asuka.convert.asuka_flux import convert_asuka_flux
 
-    out = asuka_cache_dir() / f"asuka-flux-{hashlib.sha256(str(model).encode()).hexdigest()[:12]}"
+    key = hashlib.sha256(f"{model}\n{base}".encode()).hexdigest()[:12]
+    out = asuka_cache_dir() / f"asuka-flux-{key}"
     if not (out / "decoder" / "config.json").is_file():
-        convert_asuka_flux(model, out, overwrite=True)
+        convert_asuka_flux(model, out, overwrite=True, backbone=base)
     return out
 
 
@@ -58,7 +60,7 @@ def load_asuka_flux(model: str, device: str, dtype: torch.dtype) -> Any:
 
     base = os.environ.get("ASUKA_FLUX_BASE", FLUX_FILL_REPO)
     if is_release(model):
-        pipeline = AsukaFluxPipeline.from_pretrained(base, asuka=converted_release(model), torch_dtype=dtype)
+        pipeline = AsukaFluxPipeline.from_pretrained(base, asuka=converted_release(model, base), torch_dtype=dtype)
     elif is_light_repo(model):
         pipeline = load_light_pipeline(AsukaFluxPipeline, model, torch_dtype=dtype)
     elif (Path(model) / "model_index.json").is_file():  # saved with save_pretrained

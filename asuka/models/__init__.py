@@ -5,6 +5,7 @@ from .decoder import AsukaDecoder
 from .discriminator import PatchDiscriminator
 from .mae import AsukaMAE
 from .strdiffusion import StrDiffusionDiscriminator, StrDiffusionUNet
+from .vae_encoder import AsukaVAEEncoder
 
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "AsukaAlignerOutput",
     "AsukaDecoder",
     "AsukaMAE",
+    "AsukaVAEEncoder",
     "PatchDiscriminator",
     "StrDiffusionDiscriminator",
     "StrDiffusionUNet",

@@ -1,7 +1,8 @@
 # Copyright 2026 The asuka authors. Apache-2.0.
 """The light Hub format: a repo with only ASUKA's components, their code, and a pointer to the backbone repo.
 
-Layout (ASUKA-SD; ASUKA-FLUX has `transformer` for `unet` and `token_aligner`/`pooled_aligner` for `aligner`):
+Layout (ASUKA-SD; ASUKA-FLUX has `transformer` for `unet`, `token_aligner`/`pooled_aligner` for `aligner`, and
+may have `masked_image_encoder`):
 
     model_index.json          pipeline class (remote code), components, "_asuka_backbone": {"repo", "revision"}
     pipeline_asuka.py ...     the pipeline's code

@@ -6,6 +6,8 @@ The image conditioning follows the authors' release (`yikaiwang/ASUKA-FLUX.1-Fil
 * pooled  = pooled_aligner(mae.prior(image, mask)).mean(1)   (B, 768), in place of pooled CLIP;
 * both are pulled towards the release's null embeddings: null + condition_weight * (x - null)
   (the aligners hold the null embeddings; the release uses condition_weight 0.5);
+* the masked image is encoded by the release's own VAE encoder (`masked_image_encoder`, the `encoder.*` of its
+  decoder checkpoint) where that differs from the backbone VAE's, as the authors' inference does;
 * the latents are decoded by the 16-channel mask-conditioned `AsukaDecoder` after FLUX's unscaling
   `z / 0.3611 + 0.1159` (read from the VAE config), or by the plain VAE when `decoder is None`.
 
@@ -28,14 +30,15 @@ from diffusers import (
     FluxTransformer2DModel,
 )
 from diffusers.image_processor import VaeImageProcessor
-from diffusers.pipelines.flux.pipeline_flux_fill import calculate_shift, retrieve_timesteps
+from diffusers.pipelines.flux.pipeline_flux_fill import calculate_shift, retrieve_latents, retrieve_timesteps
 from diffusers.utils import replace_example_docstring
 
 from ..models.aligner import AsukaAligner
 from ..models.decoder import AsukaDecoder
 from ..models.mae import AsukaMAE
+from ..models.vae_encoder import AsukaVAEEncoder
 from .cached_attention import cache_constant_conditioning
-from .hub_light import LightRepoMixin
+from .hub_light import LightRepoMixin, resolve_repo
 from .inpaint_steps import AsukaInpaintMixin, AsukaPipelineOutput, ImageInput, StepCallback, repeat_to_batch
 
 
@@ -74,7 +77,8 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin):
 
     Args:
         vae ([`AutoencoderKL`]):
-            The FLUX VAE (16 latent channels): encodes the masked image, and decodes when `decoder` is None.
+            The FLUX VAE (16 latent channels): encodes the masked image (unless `masked_image_encoder` is given), and
+            decodes when `decoder` is None.
         transformer ([`FluxTransformer2DModel`]):
             The frozen FLUX.1-Fill transformer.
         scheduler ([`FlowMatchEulerDiscreteScheduler`]):
@@ -87,19 +91,22 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin):
             Maps the prior to the pooled vector that replaces CLIP's (768 wide in the release).
         decoder ([`AsukaDecoder`], *optional*):
             The 16-channel mask-conditioned decoder; `None` decodes with the plain VAE.
+        masked_image_encoder ([`AsukaVAEEncoder`], *optional*):
+            The release's VAE encoder, which encodes the masked image in place of `vae`'s (the converter stores it
+            only where it differs from the backbone VAE's encoder); the VAE's shift and scaling still apply.
         working_resolution (`int`, *optional*, defaults to 1024):
             The default long side the backbone runs at (saved in the pipeline config).
     """
 
-    # The VAE encodes the masked image before denoising; with an ASUKA decoder it is not needed again.
-    model_cpu_offload_seq = "mae->token_aligner->pooled_aligner->vae->transformer->decoder"
-    _optional_components = ["decoder"]
+    # The VAE encodes the image (for `prepare_latents`), then it or the release's encoder the masked image, before
+    # denoising; with an ASUKA decoder neither is needed again.
+    model_cpu_offload_seq = "mae->token_aligner->pooled_aligner->vae->masked_image_encoder->transformer->decoder"
+    _optional_components = ["decoder", "masked_image_encoder"]
     _callback_tensor_inputs = ["latents", "prompt_embeds"]
 
     # diffusers' FLUX.1-Fill logic, reused as-is (they only need `vae`, `scheduler`, `vae_scale_factor`
     # and `latent_channels` on `self`).
     prepare_latents = FluxFillPipeline.prepare_latents
-    prepare_mask_latents = FluxFillPipeline.prepare_mask_latents
     get_timesteps = FluxFillPipeline.get_timesteps
     _encode_vae_image = FluxFillPipeline._encode_vae_image
     _pack_latents = staticmethod(FluxFillPipeline._pack_latents)
@@ -115,11 +122,13 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin):
         token_aligner: AsukaAligner,
         pooled_aligner: AsukaAligner,
         decoder: AsukaDecoder | None = None,
+        masked_image_encoder: AsukaVAEEncoder | None = None,
         working_resolution: int = 1024,
     ):
         super().__init__()
         self.register_modules(vae=vae, transformer=transformer, scheduler=scheduler)  # the frozen FLUX.1-Fill backbone
         self.register_modules(mae=mae, token_aligner=token_aligner, pooled_aligner=pooled_aligner, decoder=decoder)
+        self.register_modules(masked_image_encoder=masked_image_encoder)
         self.register_to_config(working_resolution=working_resolution)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.latent_channels = self.vae.config.latent_channels
@@ -163,9 +172,10 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin):
         apply to the backbone too; `backbone_revision=` overrides the FLUX revision it pins).
         With `asuka=` (a folder or Hub repo of ASUKA components), `vae`, `transformer` and `scheduler`
         come from `pretrained_model_name_or_path` (e.g. "black-forest-labs/FLUX.1-Fill-dev") and
-        `mae`, `token_aligner`, `pooled_aligner`, `decoder` from `asuka`. Components passed as keyword
-        arguments are used instead of loading them. `torch_dtype`, `cache_dir`, `token`, `revision`,
-        `local_files_only` and `variant` apply to the FLUX repo; all but `revision`/`variant` to `asuka`.
+        `mae`, `token_aligner`, `pooled_aligner`, `decoder` (and `masked_image_encoder`, where the folder has one)
+        from `asuka`. Components passed as keyword arguments are used instead of loading them. `torch_dtype`,
+        `cache_dir`, `token`, `revision`, `local_files_only` and `variant` apply to the FLUX repo; all but
+        `revision`/`variant` to `asuka`.
         """
         if asuka is None:  # a saved pipeline or a light repo (`LightRepoMixin`)
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
@@ -213,6 +223,43 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin):
         tokens = self.token_aligner(prior.to(self.token_aligner.dtype), condition_weight=condition_weight).tokens
         pooled = self.pooled_aligner(prior.to(self.pooled_aligner.dtype), condition_weight=condition_weight).pooled
         return tokens, pooled
+
+    def prepare_mask_latents(
+        self,
+        mask: torch.Tensor,
+        masked_image: torch.Tensor,
+        batch_size: int,
+        num_channels_latents: int,
+        num_images_per_prompt: int,
+        height: int,
+        width: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        generator: torch.Generator | list[torch.Generator] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`FluxFillPipeline.prepare_mask_latents`, with the masked image encoded by `masked_image_encoder` when the
+        pipeline has one (the release's encoder, as the authors' inference uses it) instead of by `vae`.
+
+        The release's encoder samples its latents as diffusers samples the VAE's (with `generator`); diffusers' code
+        then applies the VAE's `shift_factor` and `scaling_factor` and packs them with the mask, as for the VAE's.
+        """
+        encoder = self.masked_image_encoder
+        if encoder is not None:
+            encoded = encoder.encode(masked_image.to(dtype=encoder.dtype))
+            masked_image = retrieve_latents(encoded, generator=generator)  # diffusers' code takes latents as they are
+        return FluxFillPipeline.prepare_mask_latents(
+            self,
+            mask=mask,
+            masked_image=masked_image,
+            batch_size=batch_size,
+            num_channels_latents=num_channels_latents,
+            num_images_per_prompt=num_images_per_prompt,
+            height=height,
+            width=width,
+            dtype=dtype,
+            device=device,
+            generator=generator,
+        )
 
     # ------------------------------------------------------------------ call
 
@@ -419,11 +466,12 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin):
 
 def load_asuka_flux_components(
     asuka: str | os.PathLike, torch_dtype: torch.dtype | None = None, **hub_kwargs: Any
-) -> dict[str, torch.nn.Module]:
-    """`mae`, `token_aligner`, `pooled_aligner`, `decoder` from a converted folder or Hub repo.
+) -> dict[str, torch.nn.Module | None]:
+    """`mae`, `token_aligner`, `pooled_aligner`, `decoder` and `masked_image_encoder` from a converted folder or Hub
+    repo; `masked_image_encoder` is None where the folder has none (the release's encoder equals the backbone's).
 
     `hub_kwargs` (`cache_dir`, `token`, `local_files_only`) go to `from_pretrained`. A folder without
-    all four components (for example a half-written one) raises `ValueError`.
+    all four required components (for example a half-written one) raises `ValueError`.
     """
     classes = {"mae": AsukaMAE, "token_aligner": AsukaAligner, "pooled_aligner": AsukaAligner, "decoder": AsukaDecoder}
     if os.path.isdir(asuka):
@@ -433,8 +481,11 @@ def load_asuka_flux_components(
                 f"{asuka} is not a converted ASUKA-FLUX folder: missing {missing}; accepted: the output of "
                 "`python -m asuka.convert asuka-flux` (sub-folders mae, token_aligner, pooled_aligner, decoder)."
             )
-    dtype_kwargs = {} if torch_dtype is None else {"torch_dtype": torch_dtype}
+    encoder_config = "masked_image_encoder/config.json"  # fetched alone from a Hub repo, to see if it is there
+    has_encoder = os.path.isfile(os.path.join(resolve_repo(asuka, [encoder_config], **hub_kwargs), encoder_config))
+    classes["masked_image_encoder"] = AsukaVAEEncoder if has_encoder else None
+    kwargs = {**hub_kwargs, **({} if torch_dtype is None else {"torch_dtype": torch_dtype})}
     return {
-        name: model_class.from_pretrained(asuka, subfolder=name, **dtype_kwargs, **hub_kwargs)
+        name: None if model_class is None else model_class.from_pretrained(asuka, subfolder=name, **kwargs)
         for name, model_class in classes.items()
     }

@@ -14,7 +14,7 @@ import functools
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 
-from asuka.models import AsukaAligner, AsukaDecoder
+from asuka.models import AsukaAligner, AsukaDecoder, AsukaVAEEncoder
 from asuka.testing.mae import make_tiny_mae
 
 
@@ -98,18 +98,30 @@ def make_tiny_flux_components(seed: int = 0) -> dict:
     return {"scheduler": FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER_CONFIG), **models}
 
 
+def make_tiny_masked_image_encoder(vae: AutoencoderKL, seed: int = 1) -> AsukaVAEEncoder:
+    """An `AsukaVAEEncoder` shaped like `vae`'s encoder with other random weights: a release encoder that differs."""
+    torch.manual_seed(seed)
+    return AsukaVAEEncoder(**AsukaVAEEncoder.config_from_vae(vae.config)).eval()
+
+
 #: Default long side of the tiny pipeline's working region (the real one uses FLUX's 1024).
 TINY_WORKING_RESOLUTION = 64
 
 
-def make_tiny_flux_pipeline(seed: int = 0, **kwargs):
-    """A complete tiny `AsukaFluxPipeline`; `kwargs` replace components (e.g. `decoder=None`)."""
+def make_tiny_flux_pipeline(seed: int = 0, with_masked_image_encoder: bool = False, **kwargs):
+    """A complete tiny `AsukaFluxPipeline`; `kwargs` replace components (e.g. `decoder=None`).
+
+    `with_masked_image_encoder` adds a `masked_image_encoder` that differs from the VAE's encoder, as where the
+    release's encoder is stored.
+    """
     from asuka.pipelines.pipeline_asuka_flux import AsukaFluxPipeline
 
     components = make_tiny_flux_components(seed)
     unknown = set(kwargs) - set(components) - {"working_resolution"}
     if unknown:
         raise ValueError(f"Unknown argument(s) {sorted(unknown)}; accepted: {sorted(components)}, working_resolution.")
+    if with_masked_image_encoder:
+        components["masked_image_encoder"] = make_tiny_masked_image_encoder(components["vae"], seed + 1)
     components["working_resolution"] = TINY_WORKING_RESOLUTION
     components.update(kwargs)
     pipe = AsukaFluxPipeline(**components)
