@@ -71,7 +71,9 @@ def decode_with_asuka_decoder(
                 f"(expected (B, {(grid[0] // 2) * (grid[1] // 2)}, {config.latent_channels * 4})); "
                 "pass the run's height/width."
             )
-        latents = FluxFillPipeline._unpack_latents(latents, height, width, vae_scale_factor)
+        latents = FluxFillPipeline._unpack_latents(
+            latents=latents, height=height, width=width, vae_scale_factor=vae_scale_factor
+        )
     elif latents.ndim != 4 or latents.shape[1] != config.latent_channels:
         raise ValueError(
             f"Latents of shape {tuple(latents.shape)} are neither packed FLUX latents (B, N, C*4) nor "
@@ -84,7 +86,7 @@ def decode_with_asuka_decoder(
     size = (latents.shape[-2] * vae_scale_factor, latents.shape[-1] * vae_scale_factor)
     whole_image = WorkingRegion(box=(0, 0, pixels.shape[-1], pixels.shape[-2]), size=(size[1], size[0]))
     pixels, hole = crop_to_working(pixels, hole, whole_image)
-    pixels = VaeImageProcessor.normalize(pixels)
+    pixels = VaeImageProcessor.normalize(images=pixels)
     batch = latents.shape[0]
     if pixels.shape[0] not in (1, batch) or hole.shape[0] not in (1, batch):
         raise ValueError(f"`image`/`mask_image` batch must be 1 or {batch} (the latents' batch).")

@@ -185,7 +185,7 @@ def convert_decoder_state_dict(sd: Mapping[str, Any], config: Mapping[str, Any])
     # and bias together) at a time and every release key must come back under a new name.
     for module_keys in ldm_modules.values():
         try:
-            renamed = convert_ldm_vae_checkpoint(dict(module_keys), up_block_config)
+            renamed = convert_ldm_vae_checkpoint(checkpoint=dict(module_keys), config=up_block_config)
         except KeyError as error:
             raise ValueError(
                 f"Missing decoder key {error.args[0]!r} (its module has {sorted(module_keys)})."

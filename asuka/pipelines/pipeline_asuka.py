@@ -145,7 +145,7 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
 
     @torch.no_grad()
     @cache_constant_conditioning("unet")  # cross-attention K/V once per call, restored afterwards
-    @replace_example_docstring(EXAMPLE_DOC_STRING)
+    @replace_example_docstring(example_docstring=EXAMPLE_DOC_STRING)
     def __call__(
         self,
         image: ImageInput,
@@ -257,9 +257,11 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
             prompt_embeds = torch.cat([negative.repeat_interleave(num_images_per_prompt, dim=0), prompt_embeds])
 
         # 5. Timesteps
-        timesteps, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device, timesteps)
+        timesteps, num_inference_steps = retrieve_timesteps(
+            scheduler=self.scheduler, num_inference_steps=num_inference_steps, device=device, timesteps=timesteps
+        )
         if hasattr(self.scheduler, "set_begin_index"):
-            self.scheduler.set_begin_index(0)
+            self.scheduler.set_begin_index(begin_index=0)
 
         # 6. Initial noise latents and the mask / masked-image latents (diffusers' own preparation)
         num_channels_latents = self.vae.config.latent_channels
@@ -268,26 +270,33 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
             if tuple(latents.shape) != expected:
                 raise ValueError(f"`latents` has shape {tuple(latents.shape)}; expected {expected} for this input.")
         latents = self.prepare_latents(
-            total, num_channels_latents, work_h, work_w, prompt_embeds.dtype, device, generator, latents
+            batch_size=total,
+            num_channels_latents=num_channels_latents,
+            height=work_h,
+            width=work_w,
+            dtype=prompt_embeds.dtype,
+            device=device,
+            generator=generator,
+            latents=latents,
         )[0]
         # One masked image per output: each output's VAE sample comes from its own generator.
         masked_image = (init_image * (work_hole < 0.5)).repeat_interleave(num_images_per_prompt, dim=0)
         mask, masked_image_latents = self.prepare_mask_latents(
-            work_hole.repeat_interleave(num_images_per_prompt, dim=0),
-            masked_image,
-            total,
-            work_h,
-            work_w,
-            prompt_embeds.dtype,
-            device,
-            generator,
-            False,
+            mask=work_hole.repeat_interleave(num_images_per_prompt, dim=0),
+            masked_image=masked_image,
+            batch_size=total,
+            height=work_h,
+            width=work_w,
+            dtype=prompt_embeds.dtype,
+            device=device,
+            generator=generator,
+            do_classifier_free_guidance=False,
         )
         if self.unet.config.in_channels != num_channels_latents + mask.shape[1] + masked_image_latents.shape[1]:
             raise ValueError(
                 f"`unet` takes {self.unet.config.in_channels} input channels; ASUKA needs a 9-channel inpainting UNet."
             )
-        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator=generator, eta=eta)
 
         # 7. Denoising loop
         self._num_timesteps = len(timesteps)

@@ -218,7 +218,7 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin):
 
     @torch.no_grad()
     @cache_constant_conditioning("transformer")  # context_embedder once per call, restored afterwards
-    @replace_example_docstring(EXAMPLE_DOC_STRING)
+    @replace_example_docstring(example_docstring=EXAMPLE_DOC_STRING)
     def __call__(
         self,
         image: ImageInput,
@@ -336,16 +336,18 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin):
         sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps) if sigmas is None else sigmas
         image_seq_len = (height // self.vae_scale_factor // 2) * (width // self.vae_scale_factor // 2)
         mu = calculate_shift(
-            image_seq_len,
-            self.scheduler.config.get("base_image_seq_len", 256),
-            self.scheduler.config.get("max_image_seq_len", 4096),
-            self.scheduler.config.get("base_shift", 0.5),
-            self.scheduler.config.get("max_shift", 1.15),
+            image_seq_len=image_seq_len,
+            base_seq_len=self.scheduler.config.get("base_image_seq_len", 256),
+            max_seq_len=self.scheduler.config.get("max_image_seq_len", 4096),
+            base_shift=self.scheduler.config.get("base_shift", 0.5),
+            max_shift=self.scheduler.config.get("max_shift", 1.15),
         )
         timesteps, num_inference_steps = retrieve_timesteps(
-            self.scheduler, num_inference_steps, device, sigmas=sigmas, mu=mu
+            scheduler=self.scheduler, num_inference_steps=num_inference_steps, device=device, sigmas=sigmas, mu=mu
         )
-        timesteps, num_inference_steps = self.get_timesteps(num_inference_steps, 1.0, device)
+        timesteps, num_inference_steps = self.get_timesteps(
+            num_inference_steps=num_inference_steps, strength=1.0, device=device
+        )
 
         # 6. Noise latents and the packed masked-image latents + mask (FluxFillPipeline's own preparation), one
         #    image per output so that each output's VAE samples and noise come from its own generator
@@ -353,11 +355,29 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin):
         work_hole = work_hole.repeat_interleave(num_images_per_prompt, dim=0)
         latent_timestep = timesteps[:1].repeat(total)
         latents, latent_image_ids = self.prepare_latents(
-            init_image, latent_timestep, total, self.latent_channels, height, width, dtype, device, generator, latents
+            image=init_image,
+            timestep=latent_timestep,
+            batch_size=total,
+            num_channels_latents=self.latent_channels,
+            height=height,
+            width=width,
+            dtype=dtype,
+            device=device,
+            generator=generator,
+            latents=latents,
         )
         masked_image = (init_image * (1 - work_hole)).to(device=device, dtype=dtype)
         packed_mask, masked_image_latents = self.prepare_mask_latents(
-            work_hole, masked_image, total, self.latent_channels, 1, height, width, dtype, device, generator
+            mask=work_hole,
+            masked_image=masked_image,
+            batch_size=total,
+            num_channels_latents=self.latent_channels,
+            num_images_per_prompt=1,
+            height=height,
+            width=width,
+            dtype=dtype,
+            device=device,
+            generator=generator,
         )
         masked_image_latents = torch.cat((masked_image_latents, packed_mask), dim=-1)
         guidance = None
@@ -394,7 +414,9 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin):
             return self._latents_output(latents, return_dict)
 
         # 8. Decode: the mask-conditioned AsukaDecoder (or the plain VAE) after FLUX's unscaling
-        latents = self._unpack_latents(latents, height, width, self.vae_scale_factor)
+        latents = self._unpack_latents(
+            latents=latents, height=height, width=width, vae_scale_factor=self.vae_scale_factor
+        )
         decoded = self.decode_latents(latents, init_image, work_hole)
         generated = self.image_processor.denormalize(decoded.float().cpu())
 

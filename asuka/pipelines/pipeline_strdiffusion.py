@@ -117,13 +117,13 @@ class _Noise:
             return draw.to(like)
         if isinstance(self.generator, list):
             rows = [
-                randn_tensor((1, *like.shape[1:]), generator=g, device=self.device, dtype=like.dtype)
+                randn_tensor(shape=(1, *like.shape[1:]), generator=g, device=self.device, dtype=like.dtype)
                 if active is None or active[i]
                 else torch.zeros_like(like[:1])
                 for i, g in enumerate(self.generator)
             ]
             return torch.cat(rows)
-        return randn_tensor(like.shape, generator=self.generator, device=self.device, dtype=like.dtype)
+        return randn_tensor(shape=like.shape, generator=self.generator, device=self.device, dtype=like.dtype)
 
 
 class StrDiffusionPipeline(DiffusionPipeline, StepStateMixin):
@@ -251,7 +251,7 @@ class StrDiffusionPipeline(DiffusionPipeline, StepStateMixin):
 
     # ------------------------------------------------------------------------------------------- sampler
     @torch.no_grad()
-    @replace_example_docstring(EXAMPLE_DOC_STRING)
+    @replace_example_docstring(example_docstring=EXAMPLE_DOC_STRING)
     def __call__(
         self,
         image: ImageInput,
