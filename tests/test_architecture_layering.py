@@ -14,6 +14,8 @@ FORBIDDEN = {
     "models": {"pipelines", "methods", "cli", "app", "evaluation", "convert", "training"},
     "schedulers": {"pipelines", "methods", "cli", "app", "evaluation", "convert", "training"},
     "pipelines": {"methods", "cli", "app", "evaluation", "convert", "training"},
+    # asuka/decode.py: the documented import path of the decoder drop-in, which lives in pipelines/decode.py.
+    "decode": {"methods", "cli", "app", "evaluation", "convert", "training"},
     "methods": {"cli", "app", "evaluation", "training"},
     # the ASUKA-FLUX converter writes a light Hub repo, which carries the pipeline's code, so it may use pipelines.
     "convert": {"methods", "cli", "app", "evaluation", "training"},

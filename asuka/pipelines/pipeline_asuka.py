@@ -9,7 +9,7 @@ import os
 from typing import Any
 
 import torch
-from diffusers import AsymmetricAutoencoderKL, AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
 from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_inpaint import (
     StableDiffusionInpaintPipeline,
@@ -19,6 +19,7 @@ from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import replace_example_docstring
 
 from .cached_attention import cache_constant_conditioning
+from .decode import AsukaDecodeMixin
 from .hub_export import write_remote_code
 from .hub_light import LightRepoMixin
 from .inpaint_steps import AsukaInpaintMixin, AsukaPipelineOutput, ImageInput, StepCallback, repeat_to_batch
@@ -45,7 +46,7 @@ EXAMPLE_DOC_STRING = """
 """
 
 
-class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, AsukaInpaintMixin):
+class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, AsukaInpaintMixin, AsukaDecodeMixin):
     r"""ASUKA inpainting with a frozen SD-1.5-inpainting UNet.
 
     The text conditioning is replaced by `aligner(mae.prior(image, mask))`: an MAE that sees only the unmasked pixels
@@ -126,22 +127,6 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
         prior = self.mae.prior(image.to(self.mae.device, self.mae.dtype), hole.to(self.mae.device, self.mae.dtype))
         tokens = self.aligner(prior.to(self.aligner.dtype), condition_weight=condition_weight).tokens
         return tokens.to(self.unet.dtype)
-
-    def decode_latents(
-        self, latents: torch.Tensor, image: torch.Tensor, hole: torch.Tensor, generator=None
-    ) -> torch.Tensor:
-        """Decode latents to [-1, 1] pixels with the mask-conditioned decoder (or the plain VAE when it is None).
-
-        `image` ([-1, 1]) and `hole` are at the working size; the decoder blends their unmasked pixels in.
-        """
-        latents = latents / self.vae.config.scaling_factor
-        if self.decoder is None:
-            return self.vae.decode(latents, return_dict=False, generator=generator)[0]
-        image = image.to(latents.device, self.decoder.dtype)
-        hole = hole.to(latents.device, self.decoder.dtype)
-        if isinstance(self.decoder, AsymmetricAutoencoderKL):
-            return self.decoder.decode(latents.to(self.decoder.dtype), image=image, mask=hole, return_dict=False)[0]
-        return self.decoder(latents.to(self.decoder.dtype), image, hole, return_dict=False)[0]
 
     @torch.no_grad()
     @cache_constant_conditioning("unet")  # cross-attention K/V once per call, restored afterwards
@@ -338,7 +323,7 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
             latents,
             init_image.repeat_interleave(num_images_per_prompt, dim=0),
             work_hole.repeat_interleave(num_images_per_prompt, dim=0),
-            generator,
+            generator=generator,
         )
         generated = (decoded.float().cpu() / 2 + 0.5).clamp(0, 1)
 

@@ -6,8 +6,9 @@ The image conditioning follows the authors' release (`yikaiwang/ASUKA-FLUX.1-Fil
 * pooled  = pooled_aligner(mae.prior(image, mask)).mean(1)   (B, 768), in place of pooled CLIP;
 * both are pulled towards the release's null embeddings: null + condition_weight * (x - null)
   (the aligners hold the null embeddings; the release uses condition_weight 0.5);
-* the latents are decoded by the 16-channel mask-conditioned `AsukaDecoder` after FLUX's unscaling
-  `z / 0.3611 + 0.1159` (read from the VAE config), or by the plain VAE when `decoder is None`.
+* the latents are decoded (`decode.py`, shared with `AsukaPipeline`) by the 16-channel mask-conditioned
+  `AsukaDecoder` after FLUX's unscaling `z / 0.3611 + 0.1159` (read from the VAE config), or by the plain VAE
+  when `decoder is None`.
 
 Everything FLUX-specific (latent packing, mask packing, image ids, timestep shift) is diffusers'
 `FluxFillPipeline` code, bound to this class rather than re-derived.
@@ -35,6 +36,7 @@ from ..models.aligner import AsukaAligner
 from ..models.decoder import AsukaDecoder
 from ..models.mae import AsukaMAE
 from .cached_attention import cache_constant_conditioning
+from .decode import AsukaDecodeMixin
 from .hub_light import LightRepoMixin
 from .inpaint_steps import AsukaInpaintMixin, AsukaPipelineOutput, ImageInput, StepCallback, repeat_to_batch
 
@@ -64,7 +66,7 @@ EXAMPLE_DOC_STRING = """
 """
 
 
-class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin):
+class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin, AsukaDecodeMixin):
     r"""FLUX.1-Fill inpainting conditioned on the visible image (ASUKA) instead of a text prompt.
 
     Assemble it from the gated FLUX repo and the converted ASUKA components with
@@ -103,7 +105,6 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin):
     get_timesteps = FluxFillPipeline.get_timesteps
     _encode_vae_image = FluxFillPipeline._encode_vae_image
     _pack_latents = staticmethod(FluxFillPipeline._pack_latents)
-    _unpack_latents = staticmethod(FluxFillPipeline._unpack_latents)
     _prepare_latent_image_ids = staticmethod(FluxFillPipeline._prepare_latent_image_ids)
 
     def __init__(
@@ -413,27 +414,12 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin):
         if output_type == "latent":  # packed, as FluxFillPipeline returns them
             return self._latents_output(latents, return_dict)
 
-        # 8. Decode: the mask-conditioned AsukaDecoder (or the plain VAE) after FLUX's unscaling
-        latents = self._unpack_latents(
-            latents=latents, height=height, width=width, vae_scale_factor=self.vae_scale_factor
-        )
-        decoded = self.decode_latents(latents, init_image, work_hole)
+        # 8. Decode: the mask-conditioned AsukaDecoder (or the plain VAE) after FLUX's unpacking and unscaling
+        decoded = self.decode_latents(latents, init_image, work_hole, generator=generator)
         generated = self.image_processor.denormalize(decoded.float().cpu())
 
         # 9. Paste back into the full-resolution input and convert
         return self._finish_call(start, generated, keep_unmasked)
-
-    def decode_latents(self, latents: torch.Tensor, image: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
-        """Scaled, unpacked FLUX latents to [-1, 1] pixels: `z / scaling_factor + shift_factor`, then the decoder.
-
-        `image` ([-1, 1]) and `hole` (1 = repaint) at the working size condition the AsukaDecoder; with
-        `decoder=None` the plain VAE decodes.
-        """
-        latents = latents / self.vae.config.scaling_factor + self.vae.config.shift_factor
-        if self.decoder is None:
-            return self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0]
-        device, dtype = latents.device, self.decoder.dtype
-        return self.decoder(latents.to(dtype), image.to(device, dtype), hole.to(device, dtype), return_dict=False)[0]
 
 
 def load_asuka_flux_components(
