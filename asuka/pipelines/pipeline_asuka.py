@@ -5,9 +5,6 @@ This module ships to the Hub as remote code, so it imports only torch, diffusers
 siblings (bundled with it by `hub_export`).
 """
 
-import os
-from typing import Any
-
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
 from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
@@ -20,7 +17,6 @@ from diffusers.utils import replace_example_docstring
 
 from .cached_attention import cache_constant_conditioning
 from .decode import AsukaDecodeMixin
-from .hub_export import write_remote_code
 from .hub_light import LightRepoMixin
 from .inpaint_steps import AsukaInpaintMixin, AsukaPipelineOutput, ImageInput, StepCallback, repeat_to_batch
 
@@ -329,20 +325,3 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
 
         # 9. Paste back into the full-resolution input and convert
         return self._finish_call(start, generated, keep_unmasked)
-
-    def save_pretrained(
-        self, save_directory: str | os.PathLike, hub_format: bool = False, light: bool = False, **kwargs: Any
-    ) -> None:
-        """Save every component; with `hub_format=True`, also the code so the folder loads without `asuka`.
-
-        A hub-format folder loads with `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`: its
-        `model_index.json` names `[file, Class]` for the pipeline and the ASUKA components, and the files sit beside
-        the weights.
-
-        With `light=True` (and `backbone`, the SD-1.5-inpainting Hub id; see `LightRepoMixin.save_pretrained`), only
-        ASUKA's components (MAE, aligner, decoder) and their code are written, and `vae`, `unet` and `scheduler`
-        become pointers to the backbone.
-        """
-        super().save_pretrained(save_directory, light=light, **kwargs)
-        if hub_format and not light:
-            write_remote_code(self, save_directory)

@@ -29,8 +29,10 @@ samples run one by one. (Evaluating it with the authors' group of min(B, 4) woul
 decisions depend on the other samples; the pipeline never does that.)
 """
 
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -210,6 +212,22 @@ class StrDiffusionPipeline(DiffusionPipeline, StepStateMixin):
             discriminator_full_state=discriminator_full_state,
             round_structure_input=round_structure_input,
         )
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """`DiffusionPipeline.save_pretrained`, a full folder; the ASUKA pipelines' Hub formats are refused.
+
+        `hub_format=True` would ship this file as Hub remote code, which may import only torch, diffusers, timm,
+        numpy and PIL, while the structure maps need scikit-image; `light=True` points to a frozen backbone, and
+        StrDiffusion has none (all its networks are its own).
+        """
+        refused = [f"`{name}=True`" for name in ("hub_format", "light") if kwargs.pop(name, False)]
+        if refused:
+            raise ValueError(
+                f"StrDiffusionPipeline.save_pretrained does not take {' or '.join(refused)}: its code needs "
+                "scikit-image, which Hub remote code may not import, and it has no frozen backbone to point to; "
+                "accepted: `save_pretrained(folder)` (a full folder) with DiffusionPipeline's arguments."
+            )
+        super().save_pretrained(save_directory, **kwargs)
 
     # ------------------------------------------------------------------------------------ building blocks
     def _structure_step(self, xs, t, mu_s, noise, active=None):
