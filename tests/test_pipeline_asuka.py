@@ -236,6 +236,8 @@ def test_decoder_gets_a_binary_mask_whatever_the_mask_values():
         ({"prompt_embeds": torch.zeros(3, 16, 32)}, "`prompt_embeds` has batch size 3"),
         ({"output_type": "jpeg"}, "`output_type`"),
         ({"num_inference_steps": 0}, "`num_inference_steps`"),
+        ({"num_images_per_prompt": 0}, "`num_images_per_prompt` is 0; expected a positive integer"),
+        ({"num_images_per_prompt": 1.5}, "`num_images_per_prompt` is 1.5; expected a positive integer"),
         ({"guidance_scale": 5.0}, "negative_prompt_embeds"),
         ({"latents": torch.zeros(1, 4, 8, 8)}, "`latents` has shape"),
     ],

@@ -1,12 +1,13 @@
 # Copyright 2026 The asuka authors. Apache-2.0.
 """ASUKA inpainting on a frozen SD-1.5-inpainting backbone.
 
-This module ships to the Hub as remote code, so it imports only torch, diffusers, numpy, PIL and its relative
-siblings (bundled with it by `hub_export`).
+This module ships to the Hub as remote code, so it imports only torch, diffusers, timm (the MAE's), numpy, PIL and
+its relative siblings (bundled with it by `hub_export`).
 """
 
 import torch
-from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
+from diffusers import AsymmetricAutoencoderKL, AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
+from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_inpaint import (
     StableDiffusionInpaintPipeline,
@@ -15,6 +16,9 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_inpaint impo
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import replace_example_docstring
 
+from ..models.aligner import AsukaAligner
+from ..models.decoder import AsukaDecoder
+from ..models.mae import AsukaMAE
 from .cached_attention import cache_constant_conditioning
 from .decode import AsukaDecodeMixin
 from .hub_light import LightRepoMixin
@@ -79,13 +83,14 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
         vae: AutoencoderKL,
         unet: UNet2DConditionModel,
         scheduler: KarrasDiffusionSchedulers,
-        mae: torch.nn.Module,
-        aligner: torch.nn.Module,
-        decoder: torch.nn.Module | None = None,
+        mae: AsukaMAE,
+        aligner: AsukaAligner,
+        decoder: AsukaDecoder | AsymmetricAutoencoderKL | None = None,
     ):
         super().__init__()
         self.register_modules(vae=vae, unet=unet, scheduler=scheduler, mae=mae, aligner=aligner, decoder=decoder)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if getattr(self, "vae", None) else 8
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
 
     @property
     def do_classifier_free_guidance(self) -> bool:
@@ -100,6 +105,7 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
     def check_inputs(
         self,
         num_inference_steps: int,
+        num_images_per_prompt: int,
         output_type: str,
         guidance_scale: float,
         negative_prompt_embeds: torch.Tensor | None,
@@ -107,7 +113,9 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
         working_resolution: int,
     ) -> None:
         self._check_common_inputs(
-            output_type, {"num_inference_steps": num_inference_steps}, callback_on_step_end_tensor_inputs
+            output_type,
+            {"num_inference_steps": num_inference_steps, "num_images_per_prompt": num_images_per_prompt},
+            callback_on_step_end_tensor_inputs,
         )
         self._check_working_resolution(working_resolution, self.vae_scale_factor)
         if guidance_scale > 1.0 and negative_prompt_embeds is None:
@@ -210,7 +218,13 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
         tensor_inputs = self.step_callback_tensor_inputs(callback_on_step_end, callback_on_step_end_tensor_inputs)
         working_resolution = working_resolution or self.default_working_resolution
         self.check_inputs(
-            num_inference_steps, output_type, guidance_scale, negative_prompt_embeds, tensor_inputs, working_resolution
+            num_inference_steps,
+            num_images_per_prompt,
+            output_type,
+            guidance_scale,
+            negative_prompt_embeds,
+            tensor_inputs,
+            working_resolution,
         )
         # 2. Standardise them; an empty mask has nothing to inpaint: the start's output is the input untouched
         start = self._start_call(image, mask_image, guidance_scale, num_images_per_prompt, output_type, return_dict)
@@ -222,7 +236,7 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
         region, work_image, work_hole = start.cut_working_region(
             working_resolution, self.vae_scale_factor, padding_mask_crop
         )
-        init_image = (work_image * 2 - 1).to(device)
+        init_image = self.image_processor.normalize(work_image).to(device)
         work_hole = work_hole.to(device)
         work_w, work_h = region.size
 
@@ -321,7 +335,7 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
             work_hole.repeat_interleave(num_images_per_prompt, dim=0),
             generator=generator,
         )
-        generated = (decoded.float().cpu() / 2 + 0.5).clamp(0, 1)
+        generated = self.image_processor.denormalize(decoded.float().cpu())
 
         # 9. Paste back into the full-resolution input and convert
         return self._finish_call(start, generated, keep_unmasked)
