@@ -148,6 +148,28 @@ def read_loads(path: Path) -> list[dict]:
     return json.loads(Path(path).read_text())
 
 
+def run_folder_without_asuka(
+    folder: Path, tmp_path: Path, image, mask, pipeline_class: str, steps: int, then: str = "", hf_cache=None
+) -> np.ndarray:
+    """`DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` in a subprocess without `asuka`: checks the
+    pipeline's class, runs it on `image`/`mask` (seed 0, numpy output) and returns the output; `then` is more of the
+    script (indented by 8, like this one), run afterwards with `pipe` and `out` defined."""
+    image.save(tmp_path / "image.png")
+    mask.save(tmp_path / "mask.png")
+    script = f"""
+        import numpy as np, torch, PIL.Image
+        from diffusers import DiffusionPipeline
+
+        pipe = DiffusionPipeline.from_pretrained({str(folder)!r}, trust_remote_code=True)
+        assert type(pipe).__name__ == {pipeline_class!r}, type(pipe)
+        out = pipe(PIL.Image.open("image.png"), PIL.Image.open("mask.png"), num_inference_steps={steps},
+                   generator=torch.Generator().manual_seed(0), output_type="np").images
+        np.save("out.npy", out)
+        """
+    run_without_asuka(script + then, cwd=tmp_path, hf_cache=hf_cache)
+    return np.load(tmp_path / "out.npy")
+
+
 def load_light_repo_without_asuka(
     light: Path, cache: Path, tmp_path: Path, image, mask, pipeline_class: str, denoiser: str, steps: int
 ) -> np.ndarray:
@@ -156,19 +178,7 @@ def load_light_repo_without_asuka(
 
     Returns the output; `loads.json` / `loads_fp16.json` in `tmp_path` record every component load.
     """
-    image.save(tmp_path / "image.png")
-    mask.save(tmp_path / "mask.png")
-    run_without_asuka(
-        f"""
-        import re
-        import numpy as np, torch, PIL.Image
-        from diffusers import DiffusionPipeline
-
-        pipe = DiffusionPipeline.from_pretrained({str(light)!r}, trust_remote_code=True)
-        assert type(pipe).__name__ == {pipeline_class!r}, type(pipe)
-        out = pipe(PIL.Image.open("image.png"), PIL.Image.open("mask.png"), num_inference_steps={steps},
-                   generator=torch.Generator().manual_seed(0), output_type="np").images
-        np.save("out.npy", out)
+    then = f"""
         json.dump(LOADS, open("loads.json", "w"))
         LOADS.clear()
         half = DiffusionPipeline.from_pretrained(
@@ -178,14 +188,25 @@ def load_light_repo_without_asuka(
         json.dump(LOADS, open("loads_fp16.json", "w"))
 
         # the model card's usage snippet runs as written (on the inputs it names)
+        import re
         code = re.search(r"```python\\n(.*?)```", open({str(light / "README.md")!r}).read(), re.S).group(1)
         exec(code.replace('"light"', {repr(str(light))!r}))
         assert PIL.Image.open("inpainted.png").size == PIL.Image.open("image.png").size
-        """,
-        cwd=tmp_path,
-        hf_cache=cache,
-    )
-    return np.load(tmp_path / "out.npy")
+        """
+    return run_folder_without_asuka(light, tmp_path, image, mask, pipeline_class, steps, then=then, hf_cache=cache)
+
+
+def run_hub_format_without_asuka(
+    pipe, folder: Path, tmp_path: Path, image, mask, steps: int, python_imports: tuple[str, ...] = ()
+) -> np.ndarray:
+    """Save `pipe` with `hub_format=True` into `folder`, check that none of `python_imports` (files of the folder)
+    imports `asuka`, and return its output loaded and run without `asuka` (`run_folder_without_asuka`)."""
+    pipe.save_pretrained(folder, hub_format=True)
+    for file in python_imports:
+        lines = (folder / file).read_text().splitlines()
+        imported = [line.split()[1].split(".")[0] for line in lines if line.startswith(("import ", "from "))]
+        assert "asuka" not in imported, file
+    return run_folder_without_asuka(folder, tmp_path, image, mask, type(pipe).__name__, steps)
 
 
 def assert_backbone_loaded_from_pointer(

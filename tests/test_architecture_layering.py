@@ -15,8 +15,8 @@ ALLOWED = {
     "models": set(),
     "schedulers": set(),
     "pipelines": {"models", "schedulers", "imageio"},
-    # the decoder drop-in for plain diffusers pipelines
-    "decode": {"models", "pipelines"},
+    # asuka/decode.py: the documented import path of the decoder drop-in, which lives in pipelines/decode.py
+    "decode": {"pipelines"},
     # `asuka/__init__.py`: lazy re-exports of the pipelines, models and schedulers
     "package": {"models", "schedulers", "pipelines"},
     # tiny random pipelines for tests, `--tiny` and smoke runs

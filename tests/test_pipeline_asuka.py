@@ -7,7 +7,7 @@ import PIL.Image
 import pytest
 import torch
 from diffusers import AsymmetricAutoencoderKL, DDIMScheduler
-from hub_helpers import run_without_asuka
+from hub_helpers import run_hub_format_without_asuka
 
 from asuka import AsukaPipeline
 from asuka.pipelines.inpaint_steps import plan_working_region
@@ -236,6 +236,8 @@ def test_decoder_gets_a_binary_mask_whatever_the_mask_values():
         ({"prompt_embeds": torch.zeros(3, 16, 32)}, "`prompt_embeds` has batch size 3"),
         ({"output_type": "jpeg"}, "`output_type`"),
         ({"num_inference_steps": 0}, "`num_inference_steps`"),
+        ({"num_images_per_prompt": 0}, "`num_images_per_prompt` is 0; expected a positive integer"),
+        ({"num_images_per_prompt": 1.5}, "`num_images_per_prompt` is 1.5; expected a positive integer"),
         ({"guidance_scale": 5.0}, "negative_prompt_embeds"),
         ({"latents": torch.zeros(1, 4, 8, 8)}, "`latents` has shape"),
     ],
@@ -273,31 +275,12 @@ def test_hub_format_loads_without_the_asuka_package(pipe, tmp_path):
     image, mask = make_image(64, 64), make_mask(64, 64)
     expected = pipe(image, mask, num_inference_steps=STEPS, generator=gen(), output_type="np").images
     folder = tmp_path / "hub"
-    pipe.save_pretrained(folder, hub_format=True)
+    code = ("pipeline_asuka.py", "mae/mae.py", "aligner/aligner.py", "decoder/decoder.py")
+    out = run_hub_format_without_asuka(pipe, folder, tmp_path, image, mask, STEPS, python_imports=code)
     index = json.loads((folder / "model_index.json").read_text())
     assert index["_class_name"] == ["pipeline_asuka", "AsukaPipeline"]
     assert index["mae"] == ["mae", "AsukaMAE"] and (folder / "mae" / "mae.py").exists()
-    for name in ("pipeline_asuka.py", "mae/mae.py", "aligner/aligner.py", "decoder/decoder.py"):
-        assert "asuka" not in [
-            line.split()[1].split(".")[0]
-            for line in (folder / name).read_text().splitlines()
-            if line.startswith(("import ", "from "))
-        ]
-    image.save(tmp_path / "image.png")
-    mask.save(tmp_path / "mask.png")
-    run_without_asuka(
-        f"""
-        import numpy as np, torch, PIL.Image
-        from diffusers import DiffusionPipeline
-        pipe = DiffusionPipeline.from_pretrained({str(folder)!r}, trust_remote_code=True)
-        assert type(pipe).__name__ == "AsukaPipeline", type(pipe)
-        out = pipe(PIL.Image.open("image.png"), PIL.Image.open("mask.png"),
-                   num_inference_steps={STEPS}, generator=torch.Generator().manual_seed(0), output_type="np").images
-        np.save("out.npy", out)
-        """,
-        cwd=tmp_path,
-    )
-    assert np.array_equal(np.load(tmp_path / "out.npy"), expected)
+    assert np.array_equal(out, expected)
 
 
 def test_mae_reconstruction_preview(pipe):

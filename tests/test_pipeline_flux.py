@@ -1,10 +1,13 @@
 """AsukaFluxPipeline on tiny random FLUX.1-Fill components (no network, seconds on CPU)."""
 
+import json
+
 import numpy as np
 import PIL.Image
 import pytest
 import torch
 from diffusers import AutoencoderKL
+from hub_helpers import run_hub_format_without_asuka
 
 from asuka import AsukaFluxPipeline
 from asuka.models import AsukaDecoder, AsukaVAEEncoder
@@ -294,6 +297,37 @@ def test_save_and_load_round_trip(pipe, tmp_path):
         np.abs(pipe(**kwargs, generator=generator()).images - loaded(**kwargs, generator=generator()).images).max()
         <= 1e-5
     )
+
+
+def test_hub_format_loads_without_the_asuka_package(pipe, tmp_path):
+    """`save_pretrained(hub_format=True)` as for `AsukaPipeline`: the folder and its code load with one diffusers
+    call where `import asuka` fails, and give the pipeline's output.
+
+    The FLUX transformer's matmuls round differently (~2e-6) on loaded, memory-mapped weights and with other thread
+    counts than the subprocess's one, so the exact reference is a plain save of the pipeline loaded with `asuka`, run
+    on one thread; the in-memory pipeline agrees to float32 round-off.
+    """
+    image, mask = make_image(32, 48), make_mask(32, 48)
+    folder = tmp_path / "hub"
+    code = ("pipeline_asuka_flux.py", "decode.py", "mae/mae.py", "token_aligner/aligner.py", "decoder/decoder.py")
+    out = run_hub_format_without_asuka(pipe, folder, tmp_path, image, mask, STEPS, python_imports=code)
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline_asuka_flux", "AsukaFluxPipeline"]
+    assert index["token_aligner"] == index["pooled_aligner"] == ["aligner", "AsukaAligner"]
+    assert index["decoder"] == ["decoder", "AsukaDecoder"] and index["working_resolution"] == 64
+
+    pipe.save_pretrained(tmp_path / "plain")
+    loaded = AsukaFluxPipeline.from_pretrained(tmp_path / "plain")
+    loaded.set_progress_bar_config(disable=True)
+    kwargs = dict(image=image, mask_image=mask, num_inference_steps=STEPS, output_type="np")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        reference = loaded(**kwargs, generator=generator()).images
+    finally:
+        torch.set_num_threads(threads)
+    assert np.array_equal(out, reference)
+    assert np.abs(out - pipe(**kwargs, generator=generator()).images).max() <= 1e-5
 
 
 def test_assembly_from_flux_repo_and_converted_asuka_folder(tmp_path):

@@ -122,3 +122,29 @@ def test_asuka_pipeline_export_is_self_contained(tmp_path):
                 assert module.split(".")[0] != "asuka" and not module.startswith(".."), f"{name}: {line}"
     loaded = load_both_ways(folder, "pipeline_asuka.py", "AsukaPipeline", "asuka", tmp_path)
     assert loaded.split() == ["AsukaPipeline"] * 2
+
+
+@pytest.mark.parametrize("kind", ["sd", "flux"])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"hub_format": True, "light": True, "backbone": "someone/backbone"}, "name two formats"),
+        ({"backbone": "someone/backbone"}, r"\['backbone'\] apply to a light repo only"),
+        ({"hub_format": True, "model_card": "# card"}, r"\['model_card'\] apply to a light repo only"),
+        ({"light": True, "backbone": "someone/backbone", "variant": "fp16"}, r"\['variant'\] with `light=True`"),
+        ({"hub_format": True, "push_to_hub": True}, "before `hub_format=True` adds its code"),
+    ],
+)
+def test_save_pretrained_refuses_contradictory_formats_before_writing(tmp_path, kind, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make_tiny_pipeline(kind).save_pretrained(tmp_path / "out", **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kwargs", [{"hub_format": True}, {"light": True, "backbone": "someone/backbone"}])
+def test_strdiffusion_refuses_the_hub_formats(tmp_path, kwargs):
+    with pytest.raises(
+        ValueError, match="StrDiffusionPipeline.save_pretrained does not take `(hub_format|light)=True`"
+    ):
+        make_tiny_pipeline("strdiffusion").save_pretrained(tmp_path / "out", **kwargs)
+    assert not (tmp_path / "out").exists()

@@ -206,7 +206,7 @@ def _rename_ldm_vae_keys(
     release_names: dict[str, str] = {}
     for module_keys in modules.values():
         try:
-            renamed = convert_ldm_vae_checkpoint(dict(module_keys), block_config)
+            renamed = convert_ldm_vae_checkpoint(checkpoint=dict(module_keys), config=block_config)
         except KeyError as error:
             raise ValueError(f"Missing {what} key {error.args[0]!r} (its module has {sorted(module_keys)}).") from None
         by_suffix = {new_key.rsplit(".", 1)[1]: new_key for new_key in renamed}

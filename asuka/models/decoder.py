@@ -344,9 +344,9 @@ class AsukaDecoder(ModelMixin, ConfigMixin):
             parts = []
             for j, part in enumerate(row):
                 if i > 0:
-                    part = self.blend_v(rows[i - 1][j], part, blend_extent)
+                    part = self.blend_v(a=rows[i - 1][j], b=part, blend_extent=blend_extent)
                 if j > 0:
-                    part = self.blend_h(row[j - 1], part, blend_extent)
+                    part = self.blend_h(a=row[j - 1], b=part, blend_extent=blend_extent)
                 parts.append(part[:, :, :row_limit, :row_limit])
             result_rows.append(torch.cat(parts, dim=3))
         return torch.cat(result_rows, dim=2)

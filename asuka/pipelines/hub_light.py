@@ -34,7 +34,7 @@ import diffusers
 import torch
 
 from .backbone_component import HUB_KWARGS, BackboneComponent, load_backbone_component, pointer_file, read_pointer
-from .hub_export import bundle_module, source_module
+from .hub_export import bundle_module, source_module, write_remote_code
 
 
 #: model_index.json key that marks a light repo and names its backbone.
@@ -370,7 +370,8 @@ def load_light_pipeline(pipeline_class: type, pretrained_model_name_or_path: str
 
 
 class LightRepoMixin:
-    """The light-repo branches of an ASUKA pipeline's `from_pretrained` and `save_pretrained`; list it before
+    """The Hub formats of an ASUKA pipeline (docs/hub.md) in its `from_pretrained` and `save_pretrained`: the full
+    folder, the full folder with code (`hub_format=True`) and the light repo (`light=True`). List it before
     `DiffusionPipeline` in the bases, which handles everything else (through `super()`)."""
 
     @classmethod
@@ -388,6 +389,7 @@ class LightRepoMixin:
     def save_pretrained(
         self,
         save_directory: str | os.PathLike,
+        hub_format: bool = False,
         light: bool = False,
         backbone: str | None = None,
         backbone_revision: str | None = None,
@@ -395,7 +397,12 @@ class LightRepoMixin:
         model_card: str | None = None,
         **kwargs: Any,
     ) -> None:
-        """Save every component (`DiffusionPipeline.save_pretrained`), or with `light=True` a light repo.
+        """Save every component (`DiffusionPipeline.save_pretrained` and its `kwargs`), with `hub_format=True` also
+        the code, or with `light=True` a light repo.
+
+        A hub-format folder loads without `asuka` with `DiffusionPipeline.from_pretrained(folder,
+        trust_remote_code=True)`: its `model_index.json` names `[file, Class]` for the pipeline and the ASUKA
+        components, and the files sit beside the weights (`hub_export.write_remote_code`).
 
         A light repo has only ASUKA's components (MAE, aligners, decoder) and their code; the backbone's components
         become pointers to `backbone` (its Hub id) at `backbone_revision` (pin a commit), and `backbone_variants`
@@ -403,7 +410,32 @@ class LightRepoMixin:
         `DiffusionPipeline.from_pretrained` call. `model_card` is its README.md (default: a generic card, see
         `light_model_card`).
         """
+        light_arguments = {
+            "backbone": backbone,
+            "backbone_revision": backbone_revision,
+            "backbone_variants": backbone_variants,
+            "model_card": model_card,
+        }
+        if hub_format and light:
+            raise ValueError(
+                "`hub_format=True` and `light=True` name two formats; pass one of them (a light repo always carries "
+                "its code)."
+            )
         if light:
-            save_light_pipeline(self, save_directory, backbone, backbone_revision, backbone_variants, model_card)
-        else:
-            super().save_pretrained(save_directory, **kwargs)
+            if kwargs:
+                raise ValueError(
+                    f"Unsupported argument(s) {sorted(kwargs)} with `light=True`; accepted: {sorted(light_arguments)}."
+                )
+            save_light_pipeline(self, save_directory, **light_arguments)
+            return
+        given = sorted(name for name, value in light_arguments.items() if value)
+        if given:
+            raise ValueError(f"{given} apply to a light repo only; pass them with `light=True`, or leave them out.")
+        if hub_format and kwargs.get("push_to_hub"):
+            raise ValueError(
+                "`push_to_hub=True` would upload the folder before `hub_format=True` adds its code; save without "
+                "`push_to_hub`, then upload the folder (`huggingface_hub.upload_folder`)."
+            )
+        super().save_pretrained(save_directory, **kwargs)
+        if hub_format:
+            write_remote_code(self, save_directory)

@@ -1,15 +1,13 @@
 # Copyright 2026 The asuka authors. Apache-2.0.
 """ASUKA inpainting on a frozen SD-1.5-inpainting backbone.
 
-This module ships to the Hub as remote code, so it imports only torch, diffusers, numpy, PIL and its relative
-siblings (bundled with it by `hub_export`).
+This module ships to the Hub as remote code, so it imports only torch, diffusers, timm (the MAE's), numpy, PIL and
+its relative siblings (bundled with it by `hub_export`).
 """
-
-import os
-from typing import Any
 
 import torch
 from diffusers import AsymmetricAutoencoderKL, AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
+from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_inpaint import (
     StableDiffusionInpaintPipeline,
@@ -18,8 +16,11 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_inpaint impo
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import replace_example_docstring
 
+from ..models.aligner import AsukaAligner
+from ..models.decoder import AsukaDecoder
+from ..models.mae import AsukaMAE
 from .cached_attention import cache_constant_conditioning
-from .hub_export import write_remote_code
+from .decode import AsukaDecodeMixin
 from .hub_light import LightRepoMixin
 from .inpaint_steps import AsukaInpaintMixin, AsukaPipelineOutput, ImageInput, StepCallback, repeat_to_batch
 
@@ -45,7 +46,7 @@ EXAMPLE_DOC_STRING = """
 """
 
 
-class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, AsukaInpaintMixin):
+class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, AsukaInpaintMixin, AsukaDecodeMixin):
     r"""ASUKA inpainting with a frozen SD-1.5-inpainting UNet.
 
     The text conditioning is replaced by `aligner(mae.prior(image, mask))`: an MAE that sees only the unmasked pixels
@@ -82,13 +83,14 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
         vae: AutoencoderKL,
         unet: UNet2DConditionModel,
         scheduler: KarrasDiffusionSchedulers,
-        mae: torch.nn.Module,
-        aligner: torch.nn.Module,
-        decoder: torch.nn.Module | None = None,
+        mae: AsukaMAE,
+        aligner: AsukaAligner,
+        decoder: AsukaDecoder | AsymmetricAutoencoderKL | None = None,
     ):
         super().__init__()
         self.register_modules(vae=vae, unet=unet, scheduler=scheduler, mae=mae, aligner=aligner, decoder=decoder)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if getattr(self, "vae", None) else 8
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
 
     @property
     def do_classifier_free_guidance(self) -> bool:
@@ -103,6 +105,7 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
     def check_inputs(
         self,
         num_inference_steps: int,
+        num_images_per_prompt: int,
         output_type: str,
         guidance_scale: float,
         negative_prompt_embeds: torch.Tensor | None,
@@ -110,7 +113,9 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
         working_resolution: int,
     ) -> None:
         self._check_common_inputs(
-            output_type, {"num_inference_steps": num_inference_steps}, callback_on_step_end_tensor_inputs
+            output_type,
+            {"num_inference_steps": num_inference_steps, "num_images_per_prompt": num_images_per_prompt},
+            callback_on_step_end_tensor_inputs,
         )
         self._check_working_resolution(working_resolution, self.vae_scale_factor)
         if guidance_scale > 1.0 and negative_prompt_embeds is None:
@@ -127,25 +132,9 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
         tokens = self.aligner(prior.to(self.aligner.dtype), condition_weight=condition_weight).tokens
         return tokens.to(self.unet.dtype)
 
-    def decode_latents(
-        self, latents: torch.Tensor, image: torch.Tensor, hole: torch.Tensor, generator=None
-    ) -> torch.Tensor:
-        """Decode latents to [-1, 1] pixels with the mask-conditioned decoder (or the plain VAE when it is None).
-
-        `image` ([-1, 1]) and `hole` are at the working size; the decoder blends their unmasked pixels in.
-        """
-        latents = latents / self.vae.config.scaling_factor
-        if self.decoder is None:
-            return self.vae.decode(latents, return_dict=False, generator=generator)[0]
-        image = image.to(latents.device, self.decoder.dtype)
-        hole = hole.to(latents.device, self.decoder.dtype)
-        if isinstance(self.decoder, AsymmetricAutoencoderKL):
-            return self.decoder.decode(latents.to(self.decoder.dtype), image=image, mask=hole, return_dict=False)[0]
-        return self.decoder(latents.to(self.decoder.dtype), image, hole, return_dict=False)[0]
-
     @torch.no_grad()
     @cache_constant_conditioning("unet")  # cross-attention K/V once per call, restored afterwards
-    @replace_example_docstring(EXAMPLE_DOC_STRING)
+    @replace_example_docstring(example_docstring=EXAMPLE_DOC_STRING)
     def __call__(
         self,
         image: ImageInput,
@@ -229,7 +218,13 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
         tensor_inputs = self.step_callback_tensor_inputs(callback_on_step_end, callback_on_step_end_tensor_inputs)
         working_resolution = working_resolution or self.default_working_resolution
         self.check_inputs(
-            num_inference_steps, output_type, guidance_scale, negative_prompt_embeds, tensor_inputs, working_resolution
+            num_inference_steps,
+            num_images_per_prompt,
+            output_type,
+            guidance_scale,
+            negative_prompt_embeds,
+            tensor_inputs,
+            working_resolution,
         )
         # 2. Standardise them; an empty mask has nothing to inpaint: the start's output is the input untouched
         start = self._start_call(image, mask_image, guidance_scale, num_images_per_prompt, output_type, return_dict)
@@ -241,7 +236,7 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
         region, work_image, work_hole = start.cut_working_region(
             working_resolution, self.vae_scale_factor, padding_mask_crop
         )
-        init_image = (work_image * 2 - 1).to(device)
+        init_image = self.image_processor.normalize(work_image).to(device)
         work_hole = work_hole.to(device)
         work_w, work_h = region.size
 
@@ -257,35 +252,44 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
             prompt_embeds = torch.cat([negative.repeat_interleave(num_images_per_prompt, dim=0), prompt_embeds])
 
         # 5. Timesteps
-        timesteps, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device, timesteps)
+        timesteps, num_inference_steps = retrieve_timesteps(
+            scheduler=self.scheduler, num_inference_steps=num_inference_steps, device=device, timesteps=timesteps
+        )
         if hasattr(self.scheduler, "set_begin_index"):
-            self.scheduler.set_begin_index(0)
+            self.scheduler.set_begin_index(begin_index=0)
 
         # 6. Initial noise latents and the mask / masked-image latents (diffusers' own preparation)
         num_channels_latents = self.vae.config.latent_channels
         expected = (total, num_channels_latents, work_h // self.vae_scale_factor, work_w // self.vae_scale_factor)
         self._check_start_state("latents", latents, expected, "outputs, latent channels, working size / VAE factor")
         latents = self.prepare_latents(
-            total, num_channels_latents, work_h, work_w, prompt_embeds.dtype, device, generator, latents
+            batch_size=total,
+            num_channels_latents=num_channels_latents,
+            height=work_h,
+            width=work_w,
+            dtype=prompt_embeds.dtype,
+            device=device,
+            generator=generator,
+            latents=latents,
         )[0]
         # One masked image per output: each output's VAE sample comes from its own generator.
         masked_image = (init_image * (work_hole < 0.5)).repeat_interleave(num_images_per_prompt, dim=0)
         mask, masked_image_latents = self.prepare_mask_latents(
-            work_hole.repeat_interleave(num_images_per_prompt, dim=0),
-            masked_image,
-            total,
-            work_h,
-            work_w,
-            prompt_embeds.dtype,
-            device,
-            generator,
-            False,
+            mask=work_hole.repeat_interleave(num_images_per_prompt, dim=0),
+            masked_image=masked_image,
+            batch_size=total,
+            height=work_h,
+            width=work_w,
+            dtype=prompt_embeds.dtype,
+            device=device,
+            generator=generator,
+            do_classifier_free_guidance=False,
         )
         if self.unet.config.in_channels != num_channels_latents + mask.shape[1] + masked_image_latents.shape[1]:
             raise ValueError(
                 f"`unet` takes {self.unet.config.in_channels} input channels; ASUKA needs a 9-channel inpainting UNet."
             )
-        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator=generator, eta=eta)
 
         # 7. Denoising loop
         self._num_timesteps = len(timesteps)
@@ -327,26 +331,9 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
             latents,
             init_image.repeat_interleave(num_images_per_prompt, dim=0),
             work_hole.repeat_interleave(num_images_per_prompt, dim=0),
-            generator,
+            generator=generator,
         )
-        generated = (decoded.float().cpu() / 2 + 0.5).clamp(0, 1)
+        generated = self.image_processor.denormalize(decoded.float().cpu())
 
         # 9. Paste back into the full-resolution input and convert
         return self._finish_call(start, generated, keep_unmasked)
-
-    def save_pretrained(
-        self, save_directory: str | os.PathLike, hub_format: bool = False, light: bool = False, **kwargs: Any
-    ) -> None:
-        """Save every component; with `hub_format=True`, also the code so the folder loads without `asuka`.
-
-        A hub-format folder loads with `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`: its
-        `model_index.json` names `[file, Class]` for the pipeline and the ASUKA components, and the files sit beside
-        the weights.
-
-        With `light=True` (and `backbone`, the SD-1.5-inpainting Hub id; see `LightRepoMixin.save_pretrained`), only
-        ASUKA's components (MAE, aligner, decoder) and their code are written, and `vae`, `unet` and `scheduler`
-        become pointers to the backbone.
-        """
-        super().save_pretrained(save_directory, light=light, **kwargs)
-        if hub_format and not light:
-            write_remote_code(self, save_directory)

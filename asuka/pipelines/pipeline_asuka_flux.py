@@ -8,8 +8,9 @@ The image conditioning follows the authors' release (`yikaiwang/ASUKA-FLUX.1-Fil
   (the aligners hold the null embeddings; the release uses condition_weight 0.5);
 * the masked image is encoded by the release's own VAE encoder (`masked_image_encoder`, the `encoder.*` of its
   decoder checkpoint) where that differs from the backbone VAE's, as the authors' inference does;
-* the latents are decoded by the 16-channel mask-conditioned `AsukaDecoder` after FLUX's unscaling
-  `z / 0.3611 + 0.1159` (read from the VAE config), or by the plain VAE when `decoder is None`.
+* the latents are decoded (`decode.py`, shared with `AsukaPipeline`) by the 16-channel mask-conditioned
+  `AsukaDecoder` after FLUX's unscaling `z / 0.3611 + 0.1159` (read from the VAE config), or by the plain VAE
+  when `decoder is None`.
 
 Everything FLUX-specific (latent packing, mask packing, image ids, timestep shift) is diffusers'
 `FluxFillPipeline` code, bound to this class rather than re-derived.
@@ -38,6 +39,7 @@ from ..models.decoder import AsukaDecoder
 from ..models.mae import AsukaMAE
 from ..models.vae_encoder import AsukaVAEEncoder
 from .cached_attention import cache_constant_conditioning
+from .decode import AsukaDecodeMixin
 from .hub_light import LightRepoMixin, resolve_repo
 from .inpaint_steps import AsukaInpaintMixin, AsukaPipelineOutput, ImageInput, StepCallback, repeat_to_batch
 
@@ -67,7 +69,7 @@ EXAMPLE_DOC_STRING = """
 """
 
 
-class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin):
+class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin, AsukaDecodeMixin):
     r"""FLUX.1-Fill inpainting conditioned on the visible image (ASUKA) instead of a text prompt.
 
     Assemble it from the gated FLUX repo and the converted ASUKA components with
@@ -110,7 +112,6 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin):
     get_timesteps = FluxFillPipeline.get_timesteps
     _encode_vae_image = FluxFillPipeline._encode_vae_image
     _pack_latents = staticmethod(FluxFillPipeline._pack_latents)
-    _unpack_latents = staticmethod(FluxFillPipeline._unpack_latents)
     _prepare_latent_image_ids = staticmethod(FluxFillPipeline._prepare_latent_image_ids)
 
     def __init__(
@@ -265,7 +266,7 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin):
 
     @torch.no_grad()
     @cache_constant_conditioning("transformer")  # context_embedder once per call, restored afterwards
-    @replace_example_docstring(EXAMPLE_DOC_STRING)
+    @replace_example_docstring(example_docstring=EXAMPLE_DOC_STRING)
     def __call__(
         self,
         image: ImageInput,
@@ -383,16 +384,18 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin):
         sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps) if sigmas is None else sigmas
         image_seq_len = (height // self.vae_scale_factor // 2) * (width // self.vae_scale_factor // 2)
         mu = calculate_shift(
-            image_seq_len,
-            self.scheduler.config.get("base_image_seq_len", 256),
-            self.scheduler.config.get("max_image_seq_len", 4096),
-            self.scheduler.config.get("base_shift", 0.5),
-            self.scheduler.config.get("max_shift", 1.15),
+            image_seq_len=image_seq_len,
+            base_seq_len=self.scheduler.config.get("base_image_seq_len", 256),
+            max_seq_len=self.scheduler.config.get("max_image_seq_len", 4096),
+            base_shift=self.scheduler.config.get("base_shift", 0.5),
+            max_shift=self.scheduler.config.get("max_shift", 1.15),
         )
         timesteps, num_inference_steps = retrieve_timesteps(
-            self.scheduler, num_inference_steps, device, sigmas=sigmas, mu=mu
+            scheduler=self.scheduler, num_inference_steps=num_inference_steps, device=device, sigmas=sigmas, mu=mu
         )
-        timesteps, num_inference_steps = self.get_timesteps(num_inference_steps, 1.0, device)
+        timesteps, num_inference_steps = self.get_timesteps(
+            num_inference_steps=num_inference_steps, strength=1.0, device=device
+        )
 
         # 6. Noise latents and the packed masked-image latents + mask (FluxFillPipeline's own preparation), one
         #    image per output so that each output's VAE samples and noise come from its own generator
@@ -403,11 +406,29 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin):
         expected = (total, tokens, self.latent_channels * 4)
         self._check_start_state("latents", latents, expected, "outputs, 2x2 latent patches, latent channels x 4")
         latents, latent_image_ids = self.prepare_latents(
-            init_image, latent_timestep, total, self.latent_channels, height, width, dtype, device, generator, latents
+            image=init_image,
+            timestep=latent_timestep,
+            batch_size=total,
+            num_channels_latents=self.latent_channels,
+            height=height,
+            width=width,
+            dtype=dtype,
+            device=device,
+            generator=generator,
+            latents=latents,
         )
         masked_image = (init_image * (1 - work_hole)).to(device=device, dtype=dtype)
         packed_mask, masked_image_latents = self.prepare_mask_latents(
-            work_hole, masked_image, total, self.latent_channels, 1, height, width, dtype, device, generator
+            mask=work_hole,
+            masked_image=masked_image,
+            batch_size=total,
+            num_channels_latents=self.latent_channels,
+            num_images_per_prompt=1,
+            height=height,
+            width=width,
+            dtype=dtype,
+            device=device,
+            generator=generator,
         )
         masked_image_latents = torch.cat((masked_image_latents, packed_mask), dim=-1)
         guidance = None
@@ -443,25 +464,12 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin):
         if output_type == "latent":  # packed, as FluxFillPipeline returns them
             return self._latents_output(latents, return_dict)
 
-        # 8. Decode: the mask-conditioned AsukaDecoder (or the plain VAE) after FLUX's unscaling
-        latents = self._unpack_latents(latents, height, width, self.vae_scale_factor)
-        decoded = self.decode_latents(latents, init_image, work_hole)
+        # 8. Decode: the mask-conditioned AsukaDecoder (or the plain VAE) after FLUX's unpacking and unscaling
+        decoded = self.decode_latents(latents, init_image, work_hole, generator=generator)
         generated = self.image_processor.denormalize(decoded.float().cpu())
 
         # 9. Paste back into the full-resolution input and convert
         return self._finish_call(start, generated, keep_unmasked)
-
-    def decode_latents(self, latents: torch.Tensor, image: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
-        """Scaled, unpacked FLUX latents to [-1, 1] pixels: `z / scaling_factor + shift_factor`, then the decoder.
-
-        `image` ([-1, 1]) and `hole` (1 = repaint) at the working size condition the AsukaDecoder; with
-        `decoder=None` the plain VAE decodes.
-        """
-        latents = latents / self.vae.config.scaling_factor + self.vae.config.shift_factor
-        if self.decoder is None:
-            return self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0]
-        device, dtype = latents.device, self.decoder.dtype
-        return self.decoder(latents.to(dtype), image.to(device, dtype), hole.to(device, dtype), return_dict=False)[0]
 
 
 def load_asuka_flux_components(

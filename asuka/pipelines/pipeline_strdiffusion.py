@@ -29,8 +29,10 @@ samples run one by one. (Evaluating it with the authors' group of min(B, 4) woul
 decisions depend on the other samples; the pipeline never does that.)
 """
 
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -117,13 +119,13 @@ class _Noise:
             return draw.to(like)
         if isinstance(self.generator, list):
             rows = [
-                randn_tensor((1, *like.shape[1:]), generator=g, device=self.device, dtype=like.dtype)
+                randn_tensor(shape=(1, *like.shape[1:]), generator=g, device=self.device, dtype=like.dtype)
                 if active is None or active[i]
                 else torch.zeros_like(like[:1])
                 for i, g in enumerate(self.generator)
             ]
             return torch.cat(rows)
-        return randn_tensor(like.shape, generator=self.generator, device=self.device, dtype=like.dtype)
+        return randn_tensor(shape=like.shape, generator=self.generator, device=self.device, dtype=like.dtype)
 
 
 class StrDiffusionPipeline(DiffusionPipeline, StepStateMixin):
@@ -211,6 +213,22 @@ class StrDiffusionPipeline(DiffusionPipeline, StepStateMixin):
             round_structure_input=round_structure_input,
         )
 
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """`DiffusionPipeline.save_pretrained`, a full folder; the ASUKA pipelines' Hub formats are refused.
+
+        `hub_format=True` would ship this file as Hub remote code, which may import only torch, diffusers, timm,
+        numpy and PIL, while the structure maps need scikit-image; `light=True` points to a frozen backbone, and
+        StrDiffusion has none (all its networks are its own).
+        """
+        refused = [f"`{name}=True`" for name in ("hub_format", "light") if kwargs.pop(name, False)]
+        if refused:
+            raise ValueError(
+                f"StrDiffusionPipeline.save_pretrained does not take {' or '.join(refused)}: its code needs "
+                "scikit-image, which Hub remote code may not import, and it has no frozen backbone to point to; "
+                "accepted: `save_pretrained(folder)` (a full folder) with DiffusionPipeline's arguments."
+            )
+        super().save_pretrained(save_directory, **kwargs)
+
     # ------------------------------------------------------------------------------------ building blocks
     def _structure_step(self, xs, t, mu_s, noise, active=None):
         eps = self.structure_unet(xs, mu_s, t)
@@ -251,7 +269,7 @@ class StrDiffusionPipeline(DiffusionPipeline, StepStateMixin):
 
     # ------------------------------------------------------------------------------------------- sampler
     @torch.no_grad()
-    @replace_example_docstring(EXAMPLE_DOC_STRING)
+    @replace_example_docstring(example_docstring=EXAMPLE_DOC_STRING)
     def __call__(
         self,
         image: ImageInput,

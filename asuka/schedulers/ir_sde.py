@@ -105,7 +105,7 @@ class IRSDEScheduler(SchedulerMixin, ConfigMixin):
             if noise.shape != like.shape:
                 raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(like.shape)}.")
             return noise
-        return randn_tensor(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+        return randn_tensor(shape=like.shape, generator=generator, device=like.device, dtype=like.dtype)
 
     def _dt(self, like: torch.Tensor) -> torch.Tensor:
         return self.dt.to(device=like.device, dtype=like.dtype)

@@ -113,7 +113,7 @@ def log_validation(
         return None
     size = rows[0][0].size
     cells = [cell.resize(size) for row in rows for cell in row]
-    grid = make_image_grid(cells, rows=len(rows), cols=len(rows[0]))
+    grid = make_image_grid(images=cells, rows=len(rows), cols=len(rows[0]))
     folder = Path(args.output_dir) / "validation"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}-{global_step:07d}.png"

@@ -92,7 +92,7 @@ def make_lr_scheduler(
     from diffusers.optimization import get_scheduler
 
     return get_scheduler(
-        args.lr_scheduler,
+        name=args.lr_scheduler,
         optimizer=optimizer,
         num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
         num_training_steps=max_train_steps * accelerator.num_processes,
