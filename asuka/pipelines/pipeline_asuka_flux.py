@@ -247,7 +247,9 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin, As
         encoder = self.masked_image_encoder
         if encoder is not None:
             encoded = encoder.encode(masked_image.to(dtype=encoder.dtype))
-            masked_image = retrieve_latents(encoded, generator=generator)  # diffusers' code takes latents as they are
+            masked_image = retrieve_latents(
+                encoder_output=encoded, generator=generator
+            )  # diffusers' code takes latents as they are
         return FluxFillPipeline.prepare_mask_latents(
             self,
             mask=mask,
