@@ -21,6 +21,164 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def _check_resize_inputs(images: torch.Tensor, size: tuple[int, int]) -> tuple[int, int]:
+    """`size` as a (height, width) pair, after checking that `images` is a (B, C, H, W) float tensor."""
+    if not isinstance(images, torch.Tensor) or not images.is_floating_point() or images.ndim != 4:
+        got = f"{tuple(images.shape)} {images.dtype}" if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"`images` must be a float tensor of shape (B, C, H, W), got {got}.")
+    if images.shape[-2] == 0 or images.shape[-1] == 0:
+        raise ValueError(f"`images` must be non-empty, got shape {tuple(images.shape)}.")
+    if len(size) != 2 or not all(isinstance(side, int) and side > 0 for side in size):
+        raise ValueError(f"`size` must be (height, width), two positive integers, got {size!r}.")
+    return int(size[0]), int(size[1])
+
+
+def _two_tap_table(src: int, dst: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """OpenCV's `INTER_AREA` rule along an axis of an image that grows on some axis: output pixel `d` blends source
+    pixels `low` and `high` (clamped to the border), the latter by the float32 `fraction` of the output pixel that its
+    cell spends past `low`."""
+    inv_scale = dst / src
+    scale = 1 / inv_scale  # from the inverse, in double precision, as OpenCV computes it
+    out = torch.arange(dst, dtype=torch.float64)
+    left = (out * scale).floor()
+    fraction = ((out + 1) - (left + 1) * inv_scale).float()  # float32 in OpenCV, then wrapped to [0, 1)
+    fraction = torch.where(fraction <= 0, 0.0, fraction - fraction.floor())
+    return left.clamp(0, src - 1).long(), (left + 1).clamp(0, src - 1).long(), fraction
+
+
+def _area_weights(src: int, dst: int, shrink: bool) -> torch.Tensor:
+    """The (dst, src) float32 weights of OpenCV's `INTER_AREA` along one axis (computed in float64, stored in float32
+    as OpenCV stores them).
+
+    With `shrink` (no axis of the image grows), output pixel `d` is the mean of the source cell `[d * scale,
+    (d + 1) * scale)`, the pixels cut by its edges weighted by the part they cover (an edge within 1e-3 of a pixel
+    border counts as on it); otherwise `_two_tap_table`'s blend of two neighbours.
+    """
+    if not shrink:
+        low, high, fraction = _two_tap_table(src, dst)
+        return (1 - fraction)[:, None] * F.one_hot(low, src) + fraction[:, None] * F.one_hot(high, src)
+    scale = 1 / (dst / src)
+    start = torch.arange(dst, dtype=torch.float64)[:, None] * scale
+    source = torch.arange(src, dtype=torch.float64)[None, :]
+    end = start + scale
+    cell = (src - start).clamp(max=scale)
+    last = end.floor().clamp(max=src - 1)
+    first = torch.minimum(start.ceil(), last)
+    head = torch.where(first - start > 1e-3, (first - start) / cell, 0.0)
+    tail = torch.where(end - last > 1e-3, (end - last).clamp(max=1).minimum(cell) / cell, 0.0)
+    inner = ((source >= first) & (source < last)) / cell
+    return (inner + head * (source == first - 1) + tail * (source == last)).float()
+
+
+def resize_area(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize `images` (B, C, H, W) to `size` (height, width) as `cv2.resize(..., interpolation=cv2.INTER_AREA)` does
+    on float images.
+
+    The reference prepares the MAE input with OpenCV, so this is OpenCV's rule, for any size and aspect ratio: area
+    averaging when no side grows, else OpenCV's two-tap area interpolation on both axes (also when only one side
+    grows). Two weight matrices applied by matrix products: any device and float dtype, differentiable. An image
+    already at `size` is returned as is (OpenCV copies it).
+    """
+    height, width = _check_resize_inputs(images, size)
+    if tuple(images.shape[-2:]) == (height, width):
+        return images
+    shrink = height <= images.shape[-2] and width <= images.shape[-1]
+    rows = _area_weights(images.shape[-2], height, shrink).to(images.device, images.dtype)
+    cols = _area_weights(images.shape[-1], width, shrink).to(images.device, images.dtype)
+    return rows @ images @ cols.T
+
+
+def resize_nearest(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize `images` (B, C, H, W) to `size` (height, width) as `cv2.resize(..., interpolation=cv2.INTER_NEAREST)`:
+    output pixel `d` of an axis takes source pixel `min(floor(d * src / dst), src - 1)`, the ratio computed as
+    OpenCV does."""
+    height, width = _check_resize_inputs(images, size)
+    if tuple(images.shape[-2:]) == (height, width):
+        return images
+
+    def index(src: int, dst: int) -> torch.Tensor:
+        positions = torch.arange(dst, dtype=torch.float64) * (1 / (dst / src))
+        return positions.floor().clamp(max=src - 1).long().to(images.device)
+
+    rows, cols = index(images.shape[-2], height), index(images.shape[-1], width)
+    return images.index_select(-2, rows).index_select(-1, cols)
+
+
+def _opencv_integer_factor(src: int, dst: int) -> int | None:
+    """`src / dst` when OpenCV takes it as an integer shrink factor (its `is_area_fast` test), else None."""
+    scale = 1 / (dst / src)
+    return round(scale) if abs(scale - round(scale)) < 2.220446049250313e-16 else None
+
+
+def _sum_area_taps(values: torch.Tensor, dim: int, src: int, dst: int) -> torch.Tensor:
+    """`values` shrunk along `dim` (-1 or -2) by OpenCV's area weights, the taps of each output pixel added one after
+    the other in float32, in OpenCV's order, so that sums that tie at .5 land where OpenCV's do."""
+    weights = _area_weights(src, dst, shrink=True)
+    taps = weights != 0
+    count, first = taps.sum(dim=1), taps.int().argmax(dim=1)
+    shape = (-1,) if dim == -1 else (-1, 1)
+    total = values.new_zeros(())
+    for k in range(int(count.max())):
+        index = (first + k).clamp(max=src - 1)
+        weight = weights.gather(1, index[:, None])[:, 0] * (k < count)  # 0 once a pixel's taps are used up
+        total = total + values.index_select(dim, index.to(values.device)) * weight.view(shape).to(values.device)
+    return total
+
+
+def _fixed_point_taps(src: int, dst: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """`_two_tap_table` with the weights in OpenCV's 11-bit fixed point: low, high, low weight, high weight."""
+    low, high, fraction = _two_tap_table(src, dst)
+    weights = [((1 - fraction) * 2048).round().long(), (fraction * 2048).round().long()]
+    return tuple(t.to(device) for t in (low, high, *weights))
+
+
+def _area_uint8(levels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """OpenCV's `INTER_AREA` of 8-bit levels (a float tensor of integers in [0, 255]) computed with OpenCV's 8-bit
+    arithmetic, so the result is OpenCV's bytes. OpenCV has three paths:
+
+    - integer factors on both axes: block sums times `1 / area` in float32, rounded to even; halving both sides of
+      1, 3 or 4 channels (its vector path) rounds `(sum + 2) >> 2` instead;
+    - other shrinks: float32 sums of the taps in OpenCV's order, horizontal first, rounded to even;
+    - an axis grows: 11-bit fixed-point taps, the horizontal pass exact, the vertical blend at the precision of
+      OpenCV's vector code (`((h >> 4) * beta) >> 16` per tap, then `(sum + 2) >> 2`).
+    """
+    (src_h, src_w), (height, width) = levels.shape[-2:], size
+    if height <= src_h and width <= src_w:
+        factor_y, factor_x = _opencv_integer_factor(src_h, height), _opencv_integer_factor(src_w, width)
+        if factor_y is not None and factor_x is not None:
+            sums = levels.unflatten(-1, (width, factor_x)).unflatten(-3, (height, factor_y)).sum(dim=(-3, -1))
+            if factor_y == factor_x == 2 and levels.shape[-3] in (1, 3, 4):
+                return ((sums + 2) / 4).floor()
+            return (sums * torch.tensor(1 / (factor_y * factor_x), dtype=torch.float32)).round()
+        return _sum_area_taps(_sum_area_taps(levels, -1, src_w, width), -2, src_h, height).round()
+    ints = levels.long()
+    low, high, w_low, w_high = _fixed_point_taps(src_w, width, ints.device)
+    rows = ints.index_select(-1, low) * w_low + ints.index_select(-1, high) * w_high
+    low, high, w_low, w_high = _fixed_point_taps(src_h, height, ints.device)
+    blend = (((rows.index_select(-2, low) >> 4) * w_low[:, None]) >> 16) + (
+        ((rows.index_select(-2, high) >> 4) * w_high[:, None]) >> 16
+    )
+    return ((blend + 2) >> 2).clamp(0, 255).to(levels.dtype)
+
+
+def resize_area_8bit(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize `images` (B, C, H, W) in [0, 1] to `size` (height, width) as `cv2.resize(..., cv2.INTER_AREA)` resizes
+    the `uint8` image they were read from.
+
+    An image counts as 8-bit when every value lies within 1e-3 of a 1/255 step (as `uint8 / 255` in float32 does);
+    its levels are then resized with OpenCV's own 8-bit arithmetic and rounding, so the result is OpenCV's bytes
+    divided by 255. Any other image (decided per image) is resized as it is, by `resize_area`. Rounding stops
+    gradients: this is for inference. An image already at `size` is returned as is.
+    """
+    height, width = _check_resize_inputs(images, size)
+    if tuple(images.shape[-2:]) == (height, width):
+        return images
+    levels = images * 255
+    on_grid = ((levels - levels.round()).abs() < 1e-3).flatten(1).all(dim=1).view(-1, 1, 1, 1)
+    opencv_bytes = _area_uint8(levels.round().float(), (height, width)).to(images.dtype)
+    return torch.where(on_grid, opencv_bytes / 255, resize_area(images, (height, width)))
+
+
 @dataclass
 class AsukaMAEOutput(BaseOutput):
     """Output of [`AsukaMAE`].
@@ -62,7 +220,8 @@ class AsukaMAE(ModelMixin, ConfigMixin):
     Input handling (done inside the model, so callers pass plain images):
     1. `mask` is binarised (`>= 0.5` is hole) and the hole is zeroed in `image` at the input resolution, so
        nothing downstream can see hole pixels.
-    2. Both are resized to `image_size` (area interpolation for the image, nearest for the mask).
+    2. Both are resized to `image_size` as OpenCV's `INTER_AREA` (image) and `INTER_NEAREST` (mask) resize, which the
+       reference's input preparation uses (`resize_area`, `resize_nearest`).
     3. The image is ImageNet-normalised and the hole set to 0 again.
 
     Masking: a patch is masked when its area-averaged mask is > 0. In the encoder no token attends to masked
@@ -166,9 +325,7 @@ class AsukaMAE(ModelMixin, ConfigMixin):
         hole = (mask.to(device=self.device) >= 0.5).to(self.dtype)
         image = image * (1 - hole)
         size = (self.config.image_size, self.config.image_size)
-        if image.shape[2:] != size:
-            image = F.interpolate(image, size=size, mode="area")
-            hole = F.interpolate(hole, size=size, mode="nearest")
+        image, hole = resize_area(image, size), resize_nearest(hole, size)
         mean = image.new_tensor(IMAGENET_MEAN).view(1, -1, 1, 1)
         std = image.new_tensor(IMAGENET_STD).view(1, -1, 1, 1)
         return (image - mean) / std * (1 - hole), hole
