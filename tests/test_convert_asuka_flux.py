@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from seeded import FIXTURES, MAE_SINCOS_KEYS, load_checkpoint_keys, seeded_state_dict
+from seeded import FIXTURES, MAE_SINCOS_KEYS, load_checkpoint_keys, relative_error, seeded_state_dict
 
 from asuka.convert.__main__ import main as convert_cli
 from asuka.convert.asuka_flux import RELEASE_FILES, resolve_release, write_components
@@ -26,10 +26,6 @@ DECODER_KEYS = "asuka_decoder.ckpt:state_dict (each key prefixed 'decoder.')"
 NARROW = 128  # stands in for T5's 4096
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual - expected).norm() / expected.norm()).item()
 
 
 def narrow_t5_keys(width: int):

@@ -3,22 +3,29 @@
 Ships to the Hub as remote code: imports only torch, diffusers, timm, numpy, PIL and the stdlib.
 """
 
+import os
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
-from diffusers.utils import BaseOutput
+from diffusers.utils import BaseOutput, logging
 from diffusers.utils.accelerate_utils import apply_forward_hook
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 from torch import nn
 
 
+logger = logging.get_logger(__name__)
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: The orders in which `AsukaMAE` makes its input at `image_size` (see its docstring).
+INPUT_PREPROCESSING = ("visible", "reference")
 
 
 def _check_resize_inputs(images: torch.Tensor, size: tuple[int, int]) -> tuple[int, int]:
@@ -213,22 +220,32 @@ def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int) -> torch.Tensor:
     return torch.cat([encode(cols), encode(rows)], dim=1).float().unsqueeze(0)
 
 
+def _check_input_preprocessing(value: str, name: str) -> None:
+    if value not in INPUT_PREPROCESSING:
+        raise ValueError(f"`{name}` is {value!r}; accepted: {', '.join(map(repr, INPUT_PREPROCESSING))}.")
+
+
 class AsukaMAE(ModelMixin, ConfigMixin):
     r"""
     ASUKA's inpainting MAE (ViT encoder + ViT decoder, no cls token), as released for ASUKA-FLUX.
 
-    Input handling (done inside the model, so callers pass plain images):
-    1. `mask` is binarised (`>= 0.5` is hole) and the hole is zeroed in `image` at the input resolution, so
-       nothing downstream can see hole pixels.
-    2. Both are resized to `image_size` as OpenCV's `INTER_AREA` (image) and `INTER_NEAREST` (mask) resize, which the
-       reference's input preparation uses (`resize_area`, `resize_nearest`).
-    3. The image is ImageNet-normalised and the hole set to 0 again.
+    Input handling (done inside the model, so callers pass plain images in [0, 1] of any size), in one of two orders
+    named by `input_preprocessing` (a call may override it):
+    - `"visible"`: `mask` is binarised (`>= 0.5` is hole) and the hole zeroed at the input resolution, so nothing
+      downstream sees hole pixels; image and mask are resized to `image_size` (`resize_area`, `resize_nearest`), the
+      image ImageNet-normalised and the hole zeroed again. The prior depends on visible pixels only. What this
+      project's training makes.
+    - `"reference"`: the authors' release (`prepare_data`): the image is resized with its hole content present
+      (`resize_area_8bit`: OpenCV's bytes for an image on the 1/255 grid, as read from a `uint8` file), the mask is
+      resized nearest and kept as given (not binarised), the normalised image is zeroed where the resized mask is
+      `>= 0.5`, and the resized mask is what the model goes on with. The release's numbers come from this order.
+    Both resizes are OpenCV's (`INTER_AREA`, `INTER_NEAREST`), in torch; an input at `image_size` is not resized.
 
     Masking: a patch is masked when its area-averaged mask is > 0. In the encoder no token attends to masked
     tokens (a sample with no visible token attends freely: its encoder output is discarded anyway). The decoder
     replaces masked tokens by `mask_token`; partially masked patches become `t * alpha + e * (1 - alpha)` with
-    `e = decoder_patch_embed(cat(x, mask))` on the normalised, hole-zeroed image `x`. The decoder attends to all
-    tokens. Hence the prior depends only on visible pixels and is finite for empty and full masks.
+    `e = decoder_patch_embed(cat(x * (1 - mask), mask))` on the normalised, hole-zeroed image `x`. The decoder
+    attends to all tokens. The prior is finite for empty and full masks.
 
     Parameters:
         image_size (`int`, *optional*, defaults to 256): Working resolution of the ViT.
@@ -243,6 +260,8 @@ class AsukaMAE(ModelMixin, ConfigMixin):
         mlp_ratio (`float`, *optional*, defaults to 4.0): MLP expansion of every block.
         norm_eps (`float`, *optional*, defaults to 1e-6): LayerNorm epsilon.
         prior_layer (`int`, *optional*, defaults to 6): Number of decoder blocks run before the prior is read.
+        input_preprocessing (`str`, *optional*, defaults to `"visible"`): How the input is made, `"visible"` or
+            `"reference"` (see above). A saved config without it loads as `"visible"`, with a warning.
     """
 
     # Same shape as the other components' config signatures (boilerplate): the config is these arguments (diffusers).
@@ -261,8 +280,10 @@ class AsukaMAE(ModelMixin, ConfigMixin):
         mlp_ratio: float = 4.0,
         norm_eps: float = 1e-6,
         prior_layer: int = 6,
+        input_preprocessing: str = "visible",
     ):
         super().__init__()
+        _check_input_preprocessing(input_preprocessing, "input_preprocessing")
         if image_size % patch_size != 0:
             raise ValueError(f"`image_size` ({image_size}) must be a multiple of `patch_size` ({patch_size}).")
         if not 0 <= prior_layer <= decoder_depth:
@@ -318,17 +339,47 @@ class AsukaMAE(ModelMixin, ConfigMixin):
         if image.shape[0] == 0 or image.shape[2] == 0 or image.shape[3] == 0:
             raise ValueError(f"`image` must be non-empty, got shape {tuple(image.shape)}.")
 
-    def preprocess(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return the normalised, hole-zeroed image and the binary hole mask, both at `image_size`."""
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> "AsukaMAE":
+        """`ModelMixin.from_pretrained`, warning when the saved config predates `input_preprocessing`."""
+        loaded = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        model = loaded[0] if kwargs.get("output_loading_info") else loaded
+        if "input_preprocessing" in model.config.get("_use_default_values", ()):
+            logger.warning(
+                f"The AsukaMAE config of {pretrained_model_name_or_path} has no `input_preprocessing`; it loads as "
+                '"visible". A folder converted from the ASUKA-FLUX release wants "reference": convert it again with '
+                "`python -m asuka.convert asuka-flux --release yikaiwang/ASUKA-FLUX.1-Fill --out DIR`."
+            )
+        return loaded
+
+    def resolve_input_preprocessing(self, mae_input_preprocessing: str | None = None) -> str:
+        """The input order of a call given `mae_input_preprocessing`: that value, or the config's when it is None; a
+        `ValueError` for any other value (the pipelines check their argument with it)."""
+        if mae_input_preprocessing is None:
+            return self.config.input_preprocessing
+        _check_input_preprocessing(mae_input_preprocessing, "mae_input_preprocessing")
+        return mae_input_preprocessing
+
+    def preprocess(
+        self, image: torch.Tensor, mask: torch.Tensor, mae_input_preprocessing: str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The MAE input at `image_size`: the normalised image with the hole zeroed, and the mask the model goes on
+        with (binary for `"visible"`, as given for `"reference"`); `mae_input_preprocessing=None` uses the config's
+        order. Resized in float32 at least, then cast to the model's dtype."""
+        preprocessing = self.resolve_input_preprocessing(mae_input_preprocessing)
         self._check_inputs(image, mask)
-        image = image.to(device=self.device, dtype=self.dtype)
-        hole = (mask.to(device=self.device) >= 0.5).to(self.dtype)
-        image = image * (1 - hole)
+        dtype = torch.promote_types(self.dtype, torch.float32)
+        image, mask = image.to(self.device, dtype), mask.to(self.device, dtype)
         size = (self.config.image_size, self.config.image_size)
-        image, hole = resize_area(image, size), resize_nearest(hole, size)
+        if preprocessing == "visible":
+            mask = (mask >= 0.5).to(dtype)
+            image = resize_area(image * (1 - mask), size)
+        else:
+            image = resize_area_8bit(image, size)
+        mask = resize_nearest(mask, size)
         mean = image.new_tensor(IMAGENET_MEAN).view(1, -1, 1, 1)
         std = image.new_tensor(IMAGENET_STD).view(1, -1, 1, 1)
-        return (image - mean) / std * (1 - hole), hole
+        return ((image - mean) / std * (mask < 0.5)).to(self.dtype), mask.to(self.dtype)
 
     def _unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
         p, c = self.config.patch_size, self.config.in_channels
@@ -337,11 +388,11 @@ class AsukaMAE(ModelMixin, ConfigMixin):
         return torch.einsum("nhwpqc->nchpwq", patches).reshape(patches.shape[0], c, g * p, g * p)
 
     def _run(
-        self, image: torch.Tensor, mask: torch.Tensor, reconstruct: bool
+        self, image: torch.Tensor, mask: torch.Tensor, mae_input_preprocessing: str | None, reconstruct: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x, hole = self.preprocess(image, mask)
+        x, mask = self.preprocess(image, mask, mae_input_preprocessing)
         grid = self.config.image_size // self.config.patch_size
-        coverage = F.interpolate(hole, size=(grid, grid), mode="area").flatten(1)  # hole fraction per patch
+        coverage = F.interpolate(mask, size=(grid, grid), mode="area").flatten(1)  # hole fraction per patch
         masked = coverage > 0
         partial_masked = masked & (coverage < 1)
 
@@ -357,7 +408,7 @@ class AsukaMAE(ModelMixin, ConfigMixin):
         # 2. decoder entry: mask tokens, partial patches blended with a 4-channel embedding of the visible pixels
         h = torch.where(masked[..., None], self.mask_token.to(h.dtype), h)
         alpha = self.alpha.clamp(0.0, 1.0)
-        embedded = self.decoder_patch_embed(torch.cat([x, hole], dim=1))
+        embedded = self.decoder_patch_embed(torch.cat([x * (1 - mask), mask], dim=1))
         h = torch.where(partial_masked[..., None], h * alpha + embedded * (1 - alpha), h)
         h = h + self.decoder_pos_embed
 
@@ -376,21 +427,31 @@ class AsukaMAE(ModelMixin, ConfigMixin):
         return prior, reconstruction * std + mean
 
     @apply_forward_hook  # so `enable_model_cpu_offload` moves the MAE to the accelerator for this non-forward entry
-    def prior(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def prior(
+        self, image: torch.Tensor, mask: torch.Tensor, mae_input_preprocessing: str | None = None
+    ) -> torch.Tensor:
         """The generation prior `(B, num_patches, decoder_embed_dim)` of `image` (B, 3, H, W) in [0, 1] and
-        `mask` (B, 1, H, W), 1 = hole. Any H, W; depends only on pixels outside the hole."""
-        return self._run(image, mask, reconstruct=False)[0]
+        `mask` (B, 1, H, W), 1 = hole, of any H, W. `mae_input_preprocessing` (`"visible"`, `"reference"`) overrides
+        the config's order of input handling for this call."""
+        return self._run(image, mask, mae_input_preprocessing, reconstruct=False)[0]
 
     @apply_forward_hook
-    def reconstruct(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The MAE's pixel estimate `(B, 3, image_size, image_size)` in [0, 1] pixel space (not clamped)."""
-        return self._run(image, mask, reconstruct=True)[1]
+    def reconstruct(
+        self, image: torch.Tensor, mask: torch.Tensor, mae_input_preprocessing: str | None = None
+    ) -> torch.Tensor:
+        """The MAE's pixel estimate `(B, 3, image_size, image_size)` in [0, 1] pixel space (not clamped); arguments
+        as [`~AsukaMAE.prior`]."""
+        return self._run(image, mask, mae_input_preprocessing, reconstruct=True)[1]
 
     def forward(
-        self, image: torch.Tensor, mask: torch.Tensor, return_dict: bool = True
+        self,
+        image: torch.Tensor,
+        mask: torch.Tensor,
+        return_dict: bool = True,
+        mae_input_preprocessing: str | None = None,
     ) -> AsukaMAEOutput | tuple[torch.Tensor, torch.Tensor]:
         """Prior and reconstruction in one pass; see [`~AsukaMAE.prior`] and [`~AsukaMAE.reconstruct`]."""
-        prior, reconstruction = self._run(image, mask, reconstruct=True)
+        prior, reconstruction = self._run(image, mask, mae_input_preprocessing, reconstruct=True)
         if not return_dict:
             return prior, reconstruction
         return AsukaMAEOutput(prior=prior, reconstruction=reconstruction)
