@@ -137,6 +137,12 @@ def test_converted_folder_loads_as_pipeline_components(converted):
     assert sorted(components) == ["decoder", "mae", "pooled_aligner", "token_aligner"]
 
 
+def test_the_converted_mae_reads_images_as_the_release_does(converted):
+    """The release's numbers come from its own input order, so the converted MAE is configured with it."""
+    assert json.loads((converted / "mae" / "config.json").read_text())["input_preprocessing"] == "reference"
+    assert AsukaMAE.from_pretrained(converted / "mae").config.input_preprocessing == "reference"
+
+
 # ------------------------------------------------------------------------------------------ errors
 
 
