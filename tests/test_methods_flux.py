@@ -1,5 +1,7 @@
 """The FLUX methods (asuka.methods.flux), in tiny (offline) mode."""
 
+import json
+
 import numpy as np
 import PIL.Image
 
@@ -26,3 +28,23 @@ def test_asuka_flux_and_flux_fill_are_registered_and_run_tiny():
         assert np.array_equal(np.asarray(result.image)[keep], np.asarray(req.image)[keep])
         if name == "asuka-flux":
             assert result.reconstruction.size == req.image.size
+
+
+def test_a_cached_release_conversion_is_redone_when_it_predates_the_mae_input_order(tmp_path, monkeypatch):
+    """The app converts the release into its cache once; a conversion whose MAE config lacks `input_preprocessing`
+    would load as "visible", so it is converted again (into the release's "reference")."""
+    import asuka.convert.asuka_flux
+    from asuka.methods.flux import converted_release
+
+    monkeypatch.setenv("ASUKA_CACHE", str(tmp_path))
+    conversions = []
+    monkeypatch.setattr(asuka.convert.asuka_flux, "convert_asuka_flux", lambda *args, **kwargs: conversions.append(1))
+    out = converted_release("owner/release")
+    assert len(conversions) == 1  # nothing cached yet
+    for name, config in (("decoder", {}), ("mae", {"input_preprocessing": "reference"})):
+        (out / name).mkdir(parents=True)
+        (out / name / "config.json").write_text(json.dumps(config))
+    assert converted_release("owner/release") == out and len(conversions) == 1  # current: reused
+    (out / "mae" / "config.json").write_text("{}")  # written before the MAE had an input order
+    converted_release("owner/release")
+    assert len(conversions) == 2

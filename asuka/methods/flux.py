@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -36,11 +37,14 @@ def asuka_cache_dir() -> Path:
 
 
 def converted_release(model: str) -> Path:
-    """The authors' release at `model` (Hub repo or folder) converted into the cache, once."""
+    """The authors' release at `model` (Hub repo or folder) converted into the cache, once; again when the cached
+    conversion predates the MAE's `input_preprocessing` (it would load as "visible", not the release's order)."""
     from asuka.convert.asuka_flux import convert_asuka_flux
 
     out = asuka_cache_dir() / f"asuka-flux-{hashlib.sha256(str(model).encode()).hexdigest()[:12]}"
-    if not (out / "decoder" / "config.json").is_file():
+    mae_config = out / "mae" / "config.json"
+    current = (out / "decoder" / "config.json").is_file() and mae_config.is_file()
+    if not current or "input_preprocessing" not in json.loads(mae_config.read_text()):
         convert_asuka_flux(model, out, overwrite=True)
     return out
 
