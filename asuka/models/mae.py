@@ -4,6 +4,7 @@ Ships to the Hub as remote code: imports only torch, diffusers, timm, numpy, PIL
 """
 
 import os
+import sys
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -114,7 +115,7 @@ def resize_nearest(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def _opencv_integer_factor(src: int, dst: int) -> int | None:
     """`src / dst` when OpenCV takes it as an integer shrink factor (its `is_area_fast` test), else None."""
     scale = 1 / (dst / src)
-    return round(scale) if abs(scale - round(scale)) < 2.220446049250313e-16 else None
+    return round(scale) if abs(scale - round(scale)) < sys.float_info.epsilon else None
 
 
 def _sum_area_taps(values: torch.Tensor, dim: int, src: int, dst: int) -> torch.Tensor:
