@@ -275,6 +275,16 @@ def assert_light_layout(light: Path, full: Path, backbone_id: str, denoiser: str
     assert light_size < full_size - folder_bytes(full / denoiser) + 1
 
 
+def assert_light_repo_keeps_the_mae_input_order(kind: str, pipeline_class: type, backbone: Path, tmp_path: Path):
+    """Both MAE input orders survive a light repo: written into `mae/config.json`, read back by `from_pretrained`."""
+    for order in ("visible", "reference"):
+        pipe = make_tiny_pipeline(kind)
+        pipe.mae.register_to_config(input_preprocessing=order)
+        pipe.save_pretrained(tmp_path / order, light=True, backbone=str(backbone))
+        assert json.loads((tmp_path / order / "mae" / "config.json").read_text())["input_preprocessing"] == order
+        assert pipeline_class.from_pretrained(tmp_path / order).mae.config.input_preprocessing == order
+
+
 def light_repo_without(pipe, backbone: Path, component: str, tmp_path: Path) -> tuple[Path, Path]:
     """`pipe` saved light against a copy of `backbone` that lacks `component`: (light folder, broken backbone)."""
     broken = tmp_path / f"backbone-without-{component}"

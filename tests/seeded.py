@@ -22,6 +22,11 @@ CHECKPOINT_KEYS = FIXTURES / "asuka_flux_checkpoint_keys.json"
 MAE_SINCOS_KEYS = ("pos_embed", "decoder_pos_embed")
 
 
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """`||actual - expected|| / ||expected||`, the agreement measure of the golden tests."""
+    return float((actual - expected).norm() / expected.norm())
+
+
 def load_checkpoint_keys(name: str) -> list[tuple[str, list[int]]]:
     """Ordered `(key, shape)` pairs of one released file, e.g. `"mae_300.pth:model"`."""
     with open(CHECKPOINT_KEYS) as f:

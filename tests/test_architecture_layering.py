@@ -168,3 +168,19 @@ def test_checker_accepts_downward_and_own_private_imports(tmp_path):
     file.parent.mkdir(parents=True)
     file.write_text("from asuka.models import AsukaMAE\nfrom .steps import plan\n_x = 1\nprint(_x)\n")
     assert violations(tmp_path, [file]) == []
+
+
+def test_opencv_is_a_test_dependency_only():
+    """The MAE reproduces OpenCV's resizes in torch: `cv2` is the tests' reference, never imported by the project."""
+    importers = []
+    for path in project_files():
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                modules = [node.module or ""]
+            else:
+                continue
+            if any(module.split(".")[0] == "cv2" for module in modules):
+                importers.append(str(path.relative_to(ROOT)))
+    assert not importers, f"cv2 imported by {importers}"

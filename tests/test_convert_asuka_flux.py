@@ -18,7 +18,14 @@ from diffusers import FluxFillPipeline
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 from hub_helpers import BACKBONE_SHA, hub_cache
 from safetensors.torch import load_file
-from seeded import FIXTURES, MAE_SINCOS_KEYS, bfl_encoder_keys, load_checkpoint_keys, seeded_state_dict
+from seeded import (
+    FIXTURES,
+    MAE_SINCOS_KEYS,
+    bfl_encoder_keys,
+    load_checkpoint_keys,
+    relative_error,
+    seeded_state_dict,
+)
 
 from asuka import AsukaFluxPipeline
 from asuka.convert.__main__ import main as convert_cli
@@ -35,10 +42,6 @@ DECODER_KEYS = "asuka_decoder.ckpt:state_dict (each key prefixed 'decoder.')"
 NARROW = 128  # stands in for T5's 4096
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual - expected).norm() / expected.norm()).item()
 
 
 def narrow_t5_keys(width: int):
@@ -285,6 +288,12 @@ def test_encoder_different_from_the_cached_backbones_is_stored_and_used(tiny_rel
         assert isinstance(loaded.masked_image_encoder, AsukaVAEEncoder)
         assert torch.equal(mask_latents(loaded), expected)
         assert not torch.equal(mask_latents(flux_fill_pipeline(loaded.components)), expected)  # the backbone's VAE
+
+
+def test_the_converted_mae_reads_images_as_the_release_does(converted):
+    """The release's numbers come from its own input order, so the converted MAE is configured with it."""
+    assert json.loads((converted / "mae" / "config.json").read_text())["input_preprocessing"] == "reference"
+    assert AsukaMAE.from_pretrained(converted / "mae").config.input_preprocessing == "reference"
 
 
 # ------------------------------------------------------------------------------------------ errors

@@ -7,16 +7,12 @@ seeded weights; `seeded.seeded_state_dict` rebuilds those weights in the release
 import pytest
 import torch
 from safetensors.torch import load_file
-from seeded import FIXTURES, MAE_SINCOS_KEYS, load_checkpoint_keys, seeded_state_dict
+from seeded import FIXTURES, MAE_SINCOS_KEYS, load_checkpoint_keys, relative_error, seeded_state_dict
 
 from asuka.convert.asuka_flux_keys import convert_aligner_state_dict, convert_mae_state_dict
 from asuka.models import AsukaAligner, AsukaMAE
 from asuka.models.mae import IMAGENET_MEAN, IMAGENET_STD
 from asuka.testing.mae import TINY_MAE_CONFIG
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return float((actual - expected).norm() / expected.norm())
 
 
 def test_mae_matches_reference():

@@ -16,6 +16,7 @@ from hub_helpers import (
     FLUX_BACKBONE_CLASSES,
     assert_backbone_loaded_from_pointer,
     assert_light_layout,
+    assert_light_repo_keeps_the_mae_input_order,
     light_and_full_repos,
     light_repo_without,
     load_light_repo_without_asuka,
@@ -112,6 +113,10 @@ def test_a_backbone_without_the_component_names_repo_and_component(hub, tmp_path
     light, broken = light_repo_without(pipe, backbone, "transformer", tmp_path)
     with pytest.raises(ValueError, match=rf"{re.escape(str(broken))}.*`transformer`"):
         AsukaFluxPipeline.from_pretrained(light)
+
+
+def test_light_repo_keeps_the_mae_input_order(hub, tmp_path):
+    assert_light_repo_keeps_the_mae_input_order("flux", AsukaFluxPipeline, hub[3], tmp_path)
 
 
 def test_light_save_needs_a_backbone(hub, tmp_path):

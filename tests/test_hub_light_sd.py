@@ -15,6 +15,7 @@ from hub_helpers import (
     SD_BACKBONE_CLASSES,
     assert_backbone_loaded_from_pointer,
     assert_light_layout,
+    assert_light_repo_keeps_the_mae_input_order,
     light_and_full_repos,
     light_repo_without,
     load_light_repo_without_asuka,
@@ -91,6 +92,10 @@ def test_a_backbone_without_the_component_names_repo_and_component(hub, tmp_path
     light, broken = light_repo_without(pipe, backbone, "unet", tmp_path)
     with pytest.raises(ValueError, match=rf"{re.escape(str(broken))}.*`unet`"):
         AsukaPipeline.from_pretrained(light)
+
+
+def test_light_repo_keeps_the_mae_input_order(hub, tmp_path):
+    assert_light_repo_keeps_the_mae_input_order("sd", AsukaPipeline, hub[3], tmp_path)
 
 
 def test_light_save_needs_a_backbone(hub, tmp_path):

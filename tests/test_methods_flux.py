@@ -1,5 +1,7 @@
 """The FLUX methods (asuka.methods.flux), in tiny (offline) mode."""
 
+import json
+
 import numpy as np
 import PIL.Image
 
@@ -37,8 +39,9 @@ def test_the_release_is_converted_once_for_each_backbone(monkeypatch, tmp_path):
 
     def convert(model, out, overwrite, backbone):
         calls.append((model, backbone))
-        (out / "decoder").mkdir(parents=True)
-        (out / "decoder" / "config.json").write_text("{}")
+        for name, config in (("decoder", {}), ("mae", {"input_preprocessing": "reference"})):
+            (out / name).mkdir(parents=True)
+            (out / name / "config.json").write_text(json.dumps(config))
 
     monkeypatch.setenv("ASUKA_CACHE", str(tmp_path))
     monkeypatch.setattr(asuka.convert.asuka_flux, "convert_asuka_flux", convert)
@@ -46,3 +49,21 @@ def test_the_release_is_converted_once_for_each_backbone(monkeypatch, tmp_path):
     assert converted_release("release", "base-a") == first  # once
     assert converted_release("release", "base-b") != first
     assert calls == [("release", "base-a"), ("release", "base-b")]
+
+
+def test_a_cached_release_conversion_is_redone_when_it_predates_the_mae_input_order(tmp_path, monkeypatch):
+    """The app converts the release into its cache once; a conversion whose MAE config lacks `input_preprocessing`
+    would load as "visible", so it is converted again (into the release's "reference")."""
+
+    monkeypatch.setenv("ASUKA_CACHE", str(tmp_path))
+    conversions = []
+    monkeypatch.setattr(asuka.convert.asuka_flux, "convert_asuka_flux", lambda *args, **kwargs: conversions.append(1))
+    out = converted_release("owner/release", "base")
+    assert len(conversions) == 1  # nothing cached yet
+    for name, config in (("decoder", {}), ("mae", {"input_preprocessing": "reference"})):
+        (out / name).mkdir(parents=True)
+        (out / name / "config.json").write_text(json.dumps(config))
+    assert converted_release("owner/release", "base") == out and len(conversions) == 1  # current: reused
+    (out / "mae" / "config.json").write_text("{}")  # written before the MAE had an input order
+    converted_release("owner/release", "base")
+    assert len(conversions) == 2

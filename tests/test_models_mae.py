@@ -1,5 +1,8 @@
 """Unit tests of `AsukaMAE` on a tiny configuration (milliseconds per forward)."""
 
+import json
+import logging
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -173,3 +176,49 @@ def test_bad_config_raises_value_error():
         AsukaMAE(**{**TINY_MAE_CONFIG, "prior_layer": 3})
     with pytest.raises(ValueError, match="multiple"):
         AsukaMAE(**{**TINY_MAE_CONFIG, "image_size": 30})
+
+
+# ------------------------------------------------------------------------------------------ input order
+
+
+def test_input_preprocessing_is_validated_and_overridable():
+    with pytest.raises(ValueError, match="`input_preprocessing` is 'opencv'; accepted: 'visible', 'reference'"):
+        AsukaMAE(**{**TINY_MAE_CONFIG, "input_preprocessing": "opencv"})
+    model = make_tiny_mae()
+    image, mask = make_inputs(45, 19)
+    with pytest.raises(ValueError, match="`mae_input_preprocessing` is 'Reference'; accepted: 'visible', 'reference'"):
+        model.prior(image, mask, mae_input_preprocessing="Reference")
+    torch.manual_seed(0)
+    reference = AsukaMAE(**{**TINY_MAE_CONFIG, "input_preprocessing": "reference"}).eval()
+    reference.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(reference.prior(image, mask), model.prior(image, mask, "reference"))
+        assert torch.equal(reference.prior(image, mask, "visible"), model.prior(image, mask))
+        out = reference(image, mask, mae_input_preprocessing="visible")
+        assert torch.equal(out.reconstruction, model.reconstruct(image, mask))
+        # the two orders differ off the working size: the reference resizes the hole's content into the border
+        assert not torch.equal(model.prior(image, mask), model.prior(image, mask, "reference"))
+
+
+@pytest.mark.parametrize("input_preprocessing", ["visible", "reference"])
+def test_input_preprocessing_round_trips(tmp_path, input_preprocessing):
+    model = AsukaMAE(**{**TINY_MAE_CONFIG, "input_preprocessing": input_preprocessing})
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["input_preprocessing"] == input_preprocessing
+    assert AsukaMAE.from_pretrained(tmp_path).config.input_preprocessing == input_preprocessing
+
+
+def test_a_folder_without_input_preprocessing_loads_as_visible_with_a_warning(tmp_path, caplog):
+    AsukaMAE(**{**TINY_MAE_CONFIG, "input_preprocessing": "reference"}).save_pretrained(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        assert AsukaMAE.from_pretrained(tmp_path).config.input_preprocessing == "reference"
+    assert not caplog.records  # a folder that names its order loads silently
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["input_preprocessing"]  # a folder written before the option existed
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with caplog.at_level(logging.WARNING):
+        model = AsukaMAE.from_pretrained(tmp_path)
+    assert model.config.input_preprocessing == "visible"
+    (record,) = caplog.records
+    assert "input_preprocessing" in record.getMessage() and "python -m asuka.convert asuka-flux" in record.getMessage()
+    assert "\n" not in record.getMessage()

@@ -240,6 +240,7 @@ def test_decoder_gets_a_binary_mask_whatever_the_mask_values():
         ({"num_images_per_prompt": 1.5}, "`num_images_per_prompt` is 1.5; expected a positive integer"),
         ({"guidance_scale": 5.0}, "negative_prompt_embeds"),
         ({"latents": torch.zeros(1, 4, 8, 8)}, "`latents` has shape"),
+        ({"mae_input_preprocessing": "opencv"}, "`mae_input_preprocessing` is 'opencv'; accepted: 'visible'"),
     ],
 )
 def test_bad_input_raises_value_error(pipe, kwargs, message):

@@ -210,6 +210,7 @@ def test_empty_mask_returns_input(pipe):
         (dict(num_inference_steps=0), "num_inference_steps"),
         (dict(mask_image=PIL.Image.new("L", (10, 40))), "aspect"),
         (dict(callback_on_step_end_tensor_inputs=["noise_pred"]), "callback_on_step_end_tensor_inputs"),
+        (dict(mae_input_preprocessing="opencv"), "`mae_input_preprocessing` is 'opencv'; accepted: 'visible'"),
     ],
 )
 def test_bad_inputs_raise_value_error(pipe, kwargs, message):

@@ -240,6 +240,17 @@ def test_mae_script_checkpoints_resume_and_trains_partial_patch_parts(pipeline_d
     assert json.loads((output_dir / "training_args.json").read_text())["adam_beta2"] == 0.95
 
 
+def test_mae_script_writes_the_visible_input_order(pipeline_dir, image_dir, tmp_path):
+    """Training feeds the MAE the visible order, so a fine-tuned release MAE ("reference") is written as "visible"."""
+    release = tmp_path / "release_mae"
+    mae = AsukaMAE.from_pretrained(pipeline_dir, subfolder="mae")
+    mae.register_to_config(input_preprocessing="reference")
+    mae.save_pretrained(release)
+    output_dir = tmp_path / "mae"
+    train_mae.main(base_args(release, image_dir, output_dir, steps=1, validation_steps=0))
+    assert json.loads((output_dir / "config.json").read_text())["input_preprocessing"] == "visible"
+
+
 # --------------------------------------------------------------------------- decoder
 class OracleUNet(torch.nn.Module):
     """Predicts the exact noise from its input, using the clean latent it receives as masked-image condition."""

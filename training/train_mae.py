@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import asuka_training
+from asuka.models.mae import resize_area, resize_nearest
 
 
 # The model card's text (README.md of the final folder and of a pushed repo)
@@ -33,11 +34,10 @@ def masked_patch_l2(
     """Mean squared pixel error over the patches holding any hole pixel (the MAE's masked tokens).
 
     `reconstruction` (B,3,S,S) in [0,1]; `image` (B,3,H,W) in [0,1] and `mask` (B,1,H,W), 1 = hole,
-    are resized to S like the MAE's own input handling (area for the image, nearest for the mask).
+    are resized to S with the MAE's own resizes (OpenCV's area for the image, nearest for the mask).
     """
-    size = reconstruction.shape[-2:]
-    target = F.interpolate(image, size=size, mode="area") if image.shape[-2:] != size else image
-    hole = F.interpolate(mask, size=size, mode="nearest") if mask.shape[-2:] != size else mask
+    size = tuple(reconstruction.shape[-2:])
+    target, hole = resize_area(image, size), resize_nearest(mask, size)
     masked = F.max_pool2d((hole > 0.5).float(), patch_size)  # (B,1,n,n)
     per_patch = F.avg_pool2d((reconstruction.float() - target.float()).pow(2).mean(1, keepdim=True), patch_size)
     return (per_patch * masked).sum() / masked.sum().clamp(min=1.0)
@@ -71,6 +71,9 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
     accelerator = asuka_training.setup_accelerator(args)
     mae = asuka_training.load_component(AsukaMAE, args.pretrained_model_name_or_path, "mae", args.revision)
     mae.requires_grad_(True)  # all of it, alpha and decoder_patch_embed included
+    # Training feeds the "visible" input (the prior sees visible pixels only), so the MAE it writes says so, also when
+    # it starts from the release's MAE ("reference").
+    mae.register_to_config(input_preprocessing="visible")
     if args.gradient_checkpointing:
         if mae._supports_gradient_checkpointing:
             mae.enable_gradient_checkpointing()
@@ -108,9 +111,8 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
         pixels, mask = validation["pixel_values"].to(accelerator.device), validation["mask"].to(accelerator.device)
         with torch.no_grad():
             reconstruction = model.reconstruct(pixels, mask)
-        size = reconstruction.shape[-2:]
-        hole = F.interpolate(mask, size=size, mode="nearest")
-        original = F.interpolate(pixels, size=size, mode="area")
+        size = tuple(reconstruction.shape[-2:])
+        hole, original = resize_nearest(mask, size), resize_area(pixels, size)
         composite = original * (1 - hole) + reconstruction * hole
         return [
             list(row)

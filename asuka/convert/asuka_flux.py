@@ -49,6 +49,7 @@ from diffusers import AutoencoderKL
 
 from asuka.convert.asuka_flux_keys import (
     ASUKA_FLUX_DECODER_CONFIG,
+    ASUKA_FLUX_MAE_CONFIG,
     aligner_config,
     convert_aligner_state_dict,
     convert_decoder_state_dict,
@@ -133,8 +134,9 @@ def build_components(
     components: dict[str, torch.nn.Module] = {}
 
     mae_sd = tensor_state_dict(load_checkpoint(folder / MAE_FILE), MAE_FILE, "model")
-    try:  # the default AsukaMAE config is the release's ViT-B/16 at 256 pixels
-        components["mae"] = build_strict(AsukaMAE, {}, convert_mae_state_dict(mae_sd), checked=True)
+    try:
+        converted = convert_mae_state_dict(mae_sd, ASUKA_FLUX_MAE_CONFIG)
+        components["mae"] = build_strict(AsukaMAE, ASUKA_FLUX_MAE_CONFIG, converted, checked=True)
     except ValueError as error:
         raise _with_file(MAE_FILE, error) from None
     num_tokens = components["mae"].num_patches
@@ -236,7 +238,8 @@ _COMPONENT_TABLE = "\n".join(
     (
         "| folder | class | role |",
         "|---|---|---|",
-        "| `mae/` | `asuka.models.AsukaMAE` | inpainting MAE; its prior replaces the text |",
+        "| `mae/` | `asuka.models.AsukaMAE` "
+        "| inpainting MAE; its prior replaces the text; it reads images as the release does (`reference`) |",
         "| `token_aligner/` | `asuka.models.AsukaAligner` "
         "| prior -> 256x4096 tokens (in place of T5), with the null embedding `txt_256.pt` |",
         "| `pooled_aligner/` | `asuka.models.AsukaAligner` "

@@ -22,6 +22,10 @@ from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE, AsukaVAEEncoder
 
 # ---------------------------------------------------------------------------------------- MAE
 
+# `AsukaMAE` config of the FLUX.1-Fill release: the default ViT-B/16 at 256 pixels, fed as the release feeds it
+# (`prepare_data` resizes the 8-bit image with the hole content present), which the release's numbers come from.
+ASUKA_FLUX_MAE_CONFIG: dict[str, Any] = {"input_preprocessing": "reference"}
+
 
 def convert_mae_state_dict(
     state_dict: Mapping[str, Any], config: Mapping[str, Any] | None = None

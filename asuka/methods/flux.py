@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -37,12 +38,16 @@ def asuka_cache_dir() -> Path:
 
 def converted_release(model: str, base: str) -> Path:
     """The authors' release at `model` (Hub repo or folder) converted into the cache, once for each FLUX repo `base`
-    (the converter compares the release's masked-image encoder with the encoder of `base`'s VAE)."""
+    (the converter compares the release's masked-image encoder with the encoder of `base`'s VAE); again when the
+    cached conversion predates the MAE's `input_preprocessing` (it would load as "visible", not the release's).
+    """
     from asuka.convert.asuka_flux import convert_asuka_flux
 
     key = hashlib.sha256(f"{model}\n{base}".encode()).hexdigest()[:12]
     out = asuka_cache_dir() / f"asuka-flux-{key}"
-    if not (out / "decoder" / "config.json").is_file():
+    mae_config = out / "mae" / "config.json"
+    current = (out / "decoder" / "config.json").is_file() and mae_config.is_file()
+    if not current or "input_preprocessing" not in json.loads(mae_config.read_text()):
         convert_asuka_flux(model, out, overwrite=True, backbone=base)
     return out
 
@@ -79,9 +84,14 @@ def run_asuka_flux(pipeline: Any, request: InpaintRequest, progress: ProgressCal
         generator=registry.seeded_generator(request.seed),
         condition_weight=request.condition_weight,
         keep_unmasked=request.keep_unmasked,
+        mae_input_preprocessing=request.mae_input_preprocessing,
         callback_on_step_end=registry.step_callback(progress, request.steps),
     )
-    reconstruction = pipeline.mae_reconstruction(request.image, request.mask)[0] if request.reconstruction else None
+    reconstruction = (
+        pipeline.mae_reconstruction(request.image, request.mask, request.mae_input_preprocessing)[0]
+        if request.reconstruction
+        else None
+    )
     return InpaintResult(image=output.images[0], reconstruction=reconstruction)
 
 

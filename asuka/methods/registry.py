@@ -46,7 +46,8 @@ class InpaintRequest:
     """One inpainting job: an RGB image and an ``L`` mask of the same size (255 = hole).
 
     ``reconstruction`` asks methods with a prior for its reconstruction too (an extra prior pass; only the app shows
-    it).
+    it). ``mae_input_preprocessing`` is the MAE's input order for methods with one (``None``: the MAE's config); the
+    run and its reconstruction use the same.
     """
 
     image: Image.Image
@@ -57,6 +58,7 @@ class InpaintRequest:
     guidance_scale: float | None = None
     keep_unmasked: bool = True
     reconstruction: bool = False
+    mae_input_preprocessing: str | None = None
 
     @classmethod
     def from_settings(cls, image: Image.Image, mask: Image.Image, settings: Any) -> InpaintRequest:

@@ -29,10 +29,15 @@ def run_asuka_sd(pipeline: Any, request: InpaintRequest, progress: ProgressCallb
         generator=registry.seeded_generator(request.seed),
         condition_weight=request.condition_weight if has_null else None,
         keep_unmasked=request.keep_unmasked,
+        mae_input_preprocessing=request.mae_input_preprocessing,
         callback_on_step_end=registry.step_callback(progress, request.steps),
         callback_on_step_end_tensor_inputs=[],  # progress needs only the step index
     )
-    reconstruction = pipeline.mae_reconstruction(request.image, request.mask)[0] if request.reconstruction else None
+    reconstruction = (
+        pipeline.mae_reconstruction(request.image, request.mask, request.mae_input_preprocessing)[0]
+        if request.reconstruction
+        else None
+    )
     return InpaintResult(image=output.images[0], reconstruction=reconstruction)
 
 

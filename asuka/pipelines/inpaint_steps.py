@@ -218,6 +218,11 @@ class WorkingRegion:
         x0, y0, x1, y1 = self.box
         return (x1 - x0, y1 - y0) == self.size
 
+    def crop(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` (..., H, W) at the input resolution cut to the box, not resampled."""
+        x0, y0, x1, y1 = self.box
+        return tensor[..., y0:y1, x0:x1]
+
 
 def plan_working_region(
     hole: torch.Tensor, working_resolution: int, multiple: int, padding_mask_crop: int | None = None
@@ -252,8 +257,7 @@ def crop_to_working(
     image: torch.Tensor, hole: torch.Tensor, region: WorkingRegion
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Crop and resize image ([0, 1]) and hole to the working size; the working hole covers every input hole pixel."""
-    x0, y0, x1, y1 = region.box
-    image, hole = image[..., y0:y1, x0:x1], hole[..., y0:y1, x0:x1]
+    image, hole = region.crop(image), region.crop(hole)
     if region.is_identity:
         return image, hole
     work_w, work_h = region.size
@@ -333,10 +337,15 @@ def finish_output(
 
 
 @torch.no_grad()
-def mae_reconstruction(mae: torch.nn.Module, image: ImageInput, mask_image: ImageInput) -> list[PIL.Image.Image]:
-    """The MAE's own pixel estimate ("what the prior thinks"), pasted into the hole at the input's size."""
+def mae_reconstruction(
+    mae: torch.nn.Module, image: ImageInput, mask_image: ImageInput, mae_input_preprocessing: str | None = None
+) -> list[PIL.Image.Image]:
+    """The MAE's own pixel estimate ("what the prior thinks"), pasted into the hole at the input's size.
+
+    The MAE reads the input at its own resolution; `mae_input_preprocessing` is its input order (None: its config's),
+    so pass a run's value to show that run's prior."""
     image, hole = standardise_inputs(image, mask_image)
-    recon = mae.reconstruct(image.to(mae.device, mae.dtype), hole.to(mae.device, mae.dtype))
+    recon = mae.reconstruct(image, hole, mae_input_preprocessing)
     recon = F.interpolate(recon.float().cpu(), size=image.shape[-2:], mode="bicubic", align_corners=False)
     return to_output_type(torch.where(hole > 0.5, recon.clamp(0, 1), image), "pil")
 
@@ -442,6 +451,11 @@ class CallStart:
         )
         return self.region, work_image, work_hole
 
+    def input_crop(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images and holes cut to the region's box at the input resolution (after `cut_working_region`): what
+        the MAE reads, the image as it came in (as the reference reads it), not the resampled working image."""
+        return self.region.crop(self.images), self.region.crop(self.holes)
+
 
 class AsukaInpaintMixin(StepStateMixin):
     """What the ASUKA pipelines (SD and FLUX) share beyond the step state: the start and the end of a call around
@@ -499,6 +513,9 @@ class AsukaInpaintMixin(StepStateMixin):
         self.maybe_free_model_hooks()
         return AsukaPipelineOutput(images=latents) if return_dict else (latents,)
 
-    def mae_reconstruction(self, image: ImageInput, mask_image: ImageInput) -> list[PIL.Image.Image]:
-        """The MAE's own pixel estimate ("what the prior thinks"), pasted into the hole at the input's size."""
-        return mae_reconstruction(self.mae, image, mask_image)
+    def mae_reconstruction(
+        self, image: ImageInput, mask_image: ImageInput, mae_input_preprocessing: str | None = None
+    ) -> list[PIL.Image.Image]:
+        """The MAE's own pixel estimate ("what the prior thinks"), pasted into the hole at the input's size; pass the
+        run's `mae_input_preprocessing` to see that run's prior."""
+        return mae_reconstruction(self.mae, image, mask_image, mae_input_preprocessing)

@@ -111,6 +111,7 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
         negative_prompt_embeds: torch.Tensor | None,
         callback_on_step_end_tensor_inputs: list[str],
         working_resolution: int,
+        mae_input_preprocessing: str | None = None,
     ) -> None:
         self._check_common_inputs(
             output_type,
@@ -118,6 +119,7 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
             callback_on_step_end_tensor_inputs,
         )
         self._check_working_resolution(working_resolution, self.vae_scale_factor)
+        self.mae.resolve_input_preprocessing(mae_input_preprocessing)
         if guidance_scale > 1.0 and negative_prompt_embeds is None:
             raise ValueError(
                 "`guidance_scale` > 1 needs `negative_prompt_embeds` (ASUKA has no text prompt to negate)."
@@ -125,10 +127,15 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
 
     @torch.no_grad()
     def encode_prior(
-        self, image: torch.Tensor, hole: torch.Tensor, condition_weight: float | None = None
+        self,
+        image: torch.Tensor,
+        hole: torch.Tensor,
+        condition_weight: float | None = None,
+        mae_input_preprocessing: str | None = None,
     ) -> torch.Tensor:
-        """ASUKA's conditioning: `aligner(mae.prior(image, hole))` for images in [0, 1] and holes (1 = repaint)."""
-        prior = self.mae.prior(image.to(self.mae.device, self.mae.dtype), hole.to(self.mae.device, self.mae.dtype))
+        """ASUKA's conditioning: `aligner(mae.prior(image, hole))` for images in [0, 1] and holes (1 = repaint) of any
+        size (the MAE resizes them itself); `mae_input_preprocessing` overrides the MAE's input order."""
+        prior = self.mae.prior(image, hole, mae_input_preprocessing)
         tokens = self.aligner(prior.to(self.aligner.dtype), condition_weight=condition_weight).tokens
         return tokens.to(self.unet.dtype)
 
@@ -145,6 +152,7 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
         condition_weight: float | None = None,
+        mae_input_preprocessing: str | None = None,
         num_images_per_prompt: int = 1,
         eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
@@ -181,6 +189,10 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
             condition_weight (`float`, *optional*):
                 Pulls the aligner output towards its null embedding (aligners that hold one); `None` uses the
                 aligner's configured weight.
+            mae_input_preprocessing (`str`, *optional*):
+                How the MAE makes its input from the image and mask (cut to the working region, at the input's
+                resolution): `"visible"` (hole blanked before resizing) or `"reference"` (the authors' order); `None`
+                uses the MAE's `input_preprocessing` config.
             num_images_per_prompt (`int`, *optional*, defaults to 1):
                 Samples per input image; the outputs of one image are consecutive.
             eta (`float`, *optional*, defaults to 0.0):
@@ -225,6 +237,7 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
             negative_prompt_embeds,
             tensor_inputs,
             working_resolution,
+            mae_input_preprocessing,
         )
         # 2. Standardise them; an empty mask has nothing to inpaint: the start's output is the input untouched
         start = self._start_call(image, mask_image, guidance_scale, num_images_per_prompt, output_type, return_dict)
@@ -240,9 +253,9 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
         work_hole = work_hole.to(device)
         work_w, work_h = region.size
 
-        # 4. Conditioning: the aligned MAE prior, unless embeddings are given
+        # 4. Conditioning: the aligned MAE prior of the region at the input's resolution, unless embeddings are given
         if prompt_embeds is None:
-            prompt_embeds = self.encode_prior(work_image, work_hole, condition_weight)
+            prompt_embeds = self.encode_prior(*start.input_crop(), condition_weight, mae_input_preprocessing)
         prompt_embeds = repeat_to_batch(prompt_embeds.to(device, self.unet.dtype), batch_size, "prompt_embeds")
         prompt_embeds = prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
         if self.do_classifier_free_guidance:

@@ -146,6 +146,7 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin, As
         pooled_prompt_embeds: torch.Tensor | None,
         callback_on_step_end_tensor_inputs: list[str],
         working_resolution: int,
+        mae_input_preprocessing: str | None = None,
     ) -> None:
         self._check_common_inputs(
             output_type,
@@ -153,6 +154,7 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin, As
             callback_on_step_end_tensor_inputs,
         )
         self._check_working_resolution(working_resolution, self.vae_scale_factor * 2)
+        self.mae.resolve_input_preprocessing(mae_input_preprocessing)
         if (prompt_embeds is None) != (pooled_prompt_embeds is None):
             raise ValueError("Pass both `prompt_embeds` and `pooled_prompt_embeds`, or neither (ASUKA conditioning).")
 
@@ -213,14 +215,15 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin, As
         image: torch.Tensor,
         mask: torch.Tensor,
         condition_weight: float | None = None,
+        mae_input_preprocessing: str | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(tokens, pooled) that replace T5 and pooled CLIP: aligners over the MAE prior.
 
-        `image` is (B,3,H,W) in [0,1], `mask` (B,1,H,W) with 1 = hole; `condition_weight=None`
-        uses each aligner's configured weight (0.5 for the release).
+        `image` is (B,3,H,W) in [0,1], `mask` (B,1,H,W) with 1 = hole, of any size (the MAE resizes them itself);
+        `condition_weight=None` uses each aligner's configured weight (0.5 for the release),
+        `mae_input_preprocessing=None` the MAE's configured input order.
         """
-        device, dtype = self.mae.device, self.mae.dtype
-        prior = self.mae.prior(image.to(device, dtype), mask.to(device, dtype))
+        prior = self.mae.prior(image, mask, mae_input_preprocessing)
         tokens = self.token_aligner(prior.to(self.token_aligner.dtype), condition_weight=condition_weight).tokens
         pooled = self.pooled_aligner(prior.to(self.pooled_aligner.dtype), condition_weight=condition_weight).pooled
         return tokens, pooled
@@ -281,6 +284,7 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin, As
         prompt_embeds: torch.Tensor | None = None,
         pooled_prompt_embeds: torch.Tensor | None = None,
         condition_weight: float | None = None,
+        mae_input_preprocessing: str | None = None,
         keep_unmasked: bool = True,
         working_resolution: int | None = None,
         padding_mask_crop: int | None = None,
@@ -318,6 +322,10 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin, As
             condition_weight (`float`, *optional*):
                 Interpolation towards the aligners' null embeddings; `None` uses the aligners' own (0.5 in the
                 release).
+            mae_input_preprocessing (`str`, *optional*):
+                How the MAE makes its input from the image and mask (cut to the working region, at the input's
+                resolution): `"reference"` (the authors' order; what `python -m asuka.convert asuka-flux` configures)
+                or `"visible"` (hole blanked before resizing); `None` uses the MAE's `input_preprocessing` config.
             keep_unmasked (`bool`, *optional*, defaults to `True`):
                 Paste only the hole back, so every unmasked pixel equals the input's exactly.
             working_resolution (`int`, *optional*):
@@ -355,6 +363,7 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin, As
             pooled_prompt_embeds,
             tensor_inputs,
             working_resolution,
+            mae_input_preprocessing,
         )
         # 2. Standardise them; an empty mask has nothing to inpaint: the start's output is the input untouched
         start = self._start_call(image, mask_image, guidance_scale, num_images_per_prompt, output_type, return_dict)
@@ -370,9 +379,12 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin, As
         init_image = self.image_processor.normalize(work_image)
         width, height = region.size
 
-        # 4. Conditioning: tokens and pooled vector from the aligned MAE prior, unless embeddings are given
+        # 4. Conditioning: tokens and pooled vector from the aligned MAE prior of the region at the input's
+        #    resolution, unless embeddings are given
         if prompt_embeds is None:
-            prompt_embeds, pooled_prompt_embeds = self.encode_image_condition(work_image, work_hole, condition_weight)
+            prompt_embeds, pooled_prompt_embeds = self.encode_image_condition(
+                *start.input_crop(), condition_weight, mae_input_preprocessing
+            )
         dtype = self.transformer.dtype
         prompt_embeds = repeat_to_batch(prompt_embeds.to(device, dtype), batch_size, "prompt_embeds")
         pooled_prompt_embeds = repeat_to_batch(
