@@ -17,14 +17,11 @@ from safetensors.torch import load_file
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CHECKPOINT_KEYS = FIXTURES / "asuka_flux_checkpoint_keys.json"
+#: The decoder entry of `CHECKPOINT_KEYS` (its keys without the release file's `decoder.` prefix).
+DECODER_KEYS = "asuka_decoder.ckpt:state_dict (each key prefixed 'decoder.')"
 
 # Keys of `mae_300.pth` that hold the fixed 2-D sin-cos tables instead of random values.
 MAE_SINCOS_KEYS = ("pos_embed", "decoder_pos_embed")
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """`||actual - expected|| / ||expected||`, the agreement measure of the golden tests."""
-    return float((actual - expected).norm() / expected.norm())
 
 
 def load_checkpoint_keys(name: str) -> list[tuple[str, list[int]]]:
@@ -132,6 +129,38 @@ def bfl_encoder_keys(
     norm("norm_out", channels)
     conv("conv_out", 2 * latent_channels, channels, 3)
     return [(f"encoder.{key}", shape) for key, shape in keys]
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """`|actual - expected| / |expected|` (Frobenius norms, in float64) of two tensors of the same shape."""
+    if actual.shape != expected.shape:
+        raise ValueError(f"shape {tuple(actual.shape)} differs from the expected {tuple(expected.shape)}")
+    return float((actual.double() - expected.double()).norm() / expected.double().norm())
+
+
+def save_asuka_flux_release(
+    folder: Path,
+    mae: dict[str, torch.Tensor],
+    token_aligner: dict[str, torch.Tensor],
+    pooled_aligner: dict[str, torch.Tensor],
+    decoder: dict[str, torch.Tensor],
+    decoder_checkpoint_extra: dict[str, torch.Tensor],
+    pooled_null: torch.Tensor,
+    token_null: torch.Tensor,
+) -> None:
+    """The six files the ASUKA-FLUX converter reads, in the release's formats (pickles, as the release ships).
+
+    `decoder` holds the decoder's keys without the `decoder.` prefix; `decoder_checkpoint_extra` the training
+    wrapper's other state the release's `asuka_decoder.ckpt` carries next to them (the VAE encoder, the loss).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": mae, "epoch": 300}, folder / "mae_300.pth")
+    torch.save(token_aligner, folder / "asuka_alignment_t5.pt")
+    torch.save(pooled_aligner, folder / "asuka_alignment_clip.pt")
+    state_dict = {"decoder." + k: v for k, v in decoder.items()} | decoder_checkpoint_extra
+    torch.save({"state_dict": state_dict, "global_step": 0}, folder / "asuka_decoder.ckpt")
+    torch.save(pooled_null, folder / "vec.pt")
+    torch.save(token_null, folder / "txt_256.pt")
 
 
 STRDIFFUSION_FIXTURES = FIXTURES / "strdiffusion"

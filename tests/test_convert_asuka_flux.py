@@ -19,11 +19,13 @@ from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 from hub_helpers import BACKBONE_SHA, hub_cache
 from safetensors.torch import load_file
 from seeded import (
+    DECODER_KEYS,
     FIXTURES,
     MAE_SINCOS_KEYS,
     bfl_encoder_keys,
     load_checkpoint_keys,
     relative_error,
+    save_asuka_flux_release,
     seeded_state_dict,
 )
 
@@ -38,7 +40,6 @@ from asuka.pipelines.pipeline_asuka_flux import load_asuka_flux_components
 from asuka.testing.flux import flux_fill_pipeline, make_tiny_flux_components
 
 
-DECODER_KEYS = "asuka_decoder.ckpt:state_dict (each key prefixed 'decoder.')"
 NARROW = 128  # stands in for T5's 4096
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -61,23 +62,21 @@ def diffusers_encoder(encoder_sd: dict, down_block_types) -> dict:
 
 def write_release(folder: Path) -> None:
     """The six release files in their real formats, with seeded weights (a FLUX.1-sized VAE encoder included)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    mae = seeded_state_dict(load_checkpoint_keys("mae_300.pth:model"), sincos_keys=MAE_SINCOS_KEYS)
-    torch.save({"model": mae, "epoch": 300}, folder / "mae_300.pth")
-    torch.save(seeded_state_dict(load_checkpoint_keys("asuka_alignment_clip.pt")), folder / "asuka_alignment_clip.pt")
-    torch.save(seeded_state_dict(narrow_t5_keys(NARROW)), folder / "asuka_alignment_t5.pt")
-    decoder = {"decoder." + k: v for k, v in seeded_state_dict(load_checkpoint_keys(DECODER_KEYS)).items()}
-    decoder.update(seeded_state_dict(bfl_encoder_keys(), seed=3))
-    decoder.update(
-        {  # the training wrapper's other state, to be ignored
+    generator = torch.Generator().manual_seed(7)
+    save_asuka_flux_release(
+        folder,
+        mae=seeded_state_dict(load_checkpoint_keys("mae_300.pth:model"), sincos_keys=MAE_SINCOS_KEYS),
+        token_aligner=seeded_state_dict(narrow_t5_keys(NARROW)),
+        pooled_aligner=seeded_state_dict(load_checkpoint_keys("asuka_alignment_clip.pt")),
+        decoder=seeded_state_dict(load_checkpoint_keys(DECODER_KEYS)),
+        decoder_checkpoint_extra={  # the VAE encoder, and the training wrapper's other state, to be ignored
+            **seeded_state_dict(bfl_encoder_keys(), seed=3),
             "quant_conv.weight": torch.randn(32, 32, 1, 1),
             "loss.logvar": torch.zeros(()),
-        }
+        },
+        pooled_null=torch.randn(1, 768, generator=generator),
+        token_null=torch.randn(1, 256, NARROW, generator=generator),
     )
-    torch.save({"state_dict": decoder, "global_step": 1000}, folder / "asuka_decoder.ckpt")
-    generator = torch.Generator().manual_seed(7)
-    torch.save(torch.randn(1, 768, generator=generator), folder / "vec.pt")
-    torch.save(torch.randn(1, 256, NARROW, generator=generator), folder / "txt_256.pt")
 
 
 @pytest.fixture(scope="module")
