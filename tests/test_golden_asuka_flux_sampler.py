@@ -145,15 +145,22 @@ def release(tmp_path_factory, small_weights) -> tuple[Path, dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def pipe(release, small_weights, tmp_path_factory) -> AsukaFluxPipeline:
-    """The converted ASUKA parts on the tiny FLUX-Fill backbone, with FLUX.1-Fill-dev's scheduler."""
+    """The converted ASUKA parts on the tiny FLUX-Fill backbone, with FLUX.1-Fill-dev's scheduler.
+
+    The converter sees the backbone's VAE (`--backbone`), so it finds the release's masked-image encoder equal to it,
+    as in this data, and stores none: the VAE encodes the masked image, as the reference's autoencoder does."""
+    vae = AutoencoderKL(**TINY_VAE_CONFIG)
+    load_strict(vae, convert_ldm_vae_checkpoint(small_weights["flux_ae_bfl"], vae.config))
+    backbone = tmp_path_factory.mktemp("backbone")
+    vae.save_pretrained(backbone / "vae")
     converted = tmp_path_factory.mktemp("converted") / "asuka-flux"
-    assert convert_cli(["asuka-flux", "--release", str(release[0]), "--out", str(converted)]) == 0
+    argv = ["asuka-flux", "--release", str(release[0]), "--out", str(converted), "--backbone", str(backbone)]
+    assert convert_cli(argv) == 0
+    assert json.loads((converted / "conversion.json").read_text())["masked_image_encoder"]["case"] == "equal"
     transformer = load_strict(
         FluxTransformer2DModel(**TINY_TRANSFORMER_CONFIG),
         convert_tiny_flux_transformer(small_weights["flux_transformer_bfl"], TINY_FLUX_WIDTH),
     )
-    vae = AutoencoderKL(**TINY_VAE_CONFIG)
-    load_strict(vae, convert_ldm_vae_checkpoint(small_weights["flux_ae_bfl"], vae.config))
     pipeline = AsukaFluxPipeline(
         vae=vae,
         transformer=transformer,
