@@ -404,6 +404,7 @@ def build_demo(
             gr.update(visible=spec.uses_condition_weight),
             gr.update(visible=spec.uses_guidance, value=spec.default_guidance),
             gr.update(interactive=spec.backbone is not None),
+            gr.update(value=spec.paper),
         )
 
     # Uploads and outputs are deleted by age, every quarter of the age (at most hourly): by Gradio's
@@ -444,6 +445,7 @@ def build_demo(
                 with gr.Row():
                     method = gr.Dropdown(choices=choices, value=first.name, label="Model", elem_id="method", scale=3)
                     run_button = gr.Button("Run", variant="primary", elem_id="run", scale=1)
+                paper = gr.Markdown(first.paper, elem_id="method-paper")
                 with gr.Accordion("Settings", open=False):
                     steps = gr.Slider(1, 100, value=first.default_steps, step=1, label="Steps")
                     with gr.Row():
@@ -501,7 +503,7 @@ def build_demo(
         method.change(
             on_method,
             inputs=method,
-            outputs=[steps, condition_weight, guidance_slider, run_backbone],
+            outputs=[steps, condition_weight, guidance_slider, run_backbone, paper],
             api_visibility="private",
         )
         run_button.click(

@@ -36,3 +36,21 @@ def test_no_text_labels_asuka_with_its_arxiv_v2_venue():
     texts += [*ROOT.glob("asuka/**/*.py"), *ROOT.glob("training/**/*.py")]
     labelled = [str(path.relative_to(ROOT)) for path in texts if "ECCV" in path.read_text(encoding="utf-8")]
     assert not labelled
+
+
+def test_the_demo_cites_each_methods_paper():
+    """The demo shows the chosen method's paper under the model choice; both ASUKA methods cite the paper by the
+    title the model cards give, StrDiffusion its own."""
+    from asuka import methods
+
+    for name in ("asuka-sd", "asuka-flux"):
+        assert (
+            PAPER_TITLE in methods.get_method(name).paper and "CVPR 2025 (Highlight)" in methods.get_method(name).paper
+        )
+    assert "Structure Matters" in methods.get_method("strdiffusion").paper
+
+    import app
+
+    demo = app.build_demo(methods.PipelineCache(tiny=True), "asuka-flux", tiny=True)
+    shown = [block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "method-paper"]
+    assert len(shown) == 1 and PAPER_TITLE in shown[0].value

@@ -22,6 +22,7 @@ from asuka.defaults import ASUKA_FLUX_RELEASE_REPO, FLUX_FILL_REPO
 from asuka.methods import registry
 from asuka.methods.baseline import run_baseline
 from asuka.methods.registry import InpaintRequest, InpaintResult, ProgressCallback
+from asuka.methods.sd import ASUKA_PAPER
 
 
 #: FLUX.1-Fill's default guidance (the ASUKA release uses it too).
@@ -157,6 +158,7 @@ registry.register_method(
         load=load_asuka_flux,
         run=run_asuka_flux,
         tiny_kind="flux",
+        paper=ASUKA_PAPER,
     )
 )
 registry.register_method(FLUX_FILL)

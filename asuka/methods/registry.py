@@ -95,6 +95,7 @@ class MethodSpec:
     What the method needs, for the first-run guidance and the load-error advice: ``needs_gpu`` (too large for a
     CPU), ``gated_repo`` (a Hub repository whose licence must be accepted), ``weights_hint`` (how to get weights
     when there is no public checkpoint, i.e. ``default_model`` is None) and ``requirements`` (one line for users).
+    ``paper`` cites the method's paper in one Markdown line (the demo shows it under the model choice).
     """
 
     name: str
@@ -113,6 +114,7 @@ class MethodSpec:
     gated_repo: str | None = None
     weights_hint: str = ""
     requirements: str = ""
+    paper: str = ""
 
     @property
     def public_weights(self) -> bool:

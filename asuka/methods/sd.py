@@ -73,6 +73,12 @@ def run_sd_backbone(pipeline: Any, request: InpaintRequest, progress: ProgressCa
     )
 
 
+#: The ASUKA paper as its authors title it (github.com/Yikai-Wang/asuka-misato); the model cards carry its BibTeX.
+ASUKA_PAPER = (
+    "Paper: [*Towards Enhanced Image Inpainting: Mitigating Unwanted Object Insertion and Preserving Color "
+    "Consistency*](https://arxiv.org/abs/2312.04831), CVPR 2025 (Highlight)"
+)
+
 registry.register_method(
     registry.MethodSpec(
         name="asuka-sd",
@@ -87,6 +93,7 @@ registry.register_method(
         description="ASUKA on SD-1.5-inpainting: MAE prior + aligner instead of text, mask-conditioned decoder.",
         weights_hint="train one with training/ (see docs/training.md) and pass its folder or Hub repo with --model",
         requirements="a GPU with >= 6 GB in float16 (CPU works, slowly)",
+        paper=ASUKA_PAPER,
     )
 )
 # The backbone's declaration has the same shape as flux.py's FLUX_FILL (duplicates lists the pair): each states one

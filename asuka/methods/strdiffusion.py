@@ -47,5 +47,7 @@ registry.register_method(
         weights_hint="convert the authors' G.pth/Gs.pth/D.pth with `python -m asuka.convert strdiffusion ... "
         "--out DIR` and pass DIR with --model",
         requirements="a GPU recommended (CPU works, slowly)",
+        paper="Paper: [*Structure Matters: Tackling the Semantic Discrepancy in Diffusion Models for Image "
+        "Inpainting*](https://arxiv.org/abs/2403.19898), CVPR 2024",
     )
 )
