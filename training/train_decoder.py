@@ -185,8 +185,8 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
         """Denoiser conditioning for the latent augmentation: the aligned MAE prior, or zeros for a plain backbone."""
         if aligner is not None:
             return aligner(mae.prior(pixels, torch.zeros_like(mask))).tokens.to(weight_dtype)
-        width = spec.context_width(denoiser.config)
-        return torch.zeros(pixels.shape[0], 1, width, device=pixels.device, dtype=weight_dtype)
+        zeros = spec.zero_conditioning(denoiser.config, 1, pixels.shape[0], pixels.device, weight_dtype)
+        return zeros["prompt_embeds"]
 
     def corrupted_latents(pixels: torch.Tensor, mask: torch.Tensor, augment: bool = True) -> torch.Tensor:
         """Unscaled latents of the colour-jittered image, half of them replaced by the denoiser's x0 estimate."""

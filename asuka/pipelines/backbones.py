@@ -11,8 +11,8 @@ pipelines, the training scripts, the light Hub format, the method registry and `
 Backbones of one architecture (SD-1.5- and SD-2-inpainting) share a pipeline class, and so its architecture facts
 (`ARCHITECTURE_FIELDS`); `register_backbone` checks that. See docs/architecture.md, "Adding a backbone".
 
-This module ships to the Hub as remote code (bundled beside the pipeline and `hub_light`), so it imports only torch
-and diffusers.
+This module ships to the Hub as remote code (bundled beside the pipeline and `hub_light`), so it imports only torch,
+diffusers and the floor's `defaults` (the backbones' Hub ids).
 """
 
 from collections.abc import Callable
@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 from diffusers import DDPMScheduler
+
+from ..defaults import FLUX_FILL_REPO, SD_INPAINT_REPO
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ class BackboneSpec:
         components: the backbone's components an ASUKA pipeline takes (a light repo points to them).
         token_width: the denoiser config key of the conditioning tokens' width (the aligner's `hidden_dim`);
             `pooled_width` that of the pooled vector, for a backbone that takes one.
+        text_tokens: the sequence length of the text encoder the conditioning replaces (the baselines' prompts).
         null_embeddings: what the aligners' null embeddings stand for (`AsukaAligner(null_embedding=...)`), one per
             aligner; empty where the aligner holds none.
         latent_packing: side of the latent patches the denoiser packs into one token (1: none).
@@ -111,6 +114,7 @@ class BackboneSpec:
     denoiser_class: str
     components: tuple[str, ...]
     token_width: str
+    text_tokens: int
     pooled_width: str | None = None
     null_embeddings: tuple[str, ...] = ()
     latent_packing: int = 1
@@ -121,6 +125,24 @@ class BackboneSpec:
     def context_width(self, denoiser_config) -> int:
         """The width of the conditioning tokens the denoiser of `denoiser_config` takes."""
         return denoiser_config[self.token_width]
+
+    def zero_conditioning(
+        self,
+        denoiser_config,
+        tokens: int,
+        batch: int = 1,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """All-zero conditioning of `tokens` tokens (and a pooled vector where the backbone takes one), as the
+        keyword arguments of the backbone's diffusers pipeline: the "empty prompt" of a backbone without text
+        encoders."""
+        shape = (batch, tokens, self.context_width(denoiser_config))
+        conditioning = {"prompt_embeds": torch.zeros(shape, device=device, dtype=dtype)}
+        if self.pooled_width is not None:
+            pooled = (batch, denoiser_config[self.pooled_width])
+            conditioning["pooled_prompt_embeds"] = torch.zeros(pooled, device=device, dtype=dtype)
+        return conditioning
 
     def check_trainable(self) -> None:
         """Raise `ValueError` unless the training scripts know how to train on this backbone."""
@@ -203,11 +225,11 @@ def backbone_for_pipeline(pipeline_class_name: str) -> BackboneSpec:
 SD15_INPAINTING = register_backbone(
     BackboneSpec(
         name="sd-1.5-inpainting",
-        repo="stable-diffusion-v1-5/stable-diffusion-inpainting",
+        repo=SD_INPAINT_REPO,
         licence=Licence(
             "creativeml-openrail-m",
             "CreativeML Open RAIL-M",
-            "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-inpainting/blob/main/LICENSE.md",
+            f"https://huggingface.co/{SD_INPAINT_REPO}/blob/main/LICENSE.md",
         ),
         pipeline_class="AsukaPipeline",
         base_pipeline_class="StableDiffusionInpaintPipeline",
@@ -215,6 +237,7 @@ SD15_INPAINTING = register_backbone(
         denoiser_class="UNet2DConditionModel",
         components=("vae", "unet", "scheduler"),
         token_width="cross_attention_dim",
+        text_tokens=77,  # CLIP's
         denoise=call_inpainting_unet,
         objective=NoisePredictionObjective(),
         tiny_factory="asuka.testing.sd:make_tiny_sd_pipeline",
@@ -226,11 +249,11 @@ SD15_INPAINTING = register_backbone(
 FLUX_FILL = register_backbone(
     BackboneSpec(
         name="flux.1-fill",
-        repo="black-forest-labs/FLUX.1-Fill-dev",
+        repo=FLUX_FILL_REPO,
         licence=Licence(
             "other",
             "FLUX.1 [dev] Non-Commercial License",
-            "https://huggingface.co/black-forest-labs/FLUX.1-Fill-dev/blob/main/LICENSE.md",
+            f"https://huggingface.co/{FLUX_FILL_REPO}/blob/main/LICENSE.md",
         ),
         pipeline_class="AsukaFluxPipeline",
         base_pipeline_class="FluxFillPipeline",
@@ -239,6 +262,7 @@ FLUX_FILL = register_backbone(
         components=("vae", "transformer", "scheduler"),
         token_width="joint_attention_dim",
         pooled_width="pooled_projection_dim",
+        text_tokens=512,  # FluxFillPipeline's default max_sequence_length of T5
         null_embeddings=("tokens", "pooled"),
         latent_packing=2,
         tiny_factory="asuka.testing.flux:make_tiny_flux_pipeline",
