@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
         return {"loss": loss, "p": torch.tensor(p), "lr": setup.last_lr()}
 
     def build_pipeline(aligner):
-        import asuka
+        from asuka import pipelines
 
         scheduler = asuka_training.load_scheduler(args.pretrained_model_name_or_path, revision=args.revision)
         decoder = None
@@ -147,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
             from asuka.models import AsukaDecoder
 
             decoder = AsukaDecoder.from_pretrained(args.pretrained_model_name_or_path, subfolder="decoder")
-        return getattr(asuka, spec.pipeline_class)(
+        return getattr(pipelines, spec.pipeline_class)(
             vae=vae,
             scheduler=scheduler,
             mae=mae,

@@ -259,9 +259,9 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
     result, grid = asuka_training.run_training(setup, train_step, validate)
 
     def trained_pipeline():
-        import asuka
+        from asuka import pipelines
 
-        return getattr(asuka, spec.pipeline_class)(
+        return getattr(pipelines, spec.pipeline_class)(
             vae=vae,
             scheduler=asuka_training.load_scheduler(path, revision=args.revision),
             mae=mae,
