@@ -113,8 +113,9 @@ def test_one_aligner_step_and_one_decoder_step(pipeline_dir, image_dir, tmp_path
 
 def test_training_refuses_a_backbone_without_a_training_objective(image_dir, tmp_path_factory, tmp_path):
     flux = tiny_pipeline_dir(tmp_path_factory, "flux")
-    with pytest.raises(ValueError, match=r"'flux.1-fill' backbone \(AsukaFluxPipeline\) is not supported yet"):
-        train_aligner.main(one_step(flux, image_dir, tmp_path / "out"))
+    for script in (train_aligner, train_decoder):
+        with pytest.raises(ValueError, match=r"'flux.1-fill' backbone \(AsukaFluxPipeline\) is not supported yet"):
+            script.main(one_step(flux, image_dir, tmp_path / script.__name__))
 
 
 def test_its_light_repo_loads_without_asuka_and_names_its_licence(tmp_path_factory, tmp_path):
