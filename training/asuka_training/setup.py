@@ -18,8 +18,10 @@ from .data import build_dataset, make_dataloader, validation_batch
 from .loop import optimizer_step
 
 
-if TYPE_CHECKING:  # accelerate is imported lazily, when a script starts
+if TYPE_CHECKING:  # accelerate (and asuka's pipelines) are imported lazily, when a script starts
     from accelerate import Accelerator
+
+    from asuka.pipelines.backbones import BackboneSpec
 
 logger = logging.getLogger("asuka.training")
 
@@ -112,7 +114,7 @@ def load_scheduler(path: str, subfolder: str = "scheduler", revision: str | None
 class Backbone:
     """The frozen backbone a training script trains against: its spec, VAE, denoiser and scheduler."""
 
-    spec: Any  # asuka.pipelines.backbones.BackboneSpec
+    spec: BackboneSpec
     vae: torch.nn.Module
     denoiser: torch.nn.Module
     scheduler: Any
