@@ -31,11 +31,12 @@ BENCHMARKS = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [BENCHMARKS, os.path.dirname(BENCHMARKS)]  # the sibling architectures.py; this repository's asuka
 from architectures import build_flux_components, build_sd_components, clip_text_encoder, flux_text_encoders  # noqa: E402
 
+from asuka.pipelines.backbones import FLUX_FILL, SD15_INPAINTING  # noqa: E402
 from asuka.pipelines.cached_attention import ConstantInputCache, constant_condition_modules  # noqa: E402
 
 
-SD_TEXT_TOKENS = 77  # CLIP's sequence length
-FLUX_T5_TOKENS = 512  # FluxFillPipeline's default max_sequence_length
+SD_TEXT_TOKENS = SD15_INPAINTING.text_tokens  # CLIP's sequence length
+FLUX_T5_TOKENS = FLUX_FILL.text_tokens  # FluxFillPipeline's default max_sequence_length
 FLUX_CLIP_TOKENS = 77
 # The timed benchmarks' hole (bench_pipelines.test_inputs and training_batch draw it with `centred_hole_box` too): a
 # centred square of half the side, a quarter of the area.
@@ -148,7 +149,7 @@ def sd_call_plan(
     """The network calls of `AsukaPipeline` (`asuka=True`) or `StableDiffusionInpaintPipeline` given
     `prompt_embeds` (plus one `text_encoder` pass when given), no classifier-free guidance, `size`x`size`, a
     centred square hole of `hole_side` x `size`."""
-    unet, vae, scheduler = components["unet"], components["vae"], components["scheduler"]
+    unet, vae, scheduler = components[SD15_INPAINTING.denoiser], components["vae"], components["scheduler"]
     device, dtype = unet.device, unet.dtype
     scheduler = scheduler.__class__.from_config(scheduler.config)
     scheduler.set_timesteps(steps)
@@ -163,8 +164,7 @@ def sd_call_plan(
         embeds = aligner(prior).tokens
         plan += [Call("mae", lambda: mae.prior(image, hole)), Call("aligner", lambda: aligner(prior))]
     else:
-        width = unet.config.cross_attention_dim
-        embeds = torch.zeros(batch, SD_TEXT_TOKENS, width, device=device, dtype=dtype)
+        embeds = SD15_INPAINTING.zero_conditioning(unet.config, SD_TEXT_TOKENS, batch, device, dtype)["prompt_embeds"]
         if text_encoder is not None:
             ids = torch.zeros(batch, SD_TEXT_TOKENS, dtype=torch.long, device=device)
             plan.append(Call("text_encoder", lambda: text_encoder(ids)))
@@ -195,15 +195,16 @@ def flux_call_plan(
     """The network calls of `AsukaFluxPipeline` (`asuka=True`) or `FluxFillPipeline` given embeddings (plus one
     T5 and one CLIP pass when `text_encoders=(t5, clip)` is given), `size`x`size`, one transformer call per step,
     a centred square hole of `hole_side` x `size`."""
-    transformer, vae = components["transformer"], components["vae"]
+    transformer, vae = components[FLUX_FILL.denoiser], components["vae"]
     device, dtype = transformer.device, transformer.dtype
     image, hole, box, latents = _pixel_inputs(vae, size, batch, device, dtype, hole_side)
-    tokens = (latents.shape[-1] // 2) ** 2
+    tokens = (latents.shape[-1] // FLUX_FILL.latent_packing) ** 2
     hidden = torch.zeros(batch, tokens, transformer.config.in_channels, device=device, dtype=dtype)
     img_ids = torch.zeros(tokens, 3, device=device, dtype=dtype)
     timestep = torch.ones(batch, device=device, dtype=dtype)
     guidance = torch.ones(batch, device=device) if transformer.config.guidance_embeds else None
-    pooled = torch.zeros(batch, transformer.config.pooled_projection_dim, device=device, dtype=dtype)
+    zeros = FLUX_FILL.zero_conditioning(transformer.config, t5_tokens, batch, device, dtype)
+    pooled = zeros["pooled_prompt_embeds"]
     plan = []
     if asuka:
         mae, token_aligner, pooled_aligner = (components[k] for k in ("mae", "token_aligner", "pooled_aligner"))
@@ -215,7 +216,7 @@ def flux_call_plan(
             Call("pooled_aligner", lambda: pooled_aligner(prior)),
         ]
     else:
-        embeds = torch.zeros(batch, t5_tokens, transformer.config.joint_attention_dim, device=device, dtype=dtype)
+        embeds = zeros["prompt_embeds"]
         if text_encoders is not None:
             t5, clip = text_encoders
             t5_ids = torch.zeros(batch, t5_tokens, dtype=torch.long, device=device)

@@ -54,12 +54,14 @@ def tiny_t5_encoder() -> T5EncoderModel:
     return T5EncoderModel(T5Config(d_model=32, d_ff=37, d_kv=8, num_layers=1, num_heads=4, vocab_size=100)).eval()
 
 
-def save_sd_backbone(folder: Path) -> Path:
-    """SD-1.5-inpainting's layout: vae, unet, scheduler, text_encoder (+ fp16 variants of vae and unet)."""
-    pipe = sd_inpaint_pipeline(make_tiny_sd_components(seed=0))
-    pipe.register_modules(text_encoder=tiny_clip_text_encoder())
+def save_sd_backbone(folder: Path, make_components=make_tiny_sd_components) -> Path:
+    """SD-1.5-inpainting's layout: vae, unet, scheduler, text_encoder (+ fp16 variants of vae and unet), of the
+    components `make_components(seed=...)` builds (another backbone of SD's architecture: its own)."""
+    components = make_components(seed=0)
+    pipe = sd_inpaint_pipeline(components)
+    pipe.register_modules(text_encoder=tiny_clip_text_encoder(components["unet"].config.cross_attention_dim))
     pipe.save_pretrained(folder)
-    other = make_tiny_sd_components(seed=1)
+    other = make_components(seed=1)
     for name in ("vae", "unet"):
         other[name].save_pretrained(folder / name, variant="fp16")
     return folder

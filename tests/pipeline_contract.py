@@ -1,7 +1,9 @@
-"""Shared cases for the diffusers-contract tests (tests/test_pipeline_contract_*.py): one entry per public pipeline.
+"""Shared cases for the diffusers-contract tests (tests/test_pipeline_contract_*.py): one entry per public pipeline
+and per backbone.
 
-Each case names the tiny pipeline kind, a test image size the tiny pipeline runs at without resizing, a step count
-that keeps the run well under a second, and the call arguments diffusers' pipeline tests require of it.
+Each case names the tiny pipeline kind (and the backbone, for a second backbone of one pipeline class), a test
+image size the tiny pipeline runs at without resizing, a step count that keeps the run well under a second, and the
+call arguments diffusers' pipeline tests require of it.
 """
 
 from dataclasses import dataclass
@@ -9,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import PIL.Image
 import torch
+from backbone_sd2 import SD2_INPAINTING
 
 from asuka.testing import make_tiny_pipeline
 
@@ -39,19 +42,18 @@ class Case:
     # `height` / `width` (the output has the input's size).
     params: frozenset[str]
     batch_params: frozenset[str] = frozenset(["image", "mask_image"])
+    # The registered backbone whose tiny pipeline runs (`asuka.testing.make_tiny_pipeline`), when not the kind's.
+    backbone: str | None = None
 
     def __str__(self) -> str:
-        return self.kind
+        return self.backbone or self.kind
 
+
+# StableDiffusionInpaintPipeline's test sets (TEXT_GUIDED_IMAGE_INPAINTING_PARAMS / _BATCH_PARAMS).
+SD_PARAMS = frozenset(["image", "mask_image", "guidance_scale", "prompt_embeds", "negative_prompt_embeds"])
 
 CASES = [
-    # StableDiffusionInpaintPipeline's test sets (TEXT_GUIDED_IMAGE_INPAINTING_PARAMS / _BATCH_PARAMS).
-    Case(
-        "sd",
-        (64, 48),
-        2,
-        params=frozenset(["image", "mask_image", "guidance_scale", "prompt_embeds", "negative_prompt_embeds"]),
-    ),
+    Case("sd", (64, 48), 2, params=SD_PARAMS),
     # FluxFillPipeline's, whose test passes `image` and `mask_image` without listing them (its batch set is `prompt`).
     Case(
         "flux",
@@ -62,11 +64,14 @@ CASES = [
     # The text-free inpainting sets (IMAGE_INPAINTING_PARAMS / _BATCH_PARAMS), less `guidance_scale` too: StrDiffusion
     # has no guidance to scale (its structure guidance is built in).
     Case("strdiffusion", (16, 16), 3, params=frozenset(["image", "mask_image"])),
+    # The throwaway third backbone of docs/architecture.md's "Adding a backbone" (tests/backbone_sd2.py): SD's
+    # pipeline on SD-2-inpainting's shapes.
+    Case("sd", (64, 48), 2, params=SD_PARAMS, backbone=SD2_INPAINTING.name),
 ]
 
 
 def make_pipe(case: Case):
-    return make_tiny_pipeline(case.kind)
+    return make_tiny_pipeline(case.backbone or case.kind)
 
 
 def make_image(case: Case, seed: int = 0) -> PIL.Image.Image:

@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ALLOWED = {
     "models": set(),
     "schedulers": set(),
-    "pipelines": {"models", "schedulers", "imageio"},
+    # (defaults: the backbones' Hub ids, for their specs in pipelines/backbones.py)
+    "pipelines": {"models", "schedulers", "imageio", "defaults"},
     # asuka/decode.py: the documented import path of the decoder drop-in, which lives in pipelines/decode.py
     "decode": {"pipelines"},
     # `asuka/__init__.py`: lazy re-exports of the pipelines, models and schedulers

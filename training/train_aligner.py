@@ -1,6 +1,10 @@
-"""Train the ASUKA aligner (paper Sec. 3.2) on a frozen SD-inpainting UNet, VAE and MAE.
+"""Train the ASUKA aligner (paper Sec. 3.2) on a frozen inpainting backbone (denoiser, VAE) and MAE.
 
-The aligner maps the MAE prior to the UNet's cross-attention conditioning. Only the aligner learns,
+The backbone is the one of the pipeline folder given (its `model_index.json`'s pipeline class): its `BackboneSpec`
+(`asuka.pipelines.backbones`) names the denoiser, how to call it and the training objective; SD-1.5- and
+SD-2-inpainting train today, a backbone whose spec has no objective yet (FLUX.1-Fill) is refused.
+
+The aligner maps the MAE prior to the denoiser's conditioning tokens. Only the aligner learns,
 with the standard diffusion objective. With probability p the prior is computed from the *unmasked*
 image (the "reconstructed prior"); p decays linearly from 1.0 to 0.1 over the first 2000 steps.
 
@@ -65,17 +69,14 @@ def build_aligner_parser():
 
 
 def _load_models(args):
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-
     from asuka.models import AsukaAligner, AsukaMAE
 
     path = args.pretrained_model_name_or_path
-    vae = AutoencoderKL.from_pretrained(path, subfolder="vae", revision=args.revision, variant=args.variant)
-    unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", revision=args.revision, variant=args.variant)
-    if unet.config.in_channels != 9:
+    backbone = asuka_training.load_backbone(path, args.revision, args.variant)
+    if backbone.denoiser.config.in_channels != 9:
         raise ValueError(
-            f"{path}: the UNet has {unet.config.in_channels} input channels; an SD-inpainting (9-channel) UNet "
-            "is required."
+            f"{path}: the {backbone.spec.denoiser} has {backbone.denoiser.config.in_channels} input channels; an "
+            "inpainting (9-channel) one is required."
         )
     mae = asuka_training.load_component(AsukaMAE, args.mae_model_name_or_path or path, "mae", args.revision)
     if args.aligner_model_name_or_path:
@@ -87,12 +88,12 @@ def _load_models(args):
     else:
         aligner = AsukaAligner(
             in_dim=mae.config.decoder_embed_dim,
-            hidden_dim=unet.config.cross_attention_dim,
+            hidden_dim=backbone.spec.context_width(backbone.denoiser.config),
             num_blocks=args.aligner_num_blocks,
             head_dim=args.aligner_head_dim,
             num_tokens=mae.num_patches,
         )
-    return vae, unet, mae, aligner
+    return backbone, mae, aligner
 
 
 def _encode(vae, pixels: torch.Tensor) -> torch.Tensor:
@@ -103,19 +104,16 @@ def _encode(vae, pixels: torch.Tensor) -> torch.Tensor:
 
 
 def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
-    from diffusers import DDPMScheduler
-
     args = asuka_training.parse_args(build_aligner_parser(), argv)
     accelerator = asuka_training.setup_accelerator(args)
-    vae, unet, mae, aligner = _load_models(args)
-    noise_scheduler = DDPMScheduler.from_config(
-        asuka_training.load_scheduler(args.pretrained_model_name_or_path, revision=args.revision).config
-    )
+    backbone, mae, aligner = _load_models(args)
+    vae, denoiser, spec = backbone.vae, backbone.denoiser, backbone.spec
+    noise_scheduler = spec.objective.training_scheduler(backbone.scheduler.config)
 
-    weight_dtype = asuka_training.freeze(accelerator, vae, unet, mae)
+    weight_dtype = asuka_training.freeze(accelerator, vae, denoiser, mae)
     aligner.requires_grad_(True)
     if args.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()  # frozen, but gradients still flow through it to the aligner
+        denoiser.enable_gradient_checkpointing()  # frozen, but gradients still flow through it to the aligner
 
     setup = asuka_training.prepare(args, accelerator, {"aligner": aligner}, tracker_name="train_aligner")
     aligner_model, validation = setup.model, setup.validation
@@ -133,27 +131,15 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
             )
             use_full_image = torch.rand(batch_size, device=accelerator.device) < p
             prior = mae.prior(pixels, mask * (~use_full_image).to(mask.dtype).view(-1, 1, 1, 1))
-            noise = torch.randn_like(latents)
-            timesteps = torch.randint(
-                0, noise_scheduler.config.num_train_timesteps, (batch_size,), device=latents.device
-            ).long()
-            noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-            if noise_scheduler.config.prediction_type == "v_prediction":
-                target = noise_scheduler.get_velocity(latents, noise, timesteps)
-            else:
-                target = noise
+            noisy, timesteps, target = spec.objective.noised(noise_scheduler, latents)
         tokens = aligner_model(prior.float(), return_dict=False)[0]  # tuples survive accelerate's fp32 output cast
-        prediction = unet(
-            torch.cat([noisy, mask_latents, masked_latents], dim=1),
-            timesteps,
-            encoder_hidden_states=tokens.to(weight_dtype),
-        ).sample
+        prediction = spec.denoise(denoiser, noisy, mask_latents, masked_latents, timesteps, tokens.to(weight_dtype))
         loss = F.mse_loss(prediction.float(), target.float())
         setup.step(loss)
         return {"loss": loss, "p": torch.tensor(p), "lr": setup.last_lr()}
 
     def build_pipeline(aligner):
-        from asuka import AsukaPipeline
+        from asuka import pipelines
 
         scheduler = asuka_training.load_scheduler(args.pretrained_model_name_or_path, revision=args.revision)
         decoder = None
@@ -161,13 +147,13 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
             from asuka.models import AsukaDecoder
 
             decoder = AsukaDecoder.from_pretrained(args.pretrained_model_name_or_path, subfolder="decoder")
-        return AsukaPipeline(
+        return getattr(pipelines, spec.pipeline_class)(
             vae=vae,
-            unet=unet,
             scheduler=scheduler,
             mae=mae,
             aligner=aligner,
             decoder=decoder,
+            **{spec.denoiser: denoiser},
         )
 
     def validate(global_step: int) -> list[list[Image.Image]]:

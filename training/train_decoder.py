@@ -5,9 +5,10 @@ unaugmented unmasked pixels and the mask, so that at inference it removes the co
 artefacts of the diffusion model's latents while keeping the known region faithful:
 
 * colour augmentation: ColorJitter(0.15, 0.2, 0.1, 0.03) on the image that is encoded;
-* latent augmentation on 50% of samples: the frozen UNet's one-step x0 estimate from the noised
+* latent augmentation on 50% of samples: the frozen denoiser's one-step x0 estimate from the noised
   clean latent at a large timestep, conditioned on the clean masked-image latent and an all-zero
-  mask (paper Eq. 1);
+  mask (paper Eq. 1); the backbone's `BackboneSpec` (from the pipeline folder given) says how to call the
+  denoiser and how its prediction gives x0 (FLUX.1-Fill's has no training objective yet and is refused);
 * loss: L1, plus optional LPIPS (`--lpips_weight`, needs the `lpips` package and its downloaded
   weights) and an optional patch discriminator (`--discriminator_weight`), as in SD's VAE training.
 
@@ -26,6 +27,7 @@ from PIL import Image
 from torch import nn
 
 import asuka_training
+from asuka.pipelines.backbones import SD15_INPAINTING, BackboneSpec
 
 
 # The model card's text (README.md of the final folder and of a pushed repo)
@@ -48,34 +50,32 @@ def color_jitter(pixels: torch.Tensor, jitter: nn.Module | None = None) -> torch
 
 
 def one_step_x0(
-    unet: nn.Module,
+    denoiser: nn.Module,
     scheduler,
     latents: torch.Tensor,
     noise: torch.Tensor,
     timesteps: torch.Tensor,
     encoder_hidden_states: torch.Tensor,
+    backbone: BackboneSpec = SD15_INPAINTING,
 ) -> torch.Tensor:
-    """The UNet's x0 estimate from `latents` noised to `timesteps`, with the clean latent as the
-    masked-image condition and an all-zero mask (nothing to inpaint) — paper Eq. 1."""
+    """The denoiser's x0 estimate from `latents` noised to `timesteps`, with the clean latent as the
+    masked-image condition and an all-zero mask (nothing to inpaint) — paper Eq. 1. `backbone` says how to call
+    the denoiser and how its prediction gives x0."""
     noisy = scheduler.add_noise(latents, noise, timesteps)
     zero_mask = torch.zeros_like(latents[:, :1])
-    prediction = unet(
-        torch.cat([noisy, zero_mask, latents], dim=1), timesteps, encoder_hidden_states=encoder_hidden_states
-    ).sample
-    alphas = scheduler.alphas_cumprod.to(latents.device)[timesteps].view(-1, 1, 1, 1).to(latents.dtype)
-    if scheduler.config.prediction_type == "v_prediction":
-        return alphas.sqrt() * noisy - (1 - alphas).sqrt() * prediction
-    return (noisy - (1 - alphas).sqrt() * prediction) / alphas.sqrt()
+    prediction = backbone.denoise(denoiser, noisy, zero_mask, latents, timesteps, encoder_hidden_states)
+    return backbone.objective.clean_estimate(scheduler, noisy, prediction, timesteps)
 
 
 def latent_augmentation(
     latents: torch.Tensor,
-    unet: nn.Module,
+    denoiser: nn.Module,
     scheduler,
     encoder_hidden_states: torch.Tensor,
     timestep_range: tuple[int, int],
     probability: float = 0.5,
     generator: torch.Generator | None = None,
+    backbone: BackboneSpec = SD15_INPAINTING,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Replace each sample's (scaled) latent by `one_step_x0` with `probability`, at a timestep drawn
     from `timestep_range` (inclusive). Returns the latents and the boolean (B,) applied-mask."""
@@ -88,7 +88,9 @@ def latent_augmentation(
     timesteps = torch.randint(low, high + 1, (count,), generator=generator, device="cpu").to(device)
     noise = torch.randn(latents[applied].shape, generator=generator, device="cpu").to(device, latents.dtype)
     with torch.no_grad():
-        estimate = one_step_x0(unet, scheduler, latents[applied], noise, timesteps, encoder_hidden_states[applied])
+        estimate = one_step_x0(
+            denoiser, scheduler, latents[applied], noise, timesteps, encoder_hidden_states[applied], backbone
+        )
     out = latents.clone()
     out[applied] = estimate.to(latents.dtype)
     return out, applied
@@ -100,7 +102,7 @@ def build_decoder_parser():
     asuka_training.add_start_from(
         parser, "decoder", "Decoder to continue from (default: a fresh AsukaDecoder.from_vae of the base VAE)."
     )
-    add("--latent_aug_prob", type=float, default=0.5, help="Share of samples whose latent is the UNet's x0 estimate.")
+    add("--latent_aug_prob", type=float, default=0.5, help="Share of samples whose latent is the x0 estimate.")
     add("--latent_aug_timestep_min", type=int, default=700, help="Smallest timestep of the latent augmentation.")
     add("--latent_aug_timestep_max", type=int, default=999, help="Largest timestep of the latent augmentation.")
     add("--no_color_jitter", action="store_true", help="Disable the colour augmentation of the encoded image.")
@@ -119,8 +121,6 @@ def build_decoder_parser():
 
 
 def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-
     from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE, PatchDiscriminator
 
     args = asuka_training.parse_args(build_decoder_parser(), argv)
@@ -135,9 +135,9 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
             ) from error
     accelerator = asuka_training.setup_accelerator(args)
     path = args.pretrained_model_name_or_path
-    vae = AutoencoderKL.from_pretrained(path, subfolder="vae", revision=args.revision, variant=args.variant)
-    unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", revision=args.revision, variant=args.variant)
-    noise_scheduler = DDPMScheduler.from_config(asuka_training.load_scheduler(path, revision=args.revision).config)
+    backbone = asuka_training.load_backbone(path, args.revision, args.variant)
+    vae, denoiser, spec = backbone.vae, backbone.denoiser, backbone.spec
+    noise_scheduler = spec.objective.training_scheduler(backbone.scheduler.config)
     if args.latent_aug_timestep_max >= noise_scheduler.config.num_train_timesteps:
         raise ValueError(
             f"--latent_aug_timestep_max must be < {noise_scheduler.config.num_train_timesteps} "
@@ -157,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
     else:
         decoder = AsukaDecoder.from_vae(vae)
 
-    weight_dtype = asuka_training.freeze(accelerator, vae, unet, mae, aligner)
+    weight_dtype = asuka_training.freeze(accelerator, vae, denoiser, mae, aligner)
     decoder.requires_grad_(True)
     if args.gradient_checkpointing and decoder._supports_gradient_checkpointing:
         decoder.enable_gradient_checkpointing()
@@ -182,26 +182,26 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
     scaling, shift = vae.config.scaling_factor, getattr(vae.config, "shift_factor", None) or 0.0
 
     def conditioning(pixels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """UNet conditioning for the latent augmentation: the aligned MAE prior, or zeros for a plain backbone."""
+        """Denoiser conditioning for the latent augmentation: the aligned MAE prior, or zeros for a plain backbone."""
         if aligner is not None:
             return aligner(mae.prior(pixels, torch.zeros_like(mask))).tokens.to(weight_dtype)
-        return torch.zeros(
-            pixels.shape[0], 1, unet.config.cross_attention_dim, device=pixels.device, dtype=weight_dtype
-        )
+        zeros = spec.zero_conditioning(denoiser.config, 1, pixels.shape[0], pixels.device, weight_dtype)
+        return zeros["prompt_embeds"]
 
     def corrupted_latents(pixels: torch.Tensor, mask: torch.Tensor, augment: bool = True) -> torch.Tensor:
-        """Unscaled latents of the colour-jittered image, half of them replaced by the UNet's x0 estimate."""
+        """Unscaled latents of the colour-jittered image, half of them replaced by the denoiser's x0 estimate."""
         with torch.no_grad():
             encoded = color_jitter(pixels) if augment and not args.no_color_jitter else pixels
             latents = (vae.encode(encoded * 2 - 1).latent_dist.sample() - shift) * scaling
             if augment and args.latent_aug_prob > 0:
                 latents, _ = latent_augmentation(
                     latents,
-                    unet,
+                    denoiser,
                     noise_scheduler,
                     conditioning(pixels, mask),
                     (args.latent_aug_timestep_min, args.latent_aug_timestep_max),
                     args.latent_aug_prob,
+                    backbone=spec,
                 )
         return (latents / scaling + shift).float()
 
@@ -259,15 +259,15 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
     result, grid = asuka_training.run_training(setup, train_step, validate)
 
     def trained_pipeline():
-        from asuka import AsukaPipeline
+        from asuka import pipelines
 
-        return AsukaPipeline(
+        return getattr(pipelines, spec.pipeline_class)(
             vae=vae,
-            unet=unet,
             scheduler=asuka_training.load_scheduler(path, revision=args.revision),
             mae=mae,
             aligner=aligner,
             decoder=AsukaDecoder.from_pretrained(args.output_dir),
+            **{spec.denoiser: denoiser},
         )
 
     components = {"": decoder_model, **({"discriminator": discriminator} if discriminator is not None else {})}

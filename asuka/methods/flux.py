@@ -109,11 +109,9 @@ def run_flux_fill(pipeline: Any, request: InpaintRequest, progress: ProgressCall
     ``working_resolution``).
     """
     if pipeline.text_encoder is None:  # the tiny backbone has no text encoders: an all-zero "empty prompt"
-        transformer = pipeline.transformer.config
-        prompt = dict(
-            prompt_embeds=torch.zeros(1, 1, transformer.joint_attention_dim),
-            pooled_prompt_embeds=torch.zeros(1, transformer.pooled_projection_dim),
-        )
+        from asuka.pipelines.backbones import FLUX_FILL
+
+        prompt = FLUX_FILL.zero_conditioning(pipeline.transformer.config, 1)
     else:
         prompt = dict(prompt="")
 

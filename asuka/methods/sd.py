@@ -56,11 +56,9 @@ def run_sd_backbone(pipeline: Any, request: InpaintRequest, progress: ProgressCa
     if pipeline.text_encoder is not None:
         text = {"prompt": ""}
     else:  # the tiny backbone has no text encoder: an all-zero "empty prompt" stands in
-        text = {
-            "prompt_embeds": torch.zeros(
-                1, 77, pipeline.unet.config.cross_attention_dim, device=pipeline.device, dtype=pipeline.unet.dtype
-            )
-        }
+        from asuka.pipelines.backbones import SD15_INPAINTING as spec
+
+        text = spec.zero_conditioning(pipeline.unet.config, spec.text_tokens, 1, pipeline.device, pipeline.unet.dtype)
 
     native = pipeline.unet.config.sample_size * pipeline.vae_scale_factor  # AsukaPipeline's default resolution
     return run_baseline(

@@ -34,6 +34,7 @@ import diffusers
 import torch
 
 from .backbone_component import HUB_KWARGS, BackboneComponent, load_backbone_component, pointer_file, read_pointer
+from .backbones import backbone_for_repo
 from .hub_export import bundle_module, source_module, write_remote_code
 
 
@@ -41,8 +42,6 @@ from .hub_export import bundle_module, source_module, write_remote_code
 BACKBONE_KEY = "_asuka_backbone"
 #: The model_index.json entry of a component that lives in the backbone repo.
 BACKBONE_ENTRY = [BackboneComponent.__module__.rsplit(".", 1)[-1], BackboneComponent.__name__]
-#: Component names an ASUKA pipeline takes from its frozen backbone (the rest are ASUKA's own).
-BACKBONE_COMPONENTS = ("vae", "unet", "transformer", "scheduler")
 
 # ------------------------------------------------------------------------------------------------ writing
 
@@ -206,13 +205,15 @@ def save_light_pipeline(
 ) -> str:
     """`write_light_repo` for a loaded pipeline: its non-backbone components and config values, a generic card.
 
+    The backbone's components are those its class's `backbone_spec` names (`backbones.BackboneSpec.components`).
+
     This is `save_pretrained(..., light=True)` of the ASUKA pipelines.
     """
     if not backbone:
         raise ValueError("`light=True` needs `backbone`: the Hub id (or folder) of the backbone the repo points to.")
     components, backbone_classes = {}, {}
     for name, value in pipeline.components.items():
-        if name in BACKBONE_COMPONENTS:
+        if name in type(pipeline).backbone_spec.components:
             backbone_classes[name] = type(value).__name__
         else:
             components[name] = value
@@ -261,19 +262,6 @@ PAPER_BIBTEX = """@inproceedings{wang2025towards,
 }"""
 #: The "Citation" section of every model card that names the paper.
 PAPER_CITATION = f"## Citation\n\n```bibtex\n{PAPER_BIBTEX}\n```\n"
-#: Licence of each known backbone: (Hub `license` id, human name, link).
-BACKBONE_LICENCES = {
-    "stable-diffusion-v1-5/stable-diffusion-inpainting": (
-        "creativeml-openrail-m",
-        "CreativeML Open RAIL-M",
-        "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-inpainting/blob/main/LICENSE.md",
-    ),
-    "black-forest-labs/FLUX.1-Fill-dev": (
-        "other",
-        "FLUX.1 [dev] Non-Commercial License",
-        "https://huggingface.co/black-forest-labs/FLUX.1-Fill-dev/blob/main/LICENSE.md",
-    ),
-}
 
 
 def light_model_card(
@@ -292,8 +280,11 @@ def light_model_card(
     `provenance` is Markdown: the training arguments, or the release the weights were converted from.
     `torch_dtype` is the dtype the usage snippet loads in on a GPU (`float16` for SD, `bfloat16` for FLUX).
     """
-    licence_id, licence_name, licence_link = BACKBONE_LICENCES.get(
-        backbone_repo, ("other", "the backbone's own licence", f"https://huggingface.co/{backbone_repo}")
+    spec = backbone_for_repo(backbone_repo)  # a registered backbone's licence, else a pointer to the repo's own
+    licence_id, licence_name, licence_link = (
+        (spec.licence.id, spec.licence.name, spec.licence.link)
+        if spec is not None
+        else ("other", "the backbone's own licence", f"https://huggingface.co/{backbone_repo}")
     )
     pinned = f" at revision `{backbone_revision}`" if backbone_revision else ""
     yaml_tags = "\n".join(f"- {tag}" for tag in ("asuka", "image-inpainting", "diffusers:light", *tags))

@@ -19,6 +19,7 @@ from diffusers.utils import replace_example_docstring
 from ..models.aligner import AsukaAligner
 from ..models.decoder import AsukaDecoder
 from ..models.mae import AsukaMAE
+from .backbones import SD15_INPAINTING, BackboneSpec
 from .cached_attention import cache_constant_conditioning
 from .decode import AsukaDecodeMixin
 from .hub_light import LightRepoMixin
@@ -68,6 +69,8 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
             The mask-conditioned decoder; `None` decodes with the plain VAE (the paper's decoder ablation).
     """
 
+    #: What the rest of asuka knows about the backbone (SD-2-inpainting shares its architecture facts).
+    backbone_spec: BackboneSpec = SD15_INPAINTING
     model_cpu_offload_seq = "mae->aligner->vae->unet->decoder"
     _optional_components = ["decoder"]
     _callback_tensor_inputs = ["latents", "prompt_embeds", "mask", "masked_image_latents"]

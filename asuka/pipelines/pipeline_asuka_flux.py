@@ -38,6 +38,7 @@ from ..models.aligner import AsukaAligner
 from ..models.decoder import AsukaDecoder
 from ..models.mae import AsukaMAE
 from ..models.vae_encoder import AsukaVAEEncoder
+from .backbones import FLUX_FILL, BackboneSpec
 from .cached_attention import cache_constant_conditioning
 from .decode import AsukaDecodeMixin
 from .hub_light import LightRepoMixin, resolve_repo
@@ -100,6 +101,8 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin, As
             The default long side the backbone runs at (saved in the pipeline config).
     """
 
+    #: What the rest of asuka knows about the backbone.
+    backbone_spec: BackboneSpec = FLUX_FILL
     # The VAE encodes the image (for `prepare_latents`), then it or the release's encoder the masked image, before
     # denoising; with an ASUKA decoder neither is needed again.
     model_cpu_offload_seq = "mae->token_aligner->pooled_aligner->vae->masked_image_encoder->transformer->decoder"

@@ -15,6 +15,7 @@ import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 
 from asuka.models import AsukaAligner, AsukaDecoder, AsukaVAEEncoder
+from asuka.pipelines.backbones import FLUX_FILL
 from asuka.testing.mae import make_tiny_mae
 
 
@@ -76,8 +77,9 @@ def make_tiny_flux_components(seed: int = 0) -> dict:
     tiny_aligner = functools.partial(
         AsukaAligner, in_dim=16, num_blocks=1, num_tokens=mae.num_patches, condition_weight=0.5
     )
-    token_aligner = tiny_aligner(hidden_dim=TOKEN_DIM, head_dim=16, null_embedding="tokens")
-    pooled_aligner = tiny_aligner(hidden_dim=POOLED_DIM, head_dim=8, null_embedding="pooled")
+    token_null, pooled_null = FLUX_FILL.null_embeddings  # one null embedding per aligner, as the backbone takes them
+    token_aligner = tiny_aligner(hidden_dim=TOKEN_DIM, head_dim=16, null_embedding=token_null)
+    pooled_aligner = tiny_aligner(hidden_dim=POOLED_DIM, head_dim=8, null_embedding=pooled_null)
     # Null embeddings start at zero in a fresh aligner; random ones make `condition_weight` observable.
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():

@@ -11,10 +11,14 @@ from asuka.testing.mae import make_tiny_mae
 CROSS_ATTENTION_DIM = 32
 
 
-def make_tiny_sd_components(seed: int = 0) -> dict[str, torch.nn.Module]:
+def make_tiny_sd_components(
+    seed: int = 0, context_width: int = CROSS_ATTENTION_DIM, prediction_type: str = "epsilon", **unet_config
+) -> dict[str, torch.nn.Module]:
     """The backbone (9-channel UNet, VAE, scheduler) and ASUKA parts, shaped like diffusers' own tiny test models.
 
     The VAE has a scale factor of 2 and the UNet a sample size of 32, so the native working size is 64x64.
+    `context_width` (the UNet's cross-attention width and the aligner's output), `prediction_type` (the
+    scheduler's) and `unet_config` (UNet config values) give other backbones of SD's architecture, e.g. SD-2's.
     """
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -25,8 +29,9 @@ def make_tiny_sd_components(seed: int = 0) -> dict[str, torch.nn.Module]:
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=CROSS_ATTENTION_DIM,
         norm_num_groups=32,
+        cross_attention_dim=context_width,
+        **unet_config,
     )
     vae = AutoencoderKL(
         block_out_channels=[32, 64],
@@ -38,9 +43,9 @@ def make_tiny_sd_components(seed: int = 0) -> dict[str, torch.nn.Module]:
         norm_num_groups=32,
         sample_size=64,
     )
-    scheduler = PNDMScheduler(skip_prk_steps=True, steps_offset=1)
+    scheduler = PNDMScheduler(skip_prk_steps=True, steps_offset=1, prediction_type=prediction_type)
     mae = make_tiny_mae()
-    aligner = AsukaAligner(in_dim=32, hidden_dim=CROSS_ATTENTION_DIM, num_blocks=1, head_dim=16, num_tokens=16)
+    aligner = AsukaAligner(in_dim=32, hidden_dim=context_width, num_blocks=1, head_dim=16, num_tokens=16)
     decoder = AsukaDecoder.from_vae(vae)
     models = {"vae": vae, "unet": unet, "mae": mae, "aligner": aligner, "decoder": decoder}
     for model in models.values():

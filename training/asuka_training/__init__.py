@@ -44,8 +44,10 @@ from .data import (
 from .hub import CardText, push_folder_to_hub, write_model_card
 from .loop import TrainingResult, finish, inpainting_rows, log_validation, optimizer_step, run_training, to_pil
 from .setup import (
+    Backbone,
     TrainingSetup,
     freeze,
+    load_backbone,
     load_scheduler,
     make_lr_scheduler,
     make_optimizer,
@@ -57,6 +59,7 @@ from .setup import (
 
 
 __all__ = [
+    "Backbone",
     "add_start_from",
     "CHECKPOINT_PREFIX",
     "CardText",
@@ -75,6 +78,7 @@ __all__ = [
     "list_checkpoints",
     "load_component",
     "load_rgb",
+    "load_backbone",
     "load_scheduler",
     "load_training_image",
     "log_validation",

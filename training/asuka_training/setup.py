@@ -18,8 +18,10 @@ from .data import build_dataset, make_dataloader, validation_batch
 from .loop import optimizer_step
 
 
-if TYPE_CHECKING:  # accelerate is imported lazily, when a script starts
+if TYPE_CHECKING:  # accelerate (and asuka's pipelines) are imported lazily, when a script starts
     from accelerate import Accelerator
+
+    from asuka.pipelines.backbones import BackboneSpec
 
 logger = logging.getLogger("asuka.training")
 
@@ -106,6 +108,38 @@ def load_scheduler(path: str, subfolder: str = "scheduler", revision: str | None
     config = diffusers.DDPMScheduler.load_config(path, subfolder=subfolder, revision=revision)
     cls = getattr(diffusers, config.get("_class_name", "DDPMScheduler"), diffusers.DDPMScheduler)
     return cls.from_config(config)
+
+
+@dataclass
+class Backbone:
+    """The frozen backbone a training script trains against: its spec, VAE, denoiser and scheduler."""
+
+    spec: BackboneSpec
+    vae: torch.nn.Module
+    denoiser: torch.nn.Module
+    scheduler: Any
+
+
+def load_backbone(path: str, revision: str | None = None, variant: str | None = None) -> Backbone:
+    """The backbone of the pipeline folder (or Hub repo) `path`, as its `model_index.json`'s pipeline class names it
+    (an ASUKA pipeline or the plain diffusers one): the spec says which denoiser to load, how training calls it and
+    its objective. `ValueError` for a backbone whose spec cannot be trained on yet."""
+    import diffusers
+
+    from asuka.pipelines.backbones import backbone_for_pipeline
+
+    try:
+        index = diffusers.DiffusionPipeline.load_config(path, revision=revision)
+    except OSError as error:
+        raise ValueError(f"{path}: no readable model_index.json; pass a pipeline folder or Hub repo.") from error
+    class_name = index.get("_class_name")
+    spec = backbone_for_pipeline(class_name[-1] if isinstance(class_name, list) else class_name)
+    spec.check_trainable()
+    vae = diffusers.AutoencoderKL.from_pretrained(path, subfolder="vae", revision=revision, variant=variant)
+    denoiser = getattr(diffusers, spec.denoiser_class).from_pretrained(
+        path, subfolder=spec.denoiser, revision=revision, variant=variant
+    )
+    return Backbone(spec, vae, denoiser, load_scheduler(path, revision=revision))
 
 
 def updates_per_epoch(args: argparse.Namespace, dataloader: torch.utils.data.DataLoader) -> int | None:
