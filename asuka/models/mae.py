@@ -20,7 +20,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 
-logger = logging.get_logger(__name__)
+logger = logging.get_logger(name=__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
