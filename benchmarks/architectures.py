@@ -17,6 +17,7 @@ from diffusers import (
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this repository's asuka
 from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE  # noqa: E402
+from asuka.pipelines.backbones import FLUX_FILL, SD15_INPAINTING  # noqa: E402
 from asuka.testing.flux import (  # noqa: E402
     FLUX_SCHEDULER_CONFIG,
     FLUX_TRANSFORMER_CONFIG,
@@ -79,7 +80,7 @@ def build_sd_components(tiny: bool, parts: str = "asuka", seed: int = 0) -> dict
             # ViT-B/16 MAE with a 512-wide 8-block decoder, a 768-wide 4-block aligner: the defaults.
             components.update(mae=AsukaMAE(), aligner=AsukaAligner(), decoder=AsukaDecoder.from_vae(components["vae"]))
     if parts == "backbone":
-        components = {k: components[k] for k in ("scheduler", "vae", "unet")}
+        components = {k: components[k] for k in SD15_INPAINTING.components}
     for name, module in components.items():
         if name != "scheduler":
             module.eval().requires_grad_(False)
@@ -104,7 +105,7 @@ def build_flux_components(tiny: bool, num_layers: int, num_single_layers: int, s
             scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER_CONFIG),
             mae=mae,
             token_aligner=AsukaAligner(
-                hidden_dim=4096,
+                hidden_dim=FLUX_FILL.context_width(transformer.config),
                 num_blocks=4,
                 head_dim=128,
                 num_tokens=mae.num_patches,
@@ -112,7 +113,11 @@ def build_flux_components(tiny: bool, num_layers: int, num_single_layers: int, s
                 condition_weight=0.5,
             ),
             pooled_aligner=AsukaAligner(
-                hidden_dim=768, num_blocks=4, num_tokens=mae.num_patches, null_embedding="pooled", condition_weight=0.5
+                hidden_dim=transformer.config[FLUX_FILL.pooled_width],
+                num_blocks=4,
+                num_tokens=mae.num_patches,
+                null_embedding="pooled",
+                condition_weight=0.5,
             ),
             decoder=AsukaDecoder.from_vae(vae),
         )

@@ -57,6 +57,7 @@ from flops import (  # noqa: E402
 )
 
 from asuka.pipelines import AsukaFluxPipeline, AsukaPipeline  # noqa: E402
+from asuka.pipelines.backbones import FLUX_FILL, SD15_INPAINTING, BackboneSpec  # noqa: E402
 from asuka.testing.flux import flux_fill_pipeline  # noqa: E402
 from asuka.testing.sd import sd_inpaint_pipeline  # noqa: E402
 
@@ -83,7 +84,7 @@ def sd_pipelines(components: dict) -> tuple[AsukaPipeline, StableDiffusionInpain
     scheduler = components["scheduler"]
     asuka = AsukaPipeline(
         vae=components["vae"],
-        unet=components["unet"],
+        unet=components[SD15_INPAINTING.denoiser],
         scheduler=scheduler.__class__.from_config(scheduler.config),
         mae=components["mae"],
         aligner=components["aligner"],
@@ -98,7 +99,7 @@ def flux_pipelines(components: dict) -> tuple[AsukaFluxPipeline, FluxFillPipelin
     """ASUKA-FLUX and diffusers' FluxFill on the same module objects (each with its own scheduler instance); any
     other entry of `components` (the suite's text encoders) is left out."""
     scheduler = components["scheduler"]
-    names = ("vae", "transformer", "mae", "token_aligner", "pooled_aligner", "decoder")
+    names = ("vae", FLUX_FILL.denoiser, "mae", "token_aligner", "pooled_aligner", "decoder")
     asuka = AsukaFluxPipeline(
         scheduler=scheduler.__class__.from_config(scheduler.config), **{k: components[k] for k in names}
     )
@@ -127,7 +128,8 @@ def trained_with_adamw(module: torch.nn.Module, lr: float) -> torch.optim.AdamW:
 def aligner_training_run(components: dict, size: int, batch: int, device: str, dtype: torch.dtype) -> Callable:
     """One step of train_aligner.py: encode the image and the masked image, the MAE prior (no grad), the aligner,
     the frozen UNet's eps-MSE, backward to the aligner, AdamW on the aligner."""
-    unet, vae, mae, aligner, scheduler = (components[k] for k in ("unet", "vae", "mae", "aligner", "scheduler"))
+    names = (SD15_INPAINTING.denoiser, "vae", "mae", "aligner", "scheduler")
+    unet, vae, mae, aligner, scheduler = (components[k] for k in names)
     generator = torch.Generator().manual_seed(0)
     pixels, hole = training_batch(batch, size, device, dtype, generator)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator).to(device)
@@ -157,7 +159,7 @@ def decoder_training_run(components: dict, size: int, batch: int, device: str, d
     whole image, the clean latent as masked-image latent and a zero mask), decode with the AsukaDecoder, L1 against
     the image, backward, AdamW on the decoder. The decoder gets the image-wide hole box: the script's random-stroke
     masks span the image over a batch, and it is the box the FLOP count on meta tensors sees."""
-    unet, vae, decoder, scheduler = (components[k] for k in ("unet", "vae", "decoder", "scheduler"))
+    unet, vae, decoder, scheduler = (components[k] for k in (SD15_INPAINTING.denoiser, "vae", "decoder", "scheduler"))
     mae, aligner = components["mae"], components["aligner"]
     generator = torch.Generator().manual_seed(0)
     pixels, hole = training_batch(batch, size, device, dtype, generator)
@@ -263,10 +265,10 @@ def alternate(
     return {name: {k: statistics.median(s[k] for s in runs_) for k in runs_[0]} for name, runs_ in samples.items()}
 
 
-def stage_maps(components: dict, denoiser: str, aligners: dict[str, str]) -> tuple[dict, dict]:
-    """The stages timed in an ASUKA call (MAE prior, the `aligners` {stage: component}, VAE encode, denoising,
-    ASUKA decoder) and in its baseline's (VAE encode, denoising, VAE decode), for `stage_timer`."""
-    vae, denoise = components["vae"], (components[denoiser], "forward")
+def stage_maps(components: dict, backbone: BackboneSpec, aligners: dict[str, str]) -> tuple[dict, dict]:
+    """The stages timed in an ASUKA call on `backbone` (MAE prior, the `aligners` {stage: component}, VAE encode,
+    denoising, ASUKA decoder) and in its baseline's (VAE encode, denoising, VAE decode), for `stage_timer`."""
+    vae, denoise = components["vae"], (components[backbone.denoiser], "forward")
     asuka = {
         "mae": (components["mae"], "prior"),
         **{stage: (components[name], "forward") for stage, name in aligners.items()},
@@ -311,10 +313,8 @@ def sd_inference_runs(components: dict, size: int, steps: int, device: str, dtyp
     """The two calls to compare (closures) with their stage maps."""
     asuka, base = sd_pipelines(components)
     image, mask = test_inputs(size)
-    unet = components["unet"]
-    text_embeds = torch.randn(
-        1, SD_TEXT_TOKENS, unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(1)
-    ).to(device, dtype)
+    width = SD15_INPAINTING.context_width(components[SD15_INPAINTING.denoiser].config)
+    text_embeds = torch.randn(1, SD_TEXT_TOKENS, width, generator=torch.Generator().manual_seed(1)).to(device, dtype)
 
     def run_asuka():
         return asuka(
@@ -324,7 +324,7 @@ def sd_inference_runs(components: dict, size: int, steps: int, device: str, dtyp
     def run_base():
         return baseline_call(base, image, mask, size, steps, prompt_embeds=text_embeds, guidance_scale=1.0)
 
-    asuka_stages, base_stages = stage_maps(components, "unet", {"aligner": "aligner"})
+    asuka_stages, base_stages = stage_maps(components, SD15_INPAINTING, {"aligner": "aligner"})
     return {"asuka": (run_asuka, asuka_stages), "sd": (run_base, base_stages)}
 
 
@@ -362,7 +362,7 @@ def memory_child(config: str, args: argparse.Namespace) -> dict[str, float]:
 
     else:
         pipe = sd_inpaint_pipeline(components)
-        width = components["unet"].config.cross_attention_dim
+        width = SD15_INPAINTING.context_width(components[SD15_INPAINTING.denoiser].config)
 
         def call():
             embeds = sd_prompt_embeds(text_encoder, width, device, dtype)
@@ -419,7 +419,8 @@ def training_runs(components: dict, size: int, batch_size: int, device: str, dty
     So the ratio is ASUKA's own overhead: the MAE prior, the aligner's forward/backward/update, and 256 instead
     of 77 cross-attention tokens.
     """
-    unet, vae, mae, aligner, scheduler = (components[k] for k in ("unet", "vae", "mae", "aligner", "scheduler"))
+    names = (SD15_INPAINTING.denoiser, "vae", "mae", "aligner", "scheduler")
+    unet, vae, mae, aligner, scheduler = (components[k] for k in names)
     generator = torch.Generator().manual_seed(0)
     image, hole = training_batch(batch_size, size, device, dtype, generator)
     scale = vae.config.scaling_factor
@@ -433,7 +434,7 @@ def training_runs(components: dict, size: int, batch_size: int, device: str, dty
 
     aligner_optimizer = trained_with_adamw(aligner, lr=1e-5)
     embedding = torch.nn.Parameter(
-        torch.randn(batch_size, SD_TEXT_TOKENS, unet.config.cross_attention_dim, device=device, dtype=dtype)
+        torch.randn(batch_size, SD_TEXT_TOKENS, SD15_INPAINTING.context_width(unet.config), device=device, dtype=dtype)
     )
     embedding_optimizer = torch.optim.AdamW([embedding], lr=1e-5)
 
@@ -467,15 +468,12 @@ def flux_inference_runs(components: dict, size: int, steps: int, device: str, dt
     """The two calls to compare (closures) with their stage maps."""
     asuka, base = flux_pipelines(components)
     image, mask = test_inputs(size)
-    transformer = components["transformer"]
-    tokens = (
-        FLUX_T5_TOKENS
-        if transformer.config.joint_attention_dim == 4096
-        else components["token_aligner"].config.num_tokens
-    )
+    config = components[FLUX_FILL.denoiser].config
+    width = FLUX_FILL.context_width(config)
+    tokens = FLUX_T5_TOKENS if width == 4096 else components["token_aligner"].config.num_tokens  # T5-XXL's width
     g = torch.Generator().manual_seed(1)
-    prompt_embeds = torch.randn(1, tokens, transformer.config.joint_attention_dim, generator=g).to(device, dtype)
-    pooled = torch.randn(1, transformer.config.pooled_projection_dim, generator=g).to(device, dtype)
+    prompt_embeds = torch.randn(1, tokens, width, generator=g).to(device, dtype)
+    pooled = torch.randn(1, config[FLUX_FILL.pooled_width], generator=g).to(device, dtype)
 
     def run_asuka():
         return asuka(
@@ -491,7 +489,7 @@ def flux_inference_runs(components: dict, size: int, steps: int, device: str, dt
         return baseline_call(base, image, mask, size, steps, prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled)
 
     aligners = {"aligner": "token_aligner", "pooled_aligner": "pooled_aligner"}
-    asuka_stages, base_stages = stage_maps(components, "transformer", aligners)
+    asuka_stages, base_stages = stage_maps(components, FLUX_FILL, aligners)
     return {"asuka-flux": (run_asuka, asuka_stages), "flux-fill": (run_base, base_stages)}
 
 

@@ -37,7 +37,7 @@ from asuka.pipelines.cached_attention import ConstantInputCache, constant_condit
 
 SD_TEXT_TOKENS = SD15_INPAINTING.text_tokens  # CLIP's sequence length
 FLUX_T5_TOKENS = FLUX_FILL.text_tokens  # FluxFillPipeline's default max_sequence_length
-FLUX_CLIP_TOKENS = 77
+FLUX_CLIP_TOKENS = FLUX_FILL.pooled_text_tokens  # CLIP's sequence length
 # The timed benchmarks' hole (bench_pipelines.test_inputs and training_batch draw it with `centred_hole_box` too): a
 # centred square of half the side, a quarter of the area.
 # ASUKA's decoder computes each up level's last convolution over the hole's bounding box only, so its FLOPs depend

@@ -69,6 +69,8 @@ from bench_pipelines import (  # noqa: E402
 )
 from flops import FLUX_CLIP_TOKENS, FLUX_T5_TOKENS, write_json  # noqa: E402
 
+from asuka.pipelines.backbones import FLUX_FILL, SD15_INPAINTING  # noqa: E402
+
 
 SCHEMA = "asuka-gpu-suite/1"
 SECTIONS = ("sd_inference", "training", "eval_throughput", "compile_offload", "flux_inference", "flops")
@@ -183,12 +185,11 @@ def sd_inference(ctx: dict) -> dict:
     common = dict(num_inference_steps=s["sd_steps"], output_type="np")
 
     def run_base(encode: bool):
-        embeds = sd_prompt_embeds(
-            text_encoder if encode else None, components["unet"].config.cross_attention_dim, device, dtype
-        )
+        width = SD15_INPAINTING.context_width(components[SD15_INPAINTING.denoiser].config)
+        embeds = sd_prompt_embeds(text_encoder if encode else None, width, device, dtype)
         baseline_call(base, image, mask, s["sd_size"], s["sd_steps"], prompt_embeds=embeds, guidance_scale=1.0)
 
-    backbone = [components["unet"], components["vae"]]
+    backbone = [components[SD15_INPAINTING.denoiser], components["vae"]]
     extras = [components[k] for k in ("mae", "aligner", "decoder")]
     with torch.no_grad():
         memory = {
@@ -210,7 +211,8 @@ def training(ctx: dict) -> dict:
     size, batch = s["train_size"], s["train_batch"]
     aligner_state = {k: v.clone() for k, v in components["aligner"].state_dict().items()}
     decoder_state = {k: v.clone() for k, v in components["decoder"].state_dict().items()}
-    to_device({k: components[k] for k in ("unet", "vae", "mae", "aligner", "decoder")}, device, dtype)
+    trained_through = (SD15_INPAINTING.denoiser, "vae", "mae", "aligner", "decoder")
+    to_device({k: components[k] for k in trained_through}, device, dtype)
     try:
         runs = training_runs(components, size, batch, device, dtype)
         medians = alternate(runs, s["repeats"], device)
@@ -231,7 +233,7 @@ def training(ctx: dict) -> dict:
         for name, state in (("aligner", aligner_state), ("decoder", decoder_state)):
             components[name].load_state_dict(state)
             components[name].eval().requires_grad_(False)
-        to_device({k: components[k] for k in ("unet", "vae", "mae", "aligner", "decoder")}, device, ctx["sd_dtype"])
+        to_device({k: components[k] for k in trained_through}, device, ctx["sd_dtype"])
     return result
 
 
@@ -285,7 +287,7 @@ def compile_and_offload_sd(ctx: dict) -> dict:
     asuka = sd_pipelines(components)[0]
 
     def compile_unet() -> str:
-        components["unet"].compile(backend=s["compile_backend"])
+        components[SD15_INPAINTING.denoiser].compile(backend=s["compile_backend"])
         return f"unet.compile(backend={s['compile_backend']!r})"
 
     def run():
@@ -321,7 +323,7 @@ def flux_inference(ctx: dict) -> dict:
 def flux_memory(components: dict, size: int, device: str, dtype: torch.dtype, t5, clip) -> dict:
     """Peak of a 2-step call of each (memory does not grow with the steps)."""
     runs = flux_inference_runs(components, size, 2, device, dtype)
-    backbone = [components["transformer"], components["vae"]]
+    backbone = [components[FLUX_FILL.denoiser], components["vae"]]
     extras = [components[k] for k in ("mae", "token_aligner", "pooled_aligner", "decoder")]
     base_fn = runs["flux-fill"][0]
 
@@ -358,7 +360,7 @@ def compile_and_offload_flux(ctx: dict) -> dict:
     image, mask = test_inputs(size)
 
     def compile_transformer() -> str:
-        components["transformer"].compile_repeated_blocks(backend=s["compile_backend"])
+        components[FLUX_FILL.denoiser].compile_repeated_blocks(backend=s["compile_backend"])
         return f"transformer.compile_repeated_blocks(backend={s['compile_backend']!r})"
 
     def run():

@@ -46,3 +46,11 @@ def test_zero_conditioning_has_the_denoisers_widths():
     flux = FLUX_FILL.zero_conditioning(transformer, 3)
     assert flux["prompt_embeds"].shape == (1, 3, transformer.joint_attention_dim)
     assert flux["pooled_prompt_embeds"].shape == (1, transformer.pooled_projection_dim)
+
+
+@pytest.mark.parametrize("kind", ["sd", "flux"])
+def test_component_classes_are_those_of_the_backbones_components(kind):
+    pipe = make_tiny_pipeline(kind)
+    spec = type(pipe).backbone_spec
+    assert spec.component_classes() == {name: type(getattr(pipe, name)).__name__ for name in spec.components}
+    assert list(spec.component_classes()) == list(spec.components)

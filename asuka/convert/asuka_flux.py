@@ -226,13 +226,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-#: The FLUX.1-Fill-dev components a converted repo points to (its text encoders are never used).
-FLUX_BACKBONE_CLASSES = {
-    "transformer": "FluxTransformer2DModel",
-    "vae": "AutoencoderKL",
-    "scheduler": "FlowMatchEulerDiscreteScheduler",
-}
-
 # The model card's component table, one row a line (kept out of the f-string to keep its lines short).
 _COMPONENT_TABLE = "\n".join(
     (
@@ -321,7 +314,7 @@ def write_components(
             folder,
             AsukaFluxPipeline,
             parts,
-            FLUX_BACKBONE_CLASSES,
+            AsukaFluxPipeline.backbone_spec.component_classes(),  # never its text encoders
             backbone,
             backbone_revision=backbone_revision,
             model_card=card,

@@ -92,11 +92,13 @@ class BackboneSpec:
         repo: the backbone's Hub repo; `licence` its licence (a light repo's model card names it).
         pipeline_class: the ASUKA pipeline class that runs it; `base_pipeline_class` the diffusers pipeline of the
             plain backbone (a folder of either is a starting point for training).
-        denoiser: the denoiser's component name, `denoiser_class` its diffusers class.
+        denoiser: the denoiser's component name, `denoiser_class` its diffusers class; `vae_class` that of the VAE.
         components: the backbone's components an ASUKA pipeline takes (a light repo points to them).
+        scheduler_class: the scheduler its Hub repo ships (the checkpoint's choice: not an architecture fact).
         token_width: the denoiser config key of the conditioning tokens' width (the aligner's `hidden_dim`);
             `pooled_width` that of the pooled vector, for a backbone that takes one.
-        text_tokens: the sequence length of the text encoder the conditioning replaces (the baselines' prompts).
+        text_tokens: the sequence length of the text encoder the conditioning replaces (the baselines' prompts);
+            `pooled_text_tokens` that of the one whose pooled vector the pooled conditioning replaces.
         null_embeddings: what the aligners' null embeddings stand for (`AsukaAligner(null_embedding=...)`), one per
             aligner; empty where the aligner holds none.
         latent_packing: side of the latent patches the denoiser packs into one token (1: none).
@@ -113,14 +115,22 @@ class BackboneSpec:
     denoiser: str
     denoiser_class: str
     components: tuple[str, ...]
+    scheduler_class: str
     token_width: str
     text_tokens: int
+    vae_class: str = "AutoencoderKL"
     pooled_width: str | None = None
+    pooled_text_tokens: int | None = None
     null_embeddings: tuple[str, ...] = ()
     latent_packing: int = 1
     denoise: DenoiserCall | None = None
     objective: NoisePredictionObjective | None = None
     tiny_factory: str | None = None
+
+    def component_classes(self) -> dict[str, str]:
+        """The diffusers class of each of `components` in the backbone's Hub repo (a light repo's pointers)."""
+        classes = {"vae": self.vae_class, self.denoiser: self.denoiser_class, "scheduler": self.scheduler_class}
+        return {name: classes[name] for name in self.components}
 
     def context_width(self, denoiser_config) -> int:
         """The width of the conditioning tokens the denoiser of `denoiser_config` takes."""
@@ -159,6 +169,7 @@ ARCHITECTURE_FIELDS = (
     "base_pipeline_class",
     "denoiser",
     "denoiser_class",
+    "vae_class",
     "components",
     "token_width",
     "pooled_width",
@@ -236,6 +247,7 @@ SD15_INPAINTING = register_backbone(
         denoiser="unet",
         denoiser_class="UNet2DConditionModel",
         components=("vae", "unet", "scheduler"),
+        scheduler_class="PNDMScheduler",
         token_width="cross_attention_dim",
         text_tokens=77,  # CLIP's
         denoise=call_inpainting_unet,
@@ -260,9 +272,11 @@ FLUX_FILL = register_backbone(
         denoiser="transformer",
         denoiser_class="FluxTransformer2DModel",
         components=("vae", "transformer", "scheduler"),
+        scheduler_class="FlowMatchEulerDiscreteScheduler",
         token_width="joint_attention_dim",
         pooled_width="pooled_projection_dim",
         text_tokens=512,  # FluxFillPipeline's default max_sequence_length of T5
+        pooled_text_tokens=77,  # CLIP's
         null_embeddings=("tokens", "pooled"),
         latent_packing=2,
         tiny_factory="asuka.testing.flux:make_tiny_flux_pipeline",

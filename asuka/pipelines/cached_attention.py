@@ -117,26 +117,24 @@ def is_compiled(model: torch.nn.Module) -> bool:
     )
 
 
-def cache_constant_conditioning(denoiser: str) -> Callable:
-    """Decorate a pipeline's `__call__` so that the `denoiser` component (e.g. "unet", "transformer") computes the
-    projections of its constant conditioning once per call. `pipe.cache_conditioning = False` turns it off.
+def cache_constant_conditioning(call: Callable) -> Callable:
+    """Decorate a pipeline's `__call__` so that its denoiser (the component its `backbone_spec.denoiser` names, e.g.
+    "unet", "transformer") computes the projections of its constant conditioning once per call.
+    `pipe.cache_conditioning = False` turns it off.
 
     During the call the cache is `self.conditioning_cache` (None otherwise), for the step callback to invalidate."""
 
-    def decorator(call: Callable) -> Callable:
-        @functools.wraps(call)
-        def wrapper(self, *args, **kwargs):
-            model = getattr(self, denoiser, None)
-            if model is None or not getattr(self, "cache_conditioning", True) or is_compiled(model):
+    @functools.wraps(call)
+    def wrapper(self, *args, **kwargs):
+        model = getattr(self, self.backbone_spec.denoiser, None)
+        if model is None or not getattr(self, "cache_conditioning", True) or is_compiled(model):
+            return call(self, *args, **kwargs)
+        previous = getattr(self, "conditioning_cache", None)
+        with ConstantInputCache(constant_condition_modules(model)) as cache:
+            self.conditioning_cache = cache  # what `_step_callback` invalidates
+            try:
                 return call(self, *args, **kwargs)
-            previous = getattr(self, "conditioning_cache", None)
-            with ConstantInputCache(constant_condition_modules(model)) as cache:
-                self.conditioning_cache = cache  # what `_step_callback` invalidates
-                try:
-                    return call(self, *args, **kwargs)
-                finally:
-                    self.conditioning_cache = previous
+            finally:
+                self.conditioning_cache = previous
 
-        return wrapper
-
-    return decorator
+    return wrapper

@@ -143,7 +143,7 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
         return tokens.to(self.unet.dtype)
 
     @torch.no_grad()
-    @cache_constant_conditioning("unet")  # cross-attention K/V once per call, restored afterwards
+    @cache_constant_conditioning  # cross-attention K/V once per call, restored afterwards
     @replace_example_docstring(example_docstring=EXAMPLE_DOC_STRING)
     def __call__(
         self,

@@ -273,7 +273,7 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin, As
     # ------------------------------------------------------------------ call
 
     @torch.no_grad()
-    @cache_constant_conditioning("transformer")  # context_embedder once per call, restored afterwards
+    @cache_constant_conditioning  # context_embedder once per call, restored afterwards
     @replace_example_docstring(example_docstring=EXAMPLE_DOC_STRING)
     def __call__(
         self,

@@ -135,7 +135,7 @@ def load_backbone(path: str, revision: str | None = None, variant: str | None = 
     class_name = index.get("_class_name")
     spec = backbone_for_pipeline(class_name[-1] if isinstance(class_name, list) else class_name)
     spec.check_trainable()
-    vae = diffusers.AutoencoderKL.from_pretrained(path, subfolder="vae", revision=revision, variant=variant)
+    vae = getattr(diffusers, spec.vae_class).from_pretrained(path, subfolder="vae", revision=revision, variant=variant)
     denoiser = getattr(diffusers, spec.denoiser_class).from_pretrained(
         path, subfolder=spec.denoiser, revision=revision, variant=variant
     )
