@@ -49,8 +49,9 @@ def test_zero_conditioning_has_the_denoisers_widths():
 
 
 @pytest.mark.parametrize("kind", ["sd", "flux"])
-def test_component_classes_are_those_of_the_backbones_components(kind):
+def test_component_classes_and_input_channels_are_those_of_the_backbones_components(kind):
     pipe = make_tiny_pipeline(kind)
     spec = type(pipe).backbone_spec
     assert spec.component_classes() == {name: type(getattr(pipe, name)).__name__ for name in spec.components}
     assert list(spec.component_classes()) == list(spec.components)
+    assert getattr(pipe, spec.denoiser).config.in_channels == spec.denoiser_in_channels

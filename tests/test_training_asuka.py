@@ -474,6 +474,14 @@ def test_training_pixels_come_from_asuka_imageio(tmp_path):
     assert sorted(p.name for p in dataset.paths) == ["anim.gif", "grey16.png", "rgb.png", "rotated.jpg"]
 
 
+def test_the_aligner_refuses_a_denoiser_without_the_inpainting_inputs(image_dir, tmp_path):
+    pipe = make_tiny_pipeline("sd")
+    pipe.register_modules(unet=type(pipe.unet).from_config({**pipe.unet.config, "in_channels": 4}))
+    pipe.save_pretrained(tmp_path / "text_to_image")
+    with pytest.raises(ValueError, match=r"the unet has 4 input channels; an inpainting \(9-channel\) one"):
+        train_aligner.main(base_args(tmp_path / "text_to_image", image_dir, tmp_path / "out", steps=1))
+
+
 def test_bad_flags_raise_value_errors(image_dir, tmp_path):
     parser = asuka_training.build_parser("test")
     with pytest.raises(ValueError, match="exactly one data source"):

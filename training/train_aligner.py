@@ -73,10 +73,11 @@ def _load_models(args):
 
     path = args.pretrained_model_name_or_path
     backbone = asuka_training.load_backbone(path, args.revision, args.variant)
-    if backbone.denoiser.config.in_channels != 9:
+    spec, in_channels = backbone.spec, backbone.denoiser.config.in_channels
+    if in_channels != spec.denoiser_in_channels:
         raise ValueError(
-            f"{path}: the {backbone.spec.denoiser} has {backbone.denoiser.config.in_channels} input channels; an "
-            "inpainting (9-channel) one is required."
+            f"{path}: the {spec.denoiser} has {in_channels} input channels; an inpainting "
+            f"({spec.denoiser_in_channels}-channel) one is required."
         )
     mae = asuka_training.load_component(AsukaMAE, args.mae_model_name_or_path or path, "mae", args.revision)
     if args.aligner_model_name_or_path:
@@ -88,7 +89,7 @@ def _load_models(args):
     else:
         aligner = AsukaAligner(
             in_dim=mae.config.decoder_embed_dim,
-            hidden_dim=backbone.spec.context_width(backbone.denoiser.config),
+            hidden_dim=spec.context_width(backbone.denoiser.config),
             num_blocks=args.aligner_num_blocks,
             head_dim=args.aligner_head_dim,
             num_tokens=mae.num_patches,

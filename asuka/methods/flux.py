@@ -108,10 +108,10 @@ def run_flux_fill(pipeline: Any, request: InpaintRequest, progress: ProgressCall
     The working resolution is the backbone's default size (1024 for FLUX.1-Fill, as AsukaFluxPipeline's
     ``working_resolution``).
     """
-    if pipeline.text_encoder is None:  # the tiny backbone has no text encoders: an all-zero "empty prompt"
-        from asuka.pipelines.backbones import FLUX_FILL
+    from asuka.pipelines.backbones import FLUX_FILL as spec
 
-        prompt = FLUX_FILL.zero_conditioning(pipeline.transformer.config, 1)
+    if pipeline.text_encoder is None:  # the tiny backbone has no text encoders: an all-zero "empty prompt"
+        prompt = spec.zero_conditioning(pipeline.transformer.config, 1)
     else:
         prompt = dict(prompt="")
 
@@ -122,7 +122,7 @@ def run_flux_fill(pipeline: Any, request: InpaintRequest, progress: ProgressCall
         progress,
         prompt=prompt,
         working_resolution=working_resolution,
-        multiple=pipeline.vae_scale_factor * 2,
+        multiple=pipeline.vae_scale_factor * spec.latent_packing,  # whole latent patches
     )
 
 

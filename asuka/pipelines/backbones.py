@@ -93,6 +93,8 @@ class BackboneSpec:
         pipeline_class: the ASUKA pipeline class that runs it; `base_pipeline_class` the diffusers pipeline of the
             plain backbone (a folder of either is a starting point for training).
         denoiser: the denoiser's component name, `denoiser_class` its diffusers class; `vae_class` that of the VAE.
+        denoiser_in_channels: the denoiser's input channels (the noisy latents and the inpainting inputs; training
+            checks them).
         components: the backbone's components an ASUKA pipeline takes (a light repo points to them).
         scheduler_class: the scheduler its Hub repo ships (the checkpoint's choice: not an architecture fact).
         token_width: the denoiser config key of the conditioning tokens' width (the aligner's `hidden_dim`);
@@ -114,6 +116,7 @@ class BackboneSpec:
     base_pipeline_class: str
     denoiser: str
     denoiser_class: str
+    denoiser_in_channels: int
     components: tuple[str, ...]
     scheduler_class: str
     token_width: str
@@ -170,6 +173,7 @@ ARCHITECTURE_FIELDS = (
     "denoiser",
     "denoiser_class",
     "vae_class",
+    "denoiser_in_channels",
     "components",
     "token_width",
     "pooled_width",
@@ -246,6 +250,7 @@ SD15_INPAINTING = register_backbone(
         base_pipeline_class="StableDiffusionInpaintPipeline",
         denoiser="unet",
         denoiser_class="UNet2DConditionModel",
+        denoiser_in_channels=9,  # latents, mask, masked-image latents
         components=("vae", "unet", "scheduler"),
         scheduler_class="PNDMScheduler",
         token_width="cross_attention_dim",
@@ -271,6 +276,7 @@ FLUX_FILL = register_backbone(
         base_pipeline_class="FluxFillPipeline",
         denoiser="transformer",
         denoiser_class="FluxTransformer2DModel",
+        denoiser_in_channels=384,  # packed latents, masked-image latents and the 8x8 pixel mask
         components=("vae", "transformer", "scheduler"),
         scheduler_class="FlowMatchEulerDiscreteScheduler",
         token_width="joint_attention_dim",
