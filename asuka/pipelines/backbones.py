@@ -5,8 +5,9 @@ ASUKA is a post-training recipe for any inpainting backbone (an MAE prior, an al
 conditioning space, a mask-conditioned decoder for its VAE). Everything that differs between backbones is a field
 of its spec, registered by name: the ASUKA pipeline class that runs it (one class per architecture, on the shared
 mixins, as diffusers does), the denoiser and how training calls it, the conditioning it takes, the training
-objective, the components a light Hub repo points to, its Hub repo and licence, and its tiny test factory. The
-pipelines, the training scripts, the light Hub format, the method registry and `benchmarks/flops.py` read it here.
+objective, the components a light Hub repo points to and their classes, its Hub repo and licence, and its tiny test
+factory. The pipelines, the training scripts, the light Hub format, the ASUKA-FLUX converter, the method registry
+and the benchmarks read it here.
 
 Backbones of one architecture (SD-1.5- and SD-2-inpainting) share a pipeline class, and so its architecture facts
 (`ARCHITECTURE_FIELDS`); `register_backbone` checks that. See docs/architecture.md, "Adding a backbone".

@@ -86,10 +86,9 @@ def light_repo_for_push(
     """Write `<output_dir>/light`: the light repo of an ASUKA `pipeline` (its trained components and a pointer to
     the backbone, docs/hub.md) with its model card; returns the folder, or None for a pipeline without that format
     (the whole folder is pushed then) or with --push_full_pipeline."""
-    from asuka import AsukaFluxPipeline, AsukaPipeline
-    from asuka.pipelines.hub_light import light_model_card
+    from asuka.pipelines.hub_light import LightRepoMixin, light_model_card
 
-    if args.push_full_pipeline or not isinstance(pipeline, (AsukaPipeline, AsukaFluxPipeline)):
+    if args.push_full_pipeline or not isinstance(pipeline, LightRepoMixin):  # every backbone's ASUKA pipeline
         return None
     folder = Path(args.output_dir) / "light"
     shutil.rmtree(folder, ignore_errors=True)
