@@ -30,6 +30,8 @@ from architectures import build_sd_components  # noqa: E402
 from bench_pipelines import aligner_training_run, decoder_training_run, rss_kib  # noqa: E402
 from flops import count_flops, meta_sd_components, write_json  # noqa: E402
 
+from asuka.pipelines.backbones import SD15_INPAINTING  # noqa: E402
+
 
 # The schedules (docs/training.md): samples = steps x global batch.
 SCHEDULES = {
@@ -61,7 +63,7 @@ def measure_child(name: str, size: int, batch: int, checkpointing: bool, repeats
     is 0). On a shared machine the CPU seconds are the steadier figure."""
     components = build_sd_components(tiny=False)
     if checkpointing:
-        components["unet"].enable_gradient_checkpointing()
+        components[SD15_INPAINTING.denoiser].enable_gradient_checkpointing()
         components["decoder"].enable_gradient_checkpointing()
     step = RUNS[name](components, size, batch, "cpu", torch.float32)
     loaded = rss_kib("VmRSS")
