@@ -268,7 +268,7 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
         )
         init_image = self.image_processor.normalize(work_image).to(device)
         work_hole = work_hole.to(device)
-        work_w, work_h = region.size
+        width, height = region.size
 
         # 4. Encode the prior: the aligned MAE prior of the region as the input has it (not resampled), unless
         #    embeddings are given
@@ -296,13 +296,13 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
 
         # 6. Prepare the latents: the initial noise and the mask / masked-image latents (diffusers' own preparation)
         num_channels_latents = self.vae.config.latent_channels
-        expected = (total, num_channels_latents, work_h // self.vae_scale_factor, work_w // self.vae_scale_factor)
+        expected = (total, num_channels_latents, height // self.vae_scale_factor, width // self.vae_scale_factor)
         self._check_start_state("latents", latents, expected, "outputs, latent channels, working size / VAE factor")
         latents = self.prepare_latents(
             batch_size=total,
             num_channels_latents=num_channels_latents,
-            height=work_h,
-            width=work_w,
+            height=height,
+            width=width,
             dtype=prompt_embeds.dtype,
             device=device,
             generator=generator,
@@ -314,8 +314,8 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
             mask=work_hole.repeat_interleave(num_images_per_prompt, dim=0),
             masked_image=masked_image,
             batch_size=total,
-            height=work_h,
-            width=work_w,
+            height=height,
+            width=width,
             dtype=prompt_embeds.dtype,
             device=device,
             generator=generator,
