@@ -95,7 +95,7 @@ def test_large_image_processed_on_a_crop(pipe):
 def test_condition_weight_zero_is_exactly_the_null_conditioning(pipe):
     image, mask = make_image(32, 32), make_mask(32, 32)
     with torch.no_grad():
-        tokens, pooled = pipe.encode_image_condition(
+        tokens, pooled = pipe.encode_prior(
             torch.rand(1, 3, 32, 32, generator=generator(4)), torch.ones(1, 1, 32, 32), condition_weight=0.0
         )
     token_null = pipe.token_aligner.null_embed.detach()
@@ -114,8 +114,8 @@ def test_condition_is_interpolated_with_the_weight(pipe):
     image, hole = torch.rand(1, 3, 32, 32, generator=generator(5)), torch.zeros(1, 1, 32, 32)
     hole[..., 8:20, 8:20] = 1
     with torch.no_grad():
-        full_tokens, full_pooled = pipe.encode_image_condition(image, hole, condition_weight=1.0)
-        half_tokens, half_pooled = pipe.encode_image_condition(image, hole)  # the aligners' default, 0.5
+        full_tokens, full_pooled = pipe.encode_prior(image, hole, condition_weight=1.0)
+        half_tokens, half_pooled = pipe.encode_prior(image, hole)  # the aligners' default, 0.5
     token_null, pooled_null = pipe.token_aligner.null_embed, pipe.pooled_aligner.null_embed
     assert torch.allclose(half_tokens, token_null + 0.5 * (full_tokens - token_null), atol=1e-6)
     assert torch.allclose(half_pooled, pooled_null + 0.5 * (full_pooled - pooled_null), atol=1e-6)

@@ -113,7 +113,7 @@ def test_package_imports_are_refused_with_a_clear_error(tmp_path, monkeypatch, l
 def test_asuka_pipeline_export_is_self_contained(tmp_path):
     folder = tmp_path / "hub"
     make_tiny_pipeline("sd").save_pretrained(folder, hub_format=True)
-    bundled = {"pipeline_asuka.py", "inpaint_steps.py", "imageio.py", "hub_export.py"}
+    bundled = {"pipeline_asuka.py", "pipeline_mixins.py", "inpaint_steps.py", "imageio.py", "hub_export.py"}
     assert bundled <= {p.name for p in folder.iterdir()}
     for name in bundled:
         for line in (folder / name).read_text().splitlines():

@@ -1,5 +1,5 @@
 # Copyright 2026 The asuka authors. Apache-2.0.
-"""The inpainting steps every asuka pipeline shares, in the order a `__call__` runs them.
+"""The image steps every asuka pipeline shares, in the order a `__call__` runs them: pure functions of tensors.
 
 1. `standardise_inputs`: any image/mask input to float tensors (paths and PIL images through `asuka.imageio`).
 2. `unchanged_output`: an empty mask returns the input untouched.
@@ -7,8 +7,8 @@
    resolution.
 4. `finish_output`: paste the generated crop back into the full-resolution input and convert to `output_type`.
 
-`StepStateMixin` gives every pipeline diffusers' step-callback properties, and `AsukaInpaintMixin` the ASUKA
-pipelines' start and end of a call (`_start_call`, `_finish_call`) and `mae_reconstruction`.
+`mae_reconstruction` pastes an MAE's own estimate into the hole, for previews. The pipelines' call state (step
+callbacks, guidance, offloading hooks) lives in `pipeline_mixins`.
 
 This module ships to the Hub as remote code next to the pipeline files (see `hub_export`), so it imports only
 torch, diffusers, numpy, PIL and its relative siblings.
@@ -23,8 +23,6 @@ import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
-from diffusers import DiffusionPipeline
-from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils import BaseOutput
 
 from ..imageio import load_image, load_mask
@@ -33,12 +31,6 @@ from ..imageio import load_image, load_mask
 ImageInput = PIL.Image.Image | np.ndarray | torch.Tensor | str | list[Any]
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-
-# A pipeline's `callback_on_step_end`: `callback(pipe, step, timestep, callback_kwargs) -> dict | None`, or a diffusers
-# callback object (which brings its own `tensor_inputs`).
-StepCallback = (
-    Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict | None] | PipelineCallback | MultiPipelineCallbacks
-)
 
 
 @dataclass
@@ -348,174 +340,3 @@ def mae_reconstruction(
     recon = mae.reconstruct(image, hole, mae_input_preprocessing)
     recon = F.interpolate(recon.float().cpu(), size=image.shape[-2:], mode="bicubic", align_corners=False)
     return to_output_type(torch.where(hole > 0.5, recon.clamp(0, 1), image), "pil")
-
-
-class StepStateMixin:
-    """diffusers' step-callback contract of a pipeline call: `num_timesteps` and `interrupt` (`__call__` sets
-    `self._num_timesteps` and `self._interrupt`), the callback's tensor names, and the input checks every pipeline
-    shares."""
-
-    @property
-    def num_timesteps(self) -> int:
-        """How many steps the current (or last) call runs."""
-        return self._num_timesteps
-
-    @property
-    def interrupt(self) -> bool:
-        """Set `pipe._interrupt = True` in a step callback to stop the loop after that step."""
-        return self._interrupt
-
-    def _check_common_inputs(self, output_type: str, counts: dict[str, Any], tensor_inputs: list[str]) -> None:
-        """The checks of a pipeline's `check_inputs` that all pipelines share.
-
-        `counts` maps argument names (e.g. `num_inference_steps`) to values that must be positive integers;
-        `tensor_inputs` (`callback_on_step_end_tensor_inputs`) must be in the pipeline's `_callback_tensor_inputs`.
-        """
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"`output_type` is {output_type!r}; expected one of {OUTPUT_TYPES}.")
-        for name, value in counts.items():
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` is {value!r}; expected a positive integer.")
-        unknown = [k for k in tensor_inputs if k not in self._callback_tensor_inputs]
-        if unknown:
-            raise ValueError(
-                f"`callback_on_step_end_tensor_inputs` has {unknown}; "
-                f"expected names in {self._callback_tensor_inputs}."
-            )
-
-    def _step_callback(
-        self, callback: StepCallback, step: int, timestep: torch.Tensor, tensors: dict, names: list[str]
-    ) -> dict[str, torch.Tensor]:
-        """Run `callback` after a step with the `tensors` it asked for (`names`); the tensors it returns (a dict, or
-        None for none) replace those of the same name, the others stay.
-
-        The callback may have edited the conditioning in place, which a `conditioning_cache` (see
-        `cached_attention`) cannot see for inference tensors, so the cache is invalidated after it."""
-        outputs = callback(self, step, timestep, {k: tensors[k] for k in names}) or {}
-        cache = getattr(self, "conditioning_cache", None)
-        if cache is not None:
-            cache.invalidate()
-        return {k: outputs.get(k, value) for k, value in tensors.items()}
-
-    @staticmethod
-    def _check_start_state(name: str, given: torch.Tensor | None, expected: tuple[int, ...], layout: str) -> None:
-        """A start state passed to a call (`latents`, ...) must have the shape the call would draw; `layout` names
-        its dimensions for the message."""
-        if given is not None and tuple(given.shape) != tuple(expected):
-            raise ValueError(
-                f"`{name}` has shape {tuple(given.shape)}; expected {tuple(expected)} ({layout}) for this input."
-            )
-
-    @staticmethod
-    def step_callback_tensor_inputs(callback: StepCallback | None, tensor_inputs: list[str]) -> list[str]:
-        """The tensors a step callback receives: a callback object's own `tensor_inputs`, else `tensor_inputs`."""
-        if isinstance(callback, (PipelineCallback, MultiPipelineCallbacks)):
-            return callback.tensor_inputs
-        return tensor_inputs
-
-
-@dataclass
-class CallStart:
-    """The start of an ASUKA call (`AsukaInpaintMixin._start_call`): its standardised inputs and output settings.
-
-    `images` (B, 3, H, W) in [0, 1], `holes` (B, 1, H, W) with 1 = repaint, `total` = B * `num_images_per_prompt`
-    outputs. `output` is set when the mask is empty: the call returns it (the input untouched). `region` is set by
-    `cut_working_region`.
-    """
-
-    images: torch.Tensor
-    holes: torch.Tensor
-    device: torch.device
-    num_images_per_prompt: int
-    output_type: str
-    return_dict: bool
-    output: AsukaPipelineOutput | tuple | None = None
-    region: WorkingRegion | None = None
-
-    @property
-    def batch_size(self) -> int:
-        """How many input images."""
-        return self.images.shape[0]
-
-    @property
-    def total(self) -> int:
-        """How many outputs: `num_images_per_prompt` per input image, consecutive."""
-        return self.batch_size * self.num_images_per_prompt
-
-    def cut_working_region(
-        self, working_resolution: int, multiple: int, padding_mask_crop: int | None
-    ) -> tuple[WorkingRegion, torch.Tensor, torch.Tensor]:
-        """`cut_working_region` of the inputs: the region (kept for the paste back), the image and hole cut to it."""
-        self.region, work_image, work_hole = cut_working_region(
-            self.images, self.holes, working_resolution, multiple, padding_mask_crop
-        )
-        return self.region, work_image, work_hole
-
-    def input_crop(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The images and holes cut to the region's box at the input resolution (after `cut_working_region`): what
-        the MAE reads, the image as it came in (as the reference reads it), not the resampled working image."""
-        return self.region.crop(self.images), self.region.crop(self.holes)
-
-
-class AsukaInpaintMixin(StepStateMixin):
-    """What the ASUKA pipelines (SD and FLUX) share beyond the step state: the start and the end of a call around
-    the backbone, and the preview of their `mae` prior."""
-
-    @property
-    def guidance_scale(self) -> float:
-        """The guidance scale of the current step (classifier-free for SD, FLUX's embedded guidance for FLUX); a step
-        callback may change `_guidance_scale`."""
-        return self._guidance_scale
-
-    @staticmethod
-    def _check_working_resolution(working_resolution: int, multiple: int) -> None:
-        """The backbone needs at least one `multiple` (its size step) of working resolution."""
-        if working_resolution < multiple:
-            raise ValueError(f"`working_resolution` is {working_resolution}; expected at least {multiple}.")
-
-    def _start_call(
-        self,
-        image: ImageInput,
-        mask_image: ImageInput,
-        guidance_scale: float,
-        num_images_per_prompt: int,
-        output_type: str,
-        return_dict: bool,
-    ) -> CallStart:
-        """Reset the step state and standardise the inputs; for an empty mask (unless `output_type="latent"`) the
-        start's `output` is the input untouched, which the call returns as is."""
-        self._guidance_scale = guidance_scale
-        self._interrupt = False
-        images, holes = standardise_inputs(image, mask_image)
-        start = CallStart(images, holes, self._execution_device, num_images_per_prompt, output_type, return_dict)
-        if not holes.any() and output_type != "latent":
-            self.maybe_free_model_hooks()
-            start.output = unchanged_output(images, num_images_per_prompt, output_type, return_dict)
-        return start
-
-    def _finish_call(self, start: CallStart, generated: torch.Tensor, keep_unmasked: bool):
-        """`finish_output` of the call's inputs (after offloading hooks are released): paste `generated` (working
-        size, [0, 1], one per output) back into them and convert."""
-        self.maybe_free_model_hooks()
-        return finish_output(
-            generated,
-            start.images,
-            start.holes,
-            start.region,
-            keep_unmasked,
-            start.num_images_per_prompt,
-            start.output_type,
-            start.return_dict,
-        )
-
-    def _latents_output(self, latents: torch.Tensor, return_dict: bool):
-        """What `output_type="latent"` returns: the denoised latents (after offloading hooks are released)."""
-        self.maybe_free_model_hooks()
-        return AsukaPipelineOutput(images=latents) if return_dict else (latents,)
-
-    def mae_reconstruction(
-        self, image: ImageInput, mask_image: ImageInput, mae_input_preprocessing: str | None = None
-    ) -> list[PIL.Image.Image]:
-        """The MAE's own pixel estimate ("what the prior thinks"), pasted into the hole at the input's size; pass the
-        run's `mae_input_preprocessing` to see that run's prior."""
-        return mae_reconstruction(self.mae, image, mask_image, mae_input_preprocessing)

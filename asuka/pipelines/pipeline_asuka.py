@@ -23,7 +23,16 @@ from .backbones import SD15_INPAINTING, BackboneSpec
 from .cached_attention import cache_constant_conditioning
 from .decode import AsukaDecodeMixin
 from .hub_light import LightRepoMixin
-from .inpaint_steps import AsukaInpaintMixin, AsukaPipelineOutput, ImageInput, StepCallback, repeat_to_batch
+from .inpaint_steps import (
+    AsukaPipelineOutput,
+    ImageInput,
+    cut_working_region,
+    finish_output,
+    repeat_to_batch,
+    standardise_inputs,
+    unchanged_output,
+)
+from .pipeline_mixins import AsukaInpaintMixin, StepCallback
 
 
 EXAMPLE_DOC_STRING = """
@@ -110,11 +119,11 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
         num_inference_steps: int,
         num_images_per_prompt: int,
         output_type: str,
-        guidance_scale: float,
-        negative_prompt_embeds: torch.Tensor | None,
         callback_on_step_end_tensor_inputs: list[str],
         working_resolution: int,
         mae_input_preprocessing: str | None = None,
+        guidance_scale: float = 1.0,
+        negative_prompt_embeds: torch.Tensor | None = None,
     ) -> None:
         self._check_common_inputs(
             output_type,
@@ -233,32 +242,43 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
         tensor_inputs = self.step_callback_tensor_inputs(callback_on_step_end, callback_on_step_end_tensor_inputs)
         working_resolution = working_resolution or self.default_working_resolution
         self.check_inputs(
-            num_inference_steps,
-            num_images_per_prompt,
-            output_type,
-            guidance_scale,
-            negative_prompt_embeds,
-            tensor_inputs,
-            working_resolution,
-            mae_input_preprocessing,
+            num_inference_steps=num_inference_steps,
+            num_images_per_prompt=num_images_per_prompt,
+            output_type=output_type,
+            callback_on_step_end_tensor_inputs=tensor_inputs,
+            working_resolution=working_resolution,
+            mae_input_preprocessing=mae_input_preprocessing,
+            guidance_scale=guidance_scale,
+            negative_prompt_embeds=negative_prompt_embeds,
         )
-        # 2. Standardise them; an empty mask has nothing to inpaint: the start's output is the input untouched
-        start = self._start_call(image, mask_image, guidance_scale, num_images_per_prompt, output_type, return_dict)
-        if start.output is not None:
-            return start.output
-        batch_size, total, device = start.batch_size, start.total, start.device
+        self._guidance_scale = guidance_scale
+        self._interrupt = False
+
+        # 2. Standardise them: images (B, 3, H, W) in [0, 1], holes (B, 1, H, W); an empty mask has nothing to
+        #    inpaint, so the call returns the input untouched
+        images, holes = standardise_inputs(image, mask_image)
+        if not holes.any() and output_type != "latent":
+            self.maybe_free_model_hooks()
+            return unchanged_output(images, num_images_per_prompt, output_type, return_dict)
+        batch_size, total, device = images.shape[0], images.shape[0] * num_images_per_prompt, self._execution_device
 
         # 3. Cut the working region (the whole image, or a crop around the mask) at the UNet's resolution
-        region, work_image, work_hole = start.cut_working_region(
-            working_resolution, self.vae_scale_factor, padding_mask_crop
+        region, work_image, work_hole = cut_working_region(
+            images, holes, working_resolution, self.vae_scale_factor, padding_mask_crop
         )
         init_image = self.image_processor.normalize(work_image).to(device)
         work_hole = work_hole.to(device)
-        work_w, work_h = region.size
+        width, height = region.size
 
-        # 4. Conditioning: the aligned MAE prior of the region at the input's resolution, unless embeddings are given
+        # 4. Encode the prior: the aligned MAE prior of the region as the input has it (not resampled), unless
+        #    embeddings are given
         if prompt_embeds is None:
-            prompt_embeds = self.encode_prior(*start.input_crop(), condition_weight, mae_input_preprocessing)
+            prompt_embeds = self.encode_prior(
+                image=region.crop(images),
+                hole=region.crop(holes),
+                condition_weight=condition_weight,
+                mae_input_preprocessing=mae_input_preprocessing,
+            )
         prompt_embeds = repeat_to_batch(prompt_embeds.to(device, self.unet.dtype), batch_size, "prompt_embeds")
         prompt_embeds = prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
         if self.do_classifier_free_guidance:
@@ -267,22 +287,22 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
             )
             prompt_embeds = torch.cat([negative.repeat_interleave(num_images_per_prompt, dim=0), prompt_embeds])
 
-        # 5. Timesteps
+        # 5. Prepare the timesteps
         timesteps, num_inference_steps = retrieve_timesteps(
             scheduler=self.scheduler, num_inference_steps=num_inference_steps, device=device, timesteps=timesteps
         )
         if hasattr(self.scheduler, "set_begin_index"):
             self.scheduler.set_begin_index(begin_index=0)
 
-        # 6. Initial noise latents and the mask / masked-image latents (diffusers' own preparation)
+        # 6. Prepare the latents: the initial noise and the mask / masked-image latents (diffusers' own preparation)
         num_channels_latents = self.vae.config.latent_channels
-        expected = (total, num_channels_latents, work_h // self.vae_scale_factor, work_w // self.vae_scale_factor)
+        expected = (total, num_channels_latents, height // self.vae_scale_factor, width // self.vae_scale_factor)
         self._check_start_state("latents", latents, expected, "outputs, latent channels, working size / VAE factor")
         latents = self.prepare_latents(
             batch_size=total,
             num_channels_latents=num_channels_latents,
-            height=work_h,
-            width=work_w,
+            height=height,
+            width=width,
             dtype=prompt_embeds.dtype,
             device=device,
             generator=generator,
@@ -294,8 +314,8 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
             mask=work_hole.repeat_interleave(num_images_per_prompt, dim=0),
             masked_image=masked_image,
             batch_size=total,
-            height=work_h,
-            width=work_w,
+            height=height,
+            width=width,
             dtype=prompt_embeds.dtype,
             device=device,
             generator=generator,
@@ -340,9 +360,10 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
                 progress_bar.update()
 
         if output_type == "latent":
-            return self._latents_output(latents, return_dict)
+            self.maybe_free_model_hooks()
+            return AsukaPipelineOutput(images=latents) if return_dict else (latents,)
 
-        # 8. Decode with the mask-conditioned decoder
+        # 8. Decode: the mask-conditioned decoder (or the plain VAE)
         decoded = self.decode_latents(
             latents,
             init_image.repeat_interleave(num_images_per_prompt, dim=0),
@@ -352,4 +373,7 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
         generated = self.image_processor.denormalize(decoded.float().cpu())
 
         # 9. Paste back into the full-resolution input and convert
-        return self._finish_call(start, generated, keep_unmasked)
+        self.maybe_free_model_hooks()
+        return finish_output(
+            generated, images, holes, region, keep_unmasked, num_images_per_prompt, output_type, return_dict
+        )

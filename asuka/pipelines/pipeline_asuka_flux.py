@@ -42,7 +42,16 @@ from .backbones import FLUX_FILL, BackboneSpec
 from .cached_attention import cache_constant_conditioning
 from .decode import AsukaDecodeMixin
 from .hub_light import LightRepoMixin, resolve_repo
-from .inpaint_steps import AsukaInpaintMixin, AsukaPipelineOutput, ImageInput, StepCallback, repeat_to_batch
+from .inpaint_steps import (
+    AsukaPipelineOutput,
+    ImageInput,
+    cut_working_region,
+    finish_output,
+    repeat_to_batch,
+    standardise_inputs,
+    unchanged_output,
+)
+from .pipeline_mixins import AsukaInpaintMixin, StepCallback
 
 
 EXAMPLE_DOC_STRING = """
@@ -145,11 +154,11 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin, As
         num_inference_steps: int,
         num_images_per_prompt: int,
         output_type: str,
-        prompt_embeds: torch.Tensor | None,
-        pooled_prompt_embeds: torch.Tensor | None,
         callback_on_step_end_tensor_inputs: list[str],
         working_resolution: int,
         mae_input_preprocessing: str | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        pooled_prompt_embeds: torch.Tensor | None = None,
     ) -> None:
         self._check_common_inputs(
             output_type,
@@ -213,20 +222,21 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin, As
     # ------------------------------------------------------------------ conditioning
 
     @torch.no_grad()
-    def encode_image_condition(
+    def encode_prior(
         self,
         image: torch.Tensor,
-        mask: torch.Tensor,
+        hole: torch.Tensor,
         condition_weight: float | None = None,
         mae_input_preprocessing: str | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(tokens, pooled) that replace T5 and pooled CLIP: aligners over the MAE prior.
+        """ASUKA's conditioning, (tokens, pooled) in place of T5's and pooled CLIP's: the aligners over
+        `mae.prior(image, hole)`.
 
-        `image` is (B,3,H,W) in [0,1], `mask` (B,1,H,W) with 1 = hole, of any size (the MAE resizes them itself);
+        `image` is (B,3,H,W) in [0,1], `hole` (B,1,H,W) with 1 = repaint, of any size (the MAE resizes them itself);
         `condition_weight=None` uses each aligner's configured weight (0.5 for the release),
         `mae_input_preprocessing=None` the MAE's configured input order.
         """
-        prior = self.mae.prior(image, mask, mae_input_preprocessing)
+        prior = self.mae.prior(image, hole, mae_input_preprocessing)
         tokens = self.token_aligner(prior.to(self.token_aligner.dtype), condition_weight=condition_weight).tokens
         pooled = self.pooled_aligner(prior.to(self.pooled_aligner.dtype), condition_weight=condition_weight).pooled
         return tokens, pooled
@@ -359,34 +369,42 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin, As
         tensor_inputs = self.step_callback_tensor_inputs(callback_on_step_end, callback_on_step_end_tensor_inputs)
         working_resolution = working_resolution or self.config.working_resolution
         self.check_inputs(
-            num_inference_steps,
-            num_images_per_prompt,
-            output_type,
-            prompt_embeds,
-            pooled_prompt_embeds,
-            tensor_inputs,
-            working_resolution,
-            mae_input_preprocessing,
+            num_inference_steps=num_inference_steps,
+            num_images_per_prompt=num_images_per_prompt,
+            output_type=output_type,
+            callback_on_step_end_tensor_inputs=tensor_inputs,
+            working_resolution=working_resolution,
+            mae_input_preprocessing=mae_input_preprocessing,
+            prompt_embeds=prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds,
         )
-        # 2. Standardise them; an empty mask has nothing to inpaint: the start's output is the input untouched
-        start = self._start_call(image, mask_image, guidance_scale, num_images_per_prompt, output_type, return_dict)
-        if start.output is not None:
-            return start.output
-        batch_size, total, device = start.batch_size, start.total, start.device
+        self._guidance_scale = guidance_scale
+        self._interrupt = False
+
+        # 2. Standardise them: images (B, 3, H, W) in [0, 1], holes (B, 1, H, W); an empty mask has nothing to
+        #    inpaint, so the call returns the input untouched
+        images, holes = standardise_inputs(image, mask_image)
+        if not holes.any() and output_type != "latent":
+            self.maybe_free_model_hooks()
+            return unchanged_output(images, num_images_per_prompt, output_type, return_dict)
+        batch_size, total, device = images.shape[0], images.shape[0] * num_images_per_prompt, self._execution_device
 
         # 3. Cut the working region (the whole image, or a crop around the mask), sides multiples of the packed
         #    latent patch (2 latent pixels), at the transformer's resolution
-        region, work_image, work_hole = start.cut_working_region(
-            working_resolution, self.vae_scale_factor * 2, padding_mask_crop
+        region, work_image, work_hole = cut_working_region(
+            images, holes, working_resolution, self.vae_scale_factor * 2, padding_mask_crop
         )
         init_image = self.image_processor.normalize(work_image)
         width, height = region.size
 
-        # 4. Conditioning: tokens and pooled vector from the aligned MAE prior of the region at the input's
-        #    resolution, unless embeddings are given
+        # 4. Encode the prior: tokens and pooled vector from the aligned MAE prior of the region as the input has it
+        #    (not resampled), unless embeddings are given
         if prompt_embeds is None:
-            prompt_embeds, pooled_prompt_embeds = self.encode_image_condition(
-                *start.input_crop(), condition_weight, mae_input_preprocessing
+            prompt_embeds, pooled_prompt_embeds = self.encode_prior(
+                image=region.crop(images),
+                hole=region.crop(holes),
+                condition_weight=condition_weight,
+                mae_input_preprocessing=mae_input_preprocessing,
             )
         dtype = self.transformer.dtype
         prompt_embeds = repeat_to_batch(prompt_embeds.to(device, dtype), batch_size, "prompt_embeds")
@@ -397,7 +415,7 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin, As
         pooled_prompt_embeds = pooled_prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
         text_ids = torch.zeros(prompt_embeds.shape[1], 3, device=device, dtype=dtype)
 
-        # 5. Timesteps: FLUX's flow-matching schedule, shifted for this resolution
+        # 5. Prepare the timesteps: FLUX's flow-matching schedule, shifted for this resolution
         sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps) if sigmas is None else sigmas
         image_seq_len = (height // self.vae_scale_factor // 2) * (width // self.vae_scale_factor // 2)
         mu = calculate_shift(
@@ -414,8 +432,8 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin, As
             num_inference_steps=num_inference_steps, strength=1.0, device=device
         )
 
-        # 6. Noise latents and the packed masked-image latents + mask (FluxFillPipeline's own preparation), one
-        #    image per output so that each output's VAE samples and noise come from its own generator
+        # 6. Prepare the latents: the noise and the packed masked-image latents + mask (FluxFillPipeline's own
+        #    preparation), one image per output so that each output's VAE samples and noise come from its own generator
         init_image = init_image.repeat_interleave(num_images_per_prompt, dim=0)
         work_hole = work_hole.repeat_interleave(num_images_per_prompt, dim=0)
         latent_timestep = timesteps[:1].repeat(total)
@@ -479,14 +497,18 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin, As
                 progress_bar.update()
 
         if output_type == "latent":  # packed, as FluxFillPipeline returns them
-            return self._latents_output(latents, return_dict)
+            self.maybe_free_model_hooks()
+            return AsukaPipelineOutput(images=latents) if return_dict else (latents,)
 
         # 8. Decode: the mask-conditioned AsukaDecoder (or the plain VAE) after FLUX's unpacking and unscaling
         decoded = self.decode_latents(latents, init_image, work_hole, generator=generator)
         generated = self.image_processor.denormalize(decoded.float().cpu())
 
         # 9. Paste back into the full-resolution input and convert
-        return self._finish_call(start, generated, keep_unmasked)
+        self.maybe_free_model_hooks()
+        return finish_output(
+            generated, images, holes, region, keep_unmasked, num_images_per_prompt, output_type, return_dict
+        )
 
 
 def load_asuka_flux_components(

@@ -46,13 +46,8 @@ from skimage.feature import canny
 
 from ..models.strdiffusion import StrDiffusionDiscriminator, StrDiffusionUNet
 from ..schedulers.ir_sde import IRSDEScheduler
-from .inpaint_steps import (
-    ImageInput,
-    StepCallback,
-    StepStateMixin,
-    standardise_inputs,
-    to_output_type,
-)
+from .inpaint_steps import ImageInput, standardise_inputs, to_output_type
+from .pipeline_mixins import StepCallback, StepStateMixin
 
 
 RGB2GRAY = (0.2125, 0.7154, 0.0721)  # scikit-image's rgb2gray weights
@@ -352,13 +347,13 @@ class StrDiffusionPipeline(DiffusionPipeline, StepStateMixin):
         #    mask nearest, like the reference)
         pixels, hole = standardise_inputs(image, mask_image)
         self.check_inputs(
-            pixels.shape[0],
-            num_inference_steps,
-            num_images_per_prompt,
-            generator,
-            output_type,
-            noise_tape,
-            callback_on_step_end_tensor_inputs,
+            batch_size=pixels.shape[0],
+            num_inference_steps=num_inference_steps,
+            num_images_per_prompt=num_images_per_prompt,
+            generator=generator,
+            output_type=output_type,
+            noise_tape=noise_tape,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
         )
         pixels = pixels.repeat_interleave(num_images_per_prompt, dim=0)
         hole = hole.repeat_interleave(num_images_per_prompt, dim=0)
