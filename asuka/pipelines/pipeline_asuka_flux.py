@@ -378,8 +378,7 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin, As
             prompt_embeds=prompt_embeds,
             pooled_prompt_embeds=pooled_prompt_embeds,
         )
-        self._guidance_scale = guidance_scale
-        self._interrupt = False
+        self._reset_step_state(guidance_scale)
 
         # 2. Standardise them: images (B, 3, H, W) in [0, 1], holes (B, 1, H, W); an empty mask has nothing to
         #    inpaint, so the call returns the input untouched
@@ -387,13 +386,13 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin, As
         if not holes.any() and output_type != "latent":
             self.maybe_free_model_hooks()
             return unchanged_output(images, num_images_per_prompt, output_type, return_dict)
-        batch_size, total, device = images.shape[0], images.shape[0] * num_images_per_prompt, self._execution_device
 
         # 3. Cut the working region (the whole image, or a crop around the mask), sides multiples of the packed
         #    latent patch (2 latent pixels), at the transformer's resolution
         region, work_image, work_hole = cut_working_region(
             images, holes, working_resolution, self.vae_scale_factor * 2, padding_mask_crop
         )
+        batch_size, total, device = images.shape[0], images.shape[0] * num_images_per_prompt, self._execution_device
         init_image = self.image_processor.normalize(work_image)
         width, height = region.size
 

@@ -101,6 +101,11 @@ class AsukaInpaintMixin(StepStateMixin):
         callback may change `_guidance_scale`."""
         return self._guidance_scale
 
+    def _reset_step_state(self, guidance_scale: float) -> None:
+        """The step state at the start of a call: its guidance scale (a step callback may change it), no interrupt."""
+        self._guidance_scale = guidance_scale
+        self._interrupt = False
+
     @staticmethod
     def _check_working_resolution(working_resolution: int, multiple: int) -> None:
         """The backbone needs at least one `multiple` (its size step) of working resolution."""
