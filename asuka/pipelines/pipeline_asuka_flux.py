@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import diffusers
 import numpy as np
 import torch
 from diffusers import (
@@ -203,17 +204,15 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin, As
                 f"Unsupported argument(s) {sorted(kwargs)} when assembling from two sources; accepted: "
                 f"{sorted(hub_keys)} and {sorted(init_names)}."
             )
-        base_classes = {"vae": AutoencoderKL, "transformer": FluxTransformer2DModel}
-        for name, model_class in base_classes.items():
+        for name, class_name in cls.backbone_spec.component_classes().items():  # the FLUX.1-Fill backbone's parts
             if name not in components:
-                components[name] = model_class.from_pretrained(
-                    pretrained_model_name_or_path, subfolder=name, **load_kwargs
+                # schedulers hold no weights: no dtype, no variant
+                skip = ("torch_dtype", "variant") if name == "scheduler" else ()
+                components[name] = getattr(diffusers, class_name).from_pretrained(
+                    pretrained_model_name_or_path,
+                    subfolder=name,
+                    **{key: value for key, value in load_kwargs.items() if key not in skip},
                 )
-        if "scheduler" not in components:
-            scheduler_kwargs = {k: v for k, v in load_kwargs.items() if k not in ("torch_dtype", "variant")}
-            components["scheduler"] = FlowMatchEulerDiscreteScheduler.from_pretrained(
-                pretrained_model_name_or_path, subfolder="scheduler", **scheduler_kwargs
-            )
         asuka_kwargs = {k: v for k, v in load_kwargs.items() if k not in ("revision", "variant")}
         for name, module in load_asuka_flux_components(asuka, **asuka_kwargs).items():
             components.setdefault(name, module)
