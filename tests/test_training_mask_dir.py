@@ -156,7 +156,9 @@ def test_bad_mask_dir_flags_and_folders_raise_value_errors(image_dir, tmp_path):
 
 
 def test_mae_script_trains_on_folder_masks(tmp_path_factory, image_dir, tmp_path):
+    """A two-step run draws its masks from the folder: the corrupt file it meets is counted in the result."""
     folder = write_masks(tmp_path / "masks", [(32, 32), (64, 64)])
+    (folder / "corrupt.png").write_bytes(b"not a png")
     output_dir = tmp_path / "mae"
     argv = training_argv(
         tiny_pipeline_dir(tmp_path_factory, "sd"),
@@ -169,6 +171,6 @@ def test_mae_script_trains_on_folder_masks(tmp_path_factory, image_dir, tmp_path
         mask_dir=folder,
     )
     result = train_mae.main(argv)
-    assert result.global_step == 2 and result.num_bad_masks == 0
+    assert result.global_step == 2 and result.num_bad_masks > 0
     recorded = json.loads((output_dir / "training_args.json").read_text())
     assert recorded["mask_dir"] == str(folder) and recorded["mask_dir_prob"] == 1.0
