@@ -7,7 +7,8 @@ The paper trains on a mixture of three mask families:
 * ``"irregular"``: free-form brush strokes in the LaMa / Co-Mod-GAN style;
 * ``"regular"``: a rectangle hole, or its complement (everything but a rectangle).
 
-Mixture weights default to 50/40/10. Every mask is a float32 ``(H, W)`` array, 1 = hole.
+Mixture weights default to 50/40/10. A folder of ready-made masks (``mask_dir``, e.g. the masks released with
+MISATO) can replace or mix with that mixture. Every mask is a float32 ``(H, W)`` array, 1 = hole.
 Only numpy, PIL and ``asuka.imageio`` (which reads the object masks, with the same extension list and
 decoding rules as everywhere else) are imported, so data loaders and the app can use this module cheaply.
 """
@@ -95,14 +96,23 @@ def _erode_bool(hole: np.ndarray, pixels: int) -> np.ndarray:
     return ~_dilate_bool(~hole, pixels)
 
 
+def _image_files(folder: str | Path, name: str) -> list[Path]:
+    """The image files under ``folder`` (recursive, sorted), as `asuka.imageio.is_image_file` names them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"MaskGenerator: {name} {str(folder)!r} is not a folder.")
+    return sorted(p for p in folder.rglob("*") if is_image_file(p) and p.is_file())
+
+
 @dataclass
 class MaskSample:
     """One generated mask and how it was made."""
 
     mask: np.ndarray  # float32 (H, W), 1 = hole
-    family: str  # one of FAMILIES
+    family: str  # one of FAMILIES, or "folder" for a mask read from ``mask_dir``
     with_irregular: bool = False  # object mask combined with strokes
     mae_enlarged: bool = False  # extra patches were added for MAE training
+    skipped: tuple[str, ...] = ()  # "path: reason" of each unreadable ``mask_dir`` file passed over to draw this one
 
 
 class MaskGenerator:
@@ -120,6 +130,12 @@ class MaskGenerator:
             ``hole_range[1]`` by design).
         seed: seed of the generator's own stream (``__call__``); ``sample(index=i)`` gives the
             same mask for the same ``(seed, i)`` regardless of call order (safe for data loaders).
+        mask_dir: folder of ready-made masks (searched recursively), read by ``asuka.imageio.load_mask``: grey
+            value > 127 is a hole (or opaque, for a picture with transparency), resized with nearest to
+            ``resolution`` if its size differs; a file of another aspect ratio, like a missing or corrupt one, is
+            unreadable and passed over for the next file (listed in ``MaskSample.skipped``). These masks are used as
+            they are (``hole_range`` does not apply; ``mae_mode`` does).
+        mask_dir_prob: chance that a sample is a ``mask_dir`` mask rather than a generated one (default 1: all).
     """
 
     def __init__(
@@ -133,6 +149,8 @@ class MaskGenerator:
         patch_size: int = 16,
         mae_min_patch_ratio: float = 0.75,
         seed: int | None = None,
+        mask_dir: str | Path | None = None,
+        mask_dir_prob: float = 1.0,
     ) -> None:
         self.height, self.width = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
         if self.height < 8 or self.width < 8:
@@ -152,6 +170,8 @@ class MaskGenerator:
             raise ValueError(f"MaskGenerator: object_irregular_prob must be in [0, 1], got {object_irregular_prob!r}.")
         if patch_size < 1 or not 0.0 < mae_min_patch_ratio <= 1.0:
             raise ValueError("MaskGenerator: patch_size must be >= 1 and mae_min_patch_ratio in (0, 1].")
+        if not 0.0 <= mask_dir_prob <= 1.0:
+            raise ValueError(f"MaskGenerator: mask_dir_prob must be in [0, 1], got {mask_dir_prob!r}.")
 
         self.hole_range = (low, high)
         self.object_irregular_prob = float(object_irregular_prob)
@@ -160,23 +180,28 @@ class MaskGenerator:
         self.mae_min_patch_ratio = float(mae_min_patch_ratio)
         self.seed = seed
         self._rng = np.random.default_rng(seed)
+        self.mask_dir_prob = float(mask_dir_prob)
+        self.mask_paths = [] if mask_dir is None else _image_files(mask_dir, "mask_dir")
+        if mask_dir is not None:
+            if not self.mask_paths:
+                raise ValueError(
+                    f"MaskGenerator: mask_dir {str(mask_dir)!r} holds no mask images (accepted: the files "
+                    "`asuka.imageio.is_image_file` names, e.g. PNG, JPEG, WebP; hidden files are ignored)."
+                )
+            self._folder_mask(0)  # fail now, not mid-training, when no file of the folder is readable
 
-        self.object_paths = []
-        if object_mask_dir is not None:
-            folder = Path(object_mask_dir)
-            if not folder.is_dir():
-                raise ValueError(f"MaskGenerator: object_mask_dir {str(folder)!r} is not a folder.")
-            self.object_paths = sorted(p for p in folder.rglob("*") if is_image_file(p) and p.is_file())
+        self.object_paths = [] if object_mask_dir is None else _image_files(object_mask_dir, "object_mask_dir")
         if not self.object_paths and probs[0] > 0:
             if probs[1:].sum() == 0:
                 raise ValueError(
                     "MaskGenerator: only object masks were requested but no object mask folder/files were given."
                 )
-            warnings.warn(
-                "MaskGenerator: no object masks available (object_mask_dir missing or empty); the object share "
-                "falls back to the irregular and regular families in proportion.",
-                stacklevel=2,
-            )
+            if not self.mask_paths or self.mask_dir_prob < 1.0:  # silent when every mask comes from mask_dir
+                warnings.warn(
+                    "MaskGenerator: no object masks available (object_mask_dir missing or empty); the object share "
+                    "falls back to the irregular and regular families in proportion.",
+                    stacklevel=2,
+                )
             probs[0] = 0.0
         self.family_probs = probs / probs.sum()
         # Stroke geometry scales with the short side (constants are tuned for 512 px).
@@ -191,6 +216,12 @@ class MaskGenerator:
         """Draw one mask. ``index`` derives an independent stream from ``(seed, index)``."""
         if rng is None:
             rng = self._rng if index is None else np.random.default_rng([self.seed or 0, int(index)])
+        if self.mask_paths and rng.random() < self.mask_dir_prob:
+            hole, skipped = self._folder_mask(int(rng.integers(len(self.mask_paths))))
+            enlarged = False
+            if self.mae_mode:
+                hole, enlarged = self._mae_enlarge(rng, hole)
+            return MaskSample(hole.astype(np.float32), "folder", mae_enlarged=enlarged, skipped=skipped)
         family = FAMILIES[int(rng.choice(3, p=self.family_probs))]
         low, high = self.hole_range
         with_irregular = False
@@ -310,6 +341,20 @@ class MaskGenerator:
             hole[top : top + new_h, left : left + new_w] = np.asarray(resized) > 0
             return hole
         raise ValueError(f"MaskGenerator: could not read a non-empty object mask from {len(self.object_paths)} files.")
+
+    def _folder_mask(self, start: int) -> tuple[np.ndarray, tuple[str, ...]]:
+        """The first readable ``mask_dir`` mask from position ``start`` on (wrapping), and the files passed over."""
+        skipped = []
+        for offset in range(len(self.mask_paths)):
+            path = self.mask_paths[(start + offset) % len(self.mask_paths)]
+            try:
+                return np.asarray(load_mask(path, (self.width, self.height))) > 0, tuple(skipped)
+            except ValueError as error:  # missing, corrupt, or of another aspect ratio
+                skipped.append(f"{path}: {error}")
+        raise ValueError(
+            f"MaskGenerator: none of the {len(self.mask_paths)} files of mask_dir could be read as a mask "
+            f"({'; '.join(skipped[:3])}); accepted: complete image files of the training aspect ratio."
+        )
 
     # ------------------------------------------------------------------ constraints
     def _fit_ratio(self, hole: np.ndarray) -> np.ndarray:

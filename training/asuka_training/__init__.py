@@ -14,7 +14,8 @@ and `hub` (model card and upload). Every script is assembled the same way; nothi
 `train_step(batch, global_step)` computes the loss, calls `setup.step(loss)` and returns scalars
 to log (key "loss" is required); `validate(global_step)` returns rows of PIL images for a grid
 (`inpainting_rows` for a pipeline).
-A batch holds "pixel_values" (B,3,R,R) in [0,1], "mask" (B,1,R,R) with 1 = hole, "num_bad_images".
+A batch holds "pixel_values" (B,3,R,R) in [0,1], "mask" (B,1,R,R) with 1 = hole, "num_bad_images",
+"num_bad_masks".
 """
 
 from .args import add_start_from, build_parser, parse_args, serialisable_args

@@ -61,6 +61,19 @@ def build_parser(description: str) -> argparse.ArgumentParser:
         help="Folder of object masks (training/prepare_object_masks.py). Without it, the object share falls back "
         "to the other families.",
     )
+    add(
+        "--mask_dir",
+        type=str,
+        default=None,
+        help="Folder of ready-made training masks (e.g. the masks released with MISATO; white = hole, grey > 127, "
+        "resized with nearest to --resolution), used instead of or mixed with the generated masks.",
+    )
+    add(
+        "--mask_dir_prob",
+        type=float,
+        default=None,
+        help="Chance that a sample takes a --mask_dir mask rather than a generated one (default 1 with --mask_dir).",
+    )
     add("--hole_min", type=float, default=0.05, help="Smallest hole ratio of training masks.")
     add("--hole_max", type=float, default=0.7, help="Largest hole ratio of training masks.")
     # optimisation
@@ -152,6 +165,14 @@ def parse_args(
         raise ValueError(
             f"--hole_min/--hole_max must satisfy 0 <= min <= max <= 1, got {args.hole_min}, {args.hole_max}."
         )
+    if args.mask_dir is None and args.mask_dir_prob is not None:
+        raise ValueError("--mask_dir_prob applies to --mask_dir only: give the mask folder too, or drop it.")
+    if args.mask_dir is not None and not Path(args.mask_dir).is_dir():
+        raise ValueError(f"--mask_dir {args.mask_dir!r} is not a folder.")
+    if args.mask_dir is not None and args.mask_dir_prob is None:
+        args.mask_dir_prob = 1.0
+    if args.mask_dir_prob is not None and not 0.0 <= args.mask_dir_prob <= 1.0:
+        raise ValueError(f"--mask_dir_prob must be in [0, 1] (a probability), got {args.mask_dir_prob}.")
     if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
         raise ValueError("--checkpoints_total_limit must be >= 1.")
     if args.resolution % 8:

@@ -1,8 +1,9 @@
 """Training data: images (decoded only by `asuka.imageio`, like the app and the CLI) plus paper masks.
 
-A sample holds "pixel_values" (3,R,R) in [0,1], "mask" (1,R,R) with 1 = hole, and "num_bad_images"
-(unreadable files skipped to produce it). `load_training_image` is the whole path from a file to the
-pixel tensor, so a test can compare it with what `asuka.imageio.load_image` gives the pipelines.
+A sample holds "pixel_values" (3,R,R) in [0,1], "mask" (1,R,R) with 1 = hole, "num_bad_images"
+(unreadable image files skipped to produce it) and "num_bad_masks" (unreadable --mask_dir files skipped).
+`load_training_image` is the whole path from a file to the pixel tensor, so a test can compare it with what
+`asuka.imageio.load_image` gives the pipelines.
 """
 
 from __future__ import annotations
@@ -80,8 +81,14 @@ class SampleMaker:
     def __call__(self, image: Image.Image, key: Sequence[int]) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, *key])
         pixels = self.transform(image, rng)
-        mask = torch.from_numpy(self.masks.sample(rng).mask)[None]
-        return {"pixel_values": pixels, "mask": mask}
+        drawn = self.masks.sample(rng)
+        for reason in drawn.skipped:
+            logger.warning("skipping unreadable mask %s", reason)
+        return {
+            "pixel_values": pixels,
+            "mask": torch.from_numpy(drawn.mask)[None],
+            "num_bad_masks": len(drawn.skipped),
+        }
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):
@@ -156,7 +163,7 @@ class StreamingImageDataset(torch.utils.data.IterableDataset):
 def build_dataset(
     args: argparse.Namespace, mae_mode: bool = False, patch_size: int = 16, mae_min_patch_ratio: float = 0.75
 ) -> torch.utils.data.Dataset:
-    """Dataset from --train_data_dir or --dataset_name/--streaming, with paper masks at --resolution."""
+    """Dataset from --train_data_dir or --dataset_name/--streaming, with paper or --mask_dir masks at --resolution."""
     masks = MaskGenerator(
         args.resolution,
         object_mask_dir=args.object_mask_dir,
@@ -165,6 +172,8 @@ def build_dataset(
         patch_size=patch_size,
         mae_min_patch_ratio=mae_min_patch_ratio,
         seed=args.seed,
+        mask_dir=args.mask_dir,
+        mask_dir_prob=args.mask_dir_prob if args.mask_dir is not None else 1.0,
     )
     make_sample = SampleMaker(
         ImageTransform(args.resolution, args.random_crop, args.random_flip), masks, args.seed or 0
@@ -213,11 +222,12 @@ def validation_batch(dataset: torch.utils.data.Dataset, count: int) -> dict[str,
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Stack pixels and masks; sum the bad-image counts."""
+    """Stack pixels and masks; sum the bad-image and bad-mask counts."""
     return {
         "pixel_values": torch.stack([s["pixel_values"] for s in samples]).contiguous(),
         "mask": torch.stack([s["mask"] for s in samples]).contiguous(),
         "num_bad_images": torch.tensor(sum(int(s["num_bad_images"]) for s in samples)),
+        "num_bad_masks": torch.tensor(sum(int(s["num_bad_masks"]) for s in samples)),
     }
 
 

@@ -31,6 +31,7 @@ class TrainingResult:
     global_step: int
     losses: list[float] = field(default_factory=list)
     num_bad_images: int = 0
+    num_bad_masks: int = 0
     output_dir: str = ""
     pipeline_dir: str | None = None
     repo_id: str | None = None
@@ -162,6 +163,7 @@ def run_training(
             logs = train_step(batch, global_step)
         pending.append(accelerator.reduce(logs["loss"].detach().float(), "mean").item())
         result.num_bad_images += int(accelerator.reduce(batch["num_bad_images"].to(accelerator.device), "sum").item())
+        result.num_bad_masks += int(accelerator.reduce(batch["num_bad_masks"].to(accelerator.device), "sum").item())
         if not accelerator.sync_gradients:
             continue
         global_step += 1
@@ -169,7 +171,9 @@ def run_training(
         pending = []
         progress.update(1)
         scalars = {k: float(v.detach().float().mean()) if torch.is_tensor(v) else float(v) for k, v in logs.items()}
-        scalars.update(loss=result.losses[-1], num_bad_images=result.num_bad_images)
+        scalars.update(
+            loss=result.losses[-1], num_bad_images=result.num_bad_images, num_bad_masks=result.num_bad_masks
+        )
         progress.set_postfix(loss=scalars["loss"])
         accelerator.log(scalars, step=global_step)
         if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
