@@ -131,10 +131,10 @@ class MaskGenerator:
         seed: seed of the generator's own stream (``__call__``); ``sample(index=i)`` gives the
             same mask for the same ``(seed, i)`` regardless of call order (safe for data loaders).
         mask_dir: folder of ready-made masks (searched recursively), read by ``asuka.imageio.load_mask``: grey
-            value > 127 is a hole (or opaque, for a picture with transparency), resized with nearest to
-            ``resolution`` if its size differs; a file of another aspect ratio, like a missing or corrupt one, is
-            unreadable and passed over for the next file (listed in ``MaskSample.skipped``). These masks are used as
-            they are (``hole_range`` does not apply; ``mae_mode`` does).
+            value > 127 is a hole (or opaque, for a picture with transparency); one of another size is resized
+            (nearest) to cover ``resolution`` and its centre cut out, as training images are. A missing or corrupt
+            file is passed over for the next file (listed in ``MaskSample.skipped``). These masks are used as they
+            are (``hole_range`` does not apply; ``mae_mode`` does).
         mask_dir_prob: chance that a sample is a ``mask_dir`` mask rather than a generated one (default 1: all).
     """
 
@@ -348,13 +348,26 @@ class MaskGenerator:
         for offset in range(len(self.mask_paths)):
             path = self.mask_paths[(start + offset) % len(self.mask_paths)]
             try:
-                return np.asarray(load_mask(path, (self.width, self.height))) > 0, tuple(skipped)
-            except ValueError as error:  # missing, corrupt, or of another aspect ratio
+                mask = load_mask(path)
+            except ValueError as error:  # missing or corrupt
                 skipped.append(f"{path}: {error}")
+                continue
+            return np.asarray(self._cover_crop(mask)) > 0, tuple(skipped)
         raise ValueError(
             f"MaskGenerator: none of the {len(self.mask_paths)} files of mask_dir could be read as a mask "
-            f"({'; '.join(skipped[:3])}); accepted: complete image files of the training aspect ratio."
+            f"({'; '.join(skipped[:3])}); accepted: complete image files (PNG, JPEG, WebP, ...)."
         )
+
+    def _cover_crop(self, mask: Image.Image) -> Image.Image:
+        """``mask`` resized (nearest) until it covers the training size, then its centre cut out, as training images
+        are resized and cropped: a mask of another aspect ratio keeps its shapes instead of being stretched."""
+        if mask.size == (self.width, self.height):
+            return mask
+        scale = max(self.width / mask.width, self.height / mask.height)
+        size = (max(self.width, round(mask.width * scale)), max(self.height, round(mask.height * scale)))
+        mask = mask.resize(size, Image.Resampling.NEAREST)
+        left, top = (size[0] - self.width) // 2, (size[1] - self.height) // 2
+        return mask.crop((left, top, left + self.width, top + self.height))
 
     # ------------------------------------------------------------------ constraints
     def _fit_ratio(self, hole: np.ndarray) -> np.ndarray:

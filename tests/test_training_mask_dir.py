@@ -43,11 +43,16 @@ def write_masks(folder, sizes):
 
 
 def expected_mask(path, resolution=RESOLUTION):
-    """The file's pixels read independently: > 127 = hole, nearest-resized to the training resolution."""
+    """The file's pixels read independently: > 127 = hole, nearest-resized so its short side is the training
+    resolution, the centre square cut out (as training images are)."""
     grey = Image.open(path).convert("L")
-    if grey.size != (resolution, resolution):
-        grey = grey.resize((resolution, resolution), Image.Resampling.NEAREST)
-    return (np.asarray(grey) > 127).astype(np.float32)
+    width, height = grey.size
+    short = min(width, height)
+    size = (round(width * resolution / short), round(height * resolution / short))
+    if size != grey.size:
+        grey = grey.resize(size, Image.Resampling.NEAREST)
+    left, top = (size[0] - resolution) // 2, (size[1] - resolution) // 2
+    return (np.asarray(grey)[top : top + resolution, left : left + resolution] > 127).astype(np.float32)
 
 
 def dataset_for(image_dir, *flags):
@@ -66,8 +71,10 @@ def draws(dataset, epochs):
 
 
 def test_folder_masks_are_the_files_pixels_binarised_and_resized(image_dir, tmp_path):
-    # one mask at the training resolution, one twice as large (nearest-resized), one grey RGB
-    folder = write_masks(tmp_path / "masks", [(RESOLUTION, RESOLUTION), (2 * RESOLUTION, 2 * RESOLUTION)])
+    # one mask at the training resolution, one twice as large (nearest-resized), a wide and a tall one (resized to
+    # cover, centre cut out), one grey RGB
+    sizes = [(RESOLUTION, RESOLUTION), (2 * RESOLUTION, 2 * RESOLUTION), (RESOLUTION, 3 * RESOLUTION + 5)]
+    folder = write_masks(tmp_path / "masks", [*sizes, (2 * RESOLUTION + 7, RESOLUTION + 3)])
     rgb = np.repeat(np.random.default_rng(4).integers(0, 256, (RESOLUTION, RESOLUTION, 1), dtype=np.uint8), 3, 2)
     Image.fromarray(rgb).save(folder / "mask_rgb.png")
     expected = {p.name: expected_mask(p) for p in sorted(folder.iterdir())}
@@ -75,13 +82,13 @@ def test_folder_masks_are_the_files_pixels_binarised_and_resized(image_dir, tmp_
 
     dataset = dataset_for(image_dir, "--mask_dir", folder)  # --mask_dir_prob defaults to 1: folder masks only
     seen = set()
-    for sample in draws(dataset, 5):
+    for sample in draws(dataset, 8):
         mask = sample["mask"][0].numpy()
         matches = [name for name, pixels in expected.items() if np.array_equal(mask, pixels)]
         assert len(matches) == 1, "every mask used is exactly one file's binarised pixels"
         seen.update(matches)
         assert sample["num_bad_masks"] == 0
-    assert seen == set(expected)  # 20 draws reach every file
+    assert seen == set(expected)  # 32 draws reach every file
 
     again = dataset_for(image_dir, "--mask_dir", folder)
     assert all(np.array_equal(a["mask"], b["mask"]) for a, b in zip(draws(dataset, 2), draws(again, 2), strict=True))
@@ -148,7 +155,7 @@ def test_bad_mask_dir_flags_and_folders_raise_value_errors(image_dir, tmp_path):
     unreadable = tmp_path / "unreadable"
     unreadable.mkdir()
     (unreadable / "a.png").write_bytes(b"garbage")
-    Image.new("L", (RESOLUTION, 2 * RESOLUTION), 255).save(unreadable / "tall.png")  # another aspect ratio
+    (unreadable / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     with pytest.raises(ValueError, match="none of the 2 files of mask_dir could be read"):
         dataset_for(image_dir, "--mask_dir", unreadable)
     with pytest.raises(ValueError, match=r"mask_dir_prob must be in \[0, 1\]"):
