@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from asuka.convert.asuka_flux import add_asuka_flux_command
+from asuka.convert.mae import add_mae_command
 from asuka.convert.strdiffusion import add_strdiffusion_command
 
 
@@ -15,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m asuka.convert", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="FORMAT")
     add_asuka_flux_command(subparsers)
+    add_mae_command(subparsers)
     add_strdiffusion_command(subparsers)
     return parser
 

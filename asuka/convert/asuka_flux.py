@@ -36,7 +36,6 @@ converted folder).
 """
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -57,7 +56,7 @@ from asuka.convert.asuka_flux_keys import (
     convert_mae_state_dict,
     encoder_fingerprint,
 )
-from asuka.convert.output import check_output_folder, push_folder, unshare, write_atomically
+from asuka.convert.output import check_output_folder, file_sha256, push_folder, unshare, write_atomically
 from asuka.convert.safe_loading import build_strict, load_checkpoint, tensor_state_dict
 from asuka.defaults import ASUKA_FLUX_RELEASE_REPO, FLUX_FILL_REPO
 from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE, AsukaVAEEncoder
@@ -218,14 +217,6 @@ def check_masked_image_encoder(
 # ---------------------------------------------------------------------------------------- writing
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 # The model card's component table, one row a line (kept out of the f-string to keep its lines short).
 _COMPONENT_TABLE = "\n".join(
     (
@@ -350,7 +341,7 @@ def convert_asuka_flux(
     encoder_check = check_masked_image_encoder(components[ENCODER_FOLDER], backbone_vae, backbone, unread_reason)
     if not encoder_check["stored"]:
         components[ENCODER_FOLDER] = None
-    hashes = {name: _sha256(folder / name) for name in RELEASE_FILES}
+    hashes = {name: file_sha256(folder / name) for name in RELEASE_FILES}
     metadata = {
         "format": "asuka-flux",
         "source": str(release),

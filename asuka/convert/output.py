@@ -5,6 +5,7 @@ The folder is written to a temporary sibling and renamed into place at the end, 
 looks like a converted folder.
 """
 
+import hashlib
 import os
 import shutil
 import uuid
@@ -35,6 +36,15 @@ def unshare(model: torch.nn.Module) -> None:
                     data = tensor.detach().clone(memory_format=torch.contiguous_format)
                     store[key] = torch.nn.Parameter(data, requires_grad=False) if key in module._parameters else data
                 seen.add(store[key].untyped_storage().data_ptr())
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 (hex) of a file, read in 1 MiB chunks: the provenance a converted folder records."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def write_atomically(out: str | os.PathLike, write: Callable[[Path], Any], overwrite: bool = False) -> Path:
