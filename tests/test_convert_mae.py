@@ -169,6 +169,8 @@ def test_pth_heads_default_to_the_mae_models_and_unknown_widths_ask_for_them(mae
 
 
 def test_image_size_rebuilds_the_tables_for_the_new_grid(vitmae):
+    with pytest.raises(ValueError, match="--image-size is 44; accepted: a positive multiple of the patch size 8"):
+        convert_mae(vitmae[1], image_size=44)
     mae, _ = convert_mae(vitmae[1], image_size=48, prior_layer=2)
     assert mae.config.image_size == 48 and mae.config.prior_layer == 2
     assert torch.allclose(mae.pos_embed, get_2d_sincos_pos_embed(32, 6))
@@ -250,3 +252,26 @@ def test_cli_writes_a_folder_that_loads_offline(vitmae, tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as exit_info:
         convert_main(["mae", "--from", str(folder), "--out", str(out)])
     assert exit_info.value.code == 2
+
+
+def test_hub_id_reads_the_downloaded_folder_and_an_unreachable_one_is_a_clear_error(vitmae, monkeypatch):
+    import huggingface_hub
+
+    requested = []
+
+    def snapshot_download(repo_id, allow_patterns):
+        requested.append((repo_id, allow_patterns))
+        if repo_id != "facebook/tiny-vit-mae":
+            raise huggingface_hub.errors.LocalEntryNotFoundError("offline")
+        return str(vitmae[1])
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    mae, record = convert_mae("facebook/tiny-vit-mae")
+    assert_all_weights_mapped(vitmae[0], mae)
+    assert record["source"] == "facebook/tiny-vit-mae" and record["norm_pix_loss"] is False
+    assert "model.safetensors" in requested[0][1] and "config.json" in requested[0][1]
+    with pytest.raises(ValueError, match="no-such/mae: no such file or folder, and no Hub model repo"):
+        convert_mae("no-such/mae")
+    with pytest.raises(ValueError, match="for a .pth only"):
+        convert_mae("facebook/tiny-vit-mae", num_heads=12)
+    assert len(requested) == 2  # refused before any download

@@ -28,7 +28,9 @@ What becomes of the MAE:
   after three quarters of the decoder (`--prior-layer`, ASUKA's 6 of 8).
 
 The folder is `AsukaMAE.save_pretrained`'s (safetensors), written atomically, with `conversion.json`: the source,
-the sha256 of each file read, and what was dropped and initialised.
+the sha256 of each file read, what was dropped and initialised, and the source's `norm_pix_loss` (None for a `.pth`,
+which does not say): an MAE trained with it predicts per-patch normalised pixels, so its `reconstruct` is not in
+pixel space until stage 1 retrains the head (the prior is unaffected).
 """
 
 import argparse
@@ -183,6 +185,10 @@ def mae_config(
             f"{source}: the encoder's MLP ratio is {ratios[0]}, the decoder's {ratios[1]}; AsukaMAE has one "
             "`mlp_ratio` for both."
         )
+    if image_size is not None and (image_size <= 0 or image_size % patch.shape[-1]):
+        raise ValueError(
+            f"--image-size is {image_size}; accepted: a positive multiple of the patch size {patch.shape[-1]}."
+        )
     return {
         "image_size": grid * patch.shape[-1] if image_size is None else image_size,
         "patch_size": patch.shape[-1],
@@ -263,18 +269,16 @@ def read_vitmae_folder(folder: Path) -> tuple[StateDict, Any, list[Path]]:
         raise ValueError(f"{folder}: no weights; expected one of {', '.join(_HF_WEIGHT_FILES)}.")
     files = [weights]
     if weights.name.endswith(".index.json"):
-        files = [folder / name for name in sorted(set(json.loads(weights.read_text())["weight_map"].values()))]
+        files = [folder / name for name in sorted(set(json.loads(weights.read_text()).get("weight_map", {}).values()))]
     state_dict = {}
     for path in files:
         state_dict.update(tensor_state_dict(load_checkpoint(path), str(path)))
     return state_dict, ViTMAEConfig.from_json_file(config_file), [config_file, *files]
 
 
-def _read_vitmae(folder: Path, num_heads: int | None, decoder_num_heads: int | None) -> tuple[StateDict, dict, Any]:
-    """A ViTMAE folder's state dict in MAE names, the source names, and its `ViTMAEConfig` (checked for what
-    `AsukaMAE`'s blocks can hold)."""
-    if num_heads is not None or decoder_num_heads is not None:
-        raise ValueError("--num-heads/--decoder-num-heads are for a .pth only; a ViTMAE folder's config has them.")
+def _read_vitmae(folder: Path) -> tuple[StateDict, dict[str, str], Any, list[Path]]:
+    """A ViTMAE folder's state dict in MAE names, the source names, its `ViTMAEConfig` (checked for what
+    `AsukaMAE`'s blocks can hold) and the files read."""
     hf_state_dict, hf_config, files = read_vitmae_folder(folder)
     if hf_config.hidden_act != "gelu" or not hf_config.qkv_bias:
         raise ValueError(
@@ -300,13 +304,15 @@ def convert_mae(
         entry = "model" if isinstance(obj, Mapping) and "model" in obj else None
         state_dict, names, files = tensor_state_dict(obj, name, entry), {}, [path]
         config = mae_config(state_dict, {}, name, num_heads, decoder_num_heads, MAE_NORM_EPS, **sizes)
-        source_format = "MAE repository checkpoint"
+        source_format, norm_pix_loss = "MAE repository checkpoint", None
     elif path.is_dir() or (re.fullmatch(r"[\w.-]+/[\w.-]+", name) and path.suffix not in (".pth", ".pt", ".bin")):
+        if num_heads is not None or decoder_num_heads is not None:
+            raise ValueError("--num-heads/--decoder-num-heads are for a .pth only; a ViTMAE folder's config has them.")
         folder = path if path.is_dir() else _hub_folder(name)
-        state_dict, names, hf_config, files = _read_vitmae(folder, num_heads, decoder_num_heads)
+        state_dict, names, hf_config, files = _read_vitmae(folder)
         heads = (hf_config.num_attention_heads, hf_config.decoder_num_attention_heads, hf_config.layer_norm_eps)
         config = mae_config(state_dict, names, str(folder), *heads, **sizes)
-        source_format = "transformers ViTMAEForPreTraining"
+        source_format, norm_pix_loss = "transformers ViTMAEForPreTraining", hf_config.norm_pix_loss
     else:
         raise ValueError(f"--from {source}: no such file or folder.")
     model = convert_mae_to_asuka(state_dict, config, names, name)
@@ -316,6 +322,7 @@ def convert_mae(
         "sha256": {file.name: file_sha256(file) for file in files},
         "dropped": ["cls_token", "pos_embed", "decoder_pos_embed (rebuilt: fixed 2-D sin-cos for AsukaMAE's grid)"],
         "initialised": {"alpha": ALPHA_INIT, "decoder_patch_embed": "zeros"},
+        "norm_pix_loss": norm_pix_loss,
         "config": config,
     }
     return model, record
