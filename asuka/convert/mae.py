@@ -50,8 +50,8 @@ from asuka.models.mae import AsukaMAE, get_2d_sincos_pos_embed
 PathLike = str | Path
 StateDict = dict[str, torch.Tensor]
 
-#: The MAE models' attention heads by width (ViT-B/L/H encoders, their 512-wide decoder), for a `.pth`.
-MAE_NUM_HEADS = {768: 12, 1024: 16, 1280: 16, 512: 16}
+#: The MAE models' attention heads by width, for a `.pth`: the ViT-B/L/H encoders, and the 512-wide decoder of all.
+MAE_NUM_HEADS = {"encoder": {768: 12, 1024: 16, 1280: 16}, "decoder": {512: 16}}
 #: MAE's LayerNorm epsilon (`partial(nn.LayerNorm, eps=1e-6)`), for a `.pth`.
 MAE_NORM_EPS = 1e-6
 #: What `AsukaMAE` adds to the MAE, as initialised here (see the module docstring).
@@ -122,7 +122,9 @@ def vitmae_to_mae_names(state_dict: Mapping[str, torch.Tensor], source: str = ""
     return converted, names
 
 
-def _tensor(state_dict: Mapping[str, torch.Tensor], key: str, ndim: int, names: Mapping[str, str], source: str):
+def _tensor(
+    state_dict: Mapping[str, torch.Tensor], key: str, ndim: int, names: Mapping[str, str], source: str
+) -> torch.Tensor:
     """`state_dict[key]`, which must have `ndim` dimensions; a `ValueError` naming the key otherwise."""
     name = names.get(key, key)
     if key not in state_dict:
@@ -149,12 +151,12 @@ def _grid(table: torch.Tensor, key: str, source: str) -> int:
 def _num_heads(width: int, given: int | None, what: str) -> int:
     if given is not None:
         return given
-    if width not in MAE_NUM_HEADS:
+    if width not in MAE_NUM_HEADS[what]:
         raise ValueError(
-            f"the checkpoint's {what} is {width} wide, not an MAE model's ({sorted(MAE_NUM_HEADS)}), so its heads "
-            f"are unknown: pass {'--num-heads' if what == 'encoder' else '--decoder-num-heads'}."
+            f"the checkpoint's {what} is {width} wide, not an MAE model's ({sorted(MAE_NUM_HEADS[what])}), so its "
+            f"heads are unknown: pass {'--num-heads' if what == 'encoder' else '--decoder-num-heads'}."
         )
-    return MAE_NUM_HEADS[width]
+    return MAE_NUM_HEADS[what][width]
 
 
 def mae_config(
