@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,10 @@ from PIL import Image
 from torch import nn
 
 import asuka_training
-from asuka.pipelines.backbones import SD15_INPAINTING, BackboneSpec
+
+
+if TYPE_CHECKING:
+    from asuka.pipelines.backbones import BackboneSpec
 
 
 # The model card's text (README.md of the final folder and of a pushed repo)
@@ -56,11 +60,15 @@ def one_step_x0(
     noise: torch.Tensor,
     timesteps: torch.Tensor,
     encoder_hidden_states: torch.Tensor,
-    backbone: BackboneSpec = SD15_INPAINTING,
+    backbone: BackboneSpec | None = None,
 ) -> torch.Tensor:
     """The denoiser's x0 estimate from `latents` noised to `timesteps`, with the clean latent as the
-    masked-image condition and an all-zero mask (nothing to inpaint) — paper Eq. 1. `backbone` says how to call
-    the denoiser and how its prediction gives x0."""
+    masked-image condition and an all-zero mask (nothing to inpaint) — paper Eq. 1. `backbone` (default: the
+    SD-1.5-inpainting spec) says how to call the denoiser and how its prediction gives x0."""
+    if backbone is None:
+        from asuka.pipelines.backbones import SD15_INPAINTING  # imported here: the pipelines load lazily
+
+        backbone = SD15_INPAINTING
     noisy = scheduler.add_noise(latents, noise, timesteps)
     zero_mask = torch.zeros_like(latents[:, :1])
     prediction = backbone.denoise(denoiser, noisy, zero_mask, latents, timesteps, encoder_hidden_states)
@@ -75,7 +83,7 @@ def latent_augmentation(
     timestep_range: tuple[int, int],
     probability: float = 0.5,
     generator: torch.Generator | None = None,
-    backbone: BackboneSpec = SD15_INPAINTING,
+    backbone: BackboneSpec | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Replace each sample's (scaled) latent by `one_step_x0` with `probability`, at a timestep drawn
     from `timestep_range` (inclusive). Returns the latents and the boolean (B,) applied-mask."""

@@ -8,7 +8,7 @@
 4. `finish_output`: paste the generated crop back into the full-resolution input and convert to `output_type`.
 
 `mae_reconstruction` pastes an MAE's own estimate into the hole, for previews. The pipelines' call state (step
-callbacks, guidance, offloading hooks) lives in `pipeline_mixins`.
+callbacks, guidance, shared input checks) lives in `pipeline_mixins`.
 
 This module ships to the Hub as remote code next to the pipeline files (see `hub_export`), so it imports only
 torch, diffusers, numpy, PIL and its relative siblings.

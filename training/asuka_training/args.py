@@ -66,7 +66,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
         type=str,
         default=None,
         help="Folder of ready-made training masks (e.g. the masks released with MISATO; white = hole, grey > 127, "
-        "resized with nearest to --resolution), used instead of or mixed with the generated masks.",
+        "resized with nearest to cover --resolution and centre-cropped, as images are), used instead of or mixed "
+        "with the generated masks.",
     )
     add(
         "--mask_dir_prob",

@@ -162,8 +162,11 @@ def run_training(
         with accelerator.accumulate(model):
             logs = train_step(batch, global_step)
         pending.append(accelerator.reduce(logs["loss"].detach().float(), "mean").item())
-        result.num_bad_images += int(accelerator.reduce(batch["num_bad_images"].to(accelerator.device), "sum").item())
-        result.num_bad_masks += int(accelerator.reduce(batch["num_bad_masks"].to(accelerator.device), "sum").item())
+        # files skipped to make the batch, over all processes, in one reduce
+        skipped = torch.stack([torch.as_tensor(batch.get(k, 0)) for k in ("num_bad_images", "num_bad_masks")])
+        bad_images, bad_masks = accelerator.reduce(skipped.to(accelerator.device), "sum").tolist()
+        result.num_bad_images += int(bad_images)
+        result.num_bad_masks += int(bad_masks)
         if not accelerator.sync_gradients:
             continue
         global_step += 1
