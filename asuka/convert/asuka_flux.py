@@ -56,7 +56,14 @@ from asuka.convert.asuka_flux_keys import (
     convert_mae_state_dict,
     encoder_fingerprint,
 )
-from asuka.convert.output import check_output_folder, file_sha256, push_folder, unshare, write_atomically
+from asuka.convert.output import (
+    add_output_arguments,
+    check_output_folder,
+    file_sha256,
+    push_folder,
+    unshare,
+    write_atomically,
+)
 from asuka.convert.safe_loading import build_strict, load_checkpoint, tensor_state_dict
 from asuka.defaults import ASUKA_FLUX_RELEASE_REPO, FLUX_FILL_REPO
 from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE, AsukaVAEEncoder
@@ -381,10 +388,8 @@ def add_asuka_flux_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--release", required=True, help=f"release folder or Hub repo (e.g. {ASUKA_FLUX_RELEASE_REPO})"
     )
-    parser.add_argument("--out", required=True, help="output folder (must not exist, unless --overwrite)")
-    parser.add_argument("--push-to-hub", default=None, metavar="REPO", help="also upload the folder to this Hub repo")
+    add_output_arguments(parser, "folder")
     parser.add_argument("--private", action="store_true", help="create the --push-to-hub repo as private")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     parser.add_argument(
         "--backbone",
         default=FLUX_FILL_REPO,

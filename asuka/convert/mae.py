@@ -42,7 +42,14 @@ from typing import Any
 
 import torch
 
-from asuka.convert.output import check_output_folder, file_sha256, push_folder, unshare, write_atomically
+from asuka.convert.output import (
+    add_output_arguments,
+    check_output_folder,
+    file_sha256,
+    push_folder,
+    unshare,
+    write_atomically,
+)
 from asuka.convert.safe_loading import build_strict, check_state_dict, load_checkpoint, tensor_state_dict
 from asuka.models.mae import AsukaMAE, get_2d_sincos_pos_embed
 
@@ -349,13 +356,11 @@ def add_mae_command(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[0],
     )
     parser.add_argument("--from", dest="source", required=True, help="ViTMAE folder or Hub id, or an MAE .pth")
-    parser.add_argument("--out", required=True, help="output AsukaMAE folder (must not exist, unless --overwrite)")
+    add_output_arguments(parser, "AsukaMAE folder")
     parser.add_argument("--image-size", type=int, default=None, help="AsukaMAE working size (default: the source's)")
     parser.add_argument("--num-heads", type=int, default=None, help=".pth only: encoder heads (default: MAE's)")
     parser.add_argument("--decoder-num-heads", type=int, default=None, help=".pth only: decoder heads (MAE's: 16)")
     parser.add_argument("--prior-layer", type=int, default=None, help="decoder blocks before the prior (3/4 of them)")
-    parser.add_argument("--push-to-hub", default=None, metavar="REPO", help="also upload the folder to this Hub repo")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     parser.set_defaults(func=run_mae_command)
 
 

@@ -5,6 +5,7 @@ The folder is written to a temporary sibling and renamed into place at the end, 
 looks like a converted folder.
 """
 
+import argparse
 import hashlib
 import os
 import shutil
@@ -14,6 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """The output flags every converter command takes: `--out` (a `what` folder), `--push-to-hub`, `--overwrite`."""
+    parser.add_argument("--out", required=True, help=f"output {what} (must not exist, unless --overwrite)")
+    parser.add_argument("--push-to-hub", default=None, metavar="REPO", help="also upload the folder to this Hub repo")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
 
 
 def check_output_folder(out: str | os.PathLike, overwrite: bool) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from asuka.convert.output import check_output_folder, push_folder, unshare, write_atomically
+from asuka.convert.output import add_output_arguments, check_output_folder, push_folder, unshare, write_atomically
 from asuka.convert.safe_loading import build_strict, load_checkpoint, tensor_state_dict
 from asuka.models.strdiffusion import StrDiffusionDiscriminator, StrDiffusionUNet
 from asuka.schedulers.ir_sde import IRSDEScheduler
@@ -128,10 +128,8 @@ def add_strdiffusion_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--texture", required=True, help="texture denoiser checkpoint (pretrain_model_G)")
     parser.add_argument("--structure", required=True, help="structure denoiser checkpoint (pretrain_model_Gs)")
     parser.add_argument("--discriminator", required=True, help="discriminator checkpoint (pretrain_model_D)")
-    parser.add_argument("--out", required=True, help="output pipeline folder (must not exist, unless --overwrite)")
+    add_output_arguments(parser, "pipeline folder")
     parser.add_argument("--num-train-timesteps", type=int, default=100, help="T: 100 (PSV models) or 400 (Places2)")
-    parser.add_argument("--push-to-hub", default=None, metavar="REPO", help="also upload the folder to this Hub repo")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     parser.set_defaults(func=run_strdiffusion_command)
 
 
