@@ -142,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
     def build_pipeline(aligner):
         from asuka import pipelines
 
-        scheduler = asuka_training.load_scheduler(args.pretrained_model_name_or_path, revision=args.revision)
+        scheduler = type(backbone.scheduler).from_config(backbone.scheduler.config)  # a fresh one, not re-read
         decoder = None
         if Path(args.pretrained_model_name_or_path, "decoder", "config.json").is_file():
             from asuka.models import AsukaDecoder

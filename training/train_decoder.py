@@ -271,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
 
         return getattr(pipelines, spec.pipeline_class)(
             vae=vae,
-            scheduler=asuka_training.load_scheduler(path, revision=args.revision),
+            scheduler=type(backbone.scheduler).from_config(backbone.scheduler.config),
             mae=mae,
             aligner=aligner,
             decoder=AsukaDecoder.from_pretrained(args.output_dir),
