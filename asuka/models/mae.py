@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput, logging
-from diffusers.utils.accelerate_utils import apply_forward_hook
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 from torch import nn
@@ -427,22 +426,25 @@ class AsukaMAE(ModelMixin, ConfigMixin):
         std = reconstruction.new_tensor(IMAGENET_STD).view(1, -1, 1, 1)
         return prior, reconstruction * std + mean
 
-    @apply_forward_hook  # so `enable_model_cpu_offload` moves the MAE to the accelerator for this non-forward entry
     def prior(
         self, image: torch.Tensor, mask: torch.Tensor, mae_input_preprocessing: str | None = None
     ) -> torch.Tensor:
         """The generation prior `(B, num_patches, decoder_embed_dim)` of `image` (B, 3, H, W) in [0, 1] and
         `mask` (B, 1, H, W), 1 = hole, of any H, W. `mae_input_preprocessing` (`"visible"`, `"reference"`) overrides
-        the config's order of input handling for this call."""
-        return self._run(image, mask, mae_input_preprocessing, reconstruct=False)[0]
+        the config's order of input handling for this call.
 
-    @apply_forward_hook
+        It runs through `forward` (without the reconstruction), so the offloading hooks of `enable_model_cpu_offload`,
+        `enable_sequential_cpu_offload` and `enable_group_offload` load the MAE's own weights for it."""
+        return self(
+            image, mask, return_dict=False, mae_input_preprocessing=mae_input_preprocessing, reconstruct=False
+        )[0]
+
     def reconstruct(
         self, image: torch.Tensor, mask: torch.Tensor, mae_input_preprocessing: str | None = None
     ) -> torch.Tensor:
         """The MAE's pixel estimate `(B, 3, image_size, image_size)` in [0, 1] pixel space (not clamped); arguments
         as [`~AsukaMAE.prior`]."""
-        return self._run(image, mask, mae_input_preprocessing, reconstruct=True)[1]
+        return self(image, mask, return_dict=False, mae_input_preprocessing=mae_input_preprocessing)[1]
 
     def forward(
         self,
@@ -450,9 +452,11 @@ class AsukaMAE(ModelMixin, ConfigMixin):
         mask: torch.Tensor,
         return_dict: bool = True,
         mae_input_preprocessing: str | None = None,
-    ) -> AsukaMAEOutput | tuple[torch.Tensor, torch.Tensor]:
-        """Prior and reconstruction in one pass; see [`~AsukaMAE.prior`] and [`~AsukaMAE.reconstruct`]."""
-        prior, reconstruction = self._run(image, mask, mae_input_preprocessing, reconstruct=True)
+        reconstruct: bool = True,
+    ) -> AsukaMAEOutput | tuple[torch.Tensor, torch.Tensor | None]:
+        """Prior and reconstruction in one pass (the reconstruction `None` with `reconstruct=False`, which skips the
+        decoder blocks after the prior); see [`~AsukaMAE.prior`] and [`~AsukaMAE.reconstruct`]."""
+        prior, reconstruction = self._run(image, mask, mae_input_preprocessing, reconstruct=reconstruct)
         if not return_dict:
             return prior, reconstruction
         return AsukaMAEOutput(prior=prior, reconstruction=reconstruction)

@@ -39,6 +39,10 @@ class AsukaVAEEncoder(ModelMixin, ConfigMixin):
         mid_block_add_attention (`bool`, *optional*, defaults to `True`): Attention in the mid block.
     """
 
+    # `encode` calls `encoder` directly, not `forward`: group offloading then onloads the encoder's own groups, as
+    # for `AutoencoderKL` (whose list this is).
+    _group_offload_block_modules = ["encoder"]
+
     @register_to_config
     def __init__(
         self,

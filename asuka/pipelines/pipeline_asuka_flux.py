@@ -123,7 +123,6 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin, As
     # and `latent_channels` on `self`).
     prepare_latents = FluxFillPipeline.prepare_latents
     get_timesteps = FluxFillPipeline.get_timesteps
-    _encode_vae_image = FluxFillPipeline._encode_vae_image
     _pack_latents = staticmethod(FluxFillPipeline._pack_latents)
     _prepare_latent_image_ids = staticmethod(FluxFillPipeline._prepare_latent_image_ids)
 
@@ -240,6 +239,12 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin, As
         pooled = self.pooled_aligner(prior.to(self.pooled_aligner.dtype), condition_weight=condition_weight).pooled
         return tokens, pooled
 
+    def _encode_vae_image(self, image: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None):
+        """`FluxFillPipeline._encode_vae_image` in the VAE's dtype, the latents returned in `image`'s (the
+        transformer's): a bf16, quantized or cast transformer meets a VAE kept in float32 here."""
+        latents = FluxFillPipeline._encode_vae_image(self, image=image.to(self.vae.dtype), generator=generator)
+        return latents.to(image.dtype)
+
     def prepare_mask_latents(
         self,
         mask: torch.Tensor,
@@ -257,14 +262,13 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin, As
         pipeline has one (the release's encoder, as the authors' inference uses it) instead of by `vae`.
 
         The release's encoder samples its latents as diffusers samples the VAE's (with `generator`); diffusers' code
-        then applies the VAE's `shift_factor` and `scaling_factor` and packs them with the mask, as for the VAE's.
+        then applies the VAE's `shift_factor` and `scaling_factor`, casts them to `dtype` (the transformer's) and packs
+        them with the mask. The image is encoded here, in the encoder's own dtype, so that a transformer in another
+        dtype (bf16, quantized, cast) meets a float32 VAE or encoder.
         """
-        encoder = self.masked_image_encoder
-        if encoder is not None:
-            encoded = encoder.encode(masked_image.to(dtype=encoder.dtype))
-            masked_image = retrieve_latents(
-                encoder_output=encoded, generator=generator
-            )  # diffusers' code takes latents as they are
+        encoder = self.masked_image_encoder if self.masked_image_encoder is not None else self.vae
+        encoded = encoder.encode(masked_image.to(dtype=encoder.dtype))
+        masked_image = retrieve_latents(encoder_output=encoded, generator=generator)  # taken as they are below
         return FluxFillPipeline.prepare_mask_latents(
             self,
             mask=mask,
@@ -450,7 +454,7 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin, As
             generator=generator,
             latents=latents,
         )
-        masked_image = (init_image * (1 - work_hole)).to(device=device, dtype=dtype)
+        masked_image = (init_image * (1 - work_hole)).to(device=device)  # encoded in the encoder's dtype
         packed_mask, masked_image_latents = self.prepare_mask_latents(
             mask=work_hole,
             masked_image=masked_image,
