@@ -32,6 +32,7 @@ from typing import Any
 
 import diffusers
 import torch
+from diffusers import PipelineQuantizationConfig
 
 from .backbone_component import HUB_KWARGS, BackboneComponent, load_backbone_component, pointer_file, read_pointer
 from .backbones import backbone_for_repo
@@ -138,13 +139,42 @@ def resolve_repo(
     return snapshot_download(str(pretrained_model_name_or_path), allow_patterns=allow_patterns, **hub_kwargs)
 
 
+def component_loading_kwargs(
+    name: str,
+    model_class: type,
+    torch_dtype: torch.dtype | Mapping[str, torch.dtype] | None = None,
+    quantization_config: Any = None,
+) -> dict[str, Any]:
+    """The `torch_dtype` and `quantization_config` arguments of component `name`'s `from_pretrained`, as
+    `DiffusionPipeline.from_pretrained` gives them: a dtype dict is read by name (else its `"default"`), and a
+    `PipelineQuantizationConfig` gives the component its own backend config (or none, where it is not listed)."""
+    kwargs: dict[str, Any] = {}
+    if isinstance(torch_dtype, Mapping):
+        torch_dtype = torch_dtype.get(name, torch_dtype.get("default", torch.float32))
+    if torch_dtype is not None and issubclass(model_class, torch.nn.Module):
+        kwargs["torch_dtype"] = torch_dtype
+    if quantization_config is not None and issubclass(model_class, torch.nn.Module):
+        if not isinstance(quantization_config, PipelineQuantizationConfig):
+            raise ValueError(
+                f"`quantization_config` is a {type(quantization_config).__name__}; accepted: a diffusers "
+                "`PipelineQuantizationConfig` (a component's own config goes into its `quant_mapping`)."
+            )
+        config = quantization_config._resolve_quant_config(
+            is_diffusers=issubclass(model_class, diffusers.ModelMixin), module_name=name
+        )
+        if config is not None:
+            kwargs["quantization_config"] = config
+    return kwargs
+
+
 def load_light_components(
     pretrained_model_name_or_path: str | os.PathLike,
     component_classes: Mapping[str, type],
-    torch_dtype: torch.dtype | None = None,
+    torch_dtype: torch.dtype | Mapping[str, torch.dtype] | None = None,
     variant: str | None = None,
     revision: str | None = None,
     backbone_revision: str | None = None,
+    quantization_config: PipelineQuantizationConfig | None = None,
     skip: set[str] = frozenset(),
     **kwargs: Any,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -152,14 +182,15 @@ def load_light_components(
 
     `component_classes` maps a class name of the repo's `model_index.json` (e.g. "AsukaMAE") to the class to load it
     with; diffusers classes need no entry. `revision` selects the light repo's revision, `backbone_revision`
-    overrides the pinned backbone revision; `torch_dtype`, `variant` and the Hub arguments (`cache_dir`, `token`,
+    overrides the pinned backbone revision; `torch_dtype` (a dtype, or a dict by component name with a `"default"`),
+    `quantization_config` (a `PipelineQuantizationConfig`), `variant` and the Hub arguments (`cache_dir`, `token`,
     `local_files_only`, ...) apply to both. Components named in `skip` are not loaded.
     """
     unknown = set(kwargs) - set(HUB_KWARGS)
     if unknown:
         raise ValueError(
             f"Unsupported argument(s) {sorted(unknown)} for a light repo; accepted: torch_dtype, variant, revision, "
-            f"backbone_revision, {', '.join(HUB_KWARGS)} and the pipeline's components."
+            f"backbone_revision, quantization_config, {', '.join(HUB_KWARGS)} and the pipeline's components."
         )
     hub_kwargs = {key: value for key, value in kwargs.items() if value is not None}
     folder = resolve_repo(pretrained_model_name_or_path, revision=revision, **hub_kwargs)
@@ -171,11 +202,17 @@ def load_light_components(
         if not isinstance(entry, list):
             config[name] = entry
         elif entry == BACKBONE_ENTRY:
+            pointer = read_pointer(os.path.join(folder, name))
             components[name] = load_backbone_component(
-                read_pointer(os.path.join(folder, name)),
+                pointer,
                 revision=backbone_revision,
-                torch_dtype=torch_dtype,
                 variant=variant,
+                **component_loading_kwargs(
+                    name,
+                    getattr(diffusers, pointer["class_name"], BackboneComponent),
+                    torch_dtype,
+                    quantization_config,
+                ),
                 **hub_kwargs,
             )
         elif entry[1] is None:
@@ -190,8 +227,9 @@ def load_light_components(
                     f"{pretrained_model_name_or_path}: component `{name}` is a {class_name}; accepted: "
                     f"{sorted(component_classes)} or a diffusers class."
                 )
-            dtype_kwargs = {} if torch_dtype is None else {"torch_dtype": torch_dtype}
-            components[name] = model_class.from_pretrained(folder, subfolder=name, **dtype_kwargs)
+            components[name] = model_class.from_pretrained(
+                folder, subfolder=name, **component_loading_kwargs(name, model_class, torch_dtype, quantization_config)
+            )
     return components, config
 
 

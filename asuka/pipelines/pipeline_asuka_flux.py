@@ -30,6 +30,7 @@ from diffusers import (
     FlowMatchEulerDiscreteScheduler,
     FluxFillPipeline,
     FluxTransformer2DModel,
+    PipelineQuantizationConfig,
 )
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.flux.pipeline_flux_fill import calculate_shift, retrieve_latents, retrieve_timesteps
@@ -42,7 +43,7 @@ from ..models.vae_encoder import AsukaVAEEncoder
 from .backbones import FLUX_FILL, BackboneSpec
 from .cached_attention import cache_constant_conditioning
 from .decode import AsukaDecodeMixin
-from .hub_light import LightRepoMixin, resolve_repo
+from .hub_light import LightRepoMixin, component_loading_kwargs, resolve_repo
 from .inpaint_steps import (
     AsukaPipelineOutput,
     ImageInput,
@@ -188,32 +189,42 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin, As
         With `asuka=` (a folder or Hub repo of ASUKA components), `vae`, `transformer` and `scheduler`
         come from `pretrained_model_name_or_path` (e.g. "black-forest-labs/FLUX.1-Fill-dev") and
         `mae`, `token_aligner`, `pooled_aligner`, `decoder` (and `masked_image_encoder`, where the folder has one)
-        from `asuka`. Components passed as keyword arguments are used instead of loading them. `torch_dtype`,
-        `cache_dir`, `token`, `revision`, `local_files_only` and `variant` apply to the FLUX repo; all but
-        `revision`/`variant` to `asuka`.
+        from `asuka`. Components passed as keyword arguments are used instead of loading them (a quantized
+        `transformer=`, e.g. from `FluxTransformer2DModel.from_single_file` of a GGUF file). `torch_dtype` (a dtype or
+        a dict by component name with a `"default"`), `quantization_config` (a diffusers
+        `PipelineQuantizationConfig`; ASUKA's parts are quantized only where it names them), `cache_dir`, `token`,
+        `revision`, `local_files_only` and `variant` apply to the FLUX repo; all but `revision`/`variant` to
+        `asuka`. Without `asuka=`, `quantization_config` and a dtype dict reach a saved pipeline's or a light repo's
+        components the same way.
         """
         if asuka is None:  # a saved pipeline or a light repo (`LightRepoMixin`)
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         init_names = set().union(*cls._get_signature_keys(cls))  # the components and `working_resolution`
         components = {name: kwargs.pop(name) for name in list(kwargs) if name in init_names}
-        hub_keys = ("cache_dir", "token", "local_files_only", "revision", "variant", "torch_dtype")
+        hub_keys = ("cache_dir", "token", "local_files_only", "revision", "variant")
         load_kwargs = {key: kwargs.pop(key) for key in hub_keys if key in kwargs}
+        torch_dtype, quantization_config = kwargs.pop("torch_dtype", None), kwargs.pop("quantization_config", None)
         if kwargs:
             raise ValueError(
                 f"Unsupported argument(s) {sorted(kwargs)} when assembling from two sources; accepted: "
-                f"{sorted(hub_keys)} and {sorted(init_names)}."
+                f"{sorted(hub_keys)}, torch_dtype, quantization_config and {sorted(init_names)}."
             )
         for name, class_name in cls.backbone_spec.component_classes().items():  # the FLUX.1-Fill backbone's parts
             if name not in components:
-                # schedulers hold no weights: no dtype, no variant
-                skip = ("torch_dtype", "variant") if name == "scheduler" else ()
-                components[name] = getattr(diffusers, class_name).from_pretrained(
+                component_class = getattr(diffusers, class_name)
+                # schedulers hold no weights: no dtype, no variant, no quantization
+                skip = ("variant",) if name == "scheduler" else ()
+                components[name] = component_class.from_pretrained(
                     pretrained_model_name_or_path,
                     subfolder=name,
                     **{key: value for key, value in load_kwargs.items() if key not in skip},
+                    **component_loading_kwargs(name, component_class, torch_dtype, quantization_config),
                 )
         asuka_kwargs = {k: v for k, v in load_kwargs.items() if k not in ("revision", "variant")}
-        for name, module in load_asuka_flux_components(asuka, **asuka_kwargs).items():
+        loaded = load_asuka_flux_components(
+            asuka, torch_dtype=torch_dtype, quantization_config=quantization_config, **asuka_kwargs
+        )
+        for name, module in loaded.items():
             components.setdefault(name, module)
         return cls(**components)
 
@@ -514,13 +525,18 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin, As
 
 
 def load_asuka_flux_components(
-    asuka: str | os.PathLike, torch_dtype: torch.dtype | None = None, **hub_kwargs: Any
+    asuka: str | os.PathLike,
+    torch_dtype: torch.dtype | dict[str, torch.dtype] | None = None,
+    quantization_config: PipelineQuantizationConfig | None = None,
+    **hub_kwargs: Any,
 ) -> dict[str, torch.nn.Module | None]:
     """`mae`, `token_aligner`, `pooled_aligner`, `decoder` and `masked_image_encoder` from a converted folder or Hub
     repo; `masked_image_encoder` is None where the folder has none (the release's encoder equals the backbone's).
 
-    `hub_kwargs` (`cache_dir`, `token`, `local_files_only`) go to `from_pretrained`. A folder without
-    all four required components (for example a half-written one) raises `ValueError`.
+    `torch_dtype` (a dtype or a dict by component name), `quantization_config` (a `PipelineQuantizationConfig`: only
+    the components it names are quantized, e.g. `token_aligner`) and `hub_kwargs` (`cache_dir`, `token`,
+    `local_files_only`) go to `from_pretrained`. A folder without all four required components (for example a
+    half-written one) raises `ValueError`.
     """
     classes = {"mae": AsukaMAE, "token_aligner": AsukaAligner, "pooled_aligner": AsukaAligner, "decoder": AsukaDecoder}
     if os.path.isdir(asuka):
@@ -533,8 +549,14 @@ def load_asuka_flux_components(
     encoder_config = "masked_image_encoder/config.json"  # fetched alone from a Hub repo, to see if it is there
     has_encoder = os.path.isfile(os.path.join(resolve_repo(asuka, [encoder_config], **hub_kwargs), encoder_config))
     classes["masked_image_encoder"] = AsukaVAEEncoder if has_encoder else None
-    kwargs = {**hub_kwargs, **({} if torch_dtype is None else {"torch_dtype": torch_dtype})}
     return {
-        name: None if model_class is None else model_class.from_pretrained(asuka, subfolder=name, **kwargs)
+        name: None
+        if model_class is None
+        else model_class.from_pretrained(
+            asuka,
+            subfolder=name,
+            **hub_kwargs,
+            **component_loading_kwargs(name, model_class, torch_dtype, quantization_config),
+        )
         for name, model_class in classes.items()
     }
