@@ -38,7 +38,7 @@ from asuka import methods
 from asuka.defaults import resolve_device_dtype
 from asuka.imageio import load_image, load_layer, load_mask, mask_from_layers
 from asuka.masks import dilate_mask
-from asuka.methods import NoDefaultMethod, choose_method
+from asuka.methods import NoDefaultMethod, choose_method, memory
 
 
 try:  # On a ZeroGPU Space, `spaces.GPU` grants a GPU for the duration of each call.
@@ -292,6 +292,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=env("ASUKA_TINY", "") in ("1", "true"),
         help="random tiny weights, for trying the interface",
     )
+    memory.add_memory_arguments(parser)
     parser.add_argument("--max-queue", type=int, default=16, help="requests allowed to wait; more are refused")
     parser.add_argument(
         "--cache-max-age",
@@ -558,6 +559,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         name = choose_method(args.method, args.tiny, cuda_available=device.startswith("cuda"))
         if args.model:
             cache.models[name] = args.model
+        cache.memory, line = memory.memory_for_method(name, args.quantize, args.offload, device)
+        if line:
+            print(line, file=sys.stderr)
         cache.get(name)  # load the first model now, so a bad model id fails at start-up
     except (ValueError, NoDefaultMethod, methods.ModelLoadError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     inpaint.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     inpaint.add_argument("--dtype", default=None, help="float16, bfloat16 or float32 (default: bfloat16 on GPU)")
     inpaint.add_argument("--tiny", action="store_true", help="random tiny weights, for trying the command")
+    from asuka.methods.memory import add_memory_arguments  # --quantize, --offload (shared with the app)
+
+    add_memory_arguments(inpaint)
     inpaint.add_argument("--overwrite", action="store_true", help="replace existing results")
     return parser
 
@@ -112,6 +115,7 @@ def inpaint_command(args: argparse.Namespace) -> int:
     from asuka.defaults import resolve_device_dtype
     from asuka.imageio import load_image, load_mask
     from asuka.masks import dilate_mask
+    from asuka.methods import memory
 
     for name, path in (("--image", args.image), ("--mask", args.mask)):
         if not path.exists():
@@ -129,7 +133,10 @@ def inpaint_command(args: argparse.Namespace) -> int:
     try:
         device, dtype = resolve_device_dtype(args.device, args.dtype)
         spec = methods.get_method(methods.choose_method(args.method, args.tiny, torch.device(device).type == "cuda"))
-        pipeline = methods.load_pipeline(spec.name, args.model, device, dtype, args.tiny)
+        config, line = memory.memory_for_method(spec.name, args.quantize, args.offload, device)
+        if line:
+            print(line, file=sys.stderr)
+        pipeline = methods.load_pipeline(spec.name, args.model, device, dtype, args.tiny, memory=config)
     except (ValueError, methods.NoDefaultMethod, methods.ModelLoadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -21,13 +21,16 @@ import torch
 from asuka.defaults import ASUKA_FLUX_RELEASE_REPO, FLUX_FILL_REPO
 from asuka.methods import registry
 from asuka.methods.baseline import run_baseline
+from asuka.methods.memory import Configuration, loading_kwargs, place_pipeline
 from asuka.methods.registry import InpaintRequest, InpaintResult, ProgressCallback
 from asuka.methods.sd import ASUKA_PAPER
 
 
 #: FLUX.1-Fill's default guidance (the ASUKA release uses it too).
 FLUX_GUIDANCE = 30.0
-FLUX_REQUIREMENTS = "~35 GB of downloads; a CUDA GPU with >= 24 GB in bfloat16 (or CPU offload)"
+FLUX_REQUIREMENTS = (
+    "~35 GB of downloads; a CUDA GPU: 28.4 GB in bfloat16, 8 GB and up with --quantize/--offload (docs/flux.md)"
+)
 
 
 def asuka_cache_dir() -> Path:
@@ -58,22 +61,25 @@ def is_release(model: str) -> bool:
     return model == ASUKA_FLUX_RELEASE_REPO or (Path(model) / "mae_300.pth").is_file()
 
 
-def load_asuka_flux(model: str, device: str, dtype: torch.dtype) -> Any:
+def load_asuka_flux(model: str, device: str, dtype: torch.dtype, memory: Configuration | None = None) -> Any:
     """AsukaFluxPipeline from any form of `model` the module docstring lists, each form checked once (a Hub repo
-    is asked for its `model_index.json` once)."""
+    is asked for its `model_index.json` once); with `memory`, its transformer's weight format and the offloading
+    (`asuka.methods.memory`)."""
     from asuka import AsukaFluxPipeline
     from asuka.pipelines.hub_light import is_light_repo, load_light_pipeline
 
     base = os.environ.get("ASUKA_FLUX_BASE", FLUX_FILL_REPO)
+    memory = memory or Configuration()
+    kwargs = {"torch_dtype": dtype, **loading_kwargs(memory, dtype, base)}
     if is_release(model):
-        pipeline = AsukaFluxPipeline.from_pretrained(base, asuka=converted_release(model, base), torch_dtype=dtype)
+        pipeline = AsukaFluxPipeline.from_pretrained(base, asuka=converted_release(model, base), **kwargs)
     elif is_light_repo(model):
-        pipeline = load_light_pipeline(AsukaFluxPipeline, model, torch_dtype=dtype)
+        pipeline = load_light_pipeline(AsukaFluxPipeline, model, **kwargs)
     elif (Path(model) / "model_index.json").is_file():  # saved with save_pretrained
-        pipeline = AsukaFluxPipeline.from_pretrained(model, torch_dtype=dtype)
+        pipeline = AsukaFluxPipeline.from_pretrained(model, **kwargs)
     else:  # ASUKA's components alone, on the FLUX backbone
-        pipeline = AsukaFluxPipeline.from_pretrained(base, asuka=model, torch_dtype=dtype)
-    return registry.ready_pipeline(pipeline, device)
+        pipeline = AsukaFluxPipeline.from_pretrained(base, asuka=model, **kwargs)
+    return place_pipeline(pipeline, memory, device)
 
 
 def run_asuka_flux(pipeline: Any, request: InpaintRequest, progress: ProgressCallback | None) -> InpaintResult:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.metadata
+import inspect
 import logging
 import os
 import threading
@@ -332,6 +333,11 @@ def _message(spec: MethodSpec, target: str | None, reason: str, fixes: list[str]
     )
 
 
+def supports_memory(name: str) -> bool:
+    """Whether method ``name``'s loader takes a memory configuration (``--quantize`` / ``--offload``)."""
+    return "memory" in inspect.signature(get_method(name).load).parameters
+
+
 def ready_pipeline(pipeline: Any, device: str) -> Any:
     """``pipeline`` on ``device`` with its progress bar off (the interfaces report progress themselves)."""
     pipeline = pipeline.to(device)
@@ -345,9 +351,12 @@ def load_pipeline(
     device: str = "cpu",
     dtype: torch.dtype | str = torch.float32,
     tiny: bool = False,
+    memory: Any = None,
 ) -> Any:
     """Load method ``name`` (with ``tiny``: its tiny random stand-in, float32); a failure becomes
-    :class:`ModelLoadError` with advice that fits the cause."""
+    :class:`ModelLoadError` with advice that fits the cause. ``memory`` (an ``asuka.methods.memory.Configuration``:
+    weight format and offloading) goes to a loader that takes it (``supports_memory``); the tiny stand-ins ignore
+    it."""
     spec = get_method(name)
     dtype = parse_dtype(dtype)
     if tiny:
@@ -360,7 +369,7 @@ def load_pipeline(
     if model is None:
         raise ModelLoadError(load_error_message(spec, None, device=device))
     try:
-        return spec.load(model, device, dtype)
+        return spec.load(model, device, dtype, **({} if memory is None else {"memory": memory}))
     except ModelLoadError:
         raise
     except Exception as error:  # OSError, Hub errors, ImportError, bad folders: all reported with advice
@@ -376,11 +385,13 @@ class PipelineCache:
         dtype: torch.dtype | str = torch.float32,
         tiny: bool = False,
         models: dict[str, str] | None = None,
+        memory: Any = None,
     ):
         self.device = device
         self.dtype = parse_dtype(dtype)
         self.tiny = tiny
         self.models = dict(models or {})
+        self.memory = memory  # for the methods that take it (`supports_memory`)
         self._pipelines: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -388,7 +399,10 @@ class PipelineCache:
         """The pipeline of method ``name``, loading it now if needed (may raise ModelLoadError)."""
         with self._lock:
             if name not in self._pipelines:
-                self._pipelines[name] = load_pipeline(name, self.models.get(name), self.device, self.dtype, self.tiny)
+                memory = self.memory if supports_memory(name) else None
+                self._pipelines[name] = load_pipeline(
+                    name, self.models.get(name), self.device, self.dtype, self.tiny, memory=memory
+                )
             return self._pipelines[name]
 
     def loaded(self) -> list[str]:
