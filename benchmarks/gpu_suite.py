@@ -73,7 +73,15 @@ from asuka.pipelines.backbones import FLUX_FILL, SD15_INPAINTING  # noqa: E402
 
 
 SCHEMA = "asuka-gpu-suite/1"
-SECTIONS = ("sd_inference", "training", "eval_throughput", "compile_offload", "flux_inference", "flops")
+SECTIONS = (
+    "sd_inference",
+    "training",
+    "eval_throughput",
+    "compile_offload",
+    "flux_inference",
+    "flux_memory",
+    "flops",
+)
 FLOPS_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "flops.py")
 
 
@@ -342,6 +350,81 @@ def flux_memory(components: dict, size: int, device: str, dtype: torch.dtype, t5
     return memory
 
 
+def flux_memory_rows(ctx: dict) -> dict:
+    """Every row of the memory plan (`asuka.methods.memory.CONFIGURATIONS`, plus group offloading without CUDA
+    streams) at full size: ASUKA-FLUX saved once, then loaded and placed as the app and the CLI do it
+    (`loading_kwargs`: `PipelineQuantizationConfig`; `place_pipeline`: layerwise casting, offloading), run for 3
+    steps; the peak allocated above the pre-load level and the seconds per step (between step callbacks), next to
+    the plan's figure (benchmarks/memory_plan.py). bitsandbytes (nf4), CUDA streams and sequential offloading
+    (accelerate cannot run it on the "cpu:0" device diffusers passes) need a GPU: skipped on CPU.
+    GGUF needs a FLUX.1-Fill GGUF file (see docs/flux.md), not random weights: not a row here."""
+    from asuka.methods import memory
+
+    s, device = ctx["s"], ctx["device"]
+    size = s["flux_configs"][-1][0] if ctx["args"].tiny else 1024
+    dtype = DTYPES[s["flux_dtype"]]
+    image, mask = test_inputs(size)
+    folder = tempfile.mkdtemp(prefix="asuka-flux-memory-")
+    flux_pipelines(ctx["flux"])[0].save_pretrained(folder)
+    configurations = [(config, True) for config in memory.CONFIGURATIONS]
+    configurations.insert(configurations.index((memory.Configuration("none", "group"), True)) + 1,
+                          (memory.Configuration("none", "group"), False))  # fmt: skip
+    rows = []
+    for config, streams in configurations:
+        planned = memory.REQUIRED_GB.get((config.quantize, config.offload)) if size == 1024 else None
+        row = {"quantize": config.quantize, "offload": config.offload, "size": size, "planned_gb": planned}
+        if config.offload == "group":
+            row["streams"] = streams
+        needs_cuda = (
+            config.quantize == "nf4" or config.offload == "sequential" or (config.offload == "group" and streams)
+        )
+        if needs_cuda and not device.startswith("cuda"):
+            rows.append({**row, "status": "skipped: needs CUDA"})
+            continue
+        if not ctx["budget"].fits(5 if ctx["args"].tiny else 120):
+            rows.append({**row, "status": "skipped: budget"})
+            continue
+        try:
+            rows.append({**row, **memory_row(folder, config, streams, device, dtype, image, mask)})
+        except Exception as error:  # noqa: BLE001 - one failing backend must not end the suite
+            rows.append({**row, "status": f"error: {error}"[:500]})
+    return {"dtype": s["flux_dtype"], "rows": rows}
+
+
+def memory_row(folder: str, config, streams: bool, device: str, dtype: torch.dtype, image, mask) -> dict:
+    """One configuration: load from `folder`, place it, run 3 steps; peak GB above the level before loading (CUDA)
+    and the median seconds per step."""
+    from asuka import AsukaFluxPipeline
+    from asuka.methods import memory
+
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    pipe = AsukaFluxPipeline.from_pretrained(folder, torch_dtype=dtype, **memory.loading_kwargs(config, dtype))
+    if config.offload == "group" and not streams:
+        pipe.enable_group_offload(
+            onload_device=torch.device(device), offload_type="block_level", num_blocks_per_group=1
+        )
+        pipe.set_progress_bar_config(disable=True)
+    else:
+        memory.place_pipeline(pipe, config, device)
+    stamps = []
+
+    def stamp(pipeline, step, timestep, tensors):
+        synchronize(device)
+        stamps.append(time.perf_counter())
+        return tensors
+
+    pipe(image, mask, num_inference_steps=3, working_resolution=image.size[0], output_type="np",
+         callback_on_step_end=stamp)  # fmt: skip
+    synchronize(device)
+    peak = (torch.cuda.max_memory_allocated() - before) / 1e9 if device.startswith("cuda") else None
+    del pipe
+    return {"status": "done", "peak_gb": peak, "s_per_step": float(np.median(np.diff(stamps)))}
+
+
 def eval_throughput_flux(ctx: dict) -> dict:
     s, device = ctx["s"], ctx["device"]
     size, steps = s["flux_configs"][0][0], 50 if not ctx["args"].tiny else 2
@@ -469,6 +552,14 @@ def markdown(report: dict) -> str:
         if isinstance(value, dict) and "images_per_min" in value:
             add(f"ASUKA-{key.upper()} images/min, {value['size']}px {value['steps']} steps, batch {value['batch']}",
                 fmt(value["images_per_min"], 1))  # fmt: skip
+    for row in sections.get("flux_memory", {}).get("rows", []):
+        streams = {True: ", streams", False: ", no streams"}.get(row.get("streams"), "")
+        what = f"ASUKA-FLUX --quantize {row['quantize']} --offload {row['offload']}{streams}, {row['size']}px"
+        if row.get("status") == "done":
+            add(f"{what}: peak GB, s/step", f"{fmt(row['peak_gb'], 2)}, {fmt(row['s_per_step'])}",
+                f"plan {row['planned_gb']} GB")  # fmt: skip
+        else:
+            add(what, row.get("status", ""))
     co = sections.get("compile_offload", {})
     for part in ("sd", "flux"):
         if "compile_speedup" in co.get(part, {}):
@@ -598,6 +689,8 @@ def run_flux_sections(report: dict, ctx: dict) -> None:
     if not built(report, ctx, "flux", build, ["flux_inference"]):
         return
     run_section(report, "flux_inference", flux_inference, ctx, 1 if args.tiny else 30)
+    if "flux_memory" not in args.skip:
+        run_section(report, "flux_memory", flux_memory_rows, ctx, 1 if args.tiny else 300)
     if "eval_throughput" not in args.skip:
         run_section(report, "eval_throughput", eval_throughput_flux, ctx, 1 if args.tiny else 60, "flux")
     if "compile_offload" not in args.skip:

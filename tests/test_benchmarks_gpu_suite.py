@@ -36,6 +36,15 @@ def test_tiny_run_writes_the_full_schema(tmp_path):
     sd_co, flux_co = sections["compile_offload"]["sd"], sections["compile_offload"]["flux"]
     assert all(_number(part[k]) for part in (sd_co, flux_co) for k in ("eager_s", "offload_s", "compiled_s"))
 
+    memory_rows = sections["flux_memory"]["rows"]
+    assert sections["flux_memory"]["status"] == "done" and len(memory_rows) == 11
+    done = [row for row in memory_rows if row["status"] == "done"]
+    assert {(row["quantize"], row["offload"]) for row in done} == {
+        (quantize, offload) for quantize in ("none", "fp8", "int8") for offload in ("none", "model")
+    } | {("none", "group")}
+    assert all(_number(row["s_per_step"]) for row in done)
+    assert {row["status"] for row in memory_rows if row not in done} == {"skipped: needs CUDA"}
+
     [run] = sections["flux_inference"]["runs"]
     assert sections["flux_inference"]["status"] == "done" and _number(run["time_ratio"])
 

@@ -212,3 +212,5 @@ def test_the_configuration_is_applied_to_a_pipeline():
     pipe = memory.place_pipeline(make_tiny_pipeline("flux"), Configuration("fp8", "group"), "cpu")
     assert pipe.transformer.x_embedder.weight.dtype == torch.float8_e4m3fn
     assert pipe.transformer._diffusers_hook.get_hook("group_offloading") is not None
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        memory.place_pipeline(make_tiny_pipeline("flux"), Configuration("none", "sequential"), "cpu")

@@ -198,6 +198,8 @@ def place_pipeline(pipeline: Any, config: Configuration, device: str) -> Any:
     if config.offload == "model":
         pipeline.enable_model_cpu_offload(device=device)
     elif config.offload == "sequential":
+        if torch.device(device).type != "cuda":
+            raise ValueError(f"--offload sequential needs a CUDA device, not {device}; on the CPU use none.")
         pipeline.enable_sequential_cpu_offload(device=device)
     elif config.offload == "group":
         pipeline.enable_group_offload(
