@@ -274,7 +274,8 @@ def reporting_load(progress: gr.Progress, label: str) -> Iterator[None]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="asuka inpainting demo")
-    env = os.environ.get  # Spaces cannot pass flags: ASUKA_METHOD / ASUKA_MODEL / ASUKA_TINY set the defaults
+    # Spaces cannot pass flags: ASUKA_METHOD / ASUKA_MODEL / ASUKA_TINY / ASUKA_QUANTIZE / ASUKA_OFFLOAD set defaults
+    env = os.environ.get
     parser.add_argument(
         "--method",
         default=env("ASUKA_METHOD") or None,
@@ -292,7 +293,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=env("ASUKA_TINY", "") in ("1", "true"),
         help="random tiny weights, for trying the interface",
     )
-    memory.add_memory_arguments(parser)
+    memory.add_memory_arguments(parser, quantize=env("ASUKA_QUANTIZE"), offload=env("ASUKA_OFFLOAD"))
     parser.add_argument("--max-queue", type=int, default=16, help="requests allowed to wait; more are refused")
     parser.add_argument(
         "--cache-max-age",

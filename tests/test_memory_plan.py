@@ -159,6 +159,14 @@ def test_the_app_and_the_cli_choose_and_print_it(every_backend, entry, monkeypat
         assert config == expected and line.startswith(f"memory: {expected.describe()} (")
 
 
+def test_the_app_reads_the_flags_from_the_environment_on_spaces(monkeypatch):
+    monkeypatch.setenv("ASUKA_QUANTIZE", "int8")
+    monkeypatch.setenv("ASUKA_OFFLOAD", "model")
+    args = app.parse_args([])
+    assert (args.quantize, args.offload) == ("int8", "model")
+    assert app.parse_args(["--quantize", "fp8"]).quantize == "fp8"
+
+
 def test_a_missing_backend_is_passed_over(monkeypatch):
     monkeypatch.setattr(memory, "available", lambda quantize: quantize != "nf4")
     config, _ = memory.resolve_configuration(None, None, "cuda", environ={}, mem_get_info=fake_card(12))

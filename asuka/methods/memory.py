@@ -217,17 +217,17 @@ def place_pipeline(pipeline: Any, config: Configuration, device: str) -> Any:
 # ------------------------------------------------------------------ the app's and the CLI's flags
 
 
-def add_memory_arguments(parser: Any) -> None:
-    """`--quantize` and `--offload` on an argparse parser (both default None: chosen from the plan)."""
+def add_memory_arguments(parser: Any, quantize: str | None = None, offload: str | None = None) -> None:
+    """`--quantize` and `--offload` on an argparse parser, with these defaults (None: chosen from the plan)."""
     parser.add_argument(
         "--quantize",
-        default=None,
+        default=quantize,
         help="ASUKA-FLUX's transformer weights: none, int8 (torchao), fp8 (layerwise casting), nf4 (bitsandbytes) or "
         "gguf:PATH (a FLUX.1-Fill GGUF file); default: the fastest that fits the GPU (docs/flux.md)",
     )
     parser.add_argument(
         "--offload",
-        default=None,
+        default=offload,
         help="none, model, group or sequential CPU offloading; default: chosen with --quantize from the free memory",
     )
 
