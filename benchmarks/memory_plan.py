@@ -22,7 +22,8 @@ width fills whole blocks; the rest bf16. Buffers (the MAE's sin-cos tables, 0.3 
 What is resident: without offloading, every component; with model offloading (`enable_model_cpu_offload`), the
 running component only (accelerate offloads the previous one when the next starts); with group offloading
 (`enable_group_offload`, block level, one block per group, no streams), the running component's top-level group and
-its largest block (the VAE and the decoder, which diffusers groups by their own block modules, counted whole).
+its largest block; a model without a top-level `ModuleList` (the VAE, the decoder, T5 and CLIP, whose blocks sit
+deeper) is counted whole, an upper bound.
 
 **Activations** are measured, not estimated: each phase runs on the meta device at full size and full depth, in
 bf16, under a dispatch mode that adds up the bytes of every tensor alive after each op (a tensor is freed when

@@ -83,10 +83,14 @@ def saved(tmp_path_factory):
 TORCHAO_BOUND = 0.05
 
 
-def assert_int8_transformer(pipe) -> None:
+def assert_int8_transformer_weights(pipe) -> None:
     weights = linear_weights(pipe.transformer)
     assert weights and all(isinstance(weight, Int8Tensor) for weight in weights)
     assert pipe.transformer.dtype == torch.bfloat16
+
+
+def assert_int8_transformer(pipe) -> None:
+    assert_int8_transformer_weights(pipe)
     assert_asuka_parts_float32(pipe)
 
 
@@ -137,6 +141,28 @@ def test_torchao_through_a_light_repo_without_asuka(saved, tmp_path):
         root / "light", quantization_config=int8_config("transformer"), torch_dtype=BF16_TRANSFORMER
     )
     np.testing.assert_allclose(first, run(pipe), atol=1e-6)
+
+
+@pytest.mark.parametrize("folder", ["full", "light"])
+def test_the_methods_loader_applies_a_memory_configuration(saved, folder):
+    """What the app and the CLI load with `--quantize int8 --offload model`: the torchao transformer, offloading
+    hooks, the output of the same quantized pipeline placed by hand."""
+    from asuka.methods.memory import Configuration
+    from asuka.methods.registry import load_pipeline
+
+    root, _, _ = saved
+    pipe = load_pipeline(
+        "asuka-flux", str(root / folder), "cpu", torch.bfloat16, memory=Configuration("int8", "model")
+    )
+    assert_int8_transformer_weights(pipe)
+    assert {name for hook in pipe._all_hooks for name, m in pipe.components.items() if m is hook.model} >= {
+        "transformer",
+        *ASUKA_PARTS,
+    }
+    expected = AsukaFluxPipeline.from_pretrained(
+        root / folder, quantization_config=int8_config("transformer"), torch_dtype=torch.bfloat16
+    )
+    np.testing.assert_allclose(run(pipe), run(expected), atol=1e-6)
 
 
 def test_a_quantization_config_must_be_a_pipeline_one(saved):
