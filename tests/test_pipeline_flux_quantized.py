@@ -207,8 +207,8 @@ def write_gguf(transformer: FluxTransformer2DModel, path, quant_type=gguf.GGMLQu
 
     The tensors keep diffusers' names: diffusers' converter from the original FLUX names fixes the inner width to
     FLUX's 3072 (`convert_flux_transformer_checkpoint_to_diffusers`), so the smallest original-format checkpoint it
-    takes (one double and one single block) has ~0.5 B parameters; `from_single_file` loads diffusers-named tensors
-    as they are.
+    takes (one double and one single block) has 0.55 B parameters (2.2 GB in float32), too large for a CPU test;
+    `from_single_file` loads diffusers-named tensors as they are.
     """
     writer = gguf.GGUFWriter(str(path), arch="flux")
     block = gguf.GGML_QUANT_SIZES[quant_type][0]
