@@ -106,7 +106,10 @@ def browser_page(url: str, width: int = 1366, height: int = 768) -> Iterator[Any
         try:
             page = browser.new_page(viewport={"width": width, "height": height})
             page.set_default_timeout(120_000)
-            page.goto(url, wait_until="networkidle")
+            # not "networkidle": the page keeps a heartbeat connection open while it holds session state
+            page.goto(url, wait_until="load")
+            page.locator("#run").wait_for(state="visible")
+            page.wait_for_load_state("domcontentloaded")
             yield page
         finally:
             browser.close()
