@@ -605,7 +605,7 @@ def build_demo(
                     method = gr.Dropdown(choices=choices, value=first.name, label="Model", elem_id="method", scale=3)
                     run_button = gr.Button("Run", variant="primary", elem_id="run", scale=1)
                 paper = gr.Markdown(first.paper, elem_id="method-paper")
-                with gr.Accordion("Settings", open=False):
+                with gr.Accordion("Settings", open=False, elem_id="settings"):
                     steps = gr.Slider(1, 100, value=first.default_steps, step=1, label="Steps")
                     with gr.Row():
                         seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")

@@ -157,6 +157,8 @@ def inpaint_call(client: Any, image_path, mask_path=None, layers=(), **settings)
         keep_unmasked=True,
         dilation=0,
         run_backbone=False,
+        feather=0,
+        invert=False,
     )
     values.update(settings)
     editor = {
@@ -169,3 +171,14 @@ def inpaint_call(client: Any, image_path, mask_path=None, layers=(), **settings)
     )
     names = ["result", "slider", "backbone", "reconstruction", "download", "seed", "mask"]
     return dict(zip(names, outputs))
+
+
+def segment_call(client: Any, image_path, points=(), box=()) -> Any:
+    """Call `/segment` (points ``[x, y]`` or ``[x, y, add]``, a box ``[x0, y0, x1, y1]`` or empty); returns the mask
+    as a boolean HxW array."""
+    import numpy as np
+    from gradio_client import handle_file
+    from PIL import Image
+
+    path = client.predict(handle_file(str(image_path)), [list(p) for p in points], list(box), api_name="/segment")
+    return np.asarray(Image.open(path).convert("L")) > 127
