@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -494,6 +494,7 @@ def build_demo(
         selection: dict | None,
         mode: str,
         event: gr.SelectData,
+        progress: gr.Progress = gr.Progress(),
     ):
         """A click in the "Click to select" view: add (or subtract) the object under it, or set a box corner."""
         image = (editor or {}).get("background")
@@ -504,15 +505,16 @@ def build_demo(
         x, y = (int(v) for v in event.index)
         key = image_key(image)
         start = _selected(selection, image)
-        corner = (selection or {}).get("corner") if start is not None or selection else None
+        corner = selection.get("corner") if start is not None and mode == "Box" else None
         if mode == "Box" and corner is None:
             gr.Info(f"First corner at ({x}, {y}); click the opposite corner.")
             return gr.skip(), {"key": key, "mask": start if start is not None else _empty(image), "corner": (x, y)}
         try:
-            if mode == "Box":
-                mask = segmenter.select(image, box=(*corner, x, y), start=start)
-            else:
-                mask = segmenter.select(image, [(x, y, mode != "Subtract")], start=start)
+            with reporting_load(progress, "Segmentation model") if not segmenter.loaded else nullcontext():
+                if mode == "Box":
+                    mask = segmenter.select(image, box=(*corner, x, y), start=start)
+                else:
+                    mask = segmenter.select(image, [(x, y, mode != "Subtract")], start=start)
         except methods.ModelLoadError as error:
             raise gr.Error(str(error), duration=None) from error
         except ValueError as error:
@@ -552,7 +554,8 @@ def build_demo(
     sweep_every = max(1, min(3600, cache_max_age // 4))
     with gr.Blocks(title="asuka inpainting", delete_cache=(sweep_every, cache_max_age)) as demo:
         gr.Markdown(
-            "# asuka — faithful inpainting\nPaint over what should be repainted (or upload a mask), then **Run**."
+            "# asuka — faithful inpainting\nPaint over what should be repainted, click objects in **Click to select** "
+            "(or upload a mask), then **Run**."
         )
         if tiny:
             gr.Markdown(TINY_BANNER, elem_id="tiny-banner")

@@ -1,11 +1,10 @@
 """Click to select: the object under a point (or inside a box), segmented by SAM 2.1 from transformers.
 
 The app's "Click to select" tab and its ``/segment`` endpoint go through :class:`Segmenter`. The model is
-`facebook/sam2.1-hiera-tiny` (:data:`asuka.defaults.SEGMENT_MODEL_REPO`, 39 M parameters, 156 MB in float32): the
-smallest SAM 2.1, whose object masks are close to the larger ones' (SAM 2.1's paper: 76.5 / 77.8 / 78.5 mIoU for
-tiny / base+ / large on its 23-dataset point benchmark, each above SAM's ViT-H) at a fifth of SAM ViT-B's image
-encoder cost. It loads on the first click, on the device of the inpainting model, and keeps the last image's
-embeddings so that further clicks on the same image only run the prompt encoder and the mask decoder.
+`facebook/sam2.1-hiera-tiny` (:data:`asuka.defaults.SEGMENT_MODEL_REPO`, 38.9 M parameters, 156 MB in float32), the
+smallest SAM 2.1 (docs/app.md says why). It loads on the first click, on the device of the inpainting model, and
+keeps the last image's embeddings so that further clicks on the same image only run the prompt encoder and the
+mask decoder.
 
 A selection is built like clicks in the page: each point selects one object (its best of SAM's three masks by
 predicted IoU) which is added to the mask, or removed from it for a subtracting point; a box selects the one object
