@@ -80,6 +80,29 @@ GPU_MAX_DURATION_S = 300
 SEGMENT_GPU_DURATION_S = 30
 #: The selection's colour over the photo in the "Click to select" view, and its opacity.
 SELECTION_RGB, SELECTION_OPACITY = (255, 0, 255), 0.5
+#: A press and release this many photo pixels apart in the click view is a box drag, not a click.
+DRAG_MIN_PX = 4
+#: Run on page load: remembers where a press on the click view started (photo pixels, placed as Gradio places the
+#: photo: contained, centred, never enlarged), so that the release can select the box of a drag; and keeps the
+#: browser from dragging the picture itself.
+DRAG_SETUP_JS = """
+() => {
+  const inView = (event) => event.target.closest && event.target.closest("#select-view");
+  document.addEventListener("dragstart", (event) => { if (inView(event)) event.preventDefault(); }, true);
+  document.addEventListener("mousedown", (event) => {
+    const img = inView(event) && document.querySelector("#select-view img");
+    window.asukaDragStart = null;
+    if (!img || !img.naturalWidth) return;
+    const box = img.getBoundingClientRect();
+    const scale = Math.min(box.width / img.naturalWidth, box.height / img.naturalHeight, 1);
+    const x = Math.round((event.clientX - box.left - (box.width - img.naturalWidth * scale) / 2) / scale);
+    const y = Math.round((event.clientY - box.top - (box.height - img.naturalHeight * scale) / 2) / scale);
+    if (x >= 0 && y >= 0 && x < img.naturalWidth && y < img.naturalHeight) window.asukaDragStart = [x, y];
+  }, true);
+}
+"""
+#: Run before each click's handler: passes the press position along with the click.
+DRAG_READ_JS = "(editor, upload, selection, mode, press) => [editor, upload, selection, mode, window.asukaDragStart]"
 
 
 def on_spaces(environ: Mapping[str, str] = os.environ) -> bool:
@@ -493,10 +516,12 @@ def build_demo(
         mask_upload: Image.Image | None,
         selection: dict | None,
         mode: str,
+        press: list | None,
         event: gr.SelectData,
         progress: gr.Progress = gr.Progress(),
     ):
-        """A click in the "Click to select" view: add (or subtract) the object under it, or set a box corner."""
+        """A click in the "Click to select" view: add (or subtract) the object under it, or set a box corner; a drag
+        (``press`` is where it started) selects its box."""
         image = (editor or {}).get("background")
         if image is None:
             raise gr.Error("No image is loaded yet: upload an image in Paint (or pick an example), then click on it.")
@@ -506,6 +531,8 @@ def build_demo(
         key = image_key(image)
         start = _selected(selection, image)
         corner = selection.get("corner") if start is not None and mode == "Box" else None
+        if press and max(abs(press[0] - x), abs(press[1] - y)) >= DRAG_MIN_PX:
+            mode, corner = "Box", (int(press[0]), int(press[1]))
         if mode == "Box" and corner is None:
             gr.Info(f"First corner at ({x}, {y}); click the opposite corner.")
             return gr.skip(), {"key": key, "mask": start if start is not None else _empty(image), "corner": (x, y)}
@@ -590,7 +617,7 @@ def build_demo(
                                 ["Add", "Subtract", "Box"],
                                 value="Add",
                                 show_label=False,
-                                info="Add or subtract the object under a click; Box: click two opposite corners",
+                                info="Add or subtract the object under a click; drag (or Box: two clicks) for a box",
                                 elem_id="select-mode",
                                 scale=3,
                             )
@@ -672,6 +699,7 @@ def build_demo(
                     used_seed = gr.Number(label="Seed used", precision=0, interactive=False, scale=1)
 
         selection = gr.State(None)
+        press = gr.JSON(visible=False)  # where a drag in the click view started (set in the page, see DRAG_READ_JS)
         with gr.Row(visible=False):  # the `/segment` endpoint's inputs and output (API only)
             segment_image = PhotoUpload(label="image", type="pil", image_mode=None)
             segment_points = gr.JSON(label="points")
@@ -718,9 +746,11 @@ def build_demo(
             outputs=[select_view, selection],
             api_visibility="private",
         )
+        demo.load(None, js=DRAG_SETUP_JS)
         select_view.select(
             on_click,
-            inputs=[editor, mask_upload, selection, select_mode],
+            inputs=[editor, mask_upload, selection, select_mode, press],
+            js=DRAG_READ_JS,
             outputs=[select_view, selection],
             api_visibility="private",
             concurrency_limit=1,

@@ -106,10 +106,11 @@ def browser_page(url: str, width: int = 1366, height: int = 768) -> Iterator[Any
         try:
             page = browser.new_page(viewport={"width": width, "height": height})
             page.set_default_timeout(120_000)
-            # not "networkidle": the page keeps a heartbeat connection open while it holds session state
+            # not "networkidle": the page keeps a heartbeat connection open while it holds session state; ready
+            # once the editor has drawn its canvas (an upload before that lands on a default-size canvas)
             page.goto(url, wait_until="load")
             page.locator("#run").wait_for(state="visible")
-            page.wait_for_load_state("domcontentloaded")
+            page.locator("#editor canvas").first.wait_for(state="visible")
             yield page
         finally:
             browser.close()

@@ -1,5 +1,5 @@
 """A real browser (Debian's chromium, driven by Playwright) at a laptop's 1366x768: paint a stroke, Run, check;
-click objects to select them, grow the selection, Run, check.
+click objects to select them (a second click, a subtracting click, a box drag), grow the selection, Run, check.
 
 Playwright's own browser download is never used: chromium comes from apt (see .ci/install_browser.sh).
 """
@@ -99,9 +99,10 @@ def _wait_until_idle(page, selector: str) -> None:
     )
 
 
-def _click_and_read_selection(page, photo: np.ndarray, x: int, y: int) -> tuple[np.ndarray, float]:
-    """Click pixel (x, y) of the "Click to select" view; return the selection its overlay shows and the seconds
-    until it showed. The overlay tints the selected pixels, so they are the pixels that differ from the photo."""
+def _click_and_read_selection(page, photo: np.ndarray, x: int, y: int, to=None) -> tuple[np.ndarray, float]:
+    """Click pixel (x, y) of the "Click to select" view (or drag from there to pixel ``to``); return the selection
+    its overlay shows and the seconds until it showed. The overlay tints the selected pixels, so they are the pixels
+    that differ from the photo."""
     view = page.locator("#select-view img")
     before = view.get_attribute("src")
     box = view.bounding_box()
@@ -111,7 +112,11 @@ def _click_and_read_selection(page, photo: np.ndarray, x: int, y: int) -> tuple[
     left = box["x"] + (box["width"] - natural_width * scale) / 2
     top = box["y"] + (box["height"] - natural_height * scale) / 2
     start = time.monotonic()
-    page.mouse.click(left + (x + 0.5) * scale, top + (y + 0.5) * scale)
+    page.mouse.move(left + x * scale, top + y * scale)
+    page.mouse.down()
+    if to is not None:
+        page.mouse.move(left + to[0] * scale, top + to[1] * scale, steps=8)
+    page.mouse.up()
     page.wait_for_function("src => document.querySelector('#select-view img').getAttribute('src') !== src", arg=before)
     seconds = time.monotonic() - start
     return (_fetch(page, "#select-view img") != photo).any(axis=-1), seconds
@@ -143,17 +148,20 @@ def test_click_to_select_subtract_grow_and_run(page, tmp_path):
     third, _ = _click_and_read_selection(page, photo, 80, 80)
     assert (third <= second).all() and third.sum() < second.sum(), "a subtracting click removes its object"
     assert np.array_equal(third, segment_call(client, tmp_path / "photo.png", [(40, 50), (120, 30), (80, 80, 0)]))
+    fourth, _ = _click_and_read_selection(page, photo, 20, 15, to=(100, 90))  # a drag selects by box
+    assert np.array_equal(fourth, third | segment_call(client, tmp_path / "photo.png", box=(20, 15, 100, 90)))
 
     page.locator("#settings").get_by_text("Settings", exact=True).click()
     grow = page.locator("#grow input[type=number]")
     grow.fill("3")
-    grow.press("Enter")
+    grow.press("Tab")  # the slider takes the typed value when the field loses focus
+    page.wait_for_function("() => document.querySelector('#grow input[type=range]').value === '3'")
     page.locator("#run").click()
     _wait_until_idle(page, "#result")
     page.get_by_role("tab", name="Mask used").click()
     page.locator("#mask-used img").wait_for(state="visible")
     used = _fetch(page, "#mask-used img")[..., 0] > 127
-    assert np.array_equal(used, grow_mask(third.astype(np.float32), 3) > 0.5), "Run uses the selection, grown"
+    assert np.array_equal(used, grow_mask(fourth.astype(np.float32), 3) > 0.5), "Run uses the selection, grown"
     page.get_by_role("tab", name="Result").click()
     result = _fetch(page, "#result img")
     assert np.array_equal(result[~used], photo[~used])
