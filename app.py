@@ -83,8 +83,8 @@ SELECTION_RGB, SELECTION_OPACITY = (255, 0, 255), 0.5
 #: A press and release this many photo pixels apart in the click view is a box drag, not a click.
 DRAG_MIN_PX = 4
 #: Run on page load: remembers where a press on the click view started (photo pixels, placed as Gradio places the
-#: photo: contained, centred, never enlarged), so that the release can select the box of a drag; and keeps the
-#: browser from dragging the picture itself.
+#: photo: contained, centred, never enlarged) and whether Shift or Alt was held, so that the release can select the
+#: box of a drag or subtract; and keeps the browser from dragging the picture itself.
 DRAG_SETUP_JS = """
 () => {
   const inView = (event) => event.target.closest && event.target.closest("#select-view");
@@ -97,7 +97,8 @@ DRAG_SETUP_JS = """
     const scale = Math.min(box.width / img.naturalWidth, box.height / img.naturalHeight, 1);
     const x = Math.round((event.clientX - box.left - (box.width - img.naturalWidth * scale) / 2) / scale);
     const y = Math.round((event.clientY - box.top - (box.height - img.naturalHeight * scale) / 2) / scale);
-    if (x >= 0 && y >= 0 && x < img.naturalWidth && y < img.naturalHeight) window.asukaDragStart = [x, y];
+    const inside = x >= 0 && y >= 0 && x < img.naturalWidth && y < img.naturalHeight;
+    if (inside) window.asukaDragStart = [x, y, event.shiftKey || event.altKey];
   }, true);
 }
 """
@@ -521,7 +522,7 @@ def build_demo(
         progress: gr.Progress = gr.Progress(),
     ):
         """A click in the "Click to select" view: add (or subtract) the object under it, or set a box corner; a drag
-        (``press`` is where it started) selects its box."""
+        selects its box. ``press``: where the press started and whether Shift or Alt was held (subtract)."""
         image = (editor or {}).get("background")
         if image is None:
             raise gr.Error("No image is loaded yet: upload an image in Paint (or pick an example), then click on it.")
@@ -533,6 +534,8 @@ def build_demo(
         corner = selection.get("corner") if start is not None and mode == "Box" else None
         if press and max(abs(press[0] - x), abs(press[1] - y)) >= DRAG_MIN_PX:
             mode, corner = "Box", (int(press[0]), int(press[1]))
+        elif press and len(press) > 2 and press[2] and mode == "Add":
+            mode = "Subtract"
         if mode == "Box" and corner is None:
             gr.Info(f"First corner at ({x}, {y}); click the opposite corner.")
             return gr.skip(), {"key": key, "mask": start if start is not None else _empty(image), "corner": (x, y)}
@@ -617,7 +620,7 @@ def build_demo(
                                 ["Add", "Subtract", "Box"],
                                 value="Add",
                                 show_label=False,
-                                info="Add or subtract the object under a click; drag (or Box: two clicks) for a box",
+                                info="A click adds the object under it (Shift-click subtracts); drag for a box",
                                 elem_id="select-mode",
                                 scale=3,
                             )

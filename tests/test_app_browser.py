@@ -1,5 +1,5 @@
 """A real browser (Debian's chromium, driven by Playwright) at a laptop's 1366x768: paint a stroke, Run, check;
-click objects to select them (a second click, a subtracting click, a box drag), grow the selection, Run, check.
+click objects to select them (a second click, subtracting clicks, a box drag), grow the selection, Run, check.
 
 Playwright's own browser download is never used: chromium comes from apt (see .ci/install_browser.sh).
 """
@@ -99,10 +99,12 @@ def _wait_until_idle(page, selector: str) -> None:
     )
 
 
-def _click_and_read_selection(page, photo: np.ndarray, x: int, y: int, to=None) -> tuple[np.ndarray, float]:
-    """Click pixel (x, y) of the "Click to select" view (or drag from there to pixel ``to``); return the selection
-    its overlay shows and the seconds until it showed. The overlay tints the selected pixels, so they are the pixels
-    that differ from the photo."""
+def _click_and_read_selection(
+    page, photo: np.ndarray, x: int, y: int, to=None, key: str | None = None
+) -> tuple[np.ndarray, float]:
+    """Click pixel (x, y) of the "Click to select" view (or drag from there to pixel ``to``; holding ``key``);
+    return the selection its overlay shows and the seconds until it showed. The overlay tints the selected pixels,
+    so they are the pixels that differ from the photo."""
     view = page.locator("#select-view img")
     before = view.get_attribute("src")
     box = view.bounding_box()
@@ -113,10 +115,14 @@ def _click_and_read_selection(page, photo: np.ndarray, x: int, y: int, to=None) 
     top = box["y"] + (box["height"] - natural_height * scale) / 2
     start = time.monotonic()
     page.mouse.move(left + x * scale, top + y * scale)
+    if key:
+        page.keyboard.down(key)
     page.mouse.down()
     if to is not None:
         page.mouse.move(left + to[0] * scale, top + to[1] * scale, steps=8)
     page.mouse.up()
+    if key:
+        page.keyboard.up(key)
     page.wait_for_function("src => document.querySelector('#select-view img').getAttribute('src') !== src", arg=before)
     seconds = time.monotonic() - start
     return (_fetch(page, "#select-view img") != photo).any(axis=-1), seconds
@@ -150,6 +156,9 @@ def test_click_to_select_subtract_grow_and_run(page, tmp_path):
     assert np.array_equal(third, segment_call(client, tmp_path / "photo.png", [(40, 50), (120, 30), (80, 80, 0)]))
     fourth, _ = _click_and_read_selection(page, photo, 20, 15, to=(100, 90))  # a drag selects by box
     assert np.array_equal(fourth, third | segment_call(client, tmp_path / "photo.png", box=(20, 15, 100, 90)))
+    page.locator("#select-mode").get_by_label("Add").check()
+    fifth, _ = _click_and_read_selection(page, photo, 60, 60, key="Shift")  # Shift-click subtracts too
+    assert np.array_equal(fifth, fourth & ~segment_call(client, tmp_path / "photo.png", [(60, 60)]))
 
     page.locator("#settings").get_by_text("Settings", exact=True).click()
     grow = page.locator("#grow input[type=number]")
@@ -161,7 +170,7 @@ def test_click_to_select_subtract_grow_and_run(page, tmp_path):
     page.get_by_role("tab", name="Mask used").click()
     page.locator("#mask-used img").wait_for(state="visible")
     used = _fetch(page, "#mask-used img")[..., 0] > 127
-    assert np.array_equal(used, grow_mask(fourth.astype(np.float32), 3) > 0.5), "Run uses the selection, grown"
+    assert np.array_equal(used, grow_mask(fifth.astype(np.float32), 3) > 0.5), "Run uses the selection, grown"
     page.get_by_role("tab", name="Result").click()
     result = _fetch(page, "#result img")
     assert np.array_equal(result[~used], photo[~used])
