@@ -6,8 +6,8 @@
 
 Paint the region to repaint on the image, click objects to select them (SAM 2.1), or upload a mask
 (white = repaint), and press Run. The endpoints ``/inpaint`` and ``/segment`` are callable with gradio_client
-(see docs/app.md). On a Hugging Face Space a
-model that cannot load does not stop the app: the page says how to fix it and the other methods stay usable.
+(see docs/app.md). On a Hugging Face Space a model that cannot load does not stop the app: the page says how to
+fix it and the other methods stay usable.
 """
 
 from __future__ import annotations
@@ -538,7 +538,8 @@ def build_demo(
             mode = "Subtract"
         if mode == "Box" and corner is None:
             gr.Info(f"First corner at ({x}, {y}); click the opposite corner.")
-            return gr.skip(), {"key": key, "mask": start if start is not None else _empty(image), "corner": (x, y)}
+            start = np.zeros((image.height, image.width), dtype=bool) if start is None else start
+            return gr.skip(), {"key": key, "mask": start, "corner": (x, y)}
         try:
             with reporting_load(progress, "Segmentation model") if not segmenter.loaded else nullcontext():
                 if mode == "Box":
@@ -773,10 +774,6 @@ def build_demo(
     demo.queue(max_size=max_queue, default_concurrency_limit=1)
     start_cache_sweeper(demo, results, cache_max_age, sweep_every)
     return demo
-
-
-def _empty(image: Image.Image) -> np.ndarray:
-    return np.zeros((image.height, image.width), dtype=bool)
 
 
 def _examples() -> list[list[str]]:
