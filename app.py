@@ -4,9 +4,10 @@
     python app.py --tiny                  # random tiny weights, for trying the interface
     python app.py --method asuka-sd --model PATH  # ASUKA-SD from a folder written by save_pretrained
 
-Paint the region to repaint on the image (or upload a mask: white = repaint) and press Run.
-The endpoint ``/inpaint`` is callable with gradio_client (see docs/app.md). On a Hugging Face Space a
-model that cannot load does not stop the app: the page says how to fix it and the other methods stay usable.
+Paint the region to repaint on the image, click objects to select them (SAM 2.1), or upload a mask
+(white = repaint), and press Run. The endpoints ``/inpaint`` and ``/segment`` are callable with gradio_client
+(see docs/app.md). On a Hugging Face Space a model that cannot load does not stop the app: the page says how to
+fix it and the other methods stay usable.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,9 @@ from PIL import Image
 from asuka import methods
 from asuka.defaults import resolve_device_dtype
 from asuka.imageio import load_image, load_layer, load_mask, mask_from_layers
-from asuka.masks import dilate_mask
+from asuka.masks import grow_mask, invert_mask, paste_feathered
 from asuka.methods import NoDefaultMethod, choose_method, memory
+from asuka.methods.segment import Segmenter, image_key, parse_prompts
 
 
 try:  # On a ZeroGPU Space, `spaces.GPU` grants a GPU for the duration of each call.
@@ -74,6 +76,34 @@ GPU_SECONDS_PER_STEP_UNKNOWN = 0.6
 GPU_OVERHEAD_S = 15
 #: The longest ZeroGPU call asked for; longer estimates are capped (a Space visitor's quota is finite).
 GPU_MAX_DURATION_S = 300
+#: ZeroGPU seconds asked for one click or `/segment` call (the first one also loads SAM 2.1, 156 MB).
+SEGMENT_GPU_DURATION_S = 30
+#: The selection's colour over the photo in the "Click to select" view, and its opacity.
+SELECTION_RGB, SELECTION_OPACITY = (255, 0, 255), 0.5
+#: A press and release this many photo pixels apart in the click view is a box drag, not a click.
+DRAG_MIN_PX = 4
+#: Run on page load: remembers where a press on the click view started (photo pixels, placed as Gradio places the
+#: photo: contained, centred, never enlarged) and whether Shift or Alt was held, so that the release can select the
+#: box of a drag or subtract; and keeps the browser from dragging the picture itself.
+DRAG_SETUP_JS = """
+() => {
+  const inView = (event) => event.target.closest && event.target.closest("#select-view");
+  document.addEventListener("dragstart", (event) => { if (inView(event)) event.preventDefault(); }, true);
+  document.addEventListener("mousedown", (event) => {
+    const img = inView(event) && document.querySelector("#select-view img");
+    window.asukaDragStart = null;
+    if (!img || !img.naturalWidth) return;
+    const box = img.getBoundingClientRect();
+    const scale = Math.min(box.width / img.naturalWidth, box.height / img.naturalHeight, 1);
+    const x = Math.round((event.clientX - box.left - (box.width - img.naturalWidth * scale) / 2) / scale);
+    const y = Math.round((event.clientY - box.top - (box.height - img.naturalHeight * scale) / 2) / scale);
+    const inside = x >= 0 && y >= 0 && x < img.naturalWidth && y < img.naturalHeight;
+    if (inside) window.asukaDragStart = [x, y, event.shiftKey || event.altKey];
+  }, true);
+}
+"""
+#: Run before each click's handler: passes the press position along with the click.
+DRAG_READ_JS = "(editor, upload, selection, mode, press) => [editor, upload, selection, mode, window.asukaDragStart]"
 
 
 def on_spaces(environ: Mapping[str, str] = os.environ) -> bool:
@@ -93,6 +123,9 @@ def gpu_duration(
     keep_unmasked: bool = True,
     dilation: int = 0,
     run_backbone: bool = False,
+    feather: int = 0,
+    invert: bool = False,
+    selection: dict | None = None,
     progress: Any = None,
 ) -> int:
     """Seconds of ZeroGPU to request for one `/inpaint` call (``spaces.GPU`` passes the handler's arguments).
@@ -140,16 +173,30 @@ class PhotoEditor(gr.ImageEditor):
 class MaskUpload(gr.Image):
     """`gr.Image` for the optional mask, read with asuka.imageio into a binary ``L`` mask (255 = repaint)."""
 
+    what = "The mask"
+
     def get_block_name(self) -> str:
         return "image"  # same front-end component as gr.Image
+
+    def read(self, source: Any) -> Image.Image:
+        return load_mask(source)
 
     def preprocess(self, payload: ImageData | None) -> Image.Image | None:
         if payload is None:
             return None
         try:
-            return load_mask(payload.path if payload.path else super().preprocess(payload))
+            return self.read(payload.path if payload.path else super().preprocess(payload))
         except ValueError as error:
-            raise gr.Error(f"The mask cannot be used: {error}") from error
+            raise gr.Error(f"{self.what} cannot be used: {error}") from error
+
+
+class PhotoUpload(MaskUpload):
+    """`gr.Image` for a photo, read with asuka.imageio as the editor reads its background (RGB)."""
+
+    what = "The image"
+
+    def read(self, source: Any) -> Image.Image:
+        return load_image(source)
 
 
 class ResultFiles:
@@ -302,6 +349,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=f"seconds before uploads and results are deleted (default {CACHE_MAX_AGE_S})",
     )
     parser.add_argument(
+        "--segment-model",
+        default=env("ASUKA_SEGMENT_MODEL") or None,
+        help="Hub id or folder of the SAM 2 model behind click-to-select (default facebook/sam2.1-hiera-tiny)",
+    )
+    parser.add_argument(
         "--max-results",
         type=int,
         default=MAX_RESULT_FILES,
@@ -317,6 +369,40 @@ def _editor_mask(editor: dict | None, mask: Image.Image | None, size: tuple[int,
     return mask_from_layers((editor or {}).get("layers") or [], size)
 
 
+def _selected(selection: dict | None, image: Image.Image) -> np.ndarray | None:
+    """The clicked selection (boolean ``(H, W)``) if it was made on ``image``, else None."""
+    if selection and selection.get("key") == image_key(image):
+        return selection["mask"]
+    return None
+
+
+def overlay_selection(image: Image.Image, mask: np.ndarray) -> Image.Image:
+    """``image`` with ``mask`` tinted in the selection colour, as the "Click to select" view shows it."""
+    photo = np.asarray(image.convert("RGB"), dtype=np.float32)
+    tint = photo * (1 - SELECTION_OPACITY) + np.asarray(SELECTION_RGB, dtype=np.float32) * SELECTION_OPACITY
+    return Image.fromarray(np.where(mask[..., None], tint, photo).round().astype(np.uint8), mode="RGB")
+
+
+def mask_to_use(
+    editor: dict | None,
+    mask_upload: Image.Image | None,
+    selection: dict | None,
+    grow: int = 0,
+    invert: bool = False,
+) -> Image.Image:
+    """The mask a run uses: the upload (or the painting) merged with the clicked selection, inverted if asked,
+    then grown (or shrunk, ``grow`` < 0); ``L``, 255 = repaint. `ValueError` for a mask that cannot be used."""
+    image = editor["background"]
+    mask = np.asarray(_editor_mask(editor, mask_upload, image.size)) > 127
+    selected = _selected(selection, image)
+    if selected is not None:
+        mask = mask | selected
+    mask = Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
+    if invert:
+        mask = invert_mask(mask)
+    return grow_mask(mask, int(grow)) if grow else mask
+
+
 def build_demo(
     cache: methods.PipelineCache,
     default_method: str,
@@ -325,8 +411,10 @@ def build_demo(
     guidance: str | None = None,
     max_results: int = MAX_RESULT_FILES,
     cache_max_age: int = CACHE_MAX_AGE_S,
+    segmenter: Segmenter | None = None,
 ) -> gr.Blocks:
-    """The Blocks UI; every model call goes through ``cache`` and the methods.
+    """The Blocks UI; every model call goes through ``cache`` and the methods, every click through ``segmenter``
+    (default: SAM 2.1 on the cache's device, tiny and random when the cache is).
 
     ``guidance`` (why the first model could not load, and how to fix it) is shown where the result goes.
     Uploads, outputs and result files are deleted ``cache_max_age`` seconds after they were written, and
@@ -336,6 +424,7 @@ def build_demo(
     first = methods.get_method(default_method)
     cache_max_age = max(1, cache_max_age)
     results = ResultFiles(Path(get_upload_folder()) / "asuka-results", max_results, cache_max_age)
+    segmenter = segmenter or Segmenter(device=cache.device, tiny=cache.tiny)
 
     @gpu(duration=gpu_duration)
     def inpaint(
@@ -350,19 +439,24 @@ def build_demo(
         keep_unmasked: bool,
         dilation: int,
         run_backbone: bool,
+        feather: int = 0,
+        invert: bool = False,
+        selection: dict | None = None,
         progress: gr.Progress = gr.Progress(),
     ):
         if not editor or editor.get("background") is None:
             raise gr.Error("Upload an image first, then paint over the part to repaint.")
         image = editor["background"]
         try:
-            mask = _editor_mask(editor, mask_upload, image.size)
+            mask = mask_to_use(editor, mask_upload, selection, int(dilation), bool(invert))
         except ValueError as error:
             raise gr.Error(f"The mask cannot be used: {error}") from error
-        if dilation:
-            mask = dilate_mask(mask, int(dilation))
         if not np.asarray(mask).any():
-            raise gr.Error("The mask is empty: paint over the region to repaint, or upload a mask (white = repaint).")
+            raise gr.Error(
+                'The mask is empty: paint over the region to repaint, click an object in "Click to select", '
+                "or upload a mask (white = repaint)."
+            )
+        feather = max(0, int(feather)) if keep_unmasked else 0  # the feather softens the paste-back
         spec = methods.get_method(method)
         if randomize_seed:
             seed = random.randint(0, MAX_SEED)
@@ -373,7 +467,7 @@ def build_demo(
             seed=int(seed),
             condition_weight=float(condition_weight) if spec.uses_condition_weight else None,
             guidance_scale=float(guidance_scale) if spec.uses_guidance else None,
-            keep_unmasked=bool(keep_unmasked),
+            keep_unmasked=bool(keep_unmasked) and not feather,  # a feathered paste-back needs the decoded ring
             reconstruction=True,  # shown in the "MAE reconstruction" tab
         )
 
@@ -384,11 +478,14 @@ def build_demo(
             except methods.ModelLoadError as error:
                 raise gr.Error(str(error), duration=None) from error
             try:
-                return methods.run_method(
+                outcome = methods.run_method(
                     name, pipeline, request, lambda done, total: progress((done, total), desc=label, unit="steps")
                 )
             except ValueError as error:
                 raise gr.Error(str(error)) from error
+            if feather:
+                outcome.image = paste_feathered(image, outcome.image, mask, feather)
+            return outcome
 
         result = run(spec.name, spec.label)
         backbone = None
@@ -398,6 +495,82 @@ def build_demo(
             gr.Warning(f"{spec.label} has no separate backbone to compare with.")
         download = results.save(result.image)
         return (result.image, (image, result.image), backbone, result.reconstruction, download, seed, mask)
+
+    def selection_view(editor: dict | None, mask_upload: Image.Image | None, selection: dict | None):
+        """The photo with the mask so far (painting or upload, and the clicked selection) tinted over it."""
+        image = (editor or {}).get("background")
+        if image is None:
+            return None
+        try:
+            mask = np.asarray(mask_to_use(editor, mask_upload, selection)) > 127
+        except ValueError:  # an upload that does not fit shows as no mask here; Run says why
+            mask = np.zeros((image.height, image.width), dtype=bool)
+        return overlay_selection(image, mask)
+
+    def show_selection(editor: dict | None, mask_upload: Image.Image | None, selection: dict | None):
+        image = (editor or {}).get("background")
+        if image is not None and _selected(selection, image) is None:
+            selection = None  # a new photo starts a new selection
+        return selection_view(editor, mask_upload, selection), selection
+
+    @gpu(duration=SEGMENT_GPU_DURATION_S)
+    def on_click(
+        editor: dict | None,
+        mask_upload: Image.Image | None,
+        selection: dict | None,
+        mode: str,
+        press: list | None,
+        event: gr.SelectData,
+        progress: gr.Progress = gr.Progress(),
+    ):
+        """A click in the "Click to select" view: add (or subtract) the object under it, or set a box corner; a drag
+        selects its box. ``press``: where the press started and whether Shift or Alt was held (subtract)."""
+        image = (editor or {}).get("background")
+        if image is None:
+            raise gr.Error("No image is loaded yet: upload an image in Paint (or pick an example), then click on it.")
+        if not event.index or len(event.index) != 2:
+            raise gr.Error("The click was outside the image: click on the photo.")
+        x, y = (int(v) for v in event.index)
+        key = image_key(image)
+        start = _selected(selection, image)
+        corner = selection.get("corner") if start is not None and mode == "Box" else None
+        if press and max(abs(press[0] - x), abs(press[1] - y)) >= DRAG_MIN_PX:
+            mode, corner = "Box", (int(press[0]), int(press[1]))
+        elif press and len(press) > 2 and press[2] and mode == "Add":
+            mode = "Subtract"
+        if mode == "Box" and corner is None:
+            gr.Info(f"First corner at ({x}, {y}); click the opposite corner.")
+            start = np.zeros((image.height, image.width), dtype=bool) if start is None else start
+            return gr.skip(), {"key": key, "mask": start, "corner": (x, y)}
+        try:
+            with reporting_load(progress, "Segmentation model") if not segmenter.loaded else nullcontext():
+                if mode == "Box":
+                    mask = segmenter.select(image, box=(*corner, x, y), start=start)
+                else:
+                    mask = segmenter.select(image, [(x, y, mode != "Subtract")], start=start)
+        except methods.ModelLoadError as error:
+            raise gr.Error(str(error), duration=None) from error
+        except ValueError as error:
+            raise gr.Error(str(error)) from error
+        selection = {"key": key, "mask": mask, "corner": None}
+        return selection_view(editor, mask_upload, selection), selection
+
+    def clear_mask(editor: dict | None):
+        """Start the mask over: no selection, no painting, no uploaded mask."""
+        image = (editor or {}).get("background")
+        cleared = gr.skip() if image is None else {"background": image, "layers": [], "composite": image}
+        return cleared, None, None, image
+
+    @gpu(duration=SEGMENT_GPU_DURATION_S)
+    def segment_api(image: Image.Image | None, points: Any, box: Any) -> Image.Image:
+        """`/segment`: the mask (``L``, 255 = selected) of the objects under ``points`` / inside ``box``."""
+        try:
+            selected = segmenter.select(image, *parse_prompts(points, box))
+        except methods.ModelLoadError as error:
+            raise gr.Error(str(error)) from error
+        except ValueError as error:
+            raise gr.Error(str(error)) from error
+        return Image.fromarray(selected.astype(np.uint8) * 255, mode="L")
 
     def on_method(method: str):
         spec = methods.get_method(method)
@@ -414,7 +587,8 @@ def build_demo(
     sweep_every = max(1, min(3600, cache_max_age // 4))
     with gr.Blocks(title="asuka inpainting", delete_cache=(sweep_every, cache_max_age)) as demo:
         gr.Markdown(
-            "# asuka — faithful inpainting\nPaint over what should be repainted (or upload a mask), then **Run**."
+            "# asuka — faithful inpainting\nPaint over what should be repainted, click objects in **Click to select** "
+            "(or upload a mask), then **Run**."
         )
         if tiny:
             gr.Markdown(TINY_BANNER, elem_id="tiny-banner")
@@ -435,6 +609,25 @@ def build_demo(
                             height=400,
                             elem_id="editor",
                         )
+                    with gr.Tab("Click to select", id="select") as select_tab:
+                        select_view = gr.Image(
+                            label="Click an object to select it (the photo comes from Paint)",
+                            type="pil",
+                            format="png",
+                            interactive=False,
+                            height=400,
+                            elem_id="select-view",
+                        )
+                        with gr.Row():
+                            select_mode = gr.Radio(
+                                ["Add", "Subtract", "Box"],
+                                value="Add",
+                                show_label=False,
+                                info="A click adds the object under it (Shift-click subtracts); drag for a box",
+                                elem_id="select-mode",
+                                scale=3,
+                            )
+                            clear_button = gr.Button("Clear mask", elem_id="clear-mask", scale=1)
                     with gr.Tab("Upload a mask", id="mask"):
                         mask_upload = MaskUpload(
                             label="Mask (optional, overrides the painting; white = repaint)",
@@ -448,7 +641,7 @@ def build_demo(
                     method = gr.Dropdown(choices=choices, value=first.name, label="Model", elem_id="method", scale=3)
                     run_button = gr.Button("Run", variant="primary", elem_id="run", scale=1)
                 paper = gr.Markdown(first.paper, elem_id="method-paper")
-                with gr.Accordion("Settings", open=False):
+                with gr.Accordion("Settings", open=False, elem_id="settings"):
                     steps = gr.Slider(1, 100, value=first.default_steps, step=1, label="Steps")
                     with gr.Row():
                         seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
@@ -465,7 +658,20 @@ def build_demo(
                         visible=first.uses_guidance,
                     )
                     keep_unmasked = gr.Checkbox(value=True, label="Keep unmasked pixels exactly")
-                    dilation = gr.Slider(0, 64, value=0, step=1, label="Mask dilation (px)")
+                    with gr.Row():
+                        dilation = gr.Slider(
+                            -32, 64, value=0, step=1, label="Grow (+) / shrink (−) mask (px)", elem_id="grow"
+                        )
+                        feather = gr.Slider(
+                            0,
+                            32,
+                            value=0,
+                            step=1,
+                            label="Feather the seam (px)",
+                            info="0: hard paste-back; pixels farther than this stay exactly the input",
+                            elem_id="feather",
+                        )
+                    invert = gr.Checkbox(value=False, label="Invert mask (repaint everything else)")
                     run_backbone = gr.Checkbox(
                         value=False, label="Also run the backbone alone", interactive=first.backbone is not None
                     )
@@ -498,6 +704,15 @@ def build_demo(
                     download = gr.DownloadButton("Download (full resolution PNG)", elem_id="download", scale=2)
                     used_seed = gr.Number(label="Seed used", precision=0, interactive=False, scale=1)
 
+        selection = gr.State(None)
+        press = gr.JSON(visible=False)  # where a drag in the click view started (set in the page, see DRAG_READ_JS)
+        with gr.Row(visible=False):  # the `/segment` endpoint's inputs and output (API only)
+            segment_image = PhotoUpload(label="image", type="pil", image_mode=None)
+            segment_points = gr.JSON(label="points")
+            segment_box = gr.JSON(label="box")
+            segment_mask = gr.Image(label="mask", type="pil", format="png")
+            segment_button = gr.Button()
+
         examples = _examples()
         if examples:
             gr.Examples(examples=examples, inputs=[editor, mask_upload], label="Examples (mask included)")
@@ -522,11 +737,41 @@ def build_demo(
                 keep_unmasked,
                 dilation,
                 run_backbone,
+                feather,
+                invert,
+                selection,
             ],
             outputs=[result, slider, backbone, reconstruction, download, used_seed, used_mask],
             api_name="inpaint",
             concurrency_limit=1,
             concurrency_id="gpu",
+        )
+        select_tab.select(
+            show_selection,
+            inputs=[editor, mask_upload, selection],
+            outputs=[select_view, selection],
+            api_visibility="private",
+        )
+        demo.load(None, js=DRAG_SETUP_JS)
+        select_view.select(
+            on_click,
+            inputs=[editor, mask_upload, selection, select_mode, press],
+            js=DRAG_READ_JS,
+            outputs=[select_view, selection],
+            api_visibility="private",
+            concurrency_limit=1,
+            concurrency_id="segment",
+        )
+        clear_button.click(
+            clear_mask, inputs=editor, outputs=[editor, mask_upload, selection, select_view], api_visibility="private"
+        )
+        segment_button.click(
+            segment_api,
+            inputs=[segment_image, segment_points, segment_box],
+            outputs=segment_mask,
+            api_name="segment",
+            concurrency_limit=1,
+            concurrency_id="segment",
         )
     demo.queue(max_size=max_queue, default_concurrency_limit=1)
     start_cache_sweeper(demo, results, cache_max_age, sweep_every)
@@ -571,6 +816,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         # A Space that crashes shows only "Runtime error": start the page and put the fix-it text in it.
         guidance = f"{error}\n\n{SPACES_HINT}"
         name = name or methods.list_methods()[0].name
+    segmenter = Segmenter(args.segment_model, device=cache.device, tiny=args.tiny)
     demo = build_demo(
         cache,
         name,
@@ -579,6 +825,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         guidance=guidance,
         max_results=args.max_results,
         cache_max_age=args.cache_max_age,
+        segmenter=segmenter,
     )
     demo.launch(server_name=args.host, server_port=args.port, share=args.share)
 

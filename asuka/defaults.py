@@ -12,6 +12,8 @@ SD_INPAINT_REPO = "stable-diffusion-v1-5/stable-diffusion-inpainting"
 FLUX_FILL_REPO = "black-forest-labs/FLUX.1-Fill-dev"
 #: Hub id of the authors' ASUKA-FLUX release (MAE, aligners and decoder for FLUX.1-Fill).
 ASUKA_FLUX_RELEASE_REPO = "yikaiwang/ASUKA-FLUX.1-Fill"
+#: Hub id of the demo's click-to-select model (SAM 2.1, its smallest size; see asuka/methods/segment.py).
+SEGMENT_MODEL_REPO = "facebook/sam2.1-hiera-tiny"
 
 _DTYPES = {
     "float16": torch.float16,

@@ -1,4 +1,4 @@
-"""Training masks (ASUKA, Sec. 3.1) and small mask utilities.
+"""Training masks (ASUKA, Sec. 3.1) and the mask tools of the app and CLI (grow/shrink, invert, feathered paste).
 
 The paper trains on a mixture of three mask families:
 
@@ -78,22 +78,114 @@ def dilate_mask(mask: MaskLike, pixels: int) -> MaskLike:
     array (> 0.5 = hole, returned as float32 0/1). ``pixels=0`` returns a binarised copy. Used to
     cover the soft border of user masks before inpainting.
     """
-    if not isinstance(pixels, (int, np.integer)) or isinstance(pixels, bool) or pixels < 0:
-        raise ValueError(f"dilate_mask: `pixels` must be a non-negative int, got {pixels!r}.")
-    if isinstance(mask, Image.Image):
-        hole = np.asarray(mask.convert("L")) > 0
-        out = _dilate_bool(hole, int(pixels)) if pixels else hole
-        return Image.fromarray(out.astype(np.uint8) * 255, mode="L")
-    array = np.asarray(mask)
-    if array.ndim != 2:
-        raise ValueError(f"dilate_mask: expected a 2-D (H, W) mask array or a PIL image, got shape {array.shape}.")
-    hole = array > 0.5
-    out = _dilate_bool(hole, int(pixels)) if pixels else hole
-    return out.astype(np.float32)
+    pixels = _check_pixels(pixels, "dilate_mask")
+    hole = _hole_of(mask, "dilate_mask")
+    return _as_input_type(_dilate_bool(hole, pixels) if pixels else hole, mask)
 
 
 def _erode_bool(hole: np.ndarray, pixels: int) -> np.ndarray:
     return ~_dilate_bool(~hole, pixels)
+
+
+# ---------------------------------------------------------------------------------------------
+# Mask tools of the demo: grow/shrink, invert, feathered paste-back
+# ---------------------------------------------------------------------------------------------
+
+
+def _hole_of(mask: MaskLike, what: str) -> np.ndarray:
+    """The boolean hole of a PIL mask (non-zero = hole) or a 2-D array (> 0.5 = hole)."""
+    if isinstance(mask, Image.Image):
+        return np.asarray(mask.convert("L")) > 0
+    array = np.asarray(mask)
+    if array.ndim != 2:
+        raise ValueError(f"{what}: expected a 2-D (H, W) mask array or a PIL image, got shape {array.shape}.")
+    return array > 0.5
+
+
+def _as_input_type(hole: np.ndarray, like: MaskLike) -> MaskLike:
+    if isinstance(like, Image.Image):
+        return Image.fromarray(hole.astype(np.uint8) * 255, mode="L")
+    return hole.astype(np.float32)
+
+
+def _check_pixels(pixels: object, what: str, signed: bool = False) -> int:
+    if not isinstance(pixels, (int, np.integer)) or isinstance(pixels, bool) or (pixels < 0 and not signed):
+        kind = "an int (negative shrinks)" if signed else "a non-negative int"
+        raise ValueError(f"{what}: `pixels` must be {kind}, got {pixels!r}.")
+    return int(pixels)
+
+
+def grow_mask(mask: MaskLike, pixels: int) -> MaskLike:
+    """Grow the hole of ``mask`` by a disk of radius ``pixels``, or shrink it by ``-pixels`` when negative.
+
+    Same types as :func:`dilate_mask`. Shrinking treats the outside of the image as hole, so a hole touching the
+    border keeps touching it (OpenCV's default for erosion).
+    """
+    pixels = _check_pixels(pixels, "grow_mask", signed=True)
+    hole = _hole_of(mask, "grow_mask")
+    if pixels > 0:
+        hole = _dilate_bool(hole, pixels)
+    elif pixels < 0:
+        hole = _erode_bool(hole, -pixels)
+    return _as_input_type(hole, mask)
+
+
+def invert_mask(mask: MaskLike) -> MaskLike:
+    """The complement of the hole of ``mask`` (what was kept is repainted); same types as :func:`dilate_mask`."""
+    return _as_input_type(~_hole_of(mask, "invert_mask"), mask)
+
+
+def distance_to_hole(hole: np.ndarray, limit: int) -> np.ndarray:
+    """Euclidean distance of every pixel to the nearest pixel of the boolean ``hole``, exact up to ``limit``.
+
+    Pixels farther than ``limit`` (or all of them, for an empty hole) get ``inf``. Separable: the distance along
+    each column first, then the nearest of the ``2 * limit + 1`` columns around each pixel (O(limit * H * W)).
+    """
+    height, width = hole.shape
+    rows = np.arange(height, dtype=np.float64)[:, None]
+    above = np.maximum.accumulate(np.where(hole, rows, -np.inf), axis=0)
+    below = np.minimum.accumulate(np.where(hole, rows, np.inf)[::-1], axis=0)[::-1]
+    vertical = np.minimum(rows - above, below - rows)  # inf in a column without hole pixels
+    vertical[vertical > limit] = np.inf
+    squared = vertical**2
+    best = squared.copy()
+    for dx in range(1, limit + 1):
+        best[:, dx:] = np.minimum(best[:, dx:], squared[:, :-dx] + dx * dx)
+        best[:, :-dx] = np.minimum(best[:, :-dx], squared[:, dx:] + dx * dx)
+    distance = np.sqrt(best)
+    distance[distance > limit] = np.inf
+    return distance
+
+
+def feather_weights(mask: MaskLike, pixels: int) -> np.ndarray:
+    """How much of the inpainted result each pixel takes in a feathered paste-back, float32 ``(H, W)`` in [0, 1].
+
+    1 inside the hole, falling linearly with the distance ``d`` outside it (``1 - d / (pixels + 1)``), and exactly
+    0 farther than ``pixels`` from the hole. ``pixels=0``: the hole itself (a hard paste-back).
+    """
+    pixels = _check_pixels(pixels, "feather_weights")
+    hole = _hole_of(mask, "feather_weights")
+    if pixels == 0:
+        return hole.astype(np.float32)
+    distance = distance_to_hole(hole, pixels)
+    return np.where(np.isfinite(distance), 1.0 - distance / (pixels + 1), 0.0).astype(np.float32)
+
+
+def paste_feathered(image: Image.Image, result: Image.Image, mask: MaskLike, pixels: int) -> Image.Image:
+    """``result`` inside the hole of ``mask``, blended into ``image`` over ``pixels`` outside it (RGB).
+
+    Every pixel farther than ``pixels`` from the hole is ``image``'s own, exactly; ``pixels=0`` is the hard
+    paste-back of ``keep_unmasked``.
+    """
+    if result.size != image.size:
+        raise ValueError(f"paste_feathered: the result is {result.size}, the image {image.size}; they must match.")
+    weights = feather_weights(mask, pixels)
+    if weights.shape != (image.height, image.width):
+        raise ValueError(f"paste_feathered: the mask is {weights.shape[::-1]}, the image {image.size}.")
+    original = np.asarray(image.convert("RGB"))
+    blended = original * (1.0 - weights[..., None]) + np.asarray(result.convert("RGB")) * weights[..., None]
+    out = np.where(weights[..., None] > 0, np.round(blended).astype(np.uint8), original)
+    return Image.fromarray(out, mode="RGB")
 
 
 def _image_files(folder: str | Path, name: str) -> list[Path]:

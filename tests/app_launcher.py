@@ -106,7 +106,11 @@ def browser_page(url: str, width: int = 1366, height: int = 768) -> Iterator[Any
         try:
             page = browser.new_page(viewport={"width": width, "height": height})
             page.set_default_timeout(120_000)
-            page.goto(url, wait_until="networkidle")
+            # not "networkidle": the page keeps a heartbeat connection open while it holds session state; ready
+            # once the editor has drawn its canvas (an upload before that lands on a default-size canvas)
+            page.goto(url, wait_until="load")
+            page.locator("#run").wait_for(state="visible")
+            page.locator("#editor canvas").first.wait_for(state="visible")
             yield page
         finally:
             browser.close()
@@ -154,6 +158,8 @@ def inpaint_call(client: Any, image_path, mask_path=None, layers=(), **settings)
         keep_unmasked=True,
         dilation=0,
         run_backbone=False,
+        feather=0,
+        invert=False,
     )
     values.update(settings)
     editor = {
@@ -166,3 +172,14 @@ def inpaint_call(client: Any, image_path, mask_path=None, layers=(), **settings)
     )
     names = ["result", "slider", "backbone", "reconstruction", "download", "seed", "mask"]
     return dict(zip(names, outputs))
+
+
+def segment_call(client: Any, image_path, points=(), box=()) -> Any:
+    """Call `/segment` (points ``[x, y]`` or ``[x, y, add]``, a box ``[x0, y0, x1, y1]`` or empty); returns the mask
+    as a boolean HxW array."""
+    import numpy as np
+    from gradio_client import handle_file
+    from PIL import Image
+
+    path = client.predict(handle_file(str(image_path)), [list(p) for p in points], list(box), api_name="/segment")
+    return np.asarray(Image.open(path).convert("L")) > 127

@@ -5,13 +5,15 @@ import urllib.request
 
 import numpy as np
 import pytest
-from app_launcher import ROOT, photo_and_hole
+from app_launcher import ROOT, photo_and_hole, segment_call
 from app_launcher import inpaint_call as call
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 from PIL import Image
 
 from asuka.imageio import load_image
+from asuka.masks import distance_to_hole
+from asuka.methods.segment import Segmenter
 
 
 H, W = 53, 77  # deliberately not a multiple of 8
@@ -127,3 +129,40 @@ def test_huge_image_and_another_method(client, tmp_path):
         result = np.asarray(Image.open(out["result"]).convert("RGB"))
         assert result.shape == photo.shape and np.array_equal(result[~hole], photo[~hole])
         assert (result[hole] != photo[hole]).any()
+
+
+def test_segment_returns_a_mask_of_the_image_size_equal_to_the_selection(client, tmp_path):
+    photo = Image.fromarray(_photo())
+    photo.save(tmp_path / "photo.png")
+    clicks = [(20, 30, True), (60, 10, True), (40, 40, False)]
+    mask = segment_call(client, tmp_path / "photo.png", [(x, y, int(add)) for x, y, add in clicks])
+    assert mask.shape == (H, W)
+    # the server's tiny model is the same seeded random model as a fresh one here
+    assert np.array_equal(mask, Segmenter(tiny=True).select(photo, clicks))
+    box = segment_call(client, tmp_path / "photo.png", box=(5, 5, 50, 40))
+    assert box.shape == (H, W) and np.array_equal(box, Segmenter(tiny=True).select(photo, box=(5, 5, 50, 40)))
+    with pytest.raises(AppError, match=r"The point \(200, 10\) lies outside the image, which is 77x53 pixels"):
+        segment_call(client, tmp_path / "photo.png", [(200, 10)])
+    with pytest.raises(AppError, match="A box must be four numbers"):
+        segment_call(client, tmp_path / "photo.png", box=(1, 2, 3))
+
+
+def test_invert_and_feather(client, tmp_path):
+    photo, hole = _photo(), _hole()
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    Image.fromarray(hole.astype(np.uint8) * 255).save(tmp_path / "mask.png")
+    inverted = call(client, tmp_path / "photo.png", tmp_path / "mask.png", invert=True)
+    assert np.array_equal(np.asarray(Image.open(inverted["mask"]).convert("L")) > 127, ~hole)
+    result = np.asarray(Image.open(inverted["result"]).convert("RGB"))
+    assert np.array_equal(result[hole], photo[hole])  # what was the hole is kept now
+
+    width = 4
+    out = call(client, tmp_path / "photo.png", tmp_path / "mask.png", feather=width)
+    result = np.asarray(Image.open(out["result"]).convert("RGB"))
+    assert np.array_equal(np.asarray(Image.open(out["mask"]).convert("L")) > 127, hole)  # the hole, not the ring
+    far = np.isinf(distance_to_hole(hole, width))
+    assert np.array_equal(result[far], photo[far]), "pixels farther than the feather width must be the input's"
+    ring = ~hole & ~far
+    assert (result[ring] != photo[ring]).any(), "the seam is blended over the feather width"
+    hard = np.asarray(Image.open(call(client, tmp_path / "photo.png", tmp_path / "mask.png")["result"]).convert("RGB"))
+    assert np.array_equal(hard[~hole], photo[~hole])  # the default stays the exact paste-back

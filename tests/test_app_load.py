@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from app_launcher import ROOT, inpaint_call, quiet_env, running_app, small_inputs
+from app_launcher import ROOT, inpaint_call, quiet_env, running_app, segment_call, small_inputs
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 from gradio_client.utils import QueueError
@@ -29,12 +29,13 @@ def _call(url, image, mask, steps):
     return inpaint_call(Client(url, verbose=False), image, mask, steps=steps)["result"]
 
 
-def test_concurrent_calls_succeed_or_are_told_the_queue_is_full(app_url, tmp_path):
-    image, mask, photo, hole = small_inputs(tmp_path)
+def _burst(call) -> list[tuple[str, object]]:
+    """``call(index)`` for CALLS indices at once: each ("ok", output) or ("refused", message); every refusal must be
+    the queue's, and at least one call served."""
 
-    def one(_):
+    def one(index):
         try:
-            return "ok", _call(app_url, image, mask, 4)
+            return "ok", call(index)
         except (QueueError, AppError) as error:
             return "refused", str(error)
 
@@ -43,8 +44,14 @@ def test_concurrent_calls_succeed_or_are_told_the_queue_is_full(app_url, tmp_pat
     kinds = [kind for kind, _ in outcomes]
     refusals = [detail for kind, detail in outcomes if kind == "refused"]
     assert set(kinds) <= {"ok", "refused"} and "ok" in kinds
-    assert refusals, "16 simultaneous calls against a queue of 2 must overflow it"
     assert all("queue is full" in detail.lower() for detail in refusals), refusals
+    return outcomes
+
+
+def test_concurrent_calls_succeed_or_are_told_the_queue_is_full(app_url, tmp_path):
+    image, mask, photo, hole = small_inputs(tmp_path)
+    outcomes = _burst(lambda _: _call(app_url, image, mask, 4))
+    assert "refused" in dict(outcomes), "16 simultaneous calls against a queue of 2 must overflow it"
     for kind, output in outcomes:
         if kind == "ok":
             result = np.asarray(Image.open(output).convert("RGB"))
@@ -52,6 +59,14 @@ def test_concurrent_calls_succeed_or_are_told_the_queue_is_full(app_url, tmp_pat
     # the server still answers once the burst is over
     result = np.asarray(Image.open(_call(app_url, image, mask, 1)).convert("RGB"))
     assert np.array_equal(result[~hole], photo[~hole])
+
+
+def test_concurrent_segment_calls_are_served_or_told_the_queue_is_full(app_url, tmp_path):
+    image, _, photo, _ = small_inputs(tmp_path)
+    outcomes = _burst(lambda index: segment_call(Client(app_url, verbose=False), image, [(5 + index * 3, 20)]))
+    assert all(mask.shape == photo.shape[:2] for kind, mask in outcomes if kind == "ok")
+    # the server still answers once the burst is over
+    assert segment_call(Client(app_url, verbose=False), image, [(10, 10)]).shape == photo.shape[:2]
 
 
 def _start(*args: str, **env: str) -> tuple[subprocess.CompletedProcess, float]:

@@ -7,6 +7,7 @@ import yaml
 from app_launcher import ROOT
 
 from asuka import methods
+from asuka.defaults import SEGMENT_MODEL_REPO
 
 
 #: Hardware flavours documented for `suggested_hardware` in the Spaces configuration reference.
@@ -47,6 +48,7 @@ def test_front_matter_lists_the_models_the_methods_download():
     models = front_matter()["models"]
     assert isinstance(models, list) and all(re.fullmatch(r"[\w.-]+/[\w.-]+", m) for m in models)
     hub_defaults = {spec.default_model for spec in methods.list_methods() if spec.default_model}
+    hub_defaults.add(SEGMENT_MODEL_REPO)  # click to select
     assert hub_defaults and hub_defaults <= set(models), hub_defaults - set(models)
 
 

@@ -8,12 +8,15 @@ import threading
 import time
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from app_launcher import ROOT
 from PIL import Image
 from tqdm import tqdm
 
 from asuka import methods
+from asuka.masks import grow_mask
+from asuka.methods.segment import image_key
 
 
 sys.path.insert(0, str(ROOT))
@@ -89,15 +92,18 @@ def test_gpu_duration_ranks_methods_by_cost():
 
 
 def test_gpu_decorator_is_applied_with_the_duration_function(monkeypatch):
-    seen = {}
+    durations = []
 
     def fake_gpu(fn=None, **options):
-        seen.update(options)
+        durations.append(options.get("duration"))
         return fn if fn is not None else (lambda f: f)
 
     monkeypatch.setattr(app, "gpu", fake_gpu)
     app.build_demo(methods.PipelineCache(tiny=True), "asuka-sd", tiny=True)
-    assert seen["duration"] is app.gpu_duration
+    # /inpaint asks for the computed duration; a click and /segment (SAM 2.1 runs on the GPU too) a fixed one
+    assert sorted(durations, key=str) == sorted(
+        [app.gpu_duration, app.SEGMENT_GPU_DURATION_S, app.SEGMENT_GPU_DURATION_S], key=str
+    )
 
 
 # --- bounded result files ---------------------------------------------------------------------------
@@ -208,7 +214,7 @@ def test_on_a_space_without_gpu_the_page_starts_with_the_guidance(monkeypatch):
     monkeypatch.delenv("ASUKA_TINY", raising=False)
     app.main(["--device", "cpu"])  # a CPU Space run as Spaces run it: no flags
     (demo,) = launched
-    page = json.dumps(demo.config)
+    page = json.dumps(demo.config, default=repr)  # (a gr.State's config holds its delete callback)
     assert "No CUDA GPU was found" in page and "--tiny" in page and "ASUKA_TINY=1" in page
     assert "load-guidance" in page
 
@@ -217,3 +223,32 @@ def test_on_a_space_without_gpu_the_page_starts_with_the_guidance(monkeypatch):
     with pytest.raises(SystemExit) as exit_:  # the same start outside Spaces fails fast
         app.main(["--device", "cpu"])
     assert exit_.value.code == 2 and len(launched) == 1
+
+
+# --- the mask a run uses ----------------------------------------------------------------------------
+
+
+def test_the_selection_merges_with_the_painting_then_invert_and_grow_apply():
+    photo = Image.new("RGB", (30, 20), (10, 20, 30))
+    layer = Image.new("RGBA", (30, 20), (0, 0, 0, 0))
+    layer.paste((255, 0, 255, 255), (2, 2, 6, 6))  # a painted 4x4 square
+    editor = {"background": photo, "layers": [layer], "composite": None}
+    selected = np.zeros((20, 30), dtype=bool)
+    selected[10:15, 20:25] = True
+    selection = {"key": image_key(photo), "mask": selected, "corner": None}
+    painted = np.zeros((20, 30), dtype=bool)
+    painted[2:6, 2:6] = True
+
+    def used(**tools):
+        return np.asarray(app.mask_to_use(editor, None, selection, **tools)) > 127
+
+    assert np.array_equal(used(), painted | selected)
+    assert np.array_equal(used(invert=True), ~(painted | selected))
+    assert used(grow=2).sum() == (grow_mask(painted | selected, 2) > 0.5).sum() > (painted | selected).sum()
+    assert np.array_equal(used(grow=-2), grow_mask(painted | selected, -2) > 0.5)
+    # a selection made on another photo is not used on this one
+    other = {"key": image_key(Image.new("RGB", (30, 20))), "mask": selected, "corner": None}
+    assert np.array_equal(np.asarray(app.mask_to_use(editor, None, other)) > 127, painted)
+    # the view tints exactly the selected pixels
+    view = np.asarray(app.overlay_selection(photo, selected))
+    assert np.array_equal((view != np.asarray(photo)).any(axis=-1), selected)
