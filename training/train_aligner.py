@@ -126,7 +126,6 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
         with torch.no_grad():
             latents = _encode(vae, pixels * 2 - 1)
             masked_latents = _encode(vae, (pixels * 2 - 1) * (mask < 0.5))
-            mask_latents = F.interpolate(mask, size=latents.shape[-2:])
             p = reconstructed_prior_probability(
                 global_step, args.prior_prob_start, args.prior_prob_end, args.prior_prob_decay_steps
             )
@@ -134,7 +133,8 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
             prior = mae.prior(pixels, mask * (~use_full_image).to(mask.dtype).view(-1, 1, 1, 1))
             noisy, timesteps, target = spec.objective.noised(noise_scheduler, latents)
         tokens = aligner_model(prior.float(), return_dict=False)[0]  # tuples survive accelerate's fp32 output cast
-        prediction = spec.denoise(denoiser, noisy, mask_latents, masked_latents, timesteps, tokens.to(weight_dtype))
+        conditioning = {"prompt_embeds": tokens.to(weight_dtype)}
+        prediction = spec.denoise(denoiser, noisy, timesteps, conditioning, masked_latents, mask)
         loss = F.mse_loss(prediction.float(), target.float())
         setup.step(loss)
         return {"loss": loss, "p": torch.tensor(p), "lr": setup.last_lr()}
