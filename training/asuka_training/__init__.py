@@ -1,8 +1,9 @@
 """Shared machinery of the asuka training scripts (diffusers-example conventions), split by concern.
 
 `args` (flags), `data` (images via `asuka.imageio` + paper masks), `checkpoints` (resumable states in
-diffusers format), `setup` (accelerator, optimizer, `prepare`), `loop` (the loop and the final folder)
-and `hub` (model card and upload). Every script is assembled the same way; nothing here knows a model:
+diffusers format, `ComponentGroup`s of several models trained as one), `setup` (accelerator, optimizer, `prepare`,
+`load_backbone`), `loop` (the loop and the final folder), `hub` (model card and upload) and `aligner_loss` (the
+aligner's loss of one batch, through the backbone's spec). Every script is assembled the same way:
 
     args = parse_args(parser, argv, resolve=None)   # validated and normalised once; ValueError on bad flags
     accelerator = setup_accelerator(args)           # Accelerator + ProjectConfiguration + seed
@@ -18,16 +19,21 @@ A batch holds "pixel_values" (B,3,R,R) in [0,1], "mask" (B,1,R,R) with 1 = hole,
 "num_bad_masks".
 """
 
+from .aligner_loss import AlignerPair, aligned_conditioning, aligner_loss
 from .args import add_start_from, build_parser, parse_args, serialisable_args
 from .checkpoints import (
     CHECKPOINT_PREFIX,
+    ComponentGroup,
+    fresh_copy,
     list_checkpoints,
     load_component,
+    load_pretrained_into,
     register_diffusers_hooks,
     resolve_resume_path,
     resume_if_requested,
     save_checkpoint,
     save_diffusers_model,
+    save_pretrained_parts,
     unwrapped_copy,
 )
 from .data import (
@@ -60,10 +66,15 @@ from .setup import (
 
 
 __all__ = [
+    "AlignerPair",
     "Backbone",
     "add_start_from",
+    "aligned_conditioning",
+    "aligner_loss",
     "CHECKPOINT_PREFIX",
     "CardText",
+    "ComponentGroup",
+    "fresh_copy",
     "ImageFolderDataset",
     "ImageTransform",
     "SampleMaker",
@@ -78,6 +89,7 @@ __all__ = [
     "inpainting_rows",
     "list_checkpoints",
     "load_component",
+    "load_pretrained_into",
     "load_rgb",
     "load_backbone",
     "load_scheduler",
@@ -96,6 +108,7 @@ __all__ = [
     "run_training",
     "save_checkpoint",
     "save_diffusers_model",
+    "save_pretrained_parts",
     "scaled_learning_rate",
     "serialisable_args",
     "setup_accelerator",
