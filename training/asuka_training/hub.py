@@ -75,6 +75,19 @@ def write_model_card(
     return path
 
 
+def _backbone_pointer(args: argparse.Namespace) -> tuple[str, str | None]:
+    """The backbone repo and revision a pushed light repo points to: --hub_backbone_id at --hub_backbone_revision
+    (default --revision); by default the run's --pretrained_model_name_or_path at --revision, or, when that is itself
+    a light repo, the backbone it points to, at its pinned revision."""
+    from asuka.pipelines.hub_light import BACKBONE_KEY, is_light_repo, read_model_index, resolve_repo
+
+    source = args.pretrained_model_name_or_path
+    if args.hub_backbone_id is None and is_light_repo(source, revision=args.revision):
+        pinned = read_model_index(resolve_repo(source, ["model_index.json"], revision=args.revision))[BACKBONE_KEY]
+        return pinned["repo"], args.hub_backbone_revision or pinned.get("revision")
+    return args.hub_backbone_id or source, args.hub_backbone_revision or args.revision
+
+
 def light_repo_for_push(
     args: argparse.Namespace,
     pipeline: Any,
@@ -94,8 +107,7 @@ def light_repo_for_push(
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     arguments, samples = _training_files(folder, training_args, sample_image)
-    backbone = args.hub_backbone_id or args.pretrained_model_name_or_path
-    revision = args.hub_backbone_revision or args.revision
+    backbone, revision = _backbone_pointer(args)
     provenance = (
         f"Trained with the `asuka` toolkit (`training/`) from `{args.pretrained_model_name_or_path}`, with the mask "
         f"mixture of ASUKA Sec. 3.1.\n\n## Training arguments\n\n```json\n{arguments}\n```"
