@@ -24,7 +24,9 @@ the prior, or a plain backbone folder (`StableDiffusionInpaintPipeline`, `FluxFi
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -39,11 +41,20 @@ if TYPE_CHECKING:
     from asuka.pipelines.backbones import BackboneSpec
 
 
-# The model card's text (README.md of the final folder and of a pushed repo)
+# The model card's text (README.md of the final folder and of a pushed repo), per backbone kind
 CARD = asuka_training.CardText(
     title="ASUKA decoder",
     description="A mask-conditioned ASUKA decoder (`asuka.models.AsukaDecoder`) trained from the base VAE decoder.",
     component="asuka-decoder",
+)
+FLUX_CARD = asuka_training.CardText(
+    title="ASUKA-FLUX decoder",
+    description=(
+        "A 16-channel mask-conditioned ASUKA decoder (`asuka.models.AsukaDecoder`) for the FLUX.1-Fill VAE, trained "
+        "from its decoder or from a previous ASUKA decoder."
+    ),
+    component="asuka-decoder",
+    torch_dtype="bfloat16",
 )
 
 
@@ -64,7 +75,7 @@ def one_step_x0(
     latents: torch.Tensor,
     noise: torch.Tensor,
     timesteps: torch.Tensor,
-    conditioning: dict[str, torch.Tensor] | torch.Tensor,
+    conditioning: dict[str, torch.Tensor],
     backbone: BackboneSpec | None = None,
     guidance: float | None = None,
 ) -> torch.Tensor:
@@ -72,15 +83,14 @@ def one_step_x0(
     masked-image condition and an all-zero mask (nothing to inpaint) — paper Eq. 1.
 
     `backbone` (default: the SD-1.5-inpainting spec) says how to noise, how to call the denoiser and how its
-    prediction gives x0; `conditioning` is what its denoise call takes (a tensor: the `prompt_embeds` alone),
-    `guidance` the embedded guidance scale of a denoiser that has one (`None`: the backbone's default).
+    prediction gives x0; `conditioning` is what its denoise call takes (`prompt_embeds`, and
+    `pooled_prompt_embeds` where the backbone takes one), `guidance` the embedded guidance scale of a denoiser
+    that has one (`None`: the backbone's default, FLUX.1-Fill's 30).
     """
     if backbone is None:
         from asuka.pipelines.backbones import SD15_INPAINTING  # imported here: the pipelines load lazily
 
         backbone = SD15_INPAINTING
-    if torch.is_tensor(conditioning):
-        conditioning = {"prompt_embeds": conditioning}
     noisy = backbone.objective.add_noise(scheduler, latents, noise, timesteps)
     zero_mask = torch.zeros_like(latents[:, :1])
     prediction = backbone.denoise(denoiser, noisy, timesteps, conditioning, latents, zero_mask, guidance)
@@ -91,7 +101,7 @@ def latent_augmentation(
     latents: torch.Tensor,
     denoiser: nn.Module,
     scheduler,
-    conditioning: dict[str, torch.Tensor] | torch.Tensor,
+    conditioning: dict[str, torch.Tensor],
     timestep_range: tuple[int, int],
     probability: float = 0.5,
     generator: torch.Generator | None = None,
@@ -108,9 +118,7 @@ def latent_augmentation(
     count = int(applied.sum())
     timesteps = torch.randint(low, high + 1, (count,), generator=generator, device="cpu").to(device)
     noise = torch.randn(latents[applied].shape, generator=generator, device="cpu").to(device, latents.dtype)
-    if torch.is_tensor(conditioning):
-        conditioning = {"prompt_embeds": conditioning}
-    chosen = {key: value[applied] for key, value in conditioning.items()}
+    chosen = {name: value[applied] for name, value in conditioning.items()}
     with torch.no_grad():
         estimate = one_step_x0(denoiser, scheduler, latents[applied], noise, timesteps, chosen, backbone, guidance)
     out = latents.clone()
@@ -154,7 +162,7 @@ def build_decoder_parser():
 
 
 def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
-    from asuka.models import AsukaDecoder, PatchDiscriminator
+    from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE, PatchDiscriminator
     from asuka.pipelines.decode import vae_scale_factor_of
 
     args = asuka_training.parse_args(build_decoder_parser(), argv)
@@ -174,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
     accelerator = asuka_training.setup_accelerator(args)
     path = args.pretrained_model_name_or_path
     backbone = asuka_training.load_backbone(path, args.revision, args.variant)
-    vae, denoiser, spec, pipeline = backbone.vae, backbone.denoiser, backbone.spec, backbone.pipeline
+    vae, denoiser, spec, folder = backbone.vae, backbone.denoiser, backbone.spec, backbone.folder
     patch = vae_scale_factor_of(vae.config) * spec.latent_packing
     if args.resolution % patch:
         raise ValueError(
@@ -187,11 +195,18 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
             f"--latent_aug_timestep_max must be < {noise_scheduler.config.num_train_timesteps} "
             "(the scheduler's train timesteps)."
         )
-    if args.save_pipeline and pipeline is None:
+    # the MAE and aligner(s) of an ASUKA pipeline folder or light repo give the prior (one aligner for SD; the token
+    # and pooled aligners where the backbone takes a pooled vector, FLUX.1-Fill)
+    aligner_names = ("aligner",) if spec.pooled_width is None else ("token_aligner", "pooled_aligner")
+    has_prior = all(Path(folder, name, "config.json").is_file() for name in ("mae", *aligner_names))
+    if args.save_pipeline and not has_prior:
         raise ValueError(
-            f"--save_pipeline needs an ASUKA pipeline ({spec.pipeline_class} folder or light repo, with its MAE and "
-            f"aligners) as --pretrained_model_name_or_path; {path} is a plain {spec.base_pipeline_class}."
+            f"--save_pipeline needs an ASUKA pipeline ({spec.pipeline_class} folder or light repo, with mae/ and "
+            f"{'/, '.join(aligner_names)}/) as --pretrained_model_name_or_path; {path} has none."
         )
+    mae = AsukaMAE.from_pretrained(folder, subfolder="mae") if has_prior else None
+    aligners = [AsukaAligner.from_pretrained(folder, subfolder=name) for name in aligner_names] if has_prior else []
+    aligner = asuka_training.AlignerPair(*aligners) if len(aligners) == 2 else next(iter(aligners), None)
     if args.decoder_model_name_or_path:
         decoder = asuka_training.load_component(
             AsukaDecoder, args.decoder_model_name_or_path, "decoder", args.revision
@@ -203,11 +218,9 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
             f"--decoder_model_name_or_path: the decoder takes {decoder.config.latent_channels} latent channels, the "
             f"{spec.name} VAE has {vae.config.latent_channels}; start from a decoder of this VAE."
         )
-    # the ASUKA pipeline's MAE and aligner(s) give the prior; its own decoder is not used (`decoder` trains)
-    parts = {} if pipeline is None else pipeline.components
-    frozen = [model for name, model in parts.items() if name != "decoder" and isinstance(model, torch.nn.Module)]
-
-    weight_dtype = asuka_training.freeze(accelerator, vae, denoiser, *frozen)
+    weight_dtype = asuka_training.freeze(accelerator, vae, denoiser, mae)
+    if aligner is not None:  # frozen in float32, as it was trained (asuka_training.aligned_conditioning's input)
+        aligner.requires_grad_(False).eval().to(accelerator.device)
     decoder.requires_grad_(True)
     if args.gradient_checkpointing and decoder._supports_gradient_checkpointing:
         decoder.enable_gradient_checkpointing()
@@ -232,15 +245,12 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
     scaling, shift = vae.config.scaling_factor, getattr(vae.config, "shift_factor", None) or 0.0
 
     def conditioning(pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Denoiser conditioning of the latent augmentation, as the spec's denoise call takes it: the ASUKA prior of
-        the whole image (nothing masked, as the zero mask says), or zeros for a plain backbone folder."""
-        batch = pixels.shape[0]
-        zeros = spec.zero_conditioning(denoiser.config, 1, batch, pixels.device, weight_dtype)
-        if pipeline is None:
-            return zeros
-        encoded = pipeline.encode_prior(image=pixels, hole=torch.zeros_like(pixels[:, :1]))
-        encoded = encoded if isinstance(encoded, tuple) else (encoded,)  # (tokens,) or (tokens, pooled)
-        return {key: value.to(weight_dtype) for key, value in zip(zeros, encoded)}
+        """Denoiser conditioning of the latent augmentation, as the spec's denoise call takes it: the aligned MAE prior
+        of the whole image (nothing masked, as the zero mask says), or zeros for a plain backbone folder."""
+        if aligner is None:
+            return spec.zero_conditioning(denoiser.config, 1, pixels.shape[0], pixels.device, weight_dtype)
+        prior = mae.prior(pixels, torch.zeros_like(pixels[:, :1]))
+        return asuka_training.aligned_conditioning(spec, aligner, prior, weight_dtype)
 
     def corrupted_latents(pixels: torch.Tensor) -> torch.Tensor:
         """Unscaled latents of the colour-jittered image, half of them replaced by the denoiser's x0 estimate."""
@@ -314,14 +324,26 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
     result, grid = asuka_training.run_training(setup, train_step, validate)
 
     def trained_pipeline():
-        """The ASUKA pipeline of the folder with the trained decoder, and a fresh copy of its loaded scheduler."""
-        scheduler = type(backbone.scheduler).from_config(backbone.scheduler.config)
-        pipeline.register_modules(decoder=AsukaDecoder.from_pretrained(args.output_dir), scheduler=scheduler)
-        return pipeline
+        """The folder's ASUKA pipeline with the trained decoder (and a fresh copy of its loaded scheduler)."""
+        from asuka import pipelines
+        from asuka.models import AsukaVAEEncoder
+
+        parts = {"aligner": aligner} if len(aligners) == 1 else dict(aligner.items())
+        if Path(folder, "masked_image_encoder", "config.json").is_file():  # the release's, where it has one
+            parts["masked_image_encoder"] = AsukaVAEEncoder.from_pretrained(folder, subfolder="masked_image_encoder")
+        return getattr(pipelines, spec.pipeline_class)(
+            vae=vae,
+            scheduler=type(backbone.scheduler).from_config(backbone.scheduler.config),
+            mae=mae,
+            decoder=AsukaDecoder.from_pretrained(args.output_dir),
+            **parts,
+            **{spec.denoiser: denoiser},
+        )
 
     components = {"": decoder_model, **({"discriminator": discriminator} if discriminator is not None else {})}
+    card = dataclasses.replace(CARD if spec.pooled_width is None else FLUX_CARD, backbone=spec)
     return asuka_training.finish(
-        setup, result, components, trained_pipeline if args.save_pipeline else None, CARD, grid
+        setup, result, components, trained_pipeline if args.save_pipeline else None, card, grid
     )
 
 
