@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from accelerate_launch import two_process_launch
-from diffusers import FluxFillPipeline
+from flux_support import pipeline_transformer_call
 from hub_helpers import BACKBONE_SHA, hub_cache, weight_files
 from PIL import Image
 from training_support import (
@@ -33,7 +33,7 @@ from asuka import AsukaFluxPipeline
 from asuka.defaults import FLUX_FILL_REPO
 from asuka.models import AsukaDecoder
 from asuka.pipelines.backbones import FLUX_FILL
-from asuka.testing.flux import make_tiny_flux_backbone_pipeline, make_tiny_flux_components, make_tiny_flux_pipeline
+from asuka.testing.flux import make_tiny_flux_backbone_pipeline, make_tiny_flux_pipeline
 
 
 put_training_on_path()
@@ -73,33 +73,26 @@ def flux_args(source, image_dir, output_dir, steps, **flags):
 
 
 # --------------------------------------------------------------------------- the one-step x0 augmentation
-def hand_x0(transformer, latents, noise, timesteps, tokens, pooled, guidance):
+def hand_x0(pipe, latents, noise, timesteps, tokens, pooled, guidance):
     """x0 = noisy - σ v, the transformer called as AsukaFluxPipeline calls it on (1 - σ) x0 + σ noise, with the clean
-    latents as the masked-image latents and an all-zero (packed 8x8 pixel) mask."""
-    batch, channels, height, width = latents.shape
+    latents as the masked-image latents and an all-zero pixel mask."""
+    batch, _, height, width = latents.shape
     sigmas = (timesteps.float() / 1000).view(-1, 1, 1, 1)
     noisy = (1 - sigmas) * latents + sigmas * noise
-    packed_noisy = AsukaFluxPipeline._pack_latents(noisy, batch, channels, height, width)
-    packed_clean = AsukaFluxPipeline._pack_latents(latents, batch, channels, height, width)
-    packed_mask = torch.zeros(batch, packed_noisy.shape[1], 8 * 8 * 4)  # the pixel mask's 8x8 blocks, per 2x2 patch
-    velocity = transformer(
-        hidden_states=torch.cat((packed_noisy, packed_clean, packed_mask), dim=2),
-        timestep=timesteps.float() / 1000,
-        guidance=torch.full([batch], guidance, dtype=torch.float32),
-        pooled_projections=pooled,
-        encoder_hidden_states=tokens,
-        txt_ids=torch.zeros(tokens.shape[1], 3),
-        img_ids=AsukaFluxPipeline._prepare_latent_image_ids(batch, height // 2, width // 2, "cpu", torch.float32),
-        return_dict=False,
-    )[0]
-    velocity = FluxFillPipeline._unpack_latents(velocity, height=height * 8, width=width * 8, vae_scale_factor=8)
+    config = pipe.vae.config
+    raw_latents = latents / config.scaling_factor + config.shift_factor  # the pipeline shifts and scales them again
+    zero_mask = torch.zeros(batch, 1, height * pipe.vae_scale_factor, width * pipe.vae_scale_factor)
+    guidance = torch.full([batch], guidance, dtype=torch.float32)
+    velocity = pipeline_transformer_call(
+        pipe, noisy, raw_latents, zero_mask, timesteps.float(), tokens, pooled, guidance
+    )
     return noisy - sigmas * velocity
 
 
 def test_the_x0_augmentation_is_the_flow_matching_estimate_of_the_pipelines_transformer_call():
-    components = make_tiny_flux_components(seed=0)
-    transformer = components["transformer"]
-    scheduler = FLUX_FILL.objective.training_scheduler(components["scheduler"].config)
+    pipe = make_tiny_flux_pipeline(seed=0)
+    transformer = pipe.transformer
+    scheduler = FLUX_FILL.objective.training_scheduler(pipe.scheduler.config)
     generator = torch.Generator().manual_seed(0)
     latents = torch.randn(3, 16, 4, 4, generator=generator)
     tokens, pooled = torch.randn(3, 5, 32, generator=generator), torch.randn(3, 24, generator=generator)
@@ -107,14 +100,14 @@ def test_the_x0_augmentation_is_the_flow_matching_estimate_of_the_pipelines_tran
 
     noise, timesteps = torch.randn(latents.shape, generator=generator), torch.tensor([700, 850, 999])
     with torch.no_grad():
-        expected = hand_x0(transformer, latents, noise, timesteps, tokens, pooled, guidance=30.0)
+        expected = hand_x0(pipe, latents, noise, timesteps, tokens, pooled, guidance=30.0)
         default = train_decoder.one_step_x0(transformer, scheduler, latents, noise, timesteps, conditioning, FLUX_FILL)
         other = train_decoder.one_step_x0(
             transformer, scheduler, latents, noise, timesteps, conditioning, FLUX_FILL, guidance=4.0
         )
     torch.testing.assert_close(default, expected, atol=1e-5, rtol=1e-5)  # the release's guidance 30 by default
     torch.testing.assert_close(
-        other, hand_x0(transformer, latents, noise, timesteps, tokens, pooled, guidance=4.0), atol=1e-5, rtol=1e-5
+        other, hand_x0(pipe, latents, noise, timesteps, tokens, pooled, guidance=4.0), atol=1e-5, rtol=1e-5
     )
     assert not torch.allclose(default, other, atol=1e-3)  # the guidance reaches the transformer
 
@@ -128,7 +121,7 @@ def test_the_x0_augmentation_is_the_flow_matching_estimate_of_the_pipelines_tran
     drawn = torch.randint(700, 1000, (int(chosen.sum()),), generator=replay)
     drawn_noise = torch.randn(latents[chosen].shape, generator=replay)
     with torch.no_grad():
-        estimate = hand_x0(transformer, latents[chosen], drawn_noise, drawn, tokens[chosen], pooled[chosen], 30.0)
+        estimate = hand_x0(pipe, latents[chosen], drawn_noise, drawn, tokens[chosen], pooled[chosen], 30.0)
     torch.testing.assert_close(out[chosen], estimate, atol=1e-5, rtol=1e-5)
     assert torch.equal(out[~chosen], latents[~chosen])  # the others stay bit-identical
 
@@ -304,7 +297,7 @@ def test_two_processes_killed_after_a_checkpoint_resume_save_and_push(folders, i
         hub_backbone_id=FLUX_FILL_REPO,
         hub_backbone_revision=BACKBONE_SHA,
     )
-    launcher = str(ROOT / "tests" / "fake_hub_run.py")
+    launcher = str(ROOT / "tests" / "fake_hub_launch.py")
     completed = subprocess.run(
         two_process_launch(launcher, str(tmp_path / "hub"), script, *resumed_argv, main_process_port=29532),
         env=_env(),
