@@ -208,6 +208,9 @@ def test_a_light_repo_trains_and_its_push_points_to_the_backbone_it_points_to(fo
     uploaded = tmp_path / "hub" / "me/asuka-flux-decoder"
     assert weight_files(uploaded) == LIGHT_WEIGHTS
     assert json.loads((uploaded / "transformer" / "backbone.json").read_text())["repo"] == str(folders["plain"])
+    for card in (uploaded / "README.md", tmp_path / "out" / "README.md"):  # the light repo's and the final folder's
+        text = card.read_text()
+        assert "license: other" in text and "FLUX.1 [dev] Non-Commercial License" in text, card
     pushed = AsukaFluxPipeline.from_pretrained(uploaded)
     trained = AsukaDecoder.from_pretrained(tmp_path / "out")
     assert all(torch.equal(value, pushed.decoder.state_dict()[key]) for key, value in trained.state_dict().items())
