@@ -22,6 +22,7 @@ from hub_helpers import BACKBONE_SHA, hub_cache, weight_files
 from PIL import Image
 from training_support import (
     ROOT,
+    fresh_accelerate_state,  # noqa: F401 (a fixture)
     intercept_hub,
     offline,  # noqa: F401 (the module-wide autouse fixture)
     put_training_on_path,
@@ -223,6 +224,28 @@ def test_a_plain_flux_fill_folder_trains_with_zero_conditioning(folders, image_d
     assert decoder.config.latent_channels == 16 and decoder.post_quant_conv is None  # FLUX's VAE has no quant conv
     with pytest.raises(ValueError, match=r"--save_pipeline needs an ASUKA pipeline \(AsukaFluxPipeline"):
         train_decoder.main(flux_args(folders["plain"], image_dir, tmp_path / "again", 1, save_pipeline=True))
+
+
+@pytest.mark.usefixtures("fresh_accelerate_state")
+def test_bf16_with_gradient_checkpointing_keeps_the_decoder_float32(folders, image_dir, tmp_path):
+    """The frozen transformer, VAE and MAE in bf16 (the aligners stay float32), the decoder checkpointed; every
+    sample through the x0 augmentation."""
+    result = train_decoder.main(
+        flux_args(
+            folders["asuka"],
+            image_dir,
+            tmp_path / "out",
+            2,
+            mixed_precision="bf16",
+            gradient_checkpointing=True,
+            latent_aug_prob=1.0,
+            checkpointing_steps=0,
+        )
+    )
+    assert result.global_step == 2 and np.isfinite(result.losses).all()
+    assert all(
+        value.dtype == torch.float32 for value in AsukaDecoder.from_pretrained(tmp_path / "out").state_dict().values()
+    )
 
 
 def test_bad_flags_name_the_flag(folders, image_dir, tmp_path):
