@@ -34,6 +34,7 @@ from asuka import AsukaFluxPipeline
 from asuka.defaults import FLUX_FILL_REPO
 from asuka.models import AsukaDecoder
 from asuka.pipelines.backbones import FLUX_FILL
+from asuka.testing import make_tiny_pipeline
 from asuka.testing.flux import make_tiny_flux_backbone_pipeline, make_tiny_flux_pipeline
 
 
@@ -259,6 +260,9 @@ def test_bad_flags_name_the_flag(folders, image_dir, tmp_path):
     for message, flags in cases.items():
         with pytest.raises(ValueError, match=message):
             train_decoder.main(flux_args(folders["asuka"], image_dir, tmp_path / "out", 1, **flags))
+    make_tiny_pipeline("sd").save_pretrained(tmp_path / "sd")
+    with pytest.raises(ValueError, match="--guidance_scale applies to a denoiser that embeds a guidance scale"):
+        train_decoder.main(flux_args(tmp_path / "sd", image_dir, tmp_path / "out", 1, guidance_scale=3.0))
     sd_decoder = tmp_path / "sd_decoder"  # 4 latent channels, SD's
     AsukaDecoder(
         block_out_channels=(8, 16), norm_num_groups=8, up_block_types=("UpDecoderBlock2D",) * 2
