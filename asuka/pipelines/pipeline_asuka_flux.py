@@ -277,9 +277,10 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin, As
         them with the mask. The image is encoded here, in the encoder's own dtype, so that a transformer in another
         dtype (bf16, quantized, cast) meets a float32 VAE or encoder.
         """
-        encoder = self.masked_image_encoder if self.masked_image_encoder is not None else self.vae
-        encoded = encoder.encode(masked_image.to(dtype=encoder.dtype))
-        masked_image = retrieve_latents(encoder_output=encoded, generator=generator)  # taken as they are below
+        if masked_image.shape[1] != num_channels_latents:  # pixels; latents are taken as they are, as diffusers does
+            encoder = self.masked_image_encoder if self.masked_image_encoder is not None else self.vae
+            encoded = encoder.encode(masked_image.to(dtype=encoder.dtype))
+            masked_image = retrieve_latents(encoder_output=encoded, generator=generator)
         return FluxFillPipeline.prepare_mask_latents(
             self,
             mask=mask,
