@@ -1,6 +1,7 @@
-"""What ASUKA-SD's training schedules cost: FLOPs per sample of the training scripts' steps, and CPU measurements.
+"""What ASUKA's training schedules cost: FLOPs per sample of the training scripts' steps, memory, CPU measurements.
 
     python benchmarks/training_budget.py                # FLOPs per sample (meta device, seconds) + the budget table
+    python benchmarks/training_budget.py --backbone flux   # the same for FLUX.1-Fill, + memory per GPU (meta device)
     python benchmarks/training_budget.py --measure-cpu  # also CPU step times and peak RSS at 512x512 (~1 h on 1 core)
     python benchmarks/training_budget.py --measure-one decoder 1 0 --repeats 0   # one of them
 
@@ -12,6 +13,14 @@ ASSUMED sustained throughput (`--tflops`), since no GPU was measured; `python be
 real H200 step times. `--measure-cpu` runs each configuration in a fresh subprocess (fp32, full size) and reports
 its median step time, the achieved CPU FLOP/s, and the peak RSS above the built weights (VmHWM), whose growth from
 batch 1 to 2 is the activation memory per sample; with `--gradient_checkpointing` as the scripts enable it.
+
+`--backbone flux` counts the same two steps on the full-size FLUX.1-Fill-dev configs (`asuka.testing.flux`: the
+12 B transformer, the 16-channel VAE, ASUKA-FLUX's MAE, token and pooled aligners and decoder): the aligner step at
+512 (the release's aligner resolution), the decoder step at 256 (its decoder's). Its memory per GPU is computed on
+the meta device too (`meta_memory.py`): the weights' bytes from the parameter counts, the trained component's
+gradients and AdamW state (4 and 8 bytes per fp32 parameter), and the peak of the tensors one step creates (frozen
+models in bf16, the trained ones in fp32, flash attention), with and without gradient checkpointing; alone on a GPU
+and with the frozen transformer sharded over 8 GPUs by `training/configs/fsdp_flux.yaml`.
 """
 
 import argparse
@@ -21,16 +30,26 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from architectures import build_sd_components  # noqa: E402
-from bench_pipelines import aligner_training_run, decoder_training_run, rss_kib  # noqa: E402
+from architectures import build_flux_components, build_sd_components  # noqa: E402
+from bench_pipelines import (  # noqa: E402
+    aligner_training_run,
+    decoder_training_run,
+    rss_kib,
+    trained_with_adamw,
+    training_batch,
+)
 from flops import count_flops, meta_sd_components, write_json  # noqa: E402
+from meta_memory import step_peak_bytes  # noqa: E402
 
-from asuka.pipelines.backbones import SD15_INPAINTING  # noqa: E402
+from asuka.pipelines.backbones import FLUX_FILL, SD15_INPAINTING  # noqa: E402
+from asuka.testing.flux import flux_fill_pipeline  # noqa: E402
 
 
 # The schedules (docs/training.md): samples = steps x global batch.
@@ -51,9 +70,215 @@ MEASURED = (
 )
 
 
-def flops_per_sample(name: str, size: int = 512, batch: int = 2) -> float:
-    """FLOPs of one training step per sample (forward, backward, optimizer), counted on meta tensors."""
-    step = RUNS[name](meta_sd_components(tiny=False), size, batch, "meta", torch.float32)
+# ASUKA-FLUX's authors publish no schedule: the SD schedules above, at the resolutions the release trained at (its
+# README: the aligner at 512, the decoder at 256).
+FLUX_SCHEDULES = {
+    "aligner": {"steps": 20_000, "batch": 8, "size": 512, "source": "the SD schedule, at the release's 512"},
+    "decoder": {"steps": 50_000, "batch": 40, "size": 256, "source": "the SD schedule, at the release's 256"},
+}
+FLUX_GUIDANCE = 30.0  # the release's embedded guidance scale
+FSDP_GPUS = 8  # training/configs/fsdp_flux.yaml's num_processes
+#: what each FLUX step trains (fp32, AdamW); every other component of the step is frozen (bf16)
+FLUX_TRAINED = {"aligner": ("token_aligner", "pooled_aligner"), "decoder": ("decoder",)}
+FLUX_FROZEN = {
+    "aligner": (FLUX_FILL.denoiser, "vae", "mae"),
+    "decoder": (FLUX_FILL.denoiser, "vae", "mae", *FLUX_TRAINED["aligner"]),
+}
+
+
+def flux_latents(pipe, pixels: torch.Tensor) -> torch.Tensor:
+    """Packed FLUX latents of [0, 1] `pixels`: VAE-encoded (sampled), shifted and scaled, 2x2 patches per token."""
+    vae = pipe.vae
+    latents = (vae.encode(pixels * 2 - 1).latent_dist.sample() - vae.config.shift_factor) * vae.config.scaling_factor
+    batch, channels, height, width = latents.shape
+    return pipe._pack_latents(
+        latents=latents, batch_size=batch, num_channels_latents=channels, height=height, width=width
+    )
+
+
+def flux_conditioning(components: dict, pixels: torch.Tensor, hole: torch.Tensor, dtype: torch.dtype):
+    """ASUKA-FLUX's (tokens, pooled) in place of T5's and CLIP's: both aligners over the MAE prior."""
+    prior = components["mae"].prior(pixels, hole)
+    tokens = components["token_aligner"](prior).tokens
+    pooled = components["pooled_aligner"](prior).pooled
+    return tokens.to(dtype), pooled.to(dtype)
+
+
+def flux_velocity(pipe, noisy, masked, mask, sigmas, tokens, pooled, size: int) -> torch.Tensor:
+    """FLUX.1-Fill's velocity for packed `noisy` latents at `sigmas`, given FLUX-Fill's packed masked-image latents
+    and mask, ASUKA's tokens and pooled vector, guidance 30."""
+    batch, device, dtype = noisy.shape[0], noisy.device, noisy.dtype
+    side = size // (pipe.vae_scale_factor * 2)
+    img_ids = pipe._prepare_latent_image_ids(batch_size=batch, height=side, width=side, device=device, dtype=dtype)
+    return pipe.transformer(
+        hidden_states=torch.cat([noisy, masked, mask], dim=2),
+        timestep=sigmas,
+        guidance=torch.full((batch,), FLUX_GUIDANCE, device=device),
+        pooled_projections=pooled,
+        encoder_hidden_states=tokens,
+        txt_ids=torch.zeros(tokens.shape[1], 3, device=device, dtype=dtype),
+        img_ids=img_ids,
+        return_dict=False,
+    )[0]
+
+
+def flux_aligner_training_run(components: dict, size: int, batch: int, device: str, dtype: torch.dtype) -> Callable:
+    """One aligner step on FLUX.1-Fill, from its parts: encode the image and (in diffusers' `prepare_mask_latents`)
+    the masked image, the MAE prior (no grad), the token and pooled aligners, the frozen transformer's flow-matching
+    loss (velocity target noise - x0 at logit-normal sigmas, guidance 30), backward to the aligners, AdamW on both.
+    Frozen models may be in another dtype than the trained ones (`dtype` is the frozen ones')."""
+    pipe = flux_fill_pipeline(components)
+    generator = torch.Generator().manual_seed(0)
+    pixels, hole = training_batch(batch, size, device, dtype, generator)
+    sigmas = torch.sigmoid(torch.randn(batch, generator=generator)).to(device, dtype)
+    optimizer = trained_with_adamw(torch.nn.ModuleList(components[k] for k in FLUX_TRAINED["aligner"]), lr=1e-4)
+
+    def step():
+        with torch.no_grad():
+            x0 = flux_latents(pipe, pixels)
+            mask, masked = pipe.prepare_mask_latents(
+                mask=hole,
+                masked_image=(pixels * 2 - 1) * (hole < 0.5),
+                batch_size=batch,
+                num_channels_latents=pipe.vae.config.latent_channels,
+                num_images_per_prompt=1,
+                height=size,
+                width=size,
+                dtype=dtype,
+                device=device,
+                generator=None,
+            )
+            noise = torch.randn_like(x0)
+            noisy = (1 - sigmas.view(-1, 1, 1)) * x0 + sigmas.view(-1, 1, 1) * noise
+            prior = components["mae"].prior(pixels, hole)
+        tokens = components["token_aligner"](prior).tokens.to(dtype)
+        pooled = components["pooled_aligner"](prior).pooled.to(dtype)
+        velocity = flux_velocity(pipe, noisy, masked, mask, sigmas, tokens, pooled, size)
+        F.mse_loss(velocity.float(), (noise - x0).float()).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def flux_decoder_training_run(components: dict, size: int, batch: int, device: str, dtype: torch.dtype) -> Callable:
+    """One decoder step on FLUX.1-Fill: encode the image, replace half the latents by the frozen transformer's
+    one-step x0 estimate (x0 = noisy - sigma * velocity) at sigma in [0.7, 1] (the script's timesteps 700-999),
+    conditioned on the aligned prior of the whole image, the clean latent as the masked-image latent and a zero mask;
+    the AsukaDecoder forward and backward (L1, the image-wide hole box, as for SD), AdamW on the decoder."""
+    pipe = flux_fill_pipeline(components)
+    vae, decoder = components["vae"], components["decoder"]
+    generator = torch.Generator().manual_seed(0)
+    pixels, hole = training_batch(batch, size, device, dtype, generator)
+    half = max(batch // 2, 1)
+    sigmas = (0.7 + 0.3 * torch.rand(half, generator=generator)).to(device, dtype)
+    optimizer = trained_with_adamw(decoder, lr=8e-5)
+
+    def step():
+        with torch.no_grad():
+            latents = flux_latents(pipe, pixels)
+            tokens, pooled = flux_conditioning(components, pixels, torch.zeros_like(hole), dtype)
+            clean, s = latents[:half], sigmas.view(-1, 1, 1)
+            noisy = (1 - s) * clean + s * torch.randn_like(clean)
+            zero_mask = torch.zeros(*clean.shape[:2], pipe.transformer.config.in_channels - 2 * clean.shape[2])
+            zero_mask = zero_mask.to(device, dtype)
+            velocity = flux_velocity(pipe, noisy, clean, zero_mask, sigmas, tokens[:half], pooled[:half], size)
+            packed = torch.cat([noisy - s * velocity, latents[half:]])
+            latents = pipe._unpack_latents(
+                latents=packed, height=size, width=size, vae_scale_factor=pipe.vae_scale_factor
+            )
+            latents = latents / vae.config.scaling_factor + vae.config.shift_factor
+        target, mask = (pixels * 2 - 1).to(decoder.dtype), hole.to(decoder.dtype)
+        output = decoder(latents.to(decoder.dtype), target, mask, hole_box=(0, 0, size, size), return_dict=False)[0]
+        F.l1_loss(output.float(), target.float()).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+FLUX_RUNS = {"aligner": flux_aligner_training_run, "decoder": flux_decoder_training_run}
+BACKBONES = {"sd": (RUNS, SCHEDULES), "flux": (FLUX_RUNS, FLUX_SCHEDULES)}
+
+
+def meta_components(backbone: str) -> dict:
+    """The full-size components of `backbone` on the meta device (FLUX: its full 19 + 38 blocks)."""
+    if backbone == "sd":
+        return meta_sd_components(tiny=False)
+    with torch.device("meta"):
+        return build_flux_components(False, 19, 38)
+
+
+def module_bytes(module: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def flux_memory(name: str, size: int, batch: int, checkpointing: bool) -> dict:
+    """Memory of one FLUX step per GPU, in bytes, as train_aligner.py / train_decoder.py hold it under
+    `--mixed_precision bf16`: the frozen models' bf16 weights, the trained ones' fp32 weights and AdamW state, and
+    the step's peak of the tensors it creates (activations, the fp32 gradients, recomputation, temporaries),
+    counted on meta; with `checkpointing`, what the script's `--gradient_checkpointing` enables (the transformer's
+    blocks for the aligner step, the decoder's for the decoder step). `fsdp_8` shards the frozen transformer and the
+    trained state over 8 GPUs (`fsdp_flux.yaml`): a GPU holds 1/8 of them plus the gathered FSDP units (the largest
+    block, twice: the one computed and the one prefetched, and the transformer's root parameters)."""
+    components = meta_components("flux")
+    for key in FLUX_FROZEN[name]:
+        components[key].to(torch.bfloat16)
+    if checkpointing:
+        components[FLUX_FILL.denoiser if name == "aligner" else "decoder"].enable_gradient_checkpointing()
+    step = FLUX_RUNS[name](components, size, batch, "meta", torch.bfloat16)
+    step()  # AdamW's state exists from the first step on; the peak is a later step's
+    peak = step_peak_bytes(step)
+    frozen = {key: module_bytes(components[key]) for key in FLUX_FROZEN[name]}
+    trained_parameters = sum(p.numel() for key in FLUX_TRAINED[name] for p in components[key].parameters())
+    trained_state = trained_parameters * (4 + 8)  # fp32 weights, AdamW's two fp32 moments
+    transformer = components[FLUX_FILL.denoiser]
+    blocks = [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
+    largest_block = max(module_bytes(block) for block in blocks)
+    root = module_bytes(transformer) - sum(module_bytes(block) for block in blocks)
+    others = sum(frozen.values()) - frozen[FLUX_FILL.denoiser]
+    return {
+        "step": name,
+        "size": size,
+        "batch_per_gpu": batch,
+        "gradient_checkpointing": checkpointing,
+        "frozen_weights": frozen,
+        "trained_parameters": trained_parameters,
+        "trained_weights_and_adamw": trained_state,
+        "step_peak": peak,
+        "one_gpu": sum(frozen.values()) + trained_state + peak,
+        "fsdp_8": frozen[FLUX_FILL.denoiser] // FSDP_GPUS
+        + 2 * largest_block
+        + root
+        + others
+        + trained_state // FSDP_GPUS
+        + peak,
+    }
+
+
+def memory_table(rows: list[dict]) -> str:
+    gib = 2**30
+    lines = [
+        "| step | size | batch per GPU | gradient checkpointing | frozen weights (bf16) | trained weights + AdamW |"
+        " step peak | one GPU | FSDP over 8 |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['step']} | {r['size']} | {r['batch_per_gpu']} | {'yes' if r['gradient_checkpointing'] else 'no'} | "
+            f"{sum(r['frozen_weights'].values()) / gib:.2f} GiB | {r['trained_weights_and_adamw'] / gib:.2f} GiB | "
+            f"{r['step_peak'] / gib:.2f} GiB | {r['one_gpu'] / gib:.2f} GiB | {r['fsdp_8'] / gib:.2f} GiB |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def flops_per_sample(
+    name: str, size: int = 512, batch: int = 2, backbone: str = "sd", components: dict | None = None
+) -> float:
+    """FLOPs of one training step per sample (forward, backward, optimizer), counted on meta tensors (`components`:
+    the full-size meta ones of `backbone` by default)."""
+    runs = BACKBONES[backbone][0]
+    step = runs[name](components or meta_components(backbone), size, batch, "meta", torch.float32)
     return count_flops(step, grad=True) / batch
 
 
@@ -107,7 +332,8 @@ def measure_cpu(size: int, repeats: int) -> list[dict]:
     return rows
 
 
-def budget_table(per_sample: dict[str, float], tflops: float) -> str:
+def budget_table(per_sample: dict[str, float], tflops: float, schedules: dict = SCHEDULES) -> str:
+    """The GPU-hours of `schedules` ({stage: {"steps", "batch", ...}}) at `tflops`, from the FLOPs per sample."""
     lines = [
         f"Assumed sustained throughput: {tflops:.0f} TFLOP/s per H200 ({100 * tflops / H200_BF16_DENSE_TFLOPS:.0f} % "
         f"of the {H200_BF16_DENSE_TFLOPS:.0f} TFLOP/s dense bf16 peak).",
@@ -115,7 +341,7 @@ def budget_table(per_sample: dict[str, float], tflops: float) -> str:
         "| stage | schedule | TFLOP per sample | total PFLOP | H200 GPU-hours | wall-clock on 8 x H200 |",
         "|---|---|---:|---:|---:|---:|",
     ]
-    for name, schedule in SCHEDULES.items():
+    for name, schedule in schedules.items():
         samples = schedule["steps"] * schedule["batch"]
         total = per_sample[name] * samples
         hours = total / (tflops * 1e12) / 3600
@@ -126,10 +352,33 @@ def budget_table(per_sample: dict[str, float], tflops: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+def parse_schedule(text: str) -> tuple[str, dict]:
+    """`STAGE=STEPS,BATCH,SIZE` (e.g. `aligner=20000,8,512`) -> (stage, schedule)."""
+    stage, _, values = text.partition("=")
+    numbers = values.split(",")
+    if stage not in RUNS or len(numbers) != 3 or not all(n.isdigit() and int(n) > 0 for n in numbers):
+        raise argparse.ArgumentTypeError(
+            f"--schedule takes STAGE=STEPS,BATCH,SIZE with STAGE one of {sorted(RUNS)} and positive integers, "
+            f"got {text!r}."
+        )
+    steps, batch, size = (int(n) for n in numbers)
+    return stage, {"steps": steps, "batch": batch, "size": size, "source": "--schedule"}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", choices=sorted(BACKBONES), default="sd")
     parser.add_argument("--tflops", type=float, default=300.0, help="assumed sustained TFLOP/s of one H200 (bf16)")
-    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--size", type=int, default=None, help="every stage at this size (default: the schedules')")
+    parser.add_argument(
+        "--schedule",
+        type=parse_schedule,
+        action="append",
+        default=[],
+        metavar="STAGE=STEPS,BATCH,SIZE",
+        help="replace a stage's schedule (global batch), e.g. aligner=20000,8,512; repeatable",
+    )
+    parser.add_argument("--no-memory", action="store_true", help="--backbone flux: skip the memory table")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--measure-cpu", action="store_true")
     parser.add_argument("--json", default=None, help="also write everything to this JSON file")
@@ -143,14 +392,36 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     if args.measure_one:
         name, batch, checkpointing = args.measure_one[0], int(args.measure_one[1]), bool(int(args.measure_one[2]))
-        print(json.dumps(measure_child(name, args.size, batch, checkpointing, args.repeats)))
+        print(json.dumps(measure_child(name, args.size or 512, batch, checkpointing, args.repeats)))
         return {}
-    per_sample = {name: flops_per_sample(name, args.size) for name in RUNS}
-    result = {"size": args.size, "tflop_per_sample": {k: v / 1e12 for k, v in per_sample.items()}}
-    print(json.dumps(result))
-    print(budget_table(per_sample, args.tflops))
+    runs, defaults = BACKBONES[args.backbone]
+    schedules = {name: {"size": 512, **schedule} for name, schedule in defaults.items()}
+    for name, schedule in schedules.items():
+        schedule["size"] = args.size or schedule["size"]
+    schedules.update(args.schedule)
+    components = meta_components(args.backbone)
+    per_sample = {
+        name: flops_per_sample(name, s["size"], 2, args.backbone, components) for name, s in schedules.items()
+    }
+    result = {
+        "backbone": args.backbone,
+        "schedules": schedules,
+        "tflop_per_sample": {k: v / 1e12 for k, v in per_sample.items()},
+        "tflops_assumed": args.tflops,
+    }
+    print(json.dumps({k: result[k] for k in ("backbone", "tflop_per_sample")}))
+    print(budget_table(per_sample, args.tflops, schedules))
+    if args.backbone == "flux" and not args.no_memory:
+        batch = {name: max(s["batch"] // FSDP_GPUS, 1) for name, s in schedules.items()}
+        rows = [
+            flux_memory(name, s["size"], batch[name], checkpointing)
+            for name, s in schedules.items()
+            for checkpointing in (False, True)
+        ]
+        result["memory"] = rows
+        print(memory_table(rows))
     if args.measure_cpu:
-        rows = measure_cpu(args.size, args.repeats)
+        rows = measure_cpu(args.size or 512, args.repeats)
         for row in rows:
             row["cpu_tflops"] = per_sample[row["step"]] * row["batch"] / row["step_cpu_s"] / 1e12
         result["cpu"] = rows
