@@ -345,9 +345,10 @@ def budget_table(per_sample: dict[str, float], tflops: float, schedules: dict = 
         samples = schedule["steps"] * schedule["batch"]
         total = per_sample[name] * samples
         hours = total / (tflops * 1e12) / 3600
+        at = f" at {schedule['size']}" if "size" in schedule else ""
         lines.append(
-            f"| {name} | {schedule['steps']:,} steps x batch {schedule['batch']} | {per_sample[name] / 1e12:.2f} | "
-            f"{total / 1e15:,.0f} | {hours:.1f} | {hours / 8:.1f} h |"
+            f"| {name} | {schedule['steps']:,} steps x batch {schedule['batch']}{at} | "
+            f"{per_sample[name] / 1e12:.2f} | {total / 1e15:,.0f} | {hours:.1f} | {hours / 8:.1f} h |"
         )
     return "\n".join(lines) + "\n"
 
