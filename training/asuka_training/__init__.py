@@ -18,16 +18,21 @@ A batch holds "pixel_values" (B,3,R,R) in [0,1], "mask" (B,1,R,R) with 1 = hole,
 "num_bad_masks".
 """
 
+from .aligner_loss import AlignerPair, aligned_conditioning, aligner_loss
 from .args import add_start_from, build_parser, parse_args, serialisable_args
 from .checkpoints import (
     CHECKPOINT_PREFIX,
+    ComponentGroup,
+    fresh_copy,
     list_checkpoints,
     load_component,
+    load_pretrained_into,
     register_diffusers_hooks,
     resolve_resume_path,
     resume_if_requested,
     save_checkpoint,
     save_diffusers_model,
+    save_pretrained_parts,
     unwrapped_copy,
 )
 from .data import (
@@ -60,10 +65,15 @@ from .setup import (
 
 
 __all__ = [
+    "AlignerPair",
     "Backbone",
     "add_start_from",
+    "aligned_conditioning",
+    "aligner_loss",
     "CHECKPOINT_PREFIX",
     "CardText",
+    "ComponentGroup",
+    "fresh_copy",
     "ImageFolderDataset",
     "ImageTransform",
     "SampleMaker",
@@ -78,6 +88,7 @@ __all__ = [
     "inpainting_rows",
     "list_checkpoints",
     "load_component",
+    "load_pretrained_into",
     "load_rgb",
     "load_backbone",
     "load_scheduler",
@@ -96,6 +107,7 @@ __all__ = [
     "run_training",
     "save_checkpoint",
     "save_diffusers_model",
+    "save_pretrained_parts",
     "scaled_learning_rate",
     "serialisable_args",
     "setup_accelerator",

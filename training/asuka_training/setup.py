@@ -8,6 +8,7 @@ import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -112,21 +113,26 @@ def load_scheduler(path: str, subfolder: str = "scheduler", revision: str | None
 
 @dataclass
 class Backbone:
-    """The frozen backbone a training script trains against: its spec, VAE, denoiser and scheduler."""
+    """The frozen backbone a training script trains against: its spec, VAE, denoiser and scheduler, and the local
+    `folder` that holds the pipeline folder's own (ASUKA) components, if any."""
 
     spec: BackboneSpec
     vae: torch.nn.Module
     denoiser: torch.nn.Module
     scheduler: Any
+    folder: str
 
 
 def load_backbone(path: str, revision: str | None = None, variant: str | None = None) -> Backbone:
     """The backbone of the pipeline folder (or Hub repo) `path`, as its `model_index.json`'s pipeline class names it
     (an ASUKA pipeline or the plain diffusers one): the spec says which denoiser to load, how training calls it and
-    its objective. `ValueError` for a backbone whose spec cannot be trained on yet."""
+    its objective. A light repo's backbone components are loaded from the backbone repo it points to.
+    `ValueError` for a backbone whose spec cannot be trained on yet."""
     import diffusers
 
+    from asuka.pipelines.backbone_component import load_backbone_component, read_pointer
     from asuka.pipelines.backbones import backbone_for_pipeline
+    from asuka.pipelines.hub_light import BACKBONE_KEY, resolve_repo
 
     try:
         index = diffusers.DiffusionPipeline.load_config(path, revision=revision)
@@ -135,11 +141,18 @@ def load_backbone(path: str, revision: str | None = None, variant: str | None = 
     class_name = index.get("_class_name")
     spec = backbone_for_pipeline(class_name[-1] if isinstance(class_name, list) else class_name)
     spec.check_trainable()
+    if BACKBONE_KEY in index:  # a light repo: ASUKA's components here, pointers to the backbone's
+        folder = resolve_repo(path, revision=revision)
+        vae, denoiser, scheduler = (
+            load_backbone_component(read_pointer(Path(folder, name)), variant=variant)
+            for name in ("vae", spec.denoiser, "scheduler")
+        )
+        return Backbone(spec, vae, denoiser, scheduler, folder)
     vae = getattr(diffusers, spec.vae_class).from_pretrained(path, subfolder="vae", revision=revision, variant=variant)
     denoiser = getattr(diffusers, spec.denoiser_class).from_pretrained(
         path, subfolder=spec.denoiser, revision=revision, variant=variant
     )
-    return Backbone(spec, vae, denoiser, load_scheduler(path, revision=revision))
+    return Backbone(spec, vae, denoiser, load_scheduler(path, revision=revision), str(path))
 
 
 def updates_per_epoch(args: argparse.Namespace, dataloader: torch.utils.data.DataLoader) -> int | None:
