@@ -7,6 +7,8 @@ SD-2-inpainting train today, a backbone whose spec has no objective yet (FLUX.1-
 The aligner maps the MAE prior to the denoiser's conditioning tokens. Only the aligner learns,
 with the standard diffusion objective. With probability p the prior is computed from the *unmasked*
 image (the "reconstructed prior"); p decays linearly from 1.0 to 0.1 over the first 2000 steps.
+`--precomputed DIR` trains from the VAE posteriors and MAE priors `prepare_aligner_inputs.py` stored for the same
+(image, mask) pairs instead of encoding them in every step; the latents are drawn from the posteriors the same way.
 
     accelerate launch training/train_aligner.py --pretrained_model_name_or_path <asuka-or-sd-inpaint folder> \\
         --mae_model_name_or_path <trained MAE> --train_data_dir images/ --resolution 512 --max_train_steps 20000
@@ -64,6 +66,13 @@ def build_aligner_parser():
     add("--prior_prob_decay_steps", type=int, default=2000, help="Steps of the linear decay of p.")
     add("--save_pipeline", action="store_true", help="Also write a complete AsukaPipeline to <output_dir>/pipeline.")
     add("--validation_inference_steps", type=int, default=25, help="Denoising steps of validation samples.")
+    add(
+        "--precomputed",
+        type=str,
+        default=None,
+        help="A folder written by training/prepare_aligner_inputs.py: train from its stored VAE posteriors and MAE "
+        "priors (no VAE encode, no MAE call) instead of --train_data_dir/--dataset_name.",
+    )
     parser.set_defaults(learning_rate=5e-2, adam_weight_decay=1e-2)
     return parser
 
@@ -97,11 +106,23 @@ def _load_models(args):
     return backbone, mae, aligner
 
 
-def _encode(vae, pixels: torch.Tensor) -> torch.Tensor:
-    """[-1,1] pixels -> scaled latents (sampled, as diffusers' inpainting pipeline does)."""
-    latents = vae.encode(pixels).latent_dist.sample()
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    return (latents - shift) * vae.config.scaling_factor
+def _precomputed_data(args, accelerator, backbone, mae) -> dict:
+    """`prepare`'s dataset and validation batch read from --precomputed; `ValueError` for a folder prepared for
+    another backbone, VAE, MAE or resolution."""
+    expected = {
+        "backbone": backbone.spec.name,
+        "resolution": args.resolution,
+        "vae": asuka_training.model_identity(backbone.vae),
+        "mae": asuka_training.model_identity(mae),
+    }
+    dataset = asuka_training.PrecomputedDataset(args.precomputed, expected)
+    dtype = str(asuka_training.weight_dtype_for(accelerator)).removeprefix("torch.")
+    if dataset.manifest["dtype"] != dtype:
+        accelerator.print(
+            f"--precomputed {args.precomputed} stores {dataset.manifest['dtype']} inputs and this run computes in "
+            f"{dtype}: the latents differ slightly from those of the run that encodes on the fly."
+        )
+    return {"dataset": dataset, "validation": dataset.validation_batch(args.num_validation_images)}
 
 
 def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
@@ -111,30 +132,31 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
     vae, denoiser, spec = backbone.vae, backbone.denoiser, backbone.spec
     noise_scheduler = spec.objective.training_scheduler(backbone.scheduler.config)
 
+    data = _precomputed_data(args, accelerator, backbone, mae) if args.precomputed else {}  # fingerprints: fp32
     weight_dtype = asuka_training.freeze(accelerator, vae, denoiser, mae)
     aligner.requires_grad_(True)
     if args.gradient_checkpointing:
         denoiser.enable_gradient_checkpointing()  # frozen, but gradients still flow through it to the aligner
 
-    setup = asuka_training.prepare(args, accelerator, {"aligner": aligner}, tracker_name="train_aligner")
+    setup = asuka_training.prepare(args, accelerator, {"aligner": aligner}, tracker_name="train_aligner", **data)
     aligner_model, validation = setup.model, setup.validation
+    if args.precomputed:
+        source = asuka_training.StoredInputs(accelerator.device, weight_dtype)
+    else:
+        source = asuka_training.EncodedInputs(vae, mae, accelerator.device, weight_dtype)
 
     def train_step(batch: dict[str, torch.Tensor], global_step: int) -> dict[str, torch.Tensor]:
-        pixels = batch["pixel_values"].to(accelerator.device, weight_dtype)
-        mask = batch["mask"].to(accelerator.device, weight_dtype)
-        batch_size = pixels.shape[0]
+        p = reconstructed_prior_probability(
+            global_step, args.prior_prob_start, args.prior_prob_end, args.prior_prob_decay_steps
+        )
+        inputs = asuka_training.aligner_batch(source, batch, vae.config, p)
         with torch.no_grad():
-            latents = _encode(vae, pixels * 2 - 1)
-            masked_latents = _encode(vae, (pixels * 2 - 1) * (mask < 0.5))
-            mask_latents = F.interpolate(mask, size=latents.shape[-2:])
-            p = reconstructed_prior_probability(
-                global_step, args.prior_prob_start, args.prior_prob_end, args.prior_prob_decay_steps
-            )
-            use_full_image = torch.rand(batch_size, device=accelerator.device) < p
-            prior = mae.prior(pixels, mask * (~use_full_image).to(mask.dtype).view(-1, 1, 1, 1))
-            noisy, timesteps, target = spec.objective.noised(noise_scheduler, latents)
-        tokens = aligner_model(prior.float(), return_dict=False)[0]  # tuples survive accelerate's fp32 output cast
-        prediction = spec.denoise(denoiser, noisy, mask_latents, masked_latents, timesteps, tokens.to(weight_dtype))
+            mask_latents = F.interpolate(inputs.mask, size=inputs.latents.shape[-2:])
+            noisy, timesteps, target = spec.objective.noised(noise_scheduler, inputs.latents)
+        tokens = aligner_model(inputs.prior.float(), return_dict=False)[0]  # tuples survive accelerate's fp32 cast
+        prediction = spec.denoise(
+            denoiser, noisy, mask_latents, inputs.masked_latents, timesteps, tokens.to(weight_dtype)
+        )
         loss = F.mse_loss(prediction.float(), target.float())
         setup.step(loss)
         return {"loss": loss, "p": torch.tensor(p), "lr": setup.last_lr()}

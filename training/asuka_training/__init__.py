@@ -1,8 +1,10 @@
 """Shared machinery of the asuka training scripts (diffusers-example conventions), split by concern.
 
 `args` (flags), `data` (images via `asuka.imageio` + paper masks), `checkpoints` (resumable states in
-diffusers format), `setup` (accelerator, optimizer, `prepare`), `loop` (the loop and the final folder)
-and `hub` (model card and upload). Every script is assembled the same way; nothing here knows a model:
+diffusers format), `setup` (accelerator, optimizer, `prepare`), `loop` (the loop and the final folder),
+`hub` (model card and upload), and for the aligner `aligner_inputs` (a batch's latents and prior, encoded on the
+fly or read back) and `precomputed` (the shards `prepare_aligner_inputs.py` writes).
+Every script is assembled the same way; nothing here knows a model:
 
     args = parse_args(parser, argv, resolve=None)   # validated and normalised once; ValueError on bad flags
     accelerator = setup_accelerator(args)           # Accelerator + ProjectConfiguration + seed
@@ -18,7 +20,15 @@ A batch holds "pixel_values" (B,3,R,R) in [0,1], "mask" (B,1,R,R) with 1 = hole,
 "num_bad_masks".
 """
 
-from .args import add_start_from, build_parser, parse_args, serialisable_args
+from .aligner_inputs import AlignerBatch, EncodedInputs, StoredInputs, aligner_batch, sample_latents
+from .args import (
+    add_data_arguments,
+    add_start_from,
+    build_parser,
+    check_data_arguments,
+    parse_args,
+    serialisable_args,
+)
 from .checkpoints import (
     CHECKPOINT_PREFIX,
     list_checkpoints,
@@ -44,12 +54,15 @@ from .data import (
 )
 from .hub import CardText, push_folder_to_hub, write_model_card
 from .loop import TrainingResult, finish, inpainting_rows, log_validation, optimizer_step, run_training, to_pil
+from .precomputed import PrecomputedDataset, model_identity
 from .setup import (
     Backbone,
     TrainingSetup,
+    backbone_spec_of,
     freeze,
     load_backbone,
     load_scheduler,
+    load_vae,
     make_lr_scheduler,
     make_optimizer,
     prepare,
@@ -60,8 +73,16 @@ from .setup import (
 
 
 __all__ = [
+    "AlignerBatch",
     "Backbone",
+    "EncodedInputs",
+    "PrecomputedDataset",
+    "StoredInputs",
+    "add_data_arguments",
     "add_start_from",
+    "aligner_batch",
+    "backbone_spec_of",
+    "check_data_arguments",
     "CHECKPOINT_PREFIX",
     "CardText",
     "ImageFolderDataset",
@@ -82,10 +103,12 @@ __all__ = [
     "load_backbone",
     "load_scheduler",
     "load_training_image",
+    "load_vae",
     "log_validation",
     "make_dataloader",
     "make_lr_scheduler",
     "make_optimizer",
+    "model_identity",
     "optimizer_step",
     "parse_args",
     "prepare",
@@ -94,6 +117,7 @@ __all__ = [
     "resolve_resume_path",
     "resume_if_requested",
     "run_training",
+    "sample_latents",
     "save_checkpoint",
     "save_diffusers_model",
     "scaled_learning_rate",

@@ -120,10 +120,9 @@ class Backbone:
     scheduler: Any
 
 
-def load_backbone(path: str, revision: str | None = None, variant: str | None = None) -> Backbone:
-    """The backbone of the pipeline folder (or Hub repo) `path`, as its `model_index.json`'s pipeline class names it
-    (an ASUKA pipeline or the plain diffusers one): the spec says which denoiser to load, how training calls it and
-    its objective. `ValueError` for a backbone whose spec cannot be trained on yet."""
+def backbone_spec_of(path: str, revision: str | None = None) -> BackboneSpec:
+    """The spec of the backbone of the pipeline folder (or Hub repo) `path`, as its `model_index.json`'s pipeline
+    class names it (an ASUKA pipeline or the plain diffusers one); `ValueError` for anything else."""
     import diffusers
 
     from asuka.pipelines.backbones import backbone_for_pipeline
@@ -133,9 +132,26 @@ def load_backbone(path: str, revision: str | None = None, variant: str | None = 
     except OSError as error:
         raise ValueError(f"{path}: no readable model_index.json; pass a pipeline folder or Hub repo.") from error
     class_name = index.get("_class_name")
-    spec = backbone_for_pipeline(class_name[-1] if isinstance(class_name, list) else class_name)
+    return backbone_for_pipeline(class_name[-1] if isinstance(class_name, list) else class_name)
+
+
+def load_vae(spec: BackboneSpec, path: str, revision: str | None = None, variant: str | None = None) -> Any:
+    """The VAE of the backbone folder (or Hub repo) `path`, of the class its spec names."""
+    import diffusers
+
+    vae_class = getattr(diffusers, spec.vae_class)
+    return vae_class.from_pretrained(path, subfolder="vae", revision=revision, variant=variant)
+
+
+def load_backbone(path: str, revision: str | None = None, variant: str | None = None) -> Backbone:
+    """The backbone of the pipeline folder (or Hub repo) `path` (`backbone_spec_of`): the spec says which denoiser
+    to load, how training calls it and its objective. `ValueError` for a backbone whose spec cannot be trained on
+    yet."""
+    import diffusers
+
+    spec = backbone_spec_of(path, revision)
     spec.check_trainable()
-    vae = getattr(diffusers, spec.vae_class).from_pretrained(path, subfolder="vae", revision=revision, variant=variant)
+    vae = load_vae(spec, path, revision, variant)
     denoiser = getattr(diffusers, spec.denoiser_class).from_pretrained(
         path, subfolder=spec.denoiser, revision=revision, variant=variant
     )
@@ -184,6 +200,8 @@ def prepare(
     *,
     tracker_name: str,
     extra_optimizers: dict[str, torch.optim.Optimizer] | None = None,
+    dataset: torch.utils.data.Dataset | None = None,
+    validation: dict[str, torch.Tensor] | None = None,
     **dataset_options: Any,
 ) -> TrainingSetup:
     """The setup every script shares, after its models are loaded and frozen.
@@ -192,12 +210,16 @@ def prepare(
     trained by AdamW from the --adam_* flags with the --lr_scheduler schedule. Any other trainable
     brings its own optimizer in `extra_optimizers` (same key) and is prepared after the main one.
     Registers the diffusers-format checkpoint hooks, builds the data (`dataset_options` go to
-    `build_dataset`), starts the trackers and resumes from --resume_from_checkpoint.
+    `build_dataset`; or `dataset` and its fixed `validation` batch, e.g. precomputed samples, are given), starts
+    the trackers and resumes from --resume_from_checkpoint.
     """
     register_diffusers_hooks(accelerator, trainables)
     model = next(iter(trainables.values()))
     optimizer = make_optimizer(args, model.parameters(), accelerator)
-    dataset = build_dataset(args, **dataset_options)
+    if dataset is None:
+        dataset = build_dataset(args, **dataset_options)
+    if validation is None:
+        validation = validation_batch(dataset, args.num_validation_images)
     dataloader = make_dataloader(args, dataset)
     # like the diffusers examples: --num_train_epochs counts epochs of the unsharded loader
     max_train_steps = args.max_train_steps
@@ -223,7 +245,7 @@ def prepare(
         lr_scheduler=lr_scheduler,
         dataset=dataset,
         dataloader=dataloader,
-        validation=validation_batch(dataset, args.num_validation_images),
+        validation=validation,
         max_train_steps=max_train_steps,
         steps_per_epoch=updates_per_epoch(args, dataloader) or max_train_steps,  # streaming: the run is one epoch
         initial_global_step=initial_global_step,
