@@ -6,10 +6,11 @@ import sys
 
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+import aligner_precompute  # noqa: E402
 import bench_pipelines  # noqa: E402
 import flops  # noqa: E402
 import gpu_suite  # noqa: E402
 import training_budget  # noqa: E402
 
 
-__all__ = ["bench_pipelines", "flops", "gpu_suite", "training_budget"]
+__all__ = ["aligner_precompute", "bench_pipelines", "flops", "gpu_suite", "training_budget"]

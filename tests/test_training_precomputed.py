@@ -280,3 +280,23 @@ def test_a_folder_prepared_for_another_run_is_refused(pipeline_dir, image_dir, p
         train_aligner.main(aligner_argv(pipeline_dir, output, precomputed=folder, train_data_dir=image_dir))
     with pytest.raises(ValueError, match="no readable manifest.json"):
         train_aligner.main(aligner_argv(pipeline_dir, output, precomputed=tmp_path))
+
+
+def test_stored_bytes_per_sample_are_the_benchmarks_count(pipeline_dir, prepared):
+    """The bytes docs/training.md states per sample (benchmarks/aligner_precompute.py) are a shard's data bytes."""
+    from benchmark_modules import aligner_precompute
+    from diffusers import AutoencoderKL
+
+    from asuka.models import AsukaMAE
+
+    folder, _ = prepared
+    components = {
+        "vae": AutoencoderKL.from_pretrained(pipeline_dir, subfolder="vae"),
+        "mae": AsukaMAE.from_pretrained(pipeline_dir, subfolder="mae"),
+    }
+    expected = aligner_precompute.stored_bytes_per_sample(components, RESOLUTION, device="cpu")
+    for path in sorted(folder.glob("shard-*.safetensors")):
+        raw = path.read_bytes()
+        header = int.from_bytes(raw[:8], "little")
+        samples = len(load_file(str(path))["index"])
+        assert len(raw) - 8 - header == expected * samples, path.name

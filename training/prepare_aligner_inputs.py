@@ -150,7 +150,7 @@ def encode_shard(
         encoded = {**vae_posteriors(vae, pixels, mask), **mae_priors(mae, pixels, mask)}
         encoded = {name: tensor.cpu() for name, tensor in encoded.items()}
         encoded["mask"] = precomputed.pack_mask(mask)
-        for name in ("num_bad_images", "num_bad_masks", "epoch", "index"):
+        for name in precomputed.COUNT_FIELDS:
             encoded[name] = torch.tensor([int(s[name]) for s in samples])
         for name, tensor in encoded.items():
             fields.setdefault(name, []).append(tensor)

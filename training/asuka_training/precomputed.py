@@ -35,6 +35,8 @@ logger = logging.getLogger("asuka.training")
 MANIFEST = "manifest.json"
 VALIDATION = "validation.safetensors"
 FORMAT = "asuka-aligner-inputs"
+#: The per-sample integers a shard stores beside the inputs (int64).
+COUNT_FIELDS = ("num_bad_images", "num_bad_masks", "epoch", "index")
 #: The manifest entries a training run must share with the folder it reads (`PrecomputedDataset`).
 IDENTITY_KEYS = ("backbone", "resolution", "vae", "mae")
 
