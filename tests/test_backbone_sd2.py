@@ -29,7 +29,9 @@ from training_support import (
 
 from asuka import AsukaPipeline
 from asuka.models import AsukaAligner, AsukaDecoder
+from asuka.pipelines import backbones
 from asuka.pipelines.backbones import (
+    FLUX_FILL,
     SD15_INPAINTING,
     backbone_for_pipeline,
     backbone_for_repo,
@@ -76,7 +78,13 @@ def test_the_v_prediction_objective_recovers_the_clean_latent_from_an_oracle():
 
     latents = torch.randn(6, 4, 4, 4)
     out, applied = train_decoder.latent_augmentation(
-        latents, VOracle(), scheduler, torch.zeros(6, 1, 8), (700, 999), 1.0, backbone=SD2_INPAINTING
+        latents,
+        VOracle(),
+        scheduler,
+        {"prompt_embeds": torch.zeros(6, 1, 8)},
+        (700, 999),
+        1.0,
+        backbone=SD2_INPAINTING,
     )
     assert applied.all()
     torch.testing.assert_close(out, latents, atol=1e-3, rtol=1e-3)
@@ -111,10 +119,13 @@ def test_one_aligner_step_and_one_decoder_step(pipeline_dir, image_dir, tmp_path
     assert saved.unet.config.cross_attention_dim == CONTEXT_WIDTH
 
 
-def test_training_refuses_a_backbone_without_a_training_objective(image_dir, tmp_path_factory, tmp_path):
+def test_training_refuses_a_backbone_without_a_training_objective(image_dir, tmp_path_factory, tmp_path, monkeypatch):
+    """A folder whose backbone's spec has no `denoise`/`objective` is refused by both scripts before any loading."""
+    untrained = dataclasses.replace(FLUX_FILL, name="flux-untrained", denoise=None, objective=None)
+    monkeypatch.setattr(backbones, "backbone_for_pipeline", lambda class_name: untrained)
     flux = tiny_pipeline_dir(tmp_path_factory, "flux")
     for script in (train_aligner, train_decoder):
-        with pytest.raises(ValueError, match=r"'flux.1-fill' backbone \(AsukaFluxPipeline\) is not supported yet"):
+        with pytest.raises(ValueError, match=r"'flux-untrained' backbone \(AsukaFluxPipeline\) is not supported yet"):
             script.main(one_step(flux, image_dir, tmp_path / script.__name__))
 
 

@@ -284,7 +284,7 @@ def test_decoder_augmentations_shape_range_and_rate():
     latents = torch.randn(400, 4, 4, 4)
     generator = torch.Generator().manual_seed(0)
     out, applied = train_decoder.latent_augmentation(
-        latents, unet, scheduler, torch.zeros(400, 1, 8), (700, 999), 0.5, generator
+        latents, unet, scheduler, {"prompt_embeds": torch.zeros(400, 1, 8)}, (700, 999), 0.5, generator
     )
     assert out.shape == latents.shape and applied.shape == (400,)
     assert abs(applied.float().mean().item() - 0.5) < 0.08
@@ -293,7 +293,7 @@ def test_decoder_augmentations_shape_range_and_rate():
     torch.testing.assert_close(out[applied], latents[applied], atol=1e-3, rtol=1e-3)
     assert all((m == 0).all() for m in unet.seen_masks)  # all-zero mask as condition
     none, applied_none = train_decoder.latent_augmentation(
-        latents, unet, scheduler, torch.zeros(400, 1, 8), (700, 999), 0.0
+        latents, unet, scheduler, {"prompt_embeds": torch.zeros(400, 1, 8)}, (700, 999), 0.0
     )
     assert not applied_none.any() and torch.equal(none, latents)
 
@@ -305,7 +305,9 @@ def test_decoder_x0_estimate_is_noisy_for_a_real_unet(pipeline_dir):
     unet = UNet2DConditionModel.from_pretrained(pipeline_dir, subfolder="unet")
     scheduler = DDPMScheduler()
     latents = torch.randn(2, 4, 16, 16)
-    out, applied = train_decoder.latent_augmentation(latents, unet, scheduler, torch.zeros(2, 4, 32), (900, 999), 1.0)
+    out, applied = train_decoder.latent_augmentation(
+        latents, unet, scheduler, {"prompt_embeds": torch.zeros(2, 4, 32)}, (900, 999), 1.0
+    )
     assert applied.all() and out.shape == latents.shape and torch.isfinite(out).all()
     assert not torch.allclose(out, latents)
 

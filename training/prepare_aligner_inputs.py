@@ -131,12 +131,13 @@ def encode_shard(
     args: argparse.Namespace,
     dataset: torch.utils.data.Dataset,
     positions: range,
-    vae: torch.nn.Module,
-    mae: torch.nn.Module,
+    models: tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module | None],
     device: torch.device,
     dtype: torch.dtype,
 ) -> dict[str, torch.Tensor]:
-    """The stored fields of the samples at `positions`, stacked."""
+    """The stored fields of the samples at `positions`, stacked; `models` are the frozen VAE, MAE and masked-image
+    encoder (None: the VAE)."""
+    vae, mae, masked_image_encoder = models
     loader = torch.utils.data.DataLoader(
         _Positions(dataset, positions),
         batch_size=args.batch_size,
@@ -147,7 +148,7 @@ def encode_shard(
     for samples in loader:
         pixels = torch.stack([s["pixel_values"] for s in samples]).to(device, dtype)
         mask = torch.stack([s["mask"] for s in samples]).to(device, dtype)
-        encoded = {**vae_posteriors(vae, pixels, mask), **mae_priors(mae, pixels, mask)}
+        encoded = {**vae_posteriors(vae, pixels, mask, masked_image_encoder), **mae_priors(mae, pixels, mask)}
         encoded = {name: tensor.cpu() for name, tensor in encoded.items()}
         encoded["mask"] = precomputed.pack_mask(mask)
         for name in precomputed.COUNT_FIELDS:
@@ -182,17 +183,13 @@ def main(argv: Sequence[str] | None = None) -> PrepareResult:
     args = parse_args(argv)
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
-    path = args.pretrained_model_name_or_path
-    spec = asuka_training.backbone_spec_of(path, args.revision)
-    vae = asuka_training.load_vae(spec, path, args.revision, args.variant)
-    mae = asuka_training.load_component(AsukaMAE, args.mae_model_name_or_path or path, "mae", args.revision)
-    identity = {
-        "backbone": spec.name,
-        "resolution": args.resolution,
-        "vae": precomputed.model_identity(vae),
-        "mae": precomputed.model_identity(mae),
-    }
-    dtype = asuka_training.freeze(accelerator, vae, mae)
+    backbone = asuka_training.load_backbone(
+        args.pretrained_model_name_or_path, args.revision, args.variant, with_denoiser=False
+    )
+    vae, encoder = backbone.vae, asuka_training.masked_image_encoder_of(backbone.folder)
+    mae = asuka_training.load_component(AsukaMAE, args.mae_model_name_or_path or backbone.folder, "mae", args.revision)
+    identity = asuka_training.input_identity(backbone, mae, encoder, args.resolution)
+    dtype = asuka_training.freeze(accelerator, vae, mae, encoder)
     dataset = asuka_training.build_dataset(args)
     samples = vars(args).copy()
     for name in ("train_data_dir", "object_mask_dir", "mask_dir"):  # a folder is the same folder from anywhere
@@ -222,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> PrepareResult:
             result.skipped.append(shard)
             continue
         positions = precomputed.shard_positions(shard, count, args.shard_size)
-        tensors = encode_shard(args, dataset, positions, vae, mae, accelerator.device, dtype)
+        tensors = encode_shard(args, dataset, positions, (vae, mae, encoder), accelerator.device, dtype)
         precomputed.save_atomic(tensors, path)
         result.written.append(shard)
         logger.info("wrote %s (%d samples)", path, len(positions))

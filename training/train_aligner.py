@@ -1,14 +1,22 @@
-"""Train the ASUKA aligner (paper Sec. 3.2) on a frozen inpainting backbone (denoiser, VAE) and MAE.
+"""Train the ASUKA aligner(s) (paper Sec. 3.2) on a frozen inpainting backbone (denoiser, VAE) and MAE.
 
 The backbone is the one of the pipeline folder given (its `model_index.json`'s pipeline class): its `BackboneSpec`
-(`asuka.pipelines.backbones`) names the denoiser, how to call it and the training objective; SD-1.5- and
-SD-2-inpainting train today, a backbone whose spec has no objective yet (FLUX.1-Fill) is refused.
+(`asuka.pipelines.backbones`) names the denoiser, how to call it and the training objective.
 
-The aligner maps the MAE prior to the denoiser's conditioning tokens. Only the aligner learns,
-with the standard diffusion objective. With probability p the prior is computed from the *unmasked*
-image (the "reconstructed prior"); p decays linearly from 1.0 to 0.1 over the first 2000 steps.
-`--precomputed DIR` trains from the VAE posteriors and MAE priors `prepare_aligner_inputs.py` stored for the same
-(image, mask) pairs instead of encoding them in every step; the latents are drawn from the posteriors the same way.
+* SD-1.5- and SD-2-inpainting (an `AsukaPipeline` or `StableDiffusionInpaintPipeline` folder): one aligner maps
+  the MAE prior to the UNet's context tokens, with the DDPM objective (ε or v, as the scheduler config says).
+* FLUX.1-Fill (an `AsukaFluxPipeline` folder, a light repo of one, or a `FluxFillPipeline` folder with
+  --mae_model_name_or_path): the token aligner (in place of T5) and the pooled aligner (in place of pooled CLIP)
+  learn together, each pulled towards its null embedding by its `condition_weight` as `AsukaFluxPipeline` uses
+  them, with FLUX's flow-matching objective (σ from --timestep_density, optionally --timestep_shift, velocity target
+  noise - x0) and the embedded guidance fixed (--guidance_scale, the release's 30) or drawn per sample
+  (--guidance_range).
+
+Only the aligner(s) learn. With probability p the prior is computed from the *unmasked* image (the "reconstructed
+prior"); p decays linearly from 1.0 to 0.1 over the first 2000 steps. The loss of one batch is
+`asuka_training.aligner_loss`, its inputs `asuka_training.aligner_batch`'s: encoded on the fly, or with
+`--precomputed DIR` read from the VAE posteriors and MAE priors `prepare_aligner_inputs.py` stored for the same
+(image, mask) pairs, the latents drawn from the posteriors the same way.
 
     accelerate launch training/train_aligner.py --pretrained_model_name_or_path <asuka-or-sd-inpaint folder> \\
         --mae_model_name_or_path <trained MAE> --train_data_dir images/ --resolution 512 --max_train_steps 20000
@@ -23,17 +31,19 @@ and 1.64 (1e-3): no divergence, and 5e-2 learns fastest. The default therefore s
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 import asuka_training
 
 
-# The model card's text (README.md of the final folder and of a pushed repo)
+# The model card's text (README.md of the final folder and of a pushed repo), per backbone kind
 CARD = asuka_training.CardText(
     title="ASUKA aligner",
     description=(
@@ -41,6 +51,26 @@ CARD = asuka_training.CardText(
     ),
     component="asuka-aligner",
 )
+FLUX_CARD = asuka_training.CardText(
+    title="ASUKA-FLUX aligners",
+    description=(
+        "The token and pooled ASUKA aligners (`token_aligner/`, `pooled_aligner/`, `asuka.models.AsukaAligner`) "
+        "trained on a frozen FLUX.1-Fill backbone and MAE prior, in place of its T5 and pooled CLIP conditioning."
+    ),
+    component="asuka-aligner",
+    torch_dtype="bfloat16",
+)
+
+#: The flow-matching objective's fields that flags set (`FlowMatchingObjective`), by flag.
+OBJECTIVE_FLAGS = {
+    "timestep_density": "weighting_scheme",
+    "logit_mean": "logit_mean",
+    "logit_std": "logit_std",
+    "mode_scale": "mode_scale",
+    "timestep_shift": "shift",
+}
+#: Flags that apply to a backbone with an embedded guidance scale and a pooled vector (FLUX.1-Fill) only.
+FLUX_ONLY_FLAGS = (*OBJECTIVE_FLAGS, "guidance_scale", "guidance_range", "pooled_aligner_head_dim")
 
 
 def reconstructed_prior_probability(step: int, start: float = 1.0, end: float = 0.1, decay_steps: int = 2000) -> float:
@@ -52,19 +82,65 @@ def reconstructed_prior_probability(step: int, start: float = 1.0, end: float = 
 
 def build_aligner_parser():
     parser = asuka_training.build_parser(
-        "Train the ASUKA aligner (MAE prior -> UNet conditioning) on a frozen SD-inpainting backbone."
+        "Train the ASUKA aligner(s) (MAE prior -> the denoiser's conditioning) on a frozen inpainting backbone."
     )
-    add = parser.add_argument
+    add = parser.add_argument  # one call per flag: their alike shapes are declarations, not shared logic
     asuka_training.add_start_from(parser, "mae", "Trained AsukaMAE (default: <pretrained>/mae).")
     asuka_training.add_start_from(
-        parser, "aligner", "Aligner to start from (default: <pretrained>/aligner when it exists, else a fresh one)."
+        parser,
+        "aligner",
+        "Aligner(s) to start from: an AsukaAligner (SD) or a folder with token_aligner/ and pooled_aligner/ (FLUX: "
+        "a converted release, a light repo, a previous run). Default: those of <pretrained> when it has them, else "
+        "fresh ones.",
     )
     add("--aligner_num_blocks", type=int, default=4, help="Blocks of a fresh aligner.")
-    add("--aligner_head_dim", type=int, default=64, help="Head size of a fresh aligner.")
+    add(
+        "--aligner_head_dim",
+        type=int,
+        default=None,
+        help="Head size of a fresh (token) aligner (default 64; FLUX's token aligner 128, as the release's).",
+    )
+    add("--pooled_aligner_head_dim", type=int, default=None, help="FLUX: head size of a fresh pooled aligner (64).")
+    add(
+        "--condition_weight",
+        type=float,
+        default=None,
+        help="FLUX: the aligners' weight towards the conditioning, null + w * (x - null), as the pipeline applies it "
+        "(default: a loaded aligner's own, 0.5 for fresh ones as in the release).",
+    )
+    add(
+        "--timestep_density",
+        type=str,
+        default=None,
+        help="FLUX: density of the flow-matching σ: logit_normal (default), mode or uniform.",
+    )
+    add("--logit_mean", type=float, default=None, help="FLUX: mean of the logit-normal density (0).")
+    add("--logit_std", type=float, default=None, help="FLUX: standard deviation of the logit-normal density (1).")
+    add("--mode_scale", type=float, default=None, help="FLUX: scale of the mode density (1.29).")
+    add(
+        "--timestep_shift",
+        type=str,
+        default=None,
+        help="FLUX: shift of σ: none (default), static (the scheduler's shift, 3) or resolution (FLUX's "
+        "resolution-dependent inference shift).",
+    )
+    add("--guidance_scale", type=float, default=None, help="FLUX: the embedded guidance scale (the release's 30).")
+    add(
+        "--guidance_range",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LOW", "HIGH"),
+        help="FLUX: draw the embedded guidance scale per sample, uniformly in [LOW, HIGH], instead of a fixed one.",
+    )
     add("--prior_prob_start", type=float, default=1.0, help="Reconstructed-prior probability p at step 0.")
     add("--prior_prob_end", type=float, default=0.1, help="p after the decay.")
     add("--prior_prob_decay_steps", type=int, default=2000, help="Steps of the linear decay of p.")
-    add("--save_pipeline", action="store_true", help="Also write a complete AsukaPipeline to <output_dir>/pipeline.")
+    add(
+        "--save_pipeline",
+        action="store_true",
+        help="Also write a complete pipeline (AsukaPipeline, AsukaFluxPipeline) to <output_dir>/pipeline.",
+    )
     add("--validation_inference_steps", type=int, default=25, help="Denoising steps of validation samples.")
     add(
         "--precomputed",
@@ -75,6 +151,19 @@ def build_aligner_parser():
     )
     parser.set_defaults(learning_rate=5e-2, adam_weight_decay=1e-2)
     return parser
+
+
+def _check_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags' own consistency (the backbone's is checked once it is loaded)."""
+    if args.guidance_range is not None:
+        low, high = args.guidance_range
+        if not 0 <= low <= high:
+            raise ValueError(f"--guidance_range LOW HIGH must satisfy 0 <= LOW <= HIGH, got {low} {high}.")
+        if args.guidance_scale is not None:
+            raise ValueError("Give --guidance_scale (a fixed scale) or --guidance_range (drawn per sample), not both.")
+    if args.guidance_scale is not None and args.guidance_scale < 0:
+        raise ValueError(f"--guidance_scale must be >= 0, got {args.guidance_scale}.")
+    return {}
 
 
 def _load_models(args):
@@ -88,33 +177,61 @@ def _load_models(args):
             f"{path}: the {spec.denoiser} has {in_channels} input channels; an inpainting "
             f"({spec.denoiser_in_channels}-channel) one is required."
         )
-    mae = asuka_training.load_component(AsukaMAE, args.mae_model_name_or_path or path, "mae", args.revision)
-    if args.aligner_model_name_or_path:
-        aligner = asuka_training.load_component(
-            AsukaAligner, args.aligner_model_name_or_path, "aligner", args.revision
+    given = [f"--{flag}" for flag in FLUX_ONLY_FLAGS if getattr(args, flag) is not None]
+    if spec.pooled_width is None and (given or args.condition_weight is not None):
+        raise ValueError(
+            f"{given or ['--condition_weight']} apply to a backbone with a pooled vector and flow matching "
+            f"(FLUX.1-Fill); the {spec.name!r} backbone takes neither."
         )
-    elif Path(path, "aligner", "config.json").is_file():
-        aligner = AsukaAligner.from_pretrained(path, subfolder="aligner")
+    folder = backbone.folder
+    if args.mae_model_name_or_path is None and not Path(folder, "mae", "config.json").is_file():
+        raise ValueError(
+            f"{path} has no mae/ (a plain {spec.base_pipeline_class} folder): pass --mae_model_name_or_path, an "
+            "AsukaMAE folder (e.g. from `python -m asuka.convert mae` or training/train_mae.py)."
+        )
+    mae = asuka_training.load_component(AsukaMAE, args.mae_model_name_or_path or folder, "mae", args.revision)
+    names = ("aligner",) if spec.pooled_width is None else ("token_aligner", "pooled_aligner")
+    source = args.aligner_model_name_or_path
+    if source is None and all(Path(folder, name, "config.json").is_file() for name in names):
+        source = folder
+    if source is not None:
+        aligners = [asuka_training.load_component(AsukaAligner, source, name, args.revision) for name in names]
     else:
-        aligner = AsukaAligner(
-            in_dim=mae.config.decoder_embed_dim,
-            hidden_dim=spec.context_width(backbone.denoiser.config),
-            num_blocks=args.aligner_num_blocks,
-            head_dim=args.aligner_head_dim,
-            num_tokens=mae.num_patches,
-        )
-    return backbone, mae, aligner
+        widths = [spec.context_width(backbone.denoiser.config)]
+        head_dims = [args.aligner_head_dim or (64 if spec.pooled_width is None else 128)]
+        if spec.pooled_width is not None:
+            widths.append(backbone.denoiser.config[spec.pooled_width])
+            head_dims.append(args.pooled_aligner_head_dim or 64)
+        null_kinds = spec.null_embeddings or (None,)
+        aligners = [
+            AsukaAligner(
+                in_dim=mae.config.decoder_embed_dim,
+                hidden_dim=width,
+                num_blocks=args.aligner_num_blocks,
+                head_dim=head_dim,
+                num_tokens=mae.num_patches,
+                **({} if null is None else {"null_embedding": null, "condition_weight": 0.5}),
+            )
+            for width, head_dim, null in zip(widths, head_dims, null_kinds)
+        ]
+    if args.condition_weight is not None:
+        for aligner in aligners:
+            aligner.register_to_config(condition_weight=args.condition_weight)
+    if spec.pooled_width is None:
+        return backbone, mae, aligners[0]
+    return backbone, mae, asuka_training.AlignerPair(*aligners)
 
 
-def _precomputed_data(args, accelerator, backbone, mae) -> dict:
+def _objective(args: argparse.Namespace, spec):
+    """The spec's objective with the fields the flags set (`dataclasses.replace` checks them: ValueError)."""
+    fields = {field: getattr(args, flag) for flag, field in OBJECTIVE_FLAGS.items() if getattr(args, flag) is not None}
+    return dataclasses.replace(spec.objective, **fields) if fields else spec.objective
+
+
+def _precomputed_data(args, accelerator, backbone, mae, masked_image_encoder) -> dict:
     """`prepare`'s dataset and validation batch read from --precomputed; `ValueError` for a folder prepared for
     another backbone, VAE, MAE or resolution."""
-    expected = {
-        "backbone": backbone.spec.name,
-        "resolution": args.resolution,
-        "vae": asuka_training.model_identity(backbone.vae),
-        "mae": asuka_training.model_identity(mae),
-    }
+    expected = asuka_training.input_identity(backbone, mae, masked_image_encoder, args.resolution)
     dataset = asuka_training.PrecomputedDataset(args.precomputed, expected)
     dtype = str(asuka_training.weight_dtype_for(accelerator)).removeprefix("torch.")
     if dataset.manifest["dtype"] != dtype:
@@ -125,58 +242,72 @@ def _precomputed_data(args, accelerator, backbone, mae) -> dict:
     return {"dataset": dataset, "validation": dataset.validation_batch(args.num_validation_images)}
 
 
+def _draw_guidance(args: argparse.Namespace, batch_size: int, device: torch.device) -> float | torch.Tensor | None:
+    """The embedded guidance scale of a batch: --guidance_range drawn per sample, else --guidance_scale (None: the
+    backbone's default)."""
+    if args.guidance_range is None:
+        return args.guidance_scale
+    low, high = args.guidance_range
+    return torch.empty(batch_size, device=device).uniform_(low, high)
+
+
 def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
-    args = asuka_training.parse_args(build_aligner_parser(), argv)
+    args = asuka_training.parse_args(build_aligner_parser(), argv, resolve=_check_flags)
     accelerator = asuka_training.setup_accelerator(args)
     backbone, mae, aligner = _load_models(args)
     vae, denoiser, spec = backbone.vae, backbone.denoiser, backbone.spec
-    noise_scheduler = spec.objective.training_scheduler(backbone.scheduler.config)
-
-    data = _precomputed_data(args, accelerator, backbone, mae) if args.precomputed else {}  # fingerprints: fp32
-    weight_dtype = asuka_training.freeze(accelerator, vae, denoiser, mae)
+    objective = _objective(args, spec)
+    noise_scheduler = objective.training_scheduler(backbone.scheduler.config)
+    masked_image_encoder = asuka_training.masked_image_encoder_of(backbone.folder)
+    data = {}  # the identities are those of the loaded (float32) weights
+    if args.precomputed:
+        data = _precomputed_data(args, accelerator, backbone, mae, masked_image_encoder)
+    weight_dtype = asuka_training.freeze(accelerator, vae, denoiser, mae, masked_image_encoder)
     aligner.requires_grad_(True)
     if args.gradient_checkpointing:
         denoiser.enable_gradient_checkpointing()  # frozen, but gradients still flow through it to the aligner
 
-    setup = asuka_training.prepare(args, accelerator, {"aligner": aligner}, tracker_name="train_aligner", **data)
+    trainable = "aligner" if spec.pooled_width is None else "aligners"
+    setup = asuka_training.prepare(args, accelerator, {trainable: aligner}, tracker_name="train_aligner", **data)
     aligner_model, validation = setup.model, setup.validation
     if args.precomputed:
         source = asuka_training.StoredInputs(accelerator.device, weight_dtype)
     else:
-        source = asuka_training.EncodedInputs(vae, mae, accelerator.device, weight_dtype)
+        source = asuka_training.EncodedInputs(vae, mae, accelerator.device, weight_dtype, masked_image_encoder)
 
     def train_step(batch: dict[str, torch.Tensor], global_step: int) -> dict[str, torch.Tensor]:
         p = reconstructed_prior_probability(
             global_step, args.prior_prob_start, args.prior_prob_end, args.prior_prob_decay_steps
         )
         inputs = asuka_training.aligner_batch(source, batch, vae.config, p)
-        with torch.no_grad():
-            mask_latents = F.interpolate(inputs.mask, size=inputs.latents.shape[-2:])
-            noisy, timesteps, target = spec.objective.noised(noise_scheduler, inputs.latents)
-        tokens = aligner_model(inputs.prior.float(), return_dict=False)[0]  # tuples survive accelerate's fp32 cast
-        prediction = spec.denoise(
-            denoiser, noisy, mask_latents, inputs.masked_latents, timesteps, tokens.to(weight_dtype)
+        loss = asuka_training.aligner_loss(
+            spec,
+            denoiser,
+            noise_scheduler,
+            aligner_model,
+            inputs.prior,
+            inputs.latents,
+            inputs.masked_latents,
+            inputs.mask,
+            objective=objective,
+            guidance=_draw_guidance(args, len(inputs.mask), accelerator.device),
         )
-        loss = F.mse_loss(prediction.float(), target.float())
         setup.step(loss)
         return {"loss": loss, "p": torch.tensor(p), "lr": setup.last_lr()}
 
-    def build_pipeline(aligner):
+    def build_pipeline(trained):
         from asuka import pipelines
+        from asuka.models import AsukaDecoder
 
         scheduler = type(backbone.scheduler).from_config(backbone.scheduler.config)  # a fresh one, not re-read
         decoder = None
-        if Path(args.pretrained_model_name_or_path, "decoder", "config.json").is_file():
-            from asuka.models import AsukaDecoder
-
-            decoder = AsukaDecoder.from_pretrained(args.pretrained_model_name_or_path, subfolder="decoder")
+        if Path(backbone.folder, "decoder", "config.json").is_file():
+            decoder = AsukaDecoder.from_pretrained(backbone.folder, subfolder="decoder")
+        asuka_parts = {"aligner": trained} if spec.pooled_width is None else dict(trained.items())
+        if masked_image_encoder is not None:
+            asuka_parts["masked_image_encoder"] = masked_image_encoder
         return getattr(pipelines, spec.pipeline_class)(
-            vae=vae,
-            scheduler=scheduler,
-            mae=mae,
-            aligner=aligner,
-            decoder=decoder,
-            **{spec.denoiser: denoiser},
+            vae=vae, scheduler=scheduler, mae=mae, decoder=decoder, **asuka_parts, **{spec.denoiser: denoiser}
         )
 
     def validate(global_step: int) -> list[list[Image.Image]]:
@@ -190,12 +321,13 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
     result, grid = asuka_training.run_training(setup, train_step, validate)
 
     def trained_pipeline():
-        from asuka.models import AsukaAligner
+        trained = asuka_training.fresh_copy(accelerator.unwrap_model(aligner_model))
+        asuka_training.load_pretrained_into(trained, args.output_dir)
+        return build_pipeline(trained)
 
-        return build_pipeline(AsukaAligner.from_pretrained(args.output_dir))
-
+    card = dataclasses.replace(CARD if spec.pooled_width is None else FLUX_CARD, backbone=spec)
     return asuka_training.finish(
-        setup, result, {"": aligner_model}, trained_pipeline if args.save_pipeline else None, CARD, grid
+        setup, result, {"": aligner_model}, trained_pipeline if args.save_pipeline else None, card, grid
     )
 
 

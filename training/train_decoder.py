@@ -8,7 +8,7 @@ artefacts of the diffusion model's latents while keeping the known region faithf
 * latent augmentation on 50% of samples: the frozen denoiser's one-step x0 estimate from the noised
   clean latent at a large timestep, conditioned on the clean masked-image latent and an all-zero
   mask (paper Eq. 1); the backbone's `BackboneSpec` (from the pipeline folder given) says how to call the
-  denoiser and how its prediction gives x0 (FLUX.1-Fill's has no training objective yet and is refused);
+  denoiser and how its prediction gives x0;
 * loss: L1, plus optional LPIPS (`--lpips_weight`, needs the `lpips` package and its downloaded
   weights) and an optional patch discriminator (`--discriminator_weight`), as in SD's VAE training.
 
@@ -59,19 +59,20 @@ def one_step_x0(
     latents: torch.Tensor,
     noise: torch.Tensor,
     timesteps: torch.Tensor,
-    encoder_hidden_states: torch.Tensor,
+    conditioning: dict[str, torch.Tensor],
     backbone: BackboneSpec | None = None,
 ) -> torch.Tensor:
     """The denoiser's x0 estimate from `latents` noised to `timesteps`, with the clean latent as the
-    masked-image condition and an all-zero mask (nothing to inpaint) — paper Eq. 1. `backbone` (default: the
-    SD-1.5-inpainting spec) says how to call the denoiser and how its prediction gives x0."""
+    masked-image condition and an all-zero mask (nothing to inpaint) — paper Eq. 1. `conditioning` is the
+    backbone's (`prompt_embeds`, and `pooled_prompt_embeds` where it takes one); `backbone` (default: the
+    SD-1.5-inpainting spec) says how to noise, how to call the denoiser and how its prediction gives x0."""
     if backbone is None:
         from asuka.pipelines.backbones import SD15_INPAINTING  # imported here: the pipelines load lazily
 
         backbone = SD15_INPAINTING
-    noisy = scheduler.add_noise(latents, noise, timesteps)
+    noisy = backbone.objective.add_noise(scheduler, latents, noise, timesteps)
     zero_mask = torch.zeros_like(latents[:, :1])
-    prediction = backbone.denoise(denoiser, noisy, zero_mask, latents, timesteps, encoder_hidden_states)
+    prediction = backbone.denoise(denoiser, noisy, timesteps, conditioning, latents, zero_mask)
     return backbone.objective.clean_estimate(scheduler, noisy, prediction, timesteps)
 
 
@@ -79,7 +80,7 @@ def latent_augmentation(
     latents: torch.Tensor,
     denoiser: nn.Module,
     scheduler,
-    encoder_hidden_states: torch.Tensor,
+    conditioning: dict[str, torch.Tensor],
     timestep_range: tuple[int, int],
     probability: float = 0.5,
     generator: torch.Generator | None = None,
@@ -95,10 +96,9 @@ def latent_augmentation(
     count = int(applied.sum())
     timesteps = torch.randint(low, high + 1, (count,), generator=generator, device="cpu").to(device)
     noise = torch.randn(latents[applied].shape, generator=generator, device="cpu").to(device, latents.dtype)
+    chosen = {name: value[applied] for name, value in conditioning.items()}
     with torch.no_grad():
-        estimate = one_step_x0(
-            denoiser, scheduler, latents[applied], noise, timesteps, encoder_hidden_states[applied], backbone
-        )
+        estimate = one_step_x0(denoiser, scheduler, latents[applied], noise, timesteps, chosen, backbone)
     out = latents.clone()
     out[applied] = estimate.to(latents.dtype)
     return out, applied
@@ -189,12 +189,11 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
     )
     scaling, shift = vae.config.scaling_factor, getattr(vae.config, "shift_factor", None) or 0.0
 
-    def conditioning(pixels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def conditioning(pixels: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """Denoiser conditioning for the latent augmentation: the aligned MAE prior, or zeros for a plain backbone."""
         if aligner is not None:
-            return aligner(mae.prior(pixels, torch.zeros_like(mask))).tokens.to(weight_dtype)
-        zeros = spec.zero_conditioning(denoiser.config, 1, pixels.shape[0], pixels.device, weight_dtype)
-        return zeros["prompt_embeds"]
+            return {"prompt_embeds": aligner(mae.prior(pixels, torch.zeros_like(mask))).tokens.to(weight_dtype)}
+        return spec.zero_conditioning(denoiser.config, 1, pixels.shape[0], pixels.device, weight_dtype)
 
     def corrupted_latents(pixels: torch.Tensor, mask: torch.Tensor, augment: bool = True) -> torch.Tensor:
         """Unscaled latents of the colour-jittered image, half of them replaced by the denoiser's x0 estimate."""

@@ -16,11 +16,15 @@ This module ships to the Hub as remote code (bundled beside the pipeline and `hu
 diffusers and the floor's `defaults` (the backbones' Hub ids).
 """
 
-from collections.abc import Callable
+import math
 from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Protocol
 
 import torch
-from diffusers import DDPMScheduler
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler, FluxFillPipeline
+from diffusers.pipelines.flux.pipeline_flux_fill import calculate_shift
 
 from ..defaults import FLUX_FILL_REPO, SD_INPAINT_REPO
 
@@ -43,15 +47,22 @@ class NoisePredictionObjective:
         """The DDPM scheduler that noises training latents, from the backbone scheduler's config."""
         return DDPMScheduler.from_config(scheduler_config)
 
+    def add_noise(
+        self, scheduler: DDPMScheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        """`latents` noised with `noise` to the integer `timesteps` (the scheduler's `add_noise`)."""
+        return scheduler.add_noise(latents, noise, timesteps)
+
     def noised(
-        self, scheduler: DDPMScheduler, latents: torch.Tensor
+        self, scheduler: DDPMScheduler, latents: torch.Tensor, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(noisy latents, timesteps, target) of one training step on `latents`."""
-        noise = torch.randn_like(latents)
+        """(noisy latents, timesteps, target) of one training step on `latents`; `generator` draws the noise, then
+        the timesteps (default: the global RNG)."""
+        noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
         timesteps = torch.randint(
-            0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device
+            0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device, generator=generator
         ).long()
-        noisy = scheduler.add_noise(latents, noise, timesteps)
+        noisy = self.add_noise(scheduler, latents, noise, timesteps)
         if scheduler.config.prediction_type == "v_prediction":
             return noisy, timesteps, scheduler.get_velocity(latents, noise, timesteps)
         return noisy, timesteps, noise
@@ -66,22 +77,236 @@ class NoisePredictionObjective:
         return (noisy - (1 - alphas).sqrt() * prediction) / alphas.sqrt()
 
 
+#: The timestep densities of `FlowMatchingObjective` (diffusers' `compute_density_for_timestep_sampling`).
+TIMESTEP_DENSITIES = ("logit_normal", "mode", "uniform")
+#: Its timestep shifts: none, the scheduler config's static `shift`, or the resolution-dependent shift of inference.
+TIMESTEP_SHIFTS = ("none", "static", "resolution")
+
+
+@dataclass(frozen=True)
+class FlowMatchingObjective:
+    """Rectified-flow training as FLUX's (diffusers' FLUX and SD3 training examples): σ in (0, 1) drawn from a
+    density, `noisy = (1 - σ) x0 + σ noise`, the velocity `noise - x0` as the target, timesteps `1000 σ` (the
+    scheduler's `num_train_timesteps` scale, which the denoise call divides back as the pipeline does).
+
+    Args:
+        weighting_scheme: the density σ is drawn from, one of `TIMESTEP_DENSITIES`: `"logit_normal"` (SD3's
+            default, σ = sigmoid(N(logit_mean, logit_std))), `"mode"` (SD3's mode sampling with `mode_scale`) or
+            `"uniform"`.
+        logit_mean, logit_std: the logit-normal density's parameters.
+        mode_scale: the mode density's scale.
+        shift: one of `TIMESTEP_SHIFTS`: `"none"`, `"static"` (σ' = sσ / (1 + (s - 1)σ) with the scheduler config's
+            `shift`, 3 for FLUX.1) or `"resolution"` (the exponential shift with FLUX's resolution-dependent `mu`,
+            as the inference schedule at the latents' size).
+        latent_packing: the latent patch side the denoiser packs into one token (the resolution shift counts
+            tokens).
+    """
+
+    weighting_scheme: str = "logit_normal"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    mode_scale: float = 1.29
+    shift: str = "none"
+    latent_packing: int = 2
+
+    def __post_init__(self):
+        if self.weighting_scheme not in TIMESTEP_DENSITIES:
+            raise ValueError(
+                f"Unknown timestep density {self.weighting_scheme!r}; accepted: {list(TIMESTEP_DENSITIES)}."
+            )
+        if self.shift not in TIMESTEP_SHIFTS:
+            raise ValueError(f"Unknown timestep shift {self.shift!r}; accepted: {list(TIMESTEP_SHIFTS)}.")
+        if self.logit_std <= 0:
+            raise ValueError(f"logit_std must be > 0; got {self.logit_std}.")
+
+    def training_scheduler(self, scheduler_config: dict) -> FlowMatchEulerDiscreteScheduler:
+        """The flow-matching scheduler of the backbone's config (its timestep scale and shift settings)."""
+        return FlowMatchEulerDiscreteScheduler.from_config(scheduler_config)
+
+    def sigmas(
+        self,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        batch_size: int,
+        latent_size: tuple[int, int],
+        device: torch.device | str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """(B,) noise levels σ drawn from the density, shifted as `shift` says, for latents of `latent_size`."""
+        from diffusers.training_utils import compute_density_for_timestep_sampling  # heavy: only when training
+
+        sigmas = compute_density_for_timestep_sampling(
+            weighting_scheme=self.weighting_scheme,
+            batch_size=batch_size,
+            logit_mean=self.logit_mean,
+            logit_std=self.logit_std,
+            mode_scale=self.mode_scale,
+            device=device,
+            generator=generator,
+        )
+        config = scheduler.config
+        if self.shift == "static":
+            return config.shift * sigmas / (1 + (config.shift - 1) * sigmas)
+        if self.shift == "resolution":
+            tokens = (latent_size[0] // self.latent_packing) * (latent_size[1] // self.latent_packing)
+            mu = calculate_shift(
+                image_seq_len=tokens,
+                base_seq_len=config.get("base_image_seq_len", 256),
+                max_seq_len=config.get("max_image_seq_len", 4096),
+                base_shift=config.get("base_shift", 0.5),
+                max_shift=config.get("max_shift", 1.15),
+            )
+            return scheduler.time_shift(mu, 1.0, sigmas)
+        return sigmas
+
+    def add_noise(
+        self,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        latents: torch.Tensor,
+        noise: torch.Tensor,
+        timesteps: torch.Tensor,
+    ) -> torch.Tensor:
+        """`latents` noised with `noise` to `timesteps` (σ = t / num_train_timesteps): (1 - σ) x0 + σ noise."""
+        sigmas = self._sigmas_of(scheduler, timesteps, latents)
+        return (1 - sigmas) * latents + sigmas * noise
+
+    def noised(
+        self,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        latents: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(noisy latents, timesteps, target) of one training step on `latents`; `generator` draws the noise, then
+        σ (default: the global RNG). The timesteps are `σ * num_train_timesteps`, floats; the target `noise - x0`."""
+        noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+        sigmas = self.sigmas(scheduler, latents.shape[0], latents.shape[-2:], latents.device, generator)
+        timesteps = sigmas * scheduler.config.num_train_timesteps
+        return self.add_noise(scheduler, latents, noise, timesteps), timesteps, noise - latents
+
+    def clean_estimate(
+        self,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        noisy: torch.Tensor,
+        prediction: torch.Tensor,
+        timesteps: torch.Tensor,
+    ) -> torch.Tensor:
+        """The one-step x0 estimate from the predicted velocity on `noisy` at `timesteps`: noisy - σ v."""
+        return noisy - self._sigmas_of(scheduler, timesteps, noisy) * prediction
+
+    @staticmethod
+    def _sigmas_of(scheduler, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """σ of `timesteps`, shaped to broadcast over the (B, C, h, w) tensor `like`."""
+        sigmas = timesteps.to(like.device, torch.float32) / scheduler.config.num_train_timesteps
+        return sigmas.view(-1, *[1] * (like.ndim - 1)).to(like.dtype)
+
+
+class DenoiserCall(Protocol):
+    """How training calls a backbone's denoiser (`BackboneSpec.denoise`).
+
+    Args:
+        denoiser: the frozen UNet or transformer.
+        noisy: (B, C, h, w) noisy latents, scaled as the VAE's config says.
+        timesteps: (B,) timesteps as the spec's objective draws them.
+        conditioning: the conditioning as the backbone's diffusers pipeline takes it: `prompt_embeds` (B, T, D)
+            and, for a backbone with a pooled vector (`pooled_width`), `pooled_prompt_embeds` (B, P).
+        masked_image_latents: (B, C, h, w) scaled latents of the masked image.
+        mask: (B, 1, H, W), 1 = hole, at any resolution (pixels, or the latents'); each call resizes it (nearest)
+            to what its denoiser takes.
+        guidance: the embedded guidance scale (a float or a (B,) tensor) of a denoiser that embeds one; `None`
+            the backbone's default. Ignored by a denoiser that embeds none.
+
+    Returns the prediction as (B, C, h, w) latent maps.
+    """
+
+    def __call__(
+        self,
+        denoiser: torch.nn.Module,
+        noisy: torch.Tensor,
+        timesteps: torch.Tensor,
+        conditioning: dict[str, torch.Tensor],
+        masked_image_latents: torch.Tensor,
+        mask: torch.Tensor,
+        guidance: float | torch.Tensor | None = None,
+    ) -> torch.Tensor: ...
+
+
 def call_inpainting_unet(
     unet: torch.nn.Module,
     noisy: torch.Tensor,
-    mask: torch.Tensor,
-    masked_image_latents: torch.Tensor,
     timesteps: torch.Tensor,
-    tokens: torch.Tensor,
+    conditioning: dict[str, torch.Tensor],
+    masked_image_latents: torch.Tensor,
+    mask: torch.Tensor,
+    guidance: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """A 9-channel inpainting UNet's prediction: noisy latents, mask and masked-image latents stacked on the
-    channels, the tokens as cross-attention context."""
-    return unet(torch.cat([noisy, mask, masked_image_latents], dim=1), timesteps, encoder_hidden_states=tokens).sample
+    """A 9-channel inpainting UNet's prediction (a `DenoiserCall`): noisy latents, the mask at the latents'
+    size and masked-image latents stacked on the channels, `prompt_embeds` as the cross-attention context.
+    `guidance` is ignored: the UNet embeds no guidance scale (classifier-free guidance is the pipeline's)."""
+    mask = F.interpolate(mask, size=noisy.shape[-2:])
+    sample = torch.cat([noisy, mask, masked_image_latents], dim=1)
+    return unet(sample, timesteps, encoder_hidden_states=conditioning["prompt_embeds"]).sample
 
 
-DenoiserCall = Callable[
-    [torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor
-]
+#: FLUX.1-Fill's embedded guidance scale in the release (ASUKA-FLUX's and FluxFillPipeline's default is 30).
+FLUX_GUIDANCE = 30.0
+
+
+def call_flux_fill_transformer(
+    transformer: torch.nn.Module,
+    noisy: torch.Tensor,
+    timesteps: torch.Tensor,
+    conditioning: dict[str, torch.Tensor],
+    masked_image_latents: torch.Tensor,
+    mask: torch.Tensor,
+    guidance: float | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """A FLUX.1-Fill transformer's prediction (a `DenoiserCall`), called as `AsukaFluxPipeline` calls it.
+
+    The latents and masked-image latents are packed into 2x2 patch tokens, the mask into 8x8 pixel blocks per latent
+    pixel (diffusers' `FluxFillPipeline` packing; the block side is read from the transformer's input channels), the
+    image ids built for the latents' grid, the timesteps divided by 1000, the guidance (default `FLUX_GUIDANCE`)
+    embedded where the transformer embeds one; the packed prediction is unpacked to (B, C, h, w).
+    """
+    batch, channels, height, width = noisy.shape
+    block = round(math.sqrt((transformer.config.in_channels - 8 * channels) / 4))  # pixels per latent pixel
+    mask = F.interpolate(mask, size=(height * block, width * block)).to(noisy.dtype)
+    # diffusers' packing of the mask and of (already scaled: no shift, unit scale) masked-image latents
+    packing = SimpleNamespace(
+        vae=SimpleNamespace(config=SimpleNamespace(shift_factor=0.0, scaling_factor=1.0)),
+        vae_scale_factor=block,
+        _pack_latents=FluxFillPipeline._pack_latents,
+    )
+    packed_mask, packed_masked = FluxFillPipeline.prepare_mask_latents(
+        packing,
+        mask=mask,
+        masked_image=masked_image_latents,
+        batch_size=batch,
+        num_channels_latents=channels,
+        num_images_per_prompt=1,
+        height=height * block,
+        width=width * block,
+        dtype=noisy.dtype,
+        device=noisy.device,
+        generator=None,
+    )
+    packed = FluxFillPipeline._pack_latents(noisy, batch, channels, height, width)
+    image_ids = FluxFillPipeline._prepare_latent_image_ids(batch, height // 2, width // 2, noisy.device, noisy.dtype)
+    tokens = conditioning["prompt_embeds"]
+    text_ids = torch.zeros(tokens.shape[1], 3, device=noisy.device, dtype=noisy.dtype)
+    embedded_guidance = None
+    if transformer.config.guidance_embeds:
+        guidance = FLUX_GUIDANCE if guidance is None else guidance
+        embedded_guidance = torch.as_tensor(guidance, device=noisy.device, dtype=torch.float32).expand(batch)
+    prediction = transformer(
+        hidden_states=torch.cat((packed, torch.cat((packed_masked, packed_mask), dim=-1)), dim=2),
+        timestep=timesteps.to(noisy.dtype) / 1000,
+        guidance=embedded_guidance,
+        pooled_projections=conditioning["pooled_prompt_embeds"],
+        encoder_hidden_states=tokens,
+        txt_ids=text_ids,
+        img_ids=image_ids,
+        return_dict=False,
+    )[0]
+    return FluxFillPipeline._unpack_latents(prediction, height=height, width=width, vae_scale_factor=1)
 
 
 @dataclass(frozen=True)
@@ -105,8 +330,9 @@ class BackboneSpec:
         null_embeddings: what the aligners' null embeddings stand for (`AsukaAligner(null_embedding=...)`), one per
             aligner; empty where the aligner holds none.
         latent_packing: side of the latent patches the denoiser packs into one token (1: none).
-        denoise: how training calls the denoiser (`call_inpainting_unet`'s signature); `objective` the training
-            objective. None where training on this backbone is not written yet.
+        denoise: how training calls the denoiser (a `DenoiserCall`); `objective` the training objective
+            (`NoisePredictionObjective`, `FlowMatchingObjective`). None where training on this backbone is not
+            written yet.
         tiny_factory: `"module:function"` of its tiny random ASUKA pipeline (`asuka.testing.make_tiny_pipeline`).
     """
 
@@ -128,7 +354,7 @@ class BackboneSpec:
     null_embeddings: tuple[str, ...] = ()
     latent_packing: int = 1
     denoise: DenoiserCall | None = None
-    objective: NoisePredictionObjective | None = None
+    objective: NoisePredictionObjective | FlowMatchingObjective | None = None
     tiny_factory: str | None = None
 
     def component_classes(self) -> dict[str, str]:
@@ -262,8 +488,6 @@ SD15_INPAINTING = register_backbone(
     )
 )
 
-# Training on FLUX (flow matching, packed latents, token + pooled conditioning) is not written yet: `denoise` and
-# `objective` are the seam to fill in.
 FLUX_FILL = register_backbone(
     BackboneSpec(
         name="flux.1-fill",
@@ -286,6 +510,8 @@ FLUX_FILL = register_backbone(
         pooled_text_tokens=77,  # CLIP's
         null_embeddings=("tokens", "pooled"),
         latent_packing=2,
+        denoise=call_flux_fill_transformer,
+        objective=FlowMatchingObjective(latent_packing=2),
         tiny_factory="asuka.testing.flux:make_tiny_flux_pipeline",
     )
 )

@@ -20,7 +20,15 @@ A batch holds "pixel_values" (B,3,R,R) in [0,1], "mask" (B,1,R,R) with 1 = hole,
 "num_bad_masks".
 """
 
-from .aligner_inputs import AlignerBatch, EncodedInputs, StoredInputs, aligner_batch, sample_latents
+from .aligner_inputs import (
+    AlignerBatch,
+    EncodedInputs,
+    StoredInputs,
+    aligner_batch,
+    masked_image_encoder_of,
+    sample_latents,
+)
+from .aligner_loss import AlignerPair, aligned_conditioning, aligner_loss
 from .args import (
     add_data_arguments,
     add_start_from,
@@ -31,13 +39,17 @@ from .args import (
 )
 from .checkpoints import (
     CHECKPOINT_PREFIX,
+    ComponentGroup,
+    fresh_copy,
     list_checkpoints,
     load_component,
+    load_pretrained_into,
     register_diffusers_hooks,
     resolve_resume_path,
     resume_if_requested,
     save_checkpoint,
     save_diffusers_model,
+    save_pretrained_parts,
     unwrapped_copy,
 )
 from .data import (
@@ -54,15 +66,13 @@ from .data import (
 )
 from .hub import CardText, push_folder_to_hub, write_model_card
 from .loop import TrainingResult, finish, inpainting_rows, log_validation, optimizer_step, run_training, to_pil
-from .precomputed import PrecomputedDataset, model_identity
+from .precomputed import PrecomputedDataset, input_identity
 from .setup import (
     Backbone,
     TrainingSetup,
-    backbone_spec_of,
     freeze,
     load_backbone,
     load_scheduler,
-    load_vae,
     make_lr_scheduler,
     make_optimizer,
     prepare,
@@ -74,6 +84,7 @@ from .setup import (
 
 __all__ = [
     "AlignerBatch",
+    "AlignerPair",
     "Backbone",
     "EncodedInputs",
     "PrecomputedDataset",
@@ -81,10 +92,13 @@ __all__ = [
     "add_data_arguments",
     "add_start_from",
     "aligner_batch",
-    "backbone_spec_of",
     "check_data_arguments",
+    "aligned_conditioning",
+    "aligner_loss",
     "CHECKPOINT_PREFIX",
     "CardText",
+    "ComponentGroup",
+    "fresh_copy",
     "ImageFolderDataset",
     "ImageTransform",
     "SampleMaker",
@@ -97,18 +111,19 @@ __all__ = [
     "finish",
     "freeze",
     "inpainting_rows",
+    "input_identity",
     "list_checkpoints",
     "load_component",
+    "load_pretrained_into",
     "load_rgb",
     "load_backbone",
     "load_scheduler",
     "load_training_image",
-    "load_vae",
     "log_validation",
     "make_dataloader",
     "make_lr_scheduler",
     "make_optimizer",
-    "model_identity",
+    "masked_image_encoder_of",
     "optimizer_step",
     "parse_args",
     "prepare",
@@ -120,6 +135,7 @@ __all__ = [
     "sample_latents",
     "save_checkpoint",
     "save_diffusers_model",
+    "save_pretrained_parts",
     "scaled_learning_rate",
     "serialisable_args",
     "setup_accelerator",

@@ -12,6 +12,7 @@ the whole-image prior), each latent as `mean + std * randn` from the global gene
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,13 +23,32 @@ POSTERIOR_FIELDS = ("latent_mean", "latent_std", "masked_latent_mean", "masked_l
 PRIOR_FIELDS = ("prior", "prior_full")
 
 
-def vae_posteriors(vae: torch.nn.Module, pixels: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+def masked_image_encoder_of(folder: str) -> torch.nn.Module | None:
+    """The pipeline folder's own encoder of the masked image (`masked_image_encoder/`, an `AsukaVAEEncoder`, as the
+    ASUKA-FLUX release has and `AsukaFluxPipeline` uses), or None: the VAE encodes it."""
+    if not Path(folder, "masked_image_encoder", "config.json").is_file():
+        return None
+    from asuka.models import AsukaVAEEncoder
+
+    return AsukaVAEEncoder.from_pretrained(folder, subfolder="masked_image_encoder")
+
+
+def vae_posteriors(
+    vae: torch.nn.Module,
+    pixels: torch.Tensor,
+    mask: torch.Tensor,
+    masked_image_encoder: torch.nn.Module | None = None,
+) -> dict[str, torch.Tensor]:
     """Mean and standard deviation of the VAE posterior of `pixels` (B, 3, R, R) in [0, 1] and of the masked image
-    (the hole, `mask` > 0.5, set to 0 in [-1, 1]): `POSTERIOR_FIELDS`, unscaled."""
+    (the hole, `mask` > 0.5, set to 0 in [-1, 1]; encoded by `masked_image_encoder` where given):
+    `POSTERIOR_FIELDS`, unscaled."""
     image = pixels * 2 - 1
     posteriors = {}
-    for name, inputs in (("latent", image), ("masked_latent", image * (mask < 0.5))):
-        distribution = vae.encode(inputs).latent_dist
+    for name, inputs, encoder in (
+        ("latent", image, vae),
+        ("masked_latent", image * (mask < 0.5), masked_image_encoder or vae),
+    ):
+        distribution = encoder.encode(inputs).latent_dist
         posteriors[f"{name}_mean"], posteriors[f"{name}_std"] = distribution.mean, distribution.std
     return posteriors
 
@@ -50,17 +70,25 @@ def sample_latents(vae_config: Any, mean: torch.Tensor, std: torch.Tensor) -> to
 
 
 class EncodedInputs:
-    """The inputs computed from the batch's "pixel_values" and "mask" by the frozen VAE and MAE, on `device` in
-    `dtype`."""
+    """The inputs computed from the batch's "pixel_values" and "mask" by the frozen VAE (and masked-image encoder)
+    and MAE, on `device` in `dtype`."""
 
-    def __init__(self, vae: torch.nn.Module, mae: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        vae: torch.nn.Module,
+        mae: torch.nn.Module,
+        device: torch.device,
+        dtype: torch.dtype,
+        masked_image_encoder: torch.nn.Module | None = None,
+    ) -> None:
         self.vae, self.mae, self.device, self.dtype = vae, mae, device, dtype
+        self.masked_image_encoder = masked_image_encoder
 
     def _pixels_and_mask(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         return tuple(batch[name].to(self.device, self.dtype) for name in ("pixel_values", "mask"))
 
     def posteriors(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return vae_posteriors(self.vae, *self._pixels_and_mask(batch))
+        return vae_posteriors(self.vae, *self._pixels_and_mask(batch), self.masked_image_encoder)
 
     def prior(self, batch: dict[str, torch.Tensor], use_full_image: torch.Tensor) -> torch.Tensor:
         """One MAE call: the samples of `use_full_image` see no hole."""

@@ -40,25 +40,62 @@ def collective_save(accelerator: Accelerator) -> bool:
     return accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
 
 
+class ComponentGroup(torch.nn.ModuleDict):
+    """Diffusers models trained as one (one optimizer, one DDP wrapper, one gradient clip), stored as one subfolder
+    each in checkpoints and the final folder. A subclass adds the `forward` that combines them."""
+
+    def __init__(self, **components: torch.nn.Module):
+        super().__init__(components)
+
+
+def fresh_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A new model (or `ComponentGroup`) of `model`'s configs, with fresh weights: no wrappers, no shared storage."""
+    if isinstance(model, ComponentGroup):
+        return type(model)(**{name: fresh_copy(part) for name, part in model.items()})
+    return type(model).from_config(model.config)
+
+
+def save_pretrained_parts(model: torch.nn.Module, directory: str) -> None:
+    """`save_pretrained` of a model into `directory`, of a `ComponentGroup` into one subfolder per part."""
+    if isinstance(model, ComponentGroup):
+        for name, part in model.items():
+            save_pretrained_parts(part, os.path.join(directory, name))
+    else:
+        model.save_pretrained(directory)
+
+
+def load_pretrained_into(target: torch.nn.Module, directory: str) -> None:
+    """Load the config and weights saved by `save_pretrained_parts` into `target` (a model or a `ComponentGroup`)."""
+    if isinstance(target, ComponentGroup):
+        for name, part in target.items():
+            load_pretrained_into(part, os.path.join(directory, name))
+        return
+    loaded = type(target).from_pretrained(directory)
+    target.register_to_config(**loaded.config)
+    target.load_state_dict(loaded.state_dict())
+    del loaded
+
+
 def save_diffusers_model(accelerator: Accelerator, model: torch.nn.Module, directory: str) -> None:
-    """`save_pretrained` of a prepared model. Under FSDP call it on all ranks: the full state dict is gathered."""
+    """`save_pretrained` of a prepared model (or `ComponentGroup`). Under FSDP call it on all ranks: the full state
+    dict is gathered."""
     from accelerate.utils import DistributedType
 
     unwrapped = accelerator.unwrap_model(model)
     if accelerator.distributed_type == DistributedType.FSDP:
         state = accelerator.get_state_dict(model)  # collective; complete only on the main process
         if accelerator.is_main_process:
-            copy = type(unwrapped).from_config(unwrapped.config)
+            copy = fresh_copy(unwrapped)
             copy.load_state_dict(state)
-            copy.save_pretrained(directory)
+            save_pretrained_parts(copy, directory)
     elif accelerator.is_main_process:
-        unwrapped.save_pretrained(directory)
+        save_pretrained_parts(unwrapped, directory)
 
 
 def unwrapped_copy(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
     """A plain float32 copy of a prepared model (no DDP or mixed-precision forward wrappers), for validation."""
     unwrapped = accelerator.unwrap_model(model)
-    copy = type(unwrapped).from_config(unwrapped.config)
+    copy = fresh_copy(unwrapped)
     copy.load_state_dict(unwrapped.state_dict())
     return copy.to(accelerator.device, torch.float32).eval()
 
@@ -88,11 +125,7 @@ def register_diffusers_hooks(accelerator: Accelerator, trainables: dict[str, tor
     def load_model_hook(models: list[torch.nn.Module], input_dir: str) -> None:
         while models:
             model = models.pop()
-            target = accelerator.unwrap_model(model)
-            loaded = type(target).from_pretrained(os.path.join(input_dir, _name_of(model)))
-            target.register_to_config(**loaded.config)
-            target.load_state_dict(loaded.state_dict())
-            del loaded
+            load_pretrained_into(accelerator.unwrap_model(model), os.path.join(input_dir, _name_of(model)))
 
     accelerator.register_save_state_pre_hook(save_model_hook)
     accelerator.register_load_state_pre_hook(load_model_hook)

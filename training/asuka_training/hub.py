@@ -7,19 +7,26 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .checkpoints import CHECKPOINT_PREFIX
 
 
+if TYPE_CHECKING:
+    from asuka.pipelines.backbones import BackboneSpec
+
+
 @dataclass(frozen=True)
 class CardText:
-    """What a training script's model card says: its `title`, a one-paragraph `description` and the `component`
-    tag (e.g. "asuka-aligner")."""
+    """What a training script's model card says: its `title`, a one-paragraph `description`, the `component`
+    tag (e.g. "asuka-aligner"), the dtype its usage snippet loads a light repo in on a GPU, and the `backbone`
+    trained against (the card names it and its licence)."""
 
     title: str
     description: str
     component: str
+    torch_dtype: str = "float16"
+    backbone: BackboneSpec | None = None
 
 
 def _repo_id(args: argparse.Namespace) -> str:
@@ -45,10 +52,12 @@ def write_model_card(
     description: str,
     component: str,
     sample_image: Path | None = None,
+    backbone: BackboneSpec | None = None,
 ) -> Path:
     """README.md (Hub model card) with metadata, the training arguments, the base model and a sample grid.
 
-    `training_args` is `serialisable_args(...)`: no secrets.
+    `training_args` is `serialisable_args(...)`: no secrets. With `backbone`, the card names the backbone and
+    carries its licence (the weights were trained against it); else apache-2.0, the toolkit's.
     """
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -57,8 +66,17 @@ def write_model_card(
     folder_path = Path(folder)
     arguments, samples = _training_files(folder_path, training_args, sample_image)
     base_model = training_args["pretrained_model_name_or_path"]
+    licence, backbone_text = {"license": "apache-2.0"}, ""
+    if backbone is not None:
+        licence = {"license": backbone.licence.id}
+        if backbone.licence.id == "other":
+            licence.update(license_name=backbone.licence.name, license_link=backbone.licence.link)
+        backbone_text = (
+            f"Backbone: `{backbone.repo}` ({backbone.name}, frozen); its licence, [{backbone.licence.name}]"
+            f"({backbone.licence.link}), applies to these weights and their use. "
+        )
     card_data = ModelCardData(
-        license="apache-2.0",
+        **licence,
         library_name="diffusers",
         base_model=base_model,
         tags=["asuka", "image-inpainting", "diffusers-training", component],
@@ -66,13 +84,24 @@ def write_model_card(
     )
     content = (
         f"---\n{card_data.to_yaml()}\n---\n\n# {title}\n\n{description}\n\n"
-        f"Base model: `{base_model}`. Trained with the `asuka` toolkit "
+        f"Base model: `{base_model}`. {backbone_text}Trained with the `asuka` toolkit "
         f"(`training/`), mask mixture of ASUKA ([paper]({PAPER}), {PAPER_VENUE}) Sec. 3.1.\n{samples}\n"
         f"## Training arguments\n\n```json\n{arguments}\n```\n\n{PAPER_CITATION}"
     )
     path = folder_path / "README.md"
     ModelCard(content).save(str(path))
     return path
+
+
+def light_repo_backbone(args: argparse.Namespace) -> dict[str, Any]:
+    """The `_asuka_backbone` pointer (`repo`, `revision`) of a light repo given as --pretrained_model_name_or_path
+    (its backbone is the one a new light repo points to); {} for any other folder."""
+    from asuka.pipelines.hub_light import BACKBONE_KEY, is_light_repo, read_model_index, resolve_repo
+
+    path = args.pretrained_model_name_or_path
+    if not is_light_repo(path, revision=args.revision):
+        return {}
+    return read_model_index(resolve_repo(path, ["model_index.json"], revision=args.revision))[BACKBONE_KEY]
 
 
 def light_repo_for_push(
@@ -82,6 +111,7 @@ def light_repo_for_push(
     title: str,
     description: str,
     sample_image: Path | None = None,
+    torch_dtype: str = "float16",
 ) -> str | None:
     """Write `<output_dir>/light`: the light repo of an ASUKA `pipeline` (its trained components and a pointer to
     the backbone, docs/hub.md) with its model card; returns the folder, or None for a pipeline without that format
@@ -94,14 +124,15 @@ def light_repo_for_push(
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     arguments, samples = _training_files(folder, training_args, sample_image)
-    backbone = args.hub_backbone_id or args.pretrained_model_name_or_path
-    revision = args.hub_backbone_revision or args.revision
+    pointer = light_repo_backbone(args)  # training from a light repo: point to its backbone, not to it
+    backbone = args.hub_backbone_id or pointer.get("repo") or args.pretrained_model_name_or_path
+    revision = args.hub_backbone_revision or (pointer.get("revision") if pointer else args.revision)
     provenance = (
         f"Trained with the `asuka` toolkit (`training/`) from `{args.pretrained_model_name_or_path}`, with the mask "
         f"mixture of ASUKA Sec. 3.1.\n\n## Training arguments\n\n```json\n{arguments}\n```"
     )
     card = light_model_card(
-        _repo_id(args), type(pipeline).__name__, title, description, backbone, revision, provenance
+        _repo_id(args), type(pipeline).__name__, title, description, backbone, revision, provenance, torch_dtype
     )
     variants = (args.variant,) if args.variant else ()
     pipeline.save_pretrained(

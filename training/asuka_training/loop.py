@@ -225,11 +225,20 @@ def finish(
             pipeline.save_pretrained(result.pipeline_dir)
         folder = result.pipeline_dir or args.output_dir
         training_args = serialisable_args(args, max_train_steps=setup.max_train_steps)
-        write_model_card(folder, training_args, card.title, card.description, card.component, sample_grid)
-        if folder != args.output_dir:
-            write_model_card(args.output_dir, training_args, card.title, card.description, card.component, sample_grid)
+        for card_folder in dict.fromkeys((folder, args.output_dir)):  # the pipeline's folder and the final one
+            write_model_card(
+                card_folder,
+                training_args,
+                card.title,
+                card.description,
+                card.component,
+                sample_grid,
+                card.backbone,
+            )
         if args.push_to_hub:
-            light = light_repo_for_push(args, pipeline, training_args, card.title, card.description, sample_grid)
+            light = light_repo_for_push(
+                args, pipeline, training_args, card.title, card.description, sample_grid, card.torch_dtype
+            )
             result.repo_id = push_folder_to_hub(args, light or folder)
     accelerator.wait_for_everyone()
     accelerator.end_training()

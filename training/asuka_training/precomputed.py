@@ -2,9 +2,10 @@
 
 A folder written by `training/prepare_aligner_inputs.py` holds
 
-- `manifest.json`: the backbone, the VAE's and the MAE's identity (class and a sha256 of config and weights), the
-  resolution, the storage dtype, the sample settings (data and mask flags, seed), `samples_per_epoch`,
-  `num_epochs`, `count`, `shard_size` and `num_shards`;
+- `manifest.json`: the backbone, the identity (class and a sha256 of config and weights) of the VAE, the MAE and the
+  masked-image encoder where the backbone folder has one, the resolution (`input_identity`), the storage dtype, the
+  sample settings (data and mask flags, seed), `samples_per_epoch`, `num_epochs`, `count`, `shard_size` and
+  `num_shards`;
 - `shard-000000.safetensors`, ...: shard k holds the samples at positions `k * shard_size` onwards, position
   `epoch * samples_per_epoch + index` being what the training data gives for `index` in `epoch`, stacked per field
   (`aligner_inputs.POSTERIOR_FIELDS`, `PRIOR_FIELDS`, the mask bit-packed along its rows, "num_bad_images",
@@ -37,8 +38,6 @@ VALIDATION = "validation.safetensors"
 FORMAT = "asuka-aligner-inputs"
 #: The per-sample integers a shard stores beside the inputs (int64).
 COUNT_FIELDS = ("num_bad_images", "num_bad_masks", "epoch", "index")
-#: The manifest entries a training run must share with the folder it reads (`PrecomputedDataset`).
-IDENTITY_KEYS = ("backbone", "resolution", "vae", "mae")
 
 
 def shard_name(shard: int) -> str:
@@ -66,6 +65,21 @@ def model_identity(model: torch.nn.Module) -> dict[str, str]:
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return {"class": type(model).__name__, "sha256": digest.hexdigest()}
+
+
+def input_identity(
+    backbone: Any, mae: torch.nn.Module, masked_image_encoder: torch.nn.Module | None, resolution: int
+) -> dict[str, Any]:
+    """What makes stored inputs right for a run (a training run and the folder it reads agree on it): the backbone's
+    name, the resolution and the
+    identity of the VAE, of the MAE and of the masked-image encoder (None where the VAE encodes the masked image)."""
+    return {
+        "backbone": backbone.spec.name,
+        "resolution": resolution,
+        "vae": model_identity(backbone.vae),
+        "mae": model_identity(mae),
+        "masked_image_encoder": None if masked_image_encoder is None else model_identity(masked_image_encoder),
+    }
 
 
 def pack_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -120,7 +134,7 @@ class PrecomputedDataset(torch.utils.data.Dataset):
 
     `set_epoch(epoch)` selects stored epoch `epoch % num_epochs`; item `index` of it is what the on-the-fly data
     gives for `index` in that epoch, with the mask unpacked to (1, R, R) float32 and the posteriors and priors in
-    the stored dtype. `expected` holds the run's `IDENTITY_KEYS`: a folder that records other values, or misses a
+    the stored dtype. `expected` holds the run's `input_identity`: a folder that records other values, or misses a
     shard, raises `ValueError`.
     """
 

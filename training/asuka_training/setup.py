@@ -8,6 +8,7 @@ import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -112,50 +113,51 @@ def load_scheduler(path: str, subfolder: str = "scheduler", revision: str | None
 
 @dataclass
 class Backbone:
-    """The frozen backbone a training script trains against: its spec, VAE, denoiser and scheduler."""
+    """The frozen backbone a training script trains against: its spec, VAE, denoiser and scheduler, and the local
+    `folder` that holds the pipeline folder's own (ASUKA) components, if any."""
 
     spec: BackboneSpec
     vae: torch.nn.Module
     denoiser: torch.nn.Module
     scheduler: Any
+    folder: str
 
 
-def backbone_spec_of(path: str, revision: str | None = None) -> BackboneSpec:
-    """The spec of the backbone of the pipeline folder (or Hub repo) `path`, as its `model_index.json`'s pipeline
-    class names it (an ASUKA pipeline or the plain diffusers one); `ValueError` for anything else."""
+def load_backbone(
+    path: str, revision: str | None = None, variant: str | None = None, with_denoiser: bool = True
+) -> Backbone:
+    """The backbone of the pipeline folder (or Hub repo) `path`, as its `model_index.json`'s pipeline class names it
+    (an ASUKA pipeline or the plain diffusers one): the spec says which denoiser to load, how training calls it and
+    its objective. A light repo's backbone components are loaded from the backbone repo it points to.
+    `with_denoiser=False` leaves the denoiser out (`None`: what encoding the training inputs needs).
+    `ValueError` for a backbone whose spec cannot be trained on yet."""
     import diffusers
 
+    from asuka.pipelines.backbone_component import load_backbone_component, read_pointer
     from asuka.pipelines.backbones import backbone_for_pipeline
+    from asuka.pipelines.hub_light import BACKBONE_KEY, resolve_repo
 
     try:
         index = diffusers.DiffusionPipeline.load_config(path, revision=revision)
     except OSError as error:
         raise ValueError(f"{path}: no readable model_index.json; pass a pipeline folder or Hub repo.") from error
     class_name = index.get("_class_name")
-    return backbone_for_pipeline(class_name[-1] if isinstance(class_name, list) else class_name)
-
-
-def load_vae(spec: BackboneSpec, path: str, revision: str | None = None, variant: str | None = None) -> Any:
-    """The VAE of the backbone folder (or Hub repo) `path`, of the class its spec names."""
-    import diffusers
-
-    vae_class = getattr(diffusers, spec.vae_class)
-    return vae_class.from_pretrained(path, subfolder="vae", revision=revision, variant=variant)
-
-
-def load_backbone(path: str, revision: str | None = None, variant: str | None = None) -> Backbone:
-    """The backbone of the pipeline folder (or Hub repo) `path` (`backbone_spec_of`): the spec says which denoiser
-    to load, how training calls it and its objective. `ValueError` for a backbone whose spec cannot be trained on
-    yet."""
-    import diffusers
-
-    spec = backbone_spec_of(path, revision)
+    spec = backbone_for_pipeline(class_name[-1] if isinstance(class_name, list) else class_name)
     spec.check_trainable()
-    vae = load_vae(spec, path, revision, variant)
-    denoiser = getattr(diffusers, spec.denoiser_class).from_pretrained(
-        path, subfolder=spec.denoiser, revision=revision, variant=variant
-    )
-    return Backbone(spec, vae, denoiser, load_scheduler(path, revision=revision))
+    if BACKBONE_KEY in index:  # a light repo: ASUKA's components here, pointers to the backbone's
+        folder = resolve_repo(path, revision=revision)
+        names = ("vae", "scheduler", spec.denoiser)[: 3 if with_denoiser else 2]
+        vae, scheduler, *denoiser = (
+            load_backbone_component(read_pointer(Path(folder, name)), variant=variant) for name in names
+        )
+        return Backbone(spec, vae, denoiser[0] if denoiser else None, scheduler, folder)
+    vae = getattr(diffusers, spec.vae_class).from_pretrained(path, subfolder="vae", revision=revision, variant=variant)
+    denoiser = None
+    if with_denoiser:
+        denoiser = getattr(diffusers, spec.denoiser_class).from_pretrained(
+            path, subfolder=spec.denoiser, revision=revision, variant=variant
+        )
+    return Backbone(spec, vae, denoiser, load_scheduler(path, revision=revision), str(path))
 
 
 def updates_per_epoch(args: argparse.Namespace, dataloader: torch.utils.data.DataLoader) -> int | None:
