@@ -6,6 +6,7 @@ import sys
 
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+import aligner_precompute  # noqa: E402
 import bench_pipelines  # noqa: E402
 import flops  # noqa: E402
 import gpu_suite  # noqa: E402
@@ -13,4 +14,4 @@ import meta_memory  # noqa: E402
 import training_budget  # noqa: E402
 
 
-__all__ = ["bench_pipelines", "flops", "gpu_suite", "meta_memory", "training_budget"]
+__all__ = ["aligner_precompute", "bench_pipelines", "flops", "gpu_suite", "meta_memory", "training_budget"]
