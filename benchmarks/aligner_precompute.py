@@ -69,11 +69,17 @@ def stored_batch(components: dict, pixels: torch.Tensor, hole: torch.Tensor) -> 
 
 
 def aligner_step(
-    components: dict, spec, source: str, size: int, batch: int, device: str = "meta"
+    components: dict,
+    spec,
+    source: str,
+    size: int,
+    batch: int,
+    device: str = "meta",
+    dtype: torch.dtype = torch.float32,
 ) -> Callable[[], None]:
     """One aligner training step on the backbone of `spec`, `batch` samples at `size`, its inputs from `source`
-    ("encoded" or "stored")."""
-    vae, denoiser, dtype = components["vae"], components[spec.denoiser], torch.float32
+    ("encoded" or "stored"), the frozen models in `dtype`."""
+    vae, denoiser = components["vae"], components[spec.denoiser]
     scheduler = spec.objective.training_scheduler(components["scheduler"].config)
     pixels, hole = training_batch(batch, size, device, dtype, torch.Generator().manual_seed(0))
     if source == "encoded":

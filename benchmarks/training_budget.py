@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from aligner_precompute import aligner_step  # noqa: E402  (puts training/ on sys.path)
 from architectures import build_flux_components, build_sd_components  # noqa: E402
 from bench_pipelines import (  # noqa: E402
     aligner_training_run,
@@ -47,9 +48,10 @@ from bench_pipelines import (  # noqa: E402
 )
 from flops import count_flops, meta_sd_components, write_json  # noqa: E402
 from meta_memory import step_peak_bytes  # noqa: E402
+from train_decoder import one_step_x0  # noqa: E402
 
 from asuka.pipelines.backbones import FLUX_FILL, SD15_INPAINTING  # noqa: E402
-from asuka.testing.flux import flux_fill_pipeline  # noqa: E402
+from asuka_training import AlignerPair, aligned_conditioning  # noqa: E402
 
 
 # The schedules (docs/training.md): samples = steps x global batch.
@@ -76,7 +78,6 @@ FLUX_SCHEDULES = {
     "aligner": {"steps": 20_000, "batch": 8, "size": 512, "source": "the SD schedule, at the release's 512"},
     "decoder": {"steps": 50_000, "batch": 40, "size": 256, "source": "the SD schedule, at the release's 256"},
 }
-FLUX_GUIDANCE = 30.0  # the release's embedded guidance scale
 FSDP_GPUS = 8  # training/configs/fsdp_flux.yaml's num_processes
 #: what each FLUX step trains (fp32, AdamW); every other component of the step is frozen (bf16)
 FLUX_TRAINED = {"aligner": ("token_aligner", "pooled_aligner"), "decoder": ("decoder",)}
@@ -86,108 +87,39 @@ FLUX_FROZEN = {
 }
 
 
-def flux_latents(pipe, pixels: torch.Tensor) -> torch.Tensor:
-    """Packed FLUX latents of [0, 1] `pixels`: VAE-encoded (sampled), shifted and scaled, 2x2 patches per token."""
-    vae = pipe.vae
-    latents = (vae.encode(pixels * 2 - 1).latent_dist.sample() - vae.config.shift_factor) * vae.config.scaling_factor
-    batch, channels, height, width = latents.shape
-    return pipe._pack_latents(
-        latents=latents, batch_size=batch, num_channels_latents=channels, height=height, width=width
-    )
-
-
-def flux_conditioning(components: dict, pixels: torch.Tensor, hole: torch.Tensor, dtype: torch.dtype):
-    """ASUKA-FLUX's (tokens, pooled) in place of T5's and CLIP's: both aligners over the MAE prior."""
-    prior = components["mae"].prior(pixels, hole)
-    tokens = components["token_aligner"](prior).tokens
-    pooled = components["pooled_aligner"](prior).pooled
-    return tokens.to(dtype), pooled.to(dtype)
-
-
-def flux_velocity(pipe, noisy, masked, mask, sigmas, tokens, pooled, size: int) -> torch.Tensor:
-    """FLUX.1-Fill's velocity for packed `noisy` latents at `sigmas`, given FLUX-Fill's packed masked-image latents
-    and mask, ASUKA's tokens and pooled vector, guidance 30."""
-    batch, device, dtype = noisy.shape[0], noisy.device, noisy.dtype
-    side = size // (pipe.vae_scale_factor * 2)
-    img_ids = pipe._prepare_latent_image_ids(batch_size=batch, height=side, width=side, device=device, dtype=dtype)
-    return pipe.transformer(
-        hidden_states=torch.cat([noisy, masked, mask], dim=2),
-        timestep=sigmas,
-        guidance=torch.full((batch,), FLUX_GUIDANCE, device=device),
-        pooled_projections=pooled,
-        encoder_hidden_states=tokens,
-        txt_ids=torch.zeros(tokens.shape[1], 3, device=device, dtype=dtype),
-        img_ids=img_ids,
-        return_dict=False,
-    )[0]
-
-
 def flux_aligner_training_run(components: dict, size: int, batch: int, device: str, dtype: torch.dtype) -> Callable:
-    """One aligner step on FLUX.1-Fill, from its parts: encode the image and (in diffusers' `prepare_mask_latents`)
-    the masked image, the MAE prior (no grad), the token and pooled aligners, the frozen transformer's flow-matching
-    loss (velocity target noise - x0 at logit-normal sigmas, guidance 30), backward to the aligners, AdamW on both.
-    Frozen models may be in another dtype than the trained ones (`dtype` is the frozen ones')."""
-    pipe = flux_fill_pipeline(components)
-    generator = torch.Generator().manual_seed(0)
-    pixels, hole = training_batch(batch, size, device, dtype, generator)
-    sigmas = torch.sigmoid(torch.randn(batch, generator=generator)).to(device, dtype)
-    optimizer = trained_with_adamw(torch.nn.ModuleList(components[k] for k in FLUX_TRAINED["aligner"]), lr=1e-4)
-
-    def step():
-        with torch.no_grad():
-            x0 = flux_latents(pipe, pixels)
-            mask, masked = pipe.prepare_mask_latents(
-                mask=hole,
-                masked_image=(pixels * 2 - 1) * (hole < 0.5),
-                batch_size=batch,
-                num_channels_latents=pipe.vae.config.latent_channels,
-                num_images_per_prompt=1,
-                height=size,
-                width=size,
-                dtype=dtype,
-                device=device,
-                generator=None,
-            )
-            noise = torch.randn_like(x0)
-            noisy = (1 - sigmas.view(-1, 1, 1)) * x0 + sigmas.view(-1, 1, 1) * noise
-            prior = components["mae"].prior(pixels, hole)
-        tokens = components["token_aligner"](prior).tokens.to(dtype)
-        pooled = components["pooled_aligner"](prior).pooled.to(dtype)
-        velocity = flux_velocity(pipe, noisy, masked, mask, sigmas, tokens, pooled, size)
-        F.mse_loss(velocity.float(), (noise - x0).float()).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
+    """One step of train_aligner.py on FLUX.1-Fill, with the script's own functions (`aligner_precompute.aligner_step`:
+    `asuka_training.aligner_batch` encodes the image and the masked image and runs the MAE prior,
+    `asuka_training.aligner_loss` the token and pooled aligners, the frozen transformer and the flow-matching
+    loss), backward to the aligners, AdamW; `dtype` is the frozen models' (the aligners stay in theirs)."""
+    return aligner_step(components, FLUX_FILL, "encoded", size, batch, device, dtype)
 
 
 def flux_decoder_training_run(components: dict, size: int, batch: int, device: str, dtype: torch.dtype) -> Callable:
-    """One decoder step on FLUX.1-Fill: encode the image, replace half the latents by the frozen transformer's
-    one-step x0 estimate (x0 = noisy - sigma * velocity) at sigma in [0.7, 1] (the script's timesteps 700-999),
-    conditioned on the aligned prior of the whole image, the clean latent as the masked-image latent and a zero mask;
-    the AsukaDecoder forward and backward (L1, the image-wide hole box, as for SD), AdamW on the decoder."""
-    pipe = flux_fill_pipeline(components)
-    vae, decoder = components["vae"], components["decoder"]
+    """One step of train_decoder.py on FLUX.1-Fill: encode the image, replace half the latents by the frozen
+    transformer's one-step x0 estimate (the script's `one_step_x0` at timesteps in [700, 999], conditioned through
+    `asuka_training.aligned_conditioning` on the aligned prior of the whole image, the clean latent as the
+    masked-image latent, a zero mask), the AsukaDecoder forward and backward (L1, the image-wide hole box, as for SD),
+    AdamW on the decoder; `dtype` is the frozen models' (the decoder stays in its own)."""
+    vae, decoder, transformer = components["vae"], components["decoder"], components[FLUX_FILL.denoiser]
+    scheduler = FLUX_FILL.objective.training_scheduler(components["scheduler"].config)
+    aligners = AlignerPair(components["token_aligner"], components["pooled_aligner"])
     generator = torch.Generator().manual_seed(0)
     pixels, hole = training_batch(batch, size, device, dtype, generator)
     half = max(batch // 2, 1)
-    sigmas = (0.7 + 0.3 * torch.rand(half, generator=generator)).to(device, dtype)
+    timesteps = torch.randint(700, 1000, (half,), generator=generator).to(device)
+    shift, scale = vae.config.shift_factor, vae.config.scaling_factor
     optimizer = trained_with_adamw(decoder, lr=8e-5)
 
     def step():
         with torch.no_grad():
-            latents = flux_latents(pipe, pixels)
-            tokens, pooled = flux_conditioning(components, pixels, torch.zeros_like(hole), dtype)
-            clean, s = latents[:half], sigmas.view(-1, 1, 1)
-            noisy = (1 - s) * clean + s * torch.randn_like(clean)
-            zero_mask = torch.zeros(*clean.shape[:2], pipe.transformer.config.in_channels - 2 * clean.shape[2])
-            zero_mask = zero_mask.to(device, dtype)
-            velocity = flux_velocity(pipe, noisy, clean, zero_mask, sigmas, tokens[:half], pooled[:half], size)
-            packed = torch.cat([noisy - s * velocity, latents[half:]])
-            latents = pipe._unpack_latents(
-                latents=packed, height=size, width=size, vae_scale_factor=pipe.vae_scale_factor
-            )
-            latents = latents / vae.config.scaling_factor + vae.config.shift_factor
+            latents = (vae.encode(pixels * 2 - 1).latent_dist.sample() - shift) * scale
+            prior = components["mae"].prior(pixels, torch.zeros_like(hole))
+            conditioning = aligned_conditioning(FLUX_FILL, aligners, prior, dtype)
+            clean = latents[:half]
+            chosen = {name: value[:half] for name, value in conditioning.items()}
+            x0 = one_step_x0(transformer, scheduler, clean, torch.randn_like(clean), timesteps, chosen, FLUX_FILL)
+            latents = torch.cat([x0.to(dtype), latents[half:]]) / scale + shift
         target, mask = (pixels * 2 - 1).to(decoder.dtype), hole.to(decoder.dtype)
         output = decoder(latents.to(decoder.dtype), target, mask, hole_box=(0, 0, size, size), return_dict=False)[0]
         F.l1_loss(output.float(), target.float()).backward()
