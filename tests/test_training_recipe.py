@@ -19,6 +19,7 @@ import recipe  # noqa: E402
 
 
 STEPS = {"mae": 2, "aligner": 12, "decoder": 2}
+FLUX_SCHEDULE = {"steps": 2, "batch_size": 2, "resolution": 32}
 
 
 @pytest.fixture(scope="module")
@@ -99,22 +100,15 @@ def test_sd_recipe_runs_every_stage_resumes_a_killed_one_and_then_skips_all(tmp_
     # the budget came first, with the recipe's schedules; the stages before the aligner ran
     assert first_log.index("TFLOP per sample") < first_log.index("[mae_start]") < first_log.index("[mae]")
     assert "| aligner | 12 steps x batch 2 at 32 |" in first_log
-    assert {p.stem for p in (out / ".recipe").glob("*.json")} == {"budget", "mae_start", "mae"}
+    assert {p.stem for p in (out / ".recipe").glob("*.json")} == {"budget", "mae_start", "mae", "precompute"}
 
     # 2. the next run skips what is done, resumes the aligner at its checkpoint and runs the rest
     second = subprocess.run(command, capture_output=True, text=True, env=recipe_env())
     assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
-    assert "[mae_start] done before" in second.stdout and "[mae] done before" in second.stdout
+    assert all(f"[{stage}] done before" in second.stdout for stage in ("mae_start", "mae", "precompute"))
     resumed = [line for line in second.stdout.splitlines() if "Resuming from checkpoint" in line]
     assert len(resumed) == 1 and resumed[0].endswith(f"checkpoint-{killed_at}"), resumed
-    assert {p.stem for p in (out / ".recipe").glob("*.json")} == {
-        "budget",
-        "mae_start",
-        "mae",
-        "aligner",
-        "decoder",
-        "light",
-    }
+    assert {p.stem for p in (out / ".recipe").glob("*.json")} == {"budget", *recipe.STAGES[1:]}
 
     from asuka.models import AsukaMAE
     from asuka.pipelines import AsukaPipeline
@@ -137,7 +131,56 @@ def test_sd_recipe_runs_every_stage_resumes_a_killed_one_and_then_skips_all(tmp_
     third = subprocess.run(command, capture_output=True, text=True, env=recipe_env())
     assert third.returncode == 0, third.stderr[-3000:]
     skipped = [line for line in third.stdout.splitlines() if "done before" in line]
-    assert len(skipped) == 5 and "accelerate.commands.launch" not in third.stdout
+    assert len(skipped) == 6 and "accelerate.commands.launch" not in third.stdout
+
+
+def test_flux_recipe_runs_every_stage_from_a_release_folder_and_then_skips_all(tmp_path_factory):
+    """The tiny AsukaFluxPipeline folder stands for the converted release: the MAE stage keeps its mae/ (0 steps),
+    precompute, aligner and decoder train on FLUX.1-Fill, the light repo loads and runs."""
+    backbone = tiny_pipeline_dir(tmp_path_factory, "flux")
+    images = random_images(tmp_path_factory.mktemp("flux_images"), [(40, 40)] * 2)
+    out = tmp_path_factory.mktemp("flux_recipe") / "out"
+    command = [
+        sys.executable,
+        str(ROOT / "training" / "recipe.py"),
+        "--backbone=flux",
+        str(images),
+        str(out),
+        f"--pretrained={backbone}",
+        "--mae_steps=0",
+        *(f"--{stage}_{key}={value}" for stage in ("aligner", "decoder") for key, value in FLUX_SCHEDULE.items()),
+        "--checkpointing_steps=1",
+        "--seed=0",
+        "--launcher_args=--num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no",
+        "--stage_args=aligner=--validation_steps 0 --validation_inference_steps 2",
+        "--stage_args=decoder=--validation_steps 0",
+    ]
+    first = subprocess.run(command, capture_output=True, text=True, env=recipe_env())
+    assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
+    assert "| decoder | 2 steps x batch 2 at 32 |" in first.stdout
+    assert {p.stem for p in (out / ".recipe").glob("*.json")} == {
+        "budget",
+        "precompute",
+        "aligner",
+        "decoder",
+        "light",
+    }
+
+    from asuka.pipelines import AsukaFluxPipeline
+
+    final = AsukaFluxPipeline.from_pretrained(out / "decoder" / "pipeline")
+    light = AsukaFluxPipeline.from_pretrained(out / "light")
+    for name in ("mae", "token_aligner", "pooled_aligner", "decoder"):
+        state, light_state = getattr(final, name).state_dict(), getattr(light, name).state_dict()
+        assert all(torch.equal(state[key], light_state[key]) for key in state)
+    image, mask = torch.rand(1, 3, 32, 32), torch.zeros(1, 1, 32, 32)
+    mask[..., 8:24, 8:24] = 1
+    result = light(image, mask, num_inference_steps=2, output_type="pt", generator=torch.Generator().manual_seed(0))
+    assert result.images.shape == (1, 3, 32, 32) and torch.isfinite(result.images).all()
+
+    second = subprocess.run(command, capture_output=True, text=True, env=recipe_env())
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert len([line for line in second.stdout.splitlines() if "done before" in line]) == 4
 
 
 @pytest.mark.parametrize(
@@ -167,9 +210,13 @@ def test_flux_recipe_plan_uses_the_release_resolutions_and_the_release_mae(tmp_p
         ["--backbone", "flux", str(tmp_path), str(tmp_path / "out"), "--pretrained", str(pretrained)]
     )
     stages = {stage.name: stage for stage in recipe.plan(args)}
-    assert list(stages) == ["mae", "aligner", "decoder", "light"]
+    assert list(stages) == ["mae", "precompute", "aligner", "decoder", "light"]
     flag = lambda stage, name: stages[stage].command[stages[stage].command.index(name) + 1]  # noqa: E731
     assert flag("mae", "--pretrained_model_name_or_path") == str(pretrained)
     assert (flag("aligner", "--resolution"), flag("decoder", "--resolution")) == ("512", "256")
     assert flag("aligner", "--mae_model_name_or_path") == str(tmp_path / "out" / "mae")
+    assert (
+        flag("aligner", "--precomputed") == flag("precompute", "--output_dir") == str(tmp_path / "out" / "precompute")
+    )
+    assert "--train_data_dir" not in stages["aligner"].command and flag("precompute", "--resolution") == "512"
     assert flag("decoder", "--pretrained_model_name_or_path") == str(tmp_path / "out" / "aligner" / "pipeline")

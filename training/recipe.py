@@ -11,9 +11,11 @@ The stages, with the defaults of docs/training.md (DATA is an image folder, sear
    MAE starts from `--mae` (an AsukaMAE folder, e.g. the converted ASUKA-FLUX release's `mae/`), else from the
    `mae/` of `--pretrained` when it has one, else from `--mae_from` (default facebook/vit-mae-base).
 3. `mae`: `train_mae.py` at 256 (`--mae_steps 0`: the starting MAE is used as it is).
-4. `aligner`: `train_aligner.py` on the frozen backbone, `--save_pipeline`.
-5. `decoder`: `train_decoder.py` from the aligner's pipeline, `--save_pipeline`.
-6. `light`: the light Hub repo of the final pipeline in OUT/light (its trained parts, their code, a pointer to the
+4. `precompute`: `prepare_aligner_inputs.py` stores the VAE posteriors and MAE priors of the (image, mask) pairs
+   the aligner's schedule draws (`--no_precompute`: the aligner encodes them on the fly).
+5. `aligner`: `train_aligner.py` on the frozen backbone (`--precomputed`), `--save_pipeline`.
+6. `decoder`: `train_decoder.py` from the aligner's pipeline, `--save_pipeline`.
+7. `light`: the light Hub repo of the final pipeline in OUT/light (its trained parts, their code, a pointer to the
    backbone), pushed with `--push_to_hub`.
 
 The training stages run under `accelerate launch` (`--launcher_args`, e.g. `--config_file
@@ -47,6 +49,7 @@ BACKBONES = {
     "flux": {"budget": "flux", "aligner_resolution": 512, "decoder_resolution": 256, "spec": "flux.1-fill"},
 }
 FACEBOOK_MAE = "facebook/vit-mae-base"
+STAGES = ("object_masks", "mae_start", "mae", "precompute", "aligner", "decoder", "light")
 
 
 @dataclass
@@ -78,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--mae_resolution", type=int, default=256)
     add("--aligner_resolution", type=int, default=None, help="Default: 512.")
     add("--decoder_resolution", type=int, default=None, help="Default: 512 for SD, 256 for FLUX.")
+    add("--no_precompute", action="store_true", help="Skip the precompute stage: the aligner encodes on the fly.")
     add("--checkpointing_steps", type=int, default=1000)
     add("--seed", type=int, default=None, help="Seed of every training stage.")
     add("--coco_annotations", default=None, help="COCO instances JSON: the object-mask stage's input.")
@@ -113,10 +117,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.extra = {}
     for item in args.stage_args:
         stage, _, flags = item.partition("=")
-        if stage not in ("object_masks", "mae_start", "mae", "aligner", "decoder") or not flags:
+        if stage not in STAGES[:-1] or not flags:
             raise ValueError(
-                f"--stage_args takes STAGE=FLAGS with STAGE one of object_masks, mae_start, mae, aligner, decoder; "
-                f"got {item!r}."
+                f"--stage_args takes STAGE=FLAGS with STAGE one of {', '.join(STAGES[:-1])}; got {item!r}."
             )
         args.extra.setdefault(stage, []).extend(shlex.split(flags))
     return args
@@ -131,11 +134,15 @@ def mask_flags(args: argparse.Namespace, object_masks: str | None) -> list[str]:
     return flags
 
 
-def training_flags(args, output: Path, steps: int, batch: int, resolution: int, masks: list[str]) -> list[str]:
-    """The flags every training stage shares: data, schedule, checkpoints (resumed from the latest), masks."""
+def data_flags(args: argparse.Namespace, masks: list[str]) -> list[str]:
+    """The flags that make the training samples: data, masks, seed."""
+    return ["--train_data_dir", args.data, *masks, *(["--seed", str(args.seed)] if args.seed is not None else [])]
+
+
+def training_flags(args, output: Path, steps: int, batch: int, resolution: int, data: list[str]) -> list[str]:
+    """The flags every training stage takes: the samples (`data`), schedule, checkpoints (resumed from the latest)."""
     return [
-        "--train_data_dir",
-        args.data,
+        *data,
         "--output_dir",
         str(output),
         "--max_train_steps",
@@ -148,9 +155,16 @@ def training_flags(args, output: Path, steps: int, batch: int, resolution: int, 
         str(args.checkpointing_steps),
         "--resume_from_checkpoint",
         "latest",
-        *masks,
-        *(["--seed", str(args.seed)] if args.seed is not None else []),
     ]
+
+
+def precompute_epochs(args: argparse.Namespace) -> int:
+    """The epochs of (image, mask) pairs the aligner's schedule draws from DATA's images."""
+    from asuka.imageio import is_image_file
+
+    images = sum(1 for p in Path(args.data).rglob("*") if is_image_file(p) and p.is_file())
+    samples = args.aligner_steps * args.aligner_batch_size * (args.num_processes or 1)
+    return max(1, -(-samples // max(images, 1)))
 
 
 def mae_start(args: argparse.Namespace) -> tuple[str | None, str]:
@@ -171,25 +185,33 @@ def plan(args: argparse.Namespace) -> list[Stage]:
         object_masks = str(out / "object_masks")
         command = [python, str(TRAINING / "prepare_object_masks.py"), "--annotations", args.coco_annotations]
         stages.append(Stage("object_masks", Path(object_masks), [*command, "--output_dir", object_masks]))
-    masks = mask_flags(args, object_masks)
+    data = data_flags(args, mask_flags(args, object_masks))
     source, mae = mae_start(args)
     if source is not None:
         command = [python, "-m", "asuka.convert", "mae", "--from", source, "--out", mae]
         stages.append(Stage("mae_start", Path(mae), [*command, "--image-size", str(args.mae_resolution)]))
     if args.mae_steps > 0:
         output = out / "mae"
-        flags = training_flags(args, output, args.mae_steps, args.mae_batch_size, args.mae_resolution, masks)
+        flags = training_flags(args, output, args.mae_steps, args.mae_batch_size, args.mae_resolution, data)
         command = [str(TRAINING / "train_mae.py"), "--pretrained_model_name_or_path", mae, *flags]
         stages.append(Stage("mae", output, command, launched=True))
         mae = str(output)
+    backbone = ["--pretrained_model_name_or_path", args.pretrained, "--mae_model_name_or_path", mae]
+    aligner_data = data
+    if not args.no_precompute:
+        inputs = out / "precompute"
+        command = [str(TRAINING / "prepare_aligner_inputs.py"), *backbone, *data, "--output_dir", str(inputs)]
+        command += ["--resolution", str(args.aligner_resolution), "--num_epochs", str(precompute_epochs(args))]
+        stages.append(Stage("precompute", inputs, command, launched=True))
+        aligner_data = ["--precomputed", str(inputs), *data[2:]]  # the samples' flags, without the data folder
     aligner = out / "aligner"
-    flags = training_flags(args, aligner, args.aligner_steps, args.aligner_batch_size, args.aligner_resolution, masks)
-    command = [str(TRAINING / "train_aligner.py"), "--pretrained_model_name_or_path", args.pretrained]
-    stages.append(
-        Stage("aligner", aligner, [*command, "--mae_model_name_or_path", mae, *flags, "--save_pipeline"], True)
+    flags = training_flags(
+        args, aligner, args.aligner_steps, args.aligner_batch_size, args.aligner_resolution, aligner_data
     )
+    command = [str(TRAINING / "train_aligner.py"), *backbone, *flags, "--save_pipeline"]
+    stages.append(Stage("aligner", aligner, command, launched=True))
     decoder = out / "decoder"
-    flags = training_flags(args, decoder, args.decoder_steps, args.decoder_batch_size, args.decoder_resolution, masks)
+    flags = training_flags(args, decoder, args.decoder_steps, args.decoder_batch_size, args.decoder_resolution, data)
     command = [str(TRAINING / "train_decoder.py"), "--pretrained_model_name_or_path", str(aligner / "pipeline")]
     stages.append(Stage("decoder", decoder, [*command, *flags, "--save_pipeline"], launched=True))
     stages.append(Stage("light", out / "light", None))
