@@ -195,6 +195,8 @@ def test_bf16_trains_only_the_aligners_with_the_flags_objective_and_guidance(
 
 
 def test_bad_flags_raise_value_errors(flux_dir, image_dir, tmp_path, tmp_path_factory):
+    """A FLUX folder without an MAE, a non-inpainting transformer, a bad guidance range or density, a single
+    aligner for FLUX's two, FLUX's flags on an SD backbone: each a `ValueError` that says what is accepted."""
     plain = tmp_path / "flux_fill"
     make_tiny_flux_backbone_pipeline().save_pretrained(plain)
     with pytest.raises(ValueError, match=r"has no mae/ \(a plain FluxFillPipeline folder\): pass --mae_model_name"):
@@ -213,6 +215,11 @@ def test_bad_flags_raise_value_errors(flux_dir, image_dir, tmp_path, tmp_path_fa
             "cosmap",
         ],
     }
+    make_tiny_pipeline("flux").token_aligner.save_pretrained(tmp_path / "one_aligner")
+    bad[r"one_aligner has no \['token_aligner', 'pooled_aligner'\]; accepted: a folder with token_aligner/"] = [
+        "--aligner_model_name_or_path",
+        str(tmp_path / "one_aligner"),
+    ]
     for message, flags in bad.items():
         with pytest.raises(ValueError, match=message):
             train_aligner.main(flux_args(flux_dir, image_dir, tmp_path / "out") + flags)

@@ -22,6 +22,7 @@ from hub_helpers import BACKBONE_SHA, hub_cache, weight_files
 from PIL import Image
 from training_support import (
     ROOT,
+    fresh_accelerate_state,  # noqa: F401 (a fixture)
     intercept_hub,
     offline,  # noqa: F401 (the module-wide autouse fixture)
     put_training_on_path,
@@ -33,6 +34,7 @@ from asuka import AsukaFluxPipeline
 from asuka.defaults import FLUX_FILL_REPO
 from asuka.models import AsukaDecoder
 from asuka.pipelines.backbones import FLUX_FILL
+from asuka.testing import make_tiny_pipeline
 from asuka.testing.flux import make_tiny_flux_backbone_pipeline, make_tiny_flux_pipeline
 
 
@@ -208,6 +210,9 @@ def test_a_light_repo_trains_and_its_push_points_to_the_backbone_it_points_to(fo
     uploaded = tmp_path / "hub" / "me/asuka-flux-decoder"
     assert weight_files(uploaded) == LIGHT_WEIGHTS
     assert json.loads((uploaded / "transformer" / "backbone.json").read_text())["repo"] == str(folders["plain"])
+    for card in (uploaded / "README.md", tmp_path / "out" / "README.md"):  # the light repo's and the final folder's
+        text = card.read_text()
+        assert "license: other" in text and "FLUX.1 [dev] Non-Commercial License" in text, card
     pushed = AsukaFluxPipeline.from_pretrained(uploaded)
     trained = AsukaDecoder.from_pretrained(tmp_path / "out")
     assert all(torch.equal(value, pushed.decoder.state_dict()[key]) for key, value in trained.state_dict().items())
@@ -222,6 +227,28 @@ def test_a_plain_flux_fill_folder_trains_with_zero_conditioning(folders, image_d
         train_decoder.main(flux_args(folders["plain"], image_dir, tmp_path / "again", 1, save_pipeline=True))
 
 
+@pytest.mark.usefixtures("fresh_accelerate_state")
+def test_bf16_with_gradient_checkpointing_keeps_the_decoder_float32(folders, image_dir, tmp_path):
+    """The frozen transformer, VAE and MAE in bf16 (the aligners stay float32), the decoder checkpointed; every
+    sample through the x0 augmentation."""
+    result = train_decoder.main(
+        flux_args(
+            folders["asuka"],
+            image_dir,
+            tmp_path / "out",
+            2,
+            mixed_precision="bf16",
+            gradient_checkpointing=True,
+            latent_aug_prob=1.0,
+            checkpointing_steps=0,
+        )
+    )
+    assert result.global_step == 2 and np.isfinite(result.losses).all()
+    assert all(
+        value.dtype == torch.float32 for value in AsukaDecoder.from_pretrained(tmp_path / "out").state_dict().values()
+    )
+
+
 def test_bad_flags_name_the_flag(folders, image_dir, tmp_path):
     cases = {
         "--resolution must be a multiple of 16": dict(resolution=40),
@@ -233,6 +260,9 @@ def test_bad_flags_name_the_flag(folders, image_dir, tmp_path):
     for message, flags in cases.items():
         with pytest.raises(ValueError, match=message):
             train_decoder.main(flux_args(folders["asuka"], image_dir, tmp_path / "out", 1, **flags))
+    make_tiny_pipeline("sd").save_pretrained(tmp_path / "sd")
+    with pytest.raises(ValueError, match="--guidance_scale applies to a denoiser that embeds a guidance scale"):
+        train_decoder.main(flux_args(tmp_path / "sd", image_dir, tmp_path / "out", 1, guidance_scale=3.0))
     sd_decoder = tmp_path / "sd_decoder"  # 4 latent channels, SD's
     AsukaDecoder(
         block_out_channels=(8, 16), norm_num_groups=8, up_block_types=("UpDecoderBlock2D",) * 2

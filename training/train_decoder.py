@@ -189,6 +189,11 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
             f"--resolution must be a multiple of {patch} for the {spec.name} backbone (its VAE's factor times the "
             f"latent patch its {spec.denoiser} packs), got {args.resolution}."
         )
+    if args.guidance_scale is not None and not denoiser.config.get("guidance_embeds", False):
+        raise ValueError(
+            f"--guidance_scale applies to a denoiser that embeds a guidance scale (FLUX.1-Fill's); the {spec.name} "
+            f"backbone's {spec.denoiser} embeds none."
+        )
     noise_scheduler = spec.objective.training_scheduler(backbone.scheduler.config)
     if args.latent_aug_timestep_max >= noise_scheduler.config.num_train_timesteps:
         raise ValueError(
