@@ -166,6 +166,19 @@ def test_flux_from_shards_repeats_the_losses_of_the_run_that_encodes(flux_dir, i
     assert precomputed.read_manifest(folder)["masked_image_encoder"]["class"] == "AsukaVAEEncoder"
 
 
+def test_bf16_inputs_are_stored_in_bf16_and_repeat_the_bf16_run(pipeline_dir, image_dir, tmp_path):
+    """Under --mixed_precision bf16 the frozen models run, and the inputs are stored, in bf16 (half the bytes)."""
+    folder = tmp_path / "inputs"
+    bf16 = {"mixed_precision": "bf16"}
+    prepare_aligner_inputs.main(prepare_argv(pipeline_dir, image_dir, folder, num_epochs=1, shard_size=8, **bf16))
+    assert precomputed.read_manifest(folder)["dtype"] == "bfloat16"
+    assert precomputed.PrecomputedDataset(folder, {})[0]["prior"].dtype == torch.bfloat16
+    steps = {"steps": 3, **bf16}
+    on_the_fly = train_aligner.main(aligner_argv(pipeline_dir, tmp_path / "a", train_data_dir=image_dir, **steps))
+    from_shards = train_aligner.main(aligner_argv(pipeline_dir, tmp_path / "b", precomputed=folder, **steps))
+    np.testing.assert_allclose(from_shards.losses, on_the_fly.losses, rtol=0, atol=1e-5)
+
+
 def test_stored_samples_are_the_training_data_and_its_encodings(pipeline_dir, image_dir, prepared):
     """Each stored sample is the on-the-fly data's (epoch, index) item: its mask bit for bit, its posteriors and
     priors those of the frozen VAE and MAE on its pixels; the validation batch is the on-the-fly run's."""
