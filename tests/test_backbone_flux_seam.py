@@ -7,47 +7,15 @@ import functools
 
 import pytest
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, FluxFillPipeline
+from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.flux.pipeline_flux_fill import calculate_shift
+from flux_support import pipeline_transformer_call
 
 from asuka.pipelines.backbones import FLUX_FILL, FlowMatchingObjective
 from asuka.testing.flux import FLUX_SCHEDULER_CONFIG, make_tiny_flux_pipeline
 
 
 HEIGHT, WIDTH = 48, 32  # pixels: 6x4 latents, 3x2 packed tokens (not square, so height and width cannot swap)
-
-
-def pipeline_transformer_call(pipe, noisy, raw_masked_latents, mask, timesteps, tokens, pooled, guidance):
-    """The transformer's output as `AsukaFluxPipeline.__call__` steps 6-7 compute it, unpacked to latent maps."""
-    batch, channels, height, width = noisy.shape
-    dtype, device = noisy.dtype, noisy.device
-    latents = pipe._pack_latents(noisy, batch, channels, height, width)
-    latent_image_ids = pipe._prepare_latent_image_ids(batch, height // 2, width // 2, device, dtype)
-    packed_mask, masked_image_latents = pipe.prepare_mask_latents(
-        mask=mask,
-        masked_image=raw_masked_latents,  # latent channels: taken as VAE latents, then shifted and scaled
-        batch_size=batch,
-        num_channels_latents=channels,
-        num_images_per_prompt=1,
-        height=HEIGHT,
-        width=WIDTH,
-        dtype=dtype,
-        device=device,
-        generator=None,
-    )
-    masked_image_latents = torch.cat((masked_image_latents, packed_mask), dim=-1)
-    text_ids = torch.zeros(tokens.shape[1], 3, device=device, dtype=dtype)
-    prediction = pipe.transformer(
-        hidden_states=torch.cat((latents, masked_image_latents), dim=2),
-        timestep=timesteps.to(dtype) / 1000,
-        guidance=guidance,
-        pooled_projections=pooled,
-        encoder_hidden_states=tokens,
-        txt_ids=text_ids,
-        img_ids=latent_image_ids,
-        return_dict=False,
-    )[0]
-    return FluxFillPipeline._unpack_latents(prediction, HEIGHT, WIDTH, pipe.vae_scale_factor)
 
 
 @pytest.mark.parametrize("guidance", [None, torch.tensor([3.5, 30.0])])

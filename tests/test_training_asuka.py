@@ -21,6 +21,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from training_support import (
     ROOT,
+    fresh_accelerate_state,  # noqa: F401 (a fixture)
     intercept_hub,
     offline,  # noqa: F401 (the module-wide autouse fixture)
     put_training_on_path,
@@ -602,21 +603,8 @@ def test_example_accelerate_configs_parse():
     }
 
 
-@pytest.fixture
-def fresh_accelerate_state():
-    """accelerate keeps one process-wide state; a run with another mixed precision needs a fresh one."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
-def test_aligner_bf16_accumulation_and_gradient_checkpointing(
-    pipeline_dir, image_dir, tmp_path, fresh_accelerate_state
-):
+@pytest.mark.usefixtures("fresh_accelerate_state")
+def test_aligner_bf16_accumulation_and_gradient_checkpointing(pipeline_dir, image_dir, tmp_path):
     """Mixed precision (frozen parts cast to bf16), accumulation and checkpointing work together; the
     saved component stays float32 and the aligner's outputs survive accelerate's fp32 output cast."""
     output_dir = tmp_path / "bf16"

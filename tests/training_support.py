@@ -93,3 +93,15 @@ def intercept_hub(patch: pytest.MonkeyPatch, uploads: Path) -> list[tuple[str, d
     patch.setattr(HfApi, "create_repo", fake_create_repo)
     patch.setattr(HfApi, "upload_folder", fake_upload_folder)
     return repos
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps one process-wide state; a run with another mixed precision needs a fresh one."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()

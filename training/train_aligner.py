@@ -70,7 +70,7 @@ OBJECTIVE_FLAGS = {
     "timestep_shift": "shift",
 }
 #: Flags that apply to a backbone with an embedded guidance scale and a pooled vector (FLUX.1-Fill) only.
-FLUX_ONLY_FLAGS = (*OBJECTIVE_FLAGS, "guidance_scale", "guidance_range", "pooled_aligner_head_dim")
+FLUX_ONLY_FLAGS = (*OBJECTIVE_FLAGS, "guidance_scale", "guidance_range", "pooled_aligner_head_dim", "condition_weight")
 
 
 def reconstructed_prior_probability(step: int, start: float = 1.0, end: float = 0.1, decay_steps: int = 2000) -> float:
@@ -178,10 +178,10 @@ def _load_models(args):
             f"({spec.denoiser_in_channels}-channel) one is required."
         )
     given = [f"--{flag}" for flag in FLUX_ONLY_FLAGS if getattr(args, flag) is not None]
-    if spec.pooled_width is None and (given or args.condition_weight is not None):
+    if spec.pooled_width is None and given:
         raise ValueError(
-            f"{given or ['--condition_weight']} apply to a backbone with a pooled vector and flow matching "
-            f"(FLUX.1-Fill); the {spec.name!r} backbone takes neither."
+            f"{given} apply to a backbone with a pooled vector, null embeddings and flow matching (FLUX.1-Fill); the "
+            f"{spec.name!r} backbone takes none of them."
         )
     folder = backbone.folder
     if args.mae_model_name_or_path is None and not Path(folder, "mae", "config.json").is_file():
@@ -194,32 +194,47 @@ def _load_models(args):
     source = args.aligner_model_name_or_path
     if source is None and all(Path(folder, name, "config.json").is_file() for name in names):
         source = folder
+    if source is not None and len(names) > 1 and Path(source).is_dir():
+        missing = [name for name in names if not Path(source, name, "config.json").is_file()]
+        if missing:
+            raise ValueError(
+                f"--aligner_model_name_or_path {source} has no {missing}; accepted: a folder with token_aligner/ "
+                "and pooled_aligner/ (a converted ASUKA-FLUX release, a light repo, the output of a FLUX run)."
+            )
     if source is not None:
         aligners = [asuka_training.load_component(AsukaAligner, source, name, args.revision) for name in names]
     else:
-        widths = [spec.context_width(backbone.denoiser.config)]
-        head_dims = [args.aligner_head_dim or (64 if spec.pooled_width is None else 128)]
-        if spec.pooled_width is not None:
-            widths.append(backbone.denoiser.config[spec.pooled_width])
-            head_dims.append(args.pooled_aligner_head_dim or 64)
-        null_kinds = spec.null_embeddings or (None,)
-        aligners = [
-            AsukaAligner(
-                in_dim=mae.config.decoder_embed_dim,
-                hidden_dim=width,
-                num_blocks=args.aligner_num_blocks,
-                head_dim=head_dim,
-                num_tokens=mae.num_patches,
-                **({} if null is None else {"null_embedding": null, "condition_weight": 0.5}),
-            )
-            for width, head_dim, null in zip(widths, head_dims, null_kinds)
-        ]
+        aligners = _fresh_aligners(args, spec, backbone.denoiser.config, mae)
     if args.condition_weight is not None:
         for aligner in aligners:
             aligner.register_to_config(condition_weight=args.condition_weight)
     if spec.pooled_width is None:
         return backbone, mae, aligners[0]
     return backbone, mae, asuka_training.AlignerPair(*aligners)
+
+
+def _fresh_aligners(args: argparse.Namespace, spec, denoiser_config, mae) -> list:
+    """New aligners from the MAE's tokens and width to each conditioning the denoiser takes: the tokens (and the
+    pooled vector, with the spec's null embeddings and the release's condition weight 0.5)."""
+    from asuka.models import AsukaAligner
+
+    widths = [spec.context_width(denoiser_config)]
+    head_dims = [args.aligner_head_dim or (64 if spec.pooled_width is None else 128)]
+    if spec.pooled_width is not None:
+        widths.append(denoiser_config[spec.pooled_width])
+        head_dims.append(args.pooled_aligner_head_dim or 64)
+    null_kinds = spec.null_embeddings or (None,)
+    return [
+        AsukaAligner(
+            in_dim=mae.config.decoder_embed_dim,
+            hidden_dim=width,
+            num_blocks=args.aligner_num_blocks,
+            head_dim=head_dim,
+            num_tokens=mae.num_patches,
+            **({} if null is None else {"null_embedding": null, "condition_weight": 0.5}),
+        )
+        for width, head_dim, null in zip(widths, head_dims, null_kinds)
+    ]
 
 
 def _objective(args: argparse.Namespace, spec):

@@ -34,7 +34,7 @@ import diffusers
 import torch
 
 from .backbone_component import HUB_KWARGS, BackboneComponent, load_backbone_component, pointer_file, read_pointer
-from .backbones import backbone_for_repo
+from .backbones import Licence, backbone_for_repo
 from .hub_export import bundle_module, source_module, write_remote_code
 
 
@@ -274,16 +274,20 @@ def light_model_card(
     provenance: str,
     torch_dtype: str = "float16",
     tags: Sequence[str] = (),
+    licence: Licence | None = None,
 ) -> str:
     """README.md of a light repo: the backbone (and its licence), the paper, where the weights came from, usage.
 
     `provenance` is Markdown: the training arguments, or the release the weights were converted from.
     `torch_dtype` is the dtype the usage snippet loads in on a GPU (`float16` for SD, `bfloat16` for FLUX).
+    `licence` is the backbone's where `backbone_repo` is not a registered backbone's repo (a local folder, a
+    fine-tune); without either, the card points to the backbone repo's own licence.
     """
-    spec = backbone_for_repo(backbone_repo)  # a registered backbone's licence, else a pointer to the repo's own
+    spec = backbone_for_repo(backbone_repo)  # a registered backbone's licence, else the given one or the repo's own
+    licence = spec.licence if spec is not None else licence
     licence_id, licence_name, licence_link = (
-        (spec.licence.id, spec.licence.name, spec.licence.link)
-        if spec is not None
+        (licence.id, licence.name, licence.link)
+        if licence is not None
         else ("other", "the backbone's own licence", f"https://huggingface.co/{backbone_repo}")
     )
     pinned = f" at revision `{backbone_revision}`" if backbone_revision else ""

@@ -1,10 +1,11 @@
 """Shared machinery of the asuka training scripts (diffusers-example conventions), split by concern.
 
 `args` (flags), `data` (images via `asuka.imageio` + paper masks), `checkpoints` (resumable states in
-diffusers format), `setup` (accelerator, optimizer, `prepare`), `loop` (the loop and the final folder),
-`hub` (model card and upload), and for the aligner `aligner_inputs` (a batch's latents and prior, encoded on the
-fly or read back) and `precomputed` (the shards `prepare_aligner_inputs.py` writes).
-Every script is assembled the same way; nothing here knows a model:
+diffusers format, `ComponentGroup`s of several models trained as one), `setup` (accelerator, optimizer, `prepare`,
+`load_backbone`), `loop` (the loop and the final folder), `hub` (model card and upload), `aligner_loss` (the
+aligner's loss of one batch, through the backbone's spec), `aligner_inputs` (that batch's latents and prior, encoded
+on the fly or read back) and `precomputed` (the shards `prepare_aligner_inputs.py` writes). Every script is
+assembled the same way:
 
     args = parse_args(parser, argv, resolve=None)   # validated and normalised once; ValueError on bad flags
     accelerator = setup_accelerator(args)           # Accelerator + ProjectConfiguration + seed

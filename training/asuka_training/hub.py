@@ -68,12 +68,17 @@ def write_model_card(
     base_model = training_args["pretrained_model_name_or_path"]
     licence, backbone_text = {"license": "apache-2.0"}, ""
     if backbone is not None:
-        licence = {"license": backbone.licence.id}
-        if backbone.licence.id == "other":
-            licence.update(license_name=backbone.licence.name, license_link=backbone.licence.link)
+        from asuka.pipelines.backbones import backbone_for_repo
+
+        known = backbone_for_repo(base_model)  # the base model's own licence where it is a registered backbone
+        terms = (known or backbone).licence
+        licence = {"license": terms.id}
+        if terms.id == "other":
+            licence.update(license_name=terms.name, license_link=terms.link)
+        release = "" if known else f" (that of `{backbone.repo}`, the release; a fine-tune may add its own terms)"
         backbone_text = (
-            f"Backbone: `{backbone.repo}` ({backbone.name}, frozen); its licence, [{backbone.licence.name}]"
-            f"({backbone.licence.link}), applies to these weights and their use. "
+            f"Backbone: {backbone.name}, frozen; its licence, [{terms.name}]({terms.link}){release}, applies to "
+            "these weights and their use. "
         )
     card_data = ModelCardData(
         **licence,
@@ -112,10 +117,12 @@ def light_repo_for_push(
     description: str,
     sample_image: Path | None = None,
     torch_dtype: str = "float16",
+    backbone_spec: BackboneSpec | None = None,
 ) -> str | None:
     """Write `<output_dir>/light`: the light repo of an ASUKA `pipeline` (its trained components and a pointer to
     the backbone, docs/hub.md) with its model card; returns the folder, or None for a pipeline without that format
-    (the whole folder is pushed then) or with --push_full_pipeline."""
+    (the whole folder is pushed then) or with --push_full_pipeline. `torch_dtype` is the card's GPU dtype,
+    `backbone_spec` the backbone trained against (its licence, where the pointer is no registered backbone repo)."""
     from asuka.pipelines.hub_light import LightRepoMixin, light_model_card
 
     if args.push_full_pipeline or not isinstance(pipeline, LightRepoMixin):  # every backbone's ASUKA pipeline
@@ -132,7 +139,15 @@ def light_repo_for_push(
         f"mixture of ASUKA Sec. 3.1.\n\n## Training arguments\n\n```json\n{arguments}\n```"
     )
     card = light_model_card(
-        _repo_id(args), type(pipeline).__name__, title, description, backbone, revision, provenance, torch_dtype
+        _repo_id(args),
+        type(pipeline).__name__,
+        title,
+        description,
+        backbone,
+        revision,
+        provenance,
+        torch_dtype,
+        licence=backbone_spec.licence if backbone_spec is not None else None,
     )
     variants = (args.variant,) if args.variant else ()
     pipeline.save_pretrained(

@@ -237,7 +237,14 @@ def finish(
             )
         if args.push_to_hub:
             light = light_repo_for_push(
-                args, pipeline, training_args, card.title, card.description, sample_grid, card.torch_dtype
+                args,
+                pipeline,
+                training_args,
+                card.title,
+                card.description,
+                sample_grid,
+                card.torch_dtype,
+                card.backbone,
             )
             result.repo_id = push_folder_to_hub(args, light or folder)
     accelerator.wait_for_everyone()
