@@ -15,6 +15,7 @@ from accelerate_launch import two_process_launch
 from safetensors.torch import load_file
 from training_support import (
     ROOT,
+    fresh_accelerate_state,  # noqa: F401 (a fixture)
     offline,  # noqa: F401 (the module-wide autouse fixture)
     put_training_on_path,
     random_images,
@@ -166,6 +167,7 @@ def test_flux_from_shards_repeats_the_losses_of_the_run_that_encodes(flux_dir, i
     assert precomputed.read_manifest(folder)["masked_image_encoder"]["class"] == "AsukaVAEEncoder"
 
 
+@pytest.mark.usefixtures("fresh_accelerate_state")
 def test_bf16_inputs_are_stored_in_bf16_and_repeat_the_bf16_run(pipeline_dir, image_dir, tmp_path):
     """Under --mixed_precision bf16 the frozen models run, and the inputs are stored, in bf16 (half the bytes)."""
     folder = tmp_path / "inputs"
