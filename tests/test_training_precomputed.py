@@ -114,8 +114,10 @@ def test_the_stored_run_repeats_the_losses_of_the_run_that_encodes(pipeline_dir,
     assert result.written == [0, 1, 2] and result.skipped == []
     # 5 steps of batch 2 over 6 images: all of epoch 0 (3 steps) and 2 steps of epoch 1
     on_the_fly = train_aligner.main(aligner_argv(pipeline_dir, tmp_path / "encoded", train_data_dir=image_dir))
-    from_shards = train_aligner.main(aligner_argv(pipeline_dir, tmp_path / "stored", precomputed=folder))
+    grid = {"validation_steps": 5, "validation_inference_steps": 2}  # one grid of the stored pixels, after step 5
+    from_shards = train_aligner.main(aligner_argv(pipeline_dir, tmp_path / "stored", precomputed=folder, **grid))
     assert len(on_the_fly.losses) == len(from_shards.losses) == 5
+    assert (tmp_path / "stored" / "validation" / "validation-0000005.png").is_file()
     np.testing.assert_allclose(from_shards.losses, on_the_fly.losses, rtol=0, atol=1e-5)
     assert len(set(np.round(on_the_fly.losses, 4))) == 5  # five different batches, not one repeated
     assert from_shards.num_bad_images == on_the_fly.num_bad_images >= 1  # the broken file was met in both
