@@ -15,6 +15,7 @@ from accelerate_launch import two_process_launch
 from safetensors.torch import load_file
 from training_support import (
     ROOT,
+    fresh_accelerate_state,  # noqa: F401 (a fixture)
     offline,  # noqa: F401 (the module-wide autouse fixture)
     put_training_on_path,
     random_images,
@@ -50,11 +51,12 @@ def image_dir(tmp_path_factory):
 
 
 def argv_of(flags: dict) -> list[str]:
-    """`--key value` per flag; `True` stands for a bare switch, `None` for a flag left out."""
+    """`--key value` per flag; `True` stands for a bare switch, `None` for a flag left out, a tuple for values."""
     argv = []
     for key, value in flags.items():
         if value is not None:
-            argv += [f"--{key}"] + ([] if value is True else [str(value)])
+            values = [] if value is True else value if isinstance(value, tuple) else [value]
+            argv += [f"--{key}", *map(str, values)]
     return argv
 
 
@@ -112,8 +114,10 @@ def test_the_stored_run_repeats_the_losses_of_the_run_that_encodes(pipeline_dir,
     assert result.written == [0, 1, 2] and result.skipped == []
     # 5 steps of batch 2 over 6 images: all of epoch 0 (3 steps) and 2 steps of epoch 1
     on_the_fly = train_aligner.main(aligner_argv(pipeline_dir, tmp_path / "encoded", train_data_dir=image_dir))
-    from_shards = train_aligner.main(aligner_argv(pipeline_dir, tmp_path / "stored", precomputed=folder))
+    grid = {"validation_steps": 5, "validation_inference_steps": 2}  # one grid of the stored pixels, after step 5
+    from_shards = train_aligner.main(aligner_argv(pipeline_dir, tmp_path / "stored", precomputed=folder, **grid))
     assert len(on_the_fly.losses) == len(from_shards.losses) == 5
+    assert (tmp_path / "stored" / "validation" / "validation-0000005.png").is_file()
     np.testing.assert_allclose(from_shards.losses, on_the_fly.losses, rtol=0, atol=1e-5)
     assert len(set(np.round(on_the_fly.losses, 4))) == 5  # five different batches, not one repeated
     assert from_shards.num_bad_images == on_the_fly.num_bad_images >= 1  # the broken file was met in both
@@ -122,6 +126,61 @@ def test_the_stored_run_repeats_the_losses_of_the_run_that_encodes(pipeline_dir,
     stored = load_file(str(tmp_path / "stored" / "diffusion_pytorch_model.safetensors"))
     for key, value in encoded.items():
         torch.testing.assert_close(stored[key], value, rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def flux_dir(tmp_path_factory):
+    """The tiny FLUX pipeline with a masked-image encoder of its own (random weights), as the converted ASUKA-FLUX
+    release has one."""
+    from asuka import AsukaFluxPipeline
+    from asuka.models import AsukaVAEEncoder
+    from asuka.testing import make_tiny_pipeline
+
+    pipe = make_tiny_pipeline("flux", seed=0)
+    torch.manual_seed(1)
+    encoder = AsukaVAEEncoder(**AsukaVAEEncoder.config_from_vae(pipe.vae.config))
+    folder = tmp_path_factory.mktemp("tiny_flux_encoder")
+    AsukaFluxPipeline(**{**pipe.components, "masked_image_encoder": encoder}).save_pretrained(folder)
+    return folder
+
+
+def test_flux_from_shards_repeats_the_losses_of_the_run_that_encodes(flux_dir, image_dir, tmp_path):
+    """FLUX.1-Fill: both aligners, flow matching, a guidance drawn per sample; the masked image through the folder's
+    own encoder in both runs."""
+    from asuka.models import AsukaVAEEncoder
+
+    folder = tmp_path / "inputs"
+    prepare_aligner_inputs.main(prepare_argv(flux_dir, image_dir, folder))
+    flags = {"guidance_range": (1, 4), "learning_rate": 1e-3}
+    on_the_fly = train_aligner.main(aligner_argv(flux_dir, tmp_path / "encoded", train_data_dir=image_dir, **flags))
+    from_shards = train_aligner.main(aligner_argv(flux_dir, tmp_path / "stored", precomputed=folder, **flags))
+    assert len(on_the_fly.losses) == 5
+    np.testing.assert_allclose(from_shards.losses, on_the_fly.losses, rtol=0, atol=1e-5)
+    assert len(set(np.round(on_the_fly.losses, 4))) == 5
+    # the stored masked-image posterior is the folder's encoder's, not the VAE's
+    stored = precomputed.PrecomputedDataset(folder, {})[0]
+    encoder = AsukaVAEEncoder.from_pretrained(flux_dir, subfolder="masked_image_encoder")
+    args = train_aligner.build_aligner_parser().parse_args(aligner_argv(flux_dir, "-", train_data_dir=image_dir))
+    sample = asuka_training.build_dataset(args)[0]
+    masked = (sample["pixel_values"][None] * 2 - 1) * (1 - sample["mask"][None])
+    with torch.no_grad():
+        expected = encoder.encode(masked).latent_dist.mean[0]
+    torch.testing.assert_close(stored["masked_latent_mean"], expected, rtol=1e-5, atol=1e-6)
+    assert precomputed.read_manifest(folder)["masked_image_encoder"]["class"] == "AsukaVAEEncoder"
+
+
+@pytest.mark.usefixtures("fresh_accelerate_state")
+def test_bf16_inputs_are_stored_in_bf16_and_repeat_the_bf16_run(pipeline_dir, image_dir, tmp_path):
+    """Under --mixed_precision bf16 the frozen models run, and the inputs are stored, in bf16 (half the bytes)."""
+    folder = tmp_path / "inputs"
+    bf16 = {"mixed_precision": "bf16"}
+    prepare_aligner_inputs.main(prepare_argv(pipeline_dir, image_dir, folder, num_epochs=1, shard_size=8, **bf16))
+    assert precomputed.read_manifest(folder)["dtype"] == "bfloat16"
+    assert precomputed.PrecomputedDataset(folder, {})[0]["prior"].dtype == torch.bfloat16
+    steps = {"steps": 3, **bf16}
+    on_the_fly = train_aligner.main(aligner_argv(pipeline_dir, tmp_path / "a", train_data_dir=image_dir, **steps))
+    from_shards = train_aligner.main(aligner_argv(pipeline_dir, tmp_path / "b", precomputed=folder, **steps))
+    np.testing.assert_allclose(from_shards.losses, on_the_fly.losses, rtol=0, atol=1e-5)
 
 
 def test_stored_samples_are_the_training_data_and_its_encodings(pipeline_dir, image_dir, prepared):

@@ -94,11 +94,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             "--streaming: the pairs are stored by dataset index, so prepare needs a dataset with a length (an image "
             "folder, or --dataset_name without --streaming)."
         )
-    for name in ("num_epochs", "shard_size", "batch_size"):
+    for name in ("num_epochs", "shard_size", "batch_size", "num_validation_images"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}.")
-    if args.num_validation_images < 0:
-        raise ValueError(f"--num_validation_images must be >= 0, got {args.num_validation_images}.")
     return args
 
 
@@ -146,11 +144,11 @@ def encode_shard(
     )
     fields: dict[str, list[torch.Tensor]] = {}
     for samples in loader:
-        pixels = torch.stack([s["pixel_values"] for s in samples]).to(device, dtype)
-        mask = torch.stack([s["mask"] for s in samples]).to(device, dtype)
+        masks = torch.stack([s["mask"] for s in samples])
+        pixels, mask = torch.stack([s["pixel_values"] for s in samples]).to(device, dtype), masks.to(device, dtype)
         encoded = {**vae_posteriors(vae, pixels, mask, masked_image_encoder), **mae_priors(mae, pixels, mask)}
         encoded = {name: tensor.cpu() for name, tensor in encoded.items()}
-        encoded["mask"] = precomputed.pack_mask(mask)
+        encoded["mask"] = precomputed.pack_mask(masks)
         for name in precomputed.COUNT_FIELDS:
             encoded[name] = torch.tensor([int(s[name]) for s in samples])
         for name, tensor in encoded.items():
