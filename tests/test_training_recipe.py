@@ -136,7 +136,8 @@ def test_sd_recipe_runs_every_stage_resumes_a_killed_one_and_then_skips_all(tmp_
 
 def test_flux_recipe_runs_every_stage_from_a_release_folder_and_then_skips_all(tmp_path_factory):
     """The tiny AsukaFluxPipeline folder stands for the converted release: the MAE stage keeps its mae/ (0 steps),
-    precompute, aligner and decoder train on FLUX.1-Fill, the light repo loads and runs."""
+    the aligner (encoding on the fly, FLUX's default) and decoder train on FLUX.1-Fill, the light repo loads and
+    runs."""
     backbone = tiny_pipeline_dir(tmp_path_factory, "flux")
     images = random_images(tmp_path_factory.mktemp("flux_images"), [(40, 40)] * 2)
     out = tmp_path_factory.mktemp("flux_recipe") / "out"
@@ -180,7 +181,7 @@ def test_flux_recipe_runs_every_stage_from_a_release_folder_and_then_skips_all(t
 
     second = subprocess.run(command, capture_output=True, text=True, env=recipe_env())
     assert second.returncode == 0, second.stderr[-3000:]
-    assert len([line for line in second.stdout.splitlines() if "done before" in line]) == 4
+    assert len([line for line in second.stdout.splitlines() if "done before" in line]) == 3
 
 
 @pytest.mark.parametrize(
@@ -202,21 +203,23 @@ def test_data_must_be_a_folder(tmp_path):
 
 
 def test_flux_recipe_plan_uses_the_release_resolutions_and_the_release_mae(tmp_path):
-    """A FLUX folder with mae/ (a converted release) starts the MAE stage from it; aligner at 512, decoder at 256."""
+    """A FLUX folder with mae/ (a converted release) starts the MAE stage from it; aligner at 512, decoder at 256;
+    the aligner encodes on the fly unless --precompute asks for the stage."""
     pretrained = tmp_path / "asuka-flux"
     (pretrained / "mae").mkdir(parents=True)
     (pretrained / "mae" / "config.json").write_text("{}")
-    args = recipe.parse_args(
-        ["--backbone", "flux", str(tmp_path), str(tmp_path / "out"), "--pretrained", str(pretrained)]
-    )
-    stages = {stage.name: stage for stage in recipe.plan(args)}
-    assert list(stages) == ["mae", "precompute", "aligner", "decoder", "light"]
+    argv = ["--backbone", "flux", str(tmp_path), str(tmp_path / "out"), "--pretrained", str(pretrained)]
+    stages = {stage.name: stage for stage in recipe.plan(recipe.parse_args(argv))}
+    assert list(stages) == ["mae", "aligner", "decoder", "light"]
     flag = lambda stage, name: stages[stage].command[stages[stage].command.index(name) + 1]  # noqa: E731
     assert flag("mae", "--pretrained_model_name_or_path") == str(pretrained)
     assert (flag("aligner", "--resolution"), flag("decoder", "--resolution")) == ("512", "256")
     assert flag("aligner", "--mae_model_name_or_path") == str(tmp_path / "out" / "mae")
-    assert (
-        flag("aligner", "--precomputed") == flag("precompute", "--output_dir") == str(tmp_path / "out" / "precompute")
-    )
-    assert "--train_data_dir" not in stages["aligner"].command and flag("precompute", "--resolution") == "512"
+    assert flag("aligner", "--train_data_dir") == str(tmp_path)
     assert flag("decoder", "--pretrained_model_name_or_path") == str(tmp_path / "out" / "aligner" / "pipeline")
+
+    stages = {stage.name: stage for stage in recipe.plan(recipe.parse_args([*argv, "--precompute"]))}
+    assert list(stages) == ["mae", "precompute", "aligner", "decoder", "light"]
+    inputs = str(tmp_path / "out" / "precompute")
+    assert flag("aligner", "--precomputed") == flag("precompute", "--output_dir") == inputs
+    assert "--train_data_dir" not in stages["aligner"].command and flag("precompute", "--resolution") == "512"

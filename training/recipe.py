@@ -11,8 +11,9 @@ The stages, with the defaults of docs/training.md (DATA is an image folder, sear
    MAE starts from `--mae` (an AsukaMAE folder, e.g. the converted ASUKA-FLUX release's `mae/`), else from the
    `mae/` of `--pretrained` when it has one, else from `--mae_from` (default facebook/vit-mae-base).
 3. `mae`: `train_mae.py` at 256 (`--mae_steps 0`: the starting MAE is used as it is).
-4. `precompute`: `prepare_aligner_inputs.py` stores the VAE posteriors and MAE priors of the (image, mask) pairs
-   the aligner's schedule draws (`--no_precompute`: the aligner encodes them on the fly).
+4. `precompute` (SD by default; `--precompute`, `--no_precompute`): `prepare_aligner_inputs.py` stores the VAE
+   posteriors and MAE priors of the (image, mask) pairs the aligner's schedule draws; without it the aligner
+   encodes them on the fly.
 5. `aligner`: `train_aligner.py` on the frozen backbone (`--precomputed`), `--save_pipeline`.
 6. `decoder`: `train_decoder.py` from the aligner's pipeline, `--save_pipeline`.
 7. `light`: the light Hub repo of the final pipeline in OUT/light (its trained parts, their code, a pointer to the
@@ -48,6 +49,9 @@ BACKBONES = {
     "sd": {"budget": "sd", "aligner_resolution": 512, "decoder_resolution": 512, "spec": "sd-1.5-inpainting"},
     "flux": {"budget": "flux", "aligner_resolution": 512, "decoder_resolution": 256, "spec": "flux.1-fill"},
 }
+#: whether the precompute stage runs by default: it saves 57 % of an SD aligner step but 6 % of a FLUX one, whose
+#: stored inputs take about twice SD's disk (docs/training.md, "Precomputed aligner inputs")
+PRECOMPUTE = {"sd": True, "flux": False}
 FACEBOOK_MAE = "facebook/vit-mae-base"
 STAGES = ("object_masks", "mae_start", "mae", "precompute", "aligner", "decoder", "light")
 
@@ -81,7 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--mae_resolution", type=int, default=256)
     add("--aligner_resolution", type=int, default=None, help="Default: 512.")
     add("--decoder_resolution", type=int, default=None, help="Default: 512 for SD, 256 for FLUX.")
-    add("--no_precompute", action="store_true", help="Skip the precompute stage: the aligner encodes on the fly.")
+    precompute = parser.add_mutually_exclusive_group()
+    precompute.add_argument(
+        "--precompute", action="store_true", default=None, help="Run the precompute stage (default for SD)."
+    )
+    precompute.add_argument(
+        "--no_precompute", dest="precompute", action="store_false", help="Skip it: the aligner encodes on the fly."
+    )
     add("--checkpointing_steps", type=int, default=1000)
     add("--seed", type=int, default=None, help="Seed of every training stage.")
     add("--coco_annotations", default=None, help="COCO instances JSON: the object-mask stage's input.")
@@ -104,6 +114,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     defaults = BACKBONES[args.backbone]
     args.aligner_resolution = args.aligner_resolution or defaults["aligner_resolution"]
     args.decoder_resolution = args.decoder_resolution or defaults["decoder_resolution"]
+    args.precompute = PRECOMPUTE[args.backbone] if args.precompute is None else args.precompute
     if args.pretrained is None:
         from asuka.pipelines.backbones import get_backbone
 
@@ -198,7 +209,7 @@ def plan(args: argparse.Namespace) -> list[Stage]:
         mae = str(output)
     backbone = ["--pretrained_model_name_or_path", args.pretrained, "--mae_model_name_or_path", mae]
     aligner_data = data
-    if not args.no_precompute:
+    if args.precompute:
         inputs = out / "precompute"
         command = [str(TRAINING / "prepare_aligner_inputs.py"), *backbone, *data, "--output_dir", str(inputs)]
         command += ["--resolution", str(args.aligner_resolution), "--num_epochs", str(precompute_epochs(args))]
