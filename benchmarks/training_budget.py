@@ -49,6 +49,7 @@ from bench_pipelines import (  # noqa: E402
 from flops import count_flops, meta_sd_components, write_json  # noqa: E402
 from meta_memory import step_peak_bytes  # noqa: E402
 from train_decoder import one_step_x0  # noqa: E402
+from train_mae import masked_patch_l2  # noqa: E402
 
 from asuka.pipelines.backbones import FLUX_FILL, SD15_INPAINTING  # noqa: E402
 from asuka_training import AlignerPair, aligned_conditioning  # noqa: E402
@@ -129,7 +130,24 @@ def flux_decoder_training_run(components: dict, size: int, batch: int, device: s
     return step
 
 
-FLUX_RUNS = {"aligner": flux_aligner_training_run, "decoder": flux_decoder_training_run}
+def mae_training_run(components: dict, size: int, batch: int, device: str, dtype: torch.dtype) -> Callable:
+    """One step of train_mae.py (the MAE is backbone-independent): the MAE's reconstruction of the masked image, the
+    script's `masked_patch_l2`, backward, AdamW on every MAE parameter."""
+    mae = components["mae"]
+    pixels, hole = training_batch(batch, size, device, dtype, torch.Generator().manual_seed(0))
+    optimizer = trained_with_adamw(mae, lr=1e-4)
+
+    def step():
+        _, reconstruction = mae(pixels, hole, return_dict=False)
+        masked_patch_l2(reconstruction, pixels, hole, mae.config.patch_size).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+FLUX_RUNS = {"aligner": flux_aligner_training_run, "decoder": flux_decoder_training_run, "mae": mae_training_run}
+RUNS["mae"] = mae_training_run  # the budget of the MAE stage, on request (`--schedule mae=...`)
 BACKBONES = {"sd": (RUNS, SCHEDULES), "flux": (FLUX_RUNS, FLUX_SCHEDULES)}
 
 
@@ -349,6 +367,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows = [
             flux_memory(name, s["size"], batch[name], checkpointing)
             for name, s in schedules.items()
+            if name in FLUX_TRAINED  # the MAE's memory is not the backbone's question
             for checkpointing in (False, True)
         ]
         result["memory"] = rows

@@ -18,6 +18,7 @@ from asuka.testing.sd import make_tiny_sd_components
 ROOT = Path(__file__).resolve().parents[1]
 TRAINED = {("sd", "aligner"): {"aligner"}, ("sd", "decoder"): {"decoder"}, ("flux", "decoder"): {"decoder"}}
 TRAINED[("flux", "aligner")] = {"token_aligner", "pooled_aligner"}
+TRAINED[("sd", "mae")] = TRAINED[("flux", "mae")] = {"mae"}
 TINY = {"sd": make_tiny_sd_components, "flux": make_tiny_flux_components}
 
 

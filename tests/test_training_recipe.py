@@ -99,7 +99,7 @@ def test_sd_recipe_runs_every_stage_resumes_a_killed_one_and_then_skips_all(tmp_
     assert not (out / ".recipe" / "aligner.json").exists()
     # the budget came first, with the recipe's schedules; the stages before the aligner ran
     assert first_log.index("TFLOP per sample") < first_log.index("[mae_start]") < first_log.index("[mae]")
-    assert "| aligner | 12 steps x batch 2 at 32 |" in first_log
+    assert "| aligner | 12 steps x batch 2 at 32 |" in first_log and "| mae | 2 steps x batch 2 at 32 |" in first_log
     assert {p.stem for p in (out / ".recipe").glob("*.json")} == {"budget", "mae_start", "mae", "precompute"}
 
     # 2. the next run skips what is done, resumes the aligner at its checkpoint and runs the rest
@@ -159,13 +159,8 @@ def test_flux_recipe_runs_every_stage_from_a_release_folder_and_then_skips_all(t
     first = subprocess.run(command, capture_output=True, text=True, env=recipe_env())
     assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
     assert "| decoder | 2 steps x batch 2 at 32 |" in first.stdout
-    assert {p.stem for p in (out / ".recipe").glob("*.json")} == {
-        "budget",
-        "precompute",
-        "aligner",
-        "decoder",
-        "light",
-    }
+    records = {p.stem for p in (out / ".recipe").glob("*.json")}
+    assert records == {"budget", "aligner", "decoder", "light"}  # FLUX's aligner encodes on the fly by default
 
     from asuka.pipelines import AsukaFluxPipeline
 

@@ -22,8 +22,8 @@ The stages, with the defaults of docs/training.md (DATA is an image folder, sear
 The training stages run under `accelerate launch` (`--launcher_args`, e.g. `--config_file
 training/configs/fsdp_flux.yaml`) with `--resume_from_checkpoint latest`, so a stage killed after a checkpoint
 continues from it. A stage that finished writes OUT/.recipe/<stage>.json (its command); a later run skips it
-(delete the file to run it again). Before the first stage, the budget of the aligner and decoder schedules
-(FLOPs counted by `benchmarks/training_budget.py` on the full-size backbone, GPU-hours at `--tflops`) is printed.
+(delete the file to run it again). Before the first stage, the budget of the MAE, aligner and decoder schedules
+(FLOPs counted by `benchmarks/training_budget.py` on the full-size models, GPU-hours at `--tflops`) is printed.
 """
 
 from __future__ import annotations
@@ -251,13 +251,15 @@ def write_json_atomically(path: Path, data: dict) -> None:
 
 
 def budget(args: argparse.Namespace) -> str:
-    """The aligner and decoder schedules' budget (`benchmarks/training_budget.py`), counted once per schedule and
-    kept in OUT/.recipe/budget.json."""
+    """The MAE, aligner and decoder schedules' budget (`benchmarks/training_budget.py`), counted once per schedule
+    and kept in OUT/.recipe/budget.json."""
     processes = args.num_processes or 1
     schedules = {
         "aligner": [args.aligner_steps, args.aligner_batch_size * processes, args.aligner_resolution],
         "decoder": [args.decoder_steps, args.decoder_batch_size * processes, args.decoder_resolution],
     }
+    if args.mae_steps > 0:
+        schedules["mae"] = [args.mae_steps, args.mae_batch_size * processes, args.mae_resolution]
     key = {"backbone": BACKBONES[args.backbone]["budget"], "schedules": schedules, "tflops": args.tflops}
     cache = Path(args.out) / ".recipe" / "budget.json"
     if cache.is_file():
