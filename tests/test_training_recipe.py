@@ -75,6 +75,20 @@ def recipe_env() -> dict:
     return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
+def check_light_repo(pipeline_class, out, trained: tuple[str, ...]):
+    """OUT/light loads as `pipeline_class`, holds the final pipeline's trained components and inpaints; returns it."""
+    final = pipeline_class.from_pretrained(out / "decoder" / "pipeline")
+    light = pipeline_class.from_pretrained(out / "light")
+    for name in trained:
+        state, light_state = getattr(final, name).state_dict(), getattr(light, name).state_dict()
+        assert all(torch.equal(state[key], light_state[key]) for key in state)
+    image, mask = torch.rand(1, 3, 32, 32), torch.zeros(1, 1, 32, 32)
+    mask[..., 8:24, 8:24] = 1
+    result = light(image, mask, num_inference_steps=2, output_type="pt", generator=torch.Generator().manual_seed(0))
+    assert result.images.shape == (1, 3, 32, 32) and torch.isfinite(result.images).all()
+    return light
+
+
 def test_sd_recipe_runs_every_stage_resumes_a_killed_one_and_then_skips_all(tmp_path_factory, vitmae_dir):
     backbone = tiny_pipeline_dir(tmp_path_factory, "sd-backbone")
     images = random_images(tmp_path_factory.mktemp("images"), [(40, 40)] * 4)
@@ -116,16 +130,8 @@ def test_sd_recipe_runs_every_stage_resumes_a_killed_one_and_then_skips_all(tmp_
     converted = AsukaMAE.from_pretrained(out / "mae_start")
     trained = AsukaMAE.from_pretrained(out / "mae")
     assert converted.config.patch_size == TINY["patch_size"] and trained.config.input_preprocessing == "visible"
-    final = AsukaPipeline.from_pretrained(out / "decoder" / "pipeline")
-    light = AsukaPipeline.from_pretrained(out / "light")
-    for name in ("mae", "aligner", "decoder"):
-        state, light_state = getattr(final, name).state_dict(), getattr(light, name).state_dict()
-        assert all(torch.equal(state[key], light_state[key]) for key in state)
+    light = check_light_repo(AsukaPipeline, out, ("mae", "aligner", "decoder"))
     assert torch.equal(light.mae.state_dict()["alpha"], trained.state_dict()["alpha"])
-    image, mask = torch.rand(1, 3, 32, 32), torch.zeros(1, 1, 32, 32)
-    mask[..., 8:24, 8:24] = 1
-    result = light(image, mask, num_inference_steps=2, output_type="pt", generator=torch.Generator().manual_seed(0))
-    assert result.images.shape == (1, 3, 32, 32) and torch.isfinite(result.images).all()
 
     # 3. a third run has nothing left to do
     third = subprocess.run(command, capture_output=True, text=True, env=recipe_env())
@@ -164,15 +170,7 @@ def test_flux_recipe_runs_every_stage_from_a_release_folder_and_then_skips_all(t
 
     from asuka.pipelines import AsukaFluxPipeline
 
-    final = AsukaFluxPipeline.from_pretrained(out / "decoder" / "pipeline")
-    light = AsukaFluxPipeline.from_pretrained(out / "light")
-    for name in ("mae", "token_aligner", "pooled_aligner", "decoder"):
-        state, light_state = getattr(final, name).state_dict(), getattr(light, name).state_dict()
-        assert all(torch.equal(state[key], light_state[key]) for key in state)
-    image, mask = torch.rand(1, 3, 32, 32), torch.zeros(1, 1, 32, 32)
-    mask[..., 8:24, 8:24] = 1
-    result = light(image, mask, num_inference_steps=2, output_type="pt", generator=torch.Generator().manual_seed(0))
-    assert result.images.shape == (1, 3, 32, 32) and torch.isfinite(result.images).all()
+    check_light_repo(AsukaFluxPipeline, out, ("mae", "token_aligner", "pooled_aligner", "decoder"))
 
     second = subprocess.run(command, capture_output=True, text=True, env=recipe_env())
     assert second.returncode == 0, second.stderr[-3000:]
