@@ -7,11 +7,11 @@ import functools
 
 import pytest
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.flux.pipeline_flux_fill import calculate_shift
 from flux_support import pipeline_transformer_call
 
-from asuka.pipelines.backbones import FLUX_FILL, FlowMatchingObjective
+from asuka.pipelines.backbones import FLUX_FILL, FlowMatchingObjective, NoisePredictionObjective
 from asuka.testing.flux import FLUX_SCHEDULER_CONFIG, make_tiny_flux_pipeline
 
 
@@ -119,3 +119,25 @@ def test_the_shifts_are_the_schedulers_own():
 def test_bad_objective_fields_raise_value_errors(field, value, message):
     with pytest.raises(ValueError, match=message):
         dataclasses.replace(FLUX_FILL.objective, **{field: value})
+
+
+def test_the_noise_is_drawn_as_randn_like_in_the_latents_layout():
+    """As diffusers' training examples draw it (`torch.randn_like`, then the timesteps), so a VAE's channels-last
+    latents get the same noise and timesteps from the global RNG as before the objectives took a generator: the SD
+    runs' loss sequences stay what they were."""
+    latents = torch.randn(2, 4, 8, 6).to(memory_format=torch.channels_last)
+    ddpm = DDPMScheduler()
+    torch.manual_seed(0)
+    noisy, timesteps, target = NoisePredictionObjective().noised(ddpm, latents)
+    torch.manual_seed(0)
+    noise = torch.randn_like(latents)
+    expected_timesteps = torch.randint(0, 1000, (2,)).long()
+    torch.testing.assert_close(timesteps, expected_timesteps, rtol=0, atol=0)
+    torch.testing.assert_close(target, noise, rtol=0, atol=0)
+    torch.testing.assert_close(noisy, ddpm.add_noise(latents, noise, expected_timesteps), rtol=0, atol=0)
+
+    flow = FLUX_FILL.objective
+    torch.manual_seed(1)
+    _, _, velocity = flow.noised(flow.training_scheduler(FLUX_SCHEDULER_CONFIG), latents)
+    torch.manual_seed(1)
+    torch.testing.assert_close(velocity, torch.randn_like(latents) - latents, rtol=0, atol=0)

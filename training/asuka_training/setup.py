@@ -113,8 +113,8 @@ def load_scheduler(path: str, subfolder: str = "scheduler", revision: str | None
 
 @dataclass
 class Backbone:
-    """The frozen backbone a training script trains against: its spec, VAE, denoiser and scheduler, and the local
-    `folder` that holds the pipeline folder's own (ASUKA) components, if any."""
+    """The frozen backbone a training script trains against: its spec, VAE, denoiser and scheduler, and the `folder`
+    where the pipeline's own (ASUKA) components are, if it has any: the path given, or a light repo's local copy."""
 
     spec: BackboneSpec
     vae: torch.nn.Module
