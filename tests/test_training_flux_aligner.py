@@ -285,9 +285,8 @@ def test_two_processes_killed_after_a_checkpoint_resume_save_and_push(flux_dir, 
         flux_dir, image_dir, output_dir, steps=max_steps, train_batch_size=1, checkpointing_steps=interval,
         checkpoints_total_limit=2, validation_steps=interval, num_validation_images=1, validation_inference_steps=1,
     )  # fmt: skip
-    launch = two_process_launch(
-        str(ROOT / "tests" / "fake_hub_launch.py"), str(uploads), str(ROOT / "training" / "train_aligner.py")
-    )
+    script = (ROOT / "tests" / "fake_hub_launch.py", uploads, ROOT / "training" / "train_aligner.py")
+    launch = two_process_launch(*map(str, script), main_process_port=29531)  # a port of its own
     process = subprocess.Popen([*launch, *argv], env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     while not asuka_training.list_checkpoints(output_dir):
