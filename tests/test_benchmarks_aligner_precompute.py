@@ -2,6 +2,8 @@
 the MAE prior of the step that encodes on the fly (SD and FLUX), the SD one being the training budget's aligner step;
 preparing a sample costs two encodes and two priors (tiny components, meta and CPU)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from benchmark_modules import aligner_precompute, flops, training_budget
@@ -48,3 +50,18 @@ def test_the_meta_count_is_the_count_of_the_steps_run_on_cpu():
     with sdpa_kernel(SDPBackend.MATH):  # what meta tensors decompose attention into
         for source in aligner_precompute.SOURCES:
             assert _count_step(on_meta, SD, source) == _count_step(on_cpu, SD, source, "cpu"), source
+
+
+def test_the_full_size_figures_are_those_docs_training_states():
+    """The SD and FLUX.1-Fill rows of docs/training.md's table, recounted at full size on meta (half a minute)."""
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    for backbone, label in (("sd", "| SD-1.5-inpainting |"), ("flux", "| FLUX.1-Fill (full depth) |")):
+        spec = aligner_precompute.BACKBONES[backbone]
+        row = aligner_precompute.precompute_rows(aligner_precompute.meta_components(backbone), spec, 512)
+        flop, stored = row["tflop_per_sample"], row["stored_bytes_per_sample"]
+        saved = 100 * (1 - flop["step_stored"] / flop["step_encoded"])
+        line = next(line for line in docs.splitlines() if line.startswith(label))
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        assert cells[1:3] == [f"{flop['step_encoded']:.2f} TFLOP", f"{flop['step_stored']:.2f} TFLOP"], line
+        assert cells[3].startswith(f"{saved:.0f} %") and cells[4] == f"{flop['prepare']:.2f} TFLOP", line
+        assert cells[5] == f"{stored['float32']:,}; {stored['bfloat16']:,}", line

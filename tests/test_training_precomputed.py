@@ -30,6 +30,7 @@ import train_aligner  # noqa: E402
 
 import asuka_training  # noqa: E402
 from asuka_training import precomputed  # noqa: E402
+from asuka_training.aligner_inputs import vae_posteriors  # noqa: E402
 
 
 RESOLUTION = 32  # the tiny VAE halves it: 16x16 latents
@@ -171,13 +172,16 @@ def test_flux_from_shards_repeats_the_losses_of_the_run_that_encodes(flux_dir, i
 
 @pytest.mark.usefixtures("fresh_accelerate_state")
 def test_bf16_inputs_are_stored_in_bf16_and_repeat_the_bf16_run(pipeline_dir, image_dir, tmp_path):
-    """Under --mixed_precision bf16 the frozen models run, and the inputs are stored, in bf16 (half the bytes)."""
+    """Under --mixed_precision bf16 the frozen models run, and the inputs are stored, in bf16 (half the bytes); at
+    batch 1."""
     folder = tmp_path / "inputs"
     bf16 = {"mixed_precision": "bf16"}
-    prepare_aligner_inputs.main(prepare_argv(pipeline_dir, image_dir, folder, num_epochs=1, shard_size=8, **bf16))
+    # bf16 rounding depends on the batch the VAE and MAE see (their kernels differ): encode as the training batch
+    prepare = {"num_epochs": 1, "shard_size": 8, "batch_size": 1, **bf16}
+    prepare_aligner_inputs.main(prepare_argv(pipeline_dir, image_dir, folder, **prepare))
     assert precomputed.read_manifest(folder)["dtype"] == "bfloat16"
     assert precomputed.PrecomputedDataset(folder, {})[0]["prior"].dtype == torch.bfloat16
-    steps = {"steps": 3, **bf16}
+    steps = {"steps": 3, "train_batch_size": 1, **bf16}  # batch 1: the VAE's latents are contiguous, not channels-last
     on_the_fly = train_aligner.main(aligner_argv(pipeline_dir, tmp_path / "a", train_data_dir=image_dir, **steps))
     from_shards = train_aligner.main(aligner_argv(pipeline_dir, tmp_path / "b", precomputed=folder, **steps))
     np.testing.assert_allclose(from_shards.losses, on_the_fly.losses, rtol=0, atol=1e-5)
@@ -230,18 +234,25 @@ def test_stored_samples_are_the_training_data_and_its_encodings(pipeline_dir, im
 
 
 def test_sampling_from_the_posterior_is_diffusers_latent_dist_sample(pipeline_dir):
-    """The on-the-fly latents are drawn as before (diffusers' `latent_dist.sample()`), now from (mean, std)."""
+    """The on-the-fly latents are drawn as before (diffusers' `latent_dist.sample()`), now from (mean, std); the stored
+    posteriors are given the layout of the VAE's (`latent_memory_format`)."""
     from diffusers import AutoencoderKL
 
     vae = AutoencoderKL.from_pretrained(pipeline_dir, subfolder="vae")
-    pixels = torch.rand(2, 3, RESOLUTION, RESOLUTION)
+    pixels, mask = torch.rand(2, 3, RESOLUTION, RESOLUTION), torch.zeros(2, 1, RESOLUTION, RESOLUTION)
     with torch.no_grad():
         distribution = vae.encode(pixels * 2 - 1).latent_dist
         torch.manual_seed(3)
         expected = distribution.sample() * vae.config.scaling_factor
         torch.manual_seed(3)
         drawn = asuka_training.sample_latents(vae.config, distribution.mean, distribution.std)
+        read_back = {name: tensor.contiguous() for name, tensor in vae_posteriors(vae, pixels, mask).items()}
+        stored = asuka_training.StoredInputs("cpu", torch.float32, vae).posteriors({**read_back, "mask": mask})
+        torch.manual_seed(3)
+        from_stored = asuka_training.sample_latents(vae.config, stored["latent_mean"], stored["latent_std"])
     assert torch.equal(drawn, expected)
+    assert drawn.stride() == expected.stride()  # the same layout, so noise drawn like it (randn_like) falls alike
+    assert torch.equal(from_stored, expected) and from_stored.stride() == expected.stride()
 
 
 def test_prepare_resumes_without_redoing_complete_shards(pipeline_dir, image_dir, prepared, tmp_path, monkeypatch):

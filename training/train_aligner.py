@@ -287,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
     setup = asuka_training.prepare(args, accelerator, {trainable: aligner}, tracker_name="train_aligner", **data)
     aligner_model, validation = setup.model, setup.validation
     if args.precomputed:
-        source = asuka_training.StoredInputs(accelerator.device, weight_dtype)
+        source = asuka_training.StoredInputs(accelerator.device, weight_dtype, vae)
     else:
         source = asuka_training.EncodedInputs(vae, mae, accelerator.device, weight_dtype, masked_image_encoder)
 

@@ -26,6 +26,7 @@ from .aligner_inputs import (
     EncodedInputs,
     StoredInputs,
     aligner_batch,
+    latent_memory_format,
     masked_image_encoder_of,
     sample_latents,
 )
@@ -113,6 +114,7 @@ __all__ = [
     "freeze",
     "inpainting_rows",
     "input_identity",
+    "latent_memory_format",
     "list_checkpoints",
     "load_component",
     "load_pretrained_into",

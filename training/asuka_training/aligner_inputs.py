@@ -60,13 +60,13 @@ def mae_priors(mae: torch.nn.Module, pixels: torch.Tensor, mask: torch.Tensor) -
 
 def sample_latents(vae_config: Any, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """A latent drawn from the posterior (mean, std) as diffusers' `latent_dist.sample()` draws it (`mean + std *
-    randn` from the global generator), shifted and scaled by the VAE config for the denoiser; contiguous, so that
-    noise drawn like it (`randn_like`) does not depend on the memory format the VAE's convolutions returned."""
+    randn` from the global generator), shifted and scaled by the VAE config for the denoiser, in the memory format
+    of `mean` (noise drawn like it, `randn_like`, falls in that order)."""
     from diffusers.utils.torch_utils import randn_tensor
 
     sample = mean + std * randn_tensor(mean.shape, generator=None, device=mean.device, dtype=mean.dtype)
     shift = getattr(vae_config, "shift_factor", None) or 0.0
-    return ((sample - shift) * vae_config.scaling_factor).contiguous()
+    return (sample - shift) * vae_config.scaling_factor
 
 
 class EncodedInputs:
@@ -96,15 +96,42 @@ class EncodedInputs:
         return self.mae.prior(pixels, mask * (~use_full_image).to(mask.dtype).view(-1, 1, 1, 1))
 
 
+def latent_memory_format(vae: torch.nn.Module, batch_size: int, height: int, width: int) -> torch.memory_format:
+    """The memory format of the posterior the VAE gives for a batch of `batch_size` images of `height` x `width`,
+    on its device in its dtype: channels-last where its attention block's reshape leaves the convolutions so, which
+    depends on the batch size (one image: contiguous)."""
+    image = torch.zeros(batch_size, 3, height, width, device=vae.device, dtype=vae.dtype)
+    with torch.no_grad():
+        like = torch.empty_like(vae.encode(image).latent_dist.mean)  # the layout an element-wise result takes
+    if not like.is_contiguous() and like.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 class StoredInputs:
     """The inputs read from a batch of precomputed samples (`POSTERIOR_FIELDS`, `PRIOR_FIELDS`, "mask"), moved to
-    `device` in `dtype`."""
+    `device` in `dtype`.
 
-    def __init__(self, device: torch.device, dtype: torch.dtype) -> None:
-        self.device, self.dtype = device, dtype
+    With the frozen `vae`, the posteriors take the memory format of its own for the batch's shape
+    (`latent_memory_format`, probed once per shape), so the noise drawn like the latents (`randn_like`) falls as in
+    the run that encodes them.
+    """
+
+    def __init__(self, device: torch.device, dtype: torch.dtype, vae: torch.nn.Module | None = None) -> None:
+        self.device, self.dtype, self.vae = device, dtype, vae
+        self.memory_formats: dict[tuple[int, ...], torch.memory_format] = {}
+
+    def memory_format(self, batch_size: int, height: int, width: int) -> torch.memory_format:
+        if self.vae is None:
+            return torch.contiguous_format
+        shape = (batch_size, height, width)
+        if shape not in self.memory_formats:
+            self.memory_formats[shape] = latent_memory_format(self.vae, *shape)
+        return self.memory_formats[shape]
 
     def posteriors(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {name: batch[name].to(self.device, self.dtype) for name in POSTERIOR_FIELDS}
+        layout = self.memory_format(len(batch["mask"]), *batch["mask"].shape[-2:])
+        return {name: batch[name].to(self.device, self.dtype, memory_format=layout) for name in POSTERIOR_FIELDS}
 
     def prior(self, batch: dict[str, torch.Tensor], use_full_image: torch.Tensor) -> torch.Tensor:
         full, masked = (batch[name].to(self.device, self.dtype) for name in ("prior_full", "prior"))
