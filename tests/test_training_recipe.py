@@ -11,7 +11,14 @@ import time
 import pytest
 import torch
 from test_convert_mae import TINY, mae_sincos_table
-from training_support import ROOT, offline, put_training_on_path, random_images, tiny_pipeline_dir  # noqa: F401
+from training_support import (  # noqa: F401 (offline: the module-wide autouse fixture)
+    ROOT,
+    intercept_hub,
+    offline,
+    put_training_on_path,
+    random_images,
+    tiny_pipeline_dir,
+)
 
 
 put_training_on_path()
@@ -175,6 +182,29 @@ def test_flux_recipe_runs_every_stage_from_a_release_folder_and_then_skips_all(t
     second = subprocess.run(command, capture_output=True, text=True, env=recipe_env())
     assert second.returncode == 0, second.stderr[-3000:]
     assert len([line for line in second.stdout.splitlines() if "done before" in line]) == 3
+
+
+def test_light_stage_pushes_only_asukas_parts_and_the_card(tmp_path, monkeypatch):
+    """With --push_to_hub the light stage uploads OUT/light: ASUKA's components, their code, the backbone pointers
+    and the card naming the backbone; no backbone weights."""
+    import json
+
+    from asuka.testing import make_tiny_pipeline
+
+    backbone = tmp_path / "backbone"
+    make_tiny_pipeline("sd-backbone", seed=0).save_pretrained(backbone)
+    out = tmp_path / "out"
+    make_tiny_pipeline("sd", seed=0).save_pretrained(out / "decoder" / "pipeline")
+    repos = intercept_hub(monkeypatch, tmp_path / "hub")
+    argv = ["--backbone", "sd", str(tmp_path), str(out), "--pretrained", str(backbone), "--push_to_hub"]
+    args = recipe.parse_args([*argv, "--hub_model_id", "me/asuka-sd"])
+    recipe.run_light(args, next(stage for stage in recipe.plan(args) if stage.name == "light"))
+    assert [repo for repo, _ in repos] == ["me/asuka-sd"]
+    uploaded = tmp_path / "hub" / "me/asuka-sd"
+    weights = {p.parent.name for p in uploaded.rglob("*.safetensors")}
+    assert weights == {"mae", "aligner", "decoder"}
+    assert json.loads((uploaded / "unet" / "backbone.json").read_text())["repo"] == str(backbone)
+    assert str(backbone) in (uploaded / "README.md").read_text()
 
 
 @pytest.mark.parametrize(
