@@ -1,6 +1,7 @@
-"""What ASUKA-SD's training schedules cost: FLOPs per sample of the training scripts' steps, and CPU measurements.
+"""What ASUKA's training schedules cost: FLOPs per sample of the training scripts' steps, memory, CPU measurements.
 
     python benchmarks/training_budget.py                # FLOPs per sample (meta device, seconds) + the budget table
+    python benchmarks/training_budget.py --backbone flux   # the same for FLUX.1-Fill, + memory per GPU (meta device)
     python benchmarks/training_budget.py --measure-cpu  # also CPU step times and peak RSS at 512x512 (~1 h on 1 core)
     python benchmarks/training_budget.py --measure-one decoder 1 0 --repeats 0   # one of them
 
@@ -12,6 +13,14 @@ ASSUMED sustained throughput (`--tflops`), since no GPU was measured; `python be
 real H200 step times. `--measure-cpu` runs each configuration in a fresh subprocess (fp32, full size) and reports
 its median step time, the achieved CPU FLOP/s, and the peak RSS above the built weights (VmHWM), whose growth from
 batch 1 to 2 is the activation memory per sample; with `--gradient_checkpointing` as the scripts enable it.
+
+`--backbone flux` counts the same two steps on the full-size FLUX.1-Fill-dev configs (`asuka.testing.flux`: the
+12 B transformer, the 16-channel VAE, ASUKA-FLUX's MAE, token and pooled aligners and decoder): the aligner step at
+512 (the release's aligner resolution), the decoder step at 256 (its decoder's). Its memory per GPU is computed on
+the meta device too (`meta_memory.py`): the weights' bytes from the parameter counts, the trained component's
+gradients and AdamW state (4 and 8 bytes per fp32 parameter), and the peak of the tensors one step creates (frozen
+models in bf16, the trained ones in fp32, flash attention), with and without gradient checkpointing; alone on a GPU
+and with the frozen transformer sharded over 8 GPUs by `training/configs/fsdp_flux.yaml`.
 """
 
 import argparse
@@ -21,16 +30,29 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from architectures import build_sd_components  # noqa: E402
-from bench_pipelines import aligner_training_run, decoder_training_run, rss_kib  # noqa: E402
+from aligner_precompute import aligner_step  # noqa: E402  (puts training/ on sys.path)
+from architectures import build_flux_components, build_sd_components  # noqa: E402
+from bench_pipelines import (  # noqa: E402
+    aligner_training_run,
+    decoder_training_run,
+    rss_kib,
+    trained_with_adamw,
+    training_batch,
+)
 from flops import count_flops, meta_sd_components, write_json  # noqa: E402
+from meta_memory import step_peak_bytes  # noqa: E402
+from train_decoder import one_step_x0  # noqa: E402
+from train_mae import masked_patch_l2  # noqa: E402
 
-from asuka.pipelines.backbones import SD15_INPAINTING  # noqa: E402
+from asuka.pipelines.backbones import FLUX_FILL, SD15_INPAINTING  # noqa: E402
+from asuka_training import AlignerPair, aligned_conditioning  # noqa: E402
 
 
 # The schedules (docs/training.md): samples = steps x global batch.
@@ -51,9 +73,162 @@ MEASURED = (
 )
 
 
-def flops_per_sample(name: str, size: int = 512, batch: int = 2) -> float:
-    """FLOPs of one training step per sample (forward, backward, optimizer), counted on meta tensors."""
-    step = RUNS[name](meta_sd_components(tiny=False), size, batch, "meta", torch.float32)
+# ASUKA-FLUX's authors publish no schedule: the SD schedules above, at the resolutions the release trained at (its
+# README: the aligner at 512, the decoder at 256).
+FLUX_SCHEDULES = {
+    "aligner": {"steps": 20_000, "batch": 8, "size": 512, "source": "the SD schedule, at the release's 512"},
+    "decoder": {"steps": 50_000, "batch": 40, "size": 256, "source": "the SD schedule, at the release's 256"},
+}
+FSDP_GPUS = 8  # training/configs/fsdp_flux.yaml's num_processes
+#: what each FLUX step trains (fp32, AdamW); every other component of the step is frozen (bf16)
+FLUX_TRAINED = {"aligner": ("token_aligner", "pooled_aligner"), "decoder": ("decoder",)}
+FLUX_FROZEN = {
+    "aligner": (FLUX_FILL.denoiser, "vae", "mae"),
+    "decoder": (FLUX_FILL.denoiser, "vae", "mae", *FLUX_TRAINED["aligner"]),
+}
+
+
+def flux_aligner_training_run(components: dict, size: int, batch: int, device: str, dtype: torch.dtype) -> Callable:
+    """One step of train_aligner.py on FLUX.1-Fill, with the script's own functions (`aligner_precompute.aligner_step`:
+    `asuka_training.aligner_batch` encodes the image and the masked image and runs the MAE prior,
+    `asuka_training.aligner_loss` the token and pooled aligners, the frozen transformer and the flow-matching
+    loss), backward to the aligners, AdamW; `dtype` is the frozen models' (the aligners stay in theirs)."""
+    return aligner_step(components, FLUX_FILL, "encoded", size, batch, device, dtype)
+
+
+def flux_decoder_training_run(components: dict, size: int, batch: int, device: str, dtype: torch.dtype) -> Callable:
+    """One step of train_decoder.py on FLUX.1-Fill: encode the image, replace half the latents by the frozen
+    transformer's one-step x0 estimate (the script's `one_step_x0` at timesteps in [700, 999], conditioned through
+    `asuka_training.aligned_conditioning` on the aligned prior of the whole image, the clean latent as the
+    masked-image latent, a zero mask), the AsukaDecoder forward and backward (L1, the image-wide hole box, as for SD),
+    AdamW on the decoder; `dtype` is the frozen models' (the decoder stays in its own)."""
+    vae, decoder, transformer = components["vae"], components["decoder"], components[FLUX_FILL.denoiser]
+    scheduler = FLUX_FILL.objective.training_scheduler(components["scheduler"].config)
+    aligners = AlignerPair(components["token_aligner"], components["pooled_aligner"])
+    generator = torch.Generator().manual_seed(0)
+    pixels, hole = training_batch(batch, size, device, dtype, generator)
+    half = max(batch // 2, 1)
+    timesteps = torch.randint(700, 1000, (half,), generator=generator).to(device)
+    shift, scale = vae.config.shift_factor, vae.config.scaling_factor
+    optimizer = trained_with_adamw(decoder, lr=8e-5)
+
+    def step():
+        with torch.no_grad():
+            latents = (vae.encode(pixels * 2 - 1).latent_dist.sample() - shift) * scale
+            prior = components["mae"].prior(pixels, torch.zeros_like(hole))
+            conditioning = aligned_conditioning(FLUX_FILL, aligners, prior, dtype)
+            clean = latents[:half]
+            chosen = {name: value[:half] for name, value in conditioning.items()}
+            x0 = one_step_x0(transformer, scheduler, clean, torch.randn_like(clean), timesteps, chosen, FLUX_FILL)
+            latents = torch.cat([x0.to(dtype), latents[half:]]) / scale + shift
+        target, mask = (pixels * 2 - 1).to(decoder.dtype), hole.to(decoder.dtype)
+        output = decoder(latents.to(decoder.dtype), target, mask, hole_box=(0, 0, size, size), return_dict=False)[0]
+        F.l1_loss(output.float(), target.float()).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def mae_training_run(components: dict, size: int, batch: int, device: str, dtype: torch.dtype) -> Callable:
+    """One step of train_mae.py (the MAE is backbone-independent): the MAE's reconstruction of the masked image, the
+    script's `masked_patch_l2`, backward, AdamW on every MAE parameter."""
+    mae = components["mae"]
+    pixels, hole = training_batch(batch, size, device, dtype, torch.Generator().manual_seed(0))
+    optimizer = trained_with_adamw(mae, lr=1e-4)
+
+    def step():
+        _, reconstruction = mae(pixels, hole, return_dict=False)
+        masked_patch_l2(reconstruction, pixels, hole, mae.config.patch_size).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+FLUX_RUNS = {"aligner": flux_aligner_training_run, "decoder": flux_decoder_training_run, "mae": mae_training_run}
+RUNS["mae"] = mae_training_run  # the budget of the MAE stage, on request (`--schedule mae=...`)
+BACKBONES = {"sd": (RUNS, SCHEDULES), "flux": (FLUX_RUNS, FLUX_SCHEDULES)}
+
+
+def meta_components(backbone: str) -> dict:
+    """The full-size components of `backbone` on the meta device (FLUX: its full 19 + 38 blocks)."""
+    if backbone == "sd":
+        return meta_sd_components(tiny=False)
+    with torch.device("meta"):
+        return build_flux_components(False, 19, 38)
+
+
+def module_bytes(module: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def flux_memory(name: str, size: int, batch: int, checkpointing: bool) -> dict:
+    """Memory of one FLUX step per GPU, in bytes, as train_aligner.py / train_decoder.py hold it under
+    `--mixed_precision bf16`: the frozen models' bf16 weights, the trained ones' fp32 weights and AdamW state, and
+    the step's peak of the tensors it creates (activations, the fp32 gradients, recomputation, temporaries),
+    counted on meta; with `checkpointing`, what the script's `--gradient_checkpointing` enables (the transformer's
+    blocks for the aligner step, the decoder's for the decoder step). `fsdp_8` shards the frozen transformer and the
+    trained state over 8 GPUs (`fsdp_flux.yaml`): a GPU holds 1/8 of them plus the gathered FSDP units (the largest
+    block, twice: the one computed and the one prefetched, and the transformer's root parameters)."""
+    components = meta_components("flux")
+    for key in FLUX_FROZEN[name]:
+        components[key].to(torch.bfloat16)
+    if checkpointing:
+        components[FLUX_FILL.denoiser if name == "aligner" else "decoder"].enable_gradient_checkpointing()
+    step = FLUX_RUNS[name](components, size, batch, "meta", torch.bfloat16)
+    step()  # AdamW's state exists from the first step on; the peak is a later step's
+    peak = step_peak_bytes(step)
+    frozen = {key: module_bytes(components[key]) for key in FLUX_FROZEN[name]}
+    trained_parameters = sum(p.numel() for key in FLUX_TRAINED[name] for p in components[key].parameters())
+    trained_state = trained_parameters * (4 + 8)  # fp32 weights, AdamW's two fp32 moments
+    transformer = components[FLUX_FILL.denoiser]
+    blocks = [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
+    largest_block = max(module_bytes(block) for block in blocks)
+    root = module_bytes(transformer) - sum(module_bytes(block) for block in blocks)
+    others = sum(frozen.values()) - frozen[FLUX_FILL.denoiser]
+    return {
+        "step": name,
+        "size": size,
+        "batch_per_gpu": batch,
+        "gradient_checkpointing": checkpointing,
+        "frozen_weights": frozen,
+        "trained_parameters": trained_parameters,
+        "trained_weights_and_adamw": trained_state,
+        "step_peak": peak,
+        "one_gpu": sum(frozen.values()) + trained_state + peak,
+        "fsdp_8": frozen[FLUX_FILL.denoiser] // FSDP_GPUS
+        + 2 * largest_block
+        + root
+        + others
+        + trained_state // FSDP_GPUS
+        + peak,
+    }
+
+
+def memory_table(rows: list[dict]) -> str:
+    gib = 2**30
+    lines = [
+        "| step | size | batch per GPU | gradient checkpointing | frozen weights (bf16) | trained weights + AdamW |"
+        " step peak | one GPU | FSDP over 8 |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['step']} | {r['size']} | {r['batch_per_gpu']} | {'yes' if r['gradient_checkpointing'] else 'no'} | "
+            f"{sum(r['frozen_weights'].values()) / gib:.2f} GiB | {r['trained_weights_and_adamw'] / gib:.2f} GiB | "
+            f"{r['step_peak'] / gib:.2f} GiB | {r['one_gpu'] / gib:.2f} GiB | {r['fsdp_8'] / gib:.2f} GiB |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def flops_per_sample(
+    name: str, size: int = 512, batch: int = 2, backbone: str = "sd", components: dict | None = None
+) -> float:
+    """FLOPs of one training step per sample (forward, backward, optimizer), counted on meta tensors (`components`:
+    the full-size meta ones of `backbone` by default)."""
+    runs = BACKBONES[backbone][0]
+    step = runs[name](components or meta_components(backbone), size, batch, "meta", torch.float32)
     return count_flops(step, grad=True) / batch
 
 
@@ -107,7 +282,8 @@ def measure_cpu(size: int, repeats: int) -> list[dict]:
     return rows
 
 
-def budget_table(per_sample: dict[str, float], tflops: float) -> str:
+def budget_table(per_sample: dict[str, float], tflops: float, schedules: dict = SCHEDULES) -> str:
+    """The GPU-hours of `schedules` ({stage: {"steps", "batch", ...}}) at `tflops`, from the FLOPs per sample."""
     lines = [
         f"Assumed sustained throughput: {tflops:.0f} TFLOP/s per H200 ({100 * tflops / H200_BF16_DENSE_TFLOPS:.0f} % "
         f"of the {H200_BF16_DENSE_TFLOPS:.0f} TFLOP/s dense bf16 peak).",
@@ -115,21 +291,45 @@ def budget_table(per_sample: dict[str, float], tflops: float) -> str:
         "| stage | schedule | TFLOP per sample | total PFLOP | H200 GPU-hours | wall-clock on 8 x H200 |",
         "|---|---|---:|---:|---:|---:|",
     ]
-    for name, schedule in SCHEDULES.items():
+    for name, schedule in schedules.items():
         samples = schedule["steps"] * schedule["batch"]
         total = per_sample[name] * samples
         hours = total / (tflops * 1e12) / 3600
+        at = f" at {schedule['size']}" if "size" in schedule else ""
         lines.append(
-            f"| {name} | {schedule['steps']:,} steps x batch {schedule['batch']} | {per_sample[name] / 1e12:.2f} | "
-            f"{total / 1e15:,.0f} | {hours:.1f} | {hours / 8:.1f} h |"
+            f"| {name} | {schedule['steps']:,} steps x batch {schedule['batch']}{at} | "
+            f"{per_sample[name] / 1e12:.2f} | {total / 1e15:,.0f} | {hours:.1f} | {hours / 8:.1f} h |"
         )
     return "\n".join(lines) + "\n"
 
 
+def parse_schedule(text: str) -> tuple[str, dict]:
+    """`STAGE=STEPS,BATCH,SIZE` (e.g. `aligner=20000,8,512`) -> (stage, schedule)."""
+    stage, _, values = text.partition("=")
+    numbers = values.split(",")
+    if stage not in RUNS or len(numbers) != 3 or not all(n.isdigit() and int(n) > 0 for n in numbers):
+        raise argparse.ArgumentTypeError(
+            f"--schedule takes STAGE=STEPS,BATCH,SIZE with STAGE one of {sorted(RUNS)} and positive integers, "
+            f"got {text!r}."
+        )
+    steps, batch, size = (int(n) for n in numbers)
+    return stage, {"steps": steps, "batch": batch, "size": size, "source": "--schedule"}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", choices=sorted(BACKBONES), default="sd")
     parser.add_argument("--tflops", type=float, default=300.0, help="assumed sustained TFLOP/s of one H200 (bf16)")
-    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--size", type=int, default=None, help="every stage at this size (default: the schedules')")
+    parser.add_argument(
+        "--schedule",
+        type=parse_schedule,
+        action="append",
+        default=[],
+        metavar="STAGE=STEPS,BATCH,SIZE",
+        help="replace a stage's schedule (global batch), e.g. aligner=20000,8,512; repeatable",
+    )
+    parser.add_argument("--no-memory", action="store_true", help="--backbone flux: skip the memory table")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--measure-cpu", action="store_true")
     parser.add_argument("--json", default=None, help="also write everything to this JSON file")
@@ -143,14 +343,37 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     if args.measure_one:
         name, batch, checkpointing = args.measure_one[0], int(args.measure_one[1]), bool(int(args.measure_one[2]))
-        print(json.dumps(measure_child(name, args.size, batch, checkpointing, args.repeats)))
+        print(json.dumps(measure_child(name, args.size or 512, batch, checkpointing, args.repeats)))
         return {}
-    per_sample = {name: flops_per_sample(name, args.size) for name in RUNS}
-    result = {"size": args.size, "tflop_per_sample": {k: v / 1e12 for k, v in per_sample.items()}}
-    print(json.dumps(result))
-    print(budget_table(per_sample, args.tflops))
+    runs, defaults = BACKBONES[args.backbone]
+    schedules = {name: {"size": 512, **schedule} for name, schedule in defaults.items()}
+    for name, schedule in schedules.items():
+        schedule["size"] = args.size or schedule["size"]
+    schedules.update(args.schedule)
+    components = meta_components(args.backbone)
+    per_sample = {
+        name: flops_per_sample(name, s["size"], 2, args.backbone, components) for name, s in schedules.items()
+    }
+    result = {
+        "backbone": args.backbone,
+        "schedules": schedules,
+        "tflop_per_sample": {k: v / 1e12 for k, v in per_sample.items()},
+        "tflops_assumed": args.tflops,
+    }
+    print(json.dumps({k: result[k] for k in ("backbone", "tflop_per_sample")}))
+    print(budget_table(per_sample, args.tflops, schedules))
+    if args.backbone == "flux" and not args.no_memory:
+        batch = {name: max(s["batch"] // FSDP_GPUS, 1) for name, s in schedules.items()}
+        rows = [
+            flux_memory(name, s["size"], batch[name], checkpointing)
+            for name, s in schedules.items()
+            if name in FLUX_TRAINED  # the MAE's memory is not the backbone's question
+            for checkpointing in (False, True)
+        ]
+        result["memory"] = rows
+        print(memory_table(rows))
     if args.measure_cpu:
-        rows = measure_cpu(args.size, args.repeats)
+        rows = measure_cpu(args.size or 512, args.repeats)
         for row in rows:
             row["cpu_tflops"] = per_sample[row["step"]] * row["batch"] / row["step_cpu_s"] / 1e12
         result["cpu"] = rows

@@ -6,11 +6,13 @@ import sys
 
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+import aligner_precompute  # noqa: E402
 import bench_pipelines  # noqa: E402
 import flops  # noqa: E402
 import gpu_suite  # noqa: E402
 import memory_plan  # noqa: E402
+import meta_memory  # noqa: E402
 import training_budget  # noqa: E402
 
 
-__all__ = ["bench_pipelines", "flops", "gpu_suite", "memory_plan", "training_budget"]
+__all__ = ["aligner_precompute", "bench_pipelines", "flops", "gpu_suite", "memory_plan", "meta_memory", "training_budget"]

@@ -1,27 +1,41 @@
-"""benchmarks/training_budget.py: its training steps train what the scripts train, and the budget arithmetic."""
+"""benchmarks/training_budget.py: its training steps train what the scripts train, the budget arithmetic, the FLUX
+budget of docs/training.md recounted, the memory counter against hand counts, and the FLUX FSDP config."""
+
+import functools
+import re
+from pathlib import Path
 
 import pytest
 import torch
-from benchmark_modules import flops, training_budget
+import torch.nn.functional as F
+from benchmark_modules import flops, meta_memory, training_budget
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from asuka.testing.flux import make_tiny_flux_components
 from asuka.testing.sd import make_tiny_sd_components
 
 
-@pytest.mark.parametrize("name", ["aligner", "decoder"])
-def test_steps_update_only_the_trained_component(name):
-    components = make_tiny_sd_components(0)
+ROOT = Path(__file__).resolve().parents[1]
+TRAINED = {("sd", "aligner"): {"aligner"}, ("sd", "decoder"): {"decoder"}, ("flux", "decoder"): {"decoder"}}
+TRAINED[("flux", "aligner")] = {"token_aligner", "pooled_aligner"}
+TRAINED[("sd", "mae")] = TRAINED[("flux", "mae")] = {"mae"}
+TINY = {"sd": make_tiny_sd_components, "flux": make_tiny_flux_components}
+
+
+@pytest.mark.parametrize(("backbone", "name"), sorted(TRAINED))
+def test_steps_update_only_the_trained_component(backbone, name):
+    components = TINY[backbone](0)
     for key, module in components.items():
         if key != "scheduler":
             module.eval().requires_grad_(False)
     before = {k: {n: p.clone() for n, p in m.state_dict().items()} for k, m in components.items() if k != "scheduler"}
-    training_budget.RUNS[name](components, 32, 2, "cpu", torch.float32)()
+    training_budget.BACKBONES[backbone][0][name](components, 32, 2, "cpu", torch.float32)()
     changed = {
         key
         for key, state in before.items()
         if any(not torch.equal(v, components[key].state_dict()[n]) for n, v in state.items())
     }
-    assert changed == {name}
+    assert changed == TRAINED[(backbone, name)]
 
 
 def test_decoder_step_counts_on_meta_what_it_runs_on_cpu():
@@ -40,3 +54,136 @@ def test_budget_table_arithmetic():
     # aligner: 20,000 x 8 samples x 1 TFLOP at 100 TFLOP/s = 1600 s = 0.44 h; decoder: 50,000 x 40 x 2 TFLOP = 11.1 h
     assert "| aligner | 20,000 steps x batch 8 | 1.00 | 160 | 0.4 | 0.1 h |" in table
     assert "| decoder | 50,000 steps x batch 40 | 2.00 | 4,000 | 11.1 | 1.4 h |" in table
+
+
+@pytest.mark.parametrize("name", ["aligner", "decoder"])
+def test_flux_steps_count_on_meta_what_they_run_on_cpu(name):
+    run = training_budget.FLUX_RUNS[name]
+    on_meta = run(flops.meta_flux_components(tiny=True), 32, 2, "meta", torch.float32)
+    on_cpu = run(training_budget.build_flux_components(True, 1, 1), 32, 2, "cpu", torch.float32)
+    with sdpa_kernel(SDPBackend.MATH):
+        assert flops.count_flops(on_meta, grad=True) == flops.count_flops(on_cpu, grad=True) > 0
+
+
+@pytest.fixture(scope="module")
+def full_size_flux():
+    return training_budget.meta_components("flux")
+
+
+def documented_flux_tflop() -> dict[str, float]:
+    """The "Budget for FLUX.1-Fill" table of docs/training.md: {step: TFLOP per sample}."""
+    section = (ROOT / "docs" / "training.md").read_text().split("### Budget for FLUX.1-Fill")[1]
+    rows = re.findall(r"^\| (aligner|decoder) \| (\d+) \| ([\d.]+) \|", section, flags=re.M)
+    return {name: (int(size), float(tflop)) for name, size, tflop in rows}
+
+
+def test_flux_budget_in_the_docs_is_what_the_command_counts(full_size_flux):
+    """The documented FLUX FLOPs per sample are recounted on the full-size meta models at the schedules' sizes."""
+    documented, counted = documented_flux_tflop(), {}
+    assert set(documented) == {"aligner", "decoder"}
+    for name, schedule in training_budget.FLUX_SCHEDULES.items():
+        size, tflop = documented[name]
+        assert size == schedule["size"]
+        counted[name] = training_budget.flops_per_sample(name, size, 2, "flux", full_size_flux)
+        assert round(counted[name] / 1e12, 2) == tflop, (name, counted[name])
+    # the transformer's forward alone, by hand: every Linear of its blocks once per token of its stream, attention
+    # 4 S^2 D per block (QK^T and AV); the aligner step is at least forward + backward to the inputs (2x) of it
+    transformer = full_size_flux["transformer"]
+    image_tokens, prior_tokens = (512 // 16) ** 2, 256
+    per_token = functools.partial(sum_linear_params, transformer)
+    double = sum(
+        per_token(block, ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out", "ff.")) * image_tokens
+        + per_token(block, ("attn.add_", "attn.to_add_out", "ff_context.")) * prior_tokens
+        for block in transformer.transformer_blocks
+    )
+    single = sum(
+        per_token(block, ("attn.to_", "proj_mlp", "proj_out")) for block in transformer.single_transformer_blocks
+    ) * (image_tokens + prior_tokens)
+    heads = transformer.config.num_attention_heads * transformer.config.attention_head_dim
+    attention = 4 * (image_tokens + prior_tokens) ** 2 * heads * (len(transformer.transformer_blocks) + 38)
+    forward = 2 * (double + single) + attention
+    assert 2 * forward < counted["aligner"] < 2 * forward * 1.15
+
+
+def sum_linear_params(model: torch.nn.Module, block: torch.nn.Module, prefixes: tuple[str, ...]) -> int:
+    """Multiply-adds per token of `block`'s Linear layers whose names start with one of `prefixes`."""
+    return sum(
+        module.weight.numel()
+        for name, module in block.named_modules()
+        if isinstance(module, torch.nn.Linear) and name.startswith(prefixes)
+    )
+
+
+def test_live_tensor_bytes_by_hand():
+    x = torch.zeros(1000, device="meta")  # exists before: not counted
+    with meta_memory.LiveTensorBytes() as tracker:
+        a = x * 2  # 4,000 bytes alive
+        b = a + 1  # 8,000
+        del a  # 4,000
+        c = b.view(10, 100) * 3  # a view shares its storage; then 8,000
+    assert (tracker.peak, tracker.live) == (8000, 8000)
+    del b, c
+    assert tracker.live == 0
+
+
+def test_flash_attention_keeps_output_and_logsumexp_only():
+    """What a forward leaves for the backward: the flash kernel's output (bf16) and log-sum-exp (fp32, per query),
+    never the S x S attention matrix that the math decomposition keeps."""
+    batch, heads, tokens, width = 1, 4, 256, 32
+    q, k, v = (
+        torch.zeros(batch, heads, tokens, width, device="meta", dtype=torch.bfloat16, requires_grad=True)
+        for _ in range(3)
+    )
+    with meta_memory.flash_attention(), meta_memory.LiveTensorBytes() as tracker:
+        out = F.scaled_dot_product_attention(q, k, v)
+    # + 24 bytes: the kernel's dropout RNG seed and offset (int64[2] and int64[])
+    assert tracker.live == batch * heads * tokens * (width * 2 + 4) + 24
+    with meta_memory.LiveTensorBytes() as math:
+        out = F.scaled_dot_product_attention(q, k, v)
+    assert math.live >= batch * heads * tokens * tokens * 2  # the attention matrix
+    del out
+
+
+def test_checkpointing_lowers_the_flux_aligner_steps_peak():
+    """With a tiny transformer deep enough for its blocks' activations to dominate the step (12 single blocks)."""
+    peaks = {}
+    for checkpointing in (False, True):
+        components = flops.meta_flux_components(tiny=True)
+        with torch.device("meta"):
+            transformer = type(components["transformer"]).from_config(
+                components["transformer"].config, num_single_layers=12
+            )
+        components["transformer"] = transformer.requires_grad_(False)
+        if checkpointing:
+            transformer.enable_gradient_checkpointing()
+        step = training_budget.flux_aligner_training_run(components, 64, 2, "meta", torch.float32)
+        step()
+        peaks[checkpointing] = meta_memory.step_peak_bytes(step)
+    assert 0 < peaks[True] < 0.8 * peaks[False], peaks
+
+
+def test_flux_fsdp_config_makes_one_unit_per_transformer_block(monkeypatch, full_size_flux):
+    """`accelerate launch --config_file training/configs/fsdp_flux.yaml` gives FSDP over 8 processes whose wrap
+    policy makes each FLUX transformer block one unit, and none of a block's parts alone."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    config = ROOT / "training" / "configs" / "fsdp_flux.yaml"
+    args = launch_command_parser().parse_args(["--config_file", str(config), "train_aligner.py"])
+    args, _, _ = _validate_launch_command(args)
+    assert args.num_processes == training_budget.FSDP_GPUS
+    for key, value in prepare_multi_gpu_env(args).items():
+        monkeypatch.setenv(key, value)
+    plugin = FullyShardedDataParallelPlugin()
+    assert str(plugin.sharding_strategy) == "ShardingStrategy.FULL_SHARD" and plugin.use_orig_params
+    transformer = full_size_flux["transformer"]
+    plugin.set_auto_wrap_policy(transformer)
+
+    def wrapped(module: torch.nn.Module) -> bool:
+        numel = sum(p.numel() for p in module.parameters())
+        return plugin.auto_wrap_policy(module=module, recurse=False, nonwrapped_numel=numel)
+
+    blocks = [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
+    assert len(blocks) == 57 and all(wrapped(block) for block in blocks)
+    assert not any(wrapped(child) for block in blocks for child in block.children())

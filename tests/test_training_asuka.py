@@ -599,6 +599,7 @@ def test_example_accelerate_configs_parse():
     assert kinds == {
         "deepspeed_zero2.yaml": "DistributedType.DEEPSPEED",
         "fsdp.yaml": "DistributedType.FSDP",
+        "fsdp_flux.yaml": "DistributedType.FSDP",
         "multi_gpu.yaml": "DistributedType.MULTI_GPU",
     }
 

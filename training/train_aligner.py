@@ -14,7 +14,9 @@ The backbone is the one of the pipeline folder given (its `model_index.json`'s p
 
 Only the aligner(s) learn. With probability p the prior is computed from the *unmasked* image (the "reconstructed
 prior"); p decays linearly from 1.0 to 0.1 over the first 2000 steps. The loss of one batch is
-`asuka_training.aligner_loss`.
+`asuka_training.aligner_loss`, its inputs `asuka_training.aligner_batch`'s: encoded on the fly, or with
+`--precomputed DIR` read from the VAE posteriors and MAE priors `prepare_aligner_inputs.py` stored for the same
+(image, mask) pairs, the latents drawn from the posteriors the same way.
 
     accelerate launch training/train_aligner.py --pretrained_model_name_or_path <asuka-or-sd-inpaint folder> \\
         --mae_model_name_or_path <trained MAE> --train_data_dir images/ --resolution 512 --max_train_steps 20000
@@ -140,6 +142,13 @@ def build_aligner_parser():
         help="Also write a complete pipeline (AsukaPipeline, AsukaFluxPipeline) to <output_dir>/pipeline.",
     )
     add("--validation_inference_steps", type=int, default=25, help="Denoising steps of validation samples.")
+    add(
+        "--precomputed",
+        type=str,
+        default=None,
+        help="A folder written by training/prepare_aligner_inputs.py: train from its stored VAE posteriors and MAE "
+        "priors (no VAE encode, no MAE call) instead of --train_data_dir/--dataset_name.",
+    )
     parser.set_defaults(learning_rate=5e-2, adam_weight_decay=1e-2)
     return parser
 
@@ -235,11 +244,18 @@ def _objective(args: argparse.Namespace, spec):
     return dataclasses.replace(spec.objective, **fields) if fields else spec.objective
 
 
-def _encode(encoder, vae_config, pixels: torch.Tensor) -> torch.Tensor:
-    """[-1,1] pixels -> scaled latents (sampled, as diffusers' inpainting pipelines do) with the VAE's scaling."""
-    latents = encoder.encode(pixels).latent_dist.sample()
-    shift = vae_config.get("shift_factor", None) or 0.0
-    return (latents - shift) * vae_config.scaling_factor
+def _precomputed_data(args, accelerator, backbone, mae, masked_image_encoder) -> dict:
+    """`prepare`'s dataset and validation batch read from --precomputed; `ValueError` for a folder prepared for
+    another backbone, VAE, MAE or resolution."""
+    expected = asuka_training.input_identity(backbone, mae, masked_image_encoder, args.resolution)
+    dataset = asuka_training.PrecomputedDataset(args.precomputed, expected)
+    dtype = str(asuka_training.weight_dtype_for(accelerator)).removeprefix("torch.")
+    if dataset.manifest["dtype"] != dtype:
+        accelerator.print(
+            f"--precomputed {args.precomputed} stores {dataset.manifest['dtype']} inputs and this run computes in "
+            f"{dtype}: the latents differ slightly from those of the run that encodes on the fly."
+        )
+    return {"dataset": dataset, "validation": dataset.validation_batch(args.num_validation_images)}
 
 
 def _draw_guidance(args: argparse.Namespace, batch_size: int, device: torch.device) -> float | torch.Tensor | None:
@@ -258,45 +274,39 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
     vae, denoiser, spec = backbone.vae, backbone.denoiser, backbone.spec
     objective = _objective(args, spec)
     noise_scheduler = objective.training_scheduler(backbone.scheduler.config)
-    masked_image_encoder = None  # the release's own encoder of the masked image, as the FLUX pipeline uses it
-    if Path(backbone.folder, "masked_image_encoder", "config.json").is_file():
-        from asuka.models import AsukaVAEEncoder
-
-        masked_image_encoder = AsukaVAEEncoder.from_pretrained(backbone.folder, subfolder="masked_image_encoder")
-
+    masked_image_encoder = asuka_training.masked_image_encoder_of(backbone.folder)
+    data = {}  # the identities are those of the loaded (float32) weights
+    if args.precomputed:
+        data = _precomputed_data(args, accelerator, backbone, mae, masked_image_encoder)
     weight_dtype = asuka_training.freeze(accelerator, vae, denoiser, mae, masked_image_encoder)
     aligner.requires_grad_(True)
     if args.gradient_checkpointing:
         denoiser.enable_gradient_checkpointing()  # frozen, but gradients still flow through it to the aligner
 
     trainable = "aligner" if spec.pooled_width is None else "aligners"
-    setup = asuka_training.prepare(args, accelerator, {trainable: aligner}, tracker_name="train_aligner")
+    setup = asuka_training.prepare(args, accelerator, {trainable: aligner}, tracker_name="train_aligner", **data)
     aligner_model, validation = setup.model, setup.validation
+    if args.precomputed:
+        source = asuka_training.StoredInputs(accelerator.device, weight_dtype, vae)
+    else:
+        source = asuka_training.EncodedInputs(vae, mae, accelerator.device, weight_dtype, masked_image_encoder)
 
     def train_step(batch: dict[str, torch.Tensor], global_step: int) -> dict[str, torch.Tensor]:
-        pixels = batch["pixel_values"].to(accelerator.device, weight_dtype)
-        mask = batch["mask"].to(accelerator.device, weight_dtype)
-        batch_size = pixels.shape[0]
-        with torch.no_grad():
-            latents = _encode(vae, vae.config, pixels * 2 - 1)
-            masked_pixels = (pixels * 2 - 1) * (mask < 0.5)
-            masked_latents = _encode(masked_image_encoder or vae, vae.config, masked_pixels)
-            p = reconstructed_prior_probability(
-                global_step, args.prior_prob_start, args.prior_prob_end, args.prior_prob_decay_steps
-            )
-            use_full_image = torch.rand(batch_size, device=accelerator.device) < p
-            prior = mae.prior(pixels, mask * (~use_full_image).to(mask.dtype).view(-1, 1, 1, 1))
+        p = reconstructed_prior_probability(
+            global_step, args.prior_prob_start, args.prior_prob_end, args.prior_prob_decay_steps
+        )
+        inputs = asuka_training.aligner_batch(source, batch, vae.config, p)
         loss = asuka_training.aligner_loss(
             spec,
             denoiser,
             noise_scheduler,
             aligner_model,
-            prior,
-            latents,
-            masked_latents,
-            mask,
+            inputs.prior,
+            inputs.latents,
+            inputs.masked_latents,
+            inputs.mask,
             objective=objective,
-            guidance=_draw_guidance(args, batch_size, accelerator.device),
+            guidance=_draw_guidance(args, len(inputs.mask), accelerator.device),
         )
         setup.step(loss)
         return {"loss": loss, "p": torch.tensor(p), "lr": setup.last_lr()}

@@ -2,8 +2,10 @@
 
 `args` (flags), `data` (images via `asuka.imageio` + paper masks), `checkpoints` (resumable states in
 diffusers format, `ComponentGroup`s of several models trained as one), `setup` (accelerator, optimizer, `prepare`,
-`load_backbone`), `loop` (the loop and the final folder), `hub` (model card and upload) and `aligner_loss` (the
-aligner's loss of one batch, through the backbone's spec). Every script is assembled the same way:
+`load_backbone`), `loop` (the loop and the final folder), `hub` (model card and upload), `aligner_loss` (the
+aligner's loss of one batch, through the backbone's spec), `aligner_inputs` (that batch's latents and prior, encoded
+on the fly or read back) and `precomputed` (the shards `prepare_aligner_inputs.py` writes). Every script is
+assembled the same way:
 
     args = parse_args(parser, argv, resolve=None)   # validated and normalised once; ValueError on bad flags
     accelerator = setup_accelerator(args)           # Accelerator + ProjectConfiguration + seed
@@ -19,8 +21,24 @@ A batch holds "pixel_values" (B,3,R,R) in [0,1], "mask" (B,1,R,R) with 1 = hole,
 "num_bad_masks".
 """
 
+from .aligner_inputs import (
+    AlignerBatch,
+    EncodedInputs,
+    StoredInputs,
+    aligner_batch,
+    latent_memory_format,
+    masked_image_encoder_of,
+    sample_latents,
+)
 from .aligner_loss import AlignerPair, aligned_conditioning, aligner_loss
-from .args import add_start_from, build_parser, parse_args, serialisable_args
+from .args import (
+    add_data_arguments,
+    add_start_from,
+    build_parser,
+    check_data_arguments,
+    parse_args,
+    serialisable_args,
+)
 from .checkpoints import (
     CHECKPOINT_PREFIX,
     ComponentGroup,
@@ -50,6 +68,7 @@ from .data import (
 )
 from .hub import CardText, push_folder_to_hub, write_model_card
 from .loop import TrainingResult, finish, inpainting_rows, log_validation, optimizer_step, run_training, to_pil
+from .precomputed import PrecomputedDataset, input_identity
 from .setup import (
     Backbone,
     TrainingSetup,
@@ -66,9 +85,16 @@ from .setup import (
 
 
 __all__ = [
+    "AlignerBatch",
     "AlignerPair",
     "Backbone",
+    "EncodedInputs",
+    "PrecomputedDataset",
+    "StoredInputs",
+    "add_data_arguments",
     "add_start_from",
+    "aligner_batch",
+    "check_data_arguments",
     "aligned_conditioning",
     "aligner_loss",
     "CHECKPOINT_PREFIX",
@@ -87,6 +113,8 @@ __all__ = [
     "finish",
     "freeze",
     "inpainting_rows",
+    "input_identity",
+    "latent_memory_format",
     "list_checkpoints",
     "load_component",
     "load_pretrained_into",
@@ -98,6 +126,7 @@ __all__ = [
     "make_dataloader",
     "make_lr_scheduler",
     "make_optimizer",
+    "masked_image_encoder_of",
     "optimizer_step",
     "parse_args",
     "prepare",
@@ -106,6 +135,7 @@ __all__ = [
     "resolve_resume_path",
     "resume_if_requested",
     "run_training",
+    "sample_latents",
     "save_checkpoint",
     "save_diffusers_model",
     "save_pretrained_parts",

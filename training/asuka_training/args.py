@@ -32,51 +32,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     add("--output_dir", type=str, default="asuka-model", help="Where checkpoints and the final model are written.")
     add("--logging_dir", type=str, default="logs", help="Tracker log folder, relative to --output_dir.")
     add("--seed", type=int, default=None, help="Seed for reproducible training (models, masks, augmentations).")
-    # data
-    add("--train_data_dir", type=str, default=None, help="Folder of training images (searched recursively).")
-    add("--dataset_name", type=str, default=None, help="HF datasets name or path (alternative to --train_data_dir).")
-    add("--dataset_config_name", type=str, default=None, help="Config of --dataset_name.")
-    add("--dataset_split", type=str, default="train", help="Split of --dataset_name.")
-    add("--image_column", type=str, default="image", help="Image column of --dataset_name.")
-    add(
-        "--streaming",
-        action="store_true",
-        help="Stream --dataset_name instead of downloading it (Places2-scale data).",
-    )
-    add("--max_train_samples", type=int, default=None, help="Truncate the dataset to this many images (debugging).")
-    add(
-        "--resolution",
-        type=int,
-        default=512,
-        help="Training resolution; images are resized and center/random cropped.",
-    )
-    add("--random_crop", action="store_true", help="Random instead of center crops.")
-    add("--random_flip", action="store_true", help="Random horizontal flips.")
-    add("--dataloader_num_workers", type=int, default=0, help="Data-loading worker processes (0 = main process).")
-    # masks (asuka.masks.MaskGenerator)
-    add(
-        "--object_mask_dir",
-        type=str,
-        default=None,
-        help="Folder of object masks (training/prepare_object_masks.py). Without it, the object share falls back "
-        "to the other families.",
-    )
-    add(
-        "--mask_dir",
-        type=str,
-        default=None,
-        help="Folder of ready-made training masks (e.g. the masks released with MISATO; white = hole, grey > 127, "
-        "resized with nearest to cover --resolution and centre-cropped, as images are), used instead of or mixed "
-        "with the generated masks.",
-    )
-    add(
-        "--mask_dir_prob",
-        type=float,
-        default=None,
-        help="Chance that a sample takes a --mask_dir mask rather than a generated one (default 1 with --mask_dir).",
-    )
-    add("--hole_min", type=float, default=0.05, help="Smallest hole ratio of training masks.")
-    add("--hole_max", type=float, default=0.7, help="Largest hole ratio of training masks.")
+    add_data_arguments(parser)
     # optimisation
     add("--train_batch_size", type=int, default=4, help="Batch size per device.")
     add("--num_train_epochs", type=int, default=100, help="Upper bound on epochs; --max_train_steps wins when set.")
@@ -134,10 +90,95 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The data and mask flags: what a training sample is made of (`data.build_dataset` reads them)."""
+    add = parser.add_argument
+    # data
+    add("--train_data_dir", type=str, default=None, help="Folder of training images (searched recursively).")
+    add("--dataset_name", type=str, default=None, help="HF datasets name or path (alternative to --train_data_dir).")
+    add("--dataset_config_name", type=str, default=None, help="Config of --dataset_name.")
+    add("--dataset_split", type=str, default="train", help="Split of --dataset_name.")
+    add("--image_column", type=str, default="image", help="Image column of --dataset_name.")
+    add(
+        "--streaming",
+        action="store_true",
+        help="Stream --dataset_name instead of downloading it (Places2-scale data).",
+    )
+    add("--max_train_samples", type=int, default=None, help="Truncate the dataset to this many images (debugging).")
+    add(
+        "--resolution",
+        type=int,
+        default=512,
+        help="Training resolution; images are resized and center/random cropped.",
+    )
+    add("--random_crop", action="store_true", help="Random instead of center crops.")
+    add("--random_flip", action="store_true", help="Random horizontal flips.")
+    add("--dataloader_num_workers", type=int, default=0, help="Data-loading worker processes (0 = main process).")
+    # masks (asuka.masks.MaskGenerator)
+    add(
+        "--object_mask_dir",
+        type=str,
+        default=None,
+        help="Folder of object masks (training/prepare_object_masks.py). Without it, the object share falls back "
+        "to the other families.",
+    )
+    add(
+        "--mask_dir",
+        type=str,
+        default=None,
+        help="Folder of ready-made training masks (e.g. the masks released with MISATO; white = hole, grey > 127, "
+        "resized with nearest to cover --resolution and centre-cropped, as images are), used instead of or mixed "
+        "with the generated masks.",
+    )
+    add(
+        "--mask_dir_prob",
+        type=float,
+        default=None,
+        help="Chance that a sample takes a --mask_dir mask rather than a generated one (default 1 with --mask_dir).",
+    )
+    add("--hole_min", type=float, default=0.05, help="Smallest hole ratio of training masks.")
+    add("--hole_max", type=float, default=0.7, help="Largest hole ratio of training masks.")
+
+
 def add_start_from(parser: argparse.ArgumentParser, component: str, help: str) -> None:
     """`--<component>_model_name_or_path`: a folder or Hub id to start the trained component from (default None:
     the script's own rule, given in `help`)."""
     parser.add_argument(f"--{component}_model_name_or_path", type=str, default=None, help=help)
+
+
+def check_data_arguments(args: argparse.Namespace, precomputed: str | None = None) -> None:
+    """Validate (and normalise) the flags of `add_data_arguments`; `ValueError` for inconsistent ones.
+
+    `precomputed`: a folder of precomputed samples (`train_aligner.py --precomputed`), which replaces the data source.
+    """
+    if precomputed is not None:
+        if args.train_data_dir is not None or args.dataset_name is not None:
+            raise ValueError(
+                f"--precomputed {precomputed!r} holds the training samples: drop --train_data_dir/--dataset_name "
+                "(the data and mask flags were those given to training/prepare_aligner_inputs.py)."
+            )
+    elif (args.train_data_dir is None) == (args.dataset_name is None):
+        raise ValueError(
+            "Give exactly one data source: --train_data_dir (an image folder) or --dataset_name (HF datasets)."
+        )
+    if args.streaming and args.dataset_name is None:
+        raise ValueError("--streaming applies to --dataset_name only.")
+    if args.train_data_dir is not None and not Path(args.train_data_dir).is_dir():
+        raise ValueError(f"--train_data_dir {args.train_data_dir!r} is not a folder.")
+    if not 0.0 <= args.hole_min <= args.hole_max <= 1.0:
+        raise ValueError(
+            f"--hole_min/--hole_max must satisfy 0 <= min <= max <= 1, got {args.hole_min}, {args.hole_max}."
+        )
+    if args.mask_dir is None and args.mask_dir_prob is not None:
+        raise ValueError("--mask_dir_prob applies to --mask_dir only: give the mask folder too, or drop it.")
+    if args.mask_dir is not None and not Path(args.mask_dir).is_dir():
+        raise ValueError(f"--mask_dir {args.mask_dir!r} is not a folder.")
+    if args.mask_dir is not None and args.mask_dir_prob is None:
+        args.mask_dir_prob = 1.0
+    if args.mask_dir_prob is not None and not 0.0 <= args.mask_dir_prob <= 1.0:
+        raise ValueError(f"--mask_dir_prob must be in [0, 1] (a probability), got {args.mask_dir_prob}.")
+    if args.resolution % 8:
+        raise ValueError(f"--resolution must be a multiple of 8 (the VAE's factor), got {args.resolution}.")
 
 
 def parse_args(
@@ -152,32 +193,11 @@ def parse_args(
     only place where the namespace is written to; everything derived later lives in `TrainingSetup`.
     """
     args = parser.parse_args(argv)
-    if (args.train_data_dir is None) == (args.dataset_name is None):
-        raise ValueError(
-            "Give exactly one data source: --train_data_dir (an image folder) or --dataset_name (HF datasets)."
-        )
-    if args.streaming and args.dataset_name is None:
-        raise ValueError("--streaming applies to --dataset_name only.")
-    if args.train_data_dir is not None and not Path(args.train_data_dir).is_dir():
-        raise ValueError(f"--train_data_dir {args.train_data_dir!r} is not a folder.")
+    check_data_arguments(args, precomputed=getattr(args, "precomputed", None))
     if args.streaming and args.max_train_steps is None:
         raise ValueError("--streaming datasets have no length: set --max_train_steps.")
-    if not 0.0 <= args.hole_min <= args.hole_max <= 1.0:
-        raise ValueError(
-            f"--hole_min/--hole_max must satisfy 0 <= min <= max <= 1, got {args.hole_min}, {args.hole_max}."
-        )
-    if args.mask_dir is None and args.mask_dir_prob is not None:
-        raise ValueError("--mask_dir_prob applies to --mask_dir only: give the mask folder too, or drop it.")
-    if args.mask_dir is not None and not Path(args.mask_dir).is_dir():
-        raise ValueError(f"--mask_dir {args.mask_dir!r} is not a folder.")
-    if args.mask_dir is not None and args.mask_dir_prob is None:
-        args.mask_dir_prob = 1.0
-    if args.mask_dir_prob is not None and not 0.0 <= args.mask_dir_prob <= 1.0:
-        raise ValueError(f"--mask_dir_prob must be in [0, 1] (a probability), got {args.mask_dir_prob}.")
     if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
         raise ValueError("--checkpoints_total_limit must be >= 1.")
-    if args.resolution % 8:
-        raise ValueError(f"--resolution must be a multiple of 8 (the VAE's factor), got {args.resolution}.")
     if args.report_to == "wandb" and args.hub_token is not None:
         raise ValueError(
             "Do not combine --report_to=wandb with --hub_token (the token would be logged); use `hf auth login`."

@@ -222,13 +222,11 @@ def validation_batch(dataset: torch.utils.data.Dataset, count: int) -> dict[str,
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Stack pixels and masks; sum the bad-image and bad-mask counts."""
-    return {
-        "pixel_values": torch.stack([s["pixel_values"] for s in samples]).contiguous(),
-        "mask": torch.stack([s["mask"] for s in samples]).contiguous(),
-        "num_bad_images": torch.tensor(sum(int(s["num_bad_images"]) for s in samples)),
-        "num_bad_masks": torch.tensor(sum(int(s["num_bad_masks"]) for s in samples)),
-    }
+    """Stack each tensor of the samples (pixels, masks; precomputed inputs); sum the bad-image and bad-mask counts."""
+    counts = ("num_bad_images", "num_bad_masks")
+    batch = {key: torch.stack([s[key] for s in samples]).contiguous() for key in samples[0] if key not in counts}
+    batch.update({key: torch.tensor(sum(int(s[key]) for s in samples)) for key in counts})
+    return batch
 
 
 def make_dataloader(args: argparse.Namespace, dataset: torch.utils.data.Dataset) -> torch.utils.data.DataLoader:

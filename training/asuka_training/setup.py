@@ -123,10 +123,13 @@ class Backbone:
     folder: str
 
 
-def load_backbone(path: str, revision: str | None = None, variant: str | None = None) -> Backbone:
+def load_backbone(
+    path: str, revision: str | None = None, variant: str | None = None, with_denoiser: bool = True
+) -> Backbone:
     """The backbone of the pipeline folder (or Hub repo) `path`, as its `model_index.json`'s pipeline class names it
     (an ASUKA pipeline or the plain diffusers one): the spec says which denoiser to load, how training calls it and
     its objective. A light repo's backbone components are loaded from the backbone repo it points to.
+    `with_denoiser=False` leaves the denoiser out (`None`: what encoding the training inputs needs).
     `ValueError` for a backbone whose spec cannot be trained on yet."""
     import diffusers
 
@@ -143,15 +146,17 @@ def load_backbone(path: str, revision: str | None = None, variant: str | None = 
     spec.check_trainable()
     if BACKBONE_KEY in index:  # a light repo: ASUKA's components here, pointers to the backbone's
         folder = resolve_repo(path, revision=revision)
-        vae, denoiser, scheduler = (
-            load_backbone_component(read_pointer(Path(folder, name)), variant=variant)
-            for name in ("vae", spec.denoiser, "scheduler")
+        names = ("vae", "scheduler", spec.denoiser)[: 3 if with_denoiser else 2]
+        vae, scheduler, *denoiser = (
+            load_backbone_component(read_pointer(Path(folder, name)), variant=variant) for name in names
         )
-        return Backbone(spec, vae, denoiser, scheduler, folder)
+        return Backbone(spec, vae, denoiser[0] if denoiser else None, scheduler, folder)
     vae = getattr(diffusers, spec.vae_class).from_pretrained(path, subfolder="vae", revision=revision, variant=variant)
-    denoiser = getattr(diffusers, spec.denoiser_class).from_pretrained(
-        path, subfolder=spec.denoiser, revision=revision, variant=variant
-    )
+    denoiser = None
+    if with_denoiser:
+        denoiser = getattr(diffusers, spec.denoiser_class).from_pretrained(
+            path, subfolder=spec.denoiser, revision=revision, variant=variant
+        )
     return Backbone(spec, vae, denoiser, load_scheduler(path, revision=revision), str(path))
 
 
@@ -197,6 +202,8 @@ def prepare(
     *,
     tracker_name: str,
     extra_optimizers: dict[str, torch.optim.Optimizer] | None = None,
+    dataset: torch.utils.data.Dataset | None = None,
+    validation: dict[str, torch.Tensor] | None = None,
     **dataset_options: Any,
 ) -> TrainingSetup:
     """The setup every script shares, after its models are loaded and frozen.
@@ -205,12 +212,16 @@ def prepare(
     trained by AdamW from the --adam_* flags with the --lr_scheduler schedule. Any other trainable
     brings its own optimizer in `extra_optimizers` (same key) and is prepared after the main one.
     Registers the diffusers-format checkpoint hooks, builds the data (`dataset_options` go to
-    `build_dataset`), starts the trackers and resumes from --resume_from_checkpoint.
+    `build_dataset`; or `dataset` and its fixed `validation` batch, e.g. precomputed samples, are given), starts
+    the trackers and resumes from --resume_from_checkpoint.
     """
     register_diffusers_hooks(accelerator, trainables)
     model = next(iter(trainables.values()))
     optimizer = make_optimizer(args, model.parameters(), accelerator)
-    dataset = build_dataset(args, **dataset_options)
+    if dataset is None:
+        dataset = build_dataset(args, **dataset_options)
+    if validation is None:
+        validation = validation_batch(dataset, args.num_validation_images)
     dataloader = make_dataloader(args, dataset)
     # like the diffusers examples: --num_train_epochs counts epochs of the unsharded loader
     max_train_steps = args.max_train_steps
@@ -236,7 +247,7 @@ def prepare(
         lr_scheduler=lr_scheduler,
         dataset=dataset,
         dataloader=dataloader,
-        validation=validation_batch(dataset, args.num_validation_images),
+        validation=validation,
         max_train_steps=max_train_steps,
         steps_per_epoch=updates_per_epoch(args, dataloader) or max_train_steps,  # streaming: the run is one epoch
         initial_global_step=initial_global_step,
