@@ -32,6 +32,7 @@ from diffusers import (
     FluxTransformer2DModel,
 )
 from diffusers.image_processor import VaeImageProcessor
+from diffusers.loaders import FluxLoraLoaderMixin
 from diffusers.pipelines.flux.pipeline_flux_fill import calculate_shift, retrieve_latents, retrieve_timesteps
 from diffusers.utils import replace_example_docstring
 
@@ -52,7 +53,9 @@ from .inpaint_steps import (
     standardise_inputs,
     unchanged_output,
 )
+from .lora_loading import TextEncoderFreeLoraMixin
 from .pipeline_mixins import AsukaInpaintMixin, StepCallback
+from .step_cache import StepCacheMixin
 
 
 EXAMPLE_DOC_STRING = """
@@ -80,7 +83,15 @@ EXAMPLE_DOC_STRING = """
 """
 
 
-class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin, AsukaDecodeMixin):
+class AsukaFluxPipeline(
+    StepCacheMixin,
+    LightRepoMixin,
+    DiffusionPipeline,
+    TextEncoderFreeLoraMixin,
+    FluxLoraLoaderMixin,
+    AsukaInpaintMixin,
+    AsukaDecodeMixin,
+):
     r"""FLUX.1-Fill inpainting conditioned on the visible image (ASUKA) instead of a text prompt.
 
     Assemble it from the gated FLUX repo and the converted ASUKA components with
@@ -378,6 +389,7 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin, As
             pooled_prompt_embeds=pooled_prompt_embeds,
         )
         self._reset_step_state(guidance_scale)
+        self.reset_step_caches()  # a step cache starts each call afresh, even after an interrupted one
 
         # 2. Standardise them: images (B, 3, H, W) in [0, 1], holes (B, 1, H, W); an empty mask has nothing to
         #    inpaint, so the call returns the input untouched
@@ -475,17 +487,18 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin, As
                 if self.interrupt:
                     continue
                 timestep = t.expand(latents.shape[0]).to(latents.dtype)
-                noise_pred = self.transformer(
-                    hidden_states=torch.cat((latents, masked_image_latents), dim=2),
-                    timestep=timestep / 1000,
-                    guidance=guidance,
-                    pooled_projections=pooled_prompt_embeds,
-                    encoder_hidden_states=prompt_embeds,
-                    txt_ids=text_ids,
-                    img_ids=latent_image_ids,
-                    joint_attention_kwargs=joint_attention_kwargs,
-                    return_dict=False,
-                )[0]
+                with self.denoiser_step("cond", i, t, num_inference_steps):  # the step caches' context
+                    noise_pred = self.transformer(
+                        hidden_states=torch.cat((latents, masked_image_latents), dim=2),
+                        timestep=timestep / 1000,
+                        guidance=guidance,
+                        pooled_projections=pooled_prompt_embeds,
+                        encoder_hidden_states=prompt_embeds,
+                        txt_ids=text_ids,
+                        img_ids=latent_image_ids,
+                        joint_attention_kwargs=joint_attention_kwargs,
+                        return_dict=False,
+                    )[0]
                 latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
 
                 if callback_on_step_end is not None:
