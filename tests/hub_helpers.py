@@ -295,3 +295,20 @@ def light_repo_without(pipe, backbone: Path, component: str, tmp_path: Path) -> 
     light = tmp_path / "light"
     pipe.save_pretrained(light, light=True, backbone=str(broken))
     return light, broken
+
+
+def lora_on_light_repo_without_asuka(
+    light: Path, cache: Path, tmp_path: Path, lora: Path, pipeline_class: str, steps: int
+) -> np.ndarray:
+    """`light` loaded with the one diffusers call in a subprocess without `asuka`, the LoRA file in `lora` loaded
+    into it with `load_lora_weights`; returns its output (seed 0, numpy) on `make_inputs()`."""
+    image, mask = make_inputs()
+    then = f"""
+        pipe.load_lora_weights({str(lora)!r}, adapter_name="tiny")
+        assert pipe.get_active_adapters() == ["tiny"]
+        out = pipe(PIL.Image.open("image.png"), PIL.Image.open("mask.png"), num_inference_steps={steps},
+                   generator=torch.Generator().manual_seed(0), output_type="np").images
+        np.save("lora.npy", out)
+        """
+    run_folder_without_asuka(light, tmp_path, image, mask, pipeline_class, steps, then=then, hf_cache=cache)
+    return np.load(tmp_path / "lora.npy")
