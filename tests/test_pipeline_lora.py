@@ -9,6 +9,8 @@ import PIL.Image
 import pytest
 import torch
 from lora_support import CASES, save_tiny_lora
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
 
 from asuka import AsukaFluxPipeline, AsukaPipeline
 from asuka.testing import make_tiny_pipeline
@@ -83,3 +85,49 @@ def test_text_encoder_layers_of_a_lora_are_skipped_with_a_warning(kind, tmp_path
         pipe.load_lora_weights(with_clip, adapter_name="with_clip")
     assert "has no text encoder" in caplog.text and "2 text_encoder weights" in caplog.text
     np.testing.assert_array_equal(run(pipe), expected)
+
+
+def test_flux_lora_in_kohya_format_lands_on_the_diffusers_layer(tmp_path):
+    """A kohya-format FLUX LoRA (`lora_unet_double_blocks_0_img_attn_proj`, with its alpha), read by diffusers'
+    conversion: fused, it adds up @ down * alpha / rank to the first block's attention output projection."""
+    import safetensors.torch
+
+    pipe = make_tiny_pipeline("flux", seed=0)
+    layer = pipe.transformer.transformer_blocks[0].attn.to_out[0]
+    before = layer.weight.detach().clone()
+    generator = torch.Generator().manual_seed(0)
+    down, up = (
+        torch.randn(4, layer.in_features, generator=generator),
+        torch.randn(layer.out_features, 4, generator=generator),
+    )
+    key = "lora_unet_double_blocks_0_img_attn_proj"
+    safetensors.torch.save_file(
+        {f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up, f"{key}.alpha": torch.tensor(2.0)},
+        tmp_path / "kohya.safetensors",
+    )
+    pipe.load_lora_weights(tmp_path / "kohya.safetensors", adapter_name="kohya")
+    pipe.fuse_lora()
+    torch.testing.assert_close(pipe.transformer.transformer_blocks[0].attn.to_out[0].weight - before, up @ down * 0.5)
+
+
+def test_a_flux_dev_lora_on_the_image_embedder_is_zero_padded_to_fill_channels(tmp_path):
+    """LoRAs trained on FLUX.1-dev (a turbo LoRA) adapt `x_embedder` on 64 input channels; FLUX.1-Fill's takes 384
+    (noise + masked image + mask), so diffusers pads the LoRA's down projection with zeros: the extra channels
+    (ASUKA's masked-image latents and mask) pass through the adapter untouched."""
+    pipe = make_tiny_pipeline("flux", seed=0)
+    dev_config = {**pipe.transformer.config, "in_channels": 64, "out_channels": 64}
+    dev = type(pipe.transformer).from_config(dev_config)
+    torch.manual_seed(4)
+    config = LoraConfig(r=4, lora_alpha=4, target_modules=["x_embedder", "to_q"], init_lora_weights=False)
+    dev.add_adapter(config)
+    state = get_peft_model_state_dict(dev)
+    AsukaFluxPipeline.save_lora_weights(
+        tmp_path, transformer_lora_layers=state, transformer_lora_adapter_metadata=config.to_dict()
+    )
+    base = run(pipe)
+    pipe.load_lora_weights(tmp_path, adapter_name="dev")
+    down = pipe.transformer.x_embedder.lora_A["dev"].weight
+    assert down.shape[1] == pipe.transformer.config.in_channels == 384
+    torch.testing.assert_close(down[:, :64], state["x_embedder.lora_A.weight"])
+    assert not down[:, 64:].any()
+    assert np.abs(run(pipe) - base).max() > 1e-3
