@@ -427,6 +427,12 @@ class AsukaMAE(ModelMixin, ConfigMixin):
         std = reconstruction.new_tensor(IMAGENET_STD).view(1, -1, 1, 1)
         return prior, reconstruction * std + mean
 
+    def compile(self, *args: Any, **kwargs: Any) -> None:
+        """`torch.nn.Module.compile` (arguments as `torch.compile`'s), for `forward` and for `prior` and
+        `reconstruct`, the entries the pipelines call."""
+        super().compile(*args, **kwargs)
+        self._run = torch.compile(self._run, *args, **kwargs)
+
     @apply_forward_hook  # so `enable_model_cpu_offload` moves the MAE to the accelerator for this non-forward entry
     def prior(
         self, image: torch.Tensor, mask: torch.Tensor, mae_input_preprocessing: str | None = None

@@ -22,6 +22,7 @@ from ..models.decoder import AsukaDecoder
 from ..models.mae import AsukaMAE
 from .backbones import SD15_INPAINTING, BackboneSpec
 from .cached_attention import cache_constant_conditioning
+from .compilation import CompileMixin
 from .decode import AsukaDecodeMixin
 from .hub_light import LightRepoMixin
 from .inpaint_steps import (
@@ -61,6 +62,7 @@ EXAMPLE_DOC_STRING = """
 
 class AsukaPipeline(
     StepCacheMixin,
+    CompileMixin,
     LightRepoMixin,
     DiffusionPipeline,
     StableDiffusionMixin,
@@ -95,6 +97,7 @@ class AsukaPipeline(
     #: What the rest of asuka knows about the backbone (SD-2-inpainting shares its architecture facts).
     backbone_spec: BackboneSpec = SD15_INPAINTING
     model_cpu_offload_seq = "mae->aligner->vae->unet->decoder"
+    compiled_components = ("mae", "aligner", "decoder")  # compiled whole; the UNet block by block
     _optional_components = ["decoder"]
     _callback_tensor_inputs = ["latents", "prompt_embeds", "mask", "masked_image_latents"]
 

@@ -42,6 +42,7 @@ from ..models.mae import AsukaMAE
 from ..models.vae_encoder import AsukaVAEEncoder
 from .backbones import FLUX_FILL, BackboneSpec
 from .cached_attention import cache_constant_conditioning
+from .compilation import CompileMixin
 from .decode import AsukaDecodeMixin
 from .hub_light import LightRepoMixin, resolve_repo
 from .inpaint_steps import (
@@ -85,6 +86,7 @@ EXAMPLE_DOC_STRING = """
 
 class AsukaFluxPipeline(
     StepCacheMixin,
+    CompileMixin,
     LightRepoMixin,
     DiffusionPipeline,
     TextEncoderFreeLoraMixin,
@@ -127,6 +129,8 @@ class AsukaFluxPipeline(
     # The VAE encodes the image (for `prepare_latents`), then it or the release's encoder the masked image, before
     # denoising; with an ASUKA decoder neither is needed again.
     model_cpu_offload_seq = "mae->token_aligner->pooled_aligner->vae->masked_image_encoder->transformer->decoder"
+    # compiled whole by `compile_components`; the transformer block by block
+    compiled_components = ("mae", "token_aligner", "pooled_aligner", "decoder")
     _optional_components = ["decoder", "masked_image_encoder"]
     _callback_tensor_inputs = ["latents", "prompt_embeds"]
 
