@@ -12,6 +12,7 @@ model that cannot load does not stop the app: the page says how to fix it and th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import os
@@ -292,6 +293,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=env("ASUKA_TINY", "") in ("1", "true"),
         help="random tiny weights, for trying the interface",
     )
+    methods.add_speed_arguments(parser)  # --cache (the settings' default), --lora, --compile
     parser.add_argument("--max-queue", type=int, default=16, help="requests allowed to wait; more are refused")
     parser.add_argument(
         "--cache-max-age",
@@ -323,8 +325,12 @@ def build_demo(
     guidance: str | None = None,
     max_results: int = MAX_RESULT_FILES,
     cache_max_age: int = CACHE_MAX_AGE_S,
+    step_cache: str | None = None,
 ) -> gr.Blocks:
     """The Blocks UI; every model call goes through ``cache`` and the methods.
+
+    ``step_cache`` (``NAME[:VALUE]``, e.g. ``first-block:0.12``) is the settings' default step cache for the ASUKA
+    methods; the page shows the seconds each run took.
 
     ``guidance`` (why the first model could not load, and how to fix it) is shown where the result goes.
     Uploads, outputs and result files are deleted ``cache_max_age`` seconds after they were written, and
@@ -348,6 +354,7 @@ def build_demo(
         keep_unmasked: bool,
         dilation: int,
         run_backbone: bool,
+        step_cache: str = "",
         progress: gr.Progress = gr.Progress(),
     ):
         if not editor or editor.get("background") is None:
@@ -373,9 +380,10 @@ def build_demo(
             guidance_scale=float(guidance_scale) if spec.uses_guidance else None,
             keep_unmasked=bool(keep_unmasked),
             reconstruction=True,  # shown in the "MAE reconstruction" tab
+            step_cache=(step_cache or "").strip() or None,
         )
 
-        def run(name: str, label: str) -> methods.InpaintResult:
+        def run(name: str, label: str, request: methods.InpaintRequest) -> methods.InpaintResult:
             try:
                 with reporting_load(progress, label):
                     pipeline = cache.get(name)
@@ -388,14 +396,20 @@ def build_demo(
             except ValueError as error:
                 raise gr.Error(str(error)) from error
 
-        result = run(spec.name, spec.label)
+        start = time.perf_counter()
+        result = run(spec.name, spec.label, request)
+        seconds = time.perf_counter() - start
         backbone = None
-        if run_backbone and spec.backbone:
-            backbone = run(spec.backbone, methods.get_method(spec.backbone).label).image
+        if run_backbone and spec.backbone:  # the backbone alone: diffusers' own pipeline, without a step cache
+            backbone_request = dataclasses.replace(request, step_cache=None)
+            backbone = run(spec.backbone, methods.get_method(spec.backbone).label, backbone_request).image
         elif run_backbone:
             gr.Warning(f"{spec.label} has no separate backbone to compare with.")
         download = results.save(result.image)
-        return (result.image, (image, result.image), backbone, result.reconstruction, download, seed, mask)
+        took = f"{spec.label}: {seconds:.2f} s for {request.steps} steps" + (
+            f" (step cache {request.step_cache})" if request.step_cache else ""
+        )
+        return (result.image, (image, result.image), backbone, result.reconstruction, download, seed, mask, took)
 
     def on_method(method: str):
         spec = methods.get_method(method)
@@ -467,6 +481,11 @@ def build_demo(
                     run_backbone = gr.Checkbox(
                         value=False, label="Also run the backbone alone", interactive=first.backbone is not None
                     )
+                    step_cache_box = gr.Textbox(
+                        value=step_cache or "",
+                        label="Step cache (ASUKA methods; empty: none)",
+                        info=methods.CACHE_HELP,
+                    )
             with gr.Column(scale=1):
                 if guidance:
                     gr.Markdown(f"### No model loaded at start-up\n\n```\n{guidance}\n```", elem_id="load-guidance")
@@ -495,6 +514,7 @@ def build_demo(
                 with gr.Row():
                     download = gr.DownloadButton("Download (full resolution PNG)", elem_id="download", scale=2)
                     used_seed = gr.Number(label="Seed used", precision=0, interactive=False, scale=1)
+                run_time = gr.Textbox(label="Run time", interactive=False, elem_id="run-time")
 
         examples = _examples()
         if examples:
@@ -520,8 +540,9 @@ def build_demo(
                 keep_unmasked,
                 dilation,
                 run_backbone,
+                step_cache_box,
             ],
-            outputs=[result, slider, backbone, reconstruction, download, used_seed, used_mask],
+            outputs=[result, slider, backbone, reconstruction, download, used_seed, used_mask, run_time],
             api_name="inpaint",
             concurrency_limit=1,
             concurrency_id="gpu",
@@ -552,7 +573,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     device, dtype = resolve_device_dtype(args.device, args.dtype)
-    cache = methods.PipelineCache(device=device, dtype=dtype, tiny=args.tiny)
+    speedups = methods.Speedups(tuple(args.lora), args.compile)  # applied as each pipeline loads, stated in the log
+    cache = methods.PipelineCache(device=device, dtype=dtype, tiny=args.tiny, speedups=speedups)
     name, guidance = None, None
     try:
         name = choose_method(args.method, args.tiny, cuda_available=device.startswith("cuda"))
@@ -574,6 +596,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         guidance=guidance,
         max_results=args.max_results,
         cache_max_age=args.cache_max_age,
+        step_cache=args.cache,
     )
     demo.launch(server_name=args.host, server_port=args.port, share=args.share)
 

@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     inpaint.add_argument("--dilate", type=int, default=0, help="grow each mask by this many pixels")
     inpaint.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     inpaint.add_argument("--dtype", default=None, help="float16, bfloat16 or float32 (default: bfloat16 on GPU)")
+    from asuka.methods.speedups import add_speed_arguments
+
+    add_speed_arguments(inpaint)
     inpaint.add_argument("--tiny", action="store_true", help="random tiny weights, for trying the command")
     inpaint.add_argument("--overwrite", action="store_true", help="replace existing results")
     return parser
@@ -130,6 +133,9 @@ def inpaint_command(args: argparse.Namespace) -> int:
         device, dtype = resolve_device_dtype(args.device, args.dtype)
         spec = methods.get_method(methods.choose_method(args.method, args.tiny, torch.device(device).type == "cuda"))
         pipeline = methods.load_pipeline(spec.name, args.model, device, dtype, args.tiny)
+        speedups = methods.Speedups(tuple(args.lora), args.compile)
+        pipeline = methods.apply_speedups(pipeline, speedups, report=lambda line: print(line, file=sys.stderr))
+        methods.use_step_cache(pipeline, args.cache, args.steps or spec.default_steps)  # a bad --cache fails here
     except (ValueError, methods.NoDefaultMethod, methods.ModelLoadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -154,6 +154,7 @@ def inpaint_call(client: Any, image_path, mask_path=None, layers=(), **settings)
         keep_unmasked=True,
         dilation=0,
         run_backbone=False,
+        step_cache="",
     )
     values.update(settings)
     editor = {
@@ -164,5 +165,5 @@ def inpaint_call(client: Any, image_path, mask_path=None, layers=(), **settings)
     outputs = client.predict(
         editor, handle_file(str(mask_path)) if mask_path else None, *values.values(), api_name="/inpaint"
     )
-    names = ["result", "slider", "backbone", "reconstruction", "download", "seed", "mask"]
+    names = ["result", "slider", "backbone", "reconstruction", "download", "seed", "mask", "run_time"]
     return dict(zip(names, outputs))
