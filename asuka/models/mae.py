@@ -431,7 +431,13 @@ class AsukaMAE(ModelMixin, ConfigMixin):
         """`torch.nn.Module.compile` (arguments as `torch.compile`'s), for `forward` and for `prior` and
         `reconstruct`, the entries the pipelines call."""
         super().compile(*args, **kwargs)
-        self._run = torch.compile(self._run, *args, **kwargs)
+        run = torch.compile(self._run, *args, **kwargs)
+
+        def compiled_run(image: torch.Tensor, mask: torch.Tensor, *rest: Any) -> tuple:
+            # a crop of a larger image is a strided view, and dynamo would guard on (and recompile for) its strides
+            return run(image.contiguous(), mask.contiguous(), *rest)
+
+        self._run = compiled_run
 
     @apply_forward_hook  # so `enable_model_cpu_offload` moves the MAE to the accelerator for this non-forward entry
     def prior(
