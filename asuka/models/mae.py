@@ -433,9 +433,9 @@ class AsukaMAE(ModelMixin, ConfigMixin):
         super().compile(*args, **kwargs)
         run = torch.compile(self._run, *args, **kwargs)
 
-        def compiled_run(image: torch.Tensor, mask: torch.Tensor, *rest: Any) -> tuple:
+        def compiled_run(image: torch.Tensor, mask: torch.Tensor, *rest: Any, **options: Any) -> tuple:
             # a crop of a larger image is a strided view, and dynamo would guard on (and recompile for) its strides
-            return run(image.contiguous(), mask.contiguous(), *rest)
+            return run(image.contiguous(), mask.contiguous(), *rest, **options)
 
         self._run = compiled_run
 
