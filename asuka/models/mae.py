@@ -392,6 +392,12 @@ class AsukaMAE(ModelMixin, ConfigMixin):
         self, image: torch.Tensor, mask: torch.Tensor, mae_input_preprocessing: str | None, reconstruct: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         x, mask = self.preprocess(image, mask, mae_input_preprocessing)
+        return self._network(x, mask, reconstruct)
+
+    def _network(
+        self, x: torch.Tensor, mask: torch.Tensor, reconstruct: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The network on the preprocessed input (`image_size` square, whatever the image's size)."""
         grid = self.config.image_size // self.config.patch_size
         coverage = F.interpolate(mask, size=(grid, grid), mode="area").flatten(1)  # hole fraction per patch
         masked = coverage > 0
@@ -429,15 +435,11 @@ class AsukaMAE(ModelMixin, ConfigMixin):
 
     def compile(self, *args: Any, **kwargs: Any) -> None:
         """`torch.nn.Module.compile` (arguments as `torch.compile`'s), for `forward` and for `prior` and
-        `reconstruct`, the entries the pipelines call."""
+        `reconstruct`, the entries the pipelines call: the network after the resize to `image_size`."""
         super().compile(*args, **kwargs)
-        run = torch.compile(self._run, *args, **kwargs)
-
-        def compiled_run(image: torch.Tensor, mask: torch.Tensor, *rest: Any, **options: Any) -> tuple:
-            # a crop of a larger image is a strided view, and dynamo would guard on (and recompile for) its strides
-            return run(image.contiguous(), mask.contiguous(), *rest, **options)
-
-        self._run = compiled_run
+        # the network only: its input is always `image_size` square, so a new image size compiles nothing (the
+        # resize to it, `preprocess`, runs eagerly)
+        self._network = torch.compile(self._network, *args, **kwargs)
 
     @apply_forward_hook  # so `enable_model_cpu_offload` moves the MAE to the accelerator for this non-forward entry
     def prior(
