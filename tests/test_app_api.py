@@ -127,3 +127,13 @@ def test_huge_image_and_another_method(client, tmp_path):
         result = np.asarray(Image.open(out["result"]).convert("RGB"))
         assert result.shape == photo.shape and np.array_equal(result[~hole], photo[~hole])
         assert (result[hole] != photo[hole]).any()
+
+
+def test_the_run_time_and_the_step_cache_through_the_api(client, tmp_path):
+    photo, hole = _photo(), _hole()
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    Image.fromarray(hole.astype(np.uint8) * 255).save(tmp_path / "mask.png")
+    out = call(client, tmp_path / "photo.png", tmp_path / "mask.png", step_cache="pab:2")
+    assert out["run_time"].endswith(" s for 2 steps (step cache pab:2)"), out["run_time"]
+    with pytest.raises(AppError, match="accepted: first-block"):
+        call(client, tmp_path / "photo.png", tmp_path / "mask.png", step_cache="deep:2")
