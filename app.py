@@ -94,6 +94,7 @@ def gpu_duration(
     keep_unmasked: bool = True,
     dilation: int = 0,
     run_backbone: bool = False,
+    step_cache: str = "",
     progress: Any = None,
 ) -> int:
     """Seconds of ZeroGPU to request for one `/inpaint` call (``spaces.GPU`` passes the handler's arguments).
