@@ -158,16 +158,18 @@ def test_callback_reads_current_timestep_and_pab_state_during_the_loop():
         assert state.cache is None and state.iteration == 0
 
 
-def test_flux_cache_with_model_offloading():
+@pytest.mark.parametrize("name", list(CACHES))
+def test_flux_cache_with_model_offloading(name):
     """diffusers' hooks sit under accelerate's offloading hooks: the same output as without offloading."""
+    make_config, steps, _, _ = CACHES[name]
     pipe = flux_pipe()
-    pipe.enable_step_cache(CACHES["first-block"][0]())
-    expected = run(pipe, 4)
+    pipe.enable_step_cache(make_config())
+    expected = run(pipe, steps)
     offloaded = flux_pipe()
     offloaded.enable_model_cpu_offload(device="cpu")
-    offloaded.enable_step_cache(CACHES["first-block"][0]())
-    np.testing.assert_allclose(run(offloaded, 4), expected, atol=1e-6)
-    np.testing.assert_allclose(run(offloaded, 4), expected, atol=1e-6)
+    offloaded.enable_step_cache(make_config())
+    np.testing.assert_allclose(run(offloaded, steps), expected, atol=1e-6)
+    np.testing.assert_allclose(run(offloaded, steps), expected, atol=1e-6)
 
 
 def test_sd_pipeline_takes_pab_on_its_unet_attention():
