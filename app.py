@@ -574,7 +574,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     device, dtype = resolve_device_dtype(args.device, args.dtype)
-    speedups = methods.Speedups(tuple(args.lora), args.compile)  # applied as each pipeline loads, stated in the log
+    # applied as each pipeline loads, stated in the log; a step cache's hooks break a full graph
+    speedups = methods.Speedups(tuple(args.lora), args.compile, fullgraph=args.cache is None)
     cache = methods.PipelineCache(device=device, dtype=dtype, tiny=args.tiny, speedups=speedups)
     name, guidance = None, None
     try:

@@ -133,7 +133,7 @@ def inpaint_command(args: argparse.Namespace) -> int:
         device, dtype = resolve_device_dtype(args.device, args.dtype)
         spec = methods.get_method(methods.choose_method(args.method, args.tiny, torch.device(device).type == "cuda"))
         pipeline = methods.load_pipeline(spec.name, args.model, device, dtype, args.tiny)
-        speedups = methods.Speedups(tuple(args.lora), args.compile)
+        speedups = methods.Speedups(tuple(args.lora), args.compile, fullgraph=args.cache is None)
         pipeline = methods.apply_speedups(pipeline, speedups, report=lambda line: print(line, file=sys.stderr))
         methods.use_step_cache(pipeline, args.cache, args.steps or spec.default_steps)  # a bad --cache fails here
     except (ValueError, methods.NoDefaultMethod, methods.ModelLoadError) as error:

@@ -11,6 +11,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from diffusers.hooks import FirstBlockCacheConfig
 
 from asuka.testing import make_tiny_pipeline
 
@@ -81,3 +82,28 @@ def test_a_new_working_size_recompiles_at_most_once():
     with torch._dynamo.config.patch(error_on_recompile=True):
         np.testing.assert_allclose(run(pipe, 80, 64), eager[(80, 64)], atol=1e-5)
         np.testing.assert_allclose(run(pipe, 48, 32), eager[(48, 32)], atol=1e-5)
+
+
+def test_a_step_cache_needs_a_graph_that_may_break():
+    """diffusers' cache hooks break graphs on purpose: fullgraph compilation and a step cache refuse each other
+    (nothing is compiled here: compilation is lazy)."""
+    pipe = make_tiny_pipeline("flux", seed=0)
+    pipe.enable_step_cache(FirstBlockCacheConfig(threshold=0.8))
+    with pytest.raises(ValueError, match="fullgraph=False"):
+        pipe.compile_components(backend="eager")
+    pipe.disable_step_cache()
+    pipe.compile_components(backend="eager")
+    with pytest.raises(ValueError, match="fullgraph=False"):
+        pipe.enable_step_cache(FirstBlockCacheConfig(threshold=0.8))
+
+
+@pytest.mark.compile
+def test_step_cache_on_a_compiled_pipeline():
+    """With `fullgraph=False` a step cache runs on the compiled pipeline: its output, no recompilation."""
+    pipe = make_tiny_pipeline("flux", seed=0)
+    pipe.enable_step_cache(FirstBlockCacheConfig(threshold=0.8))
+    eager = run(pipe)
+    pipe.compile_components(fullgraph=False, backend="eager")
+    np.testing.assert_allclose(run(pipe), eager, atol=1e-5)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        np.testing.assert_allclose(run(pipe), eager, atol=1e-5)

@@ -44,10 +44,12 @@ def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
 
 @dataclass(frozen=True)
 class Speedups:
-    """What a pipeline gets when it is loaded: LoRAs (`REPO_OR_FILE[:SCALE]`) and whether to compile it."""
+    """What a pipeline gets when it is loaded: LoRAs (`REPO_OR_FILE[:SCALE]`) and whether to compile it, with
+    `fullgraph` (False where a step cache will run: its hooks break the graph)."""
 
     loras: tuple[str, ...] = ()
     compile: bool = False
+    fullgraph: bool = True
 
     def __bool__(self) -> bool:
         return bool(self.loras) or self.compile
@@ -90,16 +92,17 @@ def load_loras(pipeline: Any, loras: tuple[str, ...]) -> list[str]:
     return lines
 
 
-def compile_and_warm_up(pipeline: Any, steps: int = 2) -> list[str]:
-    """`compile_components()` and one warm-up call at the pipeline's square working size; returns the log lines."""
+def compile_and_warm_up(pipeline: Any, fullgraph: bool = True, steps: int = 2) -> list[str]:
+    """`compile_components(fullgraph=...)` and one warm-up call at the pipeline's square working size; returns the
+    log lines."""
     if not hasattr(pipeline, "compile_components"):
         raise ValueError(f"--compile applies to the ASUKA pipelines, not to {type(pipeline).__name__}.")
-    compiled = pipeline.compile_components()
+    compiled = pipeline.compile_components(fullgraph=fullgraph)
     size = getattr(pipeline.config, "working_resolution", None) or pipeline.default_working_resolution
     start = time.perf_counter()
     pipeline.warm_up(size, size, num_inference_steps=steps)
     return [
-        f"torch.compile: {', '.join(compiled)} (fullgraph); warm-up at {size}x{size} took "
+        f"torch.compile: {', '.join(compiled)}{' (fullgraph)' if fullgraph else ''}; warm-up at {size}x{size} took "
         f"{time.perf_counter() - start:.1f} s (a new working size compiles once more)"
     ]
 
@@ -107,7 +110,10 @@ def compile_and_warm_up(pipeline: Any, steps: int = 2) -> list[str]:
 def apply_speedups(pipeline: Any, speedups: Speedups, report: Callable[[str], None] = logger.info) -> Any:
     """`pipeline` with `speedups` applied (LoRAs first, so that the compiled graphs include them); each is reported
     in a line to `report` (the log by default)."""
-    for line in load_loras(pipeline, speedups.loras) + (compile_and_warm_up(pipeline) if speedups.compile else []):
+    lines = load_loras(pipeline, speedups.loras)
+    if speedups.compile:
+        lines += compile_and_warm_up(pipeline, speedups.fullgraph)
+    for line in lines:
         report(line)
     return pipeline
 

@@ -6,7 +6,9 @@ single-stream blocks; the SD UNet: its `BasicTransformerBlock`s), so one compile
 the aligners and the decoder are compiled whole. Every graph is full (`fullgraph=True`: no graph break; the
 decoder's hole box, which depends on the mask's values, is the whole map under compile) and does not recompile
 across the steps of a call or across calls at one working size; a new working size recompiles once, after which
-dynamo's automatic dynamic shapes serve every further size.
+dynamo's automatic dynamic shapes serve every further size. diffusers' step-cache hooks keep their decisions out of
+the graph (`torch.compiler.disable`, data-dependent branches), so a pipeline with a step cache compiles with
+`fullgraph=False`: each block is then a few graphs, still without recompiling.
 
 This module ships to the Hub as remote code next to the pipelines, so it imports only torch, numpy and PIL.
 """
@@ -27,7 +29,14 @@ class CompileMixin:
     def compile_components(self, fullgraph: bool = True, dynamic: bool | None = None, **compile_kwargs: Any) -> list:
         """Compile the denoiser's repeated blocks and the modules of `compiled_components` in place (arguments as
         `torch.compile`'s, e.g. `mode="max-autotune"`); returns the names compiled. Compilation happens at the
-        first call (see `warm_up`)."""
+        first call (see `warm_up`). With a step cache enabled, `fullgraph` must be False (its hooks break the
+        graph)."""
+        if fullgraph and self.step_cache_enabled:
+            raise ValueError(
+                "A step cache's hooks break the graph: compile with `compile_components(fullgraph=False)`, or "
+                "call `disable_step_cache()` first."
+            )
+        self._compiled_fullgraph = fullgraph  # what `enable_step_cache` checks
         kwargs = {"fullgraph": fullgraph, "dynamic": dynamic, **compile_kwargs}
         denoiser = self.backbone_spec.denoiser
         getattr(self, denoiser).compile_repeated_blocks(**kwargs)

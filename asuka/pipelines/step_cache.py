@@ -70,8 +70,13 @@ class StepCacheMixin:
     def enable_step_cache(self, config: Any) -> None:
         """Hook a diffusers cache config into the denoiser; a config's unset `current_timestep_callback` is set to
         read `pipe.current_timestep`. The FLUX transformer takes every config of `CACHE_CONFIGS`, the SD UNet
-        `PyramidAttentionBroadcastConfig` only."""
+        `PyramidAttentionBroadcastConfig` only; a pipeline compiled with `fullgraph=True` none."""
         denoiser = self.step_cache_denoiser
+        if getattr(self, "_compiled_fullgraph", False):
+            raise ValueError(
+                "The pipeline was compiled with fullgraph=True, which a step cache's hooks break: compile it with "
+                "`compile_components(fullgraph=False)` to use a step cache."
+            )
         if hasattr(config, "current_timestep_callback") and config.current_timestep_callback is None:
             config.current_timestep_callback = lambda: self.current_timestep
         if hasattr(denoiser, "enable_cache"):
