@@ -269,6 +269,8 @@ def assert_light_layout(light: Path, full: Path, backbone_id: str, denoiser: str
         ]
         pointer = json.loads((light / name / "backbone.json").read_text())
         assert pointer["repo"] == backbone_id and pointer["revision"] == BACKBONE_SHA and pointer["subfolder"] == name
+    assert (light / "hub_light.py").is_file() and not (light / "hub_export.py").exists()
+    assert not (light / "model_card.py").exists()
     index = json.loads((light / "model_index.json").read_text())
     assert index["_asuka_backbone"] == {"repo": backbone_id, "revision": BACKBONE_SHA}
     assert index[denoiser] == ["backbone_component", "BackboneComponent"] and index["mae"] == ["mae", "AsukaMAE"]

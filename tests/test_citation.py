@@ -5,7 +5,7 @@ from pathlib import Path
 
 from training_support import put_training_on_path
 
-from asuka.pipelines.hub_light import PAPER_BIBTEX, PAPER_TITLE
+from asuka.pipelines.model_card import PAPER_BIBTEX, PAPER_TITLE
 
 
 put_training_on_path()

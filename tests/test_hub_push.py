@@ -20,7 +20,7 @@ from training_support import (
 import asuka.convert.asuka_flux as asuka_flux
 from asuka import AsukaFluxPipeline, AsukaPipeline
 from asuka.convert.__main__ import main as convert_cli
-from asuka.pipelines.hub_light import PAPER_BIBTEX, PAPER_TITLE
+from asuka.pipelines.model_card import PAPER_BIBTEX, PAPER_TITLE
 from asuka.testing.flux import make_tiny_flux_components, make_tiny_masked_image_encoder
 
 

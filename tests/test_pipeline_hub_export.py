@@ -113,8 +113,10 @@ def test_package_imports_are_refused_with_a_clear_error(tmp_path, monkeypatch, l
 def test_asuka_pipeline_export_is_self_contained(tmp_path):
     folder = tmp_path / "hub"
     make_tiny_pipeline("sd").save_pretrained(folder, hub_format=True)
-    bundled = {"pipeline_asuka.py", "pipeline_mixins.py", "inpaint_steps.py", "imageio.py", "hub_export.py"}
-    assert bundled <= {p.name for p in folder.iterdir()}
+    bundled = {"pipeline_asuka.py", "pipeline_mixins.py", "inpaint_steps.py", "imageio.py", "hub_light.py"}
+    shipped = {p.name for p in folder.iterdir()}
+    assert bundled <= shipped
+    assert not {"hub_export.py", "model_card.py"} & shipped  # the writer and the card stay in the package
     for name in bundled:
         for line in (folder / name).read_text().splitlines():
             if line.startswith(("import ", "from ")):
@@ -147,4 +149,16 @@ def test_strdiffusion_refuses_the_hub_formats(tmp_path, kwargs):
         ValueError, match="StrDiffusionPipeline.save_pretrained does not take `(hub_format|light)=True`"
     ):
         make_tiny_pipeline("strdiffusion").save_pretrained(tmp_path / "out", **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_saving_a_hub_format_without_the_exporter_names_the_package(tmp_path, monkeypatch):
+    """A pipeline loaded as remote code has `hub_light` but not the exporter: both formats ask for `asuka`."""
+    from asuka.pipelines import hub_light
+
+    monkeypatch.setattr(hub_light, "EXPORTER", "asuka_not_installed.hub_export")
+    pipe = make_tiny_pipeline("sd")
+    for kwargs in ({"hub_format": True}, {"light": True, "backbone": "someone/backbone"}):
+        with pytest.raises(ImportError, match="`asuka` package"):
+            pipe.save_pretrained(tmp_path / "out", **kwargs)
     assert not (tmp_path / "out").exists()

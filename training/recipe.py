@@ -281,7 +281,7 @@ def run_light(args: argparse.Namespace, stage: Stage) -> None:
 
     import asuka_training
     from asuka import pipelines
-    from asuka.pipelines.hub_light import light_model_card
+    from asuka.pipelines.model_card import light_model_card
 
     folder = Path(args.out) / "decoder" / "pipeline"
     pipeline_class = json.loads((folder / "model_index.json").read_text())["_class_name"]

@@ -257,7 +257,7 @@ def model_card(
 
     `encoder_check` (from `check_masked_image_encoder`) adds the masked-image encoder's row and summary.
     """
-    from asuka.pipelines.hub_light import light_model_card
+    from asuka.pipelines.model_card import light_model_card
 
     files = "\n".join(f"| `{name}` | `{digest}` |" for name, digest in hashes.items())
     encoder_row = _ENCODER_ROW if encoder_check and encoder_check["stored"] else ""
@@ -299,7 +299,7 @@ def write_components(
     """Write the light repo of the ASUKA components (`COMPONENT_FOLDERS`, and `ENCODER_FOLDER` unless absent or
     None) pointing to `backbone`, atomically."""
     # The repo carries the pipeline's code, so this converter reaches into the pipelines (only here).
-    from asuka.pipelines.hub_light import write_light_repo
+    from asuka.pipelines.hub_export import write_light_repo
     from asuka.pipelines.pipeline_asuka_flux import AsukaFluxPipeline
 
     def write(folder: Path) -> None:

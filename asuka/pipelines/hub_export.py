@@ -4,7 +4,8 @@
 `write_remote_code` copies the pipeline's source file and every module it imports from the asuka package
 (relatively, or as `from asuka.X import`), transitively, next to it, rewriting those imports to
 `from .module import ...`; custom components get their source file in their sub-folder. `model_index.json` then
-names `[file, Class]` for each.
+names `[file, Class]` for each. `write_light_repo` / `save_light_pipeline` write the light format
+(`hub_light`, docs/hub.md): ASUKA's components with their code and pointers to the backbone repo.
 
 How diffusers 0.42 loads such code (`diffusers.utils.dynamic_modules_utils`): `get_relative_imports` finds
 `from .name import` lines only (one dot, a module name); `get_cached_module_file` copies those files from a Hub
@@ -19,9 +20,17 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+import diffusers
+import torch
 from diffusers import DiffusionPipeline
+
+from .backbone_component import BackboneComponent, pointer_file
+from .hub_light import BACKBONE_ENTRY, BACKBONE_KEY
+from .model_card import light_model_card
 
 
 # Entries of `model_index.json` whose classes diffusers and transformers load themselves.
@@ -83,6 +92,120 @@ def bundle_module(module_name: str, save_directory: str | os.PathLike) -> str:
             lines += _direct_imports(set(files) - {name} - set(imports.values()), stems)
         Path(save_directory, f"{stems[name]}.py").write_text("".join(lines))
     return stems[module_name]
+
+
+def write_light_repo(
+    save_directory: str | os.PathLike,
+    pipeline_class: type,
+    components: Mapping[str, torch.nn.Module | None],
+    backbone: Mapping[str, str],
+    backbone_repo: str,
+    backbone_revision: str | None = None,
+    backbone_variants: Sequence[str] = (),
+    config: Mapping[str, Any] | None = None,
+    model_card: str | None = None,
+) -> str:
+    """Write a light repo for `pipeline_class` into `save_directory`; returns the folder.
+
+    Args:
+        components: ASUKA's own components by name (saved with weights and code); `None` for an absent optional one.
+        backbone: the backbone's components by name -> diffusers class name, e.g. `{"unet": "UNet2DConditionModel"}`;
+            they are written as pointers into `backbone_repo` (a Hub id, or a folder for local use).
+        backbone_revision: the backbone commit to pin (a commit hash keeps the repo reproducible).
+        backbone_variants: weight variants the backbone offers (e.g. `("fp16",)`), so `variant=` reaches it.
+        config: the pipeline's own config values (e.g. `{"working_resolution": 1024}`).
+        model_card: README.md text.
+
+    The pipeline's code is bundled at the root by `hub_export.bundle_module`, each ASUKA component's code goes into
+    its folder.
+    """
+    os.makedirs(save_directory, exist_ok=True)
+    overlap = set(components) & set(backbone)
+    if overlap:
+        raise ValueError(f"Components {sorted(overlap)} are listed both as ASUKA's and as the backbone's.")
+    index: dict[str, Any] = {
+        "_class_name": [None, pipeline_class.__name__],
+        "_diffusers_version": diffusers.__version__,
+        BACKBONE_KEY: {"repo": backbone_repo, "revision": backbone_revision},
+        **dict(config or {}),
+    }
+    for name, class_name in backbone.items():
+        folder = os.path.join(save_directory, name)
+        source_module(BackboneComponent, folder)
+        pointer = {"repo": backbone_repo, "subfolder": name, "revision": backbone_revision, "class_name": class_name}
+        for variant in (None, *backbone_variants):
+            with open(os.path.join(folder, pointer_file(variant)), "w", encoding="utf-8") as f:
+                json.dump({**pointer, **({"variant": variant} if variant else {})}, f, indent=2)
+        index[name] = BACKBONE_ENTRY
+    for name, component in components.items():
+        if component is None:
+            index[name] = [None, None]
+            continue
+        folder = os.path.join(save_directory, name)
+        component.save_pretrained(folder, safe_serialization=True)
+        library = type(component).__module__.split(".")[0]
+        if library == "diffusers":
+            index[name] = ["diffusers", type(component).__name__]
+        else:
+            index[name] = [source_module(type(component), folder), type(component).__name__]
+    index["_class_name"][0] = bundle_module(pipeline_class.__module__, save_directory)
+    with open(os.path.join(save_directory, "model_index.json"), "w", encoding="utf-8") as f:
+        json.dump(index, f, indent=2, sort_keys=True)
+    if model_card is not None:
+        with open(os.path.join(save_directory, "README.md"), "w", encoding="utf-8") as f:
+            f.write(model_card)
+    return str(save_directory)
+
+
+def save_light_pipeline(
+    pipeline: diffusers.DiffusionPipeline,
+    save_directory: str | os.PathLike,
+    backbone: str | None,
+    backbone_revision: str | None = None,
+    backbone_variants: Sequence[str] = (),
+    model_card: str | None = None,
+) -> str:
+    """`write_light_repo` for a loaded pipeline: its non-backbone components and config values, a generic card.
+
+    The backbone's components are those its class's `backbone_spec` names (`backbones.BackboneSpec.components`).
+
+    This is `save_pretrained(..., light=True)` of the ASUKA pipelines.
+    """
+    if not backbone:
+        raise ValueError("`light=True` needs `backbone`: the Hub id (or folder) of the backbone the repo points to.")
+    components, backbone_classes = {}, {}
+    for name, value in pipeline.components.items():
+        if name in type(pipeline).backbone_spec.components:
+            backbone_classes[name] = type(value).__name__
+        else:
+            components[name] = value
+    config = {
+        key: value
+        for key, value in pipeline.config.items()
+        if not key.startswith("_") and key not in pipeline.components
+    }
+    if model_card is None:
+        name = type(pipeline).__name__
+        model_card = light_model_card(
+            repo_id=os.path.basename(os.path.abspath(save_directory)),
+            pipeline_class_name=name,
+            title=f"ASUKA ({name})",
+            description=f"An ASUKA inpainting model for `{backbone}`.",
+            backbone_repo=backbone,
+            backbone_revision=backbone_revision,
+            provenance=f"Saved with `{name}.save_pretrained(..., light=True)`.",
+        )
+    return write_light_repo(
+        save_directory,
+        type(pipeline),
+        components,
+        backbone_classes,
+        backbone,
+        backbone_revision=backbone_revision,
+        backbone_variants=backbone_variants,
+        config=config,
+        model_card=model_card,
+    )
 
 
 def _package_imports(module_name: str, package_root: str) -> dict[int, str]:

@@ -20,94 +20,31 @@ The backbone's text encoders are never listed, so never fetched.
 
 A backbone component is a pointer (`backbone_component.BackboneComponent`, see there).
 
-This module ships to the Hub as remote code (bundled beside the pipeline by `hub_export`), so it imports only
-torch, diffusers and its siblings (`huggingface_hub`, a diffusers dependency, lazily).
+This module ships to the Hub as remote code (bundled beside the pipeline by `hub_export`), so it holds only what
+a loaded pipeline runs: reading a light repo and `LightRepoMixin`. It imports only torch, diffusers and its siblings
+(`huggingface_hub`, a diffusers dependency, lazily). Writing a light repo (`hub_export.write_light_repo`) and its
+model card (`model_card.light_model_card`) stay in the installed package.
 """
 
 import importlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import diffusers
 import torch
 from diffusers import PipelineQuantizationConfig
 
-from .backbone_component import HUB_KWARGS, BackboneComponent, load_backbone_component, pointer_file, read_pointer
-from .backbones import Licence, backbone_for_repo
-from .hub_export import bundle_module, source_module, write_remote_code
+from .backbone_component import HUB_KWARGS, BackboneComponent, load_backbone_component, read_pointer
 
 
 #: model_index.json key that marks a light repo and names its backbone.
 BACKBONE_KEY = "_asuka_backbone"
 #: The model_index.json entry of a component that lives in the backbone repo.
 BACKBONE_ENTRY = [BackboneComponent.__module__.rsplit(".", 1)[-1], BackboneComponent.__name__]
-
-# ------------------------------------------------------------------------------------------------ writing
-
-
-def write_light_repo(
-    save_directory: str | os.PathLike,
-    pipeline_class: type,
-    components: Mapping[str, torch.nn.Module | None],
-    backbone: Mapping[str, str],
-    backbone_repo: str,
-    backbone_revision: str | None = None,
-    backbone_variants: Sequence[str] = (),
-    config: Mapping[str, Any] | None = None,
-    model_card: str | None = None,
-) -> str:
-    """Write a light repo for `pipeline_class` into `save_directory`; returns the folder.
-
-    Args:
-        components: ASUKA's own components by name (saved with weights and code); `None` for an absent optional one.
-        backbone: the backbone's components by name -> diffusers class name, e.g. `{"unet": "UNet2DConditionModel"}`;
-            they are written as pointers into `backbone_repo` (a Hub id, or a folder for local use).
-        backbone_revision: the backbone commit to pin (a commit hash keeps the repo reproducible).
-        backbone_variants: weight variants the backbone offers (e.g. `("fp16",)`), so `variant=` reaches it.
-        config: the pipeline's own config values (e.g. `{"working_resolution": 1024}`).
-        model_card: README.md text.
-
-    The pipeline's code is bundled at the root by `hub_export.bundle_module`, each ASUKA component's code goes into
-    its folder.
-    """
-    os.makedirs(save_directory, exist_ok=True)
-    overlap = set(components) & set(backbone)
-    if overlap:
-        raise ValueError(f"Components {sorted(overlap)} are listed both as ASUKA's and as the backbone's.")
-    index: dict[str, Any] = {
-        "_class_name": [None, pipeline_class.__name__],
-        "_diffusers_version": diffusers.__version__,
-        BACKBONE_KEY: {"repo": backbone_repo, "revision": backbone_revision},
-        **dict(config or {}),
-    }
-    for name, class_name in backbone.items():
-        folder = os.path.join(save_directory, name)
-        source_module(BackboneComponent, folder)
-        pointer = {"repo": backbone_repo, "subfolder": name, "revision": backbone_revision, "class_name": class_name}
-        for variant in (None, *backbone_variants):
-            with open(os.path.join(folder, pointer_file(variant)), "w", encoding="utf-8") as f:
-                json.dump({**pointer, **({"variant": variant} if variant else {})}, f, indent=2)
-        index[name] = BACKBONE_ENTRY
-    for name, component in components.items():
-        if component is None:
-            index[name] = [None, None]
-            continue
-        folder = os.path.join(save_directory, name)
-        component.save_pretrained(folder, safe_serialization=True)
-        library = type(component).__module__.split(".")[0]
-        if library == "diffusers":
-            index[name] = ["diffusers", type(component).__name__]
-        else:
-            index[name] = [source_module(type(component), folder), type(component).__name__]
-    index["_class_name"][0] = bundle_module(pipeline_class.__module__, save_directory)
-    with open(os.path.join(save_directory, "model_index.json"), "w", encoding="utf-8") as f:
-        json.dump(index, f, indent=2, sort_keys=True)
-    if model_card is not None:
-        with open(os.path.join(save_directory, "README.md"), "w", encoding="utf-8") as f:
-            f.write(model_card)
-    return str(save_directory)
+#: The installed module that writes both Hub formats; it is not shipped, so it is imported when a save needs it.
+EXPORTER = "asuka.pipelines.hub_export"
 
 
 def read_model_index(folder: str | os.PathLike) -> dict[str, Any]:
@@ -233,151 +170,6 @@ def load_light_components(
     return components, config
 
 
-def save_light_pipeline(
-    pipeline: diffusers.DiffusionPipeline,
-    save_directory: str | os.PathLike,
-    backbone: str | None,
-    backbone_revision: str | None = None,
-    backbone_variants: Sequence[str] = (),
-    model_card: str | None = None,
-) -> str:
-    """`write_light_repo` for a loaded pipeline: its non-backbone components and config values, a generic card.
-
-    The backbone's components are those its class's `backbone_spec` names (`backbones.BackboneSpec.components`).
-
-    This is `save_pretrained(..., light=True)` of the ASUKA pipelines.
-    """
-    if not backbone:
-        raise ValueError("`light=True` needs `backbone`: the Hub id (or folder) of the backbone the repo points to.")
-    components, backbone_classes = {}, {}
-    for name, value in pipeline.components.items():
-        if name in type(pipeline).backbone_spec.components:
-            backbone_classes[name] = type(value).__name__
-        else:
-            components[name] = value
-    config = {
-        key: value
-        for key, value in pipeline.config.items()
-        if not key.startswith("_") and key not in pipeline.components
-    }
-    if model_card is None:
-        name = type(pipeline).__name__
-        model_card = light_model_card(
-            repo_id=os.path.basename(os.path.abspath(save_directory)),
-            pipeline_class_name=name,
-            title=f"ASUKA ({name})",
-            description=f"An ASUKA inpainting model for `{backbone}`.",
-            backbone_repo=backbone,
-            backbone_revision=backbone_revision,
-            provenance=f"Saved with `{name}.save_pretrained(..., light=True)`.",
-        )
-    return write_light_repo(
-        save_directory,
-        type(pipeline),
-        components,
-        backbone_classes,
-        backbone,
-        backbone_revision=backbone_revision,
-        backbone_variants=backbone_variants,
-        config=config,
-        model_card=model_card,
-    )
-
-
-# ------------------------------------------------------------------------------------------------ model card
-
-PAPER = "https://arxiv.org/abs/2312.04831"
-#: The paper's title and venue, and its BibTeX, as the authors give them (github.com/Yikai-Wang/asuka-misato).
-PAPER_TITLE = (
-    "Towards Enhanced Image Inpainting: Mitigating Unwanted Object Insertion and Preserving Color Consistency"
-)
-PAPER_VENUE = "CVPR 2025"
-PAPER_BIBTEX = """@inproceedings{wang2025towards,
-  title={Towards Enhanced Image Inpainting: Mitigating Unwanted Object Insertion and Preserving Color Consistency.},
-  author={Wang, Yikai and Cao, Chenjie and Yu, Junqiu and Fan, Ke and Xue, Xiangyang and Fu, Yanwei},
-  booktitle={Proceedings of the IEEE/CVF conference on computer vision and pattern recognition},
-  year={2025}
-}"""
-#: The "Citation" section of every model card that names the paper.
-PAPER_CITATION = f"## Citation\n\n```bibtex\n{PAPER_BIBTEX}\n```\n"
-
-
-def light_model_card(
-    repo_id: str,
-    pipeline_class_name: str,
-    title: str,
-    description: str,
-    backbone_repo: str,
-    backbone_revision: str | None,
-    provenance: str,
-    torch_dtype: str = "float16",
-    tags: Sequence[str] = (),
-    licence: Licence | None = None,
-) -> str:
-    """README.md of a light repo: the backbone (and its licence), the paper, where the weights came from, usage.
-
-    `provenance` is Markdown: the training arguments, or the release the weights were converted from.
-    `torch_dtype` is the dtype the usage snippet loads in on a GPU (`float16` for SD, `bfloat16` for FLUX).
-    `licence` is the backbone's where `backbone_repo` is not a registered backbone's repo (a local folder, a
-    fine-tune); without either, the card points to the backbone repo's own licence.
-    """
-    spec = backbone_for_repo(backbone_repo)  # a registered backbone's licence, else the given one or the repo's own
-    licence = spec.licence if spec is not None else licence
-    licence_id, licence_name, licence_link = (
-        (licence.id, licence.name, licence.link)
-        if licence is not None
-        else ("other", "the backbone's own licence", f"https://huggingface.co/{backbone_repo}")
-    )
-    pinned = f" at revision `{backbone_revision}`" if backbone_revision else ""
-    yaml_tags = "\n".join(f"- {tag}" for tag in ("asuka", "image-inpainting", "diffusers:light", *tags))
-    licence_yaml = f"license: {licence_id}\n" + (
-        f"license_name: {licence_name.lower().replace(' ', '-').replace('.', '-')}\nlicense_link: {licence_link}\n"
-        if licence_id == "other"
-        else ""
-    )
-    return f"""---
-library_name: diffusers
-pipeline_tag: image-to-image
-base_model: {backbone_repo}
-{licence_yaml}tags:
-{yaml_tags}
----
-
-# {title}
-
-{description}
-
-This repo holds only what ASUKA ([*{PAPER_TITLE}*]({PAPER}), {PAPER_VENUE}) adds to a frozen backbone: the MAE,
-the aligner(s) and the mask-conditioned decoder, their code, and a pointer to the backbone
-[`{backbone_repo}`](https://huggingface.co/{backbone_repo}){pinned}. Its components (and nothing of its text
-encoders) are fetched from there when you load this repo, so the backbone's licence, {licence_name}
-({licence_link}), applies to its use: accept it on the backbone's page (and `hf auth login` if it is gated).
-
-## Usage
-
-```python
-import torch
-from diffusers import DiffusionPipeline
-from diffusers.utils import load_image
-
-device = "cuda" if torch.cuda.is_available() else "cpu"
-dtype = torch.{torch_dtype} if device == "cuda" else torch.float32
-pipe = DiffusionPipeline.from_pretrained("{repo_id}", trust_remote_code=True, torch_dtype=dtype).to(device)
-image = load_image("image.png")
-mask = load_image("mask.png")  # white = repaint
-pipe(image, mask).images[0].save("inpainted.png")
-```
-
-With the `asuka` package installed, `asuka.{pipeline_class_name}.from_pretrained("{repo_id}")` loads the same repo
-with the package's classes.
-
-## Provenance
-
-{provenance}
-
-{PAPER_CITATION}"""
-
-
 def installed_component_classes(pipeline_class: type) -> dict[str, type]:
     """The component classes of the package that defines `pipeline_class` (`asuka.models` for the installed
     pipelines), so a light repo loads into the package's own classes rather than into its bundled copies."""
@@ -441,7 +233,10 @@ class LightRepoMixin:
         become pointers to `backbone` (its Hub id) at `backbone_revision` (pin a commit), and `backbone_variants`
         lists the weight variants it offers (e.g. `("fp16",)`). The folder loads with the same
         `DiffusionPipeline.from_pretrained` call. `model_card` is its README.md (default: a generic card, see
-        `light_model_card`).
+        `model_card.light_model_card`).
+
+        Both formats are written by the `asuka` package (`hub_export`), which a pipeline loaded as remote code
+        needs installed for them.
         """
         light_arguments = {
             "backbone": backbone,
@@ -459,7 +254,7 @@ class LightRepoMixin:
                 raise ValueError(
                     f"Unsupported argument(s) {sorted(kwargs)} with `light=True`; accepted: {sorted(light_arguments)}."
                 )
-            save_light_pipeline(self, save_directory, **light_arguments)
+            exporter().save_light_pipeline(self, save_directory, **light_arguments)
             return
         given = sorted(name for name, value in light_arguments.items() if value)
         if given:
@@ -469,6 +264,18 @@ class LightRepoMixin:
                 "`push_to_hub=True` would upload the folder before `hub_format=True` adds its code; save without "
                 "`push_to_hub`, then upload the folder (`huggingface_hub.upload_folder`)."
             )
+        write_code = exporter().write_remote_code if hub_format else None
         super().save_pretrained(save_directory, **kwargs)
-        if hub_format:
-            write_remote_code(self, save_directory)
+        if write_code is not None:
+            write_code(self, save_directory)
+
+
+def exporter():
+    """The installed `hub_export` module; a clear error where only the shipped code is there."""
+    try:
+        return importlib.import_module(EXPORTER)
+    except ImportError as error:
+        raise ImportError(
+            "Saving with `hub_format=True` or `light=True` writes code with the `asuka` package; install it "
+            "(`pip install -e .` in its repository) or save without these arguments."
+        ) from error

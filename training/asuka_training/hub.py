@@ -61,7 +61,7 @@ def write_model_card(
     """
     from huggingface_hub import ModelCard, ModelCardData
 
-    from asuka.pipelines.hub_light import PAPER, PAPER_CITATION, PAPER_VENUE
+    from asuka.pipelines.model_card import PAPER, PAPER_CITATION, PAPER_VENUE
 
     folder_path = Path(folder)
     arguments, samples = _training_files(folder_path, training_args, sample_image)
@@ -123,7 +123,8 @@ def light_repo_for_push(
     the backbone, docs/hub.md) with its model card; returns the folder, or None for a pipeline without that format
     (the whole folder is pushed then) or with --push_full_pipeline. `torch_dtype` is the card's GPU dtype,
     `backbone_spec` the backbone trained against (its licence, where the pointer is no registered backbone repo)."""
-    from asuka.pipelines.hub_light import LightRepoMixin, light_model_card
+    from asuka.pipelines.hub_light import LightRepoMixin
+    from asuka.pipelines.model_card import light_model_card
 
     if args.push_full_pipeline or not isinstance(pipeline, LightRepoMixin):  # every backbone's ASUKA pipeline
         return None
