@@ -103,8 +103,10 @@ def test_the_x0_augmentation_is_the_flow_matching_estimate_of_the_pipelines_tran
     noise, timesteps = torch.randn(latents.shape, generator=generator), torch.tensor([700, 850, 999])
     with torch.no_grad():
         expected = hand_x0(pipe, latents, noise, timesteps, tokens, pooled, guidance=30.0)
-        default = train_decoder.one_step_x0(transformer, scheduler, latents, noise, timesteps, conditioning, FLUX_FILL)
-        other = train_decoder.one_step_x0(
+        default = asuka_training.one_step_x0(
+            transformer, scheduler, latents, noise, timesteps, conditioning, FLUX_FILL
+        )
+        other = asuka_training.one_step_x0(
             transformer, scheduler, latents, noise, timesteps, conditioning, FLUX_FILL, guidance=4.0
         )
     torch.testing.assert_close(default, expected, atol=1e-5, rtol=1e-5)  # the release's guidance 30 by default

@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -35,10 +34,7 @@ from PIL import Image
 from torch import nn
 
 import asuka_training
-
-
-if TYPE_CHECKING:
-    from asuka.pipelines.backbones import BackboneSpec
+from asuka_training.steps import latent_augmentation
 
 
 # The model card's text (README.md of the final folder and of a pushed repo), per backbone kind
@@ -67,63 +63,6 @@ def color_jitter(pixels: torch.Tensor, jitter: nn.Module | None = None) -> torch
 
     jitter = jitter or v2.ColorJitter(**COLOR_JITTER)
     return torch.stack([jitter(sample) for sample in pixels.float()]).clamp(0, 1).to(pixels.dtype)
-
-
-def one_step_x0(
-    denoiser: nn.Module,
-    scheduler,
-    latents: torch.Tensor,
-    noise: torch.Tensor,
-    timesteps: torch.Tensor,
-    conditioning: dict[str, torch.Tensor],
-    backbone: BackboneSpec | None = None,
-    guidance: float | None = None,
-) -> torch.Tensor:
-    """The denoiser's x0 estimate from `latents` noised to `timesteps`, with the clean latent as the
-    masked-image condition and an all-zero mask (nothing to inpaint) — paper Eq. 1.
-
-    `backbone` (default: the SD-1.5-inpainting spec) says how to noise, how to call the denoiser and how its
-    prediction gives x0; `conditioning` is what its denoise call takes (`prompt_embeds`, and
-    `pooled_prompt_embeds` where the backbone takes one), `guidance` the embedded guidance scale of a denoiser
-    that has one (`None`: the backbone's default, FLUX.1-Fill's 30).
-    """
-    if backbone is None:
-        from asuka.pipelines.backbones import SD15_INPAINTING  # imported here: the pipelines load lazily
-
-        backbone = SD15_INPAINTING
-    noisy = backbone.objective.add_noise(scheduler, latents, noise, timesteps)
-    zero_mask = torch.zeros_like(latents[:, :1])
-    prediction = backbone.denoise(denoiser, noisy, timesteps, conditioning, latents, zero_mask, guidance)
-    return backbone.objective.clean_estimate(scheduler, noisy, prediction, timesteps)
-
-
-def latent_augmentation(
-    latents: torch.Tensor,
-    denoiser: nn.Module,
-    scheduler,
-    conditioning: dict[str, torch.Tensor],
-    timestep_range: tuple[int, int],
-    probability: float = 0.5,
-    generator: torch.Generator | None = None,
-    backbone: BackboneSpec | None = None,
-    guidance: float | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Replace each sample's (scaled) latent by `one_step_x0` with `probability`, at a timestep drawn
-    from `timestep_range` (inclusive). Returns the latents and the boolean (B,) applied-mask."""
-    batch_size, device = latents.shape[0], latents.device
-    applied = torch.rand(batch_size, generator=generator, device="cpu").to(device) < probability
-    if not applied.any():
-        return latents, applied
-    low, high = timestep_range
-    count = int(applied.sum())
-    timesteps = torch.randint(low, high + 1, (count,), generator=generator, device="cpu").to(device)
-    noise = torch.randn(latents[applied].shape, generator=generator, device="cpu").to(device, latents.dtype)
-    chosen = {name: value[applied] for name, value in conditioning.items()}
-    with torch.no_grad():
-        estimate = one_step_x0(denoiser, scheduler, latents[applied], noise, timesteps, chosen, backbone, guidance)
-    out = latents.clone()
-    out[applied] = estimate.to(latents.dtype)
-    return out, applied
 
 
 def build_decoder_parser():

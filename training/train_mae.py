@@ -13,11 +13,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 import asuka_training
 from asuka.models.mae import resize_area, resize_nearest
+from asuka_training.steps import masked_patch_l2
 
 
 # The model card's text (README.md of the final folder and of a pushed repo)
@@ -26,21 +26,6 @@ CARD = asuka_training.CardText(
     description="An inpainting MAE fine-tuned with the ASUKA mask mixture (`asuka.models.AsukaMAE`).",
     component="asuka-mae",
 )
-
-
-def masked_patch_l2(
-    reconstruction: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, patch_size: int
-) -> torch.Tensor:
-    """Mean squared pixel error over the patches holding any hole pixel (the MAE's masked tokens).
-
-    `reconstruction` (B,3,S,S) in [0,1]; `image` (B,3,H,W) in [0,1] and `mask` (B,1,H,W), 1 = hole,
-    are resized to S with the MAE's own resizes (OpenCV's area for the image, nearest for the mask).
-    """
-    size = tuple(reconstruction.shape[-2:])
-    target, hole = resize_area(image, size), resize_nearest(mask, size)
-    masked = F.max_pool2d((hole > 0.5).float(), patch_size)  # (B,1,n,n)
-    per_patch = F.avg_pool2d((reconstruction.float() - target.float()).pow(2).mean(1, keepdim=True), patch_size)
-    return (per_patch * masked).sum() / masked.sum().clamp(min=1.0)
 
 
 def build_mae_parser():

@@ -4,7 +4,8 @@
 diffusers format, `ComponentGroup`s of several models trained as one), `setup` (accelerator, optimizer, `prepare`,
 `load_backbone`), `loop` (the loop and the final folder), `hub` (model card and upload), `aligner_loss` (the
 aligner's loss of one batch, through the backbone's spec), `aligner_inputs` (that batch's latents and prior, encoded
-on the fly or read back) and `precomputed` (the shards `prepare_aligner_inputs.py` writes). Every script is
+on the fly or read back), `steps` (the decoder's latent corruption and the MAE's loss of one batch) and
+`precomputed` (the shards `prepare_aligner_inputs.py` writes). Every script is
 assembled the same way:
 
     args = parse_args(parser, argv, resolve=None)   # validated and normalised once; ValueError on bad flags
@@ -67,7 +68,7 @@ from .data import (
     validation_batch,
 )
 from .hub import CardText, push_folder_to_hub, write_model_card
-from .loop import TrainingResult, finish, inpainting_rows, log_validation, optimizer_step, run_training, to_pil
+from .loop import TrainingResult, finish, inpainting_rows, log_validation, run_training, to_pil
 from .precomputed import PrecomputedDataset, input_identity
 from .setup import (
     Backbone,
@@ -77,11 +78,13 @@ from .setup import (
     load_scheduler,
     make_lr_scheduler,
     make_optimizer,
+    optimizer_step,
     prepare,
     scaled_learning_rate,
     setup_accelerator,
     weight_dtype_for,
 )
+from .steps import latent_augmentation, masked_patch_l2, one_step_x0
 
 
 __all__ = [
@@ -114,6 +117,7 @@ __all__ = [
     "freeze",
     "inpainting_rows",
     "input_identity",
+    "latent_augmentation",
     "latent_memory_format",
     "list_checkpoints",
     "load_component",
@@ -127,6 +131,8 @@ __all__ = [
     "make_lr_scheduler",
     "make_optimizer",
     "masked_image_encoder_of",
+    "masked_patch_l2",
+    "one_step_x0",
     "optimizer_step",
     "parse_args",
     "prepare",

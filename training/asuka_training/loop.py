@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,23 +35,6 @@ class TrainingResult:
     output_dir: str = ""
     pipeline_dir: str | None = None
     repo_id: str | None = None
-
-
-def optimizer_step(
-    accelerator: Accelerator,
-    loss: torch.Tensor,
-    params: Sequence[torch.nn.Parameter],
-    optimizer: torch.optim.Optimizer,
-    lr_scheduler: Any,
-    max_grad_norm: float,
-) -> None:
-    """backward, clip on sync steps, step the optimizer and its schedule, clear gradients."""
-    accelerator.backward(loss)
-    if accelerator.sync_gradients and max_grad_norm > 0:
-        accelerator.clip_grad_norm_(params, max_grad_norm)
-    optimizer.step()
-    lr_scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
 
 
 def training_batches(setup: TrainingSetup) -> Iterator[dict[str, torch.Tensor]]:
@@ -136,7 +119,7 @@ def run_training(
 ) -> tuple[TrainingResult, Path | None]:
     """The shared loop: accumulation, progress bar, tracker logs, checkpoints, validation grids.
 
-    `train_step(batch, global_step)` does forward, `optimizer_step` and returns scalars to log
+    `train_step(batch, global_step)` does forward, `setup.step(loss)` and returns scalars to log
     (the key "loss" is recorded per optimizer step). Returns the result and the last validation grid.
     """
     from tqdm.auto import tqdm

@@ -6,7 +6,7 @@ import argparse
 import logging
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,7 +16,6 @@ import torch
 from .args import serialisable_args
 from .checkpoints import register_diffusers_hooks, resume_if_requested
 from .data import build_dataset, make_dataloader, validation_batch
-from .loop import optimizer_step
 
 
 if TYPE_CHECKING:  # accelerate (and asuka's pipelines) are imported lazily, when a script starts
@@ -166,6 +165,23 @@ def updates_per_epoch(args: argparse.Namespace, dataloader: torch.utils.data.Dat
         return max(1, math.ceil(len(dataloader) / args.gradient_accumulation_steps))
     except TypeError:
         return None
+
+
+def optimizer_step(
+    accelerator: Accelerator,
+    loss: torch.Tensor,
+    params: Sequence[torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler: Any,
+    max_grad_norm: float,
+) -> None:
+    """backward, clip on sync steps, step the optimizer and its schedule, clear gradients."""
+    accelerator.backward(loss)
+    if accelerator.sync_gradients and max_grad_norm > 0:
+        accelerator.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    lr_scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 @dataclass
