@@ -2,8 +2,8 @@
 and of one that reads `training/prepare_aligner_inputs.py`'s shards, the one-off cost of preparing a sample, and the
 bytes a stored sample takes; full-size models on the meta device (no weights, no memory), in seconds to minutes.
 
-    python benchmarks/aligner_precompute.py                   # SD-1.5-inpainting and FLUX.1-Fill (full depth) at 512
-    python benchmarks/aligner_precompute.py --backbones sd --size 256 --json out.json
+    python -m benchmarks.aligner_precompute                   # SD-1.5-inpainting and FLUX.1-Fill (full depth) at 512
+    python -m benchmarks.aligner_precompute --backbones sd --size 256 --json out.json
 
 The steps are the training script's own functions: `asuka_training.aligner_batch` from an `EncodedInputs` source
 (the two VAE encodes and the MAE prior of the batch) or a `StoredInputs` one (the stored posteriors and priors), then
@@ -15,28 +15,23 @@ MAE priors).
 
 import argparse
 import json
-import os
-import sys
 from collections.abc import Callable
 
 import torch
 
-
-BENCHMARKS = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [BENCHMARKS, os.path.join(os.path.dirname(BENCHMARKS), "training")]  # the siblings; asuka_training
-from architectures import build_flux_components, build_sd_components  # noqa: E402
-from bench_pipelines import training_batch  # noqa: E402
-from flops import count_flops, write_json  # noqa: E402
-
-from asuka.pipelines.backbones import FLUX_FILL, SD15_INPAINTING  # noqa: E402
-from asuka_training import AlignerPair, aligner_loss, precomputed  # noqa: E402
-from asuka_training.aligner_inputs import (  # noqa: E402
+from asuka.pipelines.backbones import FLUX_FILL, SD15_INPAINTING
+from asuka_training import AlignerPair, aligner_loss, precomputed
+from asuka_training.aligner_inputs import (
     EncodedInputs,
     StoredInputs,
     aligner_batch,
     mae_priors,
     vae_posteriors,
 )
+
+from .architectures import build_flux_components, build_sd_components
+from .bench_pipelines import training_batch
+from .flops import count_flops, write_json
 
 
 SOURCES = ("encoded", "stored")

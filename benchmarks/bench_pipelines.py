@@ -20,8 +20,8 @@ What it measures (see benchmarks/README.md for figures and benchmarks/NOTES.md f
 Models are full-size architectures with random weights, built from the public configs written below (no
 download). `--tiny` swaps in the tiny test components (used by tests/test_benchmarks_smoke.py so the code cannot rot).
 
-    python benchmarks/bench_pipelines.py                          # CPU: 256x256, 2 steps
-    python benchmarks/bench_pipelines.py --device cuda --dtype bf16 --size 512 --steps 50 --flux
+    python -m benchmarks.bench_pipelines                          # CPU: 256x256, 2 steps
+    python -m benchmarks.bench_pipelines --device cuda --dtype bf16 --size 512 --steps 50 --flux
 """
 
 import argparse
@@ -31,7 +31,6 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -41,12 +40,14 @@ import torch
 import torch.nn.functional as F
 from diffusers import FluxFillPipeline, StableDiffusionInpaintPipeline
 
+from asuka.pipelines import AsukaFluxPipeline, AsukaPipeline
+from asuka.pipelines.backbones import FLUX_FILL, SD15_INPAINTING, BackboneSpec
+from asuka.testing.flux import flux_fill_pipeline
+from asuka.testing.sd import sd_inpaint_pipeline
 
-BENCHMARKS = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [BENCHMARKS, os.path.dirname(BENCHMARKS)]  # the sibling modules; this repository's asuka
-
-from architectures import build_flux_components, build_sd_components, clip_text_encoder  # noqa: E402
-from flops import (  # noqa: E402
+from . import REPOSITORY, module_command
+from .architectures import build_flux_components, build_sd_components, clip_text_encoder
+from .flops import (
     FLUX_T5_TOKENS,
     SD_TEXT_TOKENS,
     centred_hole_box,
@@ -55,11 +56,6 @@ from flops import (  # noqa: E402
     meta_sd_components,
     pipeline_flops,
 )
-
-from asuka.pipelines import AsukaFluxPipeline, AsukaPipeline  # noqa: E402
-from asuka.pipelines.backbones import FLUX_FILL, SD15_INPAINTING, BackboneSpec  # noqa: E402
-from asuka.testing.flux import flux_fill_pipeline  # noqa: E402
-from asuka.testing.sd import sd_inpaint_pipeline  # noqa: E402
 
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -125,70 +121,7 @@ def trained_with_adamw(module: torch.nn.Module, lr: float) -> torch.optim.AdamW:
     return torch.optim.AdamW(module.parameters(), lr=lr)
 
 
-def aligner_training_run(components: dict, size: int, batch: int, device: str, dtype: torch.dtype) -> Callable:
-    """One step of train_aligner.py: encode the image and the masked image, the MAE prior (no grad), the aligner,
-    the frozen UNet's eps-MSE, backward to the aligner, AdamW on the aligner."""
-    names = (SD15_INPAINTING.denoiser, "vae", "mae", "aligner", "scheduler")
-    unet, vae, mae, aligner, scheduler = (components[k] for k in names)
-    generator = torch.Generator().manual_seed(0)
-    pixels, hole = training_batch(batch, size, device, dtype, generator)
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator).to(device)
-    scale = vae.config.scaling_factor
-    optimizer = trained_with_adamw(aligner, lr=1e-4)
-
-    def step():
-        with torch.no_grad():
-            latents = vae.encode(pixels * 2 - 1).latent_dist.sample() * scale
-            masked = vae.encode((pixels * 2 - 1) * (hole < 0.5)).latent_dist.sample() * scale
-            mask_latents = F.interpolate(hole, size=latents.shape[-2:])
-            prior = mae.prior(pixels, hole)
-            noise = torch.randn_like(latents)
-            noisy = scheduler.add_noise(latents, noise, timesteps)
-        tokens = aligner(prior).tokens
-        prediction = unet(torch.cat([noisy, mask_latents, masked], 1), timesteps, tokens, return_dict=False)[0]
-        F.mse_loss(prediction.float(), noise.float()).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
-
-
-def decoder_training_run(components: dict, size: int, batch: int, device: str, dtype: torch.dtype) -> Callable:
-    """One step of training/train_decoder.py (L1 only, its default): VAE-encode the batch, replace half of the
-    latents by the frozen UNet's one-step x0 estimate at t in [700, 999] (conditioned on the aligned MAE prior of the
-    whole image, the clean latent as masked-image latent and a zero mask), decode with the AsukaDecoder, L1 against
-    the image, backward, AdamW on the decoder. The decoder gets the image-wide hole box: the script's random-stroke
-    masks span the image over a batch, and it is the box the FLOP count on meta tensors sees."""
-    unet, vae, decoder, scheduler = (components[k] for k in (SD15_INPAINTING.denoiser, "vae", "decoder", "scheduler"))
-    mae, aligner = components["mae"], components["aligner"]
-    generator = torch.Generator().manual_seed(0)
-    pixels, hole = training_batch(batch, size, device, dtype, generator)
-    half = max(batch // 2, 1)
-    timesteps = torch.randint(700, 1000, (half,), generator=generator).to(device)
-    alphas = scheduler.alphas_cumprod.to(device)[timesteps].view(-1, 1, 1, 1).to(dtype)
-    scale = vae.config.scaling_factor
-    optimizer = trained_with_adamw(decoder, lr=8e-5)
-
-    def step():
-        with torch.no_grad():
-            latents = vae.encode(pixels * 2 - 1).latent_dist.sample() * scale
-            tokens = aligner(mae.prior(pixels, torch.zeros_like(hole))).tokens
-            clean = latents[:half]
-            noisy = scheduler.add_noise(clean, torch.randn_like(clean), timesteps)
-            model_input = torch.cat([noisy, torch.zeros_like(clean[:, :1]), clean], dim=1)
-            eps = unet(model_input, timesteps, encoder_hidden_states=tokens[:half], return_dict=False)[0]
-            x0 = (noisy - (1 - alphas).sqrt() * eps) / alphas.sqrt()
-            latents = torch.cat([x0, latents[half:]]) / scale
-        target = pixels * 2 - 1
-        output = decoder(latents, target, hole, hole_box=(0, 0, size, size), return_dict=False)[0]
-        F.l1_loss(output.float(), target.float()).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
-
-
-def test_inputs(size: int) -> tuple[PIL.Image.Image, PIL.Image.Image]:
+def benchmark_inputs(size: int) -> tuple[PIL.Image.Image, PIL.Image.Image]:
     """A deterministic textured RGB image and a centred rectangular hole (a quarter of the area)."""
     rng = np.random.RandomState(0)
     yy, xx = np.mgrid[0:size, 0:size] / size
@@ -312,7 +245,7 @@ def sd_prompt_embeds(text_encoder: torch.nn.Module | None, width: int, device: s
 def sd_inference_runs(components: dict, size: int, steps: int, device: str, dtype: torch.dtype) -> dict:
     """The two calls to compare (closures) with their stage maps."""
     asuka, base = sd_pipelines(components)
-    image, mask = test_inputs(size)
+    image, mask = benchmark_inputs(size)
     width = SD15_INPAINTING.context_width(components[SD15_INPAINTING.denoiser].config)
     text_embeds = torch.randn(1, SD_TEXT_TOKENS, width, generator=torch.Generator().manual_seed(1)).to(device, dtype)
 
@@ -349,7 +282,7 @@ def memory_child(config: str, args: argparse.Namespace) -> dict[str, float]:
     """
     device, dtype = args.device, DTYPES[args.dtype]
     components = to_device(build_sd_components(args.tiny, "backbone" if config != "asuka" else "asuka"), device, dtype)
-    image, mask = test_inputs(args.size)
+    image, mask = benchmark_inputs(args.size)
     text_encoder = (
         to_device({"t": clip_text_encoder()}, device, dtype)["t"] if config == "sd+text" and not args.tiny else None
     )
@@ -384,9 +317,8 @@ def memory_child(config: str, args: argparse.Namespace) -> dict[str, float]:
 
 def measure_memory(config: str, args: argparse.Namespace) -> dict[str, float]:
     """Run `memory_child(config)` in a fresh interpreter, so other configs' weights and allocator state don't count."""
-    command = [
-        sys.executable,
-        os.path.abspath(__file__),
+    command = module_command(
+        __spec__.name,
         "--memory-child",
         config,
         "--device",
@@ -397,10 +329,10 @@ def measure_memory(config: str, args: argparse.Namespace) -> dict[str, float]:
         str(args.size),
         "--steps",
         "1",
-    ]  # activations peak within one step
+    )  # activations peak within one step
     if args.tiny:
         command.append("--tiny")
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    result = subprocess.run(command, capture_output=True, text=True, check=False, cwd=REPOSITORY)
     if result.returncode != 0:
         raise RuntimeError(f"memory measurement of {config!r} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -467,7 +399,7 @@ def training_runs(components: dict, size: int, batch_size: int, device: str, dty
 def flux_inference_runs(components: dict, size: int, steps: int, device: str, dtype: torch.dtype) -> dict:
     """The two calls to compare (closures) with their stage maps."""
     asuka, base = flux_pipelines(components)
-    image, mask = test_inputs(size)
+    image, mask = benchmark_inputs(size)
     config = components[FLUX_FILL.denoiser].config
     width = FLUX_FILL.context_width(config)
     tokens = FLUX_T5_TOKENS if width == 4096 else components["token_aligner"].config.num_tokens  # T5-XXL's width

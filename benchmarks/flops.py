@@ -9,7 +9,7 @@ element-wise, which the counter does not count. So the full-size architectures c
 components that the plan's total equals `FlopCounterMode` over the real pipeline call, and the counter against a
 hand count of a Linear layer and an attention block.
 
-    python benchmarks/flops.py            # ASUKA-SD vs SD (256, 512; 50 steps) and ASUKA-FLUX vs FluxFill
+    python -m benchmarks.flops            # ASUKA-SD vs SD (256, 512; 50 steps) and ASUKA-FLUX vs FluxFill
                                           # (full depth; 512, 1024; 8 (a turbo LoRA, fused), 28, 50 steps), with
                                           # and without the cache; and ASUKA-FLUX with a step cache as a function
                                           # of the share of steps it skips
@@ -26,9 +26,7 @@ import argparse
 import functools
 import itertools
 import json
-import os
 import re
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,20 +34,17 @@ import torch
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
+from asuka.pipelines.backbones import FLUX_FILL, SD15_INPAINTING
+from asuka.pipelines.cached_attention import ConstantInputCache, constant_condition_modules
 
-BENCHMARKS = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [BENCHMARKS, os.path.dirname(BENCHMARKS)]  # the sibling architectures.py; this repository's asuka
-from architectures import build_flux_components, build_sd_components, clip_text_encoder, flux_text_encoders  # noqa: E402
-
-from asuka.pipelines.backbones import FLUX_FILL, SD15_INPAINTING  # noqa: E402
-from asuka.pipelines.cached_attention import ConstantInputCache, constant_condition_modules  # noqa: E402
+from .architectures import build_flux_components, build_sd_components, clip_text_encoder, flux_text_encoders
 
 
 SD_TEXT_TOKENS = SD15_INPAINTING.text_tokens  # CLIP's sequence length
 FLUX_T5_TOKENS = FLUX_FILL.text_tokens  # FluxFillPipeline's default max_sequence_length
 FLUX_CLIP_TOKENS = FLUX_FILL.pooled_text_tokens  # CLIP's sequence length
-# The timed benchmarks' hole (bench_pipelines.test_inputs and training_batch draw it with `centred_hole_box` too): a
-# centred square of half the side, a quarter of the area.
+# The timed benchmarks' hole (bench_pipelines.benchmark_inputs and training_batch draw it with `centred_hole_box`
+# too): a centred square of half the side, a quarter of the area.
 # ASUKA's decoder computes each up level's last convolution over the hole's bounding box only, so its FLOPs depend
 # on the box; a side of 1.0 (a box spanning the image) is the worst case.
 HOLE_SIDE = 0.5

@@ -1,7 +1,7 @@
 """The GPU benchmark suite: one command, about 8 minutes on one H200, random full-size weights, no download.
 
-    python benchmarks/gpu_suite.py                 # CUDA: writes benchmarks/results/<date>-<device>.json and .md
-    python benchmarks/gpu_suite.py --tiny          # CPU smoke run with the tiny test components (seconds)
+    python -m benchmarks.gpu_suite                 # CUDA: writes benchmarks/results/<date>-<device>.json and .md
+    python -m benchmarks.gpu_suite --tiny          # CPU smoke run with the tiny test components (seconds)
 
 Sections, in the order they run (a time budget, `--budget` seconds, skips what no longer fits and the JSON is
 written after every section, so an interrupted run still leaves one):
@@ -43,36 +43,35 @@ import json
 import os
 import re
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import diffusers
 import numpy as np
 import torch
 
+from asuka.pipelines.backbones import FLUX_FILL, SD15_INPAINTING
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the sibling benchmark modules
-from architectures import build_flux_components, build_sd_components, clip_text_encoder, flux_text_encoders  # noqa: E402
-from bench_pipelines import (  # noqa: E402
+from . import REPOSITORY, module_command
+from .architectures import build_flux_components, build_sd_components, clip_text_encoder, flux_text_encoders
+from .bench_pipelines import (
     DTYPES,
     alternate,
     baseline_call,
-    decoder_training_run,
+    benchmark_inputs,
     flux_inference_runs,
     flux_pipelines,
     sd_inference_runs,
     sd_pipelines,
     sd_prompt_embeds,
     synchronize,
-    test_inputs,
     to_device,
     training_runs,
 )
-from flops import FLUX_CLIP_TOKENS, FLUX_T5_TOKENS, write_json  # noqa: E402
-
-from asuka.pipelines.backbones import FLUX_FILL, SD15_INPAINTING  # noqa: E402
+from .flops import FLUX_CLIP_TOKENS, FLUX_T5_TOKENS, write_json
+from .training_budget import decoder_training_run
 
 
 SCHEMA = "asuka-gpu-suite/1"
@@ -86,7 +85,6 @@ SECTIONS = (
     "flux_speedups",
     "flops",
 )
-FLOPS_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "flops.py")
 
 
 class Budget:
@@ -109,6 +107,21 @@ class Budget:
 # ---------------------------------------------------------------------------------------------
 # Settings: full size on the GPU, or the tiny components on the CPU
 # ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SuiteContext:
+    """What the sections share: the command line, the suite's `settings(args)`, the device, the time
+    budget, the JSON file the results go to, SD's dtype, and each backbone's components while its sections run."""
+
+    args: argparse.Namespace
+    settings: dict
+    device: str
+    budget: Budget
+    json_path: str
+    sd_dtype: torch.dtype
+    sd: dict | None = None
+    flux: dict | None = None
 
 
 def settings(args: argparse.Namespace) -> dict:
@@ -183,8 +196,8 @@ def summary(medians: dict[str, dict[str, float]]) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def sd_inference(ctx: dict) -> dict:
-    s, device, components = ctx["s"], ctx["device"], ctx["sd"]
+def sd_inference(ctx: SuiteContext) -> dict:
+    s, device, components = ctx.settings, ctx.device, ctx.sd
     dtype = DTYPES[s["sd_dtype"]]
     medians = alternate(
         sd_inference_runs(components, s["sd_size"], s["sd_steps"], device, dtype), s["repeats"], device
@@ -192,7 +205,7 @@ def sd_inference(ctx: dict) -> dict:
     result = {"size": s["sd_size"], "steps": s["sd_steps"], "dtype": s["sd_dtype"], **summary(medians)}
 
     asuka, base = sd_pipelines(components)
-    image, mask = test_inputs(s["sd_size"])
+    image, mask = benchmark_inputs(s["sd_size"])
     text_encoder = components.get("text_encoder")
     common = dict(num_inference_steps=s["sd_steps"], output_type="np")
 
@@ -217,9 +230,9 @@ def sd_inference(ctx: dict) -> dict:
     return result
 
 
-def training(ctx: dict) -> dict:
-    s, device, components = ctx["s"], ctx["device"], ctx["sd"]
-    dtype = torch.bfloat16 if not ctx["args"].tiny else torch.float32
+def training(ctx: SuiteContext) -> dict:
+    s, device, components = ctx.settings, ctx.device, ctx.sd
+    dtype = torch.bfloat16 if not ctx.args.tiny else torch.float32
     size, batch = s["train_size"], s["train_batch"]
     aligner_state = {k: v.clone() for k, v in components["aligner"].state_dict().items()}
     decoder_state = {k: v.clone() for k, v in components["decoder"].state_dict().items()}
@@ -245,14 +258,14 @@ def training(ctx: dict) -> dict:
         for name, state in (("aligner", aligner_state), ("decoder", decoder_state)):
             components[name].load_state_dict(state)
             components[name].eval().requires_grad_(False)
-        to_device({k: components[k] for k in trained_through}, device, ctx["sd_dtype"])
+        to_device({k: components[k] for k in trained_through}, device, ctx.sd_dtype)
     return result
 
 
-def eval_throughput_sd(ctx: dict) -> dict:
-    s, device, components = ctx["s"], ctx["device"], ctx["sd"]
+def eval_throughput_sd(ctx: SuiteContext) -> dict:
+    s, device, components = ctx.settings, ctx.device, ctx.sd
     asuka = sd_pipelines(components)[0]
-    image, mask = test_inputs(s["sd_size"])
+    image, mask = benchmark_inputs(s["sd_size"])
     batch = s["eval_batch"]
 
     def run():
@@ -263,11 +276,11 @@ def eval_throughput_sd(ctx: dict) -> dict:
     return {"size": s["sd_size"], "steps": s["sd_steps"], "batch": batch, "images_per_min": 60 * batch / seconds}
 
 
-def offload_then_compile(ctx: dict, pipe, run: Callable[[], object], compile_model: Callable[[], str]) -> dict:
+def offload_then_compile(ctx: SuiteContext, pipe, run: Callable[[], object], compile_model: Callable[[], str]) -> dict:
     """`run` resident and eager (the conditioning cache on, as by default), then with `enable_model_cpu_offload`
     (time and peak memory), then after `compile_model()` (the cache steps aside for a compiled denoiser; the first
     call's compile time is reported apart). Leaves the denoiser compiled: run it last for these components."""
-    s, device, budget = ctx["s"], ctx["device"], ctx["budget"]
+    s, device, budget = ctx.settings, ctx.device, ctx.budget
     eager_s = median_time(run, s["repeats"], device)
     result = {"eager_s": eager_s}
     if budget.fits(3 * s["repeats"] * eager_s + 10):
@@ -292,10 +305,10 @@ def offload_then_compile(ctx: dict, pipe, run: Callable[[], object], compile_mod
     return result
 
 
-def compile_and_offload_sd(ctx: dict) -> dict:
+def compile_and_offload_sd(ctx: SuiteContext) -> dict:
     """ASUKA-SD: offload, then the UNet compiled whole with torch.compile."""
-    s, components = ctx["s"], ctx["sd"]
-    image, mask = test_inputs(s["sd_size"])
+    s, components = ctx.settings, ctx.sd
+    image, mask = benchmark_inputs(s["sd_size"])
     asuka = sd_pipelines(components)[0]
 
     def compile_unet() -> str:
@@ -308,10 +321,10 @@ def compile_and_offload_sd(ctx: dict) -> dict:
     return {"size": s["sd_size"], "steps": s["sd_steps"], **offload_then_compile(ctx, asuka, run, compile_unet)}
 
 
-def flux_inference(ctx: dict) -> dict:
-    s, device, args = ctx["s"], ctx["device"], ctx["args"]
+def flux_inference(ctx: SuiteContext) -> dict:
+    s, device, args = ctx.settings, ctx.device, ctx.args
     dtype = DTYPES[s["flux_dtype"]]
-    components = ctx["flux"]
+    components = ctx.flux
     runs_out, memory = [], {}
     t5, clip = components.get("text_encoders", (None, None))
     for size, steps in s["flux_configs"]:
@@ -320,7 +333,7 @@ def flux_inference(ctx: dict) -> dict:
             fn()
         probe_s = {name: timed(fn, device) for name, (fn, _) in probe.items()}
         estimate = sum(probe_s.values()) * steps / 2 * s["repeats"]
-        if not ctx["budget"].fits(estimate + 15):
+        if not ctx.budget.fits(estimate + 15):
             runs_out.append({"size": size, "steps": steps, "status": f"skipped: budget (estimated {estimate:.0f} s)"})
             continue
         medians = alternate(flux_inference_runs(components, size, steps, device, dtype), s["repeats"], device, 0)
@@ -354,7 +367,7 @@ def flux_memory(components: dict, size: int, device: str, dtype: torch.dtype, t5
     return memory
 
 
-def flux_memory_rows(ctx: dict) -> dict:
+def flux_memory_rows(ctx: SuiteContext) -> dict:
     """Every row of the memory plan (`asuka.methods.memory.CONFIGURATIONS`, plus group offloading without CUDA
     streams) at full size: ASUKA-FLUX saved once, then loaded and placed as the app and the CLI do it
     (`loading_kwargs`: `PipelineQuantizationConfig`; `place_pipeline`: layerwise casting, offloading), run for 3
@@ -364,12 +377,12 @@ def flux_memory_rows(ctx: dict) -> dict:
     GGUF needs a FLUX.1-Fill GGUF file (see docs/flux.md), not random weights: not a row here."""
     from asuka.methods import memory
 
-    s, device = ctx["s"], ctx["device"]
-    size = s["flux_configs"][-1][0] if ctx["args"].tiny else 1024
+    s, device = ctx.settings, ctx.device
+    size = s["flux_configs"][-1][0] if ctx.args.tiny else 1024
     dtype = DTYPES[s["flux_dtype"]]
-    image, mask = test_inputs(size)
+    image, mask = benchmark_inputs(size)
     folder = tempfile.mkdtemp(prefix="asuka-flux-memory-")
-    flux_pipelines(ctx["flux"])[0].save_pretrained(folder)
+    flux_pipelines(ctx.flux)[0].save_pretrained(folder)
     configurations = [(config, True) for config in memory.CONFIGURATIONS]
     configurations.insert(configurations.index((memory.Configuration("none", "group"), True)) + 1,
                           (memory.Configuration("none", "group"), False))  # fmt: skip
@@ -385,7 +398,7 @@ def flux_memory_rows(ctx: dict) -> dict:
         if needs_cuda and not device.startswith("cuda"):
             rows.append({**row, "status": "skipped: needs CUDA"})
             continue
-        if not ctx["budget"].fits(5 if ctx["args"].tiny else 120):
+        if not ctx.budget.fits(5 if ctx.args.tiny else 120):
             rows.append({**row, "status": "skipped: budget"})
             continue
         try:
@@ -429,25 +442,25 @@ def memory_row(folder: str, config, streams: bool, device: str, dtype: torch.dty
     return {"status": "done", "peak_gb": peak, "s_per_step": float(np.median(np.diff(stamps)))}
 
 
-def eval_throughput_flux(ctx: dict) -> dict:
-    s, device = ctx["s"], ctx["device"]
-    size, steps = s["flux_configs"][0][0], 50 if not ctx["args"].tiny else 2
-    runs = flux_inference_runs(ctx["flux"], size, steps, device, DTYPES[s["flux_dtype"]])
+def eval_throughput_flux(ctx: SuiteContext) -> dict:
+    s, device = ctx.settings, ctx.device
+    size, steps = s["flux_configs"][0][0], 50 if not ctx.args.tiny else 2
+    runs = flux_inference_runs(ctx.flux, size, steps, device, DTYPES[s["flux_dtype"]])
     one = timed(runs["asuka-flux"][0], device)
     return {"size": size, "steps": steps, "batch": 1, "images_per_min": 60 / one}
 
 
-def flux_speedups(ctx: dict) -> dict:
+def flux_speedups(ctx: SuiteContext) -> dict:
     """ASUKA-FLUX at the largest configured size: the configured steps, 8 steps, and the configured steps with
     FirstBlockCache and TaylorSeer (diffusers' step caches, `AsukaFluxPipeline.enable_step_cache`). A step whose
     last single block's MLP runs is one the transformer computed in full; `computed_share` is their share."""
     from asuka.pipelines.step_cache import parse_cache_spec
 
-    s, device, components = ctx["s"], ctx["device"], ctx["flux"]
+    s, device, components = ctx.settings, ctx.device, ctx.flux
     size = max(config[0] for config in s["flux_configs"])
     steps = min(n for config_size, n in s["flux_configs"] if config_size == size)
     asuka = flux_pipelines(components)[0]
-    image, mask = test_inputs(size)
+    image, mask = benchmark_inputs(size)
     calls = [0]
     probe = components[FLUX_FILL.denoiser].single_transformer_blocks[-1].proj_mlp
     handle = probe.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
@@ -457,7 +470,7 @@ def flux_speedups(ctx: dict) -> dict:
         def run():
             return asuka(image, mask, num_inference_steps=n, working_resolution=size, output_type="np")
 
-        if not ctx["args"].tiny:
+        if not ctx.args.tiny:
             run()  # warm-up
         calls[0] = 0
         seconds = median_time(run, s["repeats"], device)
@@ -468,7 +481,7 @@ def flux_speedups(ctx: dict) -> dict:
         measure("8 steps", 8)
         for spec in ("first-block:0.12", "taylorseer:5"):
             estimate = runs[f"{steps} steps"]["seconds"] * (s["repeats"] + 1)
-            if not ctx["budget"].fits(estimate):
+            if not ctx.budget.fits(estimate):
                 runs[spec] = {"status": f"skipped: budget (estimated {estimate:.0f} s)"}
                 continue
             asuka.enable_step_cache(parse_cache_spec(spec, steps))
@@ -485,14 +498,14 @@ def flux_speedups(ctx: dict) -> dict:
     return {"size": size, "runs": runs}
 
 
-def compile_and_offload_flux(ctx: dict) -> dict:
+def compile_and_offload_flux(ctx: SuiteContext) -> dict:
     """ASUKA-FLUX at the first configured size and steps: offload, then diffusers' regional compilation of the
     transformer (`compile_repeated_blocks`: each block type compiled once, so seconds rather than minutes for 57
     blocks)."""
-    s, components = ctx["s"], ctx["flux"]
+    s, components = ctx.settings, ctx.flux
     size, steps = s["flux_configs"][0]
     asuka = flux_pipelines(components)[0]
-    image, mask = test_inputs(size)
+    image, mask = benchmark_inputs(size)
 
     def compile_transformer() -> str:
         components[FLUX_FILL.denoiser].compile_repeated_blocks(backend=s["compile_backend"])
@@ -511,14 +524,16 @@ def compile_and_offload_flux(ctx: dict) -> dict:
 
 def start_flop_count(args: argparse.Namespace, s: dict, path: str) -> subprocess.Popen:
     """benchmarks/flops.py for the configurations timed here, in a subprocess on spare CPU cores."""
-    command = [sys.executable, FLOPS_SCRIPT, "--json", path]
+    command = module_command("benchmarks.flops", "--json", path)
     command += ["--sd-sizes", str(s["sd_size"]), "--sd-steps", str(s["sd_steps"])]
     command += ["--flux-sizes", *sorted({str(c[0]) for c in s["flux_configs"]})]
     command += ["--flux-steps", *sorted({str(c[1]) for c in s["flux_configs"]}), "--skip-shares"]  # no cache rows
     if args.tiny:
         command.append("--tiny")
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "2"}
-    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPOSITORY
+    )
 
 
 def device_label(device: str) -> str:
@@ -527,15 +542,20 @@ def device_label(device: str) -> str:
 
 
 def run_section(
-    report: dict, name: str, fn: Callable[[dict], dict], ctx: dict, min_s: float, part: str | None = None
+    report: dict,
+    name: str,
+    fn: Callable[[SuiteContext], dict],
+    ctx: SuiteContext,
+    min_s: float,
+    part: str | None = None,
 ) -> None:
     """Run one section (or one `part` of it, e.g. its "sd" or "flux" half) if at least `min_s` seconds are left;
     record its result or its error, and rewrite the outputs."""
     entry = report["sections"][name]
     if part is not None:
         entry = entry.setdefault(part, {})
-    if not ctx["budget"].fits(min_s):
-        entry["status"] = f"skipped: budget ({ctx['budget'].left():.0f} s left, needs ~{min_s:.0f} s)"
+    if not ctx.budget.fits(min_s):
+        entry["status"] = f"skipped: budget ({ctx.budget.left():.0f} s left, needs ~{min_s:.0f} s)"
         write_outputs(report, ctx)
         return
     start = time.perf_counter()
@@ -548,10 +568,10 @@ def run_section(
     write_outputs(report, ctx)
 
 
-def write_outputs(report: dict, ctx: dict) -> None:
-    report["elapsed_s"] = ctx["budget"].elapsed()
-    write_json(ctx["json_path"], report)
-    with open(ctx["json_path"][: -len(".json")] + ".md", "w") as f:
+def write_outputs(report: dict, ctx: SuiteContext) -> None:
+    report["elapsed_s"] = ctx.budget.elapsed()
+    write_json(ctx.json_path, report)
+    with open(ctx.json_path[: -len(".json")] + ".md", "w") as f:
         f.write(markdown(report))
 
 
@@ -648,7 +668,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--budget", type=float, default=None, help="seconds (default 420; 120 with --tiny)")
     parser.add_argument("--repeats", type=int, default=3, help="alternated runs per measurement (full size)")
     parser.add_argument("--eval-batch", type=int, default=4)
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    parser.add_argument("--out", default=os.path.join(REPOSITORY, "benchmarks", "results"))
     parser.add_argument("--skip", nargs="*", default=[], choices=SECTIONS)
     args = parser.parse_args(argv)
     device = args.device or ("cpu" if args.tiny else "cuda")
@@ -671,8 +691,7 @@ def main(argv: list[str] | None = None) -> dict:
         "settings": {k: v for k, v in s.items()},
         "sections": {name: {} for name in SECTIONS},
     }
-    ctx = {"args": args, "s": s, "device": device, "budget": budget, "json_path": json_path}
-    ctx["sd_dtype"] = DTYPES[s["sd_dtype"]]
+    ctx = SuiteContext(args, s, device, budget, json_path, DTYPES[s["sd_dtype"]])
     torch.backends.cuda.matmul.allow_tf32 = True
     flop_file = tempfile.NamedTemporaryFile(suffix=".json", delete=False).name
     flop_process = None if "flops" in args.skip else start_flop_count(args, s, flop_file)
@@ -690,10 +709,10 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
-def built(report: dict, ctx: dict, key: str, build: Callable[[], dict], sections: list[str]) -> bool:
-    """Build `ctx[key]`; if that fails (e.g. out of memory), record the error in the sections that needed it."""
+def built(report: dict, ctx: SuiteContext, key: str, build: Callable[[], dict], sections: list[str]) -> bool:
+    """Build `ctx.<key>`; if that fails (e.g. out of memory), record the error in the sections that needed it."""
     try:
-        ctx[key] = build()
+        setattr(ctx, key, build())
         return True
     except Exception as error:
         for name in sections:
@@ -702,8 +721,8 @@ def built(report: dict, ctx: dict, key: str, build: Callable[[], dict], sections
         return False
 
 
-def run_sd_sections(report: dict, ctx: dict) -> None:
-    args, device, tiny = ctx["args"], ctx["device"], ctx["args"].tiny
+def run_sd_sections(report: dict, ctx: SuiteContext) -> None:
+    args, device, tiny = ctx.args, ctx.device, ctx.args.tiny
     plan = [
         ("sd_inference", sd_inference, 30, None),
         ("training", training, 20, None),
@@ -713,26 +732,26 @@ def run_sd_sections(report: dict, ctx: dict) -> None:
     plan = [entry for entry in plan if entry[0] not in args.skip]
 
     def build() -> dict:
-        components = build_on(device, lambda: build_sd_components(tiny), ctx["sd_dtype"])
+        components = build_on(device, lambda: build_sd_components(tiny), ctx.sd_dtype)
         if not tiny:
-            components["text_encoder"] = build_on(device, lambda: {"t": clip_text_encoder()}, ctx["sd_dtype"])["t"]
+            components["text_encoder"] = build_on(device, lambda: {"t": clip_text_encoder()}, ctx.sd_dtype)["t"]
         return components
 
     if not plan or not built(report, ctx, "sd", build, [entry[0] for entry in plan if entry[3] is None]):
         return
     for name, fn, min_s, part in plan:
         run_section(report, name, fn, ctx, 1 if tiny else min_s, part)
-    del ctx["sd"]
+    ctx.sd = None  # the SD components' memory is free for the FLUX sections
     gc.collect()
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
 
 
-def run_flux_sections(report: dict, ctx: dict) -> None:
-    args, device, s = ctx["args"], ctx["device"], ctx["s"]
+def run_flux_sections(report: dict, ctx: SuiteContext) -> None:
+    args, device, s = ctx.args, ctx.device, ctx.settings
     if "flux_inference" in args.skip:
         return
-    if not ctx["budget"].fits(1 if args.tiny else 60):
+    if not ctx.budget.fits(1 if args.tiny else 60):
         report["sections"]["flux_inference"]["status"] = "skipped: budget"
         return
 

@@ -1,8 +1,8 @@
 """The GPU memory plan of ASUKA-FLUX and of FluxFill with its text encoders, per weight format and offloading.
 
-    python benchmarks/memory_plan.py                  # the table (512 and 1024 pixels)
-    python benchmarks/memory_plan.py --json plan.json # and the figures as JSON
-    python benchmarks/memory_plan.py --aligner-error  # also the token relative error of an int8 token aligner
+    python -m benchmarks.memory_plan                  # the table (512 and 1024 pixels)
+    python -m benchmarks.memory_plan --json plan.json # and the figures as JSON
+    python -m benchmarks.memory_plan --aligner-error  # also the token relative error of an int8 token aligner
 
 For each configuration and size it gives the weights resident on the GPU at the peak, the activation peak, their
 sum, and the cards (8 / 12 / 16 / 24 / 48 / 80 GB) it fits with 1 GB of headroom. A call is a sequence of phases
@@ -37,8 +37,6 @@ headroom is for those). The full-size GPU suite (`benchmarks/gpu_suite.py`) meas
 import argparse
 import copy
 import json
-import os
-import sys
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,13 +47,10 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from asuka.methods.memory import CARDS_GB, HEADROOM_GB
+from asuka.pipelines.backbones import FLUX_FILL
 
-BENCHMARKS = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [BENCHMARKS, os.path.dirname(BENCHMARKS)]  # the sibling architectures.py; this repository's asuka
-from architectures import build_flux_components, flux_text_encoders  # noqa: E402
-
-from asuka.methods.memory import CARDS_GB, HEADROOM_GB  # noqa: E402
-from asuka.pipelines.backbones import FLUX_FILL  # noqa: E402
+from .architectures import build_flux_components, flux_text_encoders
 
 
 GB = 1e9

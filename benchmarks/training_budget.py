@@ -1,15 +1,15 @@
 """What ASUKA's training schedules cost: FLOPs per sample of the training scripts' steps, memory, CPU measurements.
 
-    python benchmarks/training_budget.py                # FLOPs per sample (meta device, seconds) + the budget table
-    python benchmarks/training_budget.py --backbone flux   # the same for FLUX.1-Fill, + memory per GPU (meta device)
-    python benchmarks/training_budget.py --measure-cpu  # also CPU step times and peak RSS at 512x512 (~1 h on 1 core)
-    python benchmarks/training_budget.py --measure-one decoder 1 0 --repeats 0   # one of them
+    python -m benchmarks.training_budget                # FLOPs per sample (meta device, seconds) + the budget table
+    python -m benchmarks.training_budget --backbone flux   # the same for FLUX.1-Fill, + memory per GPU (meta device)
+    python -m benchmarks.training_budget --measure-cpu  # also CPU step times and peak RSS at 512x512 (~1 h on 1 core)
+    python -m benchmarks.training_budget --measure-one decoder 1 0 --repeats 0   # one of them
 
 The steps mirror the scripts: `train_aligner.py` (two VAE encodes, the frozen MAE prior, the aligner, the frozen
-UNet forward and backward to the aligner, AdamW) and `train_decoder.py` (`bench_pipelines.decoder_training_run`: VAE
+UNet forward and backward to the aligner, AdamW) and `train_decoder.py` (`decoder_training_run`: VAE
 encode, the prior and aligner for the UNet's one-step x0 augmentation of half the batch, AsukaDecoder forward and
 backward, AdamW). FLOPs are counted with benchmarks/flops.py's counter on meta tensors; GPU-hours follow from an
-ASSUMED sustained throughput (`--tflops`), since no GPU was measured; `python benchmarks/gpu_suite.py` measures the
+ASSUMED sustained throughput (`--tflops`), since no GPU was measured; `python -m benchmarks.gpu_suite` measures the
 real H200 step times. `--measure-cpu` runs each configuration in a fresh subprocess (fp32, full size) and reports
 its median step time, the achieved CPU FLOP/s, and the peak RSS above the built weights (VmHWM), whose growth from
 batch 1 to 2 is the activation memory per sample; with `--gradient_checkpointing` as the scripts enable it.
@@ -24,35 +24,25 @@ and with the frozen transformer sharded over 8 GPUs by `training/configs/fsdp_fl
 """
 
 import argparse
+import functools
 import json
-import os
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
+from asuka.pipelines.backbones import FLUX_FILL, SD15_INPAINTING, BackboneSpec
+from asuka_training import aligned_conditioning, masked_patch_l2, one_step_x0
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from aligner_precompute import aligner_step  # noqa: E402  (puts training/ on sys.path)
-from architectures import build_flux_components, build_sd_components  # noqa: E402
-from bench_pipelines import (  # noqa: E402
-    aligner_training_run,
-    decoder_training_run,
-    rss_kib,
-    trained_with_adamw,
-    training_batch,
-)
-from flops import count_flops, meta_sd_components, write_json  # noqa: E402
-from meta_memory import step_peak_bytes  # noqa: E402
-from train_decoder import one_step_x0  # noqa: E402
-from train_mae import masked_patch_l2  # noqa: E402
-
-from asuka.pipelines.backbones import FLUX_FILL, SD15_INPAINTING  # noqa: E402
-from asuka_training import AlignerPair, aligned_conditioning  # noqa: E402
+from . import REPOSITORY, module_command
+from .aligner_precompute import aligner_step, trained_aligner
+from .architectures import build_flux_components, build_sd_components
+from .bench_pipelines import rss_kib, trained_with_adamw, training_batch
+from .flops import count_flops, meta_sd_components, write_json
+from .meta_memory import step_peak_bytes
 
 
 # The schedules (docs/training.md): samples = steps x global batch.
@@ -63,7 +53,6 @@ SCHEDULES = {
 H200_BF16_DENSE_TFLOPS = 989.0  # NVIDIA's H200 SXM spec sheet, dense (no sparsity)
 
 
-RUNS = {"aligner": aligner_training_run, "decoder": decoder_training_run}
 MEASURED = (
     ("aligner", 1, False),
     ("aligner", 2, False),
@@ -88,38 +77,44 @@ FLUX_FROZEN = {
 }
 
 
-def flux_aligner_training_run(components: dict, size: int, batch: int, device: str, dtype: torch.dtype) -> Callable:
-    """One step of train_aligner.py on FLUX.1-Fill, with the script's own functions (`aligner_precompute.aligner_step`:
+def aligner_training_run(
+    components: dict, size: int, batch: int, device: str, dtype: torch.dtype, backbone: BackboneSpec = SD15_INPAINTING
+) -> Callable:
+    """One step of train_aligner.py on `backbone`, with the script's own functions (`aligner_precompute.aligner_step`:
     `asuka_training.aligner_batch` encodes the image and the masked image and runs the MAE prior,
-    `asuka_training.aligner_loss` the token and pooled aligners, the frozen transformer and the flow-matching
-    loss), backward to the aligners, AdamW; `dtype` is the frozen models' (the aligners stay in theirs)."""
-    return aligner_step(components, FLUX_FILL, "encoded", size, batch, device, dtype)
+    `asuka_training.aligner_loss` the aligner(s), the frozen denoiser and the backbone's objective), backward to the
+    aligner(s), AdamW; `dtype` is the frozen models' (the aligners stay in theirs)."""
+    return aligner_step(components, backbone, "encoded", size, batch, device, dtype)
 
 
-def flux_decoder_training_run(components: dict, size: int, batch: int, device: str, dtype: torch.dtype) -> Callable:
-    """One step of train_decoder.py on FLUX.1-Fill: encode the image, replace half the latents by the frozen
-    transformer's one-step x0 estimate (the script's `one_step_x0` at timesteps in [700, 999], conditioned through
+def decoder_training_run(
+    components: dict, size: int, batch: int, device: str, dtype: torch.dtype, backbone: BackboneSpec = SD15_INPAINTING
+) -> Callable:
+    """One step of train_decoder.py on `backbone` (L1 only, its default): encode the image (the VAE's shift and
+    scale), replace half the latents by the frozen denoiser's one-step x0 estimate (`asuka_training.one_step_x0` at
+    timesteps in [700, 999], as the backbone's objective noises and reads its prediction, conditioned through
     `asuka_training.aligned_conditioning` on the aligned prior of the whole image, the clean latent as the
-    masked-image latent, a zero mask), the AsukaDecoder forward and backward (L1, the image-wide hole box, as for SD),
-    AdamW on the decoder; `dtype` is the frozen models' (the decoder stays in its own)."""
-    vae, decoder, transformer = components["vae"], components["decoder"], components[FLUX_FILL.denoiser]
-    scheduler = FLUX_FILL.objective.training_scheduler(components["scheduler"].config)
-    aligners = AlignerPair(components["token_aligner"], components["pooled_aligner"])
+    masked-image latent, a zero mask), the AsukaDecoder forward and backward, AdamW on the decoder; `dtype` is the
+    frozen models' (the decoder stays in its own). The decoder gets the image-wide hole box: the script's
+    random-stroke masks span the image over a batch, and it is the box the FLOP count on meta tensors sees."""
+    vae, decoder, denoiser = components["vae"], components["decoder"], components[backbone.denoiser]
+    scheduler = backbone.objective.training_scheduler(components["scheduler"].config)
+    aligner = trained_aligner(components, backbone)
     generator = torch.Generator().manual_seed(0)
     pixels, hole = training_batch(batch, size, device, dtype, generator)
     half = max(batch // 2, 1)
     timesteps = torch.randint(700, 1000, (half,), generator=generator).to(device)
-    shift, scale = vae.config.shift_factor, vae.config.scaling_factor
+    shift, scale = getattr(vae.config, "shift_factor", None) or 0.0, vae.config.scaling_factor
     optimizer = trained_with_adamw(decoder, lr=8e-5)
 
     def step():
         with torch.no_grad():
             latents = (vae.encode(pixels * 2 - 1).latent_dist.sample() - shift) * scale
             prior = components["mae"].prior(pixels, torch.zeros_like(hole))
-            conditioning = aligned_conditioning(FLUX_FILL, aligners, prior, dtype)
+            conditioning = aligned_conditioning(backbone, aligner, prior, dtype)
             clean = latents[:half]
             chosen = {name: value[:half] for name, value in conditioning.items()}
-            x0 = one_step_x0(transformer, scheduler, clean, torch.randn_like(clean), timesteps, chosen, FLUX_FILL)
+            x0 = one_step_x0(denoiser, scheduler, clean, torch.randn_like(clean), timesteps, chosen, backbone)
             latents = torch.cat([x0.to(dtype), latents[half:]]) / scale + shift
         target, mask = (pixels * 2 - 1).to(decoder.dtype), hole.to(decoder.dtype)
         output = decoder(latents.to(decoder.dtype), target, mask, hole_box=(0, 0, size, size), return_dict=False)[0]
@@ -128,6 +123,10 @@ def flux_decoder_training_run(components: dict, size: int, batch: int, device: s
         optimizer.zero_grad(set_to_none=True)
 
     return step
+
+
+flux_aligner_training_run = functools.partial(aligner_training_run, backbone=FLUX_FILL)
+flux_decoder_training_run = functools.partial(decoder_training_run, backbone=FLUX_FILL)
 
 
 def mae_training_run(components: dict, size: int, batch: int, device: str, dtype: torch.dtype) -> Callable:
@@ -146,8 +145,9 @@ def mae_training_run(components: dict, size: int, batch: int, device: str, dtype
     return step
 
 
+# the MAE's budget, on request (`--schedule mae=...`); the MAE is the same for every backbone
+RUNS = {"aligner": aligner_training_run, "decoder": decoder_training_run, "mae": mae_training_run}
 FLUX_RUNS = {"aligner": flux_aligner_training_run, "decoder": flux_decoder_training_run, "mae": mae_training_run}
-RUNS["mae"] = mae_training_run  # the budget of the MAE stage, on request (`--schedule mae=...`)
 BACKBONES = {"sd": (RUNS, SCHEDULES), "flux": (FLUX_RUNS, FLUX_SCHEDULES)}
 
 
@@ -265,16 +265,9 @@ def measure_cpu(size: int, repeats: int) -> list[dict]:
     # the aligner at batch 1 and 2 (activation memory per sample = the growth) and 2 with checkpointing; the decoder
     # step takes ~3x as long, so batch 1 with and without checkpointing (its peak is then an upper bound per sample)
     for name, batch, checkpointing in MEASURED:
-        command = [
-            sys.executable,
-            os.path.abspath(__file__),
-            "--measure-one",
-            name,
-            str(batch),
-            str(int(checkpointing)),
-        ]
+        command = module_command(__spec__.name, "--measure-one", name, str(batch), str(int(checkpointing)))
         command += ["--size", str(size), "--repeats", str(repeats)]
-        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPOSITORY).stdout
         row = {"step": name, "batch": batch, "gradient_checkpointing": checkpointing, "size": size}
         row.update(json.loads(out.strip().splitlines()[-1]))
         rows.append(row)

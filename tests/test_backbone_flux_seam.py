@@ -12,7 +12,8 @@ from diffusers.pipelines.flux.pipeline_flux_fill import calculate_shift
 from flux_support import pipeline_transformer_call
 
 from asuka.pipelines.backbones import FLUX_FILL, FlowMatchingObjective, NoisePredictionObjective
-from asuka.testing.flux import FLUX_SCHEDULER_CONFIG, make_tiny_flux_pipeline
+from asuka.testing.configs import FLUX_SCHEDULER_CONFIG
+from asuka.testing.flux import make_tiny_flux_pipeline
 
 
 HEIGHT, WIDTH = 48, 32  # pixels: 6x4 latents, 3x2 packed tokens (not square, so height and width cannot swap)

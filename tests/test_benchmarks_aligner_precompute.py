@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from benchmark_modules import aligner_precompute, flops, training_budget
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from asuka.testing.sd import make_tiny_sd_components
+from benchmarks import aligner_precompute, flops, training_budget
 
 
 SIZE, BATCH = 32, 2

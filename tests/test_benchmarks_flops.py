@@ -5,7 +5,6 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from benchmark_modules import flops
 from diffusers import FluxTransformer2DModel
 from diffusers.hooks import FirstBlockCacheConfig, MagCacheConfig
 from diffusers.models.attention_processor import Attention
@@ -14,6 +13,7 @@ from asuka.pipelines.cached_attention import ConstantInputCache, constant_condit
 from asuka.testing import make_tiny_pipeline
 from asuka.testing.flux import make_tiny_flux_components
 from asuka.testing.sd import make_tiny_sd_components
+from benchmarks import flops
 
 
 SIZE, STEPS = 32, 3

@@ -6,7 +6,8 @@ import json
 
 import pytest
 import torch
-from benchmark_modules import gpu_suite
+
+from benchmarks import gpu_suite
 
 
 def _number(x) -> bool:
@@ -75,7 +76,8 @@ def test_budget_guard_skips_sections_and_still_writes_the_json(tmp_path):
 
 def test_a_failing_section_is_recorded_and_does_not_stop_the_run(tmp_path, monkeypatch):
     report = {"sections": {name: {} for name in gpu_suite.SECTIONS}, "elapsed_s": 0.0}
-    ctx = {"budget": gpu_suite.Budget(60), "json_path": str(tmp_path / "r.json")}
+    args = argparse.Namespace(skip=[], tiny=True)
+    ctx = gpu_suite.SuiteContext(args, {}, "cpu", gpu_suite.Budget(60), str(tmp_path / "r.json"), torch.float32)
     monkeypatch.setattr(gpu_suite, "write_outputs", lambda *args: None)
 
     def boom(ctx):
@@ -96,8 +98,8 @@ def test_a_failing_model_build_is_recorded_in_the_sections_that_needed_it(tmp_pa
     monkeypatch.setattr(gpu_suite, "write_outputs", lambda *args: None)
     report = {"sections": {name: {} for name in gpu_suite.SECTIONS}}
     args = argparse.Namespace(skip=[], tiny=True)
-    ctx = {"args": args, "device": "cpu", "sd_dtype": torch.float32, "budget": gpu_suite.Budget(60)}
+    ctx = gpu_suite.SuiteContext(args, {}, "cpu", gpu_suite.Budget(60), str(tmp_path / "r.json"), torch.float32)
     gpu_suite.run_sd_sections(report, ctx)
     for name in ("sd_inference", "training"):
         assert report["sections"][name]["status"].startswith("error while building the models: CUDA out of memory")
-    assert "sd" not in ctx
+    assert ctx.sd is None

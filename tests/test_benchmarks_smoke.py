@@ -6,10 +6,10 @@ import argparse
 import numpy as np
 import pytest
 import torch
-from benchmark_modules import bench_pipelines, flops
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from asuka.testing import make_tiny_pipeline
+from benchmarks import bench_pipelines, flops
 
 
 SIZE = 32  # tiny SD: VAE factor 2, MAE image_size 32; tiny FLUX: factor 8 and 2x2 packing

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from benchmark_modules import flops, meta_memory, training_budget
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from asuka.testing.flux import make_tiny_flux_components
 from asuka.testing.sd import make_tiny_sd_components
+from benchmarks import flops, meta_memory, training_budget
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -36,7 +36,7 @@ from seeded import (
 from asuka.convert.__main__ import main as convert_cli
 from asuka.models.mae import IMAGENET_MEAN, IMAGENET_STD
 from asuka.pipelines.pipeline_asuka_flux import AsukaFluxPipeline, load_asuka_flux_components
-from asuka.testing.flux import FLUX_SCHEDULER_CONFIG, FLUX_TRANSFORMER_CONFIG, FLUX_VAE_CONFIG
+from asuka.testing.configs import FLUX_SCHEDULER_CONFIG, FLUX_TRANSFORMER_CONFIG, FLUX_VAE_CONFIG
 
 
 SAMPLER = FIXTURES / "asuka_flux_sampler"

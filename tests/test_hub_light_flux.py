@@ -1,4 +1,4 @@
-"""The light Hub format for ASUKA-FLUX: only ASUKA's components + code + a pointer to FLUX.1-Fill (issue 14).
+"""The light Hub format for ASUKA-FLUX: only ASUKA's components + code + a pointer to FLUX.1-Fill.
 
 The "Hub" is a Hugging Face cache that serves a tiny FLUX.1-Fill repo (with tiny CLIP and T5 text encoders) at one
 commit; the light repo is a local folder. Loading without `asuka` runs in a subprocess where `import asuka` fails.

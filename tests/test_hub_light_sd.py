@@ -1,4 +1,4 @@
-"""The light Hub format for ASUKA-SD: only ASUKA's components + code + a pointer to SD-1.5-inpainting (issue 14).
+"""The light Hub format for ASUKA-SD: only ASUKA's components + code + a pointer to SD-1.5-inpainting.
 
 The "Hub" is a Hugging Face cache that serves a tiny SD-1.5-inpainting repo (with a tiny text encoder) at one commit;
 the light repo is a local folder. Loading without `asuka` runs in a subprocess where `import asuka` fails.

@@ -1,4 +1,4 @@
-"""Producers of light repos (issue 14): the converter's and the training scripts' `--push_to_hub` upload only
+"""Producers of light repos: the converter's and the training scripts' `--push_to_hub` upload only
 ASUKA's files and the model card (HfApi intercepted; the "Hub" is local folders)."""
 
 import hashlib

@@ -8,13 +8,13 @@ a hand count of one Linear layer; the live-tensor counter against a hand count; 
 
 import pytest
 import torch
-from benchmark_modules import memory_plan
 from diffusers import FluxTransformer2DModel
 
 import app
 from asuka import cli
 from asuka.methods import memory
 from asuka.methods.memory import Configuration
+from benchmarks import memory_plan
 
 
 GB = 1e9
@@ -92,7 +92,7 @@ def test_the_live_bytes_counter_matches_a_hand_count():
 def test_transformer_activations_do_not_grow_with_depth():
     """Inference keeps one block's activations at a time: a full-width transformer of 2+2 blocks peaks as one of 1+1,
     so the plan's full-depth figure is one block's working set (on the meta device, in bf16)."""
-    from asuka.testing.flux import FLUX_TRANSFORMER_CONFIG
+    from asuka.testing.configs import FLUX_TRANSFORMER_CONFIG
 
     peaks = []
     for depth in (1, 2):

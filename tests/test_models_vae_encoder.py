@@ -5,7 +5,8 @@ import torch
 from diffusers import AutoencoderKL
 
 from asuka.models import AsukaVAEEncoder
-from asuka.testing.flux import FLUX_VAE_CONFIG, make_tiny_flux_components, make_tiny_masked_image_encoder
+from asuka.testing.configs import FLUX_VAE_CONFIG
+from asuka.testing.flux import make_tiny_flux_components, make_tiny_masked_image_encoder
 
 
 def test_encode_is_autoencoder_kl_encode_with_the_same_weights():

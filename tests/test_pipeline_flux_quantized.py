@@ -177,7 +177,7 @@ def test_a_quantization_config_must_be_a_pipeline_one(saved):
 
 def test_token_aligner_int8_is_offered_and_its_token_error_measured(saved):
     """Quantizing the 0.81 B token aligner (named in the config) changes the tokens by a small relative error;
-    measured 0.4 % on the tiny aligner (`python benchmarks/memory_plan.py --aligner-error` measures the full-width
+    measured 0.4 % on the tiny aligner (`python -m benchmarks.memory_plan --aligner-error` measures the full-width
     one)."""
     root, _, _ = saved
     plain = AsukaFluxPipeline.from_pretrained(root / "full")

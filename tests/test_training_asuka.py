@@ -1,4 +1,4 @@
-"""Acceptance tests of the training scripts (issue 4): CPU, tiny components, synthetic images, no network.
+"""Acceptance tests of the training scripts: CPU, tiny components, synthetic images, no network.
 
 Scripts run in-process through `main(argv)` wherever possible; only `accelerate launch` and the
 SIGKILL test use subprocesses. Each script run is shared by the tests that inspect it (module fixtures).

@@ -354,10 +354,10 @@ def test_a_folder_prepared_for_another_run_is_refused(pipeline_dir, image_dir, p
 
 def test_stored_bytes_per_sample_are_the_benchmarks_count(pipeline_dir, prepared):
     """The bytes docs/training.md states per sample (benchmarks/aligner_precompute.py) are a shard's data bytes."""
-    from benchmark_modules import aligner_precompute
     from diffusers import AutoencoderKL
 
     from asuka.models import AsukaMAE
+    from benchmarks import aligner_precompute
 
     folder, _ = prepared
     components = {

@@ -1,4 +1,4 @@
-"""training/train_strdiffusion.py (issue 8): 3 steps per network on tiny components with checkpoints and resume,
+"""training/train_strdiffusion.py: 3 steps per network on tiny components with checkpoints and resume,
 the final folder loads as the component, and the authors' objectives against hand computations."""
 
 import numpy as np

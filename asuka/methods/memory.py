@@ -67,7 +67,7 @@ CONFIGURATIONS = (
 )
 
 #: ASUKA-FLUX's planned peak GPU memory at 1024 pixels in GB (resident weights + activations), by (quantize,
-#: offload): `python benchmarks/memory_plan.py`.
+#: offload): `python -m benchmarks.memory_plan`.
 REQUIRED_GB = {
     ("none", "none"): 28.42,
     ("none", "model"): 24.27,

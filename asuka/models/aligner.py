@@ -76,7 +76,6 @@ class AsukaAligner(ModelMixin, ConfigMixin):
         condition_weight (`float`, *optional*, defaults to 1.0): Default interpolation weight towards the conditioning.
     """
 
-    # Same shape as the other components' config signatures (boilerplate): the config is these arguments (diffusers).
     @register_to_config
     def __init__(
         self,

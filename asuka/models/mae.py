@@ -264,7 +264,6 @@ class AsukaMAE(ModelMixin, ConfigMixin):
             `"reference"` (see above). A saved config without it loads as `"visible"`, with a warning.
     """
 
-    # Same shape as the other components' config signatures (boilerplate): the config is these arguments (diffusers).
     @register_to_config
     def __init__(
         self,

@@ -206,7 +206,6 @@ class StrDiffusionUNet(ModelMixin, ConfigMixin):
         attention_head_dim (`int`, *optional*, defaults to 32): Width of an attention head.
     """
 
-    # Same shape as the other components' config signatures (boilerplate): the config is these arguments (diffusers).
     @register_to_config
     def __init__(
         self,

@@ -463,7 +463,7 @@ def backbone_for_pipeline(pipeline_class_name: str) -> BackboneSpec:
     )
 
 
-# The two declarations have the same shape (duplicates lists the pair): each states one backbone's own values.
+# The built-in backbones; each declaration states one backbone's own values.
 SD15_INPAINTING = register_backbone(
     BackboneSpec(
         name="sd-1.5-inpainting",

@@ -167,7 +167,6 @@ class StrDiffusionPipeline(DiffusionPipeline, StepStateMixin):
     model_cpu_offload_seq = "structure_unet->texture_unet->discriminator"
     _callback_tensor_inputs = ["latents", "structure_state"]
 
-    # Same shape as the other components' config signatures (boilerplate): the config is these arguments (diffusers).
     def __init__(
         self,
         texture_unet: StrDiffusionUNet,

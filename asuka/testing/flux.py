@@ -1,9 +1,8 @@
 """Tiny random ASUKA-FLUX pipeline for tests, the app's offline mode and benchmarks.
 
-Shapes follow FLUX.1-Fill exactly, only narrower (the real configs, `FLUX_VAE_CONFIG` and
-`FLUX_TRANSFORMER_CONFIG`, are here too, for the benchmarks): a 4-level AutoencoderKL with 16 latent channels
-and no (post-)quant conv (so 8x downsampling and 2x2 packing as in the real model), and a FLUX
-transformer whose `x_embedder` takes packed noise (16*4) + packed masked-image latents (16*4) +
+Shapes follow FLUX.1-Fill exactly, only narrower (its real configs: `asuka.testing.configs`): a 4-level
+AutoencoderKL with 16 latent channels and no (post-)quant conv (so 8x downsampling and 2x2 packing as in the real
+model), and a FLUX transformer whose `x_embedder` takes packed noise (16*4) + packed masked-image latents (16*4) +
 the packed 8x8 pixel mask (8*8*4) = 384 channels, like the real one.
 """
 
@@ -16,41 +15,9 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransf
 
 from asuka.models import AsukaAligner, AsukaDecoder, AsukaVAEEncoder
 from asuka.pipelines.backbones import FLUX_FILL
+from asuka.testing.configs import FLUX_SCHEDULER_CONFIG, FLUX_TRANSFORMER_CONFIG, FLUX_VAE_CONFIG
 from asuka.testing.mae import make_tiny_mae
 
-
-# Scheduler settings of black-forest-labs/FLUX.1-Fill-dev (resolution-dependent shift).
-FLUX_SCHEDULER_CONFIG = dict(
-    num_train_timesteps=1000,
-    shift=3.0,
-    use_dynamic_shifting=True,
-    base_shift=0.5,
-    max_shift=1.15,
-    base_image_seq_len=256,
-    max_image_seq_len=4096,
-)
-
-# black-forest-labs/FLUX.1-Fill-dev's VAE (f=8, 16 latent channels, no (post-)quant conv), from its public config.
-FLUX_VAE_CONFIG = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(128, 256, 512, 512),
-    layers_per_block=2,
-    latent_channels=16,
-    norm_num_groups=32,
-    sample_size=1024,
-    scaling_factor=0.3611,
-    shift_factor=0.1159,
-    use_quant_conv=False,
-    use_post_quant_conv=False,
-)
-
-# FLUX.1-Fill-dev's transformer: FluxTransformer2DModel's defaults are FLUX.1-dev's (19 double and 38 single blocks,
-# 24 heads of 128, T5 4096 / CLIP 768 inputs); Fill takes packed noise (16*4) + packed masked-image latents (16*4) +
-# the packed 8x8 pixel mask (8*8*4) = 384 input channels, and embeds the guidance scale.
-FLUX_TRANSFORMER_CONFIG = dict(in_channels=384, out_channels=64, guidance_embeds=True)
 
 TOKEN_DIM = 32  # stands in for T5's 4096
 POOLED_DIM = 24  # stands in for CLIP's 768 (deliberately different from TOKEN_DIM)
