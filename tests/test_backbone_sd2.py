@@ -9,6 +9,8 @@ import functools
 import numpy as np
 import pytest
 import torch
+import train_aligner
+import train_decoder
 from backbone_sd2 import CONTEXT_WIDTH, SD2_INPAINTING, SD2_REPO, make_tiny_sd2_components
 from hub_helpers import (
     BACKBONE_SHA,
@@ -21,7 +23,6 @@ from hub_helpers import (
 )
 from training_support import (
     offline,  # noqa: F401 (the module-wide autouse fixture)
-    put_training_on_path,
     random_images,
     tiny_pipeline_dir,
     training_argv,
@@ -39,12 +40,6 @@ from asuka.pipelines.backbones import (
     register_backbone,
 )
 from asuka.testing import make_tiny_pipeline
-
-
-put_training_on_path()
-
-import train_aligner  # noqa: E402
-import train_decoder  # noqa: E402
 
 
 STEPS = 2

@@ -3,14 +3,8 @@ README.md and in the training scripts' model cards (the light repos' card: tests
 
 from pathlib import Path
 
-from training_support import put_training_on_path
-
+import asuka_training
 from asuka.pipelines.model_card import PAPER_BIBTEX, PAPER_TITLE
-
-
-put_training_on_path()
-
-import asuka_training  # noqa: E402
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,12 +6,14 @@ import json
 
 import pytest
 import torch
+import train_aligner
+import train_decoder
+import train_mae
 from hub_helpers import save_flux_backbone, weight_files
 from safetensors.torch import load_file
 from training_support import (
     intercept_hub,
     offline,  # noqa: F401 (the module-wide autouse fixture)
-    put_training_on_path,
     random_images,
     tiny_pipeline_dir,
     training_argv,
@@ -22,13 +24,6 @@ from asuka import AsukaFluxPipeline, AsukaPipeline
 from asuka.convert.__main__ import main as convert_cli
 from asuka.pipelines.model_card import PAPER_BIBTEX, PAPER_TITLE
 from asuka.testing.flux import make_tiny_flux_components, make_tiny_masked_image_encoder
-
-
-put_training_on_path()
-
-import train_aligner  # noqa: E402
-import train_decoder  # noqa: E402
-import train_mae  # noqa: E402
 
 
 LIGHT_FLUX_WEIGHTS = [

@@ -16,6 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import train_aligner
+import train_decoder
+import train_mae
 from accelerate_launch import two_process_launch
 from PIL import Image
 from safetensors.torch import load_file
@@ -24,22 +27,14 @@ from training_support import (
     fresh_accelerate_state,  # noqa: F401 (a fixture)
     intercept_hub,
     offline,  # noqa: F401 (the module-wide autouse fixture)
-    put_training_on_path,
     random_images,
     tiny_pipeline_dir,
     training_argv,
 )
 
-
-put_training_on_path()
-
-import train_aligner  # noqa: E402
-import train_decoder  # noqa: E402
-import train_mae  # noqa: E402
-
-import asuka_training  # noqa: E402
-from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE  # noqa: E402
-from asuka.testing import make_tiny_pipeline  # noqa: E402
+import asuka_training
+from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE
+from asuka.testing import make_tiny_pipeline
 
 
 RESOLUTION = "32"  # the tiny VAE has a scale factor of 2: 16x16 latents

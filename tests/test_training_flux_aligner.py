@@ -13,6 +13,7 @@ import numpy as np
 import psutil
 import pytest
 import torch
+import train_aligner
 from accelerate_launch import two_process_launch
 from flux_support import pipeline_transformer_call
 from hub_helpers import make_inputs, weight_files
@@ -22,24 +23,17 @@ from training_support import (
     fresh_accelerate_state,  # noqa: F401 (a fixture)
     intercept_hub,
     offline,  # noqa: F401 (the module-wide autouse fixture)
-    put_training_on_path,
     random_images,
     tiny_pipeline_dir,
     training_argv,
 )
 
+import asuka_training
 from asuka import AsukaFluxPipeline
 from asuka.models import AsukaAligner
 from asuka.pipelines.backbones import FLUX_FILL
 from asuka.testing import make_tiny_pipeline
 from asuka.testing.flux import make_tiny_flux_backbone_pipeline
-
-
-put_training_on_path()
-
-import train_aligner  # noqa: E402
-
-import asuka_training  # noqa: E402
 
 
 RESOLUTION = 32  # the tiny FLUX VAE has FLUX's 8x factor: 4x4 latents, 2x2 packed tokens

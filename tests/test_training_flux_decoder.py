@@ -16,6 +16,7 @@ import psutil
 import pytest
 import torch
 import torch.nn.functional as F
+import train_decoder
 from accelerate_launch import two_process_launch
 from flux_support import pipeline_transformer_call
 from hub_helpers import BACKBONE_SHA, hub_cache, weight_files
@@ -25,24 +26,17 @@ from training_support import (
     fresh_accelerate_state,  # noqa: F401 (a fixture)
     intercept_hub,
     offline,  # noqa: F401 (the module-wide autouse fixture)
-    put_training_on_path,
     random_images,
     training_argv,
 )
 
+import asuka_training
 from asuka import AsukaFluxPipeline
 from asuka.defaults import FLUX_FILL_REPO
 from asuka.models import AsukaDecoder
 from asuka.pipelines.backbones import FLUX_FILL
 from asuka.testing import make_tiny_pipeline
 from asuka.testing.flux import make_tiny_flux_backbone_pipeline, make_tiny_flux_pipeline
-
-
-put_training_on_path()
-
-import train_decoder  # noqa: E402
-
-import asuka_training  # noqa: E402
 
 
 RESOLUTION = 32  # the tiny FLUX VAE downsamples 8x: 4x4 latents, 2x2 packed tokens

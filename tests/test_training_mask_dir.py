@@ -5,22 +5,17 @@ import logging
 
 import numpy as np
 import pytest
+import train_mae
 from PIL import Image
 from training_support import (
     offline,  # noqa: F401 (the module-wide autouse fixture)
-    put_training_on_path,
     random_images,
     tiny_pipeline_dir,
     training_argv,
 )
 
-
-put_training_on_path()
-
-import train_mae  # noqa: E402
-
-import asuka_training  # noqa: E402
-from asuka.masks import MaskGenerator  # noqa: E402
+import asuka_training
+from asuka.masks import MaskGenerator
 
 
 RESOLUTION = 16

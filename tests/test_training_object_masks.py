@@ -3,15 +3,10 @@
 import json
 
 import numpy as np
+import prepare_object_masks
 from PIL import Image
-from training_support import put_training_on_path
 
-
-put_training_on_path()
-
-import prepare_object_masks  # noqa: E402
-
-from asuka.masks import MaskGenerator, mask_ratio  # noqa: E402
+from asuka.masks import MaskGenerator, mask_ratio
 
 
 def test_extracts_polygons_and_rle_skips_crowds_and_tiny_objects(tmp_path):

@@ -9,28 +9,23 @@ import os
 import subprocess
 
 import numpy as np
+import prepare_aligner_inputs
 import pytest
 import torch
+import train_aligner
 from accelerate_launch import two_process_launch
 from safetensors.torch import load_file
 from training_support import (
     ROOT,
     fresh_accelerate_state,  # noqa: F401 (a fixture)
     offline,  # noqa: F401 (the module-wide autouse fixture)
-    put_training_on_path,
     random_images,
     tiny_pipeline_dir,
 )
 
-
-put_training_on_path()
-
-import prepare_aligner_inputs  # noqa: E402
-import train_aligner  # noqa: E402
-
-import asuka_training  # noqa: E402
-from asuka_training import precomputed  # noqa: E402
-from asuka_training.aligner_inputs import vae_posteriors  # noqa: E402
+import asuka_training
+from asuka_training import precomputed
+from asuka_training.aligner_inputs import vae_posteriors
 
 
 RESOLUTION = 32  # the tiny VAE halves it: 16x16 latents

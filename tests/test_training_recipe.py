@@ -9,20 +9,16 @@ import sys
 import time
 
 import pytest
+import recipe
 import torch
 from test_convert_mae import TINY, mae_sincos_table
 from training_support import (  # noqa: F401 (offline: the module-wide autouse fixture)
     ROOT,
     intercept_hub,
     offline,
-    put_training_on_path,
     random_images,
     tiny_pipeline_dir,
 )
-
-
-put_training_on_path()
-import recipe  # noqa: E402
 
 
 STEPS = {"mae": 2, "aligner": 12, "decoder": 2}
@@ -79,7 +75,9 @@ def recipe_command(backbone_dir, image_dir, out, vitmae) -> list[str]:
 
 
 def recipe_env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    # the checkout's asuka and asuka_training, as `pip install -e .` installs them
+    path = os.pathsep.join((str(ROOT), str(ROOT / "training")))
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
 def check_light_repo(pipeline_class, out, trained: tuple[str, ...]):

@@ -4,24 +4,19 @@ the final folder loads as the component, and the authors' objectives against han
 import numpy as np
 import pytest
 import torch
+import train_strdiffusion
 from PIL import Image
 from training_support import (
     intercept_hub,
     offline,  # noqa: F401 (the module-wide autouse fixture)
-    put_training_on_path,
     tiny_pipeline_dir,
     training_argv,
 )
 
-
-put_training_on_path()
-
-import train_strdiffusion  # noqa: E402
-
-import asuka_training  # noqa: E402
-from asuka import StrDiffusionPipeline  # noqa: E402
-from asuka.models import StrDiffusionDiscriminator, StrDiffusionUNet  # noqa: E402
-from asuka.schedulers.ir_sde import IRSDEScheduler  # noqa: E402
+import asuka_training
+from asuka import StrDiffusionPipeline
+from asuka.models import StrDiffusionDiscriminator, StrDiffusionUNet
+from asuka.schedulers.ir_sde import IRSDEScheduler
 
 
 COMPONENT = {"structure": StrDiffusionUNet, "texture": StrDiffusionUNet, "discriminator": StrDiffusionDiscriminator}

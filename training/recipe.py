@@ -251,8 +251,8 @@ def write_json_atomically(path: Path, data: dict) -> None:
 
 
 def budget(args: argparse.Namespace) -> str:
-    """The MAE, aligner and decoder schedules' budget (`benchmarks/training_budget.py`), counted once per schedule
-    and kept in OUT/.recipe/budget.json."""
+    """The MAE, aligner and decoder schedules' budget (`python -m benchmarks.training_budget`), counted once per
+    schedule and kept in OUT/.recipe/budget.json."""
     processes = args.num_processes or 1
     schedules = {
         "aligner": [args.aligner_steps, args.aligner_batch_size * processes, args.aligner_resolution],
@@ -266,11 +266,11 @@ def budget(args: argparse.Namespace) -> str:
         cached = json.loads(cache.read_text())
         if cached["key"] == key:
             return cached["table"]
-    command = [sys.executable, str(ROOT / "benchmarks" / "training_budget.py"), "--backbone", key["backbone"]]
+    command = [sys.executable, "-m", "benchmarks.training_budget", "--backbone", key["backbone"]]
     command += ["--tflops", str(args.tflops), "--no-memory"]
     for name, (steps, batch, size) in schedules.items():
         command += ["--schedule", f"{name}={steps},{batch},{size}"]
-    table = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    table = subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT).stdout
     write_json_atomically(cache, {"key": key, "table": table})
     return table
 
@@ -342,5 +342,4 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(TRAINING))  # asuka_training, as the scripts find it
     main()
