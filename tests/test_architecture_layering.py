@@ -185,3 +185,31 @@ def test_opencv_is_a_test_dependency_only():
             if any(module.split(".")[0] == "cv2" for module in modules):
                 importers.append(str(path.relative_to(ROOT)))
     assert not importers, f"cv2 imported by {importers}"
+
+
+@pytest.mark.parametrize("package", ["training/asuka_training", "benchmarks"])
+def test_no_import_cycle_within_the_package(package):
+    """The modules of the training library and of the benchmarks import each other one way only (type-only and
+    function-level imports included): a module that needs a sibling's function takes it from where it lives."""
+    folder = ROOT / package
+    modules = {path.stem for path in folder.glob("*.py")}
+    graph = {}
+    for path in folder.glob("*.py"):
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                names = [node.module] if node.module else [alias.name for alias in node.names]
+                imported.update(name for name in names if name in modules and name != path.stem)
+        graph[path.stem] = imported - {"__init__"}
+    graph.pop("__init__", None)
+
+    def cycle_from(start, path):
+        for nxt in sorted(graph.get(path[-1], ())):
+            if nxt == start:
+                return [*path, start]
+            if nxt not in path and (found := cycle_from(start, [*path, nxt])):
+                return found
+        return None
+
+    cycles = [found for start in sorted(graph) if (found := cycle_from(start, [start]))]
+    assert not cycles, f"import cycles in {package}: {cycles}"

@@ -12,7 +12,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from asuka.testing.flux import make_tiny_flux_components
 from asuka.testing.sd import make_tiny_sd_components
-from benchmarks import flops, meta_memory, training_budget
+from benchmarks import aligner_precompute, flops, meta_memory, training_budget
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +36,27 @@ def test_steps_update_only_the_trained_component(backbone, name):
         if any(not torch.equal(v, components[key].state_dict()[n]) for n, v in state.items())
     }
     assert changed == TRAINED[(backbone, name)]
+
+
+@pytest.mark.parametrize("backbone", sorted(TINY))
+def test_steps_call_the_training_functions_with_the_backbones_spec(backbone, monkeypatch):
+    """Each backbone's aligner step computes its loss with `asuka_training.aligner_loss` and its decoder step its x0
+    with `asuka_training.one_step_x0`, the functions train_aligner.py and train_decoder.py call, on the backbone's
+    spec (its objective: SD's ε or v as the scheduler says, FLUX's flow matching; the VAE's shift)."""
+    spec = {"sd": training_budget.SD15_INPAINTING, "flux": training_budget.FLUX_FILL}[backbone]
+    seen = []
+
+    def spy(module, name):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *args, **kwargs: seen.append((name, args)) or real(*args, **kwargs))
+
+    spy(aligner_precompute, "aligner_loss")
+    spy(training_budget, "one_step_x0")
+    runs = training_budget.BACKBONES[backbone][0]
+    for name in ("aligner", "decoder"):
+        runs[name](TINY[backbone](0), 32, 2, "cpu", torch.float32)()
+    assert [name for name, _ in seen] == ["aligner_loss", "one_step_x0"]
+    assert seen[0][1][0] is spec and seen[1][1][6] is spec
 
 
 def test_decoder_step_counts_on_meta_what_it_runs_on_cpu():
