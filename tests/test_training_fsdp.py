@@ -34,8 +34,8 @@ TRANSFORMER_WEIGHTS = "transformer/diffusion_pytorch_model.safetensors"
 class StubAccelerator:
     """What `prepare_frozen` uses of an accelerator; `prepare` records what it is handed and returns a wrapper."""
 
-    def __init__(self, distributed_type: DistributedType):
-        self.distributed_type = distributed_type
+    def __init__(self, distributed_type: DistributedType, is_fsdp2: bool = False):
+        self.distributed_type, self.is_fsdp2 = distributed_type, is_fsdp2
         self.prepared, self._models = [], []
 
     def prepare(self, *objects):
@@ -88,6 +88,13 @@ def test_only_fsdp_prepares_the_frozen_model_and_keeps_it_out_of_the_checkpoints
     else:
         assert accelerator.prepared == [] and returned is model
     assert asuka_training.shards_frozen_models(accelerator) == (distributed_type == DistributedType.FSDP)
+
+
+def test_fsdp2_is_refused_with_the_setting_to_change():
+    accelerator = StubAccelerator(DistributedType.FSDP, is_fsdp2=True)
+    with pytest.raises(ValueError, match="fsdp_version: 1"):
+        asuka_training.prepare_frozen(accelerator, torch.nn.Linear(2, 2))
+    assert accelerator.prepared == []
 
 
 def fake_fsdp(monkeypatch, shard: bool) -> list:

@@ -83,6 +83,11 @@ def prepare_frozen(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn
     parameters are shards once it is prepared: see `frozen_denoiser_for_saving`)."""
     if not shards_frozen_models(accelerator):
         return model
+    if accelerator.is_fsdp2:  # accelerate's FSDP2 prepares a model only together with its optimizer
+        raise ValueError(
+            "The frozen denoiser is sharded with FSDP version 1 only; set `fsdp_version: 1` in the accelerate config "
+            "(as training/configs/fsdp.yaml and fsdp_flux.yaml do)."
+        )
     wrapped = accelerator.prepare(model)
     # save_state and load_state write and read every prepared model (and pair optimizers with models by position)
     accelerator._models.remove(wrapped)
