@@ -13,6 +13,7 @@ fix it and the other methods stay usable.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import os
@@ -126,6 +127,7 @@ def gpu_duration(
     feather: int = 0,
     invert: bool = False,
     selection: dict | None = None,
+    step_cache: str = "",
     progress: Any = None,
 ) -> int:
     """Seconds of ZeroGPU to request for one `/inpaint` call (``spaces.GPU`` passes the handler's arguments).
@@ -341,6 +343,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="random tiny weights, for trying the interface",
     )
     memory.add_memory_arguments(parser, quantize=env("ASUKA_QUANTIZE"), offload=env("ASUKA_OFFLOAD"))
+    methods.add_speed_arguments(parser)  # --cache (the settings' default), --lora, --compile
     parser.add_argument("--max-queue", type=int, default=16, help="requests allowed to wait; more are refused")
     parser.add_argument(
         "--cache-max-age",
@@ -412,9 +415,13 @@ def build_demo(
     max_results: int = MAX_RESULT_FILES,
     cache_max_age: int = CACHE_MAX_AGE_S,
     segmenter: Segmenter | None = None,
+    step_cache: str | None = None,
 ) -> gr.Blocks:
     """The Blocks UI; every model call goes through ``cache`` and the methods, every click through ``segmenter``
     (default: SAM 2.1 on the cache's device, tiny and random when the cache is).
+
+    ``step_cache`` (``NAME[:VALUE]``, e.g. ``first-block:0.12``) is the settings' default step cache for the ASUKA
+    methods; the page shows the seconds each run took.
 
     ``guidance`` (why the first model could not load, and how to fix it) is shown where the result goes.
     Uploads, outputs and result files are deleted ``cache_max_age`` seconds after they were written, and
@@ -442,6 +449,7 @@ def build_demo(
         feather: int = 0,
         invert: bool = False,
         selection: dict | None = None,
+        step_cache: str = "",
         progress: gr.Progress = gr.Progress(),
     ):
         if not editor or editor.get("background") is None:
@@ -469,9 +477,10 @@ def build_demo(
             guidance_scale=float(guidance_scale) if spec.uses_guidance else None,
             keep_unmasked=bool(keep_unmasked) and not feather,  # a feathered paste-back needs the decoded ring
             reconstruction=True,  # shown in the "MAE reconstruction" tab
+            step_cache=(step_cache or "").strip() or None,
         )
 
-        def run(name: str, label: str) -> methods.InpaintResult:
+        def run(name: str, label: str, request: methods.InpaintRequest) -> methods.InpaintResult:
             try:
                 with reporting_load(progress, label):
                     pipeline = cache.get(name)
@@ -487,14 +496,20 @@ def build_demo(
                 outcome.image = paste_feathered(image, outcome.image, mask, feather)
             return outcome
 
-        result = run(spec.name, spec.label)
+        start = time.perf_counter()
+        result = run(spec.name, spec.label, request)
+        seconds = time.perf_counter() - start
         backbone = None
-        if run_backbone and spec.backbone:
-            backbone = run(spec.backbone, methods.get_method(spec.backbone).label).image
+        if run_backbone and spec.backbone:  # the backbone alone: diffusers' own pipeline, without a step cache
+            backbone_request = dataclasses.replace(request, step_cache=None)
+            backbone = run(spec.backbone, methods.get_method(spec.backbone).label, backbone_request).image
         elif run_backbone:
             gr.Warning(f"{spec.label} has no separate backbone to compare with.")
         download = results.save(result.image)
-        return (result.image, (image, result.image), backbone, result.reconstruction, download, seed, mask)
+        took = f"{spec.label}: {seconds:.2f} s for {request.steps} steps" + (
+            f" (step cache {request.step_cache})" if request.step_cache else ""
+        )
+        return (result.image, (image, result.image), backbone, result.reconstruction, download, seed, mask, took)
 
     def selection_view(editor: dict | None, mask_upload: Image.Image | None, selection: dict | None):
         """The photo with the mask so far (painting or upload, and the clicked selection) tinted over it."""
@@ -675,6 +690,11 @@ def build_demo(
                     run_backbone = gr.Checkbox(
                         value=False, label="Also run the backbone alone", interactive=first.backbone is not None
                     )
+                    step_cache_box = gr.Textbox(
+                        value=step_cache or "",
+                        label="Step cache (ASUKA methods; empty: none)",
+                        info=methods.CACHE_HELP,
+                    )
             with gr.Column(scale=1):
                 if guidance:
                     gr.Markdown(f"### No model loaded at start-up\n\n```\n{guidance}\n```", elem_id="load-guidance")
@@ -703,6 +723,7 @@ def build_demo(
                 with gr.Row():
                     download = gr.DownloadButton("Download (full resolution PNG)", elem_id="download", scale=2)
                     used_seed = gr.Number(label="Seed used", precision=0, interactive=False, scale=1)
+                run_time = gr.Textbox(label="Run time", interactive=False, elem_id="run-time")
 
         selection = gr.State(None)
         press = gr.JSON(visible=False)  # where a drag in the click view started (set in the page, see DRAG_READ_JS)
@@ -740,8 +761,9 @@ def build_demo(
                 feather,
                 invert,
                 selection,
+                step_cache_box,
             ],
-            outputs=[result, slider, backbone, reconstruction, download, used_seed, used_mask],
+            outputs=[result, slider, backbone, reconstruction, download, used_seed, used_mask, run_time],
             api_name="inpaint",
             concurrency_limit=1,
             concurrency_id="gpu",
@@ -799,7 +821,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     device, dtype = resolve_device_dtype(args.device, args.dtype)
-    cache = methods.PipelineCache(device=device, dtype=dtype, tiny=args.tiny)
+    # applied as each pipeline loads, stated in the log; a step cache's hooks break a full graph
+    speedups = methods.Speedups(tuple(args.lora), args.compile, fullgraph=args.cache is None)
+    cache = methods.PipelineCache(device=device, dtype=dtype, tiny=args.tiny, speedups=speedups)
     name, guidance = None, None
     try:
         name = choose_method(args.method, args.tiny, cuda_available=device.startswith("cuda"))
@@ -826,6 +850,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         max_results=args.max_results,
         cache_max_age=args.cache_max_age,
         segmenter=segmenter,
+        step_cache=args.cache,
     )
     demo.launch(server_name=args.host, server_port=args.port, share=args.share)
 

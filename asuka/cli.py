@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     inpaint.add_argument("--dilate", type=int, default=0, help="grow each mask by this many pixels")
     inpaint.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     inpaint.add_argument("--dtype", default=None, help="float16, bfloat16 or float32 (default: bfloat16 on GPU)")
+    from asuka.methods.speedups import add_speed_arguments
+
+    add_speed_arguments(inpaint)
     inpaint.add_argument("--tiny", action="store_true", help="random tiny weights, for trying the command")
     from asuka.methods.memory import add_memory_arguments  # --quantize, --offload (shared with the app)
 
@@ -137,6 +140,9 @@ def inpaint_command(args: argparse.Namespace) -> int:
         if line:
             print(line, file=sys.stderr)
         pipeline = methods.load_pipeline(spec.name, args.model, device, dtype, args.tiny, memory=config)
+        speedups = methods.Speedups(tuple(args.lora), args.compile, fullgraph=args.cache is None)
+        pipeline = methods.apply_speedups(pipeline, speedups, report=lambda line: print(line, file=sys.stderr))
+        methods.use_step_cache(pipeline, args.cache, args.steps or spec.default_steps)  # a bad --cache fails here
     except (ValueError, methods.NoDefaultMethod, methods.ModelLoadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -10,7 +10,16 @@ components that the plan's total equals `FlopCounterMode` over the real pipeline
 hand count of a Linear layer and an attention block.
 
     python benchmarks/flops.py            # ASUKA-SD vs SD (256, 512; 50 steps) and ASUKA-FLUX vs FluxFill
-                                          # (full depth; 512, 1024; 28, 50 steps), with and without the cache
+                                          # (full depth; 512, 1024; 8 (a turbo LoRA, fused), 28, 50 steps), with
+                                          # and without the cache; and ASUKA-FLUX with a step cache as a function
+                                          # of the share of steps it skips
+
+A step cache's saving depends on how many steps it skips, which random weights cannot tell (the hit rate of real
+images is a measurement for the GPU suite). What a count can tell is the cost of a skipped step against a full one:
+`step_cache_flops` splits one transformer call by module (`FlopCounterMode`'s per-module totals) into its blocks and
+the rest; a step that FirstBlockCache skips still runs the embedders, the first double block and the output layers,
+one that MagCache skips runs no block at all. `step_cache_rows` then gives the denoising and whole-call FLOPs for a
+share of skipped steps.
 """
 
 import argparse
@@ -18,6 +27,7 @@ import functools
 import itertools
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -247,6 +257,79 @@ def flux_call_plan(
 
 
 # ---------------------------------------------------------------------------------------------
+# Step caches: a skipped step against a full one
+# ---------------------------------------------------------------------------------------------
+
+#: The step caches whose skipped steps are counted: what still runs in a skipped step.
+SKIPPING_CACHES = {
+    "first-block": "the embedders, the first double block and the output layers (FirstBlockCache)",
+    "mag": "the embedders and the output layers (MagCache: every block skipped)",
+}
+
+
+def step_cache_flops(transformer: torch.nn.Module, step: Callable[[], object]) -> dict[str, int]:
+    """FLOPs of one full transformer call `step` and of one that each cache of `SKIPPING_CACHES` skips, from the
+    per-module totals of one counted call: a skipped step is the full one less the blocks it does not run."""
+    with torch.no_grad(), flop_counter_mode() as counter:
+        step()
+    root = type(transformer).__name__
+    block = re.compile(rf"{root}\.(single_)?transformer_blocks\.\d+")
+    blocks = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items() if block.fullmatch(name)}
+    full, every_block = counter.get_total_flops(), sum(blocks.values())
+    return {
+        "full": full,
+        "first-block": full - every_block + blocks[f"{root}.transformer_blocks.0"],
+        "mag": full - every_block,
+    }
+
+
+def step_cache_rows(
+    components: dict, sizes: list[int], steps: list[int], skip_shares: list[float], hole_side: float = HOLE_SIDE
+) -> list[dict]:
+    """One row per (size, steps, cache, share of skipped steps): ASUKA-FLUX's denoising and whole-call GFLOPs and
+    their ratio to the call without a step cache (both with the conditioning cache off)."""
+    rows = []
+    for size, n in itertools.product(sizes, steps):
+        plan = flux_call_plan(components, size, n, asuka=True, hole_side=hole_side)
+        totals = count_plan(plan)
+        (denoise,) = (call for call in plan if call.stage == "denoise")
+        per_step = step_cache_flops(components[FLUX_FILL.denoiser], denoise.fn)
+        others = sum(totals.values()) - totals["denoise"]
+        for cache, share in itertools.product(SKIPPING_CACHES, skip_shares):
+            skipped = round(share * n)
+            denoise_flops = (n - skipped) * per_step["full"] + skipped * per_step[cache]
+            rows.append(
+                {
+                    "pipeline": "flux",
+                    "size": size,
+                    "steps": n,
+                    "cache": cache,
+                    "skipped_steps": skipped,
+                    "full_step_gflop": per_step["full"] / 1e9,
+                    "skipped_step_gflop": per_step[cache] / 1e9,
+                    "denoise_gflop": denoise_flops / 1e9,
+                    "call_gflop": (others + denoise_flops) / 1e9,
+                    "ratio": (others + denoise_flops) / sum(totals.values()),
+                }
+            )
+    return rows
+
+
+def format_cache_rows(rows: list[dict]) -> str:
+    lines = [
+        "| ASUKA-FLUX | size | steps | skipped steps | full step (GFLOP) | skipped step (GFLOP) | call (TFLOP) |"
+        " ratio to no step cache |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['cache']} | {r['size']} | {r['steps']} | {r['skipped_steps']} | {r['full_step_gflop']:.1f} | "
+            f"{r['skipped_step_gflop']:.1f} | {r['call_gflop'] / 1e3:.2f} | {r['ratio']:.4f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
 # Full-size architectures on the meta device
 # ---------------------------------------------------------------------------------------------
 
@@ -348,7 +431,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--sd-sizes", type=int, nargs="*", default=[256, 512])
     parser.add_argument("--sd-steps", type=int, nargs="*", default=[50])
     parser.add_argument("--flux-sizes", type=int, nargs="*", default=[512, 1024])
-    parser.add_argument("--flux-steps", type=int, nargs="*", default=[28, 50])
+    parser.add_argument(
+        "--flux-steps", type=int, nargs="*", default=[8, 28, 50], help="8: the turbo-LoRA recipe (docs/flux.md)"
+    )
+    parser.add_argument(
+        "--skip-shares",
+        type=float,
+        nargs="*",
+        default=[0.25, 0.5, 0.75],
+        help="shares of ASUKA-FLUX's steps a step cache skips, for the step-cache rows (none: no such rows)",
+    )
     parser.add_argument(
         "--hole-sides",
         type=float,
@@ -363,11 +455,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     if args.sd_sizes and args.sd_steps:
         rows += ratio_rows("sd", meta_sd_components(args.tiny), args.sd_sizes, args.sd_steps, args.hole_sides)
+    cache_rows = []
     if args.flux_sizes and args.flux_steps:
-        rows += ratio_rows("flux", meta_flux_components(args.tiny), args.flux_sizes, args.flux_steps, args.hole_sides)
+        flux = meta_flux_components(args.tiny)
+        rows += ratio_rows("flux", flux, args.flux_sizes, args.flux_steps, args.hole_sides)
+        if args.skip_shares:
+            cache_rows = step_cache_rows(flux, args.flux_sizes, args.flux_steps, args.skip_shares)
     print(format_rows(rows))
-    write_json(args.json, rows)
-    return rows
+    if cache_rows:
+        print(format_cache_rows(cache_rows))
+    write_json(args.json, rows + cache_rows)
+    return rows + cache_rows
 
 
 if __name__ == "__main__":

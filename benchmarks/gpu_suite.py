@@ -22,8 +22,11 @@ written after every section, so an interrupted run still leaves one):
    512 and 1024 pixels, 28 and 50 steps as far as the budget allows (each is probed with 2 steps first and only
    run when its estimated cost fits); peak memory counting what each must hold (FluxFill: transformer, VAE,
    T5-XXL, CLIP, which then also run; ASUKA-FLUX: transformer, VAE, MAE, both aligners, decoder).
-6. `eval_throughput` (FLUX part) and `compile_offload` (FLUX part: offload, then diffusers' regional compilation of
-   the transformer, `compile_repeated_blocks`).
+6. `eval_throughput` (FLUX part), `flux_speedups` (ASUKA-FLUX at the largest size: 8 steps, the turbo-LoRA
+   recipe's count (a fused LoRA costs nothing per step), against the configured steps; FirstBlockCache at 0.12 and
+   TaylorSeer at interval 5, with the share of steps the transformer computed in full, which random weights make
+   no prediction of for real images) and `compile_offload` (FLUX part: offload, then diffusers' regional
+   compilation of the transformer, `compile_repeated_blocks`: the compile timing).
 7. `flops`: the exact FLOP ratios of the same calls (benchmarks/flops.py), counted on the meta device by a
    subprocess that runs on spare CPU cores from the start; for the timed hole (a centred square of half the side)
    and for a hole whose box spans the image (ASUKA's decoder works on the hole's box).
@@ -80,6 +83,7 @@ SECTIONS = (
     "compile_offload",
     "flux_inference",
     "flux_memory",
+    "flux_speedups",
     "flops",
 )
 FLOPS_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "flops.py")
@@ -433,6 +437,54 @@ def eval_throughput_flux(ctx: dict) -> dict:
     return {"size": size, "steps": steps, "batch": 1, "images_per_min": 60 / one}
 
 
+def flux_speedups(ctx: dict) -> dict:
+    """ASUKA-FLUX at the largest configured size: the configured steps, 8 steps, and the configured steps with
+    FirstBlockCache and TaylorSeer (diffusers' step caches, `AsukaFluxPipeline.enable_step_cache`). A step whose
+    last single block's MLP runs is one the transformer computed in full; `computed_share` is their share."""
+    from asuka.pipelines.step_cache import parse_cache_spec
+
+    s, device, components = ctx["s"], ctx["device"], ctx["flux"]
+    size = max(config[0] for config in s["flux_configs"])
+    steps = min(n for config_size, n in s["flux_configs"] if config_size == size)
+    asuka = flux_pipelines(components)[0]
+    image, mask = test_inputs(size)
+    calls = [0]
+    probe = components[FLUX_FILL.denoiser].single_transformer_blocks[-1].proj_mlp
+    handle = probe.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    runs = {}
+
+    def measure(name: str, n: int) -> None:
+        def run():
+            return asuka(image, mask, num_inference_steps=n, working_resolution=size, output_type="np")
+
+        if not ctx["args"].tiny:
+            run()  # warm-up
+        calls[0] = 0
+        seconds = median_time(run, s["repeats"], device)
+        runs[name] = {"steps": n, "seconds": seconds, "computed_share": calls[0] / (n * s["repeats"])}
+
+    try:
+        measure(f"{steps} steps", steps)
+        measure("8 steps", 8)
+        for spec in ("first-block:0.12", "taylorseer:5"):
+            estimate = runs[f"{steps} steps"]["seconds"] * (s["repeats"] + 1)
+            if not ctx["budget"].fits(estimate):
+                runs[spec] = {"status": f"skipped: budget (estimated {estimate:.0f} s)"}
+                continue
+            asuka.enable_step_cache(parse_cache_spec(spec, steps))
+            try:
+                measure(spec, steps)
+            finally:
+                asuka.disable_step_cache()
+    finally:
+        handle.remove()
+    base = runs[f"{steps} steps"]["seconds"]
+    for run in runs.values():
+        if "seconds" in run:
+            run["speedup"] = base / run["seconds"]
+    return {"size": size, "runs": runs}
+
+
 def compile_and_offload_flux(ctx: dict) -> dict:
     """ASUKA-FLUX at the first configured size and steps: offload, then diffusers' regional compilation of the
     transformer (`compile_repeated_blocks`: each block type compiled once, so seconds rather than minutes for 57
@@ -462,7 +514,7 @@ def start_flop_count(args: argparse.Namespace, s: dict, path: str) -> subprocess
     command = [sys.executable, FLOPS_SCRIPT, "--json", path]
     command += ["--sd-sizes", str(s["sd_size"]), "--sd-steps", str(s["sd_steps"])]
     command += ["--flux-sizes", *sorted({str(c[0]) for c in s["flux_configs"]})]
-    command += ["--flux-steps", *sorted({str(c[1]) for c in s["flux_configs"]})]
+    command += ["--flux-steps", *sorted({str(c[1]) for c in s["flux_configs"]}), "--skip-shares"]  # no cache rows
     if args.tiny:
         command.append("--tiny")
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "2"}
@@ -568,6 +620,11 @@ def markdown(report: dict) -> str:
     for part in ("sd", "flux"):
         if "offload_slowdown" in co.get(part, {}):
             add(f"enable_model_cpu_offload / resident time ({part})", fmt(co[part]["offload_slowdown"]))
+    speedups = sections.get("flux_speedups", {})
+    for name, run in speedups.get("runs", {}).items():
+        if "seconds" in run:
+            add(f"ASUKA-FLUX {speedups['size']}px, {name} (s)", fmt(run["seconds"], 2),
+                f"x{fmt(run['speedup'])}; transformer computed {fmt(run['computed_share'])} of the steps")  # fmt: skip
     for row in sections.get("flops", {}).get("rows", []):
         what = f"{row['pipeline']} {row['size']}px {row['steps']} steps, hole side {row['hole_side']:g}"
         add(f"FLOP ratio {what} (cached)", fmt(row["ratio_cached"], 4), f"uncached {fmt(row['ratio'], 4)}")
@@ -693,6 +750,8 @@ def run_flux_sections(report: dict, ctx: dict) -> None:
         run_section(report, "flux_memory", flux_memory_rows, ctx, 1 if args.tiny else 300)
     if "eval_throughput" not in args.skip:
         run_section(report, "eval_throughput", eval_throughput_flux, ctx, 1 if args.tiny else 60, "flux")
+    if "flux_speedups" not in args.skip:  # before compile_offload, which leaves the transformer compiled
+        run_section(report, "flux_speedups", flux_speedups, ctx, 1 if args.tiny else 120)
     if "compile_offload" not in args.skip:
         run_section(report, "compile_offload", compile_and_offload_flux, ctx, 1 if args.tiny else 150, "flux")
 

@@ -160,6 +160,7 @@ def inpaint_call(client: Any, image_path, mask_path=None, layers=(), **settings)
         run_backbone=False,
         feather=0,
         invert=False,
+        step_cache="",
     )
     values.update(settings)
     editor = {
@@ -170,7 +171,7 @@ def inpaint_call(client: Any, image_path, mask_path=None, layers=(), **settings)
     outputs = client.predict(
         editor, handle_file(str(mask_path)) if mask_path else None, *values.values(), api_name="/inpaint"
     )
-    names = ["result", "slider", "backbone", "reconstruction", "download", "seed", "mask"]
+    names = ["result", "slider", "backbone", "reconstruction", "download", "seed", "mask", "run_time"]
     return dict(zip(names, outputs))
 
 

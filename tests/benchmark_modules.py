@@ -15,4 +15,12 @@ import meta_memory  # noqa: E402
 import training_budget  # noqa: E402
 
 
-__all__ = ["aligner_precompute", "bench_pipelines", "flops", "gpu_suite", "memory_plan", "meta_memory", "training_budget"]
+__all__ = [
+    "aligner_precompute",
+    "bench_pipelines",
+    "flops",
+    "gpu_suite",
+    "memory_plan",
+    "meta_memory",
+    "training_budget",
+]

@@ -20,3 +20,24 @@ def tiny_app_url(tmp_path_factory):
 
     with running_app(["--tiny"], tmp_path_factory.mktemp("app") / "app.log") as url:
         yield url
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--run-compile",
+        action="store_true",
+        help="also run the slow torch.compile tests (inductor on CPU, size changes); one compile test always runs",
+    )
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "compile: a slow torch.compile test, run with --run-compile")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-compile"):
+        return
+    deselected = [item for item in items if item.get_closest_marker("compile")]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if not item.get_closest_marker("compile")]

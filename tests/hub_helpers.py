@@ -295,3 +295,31 @@ def light_repo_without(pipe, backbone: Path, component: str, tmp_path: Path) -> 
     light = tmp_path / "light"
     pipe.save_pretrained(light, light=True, backbone=str(broken))
     return light, broken
+
+
+def assert_lora_on_light_repo_without_asuka(
+    light: Path, cache: Path, tmp_path: Path, lora: Path, reference, steps: int
+) -> None:
+    """`light` loaded with the one diffusers call in a subprocess without `asuka`, the LoRA folder `lora` loaded
+    into it with `load_lora_weights`: its output (seed 0) on `make_inputs()` equals that of `reference` (the asuka
+    pipeline of the same repo) with the same LoRA, and differs from `reference`'s without it."""
+    image, mask = make_inputs()
+    then = f"""
+        pipe.load_lora_weights({str(lora)!r}, adapter_name="tiny")
+        assert pipe.get_active_adapters() == ["tiny"]
+        out = pipe(PIL.Image.open("image.png"), PIL.Image.open("mask.png"), num_inference_steps={steps},
+                   generator=torch.Generator().manual_seed(0), output_type="np").images
+        np.save("lora.npy", out)
+        """
+    run_folder_without_asuka(light, tmp_path, image, mask, type(reference).__name__, steps, then=then, hf_cache=cache)
+    out = np.load(tmp_path / "lora.npy")
+    reference.set_progress_bar_config(disable=True)
+
+    def run():
+        generator = torch.Generator().manual_seed(0)
+        return reference(image, mask, num_inference_steps=steps, generator=generator, output_type="np").images
+
+    base = run()
+    reference.load_lora_weights(lora)
+    np.testing.assert_allclose(out, run(), atol=1e-5)
+    assert np.abs(out - base).max() > 1e-3

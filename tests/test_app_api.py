@@ -166,3 +166,13 @@ def test_invert_and_feather(client, tmp_path):
     assert (result[ring] != photo[ring]).any(), "the seam is blended over the feather width"
     hard = np.asarray(Image.open(call(client, tmp_path / "photo.png", tmp_path / "mask.png")["result"]).convert("RGB"))
     assert np.array_equal(hard[~hole], photo[~hole])  # the default stays the exact paste-back
+
+
+def test_the_run_time_and_the_step_cache_through_the_api(client, tmp_path):
+    photo, hole = _photo(), _hole()
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    Image.fromarray(hole.astype(np.uint8) * 255).save(tmp_path / "mask.png")
+    out = call(client, tmp_path / "photo.png", tmp_path / "mask.png", step_cache="pab:2")
+    assert out["run_time"].endswith(" s for 2 steps (step cache pab:2)"), out["run_time"]
+    with pytest.raises(AppError, match="accepted: first-block"):
+        call(client, tmp_path / "photo.png", tmp_path / "mask.png", step_cache="deep:2")

@@ -6,6 +6,8 @@ import PIL.Image
 import pytest
 import torch
 from benchmark_modules import flops
+from diffusers import FluxTransformer2DModel
+from diffusers.hooks import FirstBlockCacheConfig, MagCacheConfig
 from diffusers.models.attention_processor import Attention
 
 from asuka.pipelines.cached_attention import ConstantInputCache, constant_condition_modules
@@ -152,3 +154,52 @@ def test_a_smaller_hole_only_makes_asukas_decode_cheaper():
     assert "| ASUKA-SD / SD-inpaint + CLIP | 32 | 3 | 0.5 |" in flops.format_rows([half])
     with pytest.raises(ValueError, match="hole_side"):
         flops.ratio_rows("sd", components, [SIZE], [STEPS], hole_sides=(0.0,))
+
+
+@pytest.mark.parametrize(
+    "cache, config",
+    [
+        ("first-block", FirstBlockCacheConfig(threshold=1e9)),  # every step after the first is skipped
+        (
+            "mag",
+            MagCacheConfig(
+                threshold=1e9, max_skip_steps=10, retention_ratio=0.0, num_inference_steps=4, mag_ratios=torch.ones(4)
+            ),
+        ),  # fmt: skip
+    ],
+)
+def test_a_skipped_step_costs_what_the_cache_really_runs(cache, config):
+    """The counted cost of a skipped step equals FlopCounterMode over a transformer call that the cache skips,
+    on a transformer of two double and two single blocks with the cache's hooks."""
+    components = make_tiny_flux_components(0)
+    transformer = FluxTransformer2DModel.from_config(
+        {**components["transformer"].config, "num_layers": 2, "num_single_layers": 2}
+    ).eval()
+    components["transformer"] = transformer
+    (denoise,) = (call for call in flops.flux_call_plan(components, SIZE, 2, asuka=True) if call.stage == "denoise")
+    counted = flops.step_cache_flops(transformer, denoise.fn)
+    assert counted["mag"] < counted["first-block"] < counted["full"]
+
+    transformer.enable_cache(config)
+    measured = []
+    for step in range(3):
+        with transformer.cache_context("cond"):
+            measured.append(flops.count_flops(denoise.fn))
+    assert measured[0] == counted["full"]  # the first step is always computed
+    assert measured[1] == measured[2] == counted[cache]
+
+
+def test_step_cache_rows_follow_the_share_of_skipped_steps():
+    components = make_tiny_flux_components(0)
+    rows = flops.step_cache_rows(components, [SIZE], [8], [0.0, 0.5])
+    assert [(r["cache"], r["skipped_steps"]) for r in rows] == [("first-block", 0), ("first-block", 4), ("mag", 0),
+                                                               ("mag", 4)]  # fmt: skip
+    [plain] = flops.ratio_rows("flux", components, [SIZE], [8])
+    assert rows[0]["ratio"] == 1 and rows[0]["call_gflop"] == pytest.approx(plain["asuka_gflop"])
+    half = rows[1]
+    assert half["denoise_gflop"] == pytest.approx(4 * half["full_step_gflop"] + 4 * half["skipped_step_gflop"])
+    assert half["call_gflop"] - half["denoise_gflop"] == pytest.approx(
+        plain["asuka_gflop"] - 8 * half["full_step_gflop"]
+    )
+    assert rows[3]["ratio"] < rows[1]["ratio"] < 1
+    assert "| first-block | 32 | 8 | 4 |" in flops.format_cache_rows(rows)

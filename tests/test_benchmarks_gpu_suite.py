@@ -48,6 +48,12 @@ def test_tiny_run_writes_the_full_schema(tmp_path):
     [run] = sections["flux_inference"]["runs"]
     assert sections["flux_inference"]["status"] == "done" and _number(run["time_ratio"])
 
+    speedups = sections["flux_speedups"]
+    assert speedups["status"] == "done", speedups
+    assert set(speedups["runs"]) == {"2 steps", "8 steps", "first-block:0.12", "taylorseer:5"}
+    assert speedups["runs"]["2 steps"]["computed_share"] == speedups["runs"]["8 steps"]["computed_share"] == 1
+    assert all(_number(run["seconds"]) and 0 < run["computed_share"] <= 1 for run in speedups["runs"].values())
+
     flops = sections["flops"]
     assert flops["status"] == "done", flops
     # the timed hole (a centred square of half the side) and the decoder's worst case (a box spanning the image)

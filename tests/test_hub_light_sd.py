@@ -16,12 +16,14 @@ from hub_helpers import (
     assert_backbone_loaded_from_pointer,
     assert_light_layout,
     assert_light_repo_keeps_the_mae_input_order,
+    assert_lora_on_light_repo_without_asuka,
     light_and_full_repos,
     light_repo_without,
     load_light_repo_without_asuka,
     make_inputs,
     save_sd_backbone,
 )
+from lora_support import save_tiny_lora
 
 from asuka import AsukaPipeline
 from asuka.methods.registry import load_pipeline
@@ -143,3 +145,11 @@ def test_the_methods_accept_a_light_repo(hub, tmp_path):
     loaded = load_pipeline("asuka-sd", model=str(light))
     assert isinstance(loaded, AsukaPipeline)
     assert torch.equal(loaded.unet.conv_in.weight, pipe.unet.conv_in.weight)
+
+
+def test_a_lora_loads_into_the_light_repo_without_asuka(hub, tmp_path):
+    """The remote-code pipeline has diffusers' LoRA loader: the same output as the asuka pipeline with the LoRA."""
+    pipe, light, _, _, cache = hub
+    save_tiny_lora(pipe, "sd", tmp_path / "lora")
+    reference = AsukaPipeline.from_pretrained(light, cache_dir=str(cache))
+    assert_lora_on_light_repo_without_asuka(light, cache, tmp_path, tmp_path / "lora", reference, STEPS)

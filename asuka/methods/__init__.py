@@ -30,9 +30,11 @@ from asuka.methods.registry import (
     step_callback,
     unregister_method,
 )
+from asuka.methods.speedups import CACHE_HELP, Speedups, add_speed_arguments, apply_speedups, use_step_cache
 
 
 __all__ = [
+    "CACHE_HELP",
     "ENTRY_POINT_GROUP",
     "PROVIDER_MODULES",
     "InpaintRequest",
@@ -42,6 +44,7 @@ __all__ = [
     "NoDefaultMethod",
     "PipelineCache",
     "ProgressCallback",
+    "Speedups",
     "choose_method",
     "default_method",
     "get_method",
@@ -53,7 +56,10 @@ __all__ = [
     "ready_pipeline",
     "register_method",
     "run_method",
+    "add_speed_arguments",
+    "apply_speedups",
     "seeded_generator",
     "step_callback",
     "unregister_method",
+    "use_step_cache",
 ]

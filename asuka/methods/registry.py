@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from asuka.defaults import parse_dtype
+from asuka.methods.speedups import Speedups, apply_speedups, use_step_cache
 
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,8 @@ class InpaintRequest:
 
     ``reconstruction`` asks methods with a prior for its reconstruction too (an extra prior pass; only the app shows
     it). ``mae_input_preprocessing`` is the MAE's input order for methods with one (``None``: the MAE's config); the
-    run and its reconstruction use the same.
+    run and its reconstruction use the same. ``step_cache`` is a diffusers step cache as ``NAME[:VALUE]`` (e.g.
+    ``first-block:0.12``; see :mod:`asuka.methods.speedups`) for the ASUKA methods.
     """
 
     image: Image.Image
@@ -60,11 +62,13 @@ class InpaintRequest:
     keep_unmasked: bool = True
     reconstruction: bool = False
     mae_input_preprocessing: str | None = None
+    step_cache: str | None = None
 
     @classmethod
     def from_settings(cls, image: Image.Image, mask: Image.Image, settings: Any) -> InpaintRequest:
-        """A request for `image` and `mask` with `settings`' steps, seed, condition_weight and guidance_scale (the
-        CLI's parsed arguments, an evaluation run's settings), so every interface passes the same fields."""
+        """A request for `image` and `mask` with `settings`' steps, seed, condition_weight, guidance_scale and
+        cache, where it has one (the CLI's parsed arguments, an evaluation run's settings), so every interface
+        passes the same fields."""
         return cls(
             image=image,
             mask=mask,
@@ -72,6 +76,7 @@ class InpaintRequest:
             seed=settings.seed,
             condition_weight=settings.condition_weight,
             guidance_scale=settings.guidance_scale,
+            step_cache=getattr(settings, "cache", None),
         )
 
 
@@ -377,7 +382,8 @@ def load_pipeline(
 
 
 class PipelineCache:
-    """Loads each method's pipeline on first use and keeps it (thread-safe)."""
+    """Loads each method's pipeline on first use, with `speedups` (LoRAs, compilation) applied, and keeps it
+    (thread-safe)."""
 
     def __init__(
         self,
@@ -386,12 +392,14 @@ class PipelineCache:
         tiny: bool = False,
         models: dict[str, str] | None = None,
         memory: Any = None,
+        speedups: Speedups | None = None,
     ):
         self.device = device
         self.dtype = parse_dtype(dtype)
         self.tiny = tiny
         self.models = dict(models or {})
         self.memory = memory  # for the methods that take it (`supports_memory`)
+        self.speedups = speedups or Speedups()
         self._pipelines: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -400,9 +408,10 @@ class PipelineCache:
         with self._lock:
             if name not in self._pipelines:
                 memory = self.memory if supports_memory(name) else None
-                self._pipelines[name] = load_pipeline(
+                pipeline = load_pipeline(
                     name, self.models.get(name), self.device, self.dtype, self.tiny, memory=memory
                 )
+                self._pipelines[name] = apply_speedups(pipeline, self.speedups)
             return self._pipelines[name]
 
     def loaded(self) -> list[str]:
@@ -419,7 +428,7 @@ def run_method(
     """Run ``request`` through ``pipeline`` with method ``name``, validating the request first.
 
     The method's run function always gets a positive ``request.steps`` and a ``request.guidance_scale`` (the
-    spec's defaults when none is given).
+    spec's defaults when none is given); the pipeline runs with ``request.step_cache`` (none when it is None).
     """
     if request.image.size != request.mask.size:
         raise ValueError(f"Image size {request.image.size} and mask size {request.mask.size} differ; they must match.")
@@ -430,6 +439,7 @@ def run_method(
         raise ValueError(f"steps must be a positive integer, got {request.steps}.")
     if request.guidance_scale is None:
         request = dataclasses.replace(request, guidance_scale=spec.default_guidance)
+    use_step_cache(pipeline, request.step_cache, request.steps)
     return spec.run(pipeline, request, progress)
 
 

@@ -253,10 +253,17 @@ class AsukaDecoder(ModelMixin, ConfigMixin):
         """Decodes `latents`, taking the region outside `mask` from `image` through the condition encoder.
 
         `hole_box` (`(top, left, bottom, right)` in output pixels, bottom/right exclusive) must hold every nonzero
-        pixel of `mask`; it is computed from `mask` (one device sync) when not given.
+        pixel of `mask`; it is computed from `mask` (one device sync) when not given, except under `torch.compile`,
+        where the box is the whole map (no data-dependent graph break; the box only saves FLOPs, the output is the
+        same).
         """
         self._check_shapes(latents, image, mask)
-        box = self.hole_box(mask) if hole_box is None else _checked_box(hole_box, image.shape[-2:])
+        if hole_box is not None:
+            box = _checked_box(hole_box, image.shape[-2:])
+        elif torch.compiler.is_compiling():  # no data-dependent box in a graph: the whole map, the same output
+            box = (0, 0, *image.shape[-2:])
+        else:
+            box = self.hole_box(mask)
         latents, image, mask = (t.to(self.dtype) for t in (latents, image, mask))
         if self.use_tiling and max(latents.shape[-2:]) > self.tile_sample_size // self.scale_factor:
             sample = self._tiled_decode(latents, image, mask, box)

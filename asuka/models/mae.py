@@ -391,6 +391,12 @@ class AsukaMAE(ModelMixin, ConfigMixin):
         self, image: torch.Tensor, mask: torch.Tensor, mae_input_preprocessing: str | None, reconstruct: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         x, mask = self.preprocess(image, mask, mae_input_preprocessing)
+        return self._network(x, mask, reconstruct)
+
+    def _network(
+        self, x: torch.Tensor, mask: torch.Tensor, reconstruct: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The network on the preprocessed input (`image_size` square, whatever the image's size)."""
         grid = self.config.image_size // self.config.patch_size
         coverage = F.interpolate(mask, size=(grid, grid), mode="area").flatten(1)  # hole fraction per patch
         masked = coverage > 0
@@ -425,6 +431,12 @@ class AsukaMAE(ModelMixin, ConfigMixin):
         mean = reconstruction.new_tensor(IMAGENET_MEAN).view(1, -1, 1, 1)
         std = reconstruction.new_tensor(IMAGENET_STD).view(1, -1, 1, 1)
         return prior, reconstruction * std + mean
+
+    def compile(self, *args: Any, **kwargs: Any) -> None:
+        """`torch.compile` (its arguments) of the network after the resize to `image_size`, which `forward`,
+        `prior` and `reconstruct` all run: its input is always `image_size` square, so a new image size compiles
+        nothing (the resize, `preprocess`, runs eagerly, and `forward` stays a plain call for the offloading hooks)."""
+        self._network = torch.compile(self._network, *args, **kwargs)
 
     def prior(
         self, image: torch.Tensor, mask: torch.Tensor, mae_input_preprocessing: str | None = None

@@ -8,6 +8,7 @@ its relative siblings (bundled with it by `hub_export`).
 import torch
 from diffusers import AsymmetricAutoencoderKL, AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
 from diffusers.image_processor import VaeImageProcessor
+from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_inpaint import (
     StableDiffusionInpaintPipeline,
@@ -21,6 +22,7 @@ from ..models.decoder import AsukaDecoder
 from ..models.mae import AsukaMAE
 from .backbones import SD15_INPAINTING, BackboneSpec
 from .cached_attention import cache_constant_conditioning
+from .compilation import CompileMixin
 from .decode import AsukaDecodeMixin
 from .hub_light import LightRepoMixin
 from .inpaint_steps import (
@@ -32,7 +34,9 @@ from .inpaint_steps import (
     standardise_inputs,
     unchanged_output,
 )
+from .lora_loading import TextEncoderFreeLoraMixin
 from .pipeline_mixins import AsukaInpaintMixin, StepCallback
+from .step_cache import StepCacheMixin
 
 
 EXAMPLE_DOC_STRING = """
@@ -56,12 +60,24 @@ EXAMPLE_DOC_STRING = """
 """
 
 
-class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, AsukaInpaintMixin, AsukaDecodeMixin):
+class AsukaPipeline(
+    StepCacheMixin,
+    CompileMixin,
+    LightRepoMixin,
+    DiffusionPipeline,
+    StableDiffusionMixin,
+    TextEncoderFreeLoraMixin,
+    StableDiffusionLoraLoaderMixin,
+    AsukaInpaintMixin,
+    AsukaDecodeMixin,
+):
     r"""ASUKA inpainting with a frozen SD-1.5-inpainting UNet.
 
     The text conditioning is replaced by `aligner(mae.prior(image, mask))`: an MAE that sees only the unmasked pixels
     gives a prior that tells the backbone what belongs in the hole, without hallucinating objects. The
     mask-conditioned `decoder` blends the real unmasked pixels into the decoding so colours stay consistent.
+    SD-1.5 LoRAs load into the UNet with diffusers' `load_lora_weights`; of diffusers' step caches the UNet takes
+    Pyramid Attention Broadcast (`enable_step_cache`, see `step_cache`).
 
     Args:
         vae ([`AutoencoderKL`]):
@@ -81,6 +97,7 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
     #: What the rest of asuka knows about the backbone (SD-2-inpainting shares its architecture facts).
     backbone_spec: BackboneSpec = SD15_INPAINTING
     model_cpu_offload_seq = "mae->aligner->vae->unet->decoder"
+    compiled_components = ("mae", "aligner", "decoder")  # compiled whole; the UNet block by block
     _optional_components = ["decoder"]
     _callback_tensor_inputs = ["latents", "prompt_embeds", "mask", "masked_image_latents"]
 
@@ -252,6 +269,7 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
             negative_prompt_embeds=negative_prompt_embeds,
         )
         self._reset_step_state(guidance_scale)
+        self.reset_step_caches()  # a step cache starts each call afresh, even after an interrupted one
 
         # 2. Standardise them: images (B, 3, H, W) in [0, 1], holes (B, 1, H, W); an empty mask has nothing to
         #    inpaint, so the call returns the input untouched
@@ -338,9 +356,10 @@ class AsukaPipeline(LightRepoMixin, DiffusionPipeline, StableDiffusionMixin, Asu
                 if self.do_classifier_free_guidance:
                     cond = torch.cat([cond] * 2)
                 latent_model_input = torch.cat([latent_model_input, cond], dim=1)
-                noise_pred = self.unet(latent_model_input, t, encoder_hidden_states=prompt_embeds, return_dict=False)[
-                    0
-                ]
+                with self.denoiser_step("cond", i, t, num_inference_steps):  # the step caches' context
+                    noise_pred = self.unet(
+                        latent_model_input, t, encoder_hidden_states=prompt_embeds, return_dict=False
+                    )[0]
                 if self.do_classifier_free_guidance:
                     noise_uncond, noise_cond = noise_pred.chunk(2)
                     noise_pred = noise_uncond + self.guidance_scale * (noise_cond - noise_uncond)

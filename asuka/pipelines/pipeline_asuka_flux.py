@@ -33,6 +33,7 @@ from diffusers import (
     PipelineQuantizationConfig,
 )
 from diffusers.image_processor import VaeImageProcessor
+from diffusers.loaders import FluxLoraLoaderMixin
 from diffusers.pipelines.flux.pipeline_flux_fill import calculate_shift, retrieve_latents, retrieve_timesteps
 from diffusers.utils import replace_example_docstring
 
@@ -42,6 +43,7 @@ from ..models.mae import AsukaMAE
 from ..models.vae_encoder import AsukaVAEEncoder
 from .backbones import FLUX_FILL, BackboneSpec
 from .cached_attention import cache_constant_conditioning
+from .compilation import CompileMixin
 from .decode import AsukaDecodeMixin
 from .hub_light import LightRepoMixin, component_loading_kwargs, resolve_repo
 from .inpaint_steps import (
@@ -53,7 +55,9 @@ from .inpaint_steps import (
     standardise_inputs,
     unchanged_output,
 )
+from .lora_loading import TextEncoderFreeLoraMixin
 from .pipeline_mixins import AsukaInpaintMixin, StepCallback
+from .step_cache import StepCacheMixin
 
 
 EXAMPLE_DOC_STRING = """
@@ -81,7 +85,16 @@ EXAMPLE_DOC_STRING = """
 """
 
 
-class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin, AsukaDecodeMixin):
+class AsukaFluxPipeline(
+    StepCacheMixin,
+    CompileMixin,
+    LightRepoMixin,
+    DiffusionPipeline,
+    TextEncoderFreeLoraMixin,
+    FluxLoraLoaderMixin,
+    AsukaInpaintMixin,
+    AsukaDecodeMixin,
+):
     r"""FLUX.1-Fill inpainting conditioned on the visible image (ASUKA) instead of a text prompt.
 
     Assemble it from the gated FLUX repo and the converted ASUKA components with
@@ -117,6 +130,8 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin, As
     # The VAE encodes the image (for `prepare_latents`), then it or the release's encoder the masked image, before
     # denoising; with an ASUKA decoder neither is needed again.
     model_cpu_offload_seq = "mae->token_aligner->pooled_aligner->vae->masked_image_encoder->transformer->decoder"
+    # compiled whole by `compile_components`; the transformer block by block
+    compiled_components = ("mae", "token_aligner", "pooled_aligner", "decoder")
     _optional_components = ["decoder", "masked_image_encoder"]
     _callback_tensor_inputs = ["latents", "prompt_embeds"]
 
@@ -394,6 +409,7 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin, As
             pooled_prompt_embeds=pooled_prompt_embeds,
         )
         self._reset_step_state(guidance_scale)
+        self.reset_step_caches()  # a step cache starts each call afresh, even after an interrupted one
 
         # 2. Standardise them: images (B, 3, H, W) in [0, 1], holes (B, 1, H, W); an empty mask has nothing to
         #    inpaint, so the call returns the input untouched
@@ -491,17 +507,18 @@ class AsukaFluxPipeline(LightRepoMixin, DiffusionPipeline, AsukaInpaintMixin, As
                 if self.interrupt:
                     continue
                 timestep = t.expand(latents.shape[0]).to(latents.dtype)
-                noise_pred = self.transformer(
-                    hidden_states=torch.cat((latents, masked_image_latents), dim=2),
-                    timestep=timestep / 1000,
-                    guidance=guidance,
-                    pooled_projections=pooled_prompt_embeds,
-                    encoder_hidden_states=prompt_embeds,
-                    txt_ids=text_ids,
-                    img_ids=latent_image_ids,
-                    joint_attention_kwargs=joint_attention_kwargs,
-                    return_dict=False,
-                )[0]
+                with self.denoiser_step("cond", i, t, num_inference_steps):  # the step caches' context
+                    noise_pred = self.transformer(
+                        hidden_states=torch.cat((latents, masked_image_latents), dim=2),
+                        timestep=timestep / 1000,
+                        guidance=guidance,
+                        pooled_projections=pooled_prompt_embeds,
+                        encoder_hidden_states=prompt_embeds,
+                        txt_ids=text_ids,
+                        img_ids=latent_image_ids,
+                        joint_attention_kwargs=joint_attention_kwargs,
+                        return_dict=False,
+                    )[0]
                 latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
 
                 if callback_on_step_end is not None:
