@@ -69,10 +69,6 @@ SPACES_HINT = (
     "ASUKA_TINY=1; a gated model also needs an HF_TOKEN secret of an account that accepted its licence."
 )
 
-#: ZeroGPU estimate per method: seconds per denoising step at the method's working size on one GPU slice.
-GPU_SECONDS_PER_STEP = {"asuka-flux": 0.6, "flux-fill": 0.5, "asuka-sd": 0.08, "sd": 0.06, "strdiffusion": 0.08}
-#: Methods added by other packages are assumed to be as slow as the slowest built-in one.
-GPU_SECONDS_PER_STEP_UNKNOWN = 0.6
 #: Seconds for everything around the denoising loop (moving weights, VAE/MAE passes, PNG encoding).
 GPU_OVERHEAD_S = 15
 #: The longest ZeroGPU call asked for; longer estimates are capped (a Space visitor's quota is finite).
@@ -112,6 +108,14 @@ def on_spaces(environ: Mapping[str, str] = os.environ) -> bool:
     return environ.get("SYSTEM") == "spaces" or bool(environ.get("SPACE_ID"))
 
 
+def _registered(name: str) -> methods.MethodSpec | None:
+    """The spec of method `name`, or None for a name nobody registered (the handler refuses it)."""
+    try:
+        return methods.get_method(name)
+    except ValueError:
+        return None
+
+
 def gpu_duration(
     editor: dict | None,
     mask_upload: Image.Image | None,
@@ -132,19 +136,17 @@ def gpu_duration(
 ) -> int:
     """Seconds of ZeroGPU to request for one `/inpaint` call (``spaces.GPU`` passes the handler's arguments).
 
-    Denoising dominates: steps times the method's per-step cost, once more for "also run the backbone",
-    scaled up for photos above 4 MP (cropping, VAE and PNG work grow with the pixels), plus a fixed overhead.
+    Denoising dominates: steps times the method's per-step cost (its spec's `gpu_seconds_per_step`; an unknown
+    name: `methods.DEFAULT_GPU_SECONDS_PER_STEP`), once more for "also run the backbone", scaled up for photos
+    above 4 MP (cropping, VAE and PNG work grow with the pixels), plus a fixed overhead.
     """
     background = (editor or {}).get("background")
     megapixels = background.width * background.height / 1e6 if background is not None else 1.0
-    names = [method]
-    if run_backbone:
-        try:
-            backbone = methods.get_method(method).backbone
-        except ValueError:
-            backbone = None
-        names += [backbone] if backbone else []
-    denoise = sum(int(steps) * GPU_SECONDS_PER_STEP.get(name, GPU_SECONDS_PER_STEP_UNKNOWN) for name in names)
+    specs = [_registered(method)]
+    if run_backbone and specs[0] is not None and specs[0].backbone:
+        specs.append(_registered(specs[0].backbone))
+    per_step = [methods.DEFAULT_GPU_SECONDS_PER_STEP if spec is None else spec.gpu_seconds_per_step for spec in specs]
+    denoise = sum(int(steps) * seconds for seconds in per_step)
     estimate = GPU_OVERHEAD_S + denoise * max(1.0, megapixels / 4)
     return min(GPU_MAX_DURATION_S, math.ceil(estimate))
 

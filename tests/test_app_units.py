@@ -1,5 +1,6 @@
 """The app's parts without a server: default method, Spaces, ZeroGPU duration, result files, load progress."""
 
+import dataclasses
 import json
 import math
 import os
@@ -72,7 +73,7 @@ def test_gpu_duration_per_method(method):
     steps = spec.default_steps
     base = app.gpu_duration(_editor(1024, 768), None, method, steps)
     assert isinstance(base, int) and app.GPU_OVERHEAD_S < base <= app.GPU_MAX_DURATION_S
-    assert base == math.ceil(app.GPU_OVERHEAD_S + steps * app.GPU_SECONDS_PER_STEP[method])  # under 4 MP: no scaling
+    assert base == math.ceil(app.GPU_OVERHEAD_S + steps * spec.gpu_seconds_per_step)  # under 4 MP: no scaling
     # more steps, a bigger photo and "also run the backbone" each ask for more time (below the cap)
     assert app.gpu_duration(_editor(1024, 768), None, method, steps // 2) < base
     assert app.gpu_duration(_editor(4000, 3000), None, method, steps) > base
@@ -89,6 +90,30 @@ def test_gpu_duration_ranks_methods_by_cost():
     assert flux > sd  # a 12B-parameter FLUX step costs far more than an SD-1.5 step
     # a method added by another package gets the slowest estimate, not a crash
     assert app.gpu_duration(photo, None, "someone-elses-method", 28) >= flux
+
+
+def test_gpu_duration_reads_each_methods_cost_from_its_spec():
+    photo = _editor(1024, 1024)
+    sd = methods.get_method("sd")
+    stated = dataclasses.replace(sd, name="test-stated-cost", gpu_seconds_per_step=0.25, backbone="sd")
+    unstated = methods.MethodSpec(
+        name="test-unstated-cost", label="Unstated", default_model=None, load=sd.load, run=sd.run
+    )
+    for spec in (stated, unstated):
+        methods.register_method(spec)
+    try:
+        assert app.gpu_duration(photo, None, stated.name, 40) == math.ceil(app.GPU_OVERHEAD_S + 40 * 0.25)
+        with_backbone = app.gpu_duration(photo, None, stated.name, 40, run_backbone=True)
+        assert with_backbone == math.ceil(app.GPU_OVERHEAD_S + 40 * (0.25 + sd.gpu_seconds_per_step))
+        # a spec that states no cost is as slow as the slowest built-in method
+        slowest = max(
+            spec.gpu_seconds_per_step for spec in methods.list_methods() if not spec.name.startswith("test-")
+        )
+        assert unstated.gpu_seconds_per_step == methods.DEFAULT_GPU_SECONDS_PER_STEP == slowest
+        assert app.gpu_duration(photo, None, unstated.name, 40) == math.ceil(app.GPU_OVERHEAD_S + 40 * slowest)
+    finally:
+        for spec in (stated, unstated):
+            methods.unregister_method(spec.name)
 
 
 def test_gpu_decorator_is_applied_with_the_duration_function(monkeypatch):
