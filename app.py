@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import logging
 import math
 import os
 import random
 import shutil
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -36,6 +36,7 @@ from gradio.helpers import patch_tqdm
 from gradio.utils import get_upload_folder
 from PIL import Image
 
+from app_cache import start_cache_sweeper, sweep_interval
 from asuka import methods
 from asuka.defaults import resolve_device_dtype
 from asuka.imageio import load_image, load_layer, load_mask, mask_from_layers
@@ -69,10 +70,6 @@ SPACES_HINT = (
     "ASUKA_TINY=1; a gated model also needs an HF_TOKEN secret of an account that accepted its licence."
 )
 
-#: ZeroGPU estimate per method: seconds per denoising step at the method's working size on one GPU slice.
-GPU_SECONDS_PER_STEP = {"asuka-flux": 0.6, "flux-fill": 0.5, "asuka-sd": 0.08, "sd": 0.06, "strdiffusion": 0.08}
-#: Methods added by other packages are assumed to be as slow as the slowest built-in one.
-GPU_SECONDS_PER_STEP_UNKNOWN = 0.6
 #: Seconds for everything around the denoising loop (moving weights, VAE/MAE passes, PNG encoding).
 GPU_OVERHEAD_S = 15
 #: The longest ZeroGPU call asked for; longer estimates are capped (a Space visitor's quota is finite).
@@ -112,6 +109,14 @@ def on_spaces(environ: Mapping[str, str] = os.environ) -> bool:
     return environ.get("SYSTEM") == "spaces" or bool(environ.get("SPACE_ID"))
 
 
+def _registered(name: str) -> methods.MethodSpec | None:
+    """The spec of method `name`, or None for a name nobody registered (the handler refuses it)."""
+    try:
+        return methods.get_method(name)
+    except ValueError:
+        return None
+
+
 def gpu_duration(
     editor: dict | None,
     mask_upload: Image.Image | None,
@@ -132,19 +137,17 @@ def gpu_duration(
 ) -> int:
     """Seconds of ZeroGPU to request for one `/inpaint` call (``spaces.GPU`` passes the handler's arguments).
 
-    Denoising dominates: steps times the method's per-step cost, once more for "also run the backbone",
-    scaled up for photos above 4 MP (cropping, VAE and PNG work grow with the pixels), plus a fixed overhead.
+    Denoising dominates: steps times the method's per-step cost (its spec's `gpu_seconds_per_step`; an unknown
+    name: `methods.DEFAULT_GPU_SECONDS_PER_STEP`), once more for "also run the backbone", scaled up for photos
+    above 4 MP (cropping, VAE and PNG work grow with the pixels), plus a fixed overhead.
     """
     background = (editor or {}).get("background")
     megapixels = background.width * background.height / 1e6 if background is not None else 1.0
-    names = [method]
-    if run_backbone:
-        try:
-            backbone = methods.get_method(method).backbone
-        except ValueError:
-            backbone = None
-        names += [backbone] if backbone else []
-    denoise = sum(int(steps) * GPU_SECONDS_PER_STEP.get(name, GPU_SECONDS_PER_STEP_UNKNOWN) for name in names)
+    specs = [_registered(method)]
+    if run_backbone and specs[0] is not None and specs[0].backbone:
+        specs.append(_registered(specs[0].backbone))
+    per_step = [methods.DEFAULT_GPU_SECONDS_PER_STEP if spec is None else spec.gpu_seconds_per_step for spec in specs]
+    denoise = sum(int(steps) * seconds for seconds in per_step)
     estimate = GPU_OVERHEAD_S + denoise * max(1.0, megapixels / 4)
     return min(GPU_MAX_DURATION_S, math.ceil(estimate))
 
@@ -235,47 +238,9 @@ class ResultFiles:
                 shutil.rmtree(folder, ignore_errors=True)
 
 
-def sweep_cache(demo: gr.Blocks, results: ResultFiles, max_age_s: float) -> None:
-    """Delete the uploads and outputs Gradio tracks for ``demo`` that are older than ``max_age_s``, and old results.
-
-    What Gradio's ``delete_cache`` does, but on a snapshot of each set: Gradio 6.31 walks the live sets from
-    a worker thread, so a request that finishes during its sweep ("Set changed size during iteration")
-    ends its clean-up task for good, and the disk fills from then on.
-    """
-    keep = set().union(*(getattr(block, "keep_in_cache", set()) for block in demo.blocks.values()))
-    now = time.time()
-    for files in demo.temp_file_sets:
-        gone = set()
-        for file in list(files):  # one atomic copy; requests may add files meanwhile
-            if file in keep:
-                continue
-            try:
-                if now - os.lstat(file).st_ctime > max_age_s:
-                    os.remove(file)
-                    gone.add(file)
-            except FileNotFoundError:
-                gone.add(file)
-        files.difference_update(gone)
-    results.prune()
-
-
-def start_cache_sweeper(
-    demo: gr.Blocks, results: ResultFiles, max_age_s: float, every_s: float, stop: threading.Event | None = None
-) -> threading.Thread:
-    """Run :func:`sweep_cache` every ``every_s`` seconds in a daemon thread until ``stop`` is set; a failed
-    sweep is logged and retried."""
-    stop = stop or threading.Event()
-
-    def sweep_forever() -> None:
-        while not stop.wait(every_s):
-            try:
-                sweep_cache(demo, results, max_age_s)
-            except Exception:  # a clean-up that stops for good would let the disk fill
-                logging.getLogger(__name__).exception("Cache clean-up failed; retrying in %s s", every_s)
-
-    thread = threading.Thread(target=sweep_forever, name="asuka-cache-sweeper", daemon=True)
-    thread.start()
-    return thread
+def results_in_gradio_cache(max_files: int = MAX_RESULT_FILES, max_age_s: float = CACHE_MAX_AGE_S) -> ResultFiles:
+    """The result files in Gradio's cache (`asuka-results/`), which Gradio serves without copying them."""
+    return ResultFiles(Path(get_upload_folder()) / "asuka-results", max_files, max_age_s)
 
 
 def load_stage(desc: str | None, unit: str | None) -> str:
@@ -406,13 +371,103 @@ def mask_to_use(
     return grow_mask(mask, int(grow)) if grow else mask
 
 
+def inpaint(
+    editor: dict | None,
+    mask_upload: Image.Image | None,
+    method: str,
+    steps: int,
+    seed: int,
+    randomize_seed: bool,
+    condition_weight: float,
+    guidance_scale: float,
+    keep_unmasked: bool,
+    dilation: int,
+    run_backbone: bool,
+    feather: int = 0,
+    invert: bool = False,
+    selection: dict | None = None,
+    step_cache: str = "",
+    progress: gr.Progress = gr.Progress(),
+    *,
+    cache: methods.PipelineCache,
+    results: ResultFiles,
+) -> tuple:
+    """`/inpaint`: run one request from the page's inputs through `cache`'s pipelines and save its download in
+    `results`.
+
+    The mask is the upload (or the painting) merged with the clicked `selection`, inverted if asked, grown by
+    `dilation`; `feather` softens the paste-back (with `keep_unmasked` only). Returns the result, the before/after
+    pair, the backbone's result (with `run_backbone`), the MAE reconstruction, the download's path, the seed used,
+    the mask used and the run time. What the user can fix (no image, an empty or unusable mask, a model that does
+    not load, bad settings) raises `gr.Error` with the reason.
+    """
+    if not editor or editor.get("background") is None:
+        raise gr.Error("Upload an image first, then paint over the part to repaint.")
+    image = editor["background"]
+    try:
+        mask = mask_to_use(editor, mask_upload, selection, int(dilation), bool(invert))
+    except ValueError as error:
+        raise gr.Error(f"The mask cannot be used: {error}") from error
+    if not np.asarray(mask).any():
+        raise gr.Error(
+            'The mask is empty: paint over the region to repaint, click an object in "Click to select", '
+            "or upload a mask (white = repaint)."
+        )
+    feather = max(0, int(feather)) if keep_unmasked else 0  # the feather softens the paste-back
+    spec = methods.get_method(method)
+    if randomize_seed:
+        seed = random.randint(0, MAX_SEED)
+    request = methods.InpaintRequest(
+        image=image,
+        mask=mask,
+        steps=int(steps),
+        seed=int(seed),
+        condition_weight=float(condition_weight) if spec.uses_condition_weight else None,
+        guidance_scale=float(guidance_scale) if spec.uses_guidance else None,
+        keep_unmasked=bool(keep_unmasked) and not feather,  # a feathered paste-back needs the decoded ring
+        reconstruction=True,  # shown in the "MAE reconstruction" tab
+        step_cache=(step_cache or "").strip() or None,
+    )
+
+    def run(name: str, label: str, request: methods.InpaintRequest) -> methods.InpaintResult:
+        try:
+            with reporting_load(progress, label):
+                pipeline = cache.get(name)
+        except methods.ModelLoadError as error:
+            raise gr.Error(str(error), duration=None) from error
+        try:
+            outcome = methods.run_method(
+                name, pipeline, request, lambda done, total: progress((done, total), desc=label, unit="steps")
+            )
+        except ValueError as error:
+            raise gr.Error(str(error)) from error
+        if feather:
+            outcome.image = paste_feathered(image, outcome.image, mask, feather)
+        return outcome
+
+    start = time.perf_counter()
+    result = run(spec.name, spec.label, request)
+    seconds = time.perf_counter() - start
+    backbone = None
+    if run_backbone and spec.backbone:  # the backbone alone: diffusers' own pipeline, without a step cache
+        backbone_request = dataclasses.replace(request, step_cache=None)
+        backbone = run(spec.backbone, methods.get_method(spec.backbone).label, backbone_request).image
+    elif run_backbone:
+        gr.Warning(f"{spec.label} has no separate backbone to compare with.")
+    download = results.save(result.image)
+    took = f"{spec.label}: {seconds:.2f} s for {request.steps} steps" + (
+        f" (step cache {request.step_cache})" if request.step_cache else ""
+    )
+    return (result.image, (image, result.image), backbone, result.reconstruction, download, seed, mask, took)
+
+
 def build_demo(
     cache: methods.PipelineCache,
     default_method: str,
     tiny: bool = False,
     max_queue: int = 16,
     guidance: str | None = None,
-    max_results: int = MAX_RESULT_FILES,
+    results: ResultFiles | None = None,
     cache_max_age: int = CACHE_MAX_AGE_S,
     segmenter: Segmenter | None = None,
     step_cache: str | None = None,
@@ -424,92 +479,15 @@ def build_demo(
     methods; the page shows the seconds each run took.
 
     ``guidance`` (why the first model could not load, and how to fix it) is shown where the result goes.
-    Uploads, outputs and result files are deleted ``cache_max_age`` seconds after they were written, and
-    at most ``max_results`` result files are kept.
+    The downloads go to ``results`` (default: `results_in_gradio_cache`); Gradio deletes uploads and outputs
+    ``cache_max_age`` seconds after they were written. Building the page starts nothing: `main` starts the
+    sweeper (`app_cache.start_cache_sweeper`) as it launches the page.
     """
     choices = [(spec.label, spec.name) for spec in methods.list_methods()]
     first = methods.get_method(default_method)
     cache_max_age = max(1, cache_max_age)
-    results = ResultFiles(Path(get_upload_folder()) / "asuka-results", max_results, cache_max_age)
+    results = results or results_in_gradio_cache(max_age_s=cache_max_age)
     segmenter = segmenter or Segmenter(device=cache.device, tiny=cache.tiny)
-
-    @gpu(duration=gpu_duration)
-    def inpaint(
-        editor: dict | None,
-        mask_upload: Image.Image | None,
-        method: str,
-        steps: int,
-        seed: int,
-        randomize_seed: bool,
-        condition_weight: float,
-        guidance_scale: float,
-        keep_unmasked: bool,
-        dilation: int,
-        run_backbone: bool,
-        feather: int = 0,
-        invert: bool = False,
-        selection: dict | None = None,
-        step_cache: str = "",
-        progress: gr.Progress = gr.Progress(),
-    ):
-        if not editor or editor.get("background") is None:
-            raise gr.Error("Upload an image first, then paint over the part to repaint.")
-        image = editor["background"]
-        try:
-            mask = mask_to_use(editor, mask_upload, selection, int(dilation), bool(invert))
-        except ValueError as error:
-            raise gr.Error(f"The mask cannot be used: {error}") from error
-        if not np.asarray(mask).any():
-            raise gr.Error(
-                'The mask is empty: paint over the region to repaint, click an object in "Click to select", '
-                "or upload a mask (white = repaint)."
-            )
-        feather = max(0, int(feather)) if keep_unmasked else 0  # the feather softens the paste-back
-        spec = methods.get_method(method)
-        if randomize_seed:
-            seed = random.randint(0, MAX_SEED)
-        request = methods.InpaintRequest(
-            image=image,
-            mask=mask,
-            steps=int(steps),
-            seed=int(seed),
-            condition_weight=float(condition_weight) if spec.uses_condition_weight else None,
-            guidance_scale=float(guidance_scale) if spec.uses_guidance else None,
-            keep_unmasked=bool(keep_unmasked) and not feather,  # a feathered paste-back needs the decoded ring
-            reconstruction=True,  # shown in the "MAE reconstruction" tab
-            step_cache=(step_cache or "").strip() or None,
-        )
-
-        def run(name: str, label: str, request: methods.InpaintRequest) -> methods.InpaintResult:
-            try:
-                with reporting_load(progress, label):
-                    pipeline = cache.get(name)
-            except methods.ModelLoadError as error:
-                raise gr.Error(str(error), duration=None) from error
-            try:
-                outcome = methods.run_method(
-                    name, pipeline, request, lambda done, total: progress((done, total), desc=label, unit="steps")
-                )
-            except ValueError as error:
-                raise gr.Error(str(error)) from error
-            if feather:
-                outcome.image = paste_feathered(image, outcome.image, mask, feather)
-            return outcome
-
-        start = time.perf_counter()
-        result = run(spec.name, spec.label, request)
-        seconds = time.perf_counter() - start
-        backbone = None
-        if run_backbone and spec.backbone:  # the backbone alone: diffusers' own pipeline, without a step cache
-            backbone_request = dataclasses.replace(request, step_cache=None)
-            backbone = run(spec.backbone, methods.get_method(spec.backbone).label, backbone_request).image
-        elif run_backbone:
-            gr.Warning(f"{spec.label} has no separate backbone to compare with.")
-        download = results.save(result.image)
-        took = f"{spec.label}: {seconds:.2f} s for {request.steps} steps" + (
-            f" (step cache {request.step_cache})" if request.step_cache else ""
-        )
-        return (result.image, (image, result.image), backbone, result.reconstruction, download, seed, mask, took)
 
     def selection_view(editor: dict | None, mask_upload: Image.Image | None, selection: dict | None):
         """The photo with the mask so far (painting or upload, and the clicked selection) tinted over it."""
@@ -597,10 +575,9 @@ def build_demo(
             gr.update(value=spec.paper),
         )
 
-    # Uploads and outputs are deleted by age, every quarter of the age (at most hourly): by Gradio's
-    # delete_cache (which also empties the cache at shut-down) and by start_cache_sweeper (see sweep_cache).
-    sweep_every = max(1, min(3600, cache_max_age // 4))
-    with gr.Blocks(title="asuka inpainting", delete_cache=(sweep_every, cache_max_age)) as demo:
+    # Uploads and outputs are deleted by age: by Gradio's delete_cache (which also empties the cache at shut-down)
+    # and by the sweeper `main` starts (see app_cache), on the same schedule.
+    with gr.Blocks(title="asuka inpainting", delete_cache=(sweep_interval(cache_max_age), cache_max_age)) as demo:
         gr.Markdown(
             "# asuka — faithful inpainting\nPaint over what should be repainted, click objects in **Click to select** "
             "(or upload a mask), then **Run**."
@@ -745,7 +722,7 @@ def build_demo(
             api_visibility="private",
         )
         run_button.click(
-            inpaint,
+            gpu(duration=gpu_duration)(functools.partial(inpaint, cache=cache, results=results)),
             inputs=[
                 editor,
                 mask_upload,
@@ -765,6 +742,7 @@ def build_demo(
             ],
             outputs=[result, slider, backbone, reconstruction, download, used_seed, used_mask, run_time],
             api_name="inpaint",
+            api_description=False,  # docs/app.md documents the endpoint; a partial's docstring is not its own
             concurrency_limit=1,
             concurrency_id="gpu",
         )
@@ -796,7 +774,6 @@ def build_demo(
             concurrency_id="segment",
         )
     demo.queue(max_size=max_queue, default_concurrency_limit=1)
-    start_cache_sweeper(demo, results, cache_max_age, sweep_every)
     return demo
 
 
@@ -841,17 +818,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         guidance = f"{error}\n\n{SPACES_HINT}"
         name = name or methods.list_methods()[0].name
     segmenter = Segmenter(args.segment_model, device=cache.device, tiny=args.tiny)
+    cache_max_age = max(1, args.cache_max_age)
+    results = results_in_gradio_cache(args.max_results, cache_max_age)
     demo = build_demo(
         cache,
         name,
         tiny=args.tiny,
         max_queue=args.max_queue,
         guidance=guidance,
-        max_results=args.max_results,
-        cache_max_age=args.cache_max_age,
+        results=results,
+        cache_max_age=cache_max_age,
         segmenter=segmenter,
         step_cache=args.cache,
     )
+    start_cache_sweeper(demo, results, cache_max_age, sweep_interval(cache_max_age))
     demo.launch(server_name=args.host, server_port=args.port, share=args.share)
 
 

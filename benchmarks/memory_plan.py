@@ -26,31 +26,27 @@ its largest block; a model without a top-level `ModuleList` (the VAE, the decode
 deeper) is counted whole, an upper bound.
 
 **Activations** are measured, not estimated: each phase runs on the meta device at full size and full depth, in
-bf16, under a dispatch mode that adds up the bytes of every tensor alive after each op (a tensor is freed when
-Python drops it; views share their base's bytes) and keeps the largest total, inputs included. Attention counts as
-a fused kernel (FlashAttention / SDPA on a GPU): its output and per-row log-sum-exp, not the score matrix. Not
-counted: the CUDA allocator's rounding and fragmentation, kernel workspaces, and the CUDA context (the 1 GB
-headroom is for those). The full-size GPU suite (`benchmarks/gpu_suite.py`) measures the same rows with
-`torch.cuda.max_memory_allocated`.
+bf16, without autograd, under `meta_memory.py`'s counter: it adds up the bytes of every storage alive after each op
+(a storage is freed when Python drops its last tensor; views and in-place results share their input's) and keeps
+the largest total, inputs included. Attention counts as a fused kernel (FlashAttention / SDPA on a GPU): its output
+and a float32 log-sum-exp per query row, not the score matrix. Not counted: the CUDA allocator's rounding and
+fragmentation, kernel workspaces, and the CUDA context (the 1 GB headroom is for those). The full-size GPU suite
+(`benchmarks/gpu_suite.py`) measures the same rows with `torch.cuda.max_memory_allocated`.
 """
 
 import argparse
 import copy
 import json
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from asuka.methods.memory import CARDS_GB, HEADROOM_GB
 from asuka.pipelines.backbones import FLUX_FILL
 
 from .architectures import build_flux_components, flux_text_encoders
+from .meta_memory import peak_bytes
 
 
 GB = 1e9
@@ -148,66 +144,9 @@ def weight_table(models: dict[str, torch.nn.Module]) -> dict:
 # ------------------------------------------------------------------------------------------ activations
 
 
-class FusedAttention(TorchFunctionMode):
-    """`F.scaled_dot_product_attention` as a fused GPU kernel allocates: the output and a float32 log-sum-exp per
-    query row (the meta device would otherwise decompose it into the full score matrix)."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.scaled_dot_product_attention:
-            named = dict(zip(("query", "key", "value"), args), **kwargs)
-            query, value = named["query"], named["value"]
-            out = query.new_empty((*query.shape[:-1], value.shape[-1]))
-            lse = query.new_empty(query.shape[:-1], dtype=torch.float32)
-            del lse  # freed when the kernel returns, after it was alive next to its output
-            return out
-        return func(*args, **kwargs)
-
-
-class LiveBytes(TorchDispatchMode):
-    """The peak bytes of the tensors alive during a run: each op's new (non-view) outputs are added when made and
-    subtracted when Python frees them; `start` adds tensors that exist before (the phase's inputs)."""
-
-    def __init__(self):
-        super().__init__()
-        self.live = 0
-        self.peak = 0
-        self._seen: dict[int, weakref.ref] = {}
-
-    def track(self, tensor: torch.Tensor) -> None:
-        seen = self._seen.get(id(tensor))
-        if seen is not None and seen() is tensor:
-            return
-        self._seen[id(tensor)] = weakref.ref(tensor)
-        nbytes = tensor.numel() * tensor.element_size()
-        self.live += nbytes
-        self.peak = max(self.peak, self.live)
-        weakref.finalize(tensor, self._free, id(tensor), nbytes)
-
-    def _free(self, key: int, nbytes: int) -> None:
-        self.live -= nbytes
-        self._seen.pop(key, None)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        returns = func._schema.returns
-        outputs = out if isinstance(out, (tuple, list)) and len(returns) > 1 else (out,)
-        for value, info in zip(outputs, returns):
-            if info.alias_info is None:  # views and in-place results share their input's memory
-                for leaf in tree_leaves(value):
-                    if isinstance(leaf, torch.Tensor):
-                        self.track(leaf)
-        return out
-
-
 def activation_peak(call: Callable[[], object], inputs: tuple[torch.Tensor, ...] = ()) -> int:
-    """The peak live bytes of `call()` (no autograd), counting `inputs` as alive throughout."""
-    with torch.no_grad(), FusedAttention(), LiveBytes() as counter:
-        for tensor in inputs:
-            counter.track(tensor)
-        result = call()
-        del result
-    return counter.peak
+    """The peak live bytes of `call()` without autograd, counting `inputs` as alive throughout."""
+    return peak_bytes(call, inputs, grad=False)
 
 
 @dataclass

@@ -42,7 +42,7 @@ from .aligner_precompute import aligner_step, trained_aligner
 from .architectures import build_flux_components, build_sd_components
 from .bench_pipelines import rss_kib, trained_with_adamw, training_batch
 from .flops import count_flops, meta_sd_components, write_json
-from .meta_memory import step_peak_bytes
+from .meta_memory import peak_bytes
 
 
 # The schedules (docs/training.md): samples = steps x global batch.
@@ -178,7 +178,7 @@ def flux_memory(name: str, size: int, batch: int, checkpointing: bool) -> dict:
         components[FLUX_FILL.denoiser if name == "aligner" else "decoder"].enable_gradient_checkpointing()
     step = FLUX_RUNS[name](components, size, batch, "meta", torch.bfloat16)
     step()  # AdamW's state exists from the first step on; the peak is a later step's
-    peak = step_peak_bytes(step)
+    peak = peak_bytes(step)
     frozen = {key: module_bytes(components[key]) for key in FLUX_FROZEN[name]}
     trained_parameters = sum(p.numel() for key in FLUX_TRAINED[name] for p in components[key].parameters())
     trained_state = trained_parameters * (4 + 8)  # fp32 weights, AdamW's two fp32 moments

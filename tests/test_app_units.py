@@ -1,11 +1,14 @@
-"""The app's parts without a server: default method, Spaces, ZeroGPU duration, result files, load progress."""
+"""The app's parts without a server: default method, Spaces, ZeroGPU duration, result files, load progress, the
+`/inpaint` handler, the cache sweeper."""
 
+import dataclasses
 import json
 import math
 import os
 import sys
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -21,6 +24,7 @@ from asuka.methods.segment import image_key
 
 sys.path.insert(0, str(ROOT))
 import app  # noqa: E402  (app.py lives at the repository root)
+import app_cache  # noqa: E402
 
 
 def _editor(width: int, height: int) -> dict:
@@ -72,7 +76,7 @@ def test_gpu_duration_per_method(method):
     steps = spec.default_steps
     base = app.gpu_duration(_editor(1024, 768), None, method, steps)
     assert isinstance(base, int) and app.GPU_OVERHEAD_S < base <= app.GPU_MAX_DURATION_S
-    assert base == math.ceil(app.GPU_OVERHEAD_S + steps * app.GPU_SECONDS_PER_STEP[method])  # under 4 MP: no scaling
+    assert base == math.ceil(app.GPU_OVERHEAD_S + steps * spec.gpu_seconds_per_step)  # under 4 MP: no scaling
     # more steps, a bigger photo and "also run the backbone" each ask for more time (below the cap)
     assert app.gpu_duration(_editor(1024, 768), None, method, steps // 2) < base
     assert app.gpu_duration(_editor(4000, 3000), None, method, steps) > base
@@ -89,6 +93,30 @@ def test_gpu_duration_ranks_methods_by_cost():
     assert flux > sd  # a 12B-parameter FLUX step costs far more than an SD-1.5 step
     # a method added by another package gets the slowest estimate, not a crash
     assert app.gpu_duration(photo, None, "someone-elses-method", 28) >= flux
+
+
+def test_gpu_duration_reads_each_methods_cost_from_its_spec():
+    photo = _editor(1024, 1024)
+    sd = methods.get_method("sd")
+    stated = dataclasses.replace(sd, name="test-stated-cost", gpu_seconds_per_step=0.25, backbone="sd")
+    unstated = methods.MethodSpec(
+        name="test-unstated-cost", label="Unstated", default_model=None, load=sd.load, run=sd.run
+    )
+    for spec in (stated, unstated):
+        methods.register_method(spec)
+    try:
+        assert app.gpu_duration(photo, None, stated.name, 40) == math.ceil(app.GPU_OVERHEAD_S + 40 * 0.25)
+        with_backbone = app.gpu_duration(photo, None, stated.name, 40, run_backbone=True)
+        assert with_backbone == math.ceil(app.GPU_OVERHEAD_S + 40 * (0.25 + sd.gpu_seconds_per_step))
+        # a spec that states no cost is as slow as the slowest built-in method
+        slowest = max(
+            spec.gpu_seconds_per_step for spec in methods.list_methods() if not spec.name.startswith("test-")
+        )
+        assert unstated.gpu_seconds_per_step == methods.DEFAULT_GPU_SECONDS_PER_STEP == slowest
+        assert app.gpu_duration(photo, None, unstated.name, 40) == math.ceil(app.GPU_OVERHEAD_S + 40 * slowest)
+    finally:
+        for spec in (stated, unstated):
+            methods.unregister_method(spec.name)
 
 
 def test_gpu_decorator_is_applied_with_the_duration_function(monkeypatch):
@@ -175,9 +203,9 @@ def test_cache_sweep_deletes_old_tracked_files_but_not_kept_ones(tmp_path):
     tracked = {str(file) for file in files}
     demo = SimpleNamespace(blocks={0: SimpleNamespace(keep_in_cache={str(files[2])})}, temp_file_sets=[tracked])
     results = app.ResultFiles(tmp_path / "results", max_files=3, max_age_s=3600)
-    app.sweep_cache(demo, results, max_age_s=3600)  # nothing is old yet
+    app_cache.sweep_cache(demo, results, max_age_s=3600)  # nothing is old yet
     assert all(file.exists() for file in files) and len(tracked) == 3
-    app.sweep_cache(demo, results, max_age_s=-1)  # everything is old
+    app_cache.sweep_cache(demo, results, max_age_s=-1)  # everything is old
     assert not files[0].exists() and not files[1].exists() and files[2].exists()
     assert tracked == {str(files[2])}
 
@@ -196,13 +224,36 @@ def test_cache_sweeper_survives_a_failed_sweep(tmp_path):
             return []
 
     stop = threading.Event()
-    thread = app.start_cache_sweeper(FlakyDemo(), app.ResultFiles(tmp_path), max_age_s=1, every_s=0.05, stop=stop)
+    thread = app_cache.start_cache_sweeper(
+        FlakyDemo(), app.ResultFiles(tmp_path), max_age_s=1, every_s=0.05, stop=stop
+    )
     deadline = time.monotonic() + 10
     while len(sweeps) < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
     stop.set()
     thread.join(timeout=5)
     assert len(sweeps) >= 3 and not thread.is_alive()
+
+
+def _sweepers() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == "asuka-cache-sweeper"]
+
+
+def test_building_the_page_starts_nothing_and_main_starts_the_sweeper_before_launching(monkeypatch):
+    running = len(_sweepers())
+    app.build_demo(methods.PipelineCache(tiny=True), "asuka-sd", tiny=True)
+    assert len(_sweepers()) == running  # building the UI has no side effects
+
+    events = []
+    monkeypatch.setattr(app, "start_cache_sweeper", lambda *arguments: events.append(("sweeper", *arguments)))
+    monkeypatch.setattr(app.gr.Blocks, "launch", lambda demo, **options: events.append(("launch", demo)))
+    monkeypatch.delenv("ASUKA_METHOD", raising=False)
+    app.main(["--tiny", "--device", "cpu", "--cache-max-age", "40", "--max-results", "3"])
+    (_, demo, results, max_age, every), launch = events
+    assert launch == ("launch", demo)  # the sweeper runs before the page serves
+    assert isinstance(results, app.ResultFiles) and results.max_files == 3 and results.max_age_s == max_age == 40
+    assert every == app_cache.sweep_interval(40) == 10  # the same schedule as Gradio's delete_cache
+    assert demo.delete_cache == (10, 40)
 
 
 def test_on_a_space_without_gpu_the_page_starts_with_the_guidance(monkeypatch):
@@ -252,3 +303,45 @@ def test_the_selection_merges_with_the_painting_then_invert_and_grow_apply():
     # the view tints exactly the selected pixels
     view = np.asarray(app.overlay_selection(photo, selected))
     assert np.array_equal((view != np.asarray(photo)).any(axis=-1), selected)
+
+
+# --- the /inpaint handler, called directly ----------------------------------------------------------
+
+
+def test_the_inpaint_handler_runs_a_request_as_the_methods_do(tmp_path):
+    cache = methods.PipelineCache(tiny=True)
+    results = app.ResultFiles(tmp_path / "results", max_files=2)
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    layer = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    layer.paste((255, 0, 255, 255), (16, 20, 40, 44))  # the painted hole
+    editor = {"background": photo, "layers": [layer], "composite": None}
+    page = RecordingProgress()
+    image, (before, after), backbone, reconstruction, download, seed, mask, took = app.inpaint(
+        editor, None, "asuka-sd", 2, 7, False, 1.0, 1.0, True, 0, True, progress=page, cache=cache, results=results
+    )
+
+    painted = np.zeros((64, 64), dtype=bool)
+    painted[20:44, 16:40] = True
+    assert np.array_equal(np.asarray(mask) > 127, painted) and seed == 7
+    # the same request through the methods, on the same pipelines: the same pixels
+    request = methods.InpaintRequest(
+        image=photo, mask=mask, steps=2, seed=7, condition_weight=1.0, reconstruction=True
+    )
+    reference = methods.run_method("asuka-sd", cache.get("asuka-sd"), request)
+    assert np.array_equal(np.asarray(image), np.asarray(reference.image))
+    assert np.array_equal(np.asarray(reconstruction), np.asarray(reference.reconstruction))
+    assert np.array_equal(np.asarray(backbone), np.asarray(methods.run_method("sd", cache.get("sd"), request).image))
+    assert before is photo and after is image
+    assert Path(download).is_relative_to(results.root)
+    assert np.array_equal(np.asarray(Image.open(download)), np.asarray(image))
+    assert took.startswith("ASUKA-SD: ") and took.endswith(" s for 2 steps")
+    assert ("ASUKA-SD", "steps", 2, 2) in page.shown  # the denoising steps reached the page's progress bar
+
+    inputs = ("asuka-sd", 2, 7, False, 1.0, 1.0, True, 0, False)
+    context = {"progress": page, "cache": cache, "results": results}
+    with pytest.raises(app.gr.Error, match="Upload an image first"):
+        app.inpaint({"background": None, "layers": []}, None, *inputs, **context)
+    with pytest.raises(app.gr.Error, match="The mask is empty"):
+        app.inpaint({"background": photo, "layers": []}, None, *inputs, **context)
+    with pytest.raises(app.gr.Error, match="steps must be a positive integer"):
+        app.inpaint(editor, None, "asuka-sd", 0, *inputs[2:], **context)

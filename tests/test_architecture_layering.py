@@ -50,9 +50,10 @@ THIRD_PARTY = {
 
 def room_of_module(module: str) -> str | None:
     """`asuka.pipelines.x` -> "pipelines", `asuka.cli` and `asuka.__main__` -> "cli", `asuka` -> "package",
-    `app` -> "app", `training.x` and `asuka_training.x` -> "training"; None outside the project."""
+    `app` and its modules beside it (`app_cache`) -> "app", `training.x` and `asuka_training.x` -> "training"; None
+    outside the project."""
     parts = module.split(".")
-    if parts[0] == "app":
+    if parts[0] == "app" or parts[0].startswith("app_"):
         return "app"
     if parts[0] in ("training", "asuka_training"):
         return "training"
@@ -129,7 +130,7 @@ def violations(root: Path, files: list[Path]) -> list[str]:
 
 
 def project_files() -> list[Path]:
-    return sorted([*(ROOT / "asuka").rglob("*.py"), *(ROOT / "training").rglob("*.py"), ROOT / "app.py"])
+    return sorted([*(ROOT / "asuka").rglob("*.py"), *(ROOT / "training").rglob("*.py"), *ROOT.glob("app*.py")])
 
 
 def test_project_layering_holds():
@@ -153,12 +154,13 @@ def test_project_layering_holds():
         ("asuka/decode.py", "from asuka.methods import get_method\n", "room decode imports asuka.methods"),
         ("asuka/testing/bad.py", "from asuka.methods import get_method\n", "room testing imports asuka.methods"),
         ("asuka/newroom.py", "import os\n", "fits no room"),
+        ("app_cache.py", "from asuka.pipelines import AsukaPipeline\n", "room app imports asuka.pipelines"),
         ("asuka/models/bad.py", "import os\nfrom asuka.defaults import FLUX_FILL_REPO\n", "room models imports"),
     ],
 )
 def test_checker_catches_each_kind_of_violation(tmp_path, path, source, expected):
     file = tmp_path / path
-    file.parent.mkdir(parents=True)
+    file.parent.mkdir(parents=True, exist_ok=True)
     file.write_text(source)
     problems = violations(tmp_path, [file])
     assert any(expected in problem for problem in problems), problems

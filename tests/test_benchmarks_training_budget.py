@@ -136,32 +136,54 @@ def sum_linear_params(model: torch.nn.Module, block: torch.nn.Module, prefixes: 
 
 
 def test_live_tensor_bytes_by_hand():
+    """Storages created inside count until freed, views and in-place results add nothing; tensors that exist before
+    count only as inputs of `peak_bytes` (an inference phase's, without autograd)."""
     x = torch.zeros(1000, device="meta")  # exists before: not counted
     with meta_memory.LiveTensorBytes() as tracker:
         a = x * 2  # 4,000 bytes alive
         b = a + 1  # 8,000
         del a  # 4,000
         c = b.view(10, 100) * 3  # a view shares its storage; then 8,000
+        c.add_(1)  # in place: nothing new
     assert (tracker.peak, tracker.live) == (8000, 8000)
     del b, c
     assert tracker.live == 0
 
+    x = torch.zeros(1000)  # 4000 bytes, an input
 
-def test_flash_attention_keeps_output_and_logsumexp_only():
+    def f():
+        y = x * 2  # +4000
+        z = y.view(10, 100) + 1  # +4000 (the view shares y's)
+        return z.sum()  # +4 while y and z are alive
+
+    assert meta_memory.peak_bytes(f, (x, x.view(10, 100)), grad=False) == 4000 + 4000 + 4000 + 4
+
+
+def test_fused_attention_keeps_output_and_logsumexp_only():
     """What a forward leaves for the backward: the flash kernel's output (bf16) and log-sum-exp (fp32, per query),
-    never the S x S attention matrix that the math decomposition keeps."""
+    never the S x S attention matrix that the math decomposition keeps; with a boolean mask, the memory-efficient
+    kernel's (its log-sum-exp padded to 32 rows) and the additive bias SDPA makes of the mask."""
     batch, heads, tokens, width = 1, 4, 256, 32
     q, k, v = (
         torch.zeros(batch, heads, tokens, width, device="meta", dtype=torch.bfloat16, requires_grad=True)
         for _ in range(3)
     )
-    with meta_memory.flash_attention(), meta_memory.LiveTensorBytes() as tracker:
+    with meta_memory.fused_attention(), meta_memory.LiveTensorBytes() as tracker:
         out = F.scaled_dot_product_attention(q, k, v)
     # + 24 bytes: the kernel's dropout RNG seed and offset (int64[2] and int64[])
     assert tracker.live == batch * heads * tokens * (width * 2 + 4) + 24
     with meta_memory.LiveTensorBytes() as math:
         out = F.scaled_dot_product_attention(q, k, v)
     assert math.live >= batch * heads * tokens * tokens * 2  # the attention matrix
+
+    mask = torch.ones(tokens, tokens, dtype=torch.bool, device="meta")
+    with meta_memory.fused_attention(), meta_memory.LiveTensorBytes() as masked:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    bias = tokens * tokens * 2  # bf16, saved for the backward
+    # + 16 bytes: the seed and offset (two int64[])
+    assert masked.live == batch * heads * tokens * width * 2 + batch * heads * 256 * 4 + bias + 16
+    out.sum().backward()
+    assert q.grad.shape == q.shape and k.grad.shape == k.shape
     del out
 
 
@@ -179,7 +201,7 @@ def test_checkpointing_lowers_the_flux_aligner_steps_peak():
             transformer.enable_gradient_checkpointing()
         step = training_budget.flux_aligner_training_run(components, 64, 2, "meta", torch.float32)
         step()
-        peaks[checkpointing] = meta_memory.step_peak_bytes(step)
+        peaks[checkpointing] = meta_memory.peak_bytes(step)
     assert 0 < peaks[True] < 0.8 * peaks[False], peaks
 
 

@@ -27,7 +27,7 @@ from hub_helpers import (
 from lora_support import save_tiny_lora
 
 from asuka import AsukaFluxPipeline
-from asuka.methods.registry import load_pipeline
+from asuka.methods.loading import load_pipeline
 from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE, AsukaVAEEncoder
 from asuka.testing import make_tiny_pipeline
 

@@ -26,7 +26,7 @@ from hub_helpers import (
 from lora_support import save_tiny_lora
 
 from asuka import AsukaPipeline
-from asuka.methods.registry import load_pipeline
+from asuka.methods.loading import load_pipeline
 from asuka.models import AsukaAligner, AsukaDecoder, AsukaMAE
 from asuka.pipelines.model_card import PAPER_BIBTEX, PAPER_TITLE, light_model_card
 from asuka.testing import make_tiny_pipeline

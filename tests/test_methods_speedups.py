@@ -107,7 +107,7 @@ def test_app_run_shows_its_time_and_takes_the_cache():
     inpaint = next(fn for fn in demo.fns.values() if fn.api_name == "inpaint").fn
     image, mask = request().image, request().mask
     editor = {"background": image, "layers": [], "composite": None}
-    outputs = inpaint(editor, mask, "asuka-flux", 2, 0, False, 1.0, 30.0, True, 0, False, "first-block:0.8")
+    outputs = inpaint(editor, mask, "asuka-flux", 2, 0, False, 1.0, 30.0, True, 0, False, step_cache="first-block:0.8")
     took = outputs[-1]
     assert took.startswith("ASUKA") and " s for 2 steps (step cache first-block:0.8)" in took
     assert float(took.split(": ")[1].split(" s")[0]) > 0

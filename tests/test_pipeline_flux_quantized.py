@@ -147,8 +147,8 @@ def test_torchao_through_a_light_repo_without_asuka(saved, tmp_path):
 def test_the_methods_loader_applies_a_memory_configuration(saved, folder):
     """What the app and the CLI load with `--quantize int8 --offload model`: the torchao transformer, offloading
     hooks, the output of the same quantized pipeline placed by hand."""
+    from asuka.methods.loading import load_pipeline
     from asuka.methods.memory import Configuration
-    from asuka.methods.registry import load_pipeline
 
     root, _, _ = saved
     pipe = load_pipeline(

@@ -282,6 +282,7 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
     trainable = "aligner" if spec.pooled_width is None else "aligners"
     setup = asuka_training.prepare(args, accelerator, {trainable: aligner}, tracker_name="train_aligner", **data)
     aligner_model, validation = setup.model, setup.validation
+    denoiser = asuka_training.prepare_frozen(accelerator, denoiser)  # sharded under FSDP
     if args.precomputed:
         source = asuka_training.StoredInputs(accelerator.device, weight_dtype, vae)
     else:
@@ -307,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
         setup.step(loss)
         return {"loss": loss, "p": torch.tensor(p), "lr": setup.last_lr()}
 
-    def build_pipeline(trained):
+    def build_pipeline(trained, denoiser):
         from asuka import pipelines
         from asuka.models import AsukaDecoder
 
@@ -323,9 +324,9 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
         )
 
     def validate(global_step: int) -> list[list[Image.Image]]:
-        if not accelerator.is_main_process:
-            return []
-        pipe = build_pipeline(asuka_training.unwrapped_copy(accelerator, aligner_model))
+        if not (accelerator.is_main_process or asuka_training.shards_frozen_models(accelerator)):
+            return []  # a sharded denoiser runs on every process; `log_validation` keeps the main process's rows
+        pipe = build_pipeline(asuka_training.unwrapped_copy(accelerator, aligner_model), denoiser)
         pipe.set_progress_bar_config(disable=True)
         seed, steps = args.seed or 0, args.validation_inference_steps
         return asuka_training.inpainting_rows(pipe, validation, seed, steps, accelerator.device, weight_dtype)
@@ -335,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
     def trained_pipeline():
         trained = asuka_training.fresh_copy(accelerator.unwrap_model(aligner_model))
         asuka_training.load_pretrained_into(trained, args.output_dir)
-        return build_pipeline(trained)
+        return build_pipeline(trained, asuka_training.frozen_denoiser_for_saving(args, accelerator, backbone))
 
     card = dataclasses.replace(CARD if spec.pooled_width is None else FLUX_CARD, backbone=spec)
     return asuka_training.finish(

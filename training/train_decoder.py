@@ -182,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
         args, accelerator, trainables, tracker_name="train_decoder", extra_optimizers=extra_optimizers
     )
     decoder_model, validation = setup.model, setup.validation
+    denoiser = asuka_training.prepare_frozen(accelerator, denoiser)  # sharded under FSDP
     discriminator, disc_optimizer = setup.extras.get("discriminator", (None, None))
     perceptual = (
         lpips.LPIPS(net="vgg").to(accelerator.device).eval().requires_grad_(False) if args.lpips_weight > 0 else None
@@ -242,8 +243,8 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
         return logs
 
     def validate(global_step: int) -> list[list[Image.Image]]:
-        if not accelerator.is_main_process:
-            return []
+        if not (accelerator.is_main_process or asuka_training.shards_frozen_models(accelerator)):
+            return []  # a sharded denoiser runs on every process; `log_validation` keeps the main process's rows
         model = asuka_training.unwrapped_copy(accelerator, decoder_model)
         pixels = validation["pixel_values"].to(accelerator.device, weight_dtype)
         mask = validation["mask"].to(accelerator.device, weight_dtype)
@@ -281,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> asuka_training.TrainingResult:
             mae=mae,
             decoder=AsukaDecoder.from_pretrained(args.output_dir),
             **parts,
-            **{spec.denoiser: denoiser},
+            **{spec.denoiser: asuka_training.frozen_denoiser_for_saving(args, accelerator, backbone)},
         )
 
     components = {"": decoder_model, **({"discriminator": discriminator} if discriminator is not None else {})}

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from asuka.methods.registry import InpaintRequest, InpaintResult, ProgressCallback, seeded_generator, step_callback
+from asuka.methods.running import InpaintRequest, InpaintResult, ProgressCallback, seeded_generator, step_callback
 
 
 def run_baseline(

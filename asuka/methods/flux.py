@@ -21,8 +21,9 @@ import torch
 from asuka.defaults import ASUKA_FLUX_RELEASE_REPO, FLUX_FILL_REPO
 from asuka.methods import registry
 from asuka.methods.baseline import run_baseline
+from asuka.methods.loading import ready_pipeline
 from asuka.methods.memory import Configuration, loading_kwargs, place_pipeline
-from asuka.methods.registry import InpaintRequest, InpaintResult, ProgressCallback
+from asuka.methods.running import InpaintRequest, InpaintResult, ProgressCallback, seeded_generator, step_callback
 from asuka.methods.sd import ASUKA_PAPER
 
 
@@ -88,11 +89,11 @@ def run_asuka_flux(pipeline: Any, request: InpaintRequest, progress: ProgressCal
         mask_image=request.mask,
         num_inference_steps=request.steps,
         guidance_scale=request.guidance_scale,
-        generator=registry.seeded_generator(request.seed),
+        generator=seeded_generator(request.seed),
         condition_weight=request.condition_weight,
         keep_unmasked=request.keep_unmasked,
         mae_input_preprocessing=request.mae_input_preprocessing,
-        callback_on_step_end=registry.step_callback(progress, request.steps),
+        callback_on_step_end=step_callback(progress, request.steps),
     )
     reconstruction = (
         pipeline.mae_reconstruction(request.image, request.mask, request.mae_input_preprocessing)[0]
@@ -105,7 +106,7 @@ def run_asuka_flux(pipeline: Any, request: InpaintRequest, progress: ProgressCal
 def load_flux_fill(model: str, device: str, dtype: torch.dtype) -> Any:
     from diffusers import FluxFillPipeline
 
-    return registry.ready_pipeline(FluxFillPipeline.from_pretrained(model, torch_dtype=dtype), device)
+    return ready_pipeline(FluxFillPipeline.from_pretrained(model, torch_dtype=dtype), device)
 
 
 def run_flux_fill(pipeline: Any, request: InpaintRequest, progress: ProgressCallback | None) -> InpaintResult:
@@ -148,6 +149,7 @@ FLUX_FILL = registry.MethodSpec(
     needs_gpu=True,
     gated_repo=FLUX_FILL_REPO,
     requirements=FLUX_REQUIREMENTS,
+    gpu_seconds_per_step=0.5,
 )
 registry.register_method(
     dataclasses.replace(
@@ -163,6 +165,7 @@ registry.register_method(
         run=run_asuka_flux,
         tiny_kind="flux",
         paper=ASUKA_PAPER,
+        gpu_seconds_per_step=0.6,  # the backbone's step and the decoder's larger pass
     )
 )
 registry.register_method(FLUX_FILL)

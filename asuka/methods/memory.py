@@ -242,7 +242,7 @@ def memory_for_method(
 ) -> tuple[Configuration | None, str]:
     """The configuration for `method` and the line the app and the CLI print at start; None (and no line) for a
     method whose loader takes none, where `--quantize` / `--offload` are refused with a `ValueError`."""
-    from asuka.methods.registry import supports_memory
+    from asuka.methods.loading import supports_memory
 
     if not supports_memory(method):
         if quantize is not None or offload is not None:

@@ -1,34 +1,32 @@
-"""The method registry shared by the app, the CLI and the evaluation runner.
+"""The method registry shared by the app, the CLI and the evaluation runner: one `MethodSpec` per method.
 
-A method is a :class:`MethodSpec`: how to load its pipeline from real weights, which tiny random pipeline stands in
-for it (``--tiny``), how to run one :class:`InpaintRequest`, and what it needs (a GPU, gated or missing weights).
+A method is a `MethodSpec`: how to load its pipeline from real weights, which tiny random pipeline stands in for it
+(`--tiny`), how to run one `InpaintRequest`, what it needs (a GPU, gated or missing weights) and what a run costs.
 User interfaces only ever talk to this package, so a new pipeline appears everywhere once it is registered:
 
-* pipelines of this package register from a provider module listed in :data:`PROVIDER_MODULES`
-  (imported lazily on first lookup; a provider that is not there yet is skipped);
-* other packages can expose a provider module through the ``asuka.methods`` entry-point group.
+- pipelines of this package register from a provider module listed in `PROVIDER_MODULES` (imported lazily on first
+  lookup; a provider that is not there yet is skipped);
+- other packages can expose a provider module through the `asuka.methods` entry-point group.
 
-A provider module simply calls :func:`register_method` at import time.
+A provider module simply calls `register_method` at import time. Loading a method's pipeline lives in
+`asuka.methods.loading`, running a request in `asuka.methods.running`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import importlib.metadata
-import inspect
 import logging
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from PIL import Image
 
-from asuka.defaults import parse_dtype
-from asuka.methods.speedups import Speedups, apply_speedups, use_step_cache
+
+if TYPE_CHECKING:
+    from asuka.methods.running import InpaintRequest, InpaintResult, ProgressCallback
 
 
 logger = logging.getLogger(__name__)
@@ -39,54 +37,8 @@ PROVIDER_MODULES: tuple[str, ...] = ("asuka.methods.sd", "asuka.methods.flux", "
 #: Entry-point group through which other packages add methods.
 ENTRY_POINT_GROUP = "asuka.methods"
 
-ProgressCallback = Callable[[int, int], None]
-"""Called as ``progress(steps_done, total_steps)`` after each denoising step."""
-
-
-@dataclass
-class InpaintRequest:
-    """One inpainting job: an RGB image and an ``L`` mask of the same size (255 = hole).
-
-    ``reconstruction`` asks methods with a prior for its reconstruction too (an extra prior pass; only the app shows
-    it). ``mae_input_preprocessing`` is the MAE's input order for methods with one (``None``: the MAE's config); the
-    run and its reconstruction use the same. ``step_cache`` is a diffusers step cache as ``NAME[:VALUE]`` (e.g.
-    ``first-block:0.12``; see :mod:`asuka.methods.speedups`) for the ASUKA methods.
-    """
-
-    image: Image.Image
-    mask: Image.Image
-    steps: int | None = None
-    seed: int = 0
-    condition_weight: float | None = None
-    guidance_scale: float | None = None
-    keep_unmasked: bool = True
-    reconstruction: bool = False
-    mae_input_preprocessing: str | None = None
-    step_cache: str | None = None
-
-    @classmethod
-    def from_settings(cls, image: Image.Image, mask: Image.Image, settings: Any) -> InpaintRequest:
-        """A request for `image` and `mask` with `settings`' steps, seed, condition_weight, guidance_scale and
-        cache, where it has one (the CLI's parsed arguments, an evaluation run's settings), so every interface
-        passes the same fields."""
-        return cls(
-            image=image,
-            mask=mask,
-            steps=settings.steps,
-            seed=settings.seed,
-            condition_weight=settings.condition_weight,
-            guidance_scale=settings.guidance_scale,
-            step_cache=getattr(settings, "cache", None),
-        )
-
-
-@dataclass
-class InpaintResult:
-    """The inpainted image (input size) and, when the request asked for it and the method has a prior, the prior's
-    reconstruction."""
-
-    image: Image.Image
-    reconstruction: Image.Image | None = None
+#: ZeroGPU seconds per denoising step of a method that states none: as slow as the slowest built-in one.
+DEFAULT_GPU_SECONDS_PER_STEP = 0.6
 
 
 @dataclass
@@ -102,6 +54,8 @@ class MethodSpec:
     CPU), ``gated_repo`` (a Hub repository whose licence must be accepted), ``weights_hint`` (how to get weights
     when there is no public checkpoint, i.e. ``default_model`` is None) and ``requirements`` (one line for users).
     ``paper`` cites the method's paper in one Markdown line (the demo shows it under the model choice).
+    ``gpu_seconds_per_step`` is what one denoising step costs at the method's working size on one ZeroGPU slice
+    (the demo asks a Space for its GPU time from it).
     """
 
     name: str
@@ -121,15 +75,12 @@ class MethodSpec:
     weights_hint: str = ""
     requirements: str = ""
     paper: str = ""
+    gpu_seconds_per_step: float = DEFAULT_GPU_SECONDS_PER_STEP
 
     @property
     def public_weights(self) -> bool:
         """Whether the method has a default checkpoint that can be downloaded."""
         return self.default_model is not None
-
-
-class ModelLoadError(RuntimeError):
-    """A method's weights could not be loaded; the message says how to fix it."""
 
 
 _METHODS: dict[str, MethodSpec] = {}
@@ -250,211 +201,3 @@ def no_default_guidance() -> str:
     ]
     lines += [f"  {spec.name:<{width}}  {spec.label}: {method_needs(spec)}" for spec in specs]
     return "\n".join(lines)
-
-
-# --- loading ---------------------------------------------------------------------------------------
-
-
-def _causes(error: BaseException | None) -> list[BaseException]:
-    """``error`` and the exceptions it was raised from (diffusers wraps the Hub's errors in OSError)."""
-    chain = []
-    while error is not None and error not in chain:
-        chain.append(error)
-        error = error.__cause__ or error.__context__
-    return chain
-
-
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def load_error_message(
-    spec: MethodSpec, model: str | None, error: BaseException | None = None, device: str = "cpu"
-) -> str:
-    """Why ``spec``'s weights could not be loaded and how to fix it, with advice that fits the cause.
-
-    Causes, in order: no public checkpoint (how to get one); a gated repository (accept its licence, log in);
-    offline or not in the local cache; a repository that does not exist; no GPU for a method that needs one;
-    anything else (every fix). With HF_HUB_OFFLINE set, the message says so.
-    """
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-    )
-
-    target = model or spec.default_model
-    if error is None:
-        reason = f"{spec.label} has no public checkpoint (no default checkpoint on the Hub)."
-        fixes = [spec.weights_hint or "pass a local folder or Hub repo of its weights: --model PATH_OR_ID"]
-        return _message(spec, target, reason, fixes)
-    text = str(error).strip()
-    reason = f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
-    causes = _causes(error)
-    if any(isinstance(cause, GatedRepoError) for cause in causes):
-        repo = spec.gated_repo or target
-        fixes = [
-            f"accept the licence on https://huggingface.co/{repo} with your Hugging Face account;",
-            "then log in on this machine: `hf auth login` (or set HF_TOKEN);",
-            "or try the interface with random weights: --tiny.",
-        ]
-    elif any(isinstance(cause, (OfflineModeIsEnabled, LocalEntryNotFoundError)) for cause in causes):
-        fixes = [
-            "the files are not in the local Hugging Face cache and the Hub cannot be reached;",
-            f"download them once while online (`hf download {target}`) or unset HF_HUB_OFFLINE;",
-            "the Hub could not be asked whether the repository is gated or private: if it is, accept its licence "
-            "on its Hub page and log in (`hf auth login`) before downloading;",
-            "or pass a local folder: --model /path/to/pipeline_folder;",
-            "or try the interface with random weights: --tiny.",
-        ]
-    elif any(isinstance(cause, RepositoryNotFoundError) for cause in causes):
-        fixes = [
-            f"check the repository id {target!r} (a private repository also needs `hf auth login`);",
-            "or pass a local folder: --model /path/to/pipeline_folder;",
-            "or try the interface with random weights: --tiny.",
-        ]
-    elif spec.needs_gpu and torch.device(device).type != "cuda":
-        fixes = [
-            f"{spec.label} needs a CUDA GPU ({spec.requirements or 'see its model page'}); it ran on {device!r};",
-            "run it on a machine with a GPU (--device cuda), or try the interface with random weights: --tiny.",
-        ]
-    else:
-        fixes = [
-            "log in to the Hugging Face Hub: `hf auth login` (or set HF_TOKEN);",
-            "if the repository is gated, accept its licence on its Hub page with the same account;",
-            "or pass a local folder: --model /path/to/pipeline_folder;",
-            "or try the interface with random weights: --tiny.",
-        ]
-    if _hub_offline():
-        fixes.insert(0, "HF_HUB_OFFLINE is set, so only files already in the local cache can be used;")
-    return _message(spec, target, reason, fixes)
-
-
-def _message(spec: MethodSpec, target: str | None, reason: str, fixes: list[str]) -> str:
-    what = f"{target!r}" if target else "(no checkpoint given)"
-    return "\n".join(
-        [f"Could not load the {spec.label} model {what}: {reason}", "How to fix it:"] + [f"  - {fix}" for fix in fixes]
-    )
-
-
-def supports_memory(name: str) -> bool:
-    """Whether method ``name``'s loader takes a memory configuration (``--quantize`` / ``--offload``)."""
-    return "memory" in inspect.signature(get_method(name).load).parameters
-
-
-def ready_pipeline(pipeline: Any, device: str) -> Any:
-    """``pipeline`` on ``device`` with its progress bar off (the interfaces report progress themselves)."""
-    pipeline = pipeline.to(device)
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
-
-
-def load_pipeline(
-    name: str,
-    model: str | None = None,
-    device: str = "cpu",
-    dtype: torch.dtype | str = torch.float32,
-    tiny: bool = False,
-    memory: Any = None,
-) -> Any:
-    """Load method ``name`` (with ``tiny``: its tiny random stand-in, float32); a failure becomes
-    :class:`ModelLoadError` with advice that fits the cause. ``memory`` (an ``asuka.methods.memory.Configuration``:
-    weight format and offloading) goes to a loader that takes it (``supports_memory``); the tiny stand-ins ignore
-    it."""
-    spec = get_method(name)
-    dtype = parse_dtype(dtype)
-    if tiny:
-        if spec.tiny_kind is None:
-            raise ModelLoadError(f"{spec.label} has no tiny version; choose another method or drop --tiny.")
-        from asuka.testing import make_tiny_pipeline
-
-        return ready_pipeline(make_tiny_pipeline(spec.tiny_kind), device)
-    model = model if model is not None else spec.default_model
-    if model is None:
-        raise ModelLoadError(load_error_message(spec, None, device=device))
-    try:
-        return spec.load(model, device, dtype, **({} if memory is None else {"memory": memory}))
-    except ModelLoadError:
-        raise
-    except Exception as error:  # OSError, Hub errors, ImportError, bad folders: all reported with advice
-        raise ModelLoadError(load_error_message(spec, model, error, device)) from error
-
-
-class PipelineCache:
-    """Loads each method's pipeline on first use, with `speedups` (LoRAs, compilation) applied, and keeps it
-    (thread-safe)."""
-
-    def __init__(
-        self,
-        device: str = "cpu",
-        dtype: torch.dtype | str = torch.float32,
-        tiny: bool = False,
-        models: dict[str, str] | None = None,
-        memory: Any = None,
-        speedups: Speedups | None = None,
-    ):
-        self.device = device
-        self.dtype = parse_dtype(dtype)
-        self.tiny = tiny
-        self.models = dict(models or {})
-        self.memory = memory  # for the methods that take it (`supports_memory`)
-        self.speedups = speedups or Speedups()
-        self._pipelines: dict[str, Any] = {}
-        self._lock = threading.Lock()
-
-    def get(self, name: str) -> Any:
-        """The pipeline of method ``name``, loading it now if needed (may raise ModelLoadError)."""
-        with self._lock:
-            if name not in self._pipelines:
-                memory = self.memory if supports_memory(name) else None
-                pipeline = load_pipeline(
-                    name, self.models.get(name), self.device, self.dtype, self.tiny, memory=memory
-                )
-                self._pipelines[name] = apply_speedups(pipeline, self.speedups)
-            return self._pipelines[name]
-
-    def loaded(self) -> list[str]:
-        """Names of the methods loaded so far."""
-        return list(self._pipelines)
-
-
-# --- running ---------------------------------------------------------------------------------------
-
-
-def run_method(
-    name: str, pipeline: Any, request: InpaintRequest, progress: ProgressCallback | None = None
-) -> InpaintResult:
-    """Run ``request`` through ``pipeline`` with method ``name``, validating the request first.
-
-    The method's run function always gets a positive ``request.steps`` and a ``request.guidance_scale`` (the
-    spec's defaults when none is given); the pipeline runs with ``request.step_cache`` (none when it is None).
-    """
-    if request.image.size != request.mask.size:
-        raise ValueError(f"Image size {request.image.size} and mask size {request.mask.size} differ; they must match.")
-    spec = get_method(name)
-    if request.steps is None:
-        request = dataclasses.replace(request, steps=spec.default_steps)
-    elif request.steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {request.steps}.")
-    if request.guidance_scale is None:
-        request = dataclasses.replace(request, guidance_scale=spec.default_guidance)
-    use_step_cache(pipeline, request.step_cache, request.steps)
-    return spec.run(pipeline, request, progress)
-
-
-def step_callback(progress: ProgressCallback | None, total: int) -> Callable | None:
-    """A diffusers ``callback_on_step_end`` that reports ``(step + 1, total)`` to ``progress``."""
-    if progress is None:
-        return None
-
-    def callback(pipeline: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
-        progress(min(step + 1, total), total)  # some schedulers (PNDM) take one step more than asked
-        return callback_kwargs
-
-    return callback
-
-
-def seeded_generator(seed: int) -> torch.Generator:
-    """A CPU generator seeded with ``seed`` (CPU, so a seed gives the same noise on every device)."""
-    return torch.Generator(device="cpu").manual_seed(int(seed))

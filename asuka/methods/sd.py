@@ -9,14 +9,15 @@ import torch
 from asuka.defaults import SD_INPAINT_REPO
 from asuka.methods import registry
 from asuka.methods.baseline import run_baseline
-from asuka.methods.registry import InpaintRequest, InpaintResult, ProgressCallback
+from asuka.methods.loading import ready_pipeline
+from asuka.methods.running import InpaintRequest, InpaintResult, ProgressCallback, seeded_generator, step_callback
 
 
 def load_asuka_sd(model: str, device: str, dtype: torch.dtype) -> Any:
     """An AsukaPipeline saved with ``save_pretrained``, full or light (folder or Hub repo; docs/hub.md)."""
     from asuka import AsukaPipeline
 
-    return registry.ready_pipeline(AsukaPipeline.from_pretrained(model, torch_dtype=dtype), device)
+    return ready_pipeline(AsukaPipeline.from_pretrained(model, torch_dtype=dtype), device)
 
 
 def run_asuka_sd(pipeline: Any, request: InpaintRequest, progress: ProgressCallback | None) -> InpaintResult:
@@ -26,11 +27,11 @@ def run_asuka_sd(pipeline: Any, request: InpaintRequest, progress: ProgressCallb
         image=request.image,
         mask_image=request.mask,
         num_inference_steps=request.steps,
-        generator=registry.seeded_generator(request.seed),
+        generator=seeded_generator(request.seed),
         condition_weight=request.condition_weight if has_null else None,
         keep_unmasked=request.keep_unmasked,
         mae_input_preprocessing=request.mae_input_preprocessing,
-        callback_on_step_end=registry.step_callback(progress, request.steps),
+        callback_on_step_end=step_callback(progress, request.steps),
         callback_on_step_end_tensor_inputs=[],  # progress needs only the step index
     )
     reconstruction = (
@@ -48,7 +49,7 @@ def load_sd_backbone(model: str, device: str, dtype: torch.dtype) -> Any:
     pipeline = StableDiffusionInpaintPipeline.from_pretrained(
         model, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
     )
-    return registry.ready_pipeline(pipeline, device)
+    return ready_pipeline(pipeline, device)
 
 
 def run_sd_backbone(pipeline: Any, request: InpaintRequest, progress: ProgressCallback | None) -> InpaintResult:
@@ -92,6 +93,7 @@ registry.register_method(
         weights_hint="train one with training/ (see docs/training.md) and pass its folder or Hub repo with --model",
         requirements="a GPU with >= 6 GB in float16 (CPU works, slowly)",
         paper=ASUKA_PAPER,
+        gpu_seconds_per_step=0.08,
     )
 )
 # The backbone's declaration has the same shape as flux.py's FLUX_FILL (duplicates lists the pair): each states one
@@ -107,5 +109,6 @@ registry.register_method(
         default_steps=50,
         description="The frozen SD-1.5 inpainting backbone alone, with an empty prompt.",
         requirements="~4 GB download on first use; a GPU with >= 4 GB in float16 (CPU works, slowly)",
+        gpu_seconds_per_step=0.06,
     )
 )

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from asuka.defaults import SEGMENT_MODEL_REPO
-from asuka.methods.registry import ModelLoadError
+from asuka.methods.loading import ModelLoadError
 
 
 #: A point prompt: pixel column, pixel row, and whether its object is added (True) or removed (False).

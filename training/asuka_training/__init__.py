@@ -11,6 +11,7 @@ assembled the same way:
     args = parse_args(parser, argv, resolve=None)   # validated and normalised once; ValueError on bad flags
     accelerator = setup_accelerator(args)           # Accelerator + ProjectConfiguration + seed
     weight_dtype = freeze(accelerator, vae, unet)   # load the models; frozen ones: no grad, eval, cast
+    unet = prepare_frozen(accelerator, unet)        # sharded under FSDP; save frozen_denoiser_for_saving(...)
     setup = prepare(args, accelerator, {"aligner": model}, tracker_name="train_aligner")
     result, grid = run_training(setup, train_step, validate)   # checkpoints, logs, grids
     return finish(setup, result, {"": setup.model}, make_pipeline, CardText(...), grid)  # final folder, card, push
@@ -74,14 +75,17 @@ from .setup import (
     Backbone,
     TrainingSetup,
     freeze,
+    frozen_denoiser_for_saving,
     load_backbone,
     load_scheduler,
     make_lr_scheduler,
     make_optimizer,
     optimizer_step,
     prepare,
+    prepare_frozen,
     scaled_learning_rate,
     setup_accelerator,
+    shards_frozen_models,
     weight_dtype_for,
 )
 from .steps import latent_augmentation, masked_patch_l2, one_step_x0
@@ -115,6 +119,7 @@ __all__ = [
     "collate",
     "finish",
     "freeze",
+    "frozen_denoiser_for_saving",
     "inpainting_rows",
     "input_identity",
     "latent_augmentation",
@@ -136,6 +141,7 @@ __all__ = [
     "optimizer_step",
     "parse_args",
     "prepare",
+    "prepare_frozen",
     "push_folder_to_hub",
     "register_diffusers_hooks",
     "resolve_resume_path",
@@ -148,6 +154,7 @@ __all__ = [
     "scaled_learning_rate",
     "serialisable_args",
     "setup_accelerator",
+    "shards_frozen_models",
     "to_pil",
     "unwrapped_copy",
     "validation_batch",

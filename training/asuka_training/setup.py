@@ -67,6 +67,40 @@ def freeze(accelerator: Accelerator, *models: torch.nn.Module | None) -> torch.d
     return weight_dtype
 
 
+def shards_frozen_models(accelerator: Accelerator) -> bool:
+    """Whether `prepare_frozen` shards frozen models: under FSDP only, where each process then holds a shard of them
+    and every process must take part in each of their forward calls (validation included)."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def prepare_frozen(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
+    """The frozen (`freeze`d) `model` to call in training: under FSDP prepared by accelerate, so it is sharded as the
+    config's wrap policy says (no optimizer; gradients still flow through it to its inputs), and kept out of the
+    checkpoints, as its weights never change; elsewhere `model` itself. Save the unsharded `model` (under FSDP its
+    parameters are shards once it is prepared: see `frozen_denoiser_for_saving`)."""
+    if not shards_frozen_models(accelerator):
+        return model
+    if accelerator.is_fsdp2:  # accelerate's FSDP2 prepares a model only together with its optimizer
+        raise ValueError(
+            "The frozen denoiser is sharded with FSDP version 1 only; set `fsdp_version: 1` in the accelerate config "
+            "(as training/configs/fsdp.yaml and fsdp_flux.yaml do)."
+        )
+    wrapped = accelerator.prepare(model)
+    # save_state and load_state write and read every prepared model (and pair optimizers with models by position)
+    accelerator._models.remove(wrapped)
+    return wrapped.eval()
+
+
+def frozen_denoiser_for_saving(args: argparse.Namespace, accelerator: Accelerator, backbone: Backbone) -> Any:
+    """The backbone's denoiser with all its weights, for a saved pipeline: the loaded one, or under FSDP (where
+    `prepare_frozen` left each process a shard of it) the same weights loaded again, as training leaves them."""
+    if not shards_frozen_models(accelerator):
+        return backbone.denoiser
+    return load_backbone(args.pretrained_model_name_or_path, args.revision, args.variant).denoiser
+
+
 def scaled_learning_rate(args: argparse.Namespace, accelerator: Accelerator) -> float:
     """--learning_rate, times processes x batch size x accumulation with --scale_lr (like the diffusers examples)."""
     if not args.scale_lr:
