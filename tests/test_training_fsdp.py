@@ -7,25 +7,19 @@ import copy
 
 import pytest
 import torch
+import train_aligner
+import train_decoder
 from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 from training_support import (
     offline,  # noqa: F401 (the module-wide autouse fixture)
-    put_training_on_path,
     random_images,
     tiny_pipeline_dir,
     training_argv,
 )
 
+import asuka_training
 from asuka import AsukaFluxPipeline
-
-
-put_training_on_path()
-
-import train_aligner  # noqa: E402
-import train_decoder  # noqa: E402
-
-import asuka_training  # noqa: E402
 
 
 TRANSFORMER_WEIGHTS = "transformer/diffusion_pytorch_model.safetensors"

@@ -96,8 +96,7 @@ registry.register_method(
         gpu_seconds_per_step=0.08,
     )
 )
-# The backbone's declaration has the same shape as flux.py's FLUX_FILL (duplicates lists the pair): each states one
-# backbone method's own values (name, weights, code, needs); nothing in them is shared logic.
+# The plain backbone, for comparison: its declaration states this method's own values (name, weights, code, needs).
 registry.register_method(
     registry.MethodSpec(
         name="sd",
