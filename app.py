@@ -461,6 +461,18 @@ def inpaint(
     return (result.image, (image, result.image), backbone, result.reconstruction, download, seed, mask, took)
 
 
+def launch_settings(cache: methods.PipelineCache) -> str:
+    """The memory and speed choices the models were loaded with, for the Settings panel: they need a reload, so
+    they are launch flags (or a Space's variables) rather than per-run controls."""
+    weights = cache.memory.describe() if cache.memory is not None else "as loaded (no quantization or offloading)"
+    loras = ", ".join(cache.speedups.loras) or "none"
+    compiled = "yes" if cache.speedups.compile else "no"
+    return (
+        f"**Loaded with** memory `{weights}`, LoRAs: {loras}, compiled: {compiled}. To change them, restart with "
+        "`--quantize`, `--offload`, `--lora`, `--compile` (on a Space: `ASUKA_QUANTIZE`, `ASUKA_OFFLOAD`)."
+    )
+
+
 def build_demo(
     cache: methods.PipelineCache,
     default_method: str,
@@ -672,6 +684,7 @@ def build_demo(
                         label="Step cache (ASUKA methods; empty: none)",
                         info=methods.CACHE_HELP,
                     )
+                    gr.Markdown(launch_settings(cache), elem_id="launch-settings")
             with gr.Column(scale=1):
                 if guidance:
                     gr.Markdown(f"### No model loaded at start-up\n\n```\n{guidance}\n```", elem_id="load-guidance")

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from asuka import methods
 from asuka.masks import grow_mask
+from asuka.methods import memory
 from asuka.methods.segment import image_key
 
 
@@ -345,3 +346,14 @@ def test_the_inpaint_handler_runs_a_request_as_the_methods_do(tmp_path):
         app.inpaint({"background": photo, "layers": []}, None, *inputs, **context)
     with pytest.raises(app.gr.Error, match="steps must be a positive integer"):
         app.inpaint(editor, None, "asuka-sd", 0, *inputs[2:], **context)
+
+
+def test_the_settings_show_the_memory_and_speed_choices_the_models_were_loaded_with():
+    cache = methods.PipelineCache(tiny=True, speedups=methods.Speedups(("owner/turbo:0.5",), compile=True))
+    cache.memory = memory.Configuration("int8", "model")
+    text = app.launch_settings(cache)
+    assert "--quantize int8 --offload model" in text and "owner/turbo:0.5" in text and "compiled: yes" in text
+    page = json.dumps(app.build_demo(cache, "asuka-sd", tiny=True).config, default=repr)
+    assert "launch-settings" in page and "--quantize int8 --offload model" in page
+    plain = app.launch_settings(methods.PipelineCache(tiny=True))
+    assert "no quantization or offloading" in plain and "LoRAs: none" in plain and "compiled: no" in plain

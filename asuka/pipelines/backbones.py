@@ -155,7 +155,7 @@ class FlowMatchingObjective:
                 base_shift=config.get("base_shift", 0.5),
                 max_shift=config.get("max_shift", 1.15),
             )
-            return scheduler.time_shift(mu, 1.0, sigmas)
+            return scheduler.time_shift(mu=mu, sigma=1.0, t=sigmas)
         return sigmas
 
     def add_noise(
@@ -276,7 +276,7 @@ def call_flux_fill_transformer(
         _pack_latents=FluxFillPipeline._pack_latents,
     )
     packed_mask, packed_masked = FluxFillPipeline.prepare_mask_latents(
-        packing,
+        self=packing,
         mask=mask,
         masked_image=masked_image_latents,
         batch_size=batch,
@@ -288,8 +288,12 @@ def call_flux_fill_transformer(
         device=noisy.device,
         generator=None,
     )
-    packed = FluxFillPipeline._pack_latents(noisy, batch, channels, height, width)
-    image_ids = FluxFillPipeline._prepare_latent_image_ids(batch, height // 2, width // 2, noisy.device, noisy.dtype)
+    packed = FluxFillPipeline._pack_latents(
+        latents=noisy, batch_size=batch, num_channels_latents=channels, height=height, width=width
+    )
+    image_ids = FluxFillPipeline._prepare_latent_image_ids(
+        batch_size=batch, height=height // 2, width=width // 2, device=noisy.device, dtype=noisy.dtype
+    )
     tokens = conditioning["prompt_embeds"]
     text_ids = torch.zeros(tokens.shape[1], 3, device=noisy.device, dtype=noisy.dtype)
     embedded_guidance = None
@@ -306,7 +310,7 @@ def call_flux_fill_transformer(
         img_ids=image_ids,
         return_dict=False,
     )[0]
-    return FluxFillPipeline._unpack_latents(prediction, height=height, width=width, vae_scale_factor=1)
+    return FluxFillPipeline._unpack_latents(latents=prediction, height=height, width=width, vae_scale_factor=1)
 
 
 @dataclass(frozen=True)

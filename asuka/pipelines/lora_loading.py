@@ -14,7 +14,7 @@ from typing import Any
 from diffusers.utils import logging
 
 
-logger = logging.get_logger(__name__)
+logger = logging.get_logger(name=__name__)
 
 
 class TextEncoderFreeLoraMixin:

@@ -84,7 +84,7 @@ class StepCacheMixin:
         elif isinstance(config, PyramidAttentionBroadcastConfig):
             if self.step_cache_enabled:
                 raise ValueError("A step cache is already enabled; call `disable_step_cache()` first.")
-            apply_pyramid_attention_broadcast(denoiser, config)
+            apply_pyramid_attention_broadcast(module=denoiser, config=config)
         else:
             raise ValueError(
                 f"{type(denoiser).__name__} has no diffusers `CacheMixin`, so it takes no {type(config).__name__}; "

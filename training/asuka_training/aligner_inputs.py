@@ -64,7 +64,7 @@ def sample_latents(vae_config: Any, mean: torch.Tensor, std: torch.Tensor) -> to
     of `mean` (noise drawn like it, `randn_like`, falls in that order)."""
     from diffusers.utils.torch_utils import randn_tensor
 
-    sample = mean + std * randn_tensor(mean.shape, generator=None, device=mean.device, dtype=mean.dtype)
+    sample = mean + std * randn_tensor(shape=mean.shape, generator=None, device=mean.device, dtype=mean.dtype)
     shift = getattr(vae_config, "shift_factor", None) or 0.0
     return (sample - shift) * vae_config.scaling_factor
 
