@@ -5,7 +5,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import threading
 import time
 from pathlib import Path
@@ -13,19 +12,15 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from app_launcher import ROOT
 from PIL import Image
 from tqdm import tqdm
 
+import app  # app.py lives at the repository root, on pytest's pythonpath
+import app_cache
 from asuka import methods
 from asuka.masks import grow_mask
 from asuka.methods import memory
 from asuka.methods.segment import image_key
-
-
-sys.path.insert(0, str(ROOT))
-import app  # noqa: E402  (app.py lives at the repository root)
-import app_cache  # noqa: E402
 
 
 def _editor(width: int, height: int) -> dict:
