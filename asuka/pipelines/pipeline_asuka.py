@@ -269,7 +269,6 @@ class AsukaPipeline(
             negative_prompt_embeds=negative_prompt_embeds,
         )
         self._reset_step_state(guidance_scale)
-        self.reset_step_caches()  # a step cache starts each call afresh, even after an interrupted one
 
         # 2. Standardise them: images (B, 3, H, W) in [0, 1], holes (B, 1, H, W); an empty mask has nothing to
         #    inpaint, so the call returns the input untouched

@@ -131,6 +131,12 @@ class StepCacheMixin:
         if denoiser is not None and any(hasattr(module, "_diffusers_hook") for module in denoiser.modules()):
             HookRegistry.check_if_exists_or_initialize(denoiser).reset_stateful_hooks(recurse=True)
 
+    def _reset_step_state(self, guidance_scale: float) -> None:
+        """The step state at the start of a call, and the step caches started afresh (even after an interrupted
+        call)."""
+        super()._reset_step_state(guidance_scale)
+        self.reset_step_caches()
+
     def maybe_free_model_hooks(self) -> None:
         """diffusers' end of a call (offloading hooks, `CacheMixin` state), and the reset of the step caches."""
         self.reset_step_caches()
