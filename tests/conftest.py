@@ -16,7 +16,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 @pytest.fixture(scope="session")
 def tiny_app_url(tmp_path_factory):
     """One `python app.py --tiny` server for the API, upload and browser tests (each start costs a torch import)."""
-    from app_launcher import running_app
+    from tests.support.app_launcher import running_app
 
     with running_app(["--tiny"], tmp_path_factory.mktemp("app") / "app.log") as url:
         yield url
