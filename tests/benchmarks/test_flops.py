@@ -14,16 +14,14 @@ from asuka.testing import make_tiny_pipeline
 from asuka.testing.flux import make_tiny_flux_components
 from asuka.testing.sd import make_tiny_sd_components
 from benchmarks import flops
+from tests.support.inputs import box_mask_array, random_array
 
 
 SIZE, STEPS = 32, 3
 
 
 def _inputs():
-    image = np.random.RandomState(0).rand(SIZE, SIZE, 3).astype(np.float32)
-    mask = np.zeros((SIZE, SIZE), np.float32)
-    mask[8:24, 8:24] = 1
-    return image, mask
+    return random_array(SIZE, SIZE), box_mask_array(SIZE, SIZE, rows=(8, 24), cols=(8, 24))
 
 
 def test_linear_and_attention_blocks_match_a_hand_count():

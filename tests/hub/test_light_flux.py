@@ -26,9 +26,9 @@ from tests.support.hub import (
     light_and_full_repos,
     light_repo_without,
     load_light_repo_without_asuka,
-    make_inputs,
     save_flux_backbone,
 )
+from tests.support.inputs import make_inputs
 from tests.support.lora import save_tiny_lora
 
 

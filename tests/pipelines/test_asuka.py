@@ -6,37 +6,27 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from diffusers import AsymmetricAutoencoderKL, DDIMScheduler
+from diffusers import AsymmetricAutoencoderKL
 
 from asuka import AsukaPipeline
 from asuka.pipelines.inpaint_steps import plan_working_region
 from asuka.testing import make_tiny_pipeline
 from tests.support.hub import run_hub_format_without_asuka
+from tests.support.inputs import box_mask, generator, random_image
 
 
 STEPS = 2
 
 
-def make_image(height: int, width: int, seed: int = 0) -> PIL.Image.Image:
-    rng = np.random.RandomState(seed)
-    return PIL.Image.fromarray((rng.rand(height, width, 3) * 255).astype(np.uint8))
-
-
 def make_mask(height: int, width: int, box=None) -> PIL.Image.Image:
     """A white rectangle `box` = (x0, y0, x1, y1) (default: the middle third) on black."""
-    mask = np.zeros((height, width), np.uint8)
     x0, y0, x1, y1 = box or (
         width // 3,
         height // 3,
         max(width // 3 + 1, 2 * width // 3),
         max(height // 3 + 1, 2 * height // 3),
     )
-    mask[y0:y1, x0:x1] = 255
-    return PIL.Image.fromarray(mask)
-
-
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+    return box_mask(height, width, rows=(y0, y1), cols=(x0, x1))
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +37,8 @@ def pipe() -> AsukaPipeline:
 def test_equals_diffusers_inpaint_pipeline_with_same_embeddings():
     asuka = make_tiny_pipeline("sd", decoder=None)
     backbone = make_tiny_pipeline("sd-backbone")
-    image, mask = make_image(64, 64), make_mask(64, 64)
-    embeds = torch.randn(1, 16, 32, generator=gen(3))
+    image, mask = random_image(64, 64), make_mask(64, 64)
+    embeds = torch.randn(1, 16, 32, generator=generator(3))
     expected = backbone(
         prompt_embeds=embeds,
         image=image,
@@ -57,7 +47,7 @@ def test_equals_diffusers_inpaint_pipeline_with_same_embeddings():
         width=64,
         guidance_scale=1.0,
         num_inference_steps=STEPS,
-        generator=gen(),
+        generator=generator(),
         output_type="np",
     ).images
     ours = asuka(
@@ -65,7 +55,7 @@ def test_equals_diffusers_inpaint_pipeline_with_same_embeddings():
         mask,
         prompt_embeds=embeds,
         num_inference_steps=STEPS,
-        generator=gen(),
+        generator=generator(),
         keep_unmasked=False,
         output_type="np",
     ).images
@@ -74,10 +64,15 @@ def test_equals_diffusers_inpaint_pipeline_with_same_embeddings():
 
 
 def test_asuka_conditioning_differs_from_given_embeddings(pipe):
-    image, mask = make_image(64, 64), make_mask(64, 64)
-    prior_run = pipe(image, mask, num_inference_steps=STEPS, generator=gen(), output_type="np").images
+    image, mask = random_image(64, 64), make_mask(64, 64)
+    prior_run = pipe(image, mask, num_inference_steps=STEPS, generator=generator(), output_type="np").images
     zeros_run = pipe(
-        image, mask, prompt_embeds=torch.zeros(1, 16, 32), num_inference_steps=STEPS, generator=gen(), output_type="np"
+        image,
+        mask,
+        prompt_embeds=torch.zeros(1, 16, 32),
+        num_inference_steps=STEPS,
+        generator=generator(),
+        output_type="np",
     ).images
     assert np.abs(prior_run - zeros_run).max() > 1e-4
 
@@ -85,8 +80,8 @@ def test_asuka_conditioning_differs_from_given_embeddings(pipe):
 @pytest.mark.parametrize("size", [(64, 64), (123, 77), (77, 1000), (1000, 750)])
 def test_output_has_input_size_and_exact_unmasked_pixels(pipe, size):
     width, height = size
-    image, mask = make_image(height, width), make_mask(height, width)
-    out = pipe(image, mask, num_inference_steps=STEPS, generator=gen()).images[0]
+    image, mask = random_image(height, width), make_mask(height, width)
+    out = pipe(image, mask, num_inference_steps=STEPS, generator=generator()).images[0]
     assert out.size == (width, height)
     hole = np.asarray(mask) > 127
     assert np.array_equal(np.asarray(out)[~hole], np.asarray(image)[~hole])
@@ -101,8 +96,8 @@ def test_large_image_works_on_a_crop_around_a_small_mask(pipe):
     x0, y0, x1, y1 = region.box
     assert x0 <= 2000 and y0 <= 1500 and x1 >= 2040 and y1 >= 1530
     assert (x1 - x0) * (y1 - y0) < width * height / 100  # a crop, not a downscaled whole photo
-    image = make_image(height, width)
-    out = pipe(image, mask, num_inference_steps=STEPS, generator=gen(), keep_unmasked=False).images[0]
+    image = random_image(height, width)
+    out = pipe(image, mask, num_inference_steps=STEPS, generator=generator(), keep_unmasked=False).images[0]
     out_np, in_np = np.asarray(out), np.asarray(image)
     outside_crop = np.ones((height, width), bool)
     outside_crop[y0:y1, x0:x1] = False
@@ -111,7 +106,7 @@ def test_large_image_works_on_a_crop_around_a_small_mask(pipe):
 
 
 def test_empty_mask_returns_input_without_denoising(pipe):
-    image = make_image(40, 50)
+    image = random_image(40, 50)
     calls = []
     out = pipe(
         image,
@@ -124,60 +119,32 @@ def test_empty_mask_returns_input_without_denoising(pipe):
 
 
 def test_full_mask_gives_a_valid_image(pipe):
-    image = make_image(64, 64)
+    image = random_image(64, 64)
     out = pipe(image, make_mask(64, 64, box=(0, 0, 64, 64)), num_inference_steps=STEPS, output_type="np").images
     assert out.shape == (1, 64, 64, 3)
     assert np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
 
 
 def test_determinism(pipe):
-    image, mask = make_image(64, 64), make_mask(64, 64)
+    image, mask = random_image(64, 64), make_mask(64, 64)
 
     def run(seed):
-        return pipe(image, mask, num_inference_steps=STEPS, generator=gen(seed), output_type="np").images
+        return pipe(image, mask, num_inference_steps=STEPS, generator=generator(seed), output_type="np").images
 
     a, b, c = run(0), run(0), run(1)
     assert np.array_equal(a, b)
     assert np.abs(a - c).max() > 1e-4
 
 
-def test_callback_runs_every_step_and_can_replace_latents():
-    pipe = make_tiny_pipeline("sd")
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)  # one timestep per step (PNDM adds one)
-    image, mask = make_image(64, 64), make_mask(64, 64)
-    seen = []
-
-    def record(p, i, t, tensors):
-        seen.append(i)
-        return tensors
-
-    baseline = pipe(
-        image, mask, num_inference_steps=3, generator=gen(), callback_on_step_end=record, output_type="np"
-    ).images
-    assert seen == [0, 1, 2]
-
-    def zero_last(p, i, t, tensors):
-        return {"latents": torch.zeros_like(tensors["latents"])} if i == 2 else tensors
-
-    replaced = pipe(
-        image, mask, num_inference_steps=3, generator=gen(), callback_on_step_end=zero_last, output_type="latent"
-    ).images
-    assert torch.count_nonzero(replaced) == 0
-    decoded = pipe(
-        image, mask, num_inference_steps=3, generator=gen(), callback_on_step_end=zero_last, output_type="np"
-    ).images
-    assert np.abs(decoded - baseline).max() > 1e-4
-
-
 @pytest.mark.parametrize("output_type", ["pil", "np", "pt", "latent"])
 def test_output_types_and_num_images_per_prompt(pipe, output_type):
-    image, mask = make_image(48, 64), make_mask(48, 64)
+    image, mask = random_image(48, 64), make_mask(48, 64)
     images = pipe(
-        [image, make_image(48, 64, seed=1)],
+        [image, random_image(48, 64, seed=1)],
         mask,
         num_images_per_prompt=2,
         num_inference_steps=STEPS,
-        generator=gen(),
+        generator=generator(),
         output_type=output_type,
     ).images
     if output_type == "pil":
@@ -192,18 +159,22 @@ def test_output_types_and_num_images_per_prompt(pipe, output_type):
 
 
 def test_numpy_and_tensor_inputs_match_pil(pipe):
-    image, mask = make_image(64, 64), make_mask(64, 64)
-    from_pil = pipe(image, mask, num_inference_steps=STEPS, generator=gen(), output_type="np").images
+    image, mask = random_image(64, 64), make_mask(64, 64)
+    from_pil = pipe(image, mask, num_inference_steps=STEPS, generator=generator(), output_type="np").images
     array = np.asarray(image).astype(np.float32) / 255
     from_np = pipe(
-        array, np.asarray(mask).astype(np.float32) / 255, num_inference_steps=STEPS, generator=gen(), output_type="np"
+        array,
+        np.asarray(mask).astype(np.float32) / 255,
+        num_inference_steps=STEPS,
+        generator=generator(),
+        output_type="np",
     ).images
     tensor = torch.from_numpy(array).permute(2, 0, 1)
     from_pt = pipe(
         tensor,
         torch.from_numpy(np.asarray(mask) / 255.0),
         num_inference_steps=STEPS,
-        generator=gen(),
+        generator=generator(),
         output_type="np",
     ).images
     assert np.abs(from_pil - from_np).max() <= 1e-6
@@ -219,8 +190,10 @@ def test_decoder_gets_a_binary_mask_whatever_the_mask_values():
         seen.append(mask) or decode(latents, image, mask, **kwargs)
     )
     mask = torch.from_numpy(np.asarray(make_mask(64, 64), np.float32) / 255 * 3 - 0.5)  # values -0.5 and 2.5
-    soft = pipe(make_image(64, 64), mask, num_inference_steps=STEPS, generator=gen(), output_type="np").images
-    binary = pipe(make_image(64, 64), mask > 0.5, num_inference_steps=STEPS, generator=gen(), output_type="np").images
+    soft = pipe(random_image(64, 64), mask, num_inference_steps=STEPS, generator=generator(), output_type="np").images
+    binary = pipe(
+        random_image(64, 64), mask > 0.5, num_inference_steps=STEPS, generator=generator(), output_type="np"
+    ).images
     assert len(seen) == 2 and all(set(m.unique().tolist()) == {0.0, 1.0} for m in seen)
     assert np.array_equal(soft, binary)
 
@@ -232,7 +205,7 @@ def test_decoder_gets_a_binary_mask_whatever_the_mask_values():
         ({"image": "/nonexistent/photo.png"}, "could not read an image"),
         ({"mask_image": make_mask(64, 32)}, "aspect ratios differ"),
         ({"image": np.zeros((0, 10, 3), np.float32)}, "zero size"),
-        ({"mask_image": [make_mask(64, 64)] * 3, "image": [make_image(64, 64)] * 2}, "batch size 3"),
+        ({"mask_image": [make_mask(64, 64)] * 3, "image": [random_image(64, 64)] * 2}, "batch size 3"),
         ({"prompt_embeds": torch.zeros(3, 16, 32)}, "`prompt_embeds` has batch size 3"),
         ({"output_type": "jpeg"}, "`output_type`"),
         ({"num_inference_steps": 0}, "`num_inference_steps`"),
@@ -244,7 +217,7 @@ def test_decoder_gets_a_binary_mask_whatever_the_mask_values():
     ],
 )
 def test_bad_input_raises_value_error(pipe, kwargs, message):
-    call = {"image": make_image(64, 64), "mask_image": make_mask(64, 64), "num_inference_steps": 1}
+    call = {"image": random_image(64, 64), "mask_image": make_mask(64, 64), "num_inference_steps": 1}
     call.update(kwargs)
     with pytest.raises(ValueError, match=message):
         pipe(**call)
@@ -252,15 +225,15 @@ def test_bad_input_raises_value_error(pipe, kwargs, message):
 
 def test_truncated_file_is_a_value_error(pipe, tmp_path):
     path = tmp_path / "broken.png"
-    make_image(64, 64).save(path)
+    random_image(64, 64).save(path)
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(ValueError, match="could not read an image|could not be decoded"):
         pipe(str(path), make_mask(64, 64), num_inference_steps=1)
 
 
 def test_save_and_load_round_trip(pipe, tmp_path):
-    image, mask = make_image(64, 64), make_mask(64, 64)
-    before = pipe(image, mask, num_inference_steps=STEPS, generator=gen(), output_type="np").images
+    image, mask = random_image(64, 64), make_mask(64, 64)
+    before = pipe(image, mask, num_inference_steps=STEPS, generator=generator(), output_type="np").images
     pipe.save_pretrained(tmp_path)
     assert all(
         (tmp_path / name / "diffusion_pytorch_model.safetensors").exists()
@@ -268,13 +241,13 @@ def test_save_and_load_round_trip(pipe, tmp_path):
     )
     loaded = AsukaPipeline.from_pretrained(tmp_path)
     loaded.set_progress_bar_config(disable=True)
-    after = loaded(image, mask, num_inference_steps=STEPS, generator=gen(), output_type="np").images
+    after = loaded(image, mask, num_inference_steps=STEPS, generator=generator(), output_type="np").images
     assert np.array_equal(before, after)
 
 
 def test_hub_format_loads_without_the_asuka_package(pipe, tmp_path):
-    image, mask = make_image(64, 64), make_mask(64, 64)
-    expected = pipe(image, mask, num_inference_steps=STEPS, generator=gen(), output_type="np").images
+    image, mask = random_image(64, 64), make_mask(64, 64)
+    expected = pipe(image, mask, num_inference_steps=STEPS, generator=generator(), output_type="np").images
     folder = tmp_path / "hub"
     code = ("pipeline_asuka.py", "mae/mae.py", "aligner/aligner.py", "decoder/decoder.py")
     out = run_hub_format_without_asuka(pipe, folder, tmp_path, image, mask, STEPS, python_imports=code)
@@ -285,7 +258,7 @@ def test_hub_format_loads_without_the_asuka_package(pipe, tmp_path):
 
 
 def test_mae_reconstruction_preview(pipe):
-    image, mask = make_image(60, 90), make_mask(60, 90)
+    image, mask = random_image(60, 90), make_mask(60, 90)
     preview = pipe.mae_reconstruction(image, mask)[0]
     hole = np.asarray(mask) > 127
     assert preview.size == (90, 60)
@@ -309,9 +282,11 @@ def test_asymmetric_vae_decoder_row():
         sample_size=64,
     ).eval()
     pipe = make_tiny_pipeline("sd", decoder=asymmetric)
-    image, mask = make_image(64, 64), make_mask(64, 64)
-    latents = pipe(image, mask, num_inference_steps=STEPS, generator=gen(), output_type="latent").images
-    out = pipe(image, mask, num_inference_steps=STEPS, generator=gen(), keep_unmasked=False, output_type="pt").images
+    image, mask = random_image(64, 64), make_mask(64, 64)
+    latents = pipe(image, mask, num_inference_steps=STEPS, generator=generator(), output_type="latent").images
+    out = pipe(
+        image, mask, num_inference_steps=STEPS, generator=generator(), keep_unmasked=False, output_type="pt"
+    ).images
     init = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 127.5 - 1
     hole = torch.from_numpy(np.asarray(mask) > 127)[None, None].float()
     expected = asymmetric.decode(latents / pipe.vae.config.scaling_factor, image=init, mask=hole).sample
@@ -320,12 +295,28 @@ def test_asymmetric_vae_decoder_row():
 
 def test_decoder_tiling_in_the_pipeline():
     pipe = make_tiny_pipeline("sd")
-    image, mask = make_image(64, 64), make_mask(64, 64)
-    whole = pipe(image, mask, num_inference_steps=STEPS, generator=gen(), output_type="np").images
+    image, mask = random_image(64, 64), make_mask(64, 64)
+    whole = pipe(image, mask, num_inference_steps=STEPS, generator=generator(), output_type="np").images
     pipe.vae.enable_tiling()
     pipe.decoder.enable_tiling(tile_sample_size=32)
-    tiled = pipe(image, mask, num_inference_steps=STEPS, generator=gen(), output_type="np").images
+    tiled = pipe(image, mask, num_inference_steps=STEPS, generator=generator(), output_type="np").images
     hole = np.asarray(mask) > 127
     assert tiled.shape == whole.shape
     assert np.array_equal(tiled[0][~hole], whole[0][~hole])  # unmasked pixels are the input's either way
     assert not np.array_equal(tiled, whole)  # the hole was decoded in tiles
+
+
+def test_vae_tiling_is_used_and_close_to_untiled():
+    image, mask = random_image(64, 64), make_mask(64, 64)
+    kwargs = dict(num_inference_steps=2, output_type="np")
+    reference = make_tiny_pipeline("sd", decoder=None)(image, mask, generator=generator(), **kwargs).images
+    pipe = make_tiny_pipeline("sd", decoder=None)
+    pipe.vae.enable_tiling()
+    pipe.vae.tile_sample_min_size, pipe.vae.tile_latent_min_size = 32, 16  # tiles smaller than the 64x64 input
+    tiled = []
+    for name in ("_tiled_encode", "tiled_decode"):
+        original = getattr(pipe.vae, name)
+        setattr(pipe.vae, name, lambda *a, _o=original, _n=name, **k: tiled.append(_n) or _o(*a, **k))
+    out = pipe(image, mask, generator=generator(), **kwargs).images
+    assert set(tiled) == {"_tiled_encode", "tiled_decode"}
+    assert np.abs(out - reference).mean() < 1e-2  # tiles are blended, so only close, not equal

@@ -32,9 +32,9 @@ from tests.support.hub import (
     assert_backbone_loaded_from_pointer,
     light_and_full_repos,
     load_light_repo_without_asuka,
-    make_inputs,
     save_sd_backbone,
 )
+from tests.support.inputs import make_inputs
 from tests.support.training import (
     offline,  # noqa: F401 (the module-wide autouse fixture)
     random_images,

@@ -7,16 +7,15 @@ import torch
 
 from asuka.pipelines.cached_attention import ConstantInputCache, constant_condition_modules, is_compiled
 from asuka.testing import make_tiny_pipeline
+from tests.support.inputs import box_mask_array, random_array
 
 
 STEPS = 3
 
 
 def _inputs(size: int = 32):
-    image = np.random.RandomState(0).rand(size, size, 3).astype(np.float32)
-    mask = np.zeros((size, size), np.float32)
-    mask[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 1
-    return image, mask
+    hole = (size // 4, 3 * size // 4)
+    return random_array(size, size), box_mask_array(size, size, rows=hole, cols=hole)
 
 
 def _run(pipe, cached: bool, **kwargs):

@@ -14,13 +14,12 @@ import torch
 from diffusers.hooks import FirstBlockCacheConfig
 
 from asuka.testing import make_tiny_pipeline
+from tests.support.inputs import box_mask, random_image
 
 
 def inputs(width: int, height: int) -> tuple[PIL.Image.Image, PIL.Image.Image]:
-    image = PIL.Image.fromarray((np.random.RandomState(0).rand(height, width, 3) * 255).astype(np.uint8))
-    mask = np.zeros((height, width), dtype=np.uint8)
-    mask[height // 4 : height // 2, width // 3 : 2 * width // 3] = 255
-    return image, PIL.Image.fromarray(mask)
+    mask = box_mask(height, width, rows=(height // 4, height // 2), cols=(width // 3, 2 * width // 3))
+    return random_image(height, width), mask
 
 
 def run(pipe, width: int = 48, height: int = 32) -> np.ndarray:

@@ -10,11 +10,11 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from asuka.pipelines.pipeline_strdiffusion import extract_structure
+from tests.support.inputs import generator
 from tests.support.pipeline_contract import (
     CASES,
     REQUIRED_OPTIONAL_PARAMS,
     Case,
-    gen,
     make_image,
     make_mask,
     make_pipe,
@@ -48,10 +48,10 @@ def test_num_images_per_prompt_times_a_batch_of_two(pipe, case):
     assert len(out) == 4 and all(im.size == case.size for im in out)
 
     # With one generator per output, each output is the single run of its input with its generator.
-    batched = run(pipe, case, images, masks, num_images_per_prompt=2, generator=[gen(10 + j) for j in range(4)])
+    batched = run(pipe, case, images, masks, num_images_per_prompt=2, generator=[generator(10 + j) for j in range(4)])
     assert batched.shape == (4, case.size[1], case.size[0], 3)
     for j in range(4):
-        single = run(pipe, case, images[j // 2], masks[j // 2], generator=gen(10 + j))
+        single = run(pipe, case, images[j // 2], masks[j // 2], generator=generator(10 + j))
         assert np.abs(batched[j] - single[0]).max() <= 1e-4, f"output {j}"
     assert np.abs(batched[0] - batched[1]).max() > 1e-3  # two samples of one input differ
 
@@ -59,10 +59,10 @@ def test_num_images_per_prompt_times_a_batch_of_two(pipe, case):
 def test_given_latents_start_the_run(pipe, case):
     # A run's latent output is its final latents, so it has the shape of the latents the run starts from.
     shape = run(pipe, case, output_type="latent").shape
-    latents = torch.randn(shape, generator=gen(5))
+    latents = torch.randn(shape, generator=generator(5))
     given = run(pipe, case, latents=latents)
     assert np.array_equal(run(pipe, case, latents=latents.clone()), given)
-    assert np.abs(run(pipe, case, latents=torch.randn(shape, generator=gen(6))) - given).max() > 1e-3
+    assert np.abs(run(pipe, case, latents=torch.randn(shape, generator=generator(6))) - given).max() > 1e-3
     assert np.abs(run(pipe, case) - given).max() > 1e-3  # the drawn latents are other ones
     wrong = torch.randn(shape[0], shape[1] + 1, *shape[2:])
     with pytest.raises(ValueError, match=r"`latents` has shape .*; expected"):
@@ -85,11 +85,19 @@ def test_save_and_from_pretrained_with_torch_dtype(pipe, case, tmp_path):
     assert np.abs(run(same_dtype, case) - run(pipe, case)).max() <= 1e-5
 
 
-def test_to_bfloat16_runs(case):
-    bf16 = make_pipe(case).to(torch.bfloat16)
-    out = run(bf16, case, output_type="pt")
+# StrDiffusion in float16 is left out: its discriminator's accept/resample decisions flip, so whole steps differ.
+HALF_PRECISION = [(case, torch.bfloat16) for case in CASES]
+HALF_PRECISION += [(case, torch.float16) for case in CASES if case.kind != "strdiffusion"]
+
+
+@pytest.mark.parametrize("case, dtype", HALF_PRECISION, ids=lambda value: str(value).replace("torch.", ""))
+def test_to_half_precision_casts_every_model_and_stays_close_to_float32(case, dtype):
+    half = make_pipe(case).to(dtype)
+    modules = {name: m for name, m in half.components.items() if isinstance(m, torch.nn.Module)}
+    assert modules and {m.dtype for m in modules.values()} == {dtype}
+    out = run(half, case, output_type="pt")
     assert out.shape == (1, 3, case.size[1], case.size[0]) and torch.isfinite(out).all()
-    assert np.abs(run(bf16, case) - run(make_pipe(case), case)).max() < 0.5  # the same picture, roughly
+    assert np.abs(run(half, case) - run(make_pipe(case), case)).mean() < 5e-3
 
 
 def test_rebuilding_from_components_is_identical(pipe, case):
@@ -134,27 +142,27 @@ def test_strdiffusion_latents_and_initial_structure_state_replace_the_first_draw
     case = CASES[2]
     pipe = make_pipe(case)
     image, mask = make_image(case), make_mask(case)
-    drawn = run(pipe, case, generator=gen(3))
+    drawn = run(pipe, case, generator=generator(3))
 
     width, height = case.size
     pixels = torch.from_numpy(np.asarray(image).astype(np.float32) / 255).permute(2, 0, 1)[None]
     known = 1 - torch.from_numpy(np.asarray(mask) > 127).float()[None, None]
     _, edges = extract_structure(pixels, pipe.config.canny_sigma)
-    generator = gen(3)
-    texture_noise = randn_tensor((1, 3, height, width), generator=generator)
-    structure_noise = randn_tensor((1, 1, height, width), generator=generator)
+    noise_generator = generator(3)
+    texture_noise = randn_tensor((1, 3, height, width), generator=noise_generator)
+    structure_noise = randn_tensor((1, 1, height, width), generator=noise_generator)
     max_sigma = pipe.scheduler.max_sigma
     given = run(
         pipe,
         case,
         image,
         mask,
-        generator=generator,
+        generator=noise_generator,
         latents=pixels * known + max_sigma * texture_noise,
         initial_structure_state=edges * known + max_sigma * structure_noise,
     )
     assert np.abs(given - drawn).max() <= 1e-5
-    other = run(pipe, case, generator=gen(3), latents=torch.zeros(1, 3, height, width))
+    other = run(pipe, case, generator=generator(3), latents=torch.zeros(1, 3, height, width))
     assert np.abs(other - drawn).max() > 1e-3
     with pytest.raises(ValueError, match="`latents` has shape"):
         run(pipe, case, latents=torch.zeros(1, 3, height + 1, width))

@@ -17,24 +17,16 @@ from asuka.testing.flux import (
     make_tiny_masked_image_encoder,
 )
 from tests.support.hub import run_hub_format_without_asuka
+from tests.support.inputs import box_mask, generator, random_image
 
 
 STEPS = 2
 
 
-def make_image(height: int, width: int, seed: int = 0) -> PIL.Image.Image:
-    rng = np.random.RandomState(seed)
-    return PIL.Image.fromarray((rng.rand(height, width, 3) * 255).astype(np.uint8))
-
-
 def make_mask(height: int, width: int) -> PIL.Image.Image:
-    mask = np.zeros((height, width), dtype=np.uint8)
-    mask[height // 4 : height // 4 + max(1, height // 3), width // 3 : width // 3 + max(1, width // 3)] = 255
-    return PIL.Image.fromarray(mask)
-
-
-def generator(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+    """A hole a third of each side, left of the middle."""
+    rows, cols = (height // 4, height // 4 + max(1, height // 3)), (width // 3, width // 3 + max(1, width // 3))
+    return box_mask(height, width, rows=rows, cols=cols)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +38,7 @@ def test_equals_diffusers_flux_fill_with_explicit_embeddings():
     """Plain VAE decode, keep_unmasked=False, same embeddings/seed/steps: identical to FluxFillPipeline."""
     flux_fill = make_tiny_flux_backbone_pipeline(seed=0)
     asuka = make_tiny_pipeline(kind="flux", seed=0, decoder=None)
-    image, mask = make_image(32, 48), make_mask(32, 48)
+    image, mask = random_image(32, 48), make_mask(32, 48)
     embeds = torch.randn(1, 7, 32, generator=generator(1))
     pooled = torch.randn(1, 24, generator=generator(2))
 
@@ -68,7 +60,7 @@ def test_equals_diffusers_flux_fill_with_explicit_embeddings():
 @pytest.mark.parametrize("size", [(64, 64), (37, 53), (23, 120), (77, 1000)])
 def test_any_size_output_at_input_size_and_unmasked_pixels_exact(pipe, size):
     height, width = size
-    image, mask = make_image(height, width), make_mask(height, width)
+    image, mask = random_image(height, width), make_mask(height, width)
     out = pipe(image=image, mask_image=mask, num_inference_steps=STEPS, generator=generator()).images[0]
     assert out.size == (width, height)
     keep = np.asarray(mask) == 0
@@ -78,7 +70,7 @@ def test_any_size_output_at_input_size_and_unmasked_pixels_exact(pipe, size):
 
 def test_large_image_processed_on_a_crop(pipe):
     """A big image with a small hole: output at full size, every unmasked pixel bit-identical."""
-    image, mask = make_image(300, 400, seed=3), np.zeros((300, 400), dtype=np.uint8)
+    image, mask = random_image(300, 400, seed=3), np.zeros((300, 400), dtype=np.uint8)
     mask[140:170, 200:240] = 255
     out = pipe(
         image=image,
@@ -93,7 +85,7 @@ def test_large_image_processed_on_a_crop(pipe):
 
 
 def test_condition_weight_zero_is_exactly_the_null_conditioning(pipe):
-    image, mask = make_image(32, 32), make_mask(32, 32)
+    image, mask = random_image(32, 32), make_mask(32, 32)
     with torch.no_grad():
         tokens, pooled = pipe.encode_prior(
             torch.rand(1, 3, 32, 32, generator=generator(4)), torch.ones(1, 1, 32, 32), condition_weight=0.0
@@ -136,7 +128,7 @@ def test_decoder_is_used_and_unscales_latents(pipe):
 
 
 def test_determinism_and_seeds(pipe):
-    image, mask = make_image(32, 32), make_mask(32, 32)
+    image, mask = random_image(32, 32), make_mask(32, 32)
 
     def run(seed):
         return pipe(
@@ -148,30 +140,8 @@ def test_determinism_and_seeds(pipe):
     assert not np.array_equal(first, other)
 
 
-def test_callback_runs_each_step_and_can_replace_latents(pipe):
-    image, mask = make_image(32, 32), make_mask(32, 32)
-    calls = []
-
-    def record(p, step, timestep, tensors):
-        calls.append(step)
-        assert set(tensors) == {"latents", "prompt_embeds"}
-        return {"latents": torch.zeros_like(tensors["latents"])}
-
-    latents = pipe(
-        image=image,
-        mask_image=mask,
-        num_inference_steps=3,
-        generator=generator(),
-        output_type="latent",
-        callback_on_step_end=record,
-        callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"],
-    ).images
-    assert calls == [0, 1, 2]
-    assert torch.count_nonzero(latents) == 0
-
-
 def test_output_types_and_num_images(pipe):
-    image, mask = make_image(32, 48), make_mask(32, 48)
+    image, mask = random_image(32, 48), make_mask(32, 48)
     kwargs = dict(image=image, mask_image=mask, num_inference_steps=STEPS, num_images_per_prompt=2)
     pil = pipe(**kwargs, generator=generator()).images
     array = pipe(**kwargs, generator=generator(), output_type="np").images
@@ -187,7 +157,7 @@ def test_output_types_and_num_images(pipe):
 
 def test_full_mask_gives_a_valid_image(pipe):
     out = pipe(
-        image=make_image(40, 24),
+        image=random_image(40, 24),
         mask_image=PIL.Image.new("L", (24, 40), 255),
         num_inference_steps=STEPS,
         generator=generator(),
@@ -197,7 +167,7 @@ def test_full_mask_gives_a_valid_image(pipe):
 
 
 def test_empty_mask_returns_input(pipe):
-    image = make_image(30, 40)
+    image = random_image(30, 40)
     out = pipe(image=image, mask_image=PIL.Image.new("L", (40, 30), 0), num_inference_steps=STEPS).images[0]
     assert np.array_equal(np.asarray(out), np.asarray(image))
 
@@ -214,30 +184,10 @@ def test_empty_mask_returns_input(pipe):
     ],
 )
 def test_bad_inputs_raise_value_error(pipe, kwargs, message):
-    call = dict(image=make_image(32, 32), mask_image=make_mask(32, 32), num_inference_steps=STEPS)
+    call = dict(image=random_image(32, 32), mask_image=make_mask(32, 32), num_inference_steps=STEPS)
     call.update(kwargs)
     with pytest.raises(ValueError, match=message):
         pipe(**call)
-
-
-def test_bfloat16_runs():
-    bf16 = make_tiny_pipeline(kind="flux").to(torch.bfloat16)
-    out = bf16(
-        image=make_image(32, 32),
-        mask_image=make_mask(32, 32),
-        num_inference_steps=STEPS,
-        generator=generator(),
-        output_type="np",
-    ).images
-    assert out.shape == (1, 32, 32, 3) and np.isfinite(out).all()
-
-
-def test_cpu_offload_sequence_names_the_components(pipe):
-    assert set(pipe.model_cpu_offload_seq.split("->")) == {
-        name
-        for name, module in pipe.components.items()
-        if isinstance(module, torch.nn.Module) or name in pipe._optional_components
-    }
 
 
 def with_encoder(pipe, **components) -> AsukaFluxPipeline:
@@ -250,7 +200,7 @@ def with_encoder(pipe, **components) -> AsukaFluxPipeline:
 def run_two_per_image(pipe) -> np.ndarray:
     """Two outputs of one image, one generator each (so the masked image is encoded with a list of generators)."""
     return pipe(
-        image=make_image(32, 48),
+        image=random_image(32, 48),
         mask_image=make_mask(32, 48),
         num_inference_steps=STEPS,
         num_images_per_prompt=2,
@@ -292,7 +242,9 @@ def test_save_and_load_round_trip(pipe, tmp_path):
     loaded = AsukaFluxPipeline.from_pretrained(tmp_path / "pipe")
     loaded.set_progress_bar_config(disable=True)
     assert loaded.config.working_resolution == pipe.config.working_resolution
-    kwargs = dict(image=make_image(32, 32), mask_image=make_mask(32, 32), num_inference_steps=STEPS, output_type="np")
+    kwargs = dict(
+        image=random_image(32, 32), mask_image=make_mask(32, 32), num_inference_steps=STEPS, output_type="np"
+    )
     # Identical weights; loaded tensors may take other BLAS paths, hence float32 round-off only.
     assert (
         np.abs(pipe(**kwargs, generator=generator()).images - loaded(**kwargs, generator=generator()).images).max()
@@ -308,7 +260,7 @@ def test_hub_format_loads_without_the_asuka_package(pipe, tmp_path):
     counts than the subprocess's one, so the exact reference is a plain save of the pipeline loaded with `asuka`, run
     on one thread; the in-memory pipeline agrees to float32 round-off.
     """
-    image, mask = make_image(32, 48), make_mask(32, 48)
+    image, mask = random_image(32, 48), make_mask(32, 48)
     folder = tmp_path / "hub"
     code = ("pipeline_asuka_flux.py", "decode.py", "mae/mae.py", "token_aligner/aligner.py", "decoder/decoder.py")
     out = run_hub_format_without_asuka(pipe, folder, tmp_path, image, mask, STEPS, python_imports=code)
@@ -355,7 +307,9 @@ def test_assembly_from_flux_repo_and_converted_asuka_folder(tmp_path):
     }
     assert pipe.masked_image_encoder is None  # the folder has none
     reference = make_tiny_pipeline(kind="flux", seed=0)
-    kwargs = dict(image=make_image(32, 32), mask_image=make_mask(32, 32), num_inference_steps=STEPS, output_type="np")
+    kwargs = dict(
+        image=random_image(32, 32), mask_image=make_mask(32, 32), num_inference_steps=STEPS, output_type="np"
+    )
     actual, expected = pipe(**kwargs, generator=generator()).images, reference(**kwargs, generator=generator()).images
     assert np.abs(actual - expected).max() <= 1e-5
 

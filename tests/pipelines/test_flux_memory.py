@@ -13,7 +13,7 @@ import torch
 from accelerate import cpu_offload
 
 from asuka.testing import make_tiny_pipeline
-from tests.support.hub import make_inputs
+from tests.support.inputs import make_inputs
 
 
 STEPS = 2

@@ -26,7 +26,8 @@ from torchao.quantization import Int8Tensor, Int8WeightOnlyConfig
 
 from asuka import AsukaFluxPipeline
 from asuka.testing import make_tiny_pipeline
-from tests.support.hub import make_inputs, run_without_asuka
+from tests.support.hub import run_without_asuka
+from tests.support.inputs import make_inputs
 
 
 STEPS = 2

@@ -1,7 +1,6 @@
 """What the ASUKA pipelines and methods give their MAE: the input cut to the working region at the input's own
 resolution (as the reference reads the image it was given), and the call's input order."""
 
-import numpy as np
 import PIL.Image
 import pytest
 import torch
@@ -9,14 +8,12 @@ import torch
 from asuka.methods import InpaintRequest, load_pipeline, run_method
 from asuka.pipelines.inpaint_steps import plan_working_region, standardise_inputs
 from asuka.testing import make_tiny_pipeline
+from tests.support.inputs import box_mask, random_image
 
 
 def make_inputs(width: int, height: int) -> tuple[PIL.Image.Image, PIL.Image.Image]:
-    rng = np.random.RandomState(0)
-    image = PIL.Image.fromarray((rng.rand(height, width, 3) * 255).astype(np.uint8))
-    mask = np.zeros((height, width), np.uint8)
-    mask[height // 3 : height // 2, width // 4 : width // 2] = 255
-    return image, PIL.Image.fromarray(mask)
+    mask = box_mask(height, width, rows=(height // 3, height // 2), cols=(width // 4, width // 2))
+    return random_image(height, width), mask
 
 
 def record_calls(monkeypatch, module: torch.nn.Module, name: str) -> list[tuple]:

@@ -13,6 +13,7 @@ from diffusers.hooks.mag_cache import FLUX_MAG_RATIOS, nearest_interp
 
 from asuka.pipelines.step_cache import calibrate_mag_cache, parse_cache_spec
 from asuka.testing import make_tiny_pipeline
+from tests.support.inputs import box_mask, random_image
 
 
 DOUBLE = ["transformer_blocks.0", "transformer_blocks.1"]
@@ -77,13 +78,11 @@ CACHES = {
 
 
 def make_image() -> PIL.Image.Image:
-    return PIL.Image.fromarray((np.random.RandomState(0).rand(32, 48, 3) * 255).astype(np.uint8))
+    return random_image(32, 48)
 
 
 def make_mask() -> PIL.Image.Image:
-    mask = np.zeros((32, 48), dtype=np.uint8)
-    mask[8:20, 16:32] = 255
-    return PIL.Image.fromarray(mask)
+    return box_mask(32, 48, rows=(8, 20), cols=(16, 32))
 
 
 def flux_pipe():

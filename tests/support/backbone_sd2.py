@@ -27,7 +27,7 @@ SD2_INPAINTING = register_backbone(
             "CreativeML Open RAIL++-M",
             f"https://huggingface.co/{SD2_REPO}/blob/main/LICENSE-MODEL",
         ),
-        tiny_factory="backbone_sd2:make_tiny_sd2_pipeline",
+        tiny_factory="tests.support.backbone_sd2:make_tiny_sd2_pipeline",
     )
 )
 

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
 from asuka.testing import make_tiny_pipeline
 from asuka.testing.flux import flux_fill_pipeline, make_tiny_flux_components
 from asuka.testing.sd import make_tiny_sd_components, sd_inpaint_pipeline
+from tests.support.inputs import make_inputs
 
 
 BACKBONE_SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -229,15 +229,6 @@ def assert_backbone_loaded_from_pointer(
             continue
         assert half[class_name]["torch_dtype"] == "torch.float16" and half[class_name]["variant"] == "fp16"
         assert half[class_name]["revision"] == BACKBONE_SHA
-
-
-def make_inputs(size: int = 64) -> tuple[Image.Image, Image.Image]:
-    """A random RGB image and a rectangular hole in its middle."""
-    rng = np.random.RandomState(0)
-    image = Image.fromarray((rng.rand(size, size, 3) * 255).astype(np.uint8))
-    mask = np.zeros((size, size), np.uint8)
-    mask[size // 4 : 3 * size // 4, size // 3 : 2 * size // 3] = 255
-    return image, Image.fromarray(mask)
 
 
 def light_and_full_repos(

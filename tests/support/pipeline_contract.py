@@ -8,12 +8,11 @@ call arguments diffusers' pipeline tests require of it.
 
 from dataclasses import dataclass
 
-import numpy as np
 import PIL.Image
-import torch
 
 from asuka.testing import make_tiny_pipeline
 from tests.support.backbone_sd2 import SD2_INPAINTING
+from tests.support.inputs import box_mask, generator, random_image
 
 
 # The optional `__call__` arguments diffusers' `PipelineTesterMixin` requires of every pipeline
@@ -76,20 +75,13 @@ def make_pipe(case: Case):
 
 def make_image(case: Case, seed: int = 0) -> PIL.Image.Image:
     width, height = case.size
-    rng = np.random.RandomState(seed)
-    return PIL.Image.fromarray((rng.rand(height, width, 3) * 255).astype(np.uint8))
+    return random_image(height, width, seed)
 
 
 def make_mask(case: Case, shift: int = 0) -> PIL.Image.Image:
     """A white rectangle in the middle (moved right by `shift` pixels) on black."""
     width, height = case.size
-    mask = np.zeros((height, width), np.uint8)
-    mask[height // 4 : 3 * height // 4, width // 4 + shift : width // 2 + shift] = 255
-    return PIL.Image.fromarray(mask)
-
-
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+    return box_mask(height, width, rows=(height // 4, 3 * height // 4), cols=(width // 4 + shift, width // 2 + shift))
 
 
 def run(pipe, case: Case, image=None, mask=None, **kwargs):
@@ -97,7 +89,7 @@ def run(pipe, case: Case, image=None, mask=None, **kwargs):
     kwargs.setdefault("num_inference_steps", case.steps)
     kwargs.setdefault("output_type", "np")
     if "generator" not in kwargs:
-        kwargs["generator"] = gen()
+        kwargs["generator"] = generator()
     image = make_image(case) if image is None else image
     mask = make_mask(case) if mask is None else mask
     return pipe(image, mask, **kwargs).images

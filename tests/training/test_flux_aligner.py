@@ -23,7 +23,8 @@ from asuka.testing import make_tiny_pipeline
 from asuka.testing.flux import make_tiny_flux_backbone_pipeline
 from tests.support.accelerate_launch import two_process_launch
 from tests.support.flux import pipeline_transformer_call
-from tests.support.hub import make_inputs, weight_files
+from tests.support.hub import weight_files
+from tests.support.inputs import make_inputs
 from tests.support.training import (
     ROOT,
     fresh_accelerate_state,  # noqa: F401 (a fixture)
