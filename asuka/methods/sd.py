@@ -14,7 +14,7 @@ from asuka.methods.running import InpaintRequest, InpaintResult, ProgressCallbac
 
 
 def load_asuka_sd(model: str, device: str, dtype: torch.dtype) -> Any:
-    """An AsukaPipeline saved with ``save_pretrained``, full or light (folder or Hub repo; docs/hub.md)."""
+    """An AsukaPipeline saved with `save_pretrained`, full or light (folder or Hub repo; docs/hub.md)."""
     from asuka import AsukaPipeline
 
     return ready_pipeline(AsukaPipeline.from_pretrained(model, torch_dtype=dtype), device)
