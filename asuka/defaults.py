@@ -28,7 +28,7 @@ _DTYPES = {
 
 
 def parse_dtype(name: str | torch.dtype) -> torch.dtype:
-    """A dtype name (``"fp16"``, ``"bfloat16"``, ``"float32"``, ...) or a torch dtype to a torch dtype."""
+    """A dtype name (`"fp16"`, `"bfloat16"`, `"float32"`, ...) or a torch dtype to a torch dtype."""
     if isinstance(name, torch.dtype):
         return name
     try:
@@ -38,7 +38,7 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
 
 
 def default_device() -> str:
-    """``"cuda"`` when a GPU is visible, else ``"cpu"``."""
+    """`"cuda"` when a GPU is visible, else `"cpu"`."""
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -51,8 +51,8 @@ def resolve_device_dtype(
     device: str | torch.device | None, dtype: str | torch.dtype | None
 ) -> tuple[str, torch.dtype]:
     """The device and dtype to run on, as the app, the CLI and the evaluation runner choose them: None or
-    ``"auto"`` is the default (:func:`default_device`, then :func:`default_dtype` for that device); a dtype name
-    is parsed (``ValueError`` for an unknown one)."""
+    `"auto"` is the default ([`default_device`], then [`default_dtype`] for that device); a dtype name
+    is parsed (`ValueError` for an unknown one)."""
     device = default_device() if device is None or device == "auto" else str(device)
     dtype = default_dtype(device) if dtype is None or dtype == "auto" else parse_dtype(dtype)
     return device, dtype
