@@ -59,30 +59,30 @@ except ImportError:
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 TINY_BANNER = "⚠️ **Tiny mode: random weights, for trying the interface.** Results are noise, not inpainting."
 MAX_SEED = 2**31 - 1
-#: Result files kept for download (newest first); older ones, and any past the cache age, are removed.
+# Result files kept for download (newest first); older ones, and any past the cache age, are removed.
 MAX_RESULT_FILES = 64
-#: Seconds after which uploads, outputs and result files are deleted (Gradio's `delete_cache` age).
+# Seconds after which uploads, outputs and result files are deleted (Gradio's `delete_cache` age).
 CACHE_MAX_AGE_S = 6 * 3600
 
-#: How a Space owner passes what the guidance calls flags.
+# How a Space owner passes what the guidance calls flags.
 SPACES_HINT = (
     "On a Space, flags are Space variables (Settings -> Variables): ASUKA_METHOD=NAME, ASUKA_MODEL=PATH_OR_ID, "
     "ASUKA_TINY=1; a gated model also needs an HF_TOKEN secret of an account that accepted its licence."
 )
 
-#: Seconds for everything around the denoising loop (moving weights, VAE/MAE passes, PNG encoding).
+# Seconds for everything around the denoising loop (moving weights, VAE/MAE passes, PNG encoding).
 GPU_OVERHEAD_S = 15
-#: The longest ZeroGPU call asked for; longer estimates are capped (a Space visitor's quota is finite).
+# The longest ZeroGPU call asked for; longer estimates are capped (a Space visitor's quota is finite).
 GPU_MAX_DURATION_S = 300
-#: ZeroGPU seconds asked for one click or `/segment` call (the first one also loads SAM 2.1, 156 MB).
+# ZeroGPU seconds asked for one click or `/segment` call (the first one also loads SAM 2.1, 156 MB).
 SEGMENT_GPU_DURATION_S = 30
-#: The selection's colour over the photo in the "Click to select" view, and its opacity.
+# The selection's colour over the photo in the "Click to select" view, and its opacity.
 SELECTION_RGB, SELECTION_OPACITY = (255, 0, 255), 0.5
-#: A press and release this many photo pixels apart in the click view is a box drag, not a click.
+# A press and release this many photo pixels apart in the click view is a box drag, not a click.
 DRAG_MIN_PX = 4
-#: Run on page load: remembers where a press on the click view started (photo pixels, placed as Gradio places the
-#: photo: contained, centred, never enlarged) and whether Shift or Alt was held, so that the release can select the
-#: box of a drag or subtract; and keeps the browser from dragging the picture itself.
+# Run on page load: remembers where a press on the click view started (photo pixels, placed as Gradio places the
+# photo: contained, centred, never enlarged) and whether Shift or Alt was held, so that the release can select the
+# box of a drag or subtract; and keeps the browser from dragging the picture itself.
 DRAG_SETUP_JS = """
 () => {
   const inView = (event) => event.target.closest && event.target.closest("#select-view");
@@ -100,7 +100,7 @@ DRAG_SETUP_JS = """
   }, true);
 }
 """
-#: Run before each click's handler: passes the press position along with the click.
+# Run before each click's handler: passes the press position along with the click.
 DRAG_READ_JS = "(editor, upload, selection, mode, press) => [editor, upload, selection, mode, window.asukaDragStart]"
 
 

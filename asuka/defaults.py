@@ -6,13 +6,13 @@ Imported by the methods, the CLI, the app, the evaluation runner and the convert
 import torch
 
 
-#: Hub id of the SD-1.5 inpainting backbone (the community mirror of runwayml's release).
+# Hub id of the SD-1.5 inpainting backbone (the community mirror of runwayml's release).
 SD_INPAINT_REPO = "stable-diffusion-v1-5/stable-diffusion-inpainting"
-#: Hub id of the FLUX.1-Fill backbone (gated: accept its licence and log in).
+# Hub id of the FLUX.1-Fill backbone (gated: accept its licence and log in).
 FLUX_FILL_REPO = "black-forest-labs/FLUX.1-Fill-dev"
-#: Hub id of the authors' ASUKA-FLUX release (MAE, aligners and decoder for FLUX.1-Fill).
+# Hub id of the authors' ASUKA-FLUX release (MAE, aligners and decoder for FLUX.1-Fill).
 ASUKA_FLUX_RELEASE_REPO = "yikaiwang/ASUKA-FLUX.1-Fill"
-#: Hub id of the demo's click-to-select model (SAM 2.1, its smallest size; see asuka/methods/segment.py).
+# Hub id of the demo's click-to-select model (SAM 2.1, its smallest size; see asuka/methods/segment.py).
 SEGMENT_MODEL_REPO = "facebook/sam2.1-hiera-tiny"
 
 _DTYPES = {

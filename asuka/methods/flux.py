@@ -27,7 +27,7 @@ from asuka.methods.running import InpaintRequest, InpaintResult, ProgressCallbac
 from asuka.methods.sd import ASUKA_PAPER
 
 
-#: FLUX.1-Fill's default guidance (the ASUKA release uses it too).
+# FLUX.1-Fill's default guidance (the ASUKA release uses it too).
 FLUX_GUIDANCE = 30.0
 FLUX_REQUIREMENTS = (
     "~35 GB of downloads; a CUDA GPU: 28.4 GB in bfloat16, 8 GB and up with --quantize/--offload (docs/flux.md)"

@@ -31,13 +31,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Modules that register the built-in methods when imported, in the order the methods are listed.
+# Modules that register the built-in methods when imported, in the order the methods are listed.
 PROVIDER_MODULES: tuple[str, ...] = ("asuka.methods.sd", "asuka.methods.flux", "asuka.methods.strdiffusion")
 
-#: Entry-point group through which other packages add methods.
+# Entry-point group through which other packages add methods.
 ENTRY_POINT_GROUP = "asuka.methods"
 
-#: ZeroGPU seconds per denoising step of a method that states none: as slow as the slowest built-in one.
+# ZeroGPU seconds per denoising step of a method that states none: as slow as the slowest built-in one.
 DEFAULT_GPU_SECONDS_PER_STEP = 0.6
 
 

@@ -72,7 +72,7 @@ def run_sd_backbone(pipeline: Any, request: InpaintRequest, progress: ProgressCa
     )
 
 
-#: The ASUKA paper as its authors title it (github.com/Yikai-Wang/asuka-misato); the model cards carry its BibTeX.
+# The ASUKA paper as its authors title it (github.com/Yikai-Wang/asuka-misato); the model cards carry its BibTeX.
 ASUKA_PAPER = (
     "Paper: [*Towards Enhanced Image Inpainting: Mitigating Unwanted Object Insertion and Preserving Color "
     "Consistency*](https://arxiv.org/abs/2312.04831), CVPR 2025 (Highlight)"

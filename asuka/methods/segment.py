@@ -26,12 +26,12 @@ from asuka.defaults import SEGMENT_MODEL_REPO
 from asuka.methods.loading import ModelLoadError
 
 
-#: A point prompt: pixel column, pixel row, and whether its object is added (True) or removed (False).
+# A point prompt: pixel column, pixel row, and whether its object is added (True) or removed (False).
 Point = tuple[int, int, bool]
-#: A box prompt: two opposite corners `(x0, y0, x1, y1)` in pixels, in any order.
+# A box prompt: two opposite corners `(x0, y0, x1, y1)` in pixels, in any order.
 Box = tuple[int, int, int, int]
 
-#: Side of the square input of the tiny random model (`--tiny`), its masks a quarter of that.
+# Side of the square input of the tiny random model (`--tiny`), its masks a quarter of that.
 TINY_IMAGE_SIZE = 128
 
 

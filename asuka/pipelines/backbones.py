@@ -77,9 +77,9 @@ class NoisePredictionObjective:
         return (noisy - (1 - alphas).sqrt() * prediction) / alphas.sqrt()
 
 
-#: The timestep densities of `FlowMatchingObjective` (diffusers' `compute_density_for_timestep_sampling`).
+# The timestep densities of `FlowMatchingObjective` (diffusers' `compute_density_for_timestep_sampling`).
 TIMESTEP_DENSITIES = ("logit_normal", "mode", "uniform")
-#: Its timestep shifts: none, the scheduler config's static `shift`, or the resolution-dependent shift of inference.
+# Its timestep shifts: none, the scheduler config's static `shift`, or the resolution-dependent shift of inference.
 TIMESTEP_SHIFTS = ("none", "static", "resolution")
 
 
@@ -246,7 +246,7 @@ def call_inpainting_unet(
     return unet(sample, timesteps, encoder_hidden_states=conditioning["prompt_embeds"]).sample
 
 
-#: FLUX.1-Fill's embedded guidance scale in the release (ASUKA-FLUX's and FluxFillPipeline's default is 30).
+# FLUX.1-Fill's embedded guidance scale in the release (ASUKA-FLUX's and FluxFillPipeline's default is 30).
 FLUX_GUIDANCE = 30.0
 
 
@@ -398,7 +398,7 @@ class BackboneSpec:
             )
 
 
-#: The fields every backbone of one pipeline class shares (the architecture; the rest is the checkpoint's).
+# The fields every backbone of one pipeline class shares (the architecture; the rest is the checkpoint's).
 ARCHITECTURE_FIELDS = (
     "base_pipeline_class",
     "denoiser",
