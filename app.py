@@ -5,7 +5,7 @@
     python app.py --method asuka-sd --model PATH  # ASUKA-SD from a folder written by save_pretrained
 
 Paint the region to repaint on the image, click objects to select them (SAM 2.1), or upload a mask
-(white = repaint), and press Run. The endpoints ``/inpaint`` and ``/segment`` are callable with gradio_client
+(white = repaint), and press Run. The endpoints `/inpaint` and `/segment` are callable with gradio_client
 (see docs/app.md). On a Hugging Face Space a model that cannot load does not stop the app: the page says how to
 fix it and the other methods stay usable.
 """
@@ -52,37 +52,37 @@ try:  # On a ZeroGPU Space, `spaces.GPU` grants a GPU for the duration of each c
 except ImportError:
 
     def gpu(fn=None, **options):
-        """No-op stand-in for `spaces.GPU` (bare or with options such as ``duration``) outside Spaces."""
+        """No-op stand-in for `spaces.GPU` (bare or with options such as `duration`) outside Spaces."""
         return fn if fn is not None else (lambda f: f)
 
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 TINY_BANNER = "⚠️ **Tiny mode: random weights, for trying the interface.** Results are noise, not inpainting."
 MAX_SEED = 2**31 - 1
-#: Result files kept for download (newest first); older ones, and any past the cache age, are removed.
+# Result files kept for download (newest first); older ones, and any past the cache age, are removed.
 MAX_RESULT_FILES = 64
-#: Seconds after which uploads, outputs and result files are deleted (Gradio's ``delete_cache`` age).
+# Seconds after which uploads, outputs and result files are deleted (Gradio's `delete_cache` age).
 CACHE_MAX_AGE_S = 6 * 3600
 
-#: How a Space owner passes what the guidance calls flags.
+# How a Space owner passes what the guidance calls flags.
 SPACES_HINT = (
     "On a Space, flags are Space variables (Settings -> Variables): ASUKA_METHOD=NAME, ASUKA_MODEL=PATH_OR_ID, "
     "ASUKA_TINY=1; a gated model also needs an HF_TOKEN secret of an account that accepted its licence."
 )
 
-#: Seconds for everything around the denoising loop (moving weights, VAE/MAE passes, PNG encoding).
+# Seconds for everything around the denoising loop (moving weights, VAE/MAE passes, PNG encoding).
 GPU_OVERHEAD_S = 15
-#: The longest ZeroGPU call asked for; longer estimates are capped (a Space visitor's quota is finite).
+# The longest ZeroGPU call asked for; longer estimates are capped (a Space visitor's quota is finite).
 GPU_MAX_DURATION_S = 300
-#: ZeroGPU seconds asked for one click or `/segment` call (the first one also loads SAM 2.1, 156 MB).
+# ZeroGPU seconds asked for one click or `/segment` call (the first one also loads SAM 2.1, 156 MB).
 SEGMENT_GPU_DURATION_S = 30
-#: The selection's colour over the photo in the "Click to select" view, and its opacity.
+# The selection's colour over the photo in the "Click to select" view, and its opacity.
 SELECTION_RGB, SELECTION_OPACITY = (255, 0, 255), 0.5
-#: A press and release this many photo pixels apart in the click view is a box drag, not a click.
+# A press and release this many photo pixels apart in the click view is a box drag, not a click.
 DRAG_MIN_PX = 4
-#: Run on page load: remembers where a press on the click view started (photo pixels, placed as Gradio places the
-#: photo: contained, centred, never enlarged) and whether Shift or Alt was held, so that the release can select the
-#: box of a drag or subtract; and keeps the browser from dragging the picture itself.
+# Run on page load: remembers where a press on the click view started (photo pixels, placed as Gradio places the
+# photo: contained, centred, never enlarged) and whether Shift or Alt was held, so that the release can select the
+# box of a drag or subtract; and keeps the browser from dragging the picture itself.
 DRAG_SETUP_JS = """
 () => {
   const inView = (event) => event.target.closest && event.target.closest("#select-view");
@@ -100,12 +100,12 @@ DRAG_SETUP_JS = """
   }, true);
 }
 """
-#: Run before each click's handler: passes the press position along with the click.
+# Run before each click's handler: passes the press position along with the click.
 DRAG_READ_JS = "(editor, upload, selection, mode, press) => [editor, upload, selection, mode, window.asukaDragStart]"
 
 
 def on_spaces(environ: Mapping[str, str] = os.environ) -> bool:
-    """True inside a Hugging Face Space (Spaces set ``SYSTEM=spaces`` and ``SPACE_ID``)."""
+    """True inside a Hugging Face Space (Spaces set `SYSTEM=spaces` and `SPACE_ID`)."""
     return environ.get("SYSTEM") == "spaces" or bool(environ.get("SPACE_ID"))
 
 
@@ -135,7 +135,7 @@ def gpu_duration(
     step_cache: str = "",
     progress: Any = None,
 ) -> int:
-    """Seconds of ZeroGPU to request for one `/inpaint` call (``spaces.GPU`` passes the handler's arguments).
+    """Seconds of ZeroGPU to request for one `/inpaint` call (`spaces.GPU` passes the handler's arguments).
 
     Denoising dominates: steps times the method's per-step cost (its spec's `gpu_seconds_per_step`; an unknown
     name: `methods.DEFAULT_GPU_SECONDS_PER_STEP`), once more for "also run the backbone", scaled up for photos
@@ -176,7 +176,7 @@ class PhotoEditor(gr.ImageEditor):
 
 
 class MaskUpload(gr.Image):
-    """`gr.Image` for the optional mask, read with asuka.imageio into a binary ``L`` mask (255 = repaint)."""
+    """`gr.Image` for the optional mask, read with asuka.imageio into a binary `L` mask (255 = repaint)."""
 
     what = "The mask"
 
@@ -205,17 +205,17 @@ class PhotoUpload(MaskUpload):
 
 
 class ResultFiles:
-    """The downloadable result PNGs, one sub-folder each under ``root``, bounded in number and age.
+    """The downloadable result PNGs, one sub-folder each under `root`, bounded in number and age.
 
-    ``root`` lies in Gradio's cache, so Gradio serves the files without copying them and its
-    ``delete_cache`` removes them too; :meth:`save` prunes the rest.
+    `root` lies in Gradio's cache, so Gradio serves the files without copying them and its
+    `delete_cache` removes them too; [`~ResultFiles.save`] prunes the rest.
     """
 
     def __init__(self, root: Path, max_files: int = MAX_RESULT_FILES, max_age_s: float = CACHE_MAX_AGE_S):
         self.root, self.max_files, self.max_age_s = Path(root), max_files, max_age_s
 
     def save(self, image: Image.Image) -> str:
-        """Write ``image`` as ``<root>/<unique>/inpainted.png`` after removing expired results; returns its path."""
+        """Write `image` as `<root>/<unique>/inpainted.png` after removing expired results; returns its path."""
         self.prune(keep=self.max_files - 1)
         folder = self.root / f"{time.time_ns()}-{uuid.uuid4().hex[:8]}"
         folder.mkdir(parents=True)
@@ -224,7 +224,7 @@ class ResultFiles:
         return str(path)
 
     def prune(self, keep: int | None = None) -> None:
-        """Delete results older than the age limit and all but the newest ``keep`` (default: the limit)."""
+        """Delete results older than the age limit and all but the newest `keep` (default: the limit)."""
         keep = self.max_files if keep is None else keep
         dated = []
         for folder in self.root.iterdir() if self.root.is_dir() else []:
@@ -276,7 +276,7 @@ class LoadProgress(gr.Progress):
 
 @contextmanager
 def reporting_load(progress: gr.Progress, label: str) -> Iterator[None]:
-    """While active, every tqdm bar in this thread reports to ``progress`` as a :class:`LoadProgress`."""
+    """While active, every tqdm bar in this thread reports to `progress` as a [`LoadProgress`]."""
     patch_tqdm()  # Gradio's tqdm hook (idempotent); it reads the progress from LocalContext
     progress(0, desc=f"{label}: loading (the first use downloads and prepares the weights)")
     token = LocalContext.progress.set(LoadProgress(progress, label))
@@ -338,14 +338,14 @@ def _editor_mask(editor: dict | None, mask: Image.Image | None, size: tuple[int,
 
 
 def _selected(selection: dict | None, image: Image.Image) -> np.ndarray | None:
-    """The clicked selection (boolean ``(H, W)``) if it was made on ``image``, else None."""
+    """The clicked selection (boolean `(H, W)`) if it was made on `image`, else None."""
     if selection and selection.get("key") == image_key(image):
         return selection["mask"]
     return None
 
 
 def overlay_selection(image: Image.Image, mask: np.ndarray) -> Image.Image:
-    """``image`` with ``mask`` tinted in the selection colour, as the "Click to select" view shows it."""
+    """`image` with `mask` tinted in the selection colour, as the "Click to select" view shows it."""
     photo = np.asarray(image.convert("RGB"), dtype=np.float32)
     tint = photo * (1 - SELECTION_OPACITY) + np.asarray(SELECTION_RGB, dtype=np.float32) * SELECTION_OPACITY
     return Image.fromarray(np.where(mask[..., None], tint, photo).round().astype(np.uint8), mode="RGB")
@@ -359,7 +359,7 @@ def mask_to_use(
     invert: bool = False,
 ) -> Image.Image:
     """The mask a run uses: the upload (or the painting) merged with the clicked selection, inverted if asked,
-    then grown (or shrunk, ``grow`` < 0); ``L``, 255 = repaint. `ValueError` for a mask that cannot be used."""
+    then grown (or shrunk, `grow` < 0); `L`, 255 = repaint. `ValueError` for a mask that cannot be used."""
     image = editor["background"]
     mask = np.asarray(_editor_mask(editor, mask_upload, image.size)) > 127
     selected = _selected(selection, image)
@@ -484,15 +484,15 @@ def build_demo(
     segmenter: Segmenter | None = None,
     step_cache: str | None = None,
 ) -> gr.Blocks:
-    """The Blocks UI; every model call goes through ``cache`` and the methods, every click through ``segmenter``
+    """The Blocks UI; every model call goes through `cache` and the methods, every click through `segmenter`
     (default: SAM 2.1 on the cache's device, tiny and random when the cache is).
 
-    ``step_cache`` (``NAME[:VALUE]``, e.g. ``first-block:0.12``) is the settings' default step cache for the ASUKA
+    `step_cache` (`NAME[:VALUE]`, e.g. `first-block:0.12`) is the settings' default step cache for the ASUKA
     methods; the page shows the seconds each run took.
 
-    ``guidance`` (why the first model could not load, and how to fix it) is shown where the result goes.
-    The downloads go to ``results`` (default: `results_in_gradio_cache`); Gradio deletes uploads and outputs
-    ``cache_max_age`` seconds after they were written. Building the page starts nothing: `main` starts the
+    `guidance` (why the first model could not load, and how to fix it) is shown where the result goes.
+    The downloads go to `results` (default: `results_in_gradio_cache`); Gradio deletes uploads and outputs
+    `cache_max_age` seconds after they were written. Building the page starts nothing: `main` starts the
     sweeper (`app_cache.start_cache_sweeper`) as it launches the page.
     """
     choices = [(spec.label, spec.name) for spec in methods.list_methods()]
@@ -529,7 +529,7 @@ def build_demo(
         progress: gr.Progress = gr.Progress(),
     ):
         """A click in the "Click to select" view: add (or subtract) the object under it, or set a box corner; a drag
-        selects its box. ``press``: where the press started and whether Shift or Alt was held (subtract)."""
+        selects its box. `press`: where the press started and whether Shift or Alt was held (subtract)."""
         image = (editor or {}).get("background")
         if image is None:
             raise gr.Error("No image is loaded yet: upload an image in Paint (or pick an example), then click on it.")
@@ -568,7 +568,7 @@ def build_demo(
 
     @gpu(duration=SEGMENT_GPU_DURATION_S)
     def segment_api(image: Image.Image | None, points: Any, box: Any) -> Image.Image:
-        """`/segment`: the mask (``L``, 255 = selected) of the objects under ``points`` / inside ``box``."""
+        """`/segment`: the mask (`L`, 255 = selected) of the objects under `points` / inside `box`."""
         try:
             selected = segmenter.select(image, *parse_prompts(points, box))
         except methods.ModelLoadError as error:

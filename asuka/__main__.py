@@ -1,4 +1,4 @@
-"""``python -m asuka``: the command line (see :mod:`asuka.cli`)."""
+"""`python -m asuka`: the command line (see `asuka.cli`)."""
 
 from asuka.cli import main
 

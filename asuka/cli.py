@@ -1,9 +1,9 @@
-"""Command line: ``python -m asuka inpaint --image PATH|DIR --mask PATH|DIR --output DIR``.
+"""Command line: `python -m asuka inpaint --image PATH|DIR --mask PATH|DIR --output DIR`.
 
-Masks pair with images by the same file name (in the mask folder) or by ``<name>_mask.<ext>``.
+Masks pair with images by the same file name (in the mask folder) or by `<name>_mask.<ext>`.
 Bad or unpaired files are reported and skipped; the batch goes on and the exit code is 1 if
-anything was skipped. Results are written as ``<output>/<name>.png``; the command never writes into
-an input folder and never overwrites a file unless ``--overwrite`` is given.
+anything was skipped. Results are written as `<output>/<name>.png`; the command never writes into
+an input folder and never overwrites a file unless `--overwrite` is given.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class Job:
 
 
 def _find_mask(image: Path, mask_dir: Path, same_dir: bool) -> Path | None:
-    """``mask_dir/<image name>``, ``<stem>.<ext>`` or ``<stem>_mask.<ext>`` (first that exists)."""
+    """`mask_dir/<image name>`, `<stem>.<ext>` or `<stem>_mask.<ext>` (first that exists)."""
     from asuka.imageio import IMAGE_EXTENSIONS
 
     candidates = [] if same_dir else [mask_dir / image.name]

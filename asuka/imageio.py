@@ -2,13 +2,13 @@
 
 Photos arrive in every mode PIL knows (RGBA, LA, P, CMYK, 16-bit, float), rotated by EXIF tags,
 truncated, or as masks drawn in any colour. These helpers turn all of that into the two things the
-pipelines accept -- an RGB image and an ``L`` mask (255 = hole) of the same size -- or raise
-``ValueError`` saying what was wrong. One rule each:
+pipelines accept -- an RGB image and an `L` mask (255 = hole) of the same size -- or raise
+`ValueError` saying what was wrong. One rule each:
 
-* files: a name ending in one of ``IMAGE_EXTENSIONS`` (hidden files excluded);
+* files: a name ending in one of `IMAGE_EXTENSIONS` (hidden files excluded);
 * orientation: the EXIF orientation tag is applied to everything opened here (paths, bytes, PIL images);
-* bit depth: integer modes (16-bit ``I;16*`` and 32-bit ``I``) hold 16-bit values and are scaled to 8 bits
-  by ``round(v / 257)``, as are uint16 arrays; floats in [0, 1] by ``round(v * 255)``;
+* bit depth: integer modes (16-bit `I;16*` and 32-bit `I`) hold 16-bit values and are scaled to 8 bits
+  by `round(v / 257)`, as are uint16 arrays; floats in [0, 1] by `round(v * 255)`;
 * colour: palette, transparency and alpha are flattened onto white; CMYK uses PIL's plain conversion.
 
 The pipelines read path and PIL inputs through this module, and the Hub exporter bundles it with them, so it
@@ -31,7 +31,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", "
 
 
 def _open(source: ImageSource) -> Image.Image:
-    """Open ``source`` fully (so truncated files fail here) with EXIF rotation applied."""
+    """Open `source` fully (so truncated files fail here) with EXIF rotation applied."""
     if isinstance(source, np.ndarray):
         image = _from_array(source)
     else:
@@ -76,17 +76,17 @@ def _from_array(array: np.ndarray) -> Image.Image:
 
 
 def _16bit_to_8bit(values: np.ndarray) -> np.ndarray:
-    """The one 16-bit rule: 0..65535 to 0..255 by ``round(v / 257)`` (values outside are clipped)."""
+    """The one 16-bit rule: 0..65535 to 0..255 by `round(v / 257)` (values outside are clipped)."""
     return np.clip(np.asarray(values, dtype=np.float64) / 257.0, 0, 255).round().astype(np.uint8)
 
 
 def _unit_float_to_8bit(values: np.ndarray) -> np.ndarray:
-    """Floats in [0, 1] (NaN as 0, outside clipped) to 0..255 by ``round(v * 255)``."""
+    """Floats in [0, 1] (NaN as 0, outside clipped) to 0..255 by `round(v * 255)`."""
     return (np.clip(np.nan_to_num(np.asarray(values, dtype=np.float64)), 0.0, 1.0) * 255.0).round().astype(np.uint8)
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
-    """High-bit-depth single-channel modes to ``L``: integer modes (I;16*, I) as 16-bit values, float (F) as [0, 1]
+    """High-bit-depth single-channel modes to `L`: integer modes (I;16*, I) as 16-bit values, float (F) as [0, 1]
     values (or 0..255 ones, when its maximum is above 1)."""
     if image.mode.startswith("I"):
         return Image.fromarray(_16bit_to_8bit(np.asarray(image)), mode="L")
@@ -99,7 +99,7 @@ def _to_8bit(image: Image.Image) -> Image.Image:
 
 
 def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
-    """Any PIL mode to RGB; transparent areas are flattened onto ``background`` (white)."""
+    """Any PIL mode to RGB; transparent areas are flattened onto `background` (white)."""
     image = _to_8bit(image)
     if image.mode == "P" or "transparency" in image.info:
         image = image.convert("RGBA")
@@ -116,7 +116,7 @@ def load_image(source: ImageSource) -> Image.Image:
 
 
 def mask_to_l(image: Image.Image, threshold: int = 127) -> Image.Image:
-    """Binarise a mask picture to ``L`` (255 = hole).
+    """Binarise a mask picture to `L` (255 = hole).
 
     If the picture has real transparency (a stroke painted on a transparent layer), the hole is
     where it is opaque, whatever the colour; otherwise it is where the picture is bright.
@@ -133,9 +133,9 @@ def mask_to_l(image: Image.Image, threshold: int = 127) -> Image.Image:
 
 
 def load_mask(source: ImageSource, size: tuple[int, int] | None = None) -> Image.Image:
-    """Load a mask as a binary ``L`` image (255 = hole), resized (nearest) to ``size`` if given.
+    """Load a mask as a binary `L` image (255 = hole), resized (nearest) to `size` if given.
 
-    A mask whose aspect ratio differs from ``size`` by more than one pixel raises ``ValueError``:
+    A mask whose aspect ratio differs from `size` by more than one pixel raises `ValueError`:
     stretching it would move the hole.
     """
     mask = mask_to_l(_open(source))
@@ -151,12 +151,12 @@ def load_mask(source: ImageSource, size: tuple[int, int] | None = None) -> Image
 
 
 def load_layer(source: ImageSource) -> Image.Image:
-    """A painted editor layer as ``RGBA``: its alpha is the paint (see `mask_from_layers`)."""
+    """A painted editor layer as `RGBA`: its alpha is the paint (see `mask_from_layers`)."""
     return _open(source).convert("RGBA")
 
 
 def mask_from_layers(layers: list[Image.Image | np.ndarray | None], size: tuple[int, int]) -> Image.Image:
-    """The union of painted strokes (alpha > 0) over editor layers, as an ``L`` mask of ``size``."""
+    """The union of painted strokes (alpha > 0) over editor layers, as an `L` mask of `size`."""
     hole = np.zeros((size[1], size[0]), dtype=bool)
     for layer in layers:
         if layer is None:
@@ -173,7 +173,7 @@ def mask_from_layers(layers: list[Image.Image | np.ndarray | None], size: tuple[
 
 
 def composite_unmasked(result: Image.Image, image: Image.Image, mask: Image.Image) -> Image.Image:
-    """Paste ``image``'s pixels back wherever ``mask`` is not a hole (for backbones that don't)."""
+    """Paste `image`'s pixels back wherever `mask` is not a hole (for backbones that don't)."""
     result = result.convert("RGB")
     if result.size != image.size:
         result = result.resize(image.size, Image.Resampling.BICUBIC)
@@ -181,5 +181,5 @@ def composite_unmasked(result: Image.Image, image: Image.Image, mask: Image.Imag
 
 
 def is_image_file(path: Path) -> bool:
-    """Whether ``path`` has an image extension this module reads (hidden files excluded)."""
+    """Whether `path` has an image extension this module reads (hidden files excluded)."""
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")

@@ -2,14 +2,14 @@
 
 The paper trains on a mixture of three mask families:
 
-* ``"object"``: object silhouettes read from a folder of binary masks (see
-  ``training/prepare_object_masks.py``); half of them are combined with irregular strokes;
-* ``"irregular"``: free-form brush strokes in the LaMa / Co-Mod-GAN style;
-* ``"regular"``: a rectangle hole, or its complement (everything but a rectangle).
+* `"object"`: object silhouettes read from a folder of binary masks (see
+  `training/prepare_object_masks.py`); half of them are combined with irregular strokes;
+* `"irregular"`: free-form brush strokes in the LaMa / Co-Mod-GAN style;
+* `"regular"`: a rectangle hole, or its complement (everything but a rectangle).
 
-Mixture weights default to 50/40/10. A folder of ready-made masks (``mask_dir``, e.g. the masks released with
-MISATO) can replace or mix with that mixture. Every mask is a float32 ``(H, W)`` array, 1 = hole.
-Only numpy, PIL and ``asuka.imageio`` (which reads the object masks, with the same extension list and
+Mixture weights default to 50/40/10. A folder of ready-made masks (`mask_dir`, e.g. the masks released with
+MISATO) can replace or mix with that mixture. Every mask is a float32 `(H, W)` array, 1 = hole.
+Only numpy, PIL and `asuka.imageio` (which reads the object masks, with the same extension list and
 decoding rules as everywhere else) are imported, so data loaders and the app can use this module cheaply.
 """
 
@@ -33,12 +33,12 @@ MaskLike = np.ndarray | Image.Image
 
 
 def mask_ratio(mask: np.ndarray) -> float:
-    """Fraction of hole pixels (values > 0.5) in a ``(H, W)`` mask."""
+    """Fraction of hole pixels (values > 0.5) in a `(H, W)` mask."""
     return float((np.asarray(mask) > 0.5).mean())
 
 
 def masked_patch_fraction(mask: np.ndarray, patch_size: int) -> float:
-    """Fraction of ``patch_size`` patches holding any hole pixel (the MAE's notion of a masked token)."""
+    """Fraction of `patch_size` patches holding any hole pixel (the MAE's notion of a masked token)."""
     return float(_patch_any(np.asarray(mask) > 0.5, patch_size).mean())
 
 
@@ -51,7 +51,7 @@ def _patch_any(hole: np.ndarray, patch_size: int) -> np.ndarray:
 
 
 def _dilate_bool(hole: np.ndarray, pixels: int) -> np.ndarray:
-    """Binary dilation by a disk of radius ``pixels`` (row-wise running windows; O(pixels * H * W))."""
+    """Binary dilation by a disk of radius `pixels` (row-wise running windows; O(pixels * H * W))."""
     height, width = hole.shape
     # Row-wise window sums from a cumulative sum; original column x sits at padded column x + pixels + 1.
     padded = np.pad(hole.astype(np.int32), ((0, 0), (pixels + 1, pixels)))
@@ -72,10 +72,10 @@ def _dilate_bool(hole: np.ndarray, pixels: int) -> np.ndarray:
 
 
 def dilate_mask(mask: MaskLike, pixels: int) -> MaskLike:
-    """Grow the hole of ``mask`` by a disk of radius ``pixels``; returns the same type it got.
+    """Grow the hole of `mask` by a disk of radius `pixels`; returns the same type it got.
 
-    Accepts a PIL image (any mode; non-zero = hole, returned as mode ``"L"`` 0/255) or a 2-D numpy
-    array (> 0.5 = hole, returned as float32 0/1). ``pixels=0`` returns a binarised copy. Used to
+    Accepts a PIL image (any mode; non-zero = hole, returned as mode `"L"` 0/255) or a 2-D numpy
+    array (> 0.5 = hole, returned as float32 0/1). `pixels=0` returns a binarised copy. Used to
     cover the soft border of user masks before inpainting.
     """
     pixels = _check_pixels(pixels, "dilate_mask")
@@ -116,9 +116,9 @@ def _check_pixels(pixels: object, what: str, signed: bool = False) -> int:
 
 
 def grow_mask(mask: MaskLike, pixels: int) -> MaskLike:
-    """Grow the hole of ``mask`` by a disk of radius ``pixels``, or shrink it by ``-pixels`` when negative.
+    """Grow the hole of `mask` by a disk of radius `pixels`, or shrink it by `-pixels` when negative.
 
-    Same types as :func:`dilate_mask`. Shrinking treats the outside of the image as hole, so a hole touching the
+    Same types as [`dilate_mask`]. Shrinking treats the outside of the image as hole, so a hole touching the
     border keeps touching it (OpenCV's default for erosion).
     """
     pixels = _check_pixels(pixels, "grow_mask", signed=True)
@@ -131,15 +131,15 @@ def grow_mask(mask: MaskLike, pixels: int) -> MaskLike:
 
 
 def invert_mask(mask: MaskLike) -> MaskLike:
-    """The complement of the hole of ``mask`` (what was kept is repainted); same types as :func:`dilate_mask`."""
+    """The complement of the hole of `mask` (what was kept is repainted); same types as [`dilate_mask`]."""
     return _as_input_type(~_hole_of(mask, "invert_mask"), mask)
 
 
 def distance_to_hole(hole: np.ndarray, limit: int) -> np.ndarray:
-    """Euclidean distance of every pixel to the nearest pixel of the boolean ``hole``, exact up to ``limit``.
+    """Euclidean distance of every pixel to the nearest pixel of the boolean `hole`, exact up to `limit`.
 
-    Pixels farther than ``limit`` (or all of them, for an empty hole) get ``inf``. Separable: the distance along
-    each column first, then the nearest of the ``2 * limit + 1`` columns around each pixel (O(limit * H * W)).
+    Pixels farther than `limit` (or all of them, for an empty hole) get `inf`. Separable: the distance along
+    each column first, then the nearest of the `2 * limit + 1` columns around each pixel (O(limit * H * W)).
     """
     height, width = hole.shape
     rows = np.arange(height, dtype=np.float64)[:, None]
@@ -158,10 +158,10 @@ def distance_to_hole(hole: np.ndarray, limit: int) -> np.ndarray:
 
 
 def feather_weights(mask: MaskLike, pixels: int) -> np.ndarray:
-    """How much of the inpainted result each pixel takes in a feathered paste-back, float32 ``(H, W)`` in [0, 1].
+    """How much of the inpainted result each pixel takes in a feathered paste-back, float32 `(H, W)` in [0, 1].
 
-    1 inside the hole, falling linearly with the distance ``d`` outside it (``1 - d / (pixels + 1)``), and exactly
-    0 farther than ``pixels`` from the hole. ``pixels=0``: the hole itself (a hard paste-back).
+    1 inside the hole, falling linearly with the distance `d` outside it (`1 - d / (pixels + 1)`), and exactly
+    0 farther than `pixels` from the hole. `pixels=0`: the hole itself (a hard paste-back).
     """
     pixels = _check_pixels(pixels, "feather_weights")
     hole = _hole_of(mask, "feather_weights")
@@ -172,10 +172,10 @@ def feather_weights(mask: MaskLike, pixels: int) -> np.ndarray:
 
 
 def paste_feathered(image: Image.Image, result: Image.Image, mask: MaskLike, pixels: int) -> Image.Image:
-    """``result`` inside the hole of ``mask``, blended into ``image`` over ``pixels`` outside it (RGB).
+    """`result` inside the hole of `mask`, blended into `image` over `pixels` outside it (RGB).
 
-    Every pixel farther than ``pixels`` from the hole is ``image``'s own, exactly; ``pixels=0`` is the hard
-    paste-back of ``keep_unmasked``.
+    Every pixel farther than `pixels` from the hole is `image`'s own, exactly; `pixels=0` is the hard
+    paste-back of `keep_unmasked`.
     """
     if result.size != image.size:
         raise ValueError(f"paste_feathered: the result is {result.size}, the image {image.size}; they must match.")
@@ -189,7 +189,7 @@ def paste_feathered(image: Image.Image, result: Image.Image, mask: MaskLike, pix
 
 
 def _image_files(folder: str | Path, name: str) -> list[Path]:
-    """The image files under ``folder`` (recursive, sorted), as `asuka.imageio.is_image_file` names them."""
+    """The image files under `folder` (recursive, sorted), as `asuka.imageio.is_image_file` names them."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"MaskGenerator: {name} {str(folder)!r} is not a folder.")
@@ -201,33 +201,45 @@ class MaskSample:
     """One generated mask and how it was made."""
 
     mask: np.ndarray  # float32 (H, W), 1 = hole
-    family: str  # one of FAMILIES, or "folder" for a mask read from ``mask_dir``
+    family: str  # one of FAMILIES, or "folder" for a mask read from `mask_dir`
     with_irregular: bool = False  # object mask combined with strokes
     mae_enlarged: bool = False  # extra patches were added for MAE training
-    skipped: tuple[str, ...] = ()  # "path: reason" of each unreadable ``mask_dir`` file passed over to draw this one
+    skipped: tuple[str, ...] = ()  # "path: reason" of each unreadable `mask_dir` file passed over to draw this one
 
 
 class MaskGenerator:
     """The paper's mask mixture, deterministic from a seed.
 
     Args:
-        resolution: output size, ``int`` (square) or ``(height, width)``.
-        object_mask_dir: folder of binary object masks (non-zero = object). ``None`` or an empty
-            folder makes the object share fall back to the other families (with a warning).
-        family_probs: probabilities of object / irregular / regular (default 0.5 / 0.4 / 0.1).
-        object_irregular_prob: chance that an object mask is combined with strokes (0.5).
-        hole_range: ``(min, max)`` fraction of hole pixels each mask must fall into.
-        mae_mode: enlarge masks to at least ``mae_min_patch_ratio`` masked ``patch_size`` patches
-            by masking randomly chosen extra patches (used for MAE training; may exceed
-            ``hole_range[1]`` by design).
-        seed: seed of the generator's own stream (``__call__``); ``sample(index=i)`` gives the
-            same mask for the same ``(seed, i)`` regardless of call order (safe for data loaders).
-        mask_dir: folder of ready-made masks (searched recursively), read by ``asuka.imageio.load_mask``: grey
-            value > 127 is a hole (or opaque, for a picture with transparency); one of another size is resized
-            (nearest) to cover ``resolution`` and its centre cut out, as training images are. A missing or corrupt
-            file is passed over for the next file (listed in ``MaskSample.skipped``). These masks are used as they
-            are (``hole_range`` does not apply; ``mae_mode`` does).
-        mask_dir_prob: chance that a sample is a ``mask_dir`` mask rather than a generated one (default 1: all).
+        resolution (`int` or `tuple[int, int]`, *optional*, defaults to 512):
+            Output size, `int` (square) or `(height, width)`.
+        object_mask_dir (`str` or `Path`, *optional*):
+            Folder of binary object masks (non-zero = object). `None` or an empty folder makes the object share fall
+            back to the other families (with a warning).
+        family_probs (`Sequence[float]`, *optional*, defaults to `(0.5, 0.4, 0.1)`):
+            Probabilities of object / irregular / regular (default 0.5 / 0.4 / 0.1).
+        object_irregular_prob (`float`, *optional*, defaults to 0.5):
+            Chance that an object mask is combined with strokes (0.5).
+        hole_range (`tuple[float, float]`, *optional*, defaults to `(0.05, 0.7)`):
+            `(min, max)` fraction of hole pixels each mask must fall into.
+        mae_mode (`bool`, *optional*, defaults to `False`):
+            Enlarge masks to at least `mae_min_patch_ratio` masked `patch_size` patches by masking randomly chosen
+            extra patches (used for MAE training; may exceed `hole_range[1]` by design).
+        patch_size (`int`, *optional*, defaults to 16):
+            Side of the patches `mae_mode` counts.
+        mae_min_patch_ratio (`float`, *optional*, defaults to 0.75):
+            The fraction of masked patches `mae_mode` reaches at least.
+        seed (`int`, *optional*):
+            Seed of the generator's own stream (`__call__`); `sample(index=i)` gives the same mask for the same
+            `(seed, i)` regardless of call order (safe for data loaders).
+        mask_dir (`str` or `Path`, *optional*):
+            Folder of ready-made masks (searched recursively), read by `asuka.imageio.load_mask`: grey value > 127 is
+            a hole (or opaque, for a picture with transparency); one of another size is resized (nearest) to cover
+            `resolution` and its centre cut out, as training images are. A missing or corrupt file is passed over
+            for the next file (listed in `MaskSample.skipped`). These masks are used as they are (`hole_range` does
+            not apply; `mae_mode` does).
+        mask_dir_prob (`float`, *optional*, defaults to 1.0):
+            Chance that a sample is a `mask_dir` mask rather than a generated one (default 1: all).
     """
 
     def __init__(
@@ -305,7 +317,7 @@ class MaskGenerator:
         return self.sample().mask
 
     def sample(self, rng: np.random.Generator | None = None, index: int | None = None) -> MaskSample:
-        """Draw one mask. ``index`` derives an independent stream from ``(seed, index)``."""
+        """Draw one mask. `index` derives an independent stream from `(seed, index)`."""
         if rng is None:
             rng = self._rng if index is None else np.random.default_rng([self.seed or 0, int(index)])
         if self.mask_paths and rng.random() < self.mask_dir_prob:
@@ -362,9 +374,9 @@ class MaskGenerator:
         return ~rect if complement else rect
 
     def _strokes(self, rng: np.random.Generator, target: float, start: np.ndarray | None = None) -> np.ndarray:
-        """Free-form brush strokes (polylines with round joints) added until ``target`` is reached.
+        """Free-form brush strokes (polylines with round joints) added until `target` is reached.
 
-        A stroke that would push the hole beyond ``hole_range[1]`` is redrawn thinner or dropped,
+        A stroke that would push the hole beyond `hole_range[1]` is redrawn thinner or dropped,
         so the result stays inside the range whenever possible.
         """
         height, width = self.height, self.width
@@ -409,7 +421,7 @@ class MaskGenerator:
             draw.ellipse((px - radius, py - radius, px + radius, py + radius), fill=255)
 
     def _object(self, rng: np.random.Generator, target: float) -> np.ndarray:
-        """A random object silhouette, rescaled to cover about ``target`` of the image, placed at random."""
+        """A random object silhouette, rescaled to cover about `target` of the image, placed at random."""
         height, width = self.height, self.width
         for _ in range(8):
             path = self.object_paths[int(rng.integers(len(self.object_paths)))]
@@ -435,7 +447,7 @@ class MaskGenerator:
         raise ValueError(f"MaskGenerator: could not read a non-empty object mask from {len(self.object_paths)} files.")
 
     def _folder_mask(self, start: int) -> tuple[np.ndarray, tuple[str, ...]]:
-        """The first readable ``mask_dir`` mask from position ``start`` on (wrapping), and the files passed over."""
+        """The first readable `mask_dir` mask from position `start` on (wrapping), and the files passed over."""
         skipped = []
         for offset in range(len(self.mask_paths)):
             path = self.mask_paths[(start + offset) % len(self.mask_paths)]
@@ -451,7 +463,7 @@ class MaskGenerator:
         )
 
     def _cover_crop(self, mask: Image.Image) -> Image.Image:
-        """``mask`` resized (nearest) until it covers the training size, then its centre cut out, as training images
+        """`mask` resized (nearest) until it covers the training size, then its centre cut out, as training images
         are resized and cropped: a mask of another aspect ratio keeps its shapes instead of being stretched."""
         if mask.size == (self.width, self.height):
             return mask
@@ -463,7 +475,7 @@ class MaskGenerator:
 
     # ------------------------------------------------------------------ constraints
     def _fit_ratio(self, hole: np.ndarray) -> np.ndarray:
-        """Grow or shrink the hole one pixel at a time until its ratio lies in ``hole_range``."""
+        """Grow or shrink the hole one pixel at a time until its ratio lies in `hole_range`."""
         low, high = self.hole_range
         for _ in range(max(self.height, self.width)):
             ratio = mask_ratio(hole)
@@ -481,7 +493,7 @@ class MaskGenerator:
         return hole
 
     def _mae_enlarge(self, rng: np.random.Generator, hole: np.ndarray) -> tuple[np.ndarray, bool]:
-        """Mask random extra whole patches until at least ``mae_min_patch_ratio`` of patches are masked."""
+        """Mask random extra whole patches until at least `mae_min_patch_ratio` of patches are masked."""
         size = self.patch_size
         masked = _patch_any(hole, size)
         needed = math.ceil(self.mae_min_patch_ratio * masked.size - 1e-9) - int(masked.sum())

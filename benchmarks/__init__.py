@@ -5,7 +5,7 @@ import os
 import sys
 
 
-#: The repository root: the working directory of the fresh interpreters some benchmarks measure in.
+# The repository root: the working directory of the fresh interpreters some benchmarks measure in.
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -255,7 +255,7 @@ def flux_call_plan(
 # Step caches: a skipped step against a full one
 # ---------------------------------------------------------------------------------------------
 
-#: The step caches whose skipped steps are counted: what still runs in a skipped step.
+# The step caches whose skipped steps are counted: what still runs in a skipped step.
 SKIPPING_CACHES = {
     "first-block": "the embedders, the first double block and the output layers (FirstBlockCache)",
     "mag": "the embedders and the output layers (MagCache: every block skipped)",

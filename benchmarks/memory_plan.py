@@ -51,11 +51,11 @@ from .meta_memory import peak_bytes
 
 GB = 1e9
 SIZES = (512, 1024)
-#: GGUF block sizes and bytes per block.
+# GGUF block sizes and bytes per block.
 GGUF_BLOCKS = {"gguf-q8_0": (32, 34), "gguf-q4_k": (256, 144)}
 NF4_BLOCK = 64
 ASUKA_PARTS = ("mae", "token_aligner", "pooled_aligner", "decoder")
-#: The plan's rows: (transformer weight format, offloading).
+# The plan's rows: (transformer weight format, offloading).
 WEIGHT_FORMATS = ("bf16", "fp8", "int8", "nf4", "gguf-q8_0", "gguf-q4_k")
 ROWS = (
     *((weights, offload) for weights in WEIGHT_FORMATS for offload in ("none", "model")),

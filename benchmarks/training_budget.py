@@ -69,7 +69,7 @@ FLUX_SCHEDULES = {
     "decoder": {"steps": 50_000, "batch": 40, "size": 256, "source": "the SD schedule, at the release's 256"},
 }
 FSDP_GPUS = 8  # training/configs/fsdp_flux.yaml's num_processes
-#: what each FLUX step trains (fp32, AdamW); every other component of the step is frozen (bf16)
+# what each FLUX step trains (fp32, AdamW); every other component of the step is frozen (bf16)
 FLUX_TRAINED = {"aligner": ("token_aligner", "pooled_aligner"), "decoder": ("decoder",)}
 FLUX_FROZEN = {
     "aligner": (FLUX_FILL.denoiser, "vae", "mae"),

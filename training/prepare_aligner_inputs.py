@@ -37,7 +37,7 @@ from asuka_training.aligner_inputs import mae_priors, vae_posteriors
 
 logger = logging.getLogger("asuka.training")
 
-#: The data and mask flags that make the samples (the manifest records them; a resumed run must repeat them).
+# The data and mask flags that make the samples (the manifest records them; a resumed run must repeat them).
 SAMPLE_FLAGS = (
     "dataset_config_name",
     "dataset_name",

@@ -43,14 +43,14 @@ from pathlib import Path
 TRAINING = Path(__file__).resolve().parent
 ROOT = TRAINING.parent
 
-#: per backbone: the budget's name for it, the resolutions of the aligner and decoder stages (the release trained
-#: ASUKA-FLUX's aligner at 512 and its decoder at 256) and the default backbone to start from
+# per backbone: the budget's name for it, the resolutions of the aligner and decoder stages (the release trained
+# ASUKA-FLUX's aligner at 512 and its decoder at 256) and the default backbone to start from
 BACKBONES = {
     "sd": {"budget": "sd", "aligner_resolution": 512, "decoder_resolution": 512, "spec": "sd-1.5-inpainting"},
     "flux": {"budget": "flux", "aligner_resolution": 512, "decoder_resolution": 256, "spec": "flux.1-fill"},
 }
-#: whether the precompute stage runs by default: it saves 57 % of an SD aligner step but 6 % of a FLUX one, whose
-#: stored inputs take about twice SD's disk (docs/training.md, "Precomputed aligner inputs")
+# whether the precompute stage runs by default: it saves 57 % of an SD aligner step but 6 % of a FLUX one, whose
+# stored inputs take about twice SD's disk (docs/training.md, "Precomputed aligner inputs")
 PRECOMPUTE = {"sd": True, "flux": False}
 FACEBOOK_MAE = "facebook/vit-mae-base"
 STAGES = ("object_masks", "mae_start", "mae", "precompute", "aligner", "decoder", "light")

@@ -57,7 +57,7 @@ FLUX_CARD = asuka_training.CardText(
     torch_dtype="bfloat16",
 )
 
-#: The flow-matching objective's fields that flags set (`FlowMatchingObjective`), by flag.
+# The flow-matching objective's fields that flags set (`FlowMatchingObjective`), by flag.
 OBJECTIVE_FLAGS = {
     "timestep_density": "weighting_scheme",
     "logit_mean": "logit_mean",
@@ -65,7 +65,7 @@ OBJECTIVE_FLAGS = {
     "mode_scale": "mode_scale",
     "timestep_shift": "shift",
 }
-#: Flags that apply to a backbone with an embedded guidance scale and a pooled vector (FLUX.1-Fill) only.
+# Flags that apply to a backbone with an embedded guidance scale and a pooled vector (FLUX.1-Fill) only.
 FLUX_ONLY_FLAGS = (*OBJECTIVE_FLAGS, "guidance_scale", "guidance_range", "pooled_aligner_head_dim", "condition_weight")
 
 

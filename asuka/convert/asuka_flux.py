@@ -77,13 +77,13 @@ POOLED_NULL_FILE = "vec.pt"
 TOKEN_NULL_FILE = "txt_256.pt"
 RELEASE_FILES = (MAE_FILE, TOKEN_ALIGNER_FILE, POOLED_ALIGNER_FILE, DECODER_FILE, POOLED_NULL_FILE, TOKEN_NULL_FILE)
 
-#: Sub-folders of a converted folder, in writing order. `AsukaFluxPipeline` reads the same names (it names them
-#: itself: pipeline modules ship as Hub remote code and import no `asuka.*`).
+# Sub-folders of a converted folder, in writing order. `AsukaFluxPipeline` reads the same names (it names them
+# itself: pipeline modules ship as Hub remote code and import no `asuka.*`).
 COMPONENT_FOLDERS = ("mae", "token_aligner", "pooled_aligner", "decoder")
-#: The optional sub-folder with the release's VAE encoder, written unless it equals the backbone VAE's encoder.
+# The optional sub-folder with the release's VAE encoder, written unless it equals the backbone VAE's encoder.
 ENCODER_FOLDER = "masked_image_encoder"
 
-#: The release's interpolation towards the null embeddings (the authors' `--condition_weight`).
+# The release's interpolation towards the null embeddings (the authors' `--condition_weight`).
 RELEASE_CONDITION_WEIGHT = 0.5
 
 

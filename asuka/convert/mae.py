@@ -57,11 +57,11 @@ from asuka.models.mae import AsukaMAE, get_2d_sincos_pos_embed
 PathLike = str | Path
 StateDict = dict[str, torch.Tensor]
 
-#: The MAE models' attention heads by width, for a `.pth`: the ViT-B/L/H encoders, and the 512-wide decoder of all.
+# The MAE models' attention heads by width, for a `.pth`: the ViT-B/L/H encoders, and the 512-wide decoder of all.
 MAE_NUM_HEADS = {"encoder": {768: 12, 1024: 16, 1280: 16}, "decoder": {512: 16}}
-#: MAE's LayerNorm epsilon (`partial(nn.LayerNorm, eps=1e-6)`), for a `.pth`.
+# MAE's LayerNorm epsilon (`partial(nn.LayerNorm, eps=1e-6)`), for a `.pth`.
 MAE_NORM_EPS = 1e-6
-#: What `AsukaMAE` adds to the MAE, as initialised here (see the module docstring).
+# What `AsukaMAE` adds to the MAE, as initialised here (see the module docstring).
 ALPHA_INIT = 1.0
 
 # transformers' ViTMAE block prefixes (the Hub's and transformers 5's spellings) -> the MAE repository's.

@@ -87,7 +87,7 @@ def check_state_dict(
     """Raise `ValueError` unless `state_dict` holds exactly `model`'s keys with `model`'s shapes.
 
     `model` may live on the meta device (no memory, no random init). `names` maps a converted key back to the
-    checkpoint key it came from, for the messages; `what` (e.g. ``"decoder"``) qualifies the word "key" in them.
+    checkpoint key it came from, for the messages; `what` (e.g. `"decoder"`) qualifies the word "key" in them.
     """
     prefix, what, names = (f"{source}: " if source else ""), (f"{what} " if what else ""), names or {}
     model_name = type(model).__name__

@@ -4,9 +4,9 @@ One `MethodSpec` per method in `asuka.methods.registry` (registration, lookup, t
 pipeline in `asuka.methods.loading` (advice per cause of failure, the `PipelineCache`); running a request in
 `asuka.methods.running`.
 
-Built-in methods live in one module per family: :mod:`asuka.methods.sd` (asuka-sd, sd),
-:mod:`asuka.methods.flux` (asuka-flux, flux-fill) and :mod:`asuka.methods.strdiffusion`; other packages add
-theirs through the ``asuka.methods`` entry-point group.
+Built-in methods live in one module per family: `asuka.methods.sd` (asuka-sd, sd),
+`asuka.methods.flux` (asuka-flux, flux-fill) and `asuka.methods.strdiffusion`; other packages add
+theirs through the `asuka.methods` entry-point group.
 """
 
 from asuka.methods.loading import ModelLoadError, PipelineCache, load_error_message, load_pipeline, ready_pipeline

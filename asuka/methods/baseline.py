@@ -2,7 +2,7 @@
 
 The baselines must see exactly what the ASUKA pipeline they are compared with sees: the whole image when it fits
 the working resolution, otherwise a crop around the hole; scaled so the long side is the working resolution (unless
-it already has a valid size), and the result pasted back so that, with ``keep_unmasked``, only the hole changes.
+it already has a valid size), and the result pasted back so that, with `keep_unmasked`, only the hole changes.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ def run_baseline(
     working_resolution: int,
     multiple: int,
 ) -> InpaintResult:
-    """Inpaint ``request`` with the diffusers inpainting ``pipeline`` on the working region the ASUKA pipelines
+    """Inpaint `request` with the diffusers inpainting `pipeline` on the working region the ASUKA pipelines
     would use.
 
-    ``prompt`` holds the pipeline's prompt arguments (an empty prompt, or embeddings standing in for it);
-    ``multiple`` is the side multiple the backbone needs (the VAE's scale factor, times 2 for FLUX's packing).
-    ``request.guidance_scale`` is set (:func:`asuka.methods.run_method` fills in the method's default).
+    `prompt` holds the pipeline's prompt arguments (an empty prompt, or embeddings standing in for it);
+    `multiple` is the side multiple the backbone needs (the VAE's scale factor, times 2 for FLUX's packing).
+    `request.guidance_scale` is set ([`asuka.methods.run_method`] fills in the method's default).
     """
     # Imported here so that listing the methods does not import diffusers' pipelines.
     from asuka.pipelines.inpaint_steps import (

@@ -27,7 +27,7 @@ from asuka.methods.running import InpaintRequest, InpaintResult, ProgressCallbac
 from asuka.methods.sd import ASUKA_PAPER
 
 
-#: FLUX.1-Fill's default guidance (the ASUKA release uses it too).
+# FLUX.1-Fill's default guidance (the ASUKA release uses it too).
 FLUX_GUIDANCE = 30.0
 FLUX_REQUIREMENTS = (
     "~35 GB of downloads; a CUDA GPU: 28.4 GB in bfloat16, 8 GB and up with --quantize/--offload (docs/flux.md)"
@@ -35,7 +35,7 @@ FLUX_REQUIREMENTS = (
 
 
 def asuka_cache_dir() -> Path:
-    """Where converted checkpoints are kept: ``$ASUKA_CACHE``, else ``$HF_HOME/asuka``."""
+    """Where converted checkpoints are kept: `$ASUKA_CACHE`, else `$HF_HOME/asuka`."""
     from huggingface_hub.constants import HF_HOME
 
     return Path(os.environ.get("ASUKA_CACHE", Path(HF_HOME) / "asuka"))
@@ -113,7 +113,7 @@ def run_flux_fill(pipeline: Any, request: InpaintRequest, progress: ProgressCall
     """The plain FLUX.1-Fill backbone with an empty prompt, on AsukaFluxPipeline's working region.
 
     The working resolution is the backbone's default size (1024 for FLUX.1-Fill, as AsukaFluxPipeline's
-    ``working_resolution``).
+    `working_resolution`).
     """
     from asuka.pipelines.backbones import FLUX_FILL as spec
 

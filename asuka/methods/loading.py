@@ -20,7 +20,7 @@ class ModelLoadError(RuntimeError):
 
 
 def _causes(error: BaseException | None) -> list[BaseException]:
-    """``error`` and the exceptions it was raised from (diffusers wraps the Hub's errors in OSError)."""
+    """`error` and the exceptions it was raised from (diffusers wraps the Hub's errors in OSError)."""
     chain = []
     while error is not None and error not in chain:
         chain.append(error)
@@ -35,7 +35,7 @@ def _hub_offline() -> bool:
 def load_error_message(
     spec: MethodSpec, model: str | None, error: BaseException | None = None, device: str = "cpu"
 ) -> str:
-    """Why ``spec``'s weights could not be loaded and how to fix it, with advice that fits the cause.
+    """Why `spec`'s weights could not be loaded and how to fix it, with advice that fits the cause.
 
     Causes, in order: no public checkpoint (how to get one); a gated repository (accept its licence, log in);
     offline or not in the local cache; a repository that does not exist; no GPU for a method that needs one;
@@ -103,12 +103,12 @@ def _message(spec: MethodSpec, target: str | None, reason: str, fixes: list[str]
 
 
 def supports_memory(name: str) -> bool:
-    """Whether method ``name``'s loader takes a memory configuration (``--quantize`` / ``--offload``)."""
+    """Whether method `name`'s loader takes a memory configuration (`--quantize` / `--offload`)."""
     return "memory" in inspect.signature(get_method(name).load).parameters
 
 
 def ready_pipeline(pipeline: Any, device: str) -> Any:
-    """``pipeline`` on ``device`` with its progress bar off (the interfaces report progress themselves)."""
+    """`pipeline` on `device` with its progress bar off (the interfaces report progress themselves)."""
     pipeline = pipeline.to(device)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
@@ -122,9 +122,9 @@ def load_pipeline(
     tiny: bool = False,
     memory: Any = None,
 ) -> Any:
-    """Load method ``name`` (with ``tiny``: its tiny random stand-in, float32); a failure becomes
-    :class:`ModelLoadError` with advice that fits the cause. ``memory`` (an ``asuka.methods.memory.Configuration``:
-    weight format and offloading) goes to a loader that takes it (``supports_memory``); the tiny stand-ins ignore
+    """Load method `name` (with `tiny`: its tiny random stand-in, float32); a failure becomes
+    [`ModelLoadError`] with advice that fits the cause. `memory` (an `asuka.methods.memory.Configuration`:
+    weight format and offloading) goes to a loader that takes it (`supports_memory`); the tiny stand-ins ignore
     it."""
     spec = get_method(name)
     dtype = parse_dtype(dtype)
@@ -168,7 +168,7 @@ class PipelineCache:
         self._lock = threading.Lock()
 
     def get(self, name: str) -> Any:
-        """The pipeline of method ``name``, loading it now if needed (may raise ModelLoadError)."""
+        """The pipeline of method `name`, loading it now if needed (may raise ModelLoadError)."""
         with self._lock:
             if name not in self._pipelines:
                 memory = self.memory if supports_memory(name) else None

@@ -25,15 +25,15 @@ from typing import Any
 import torch
 
 
-#: The cards of the memory plan, in GB, and the headroom a configuration leaves on them.
+# The cards of the memory plan, in GB, and the headroom a configuration leaves on them.
 CARDS_GB = (8, 12, 16, 24, 48, 80)
 HEADROOM_GB = 1.0
-#: The `--quantize` values (besides `gguf:PATH`) and the `--offload` values.
+# The `--quantize` values (besides `gguf:PATH`) and the `--offload` values.
 QUANTIZE_CHOICES = ("none", "int8", "fp8", "nf4")
 OFFLOAD_CHOICES = ("none", "model", "group", "sequential")
-#: The transformer weight format of each `--quantize` value in the plan (a GGUF file is counted as Q8_0).
+# The transformer weight format of each `--quantize` value in the plan (a GGUF file is counted as Q8_0).
 PLAN_FORMATS = {"none": "bf16", "int8": "int8", "fp8": "fp8", "nf4": "nf4", "gguf": "gguf-q8_0"}
-#: The package each `--quantize` value needs, beyond diffusers.
+# The package each `--quantize` value needs, beyond diffusers.
 QUANTIZE_PACKAGES = {"int8": "torchao", "nf4": "bitsandbytes", "gguf": "gguf"}
 
 
@@ -51,8 +51,8 @@ class Configuration:
         return f"--quantize {weights} --offload {self.offload}"
 
 
-#: The configurations, fastest first: resident bf16; model offloading moves the transformer once per call, so it
-#: costs less than a quantized matmul in every step; group and sequential offloading move weights in every step.
+# The configurations, fastest first: resident bf16; model offloading moves the transformer once per call, so it
+# costs less than a quantized matmul in every step; group and sequential offloading move weights in every step.
 CONFIGURATIONS = (
     Configuration("none", "none"),
     Configuration("none", "model"),
@@ -66,8 +66,8 @@ CONFIGURATIONS = (
     Configuration("none", "sequential"),
 )
 
-#: ASUKA-FLUX's planned peak GPU memory at 1024 pixels in GB (resident weights + activations), by (quantize,
-#: offload): `python -m benchmarks.memory_plan`.
+# ASUKA-FLUX's planned peak GPU memory at 1024 pixels in GB (resident weights + activations), by (quantize,
+# offload): `python -m benchmarks.memory_plan`.
 REQUIRED_GB = {
     ("none", "none"): 28.42,
     ("none", "model"): 24.27,

@@ -31,13 +31,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Modules that register the built-in methods when imported, in the order the methods are listed.
+# Modules that register the built-in methods when imported, in the order the methods are listed.
 PROVIDER_MODULES: tuple[str, ...] = ("asuka.methods.sd", "asuka.methods.flux", "asuka.methods.strdiffusion")
 
-#: Entry-point group through which other packages add methods.
+# Entry-point group through which other packages add methods.
 ENTRY_POINT_GROUP = "asuka.methods"
 
-#: ZeroGPU seconds per denoising step of a method that states none: as slow as the slowest built-in one.
+# ZeroGPU seconds per denoising step of a method that states none: as slow as the slowest built-in one.
 DEFAULT_GPU_SECONDS_PER_STEP = 0.6
 
 
@@ -45,16 +45,16 @@ DEFAULT_GPU_SECONDS_PER_STEP = 0.6
 class MethodSpec:
     """How to load and run one inpainting method, and what it needs.
 
-    ``load(model_id_or_path, device, dtype)`` returns a pipeline from real weights; ``tiny_kind`` names the
-    ``asuka.testing.make_tiny_pipeline`` kind that stands in for it with random weights (None: no tiny version).
-    ``run(pipeline, request, progress)`` returns an :class:`InpaintResult`. ``backbone`` names the method that runs
+    `load(model_id_or_path, device, dtype)` returns a pipeline from real weights; `tiny_kind` names the
+    `asuka.testing.make_tiny_pipeline` kind that stands in for it with random weights (None: no tiny version).
+    `run(pipeline, request, progress)` returns an [`InpaintResult`]. `backbone` names the method that runs
     "the backbone alone" for a side-by-side comparison.
 
-    What the method needs, for the first-run guidance and the load-error advice: ``needs_gpu`` (too large for a
-    CPU), ``gated_repo`` (a Hub repository whose licence must be accepted), ``weights_hint`` (how to get weights
-    when there is no public checkpoint, i.e. ``default_model`` is None) and ``requirements`` (one line for users).
-    ``paper`` cites the method's paper in one Markdown line (the demo shows it under the model choice).
-    ``gpu_seconds_per_step`` is what one denoising step costs at the method's working size on one ZeroGPU slice
+    What the method needs, for the first-run guidance and the load-error advice: `needs_gpu` (too large for a
+    CPU), `gated_repo` (a Hub repository whose licence must be accepted), `weights_hint` (how to get weights
+    when there is no public checkpoint, i.e. `default_model` is None) and `requirements` (one line for users).
+    `paper` cites the method's paper in one Markdown line (the demo shows it under the model choice).
+    `gpu_seconds_per_step` is what one denoising step costs at the method's working size on one ZeroGPU slice
     (the demo asks a Space for its GPU time from it).
     """
 
@@ -89,7 +89,7 @@ _lock = threading.RLock()
 
 
 def register_method(spec: MethodSpec, *, replace: bool = False) -> MethodSpec:
-    """Add ``spec`` to the registry; re-registering a name needs ``replace=True``."""
+    """Add `spec` to the registry; re-registering a name needs `replace=True`."""
     with _lock:
         if spec.name in _METHODS and not replace and _METHODS[spec.name] is not spec:
             raise ValueError(f"A method named {spec.name!r} is already registered; pass replace=True to override it.")
@@ -98,7 +98,7 @@ def register_method(spec: MethodSpec, *, replace: bool = False) -> MethodSpec:
 
 
 def unregister_method(name: str) -> MethodSpec | None:
-    """Remove method ``name`` (if registered) and return its spec."""
+    """Remove method `name` (if registered) and return its spec."""
     with _lock:
         return _METHODS.pop(name, None)
 
@@ -133,7 +133,7 @@ def list_methods() -> list[MethodSpec]:
 
 
 def get_method(name: str) -> MethodSpec:
-    """The method registered as ``name``; ``ValueError`` lists the known names otherwise."""
+    """The method registered as `name`; `ValueError` lists the known names otherwise."""
     _load_providers()
     with _lock:
         if name not in _METHODS:
@@ -147,7 +147,7 @@ def get_method(name: str) -> MethodSpec:
 
 def default_method(cuda_available: bool | None = None) -> str | None:
     """The method to use when none is named: with a GPU, the first method (not a backbone baseline) with public
-    weights (ASUKA-FLUX); without one, None (show :func:`no_default_guidance`)."""
+    weights (ASUKA-FLUX); without one, None (show [`no_default_guidance`])."""
     if cuda_available is None:
         cuda_available = torch.cuda.is_available()
     if not cuda_available:
@@ -162,10 +162,10 @@ class NoDefaultMethod(RuntimeError):
 
 
 def choose_method(requested: str | None, tiny: bool, cuda_available: bool | None = None) -> str:
-    """The method an interface runs: the one asked for (checked: ``ValueError`` for an unknown name); with ``tiny``
-    the first registered (tiny weights run anywhere); else :func:`default_method` for ``cuda_available`` (the
-    device the interface will use; None: whether this machine has a GPU). Without one, :class:`NoDefaultMethod`
-    carries :func:`no_default_guidance`."""
+    """The method an interface runs: the one asked for (checked: `ValueError` for an unknown name); with `tiny`
+    the first registered (tiny weights run anywhere); else [`default_method`] for `cuda_available` (the
+    device the interface will use; None: whether this machine has a GPU). Without one, [`NoDefaultMethod`]
+    carries [`no_default_guidance`]."""
     if requested:
         return get_method(requested).name
     if tiny:
@@ -177,7 +177,7 @@ def choose_method(requested: str | None, tiny: bool, cuda_available: bool | None
 
 
 def method_needs(spec: MethodSpec) -> str:
-    """One line saying what ``spec`` needs to run with real weights."""
+    """One line saying what `spec` needs to run with real weights."""
     parts = []
     if not spec.public_weights:
         parts.append("no public checkpoint: " + (spec.weights_hint or "pass a folder or Hub repo with --model"))

@@ -16,17 +16,17 @@ from asuka.methods.speedups import use_step_cache
 
 
 ProgressCallback = Callable[[int, int], None]
-"""Called as ``progress(steps_done, total_steps)`` after each denoising step."""
+"""Called as `progress(steps_done, total_steps)` after each denoising step."""
 
 
 @dataclass
 class InpaintRequest:
-    """One inpainting job: an RGB image and an ``L`` mask of the same size (255 = hole).
+    """One inpainting job: an RGB image and an `L` mask of the same size (255 = hole).
 
-    ``reconstruction`` asks methods with a prior for its reconstruction too (an extra prior pass; only the app shows
-    it). ``mae_input_preprocessing`` is the MAE's input order for methods with one (``None``: the MAE's config); the
-    run and its reconstruction use the same. ``step_cache`` is a diffusers step cache as ``NAME[:VALUE]`` (e.g.
-    ``first-block:0.12``; see :mod:`asuka.methods.speedups`) for the ASUKA methods.
+    `reconstruction` asks methods with a prior for its reconstruction too (an extra prior pass; only the app shows
+    it). `mae_input_preprocessing` is the MAE's input order for methods with one (`None`: the MAE's config); the
+    run and its reconstruction use the same. `step_cache` is a diffusers step cache as `NAME[:VALUE]` (e.g.
+    `first-block:0.12`; see `asuka.methods.speedups`) for the ASUKA methods.
     """
 
     image: Image.Image
@@ -68,10 +68,10 @@ class InpaintResult:
 def run_method(
     name: str, pipeline: Any, request: InpaintRequest, progress: ProgressCallback | None = None
 ) -> InpaintResult:
-    """Run ``request`` through ``pipeline`` with method ``name``, validating the request first.
+    """Run `request` through `pipeline` with method `name`, validating the request first.
 
-    The method's run function always gets a positive ``request.steps`` and a ``request.guidance_scale`` (the
-    spec's defaults when none is given); the pipeline runs with ``request.step_cache`` (none when it is None).
+    The method's run function always gets a positive `request.steps` and a `request.guidance_scale` (the
+    spec's defaults when none is given); the pipeline runs with `request.step_cache` (none when it is None).
     """
     if request.image.size != request.mask.size:
         raise ValueError(f"Image size {request.image.size} and mask size {request.mask.size} differ; they must match.")
@@ -87,7 +87,7 @@ def run_method(
 
 
 def step_callback(progress: ProgressCallback | None, total: int) -> Callable | None:
-    """A diffusers ``callback_on_step_end`` that reports ``(step + 1, total)`` to ``progress``."""
+    """A diffusers `callback_on_step_end` that reports `(step + 1, total)` to `progress`."""
     if progress is None:
         return None
 
@@ -99,5 +99,5 @@ def step_callback(progress: ProgressCallback | None, total: int) -> Callable | N
 
 
 def seeded_generator(seed: int) -> torch.Generator:
-    """A CPU generator seeded with ``seed`` (CPU, so a seed gives the same noise on every device)."""
+    """A CPU generator seeded with `seed` (CPU, so a seed gives the same noise on every device)."""
     return torch.Generator(device="cpu").manual_seed(int(seed))

@@ -14,7 +14,7 @@ from asuka.methods.running import InpaintRequest, InpaintResult, ProgressCallbac
 
 
 def load_asuka_sd(model: str, device: str, dtype: torch.dtype) -> Any:
-    """An AsukaPipeline saved with ``save_pretrained``, full or light (folder or Hub repo; docs/hub.md)."""
+    """An AsukaPipeline saved with `save_pretrained`, full or light (folder or Hub repo; docs/hub.md)."""
     from asuka import AsukaPipeline
 
     return ready_pipeline(AsukaPipeline.from_pretrained(model, torch_dtype=dtype), device)
@@ -72,7 +72,7 @@ def run_sd_backbone(pipeline: Any, request: InpaintRequest, progress: ProgressCa
     )
 
 
-#: The ASUKA paper as its authors title it (github.com/Yikai-Wang/asuka-misato); the model cards carry its BibTeX.
+# The ASUKA paper as its authors title it (github.com/Yikai-Wang/asuka-misato); the model cards carry its BibTeX.
 ASUKA_PAPER = (
     "Paper: [*Towards Enhanced Image Inpainting: Mitigating Unwanted Object Insertion and Preserving Color "
     "Consistency*](https://arxiv.org/abs/2312.04831), CVPR 2025 (Highlight)"

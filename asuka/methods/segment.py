@@ -1,14 +1,14 @@
 """Click to select: the object under a point (or inside a box), segmented by SAM 2.1 from transformers.
 
-The app's "Click to select" tab and its ``/segment`` endpoint go through :class:`Segmenter`. The model is
-`facebook/sam2.1-hiera-tiny` (:data:`asuka.defaults.SEGMENT_MODEL_REPO`, 38.9 M parameters, 156 MB in float32), the
+The app's "Click to select" tab and its `/segment` endpoint go through [`Segmenter`]. The model is
+`facebook/sam2.1-hiera-tiny` (`asuka.defaults.SEGMENT_MODEL_REPO`, 38.9 M parameters, 156 MB in float32), the
 smallest SAM 2.1 (docs/app.md says why). It loads on the first click, on the device of the inpainting model, and
 keeps the last image's embeddings so that further clicks on the same image only run the prompt encoder and the
 mask decoder.
 
 A selection is built like clicks in the page: each point selects one object (its best of SAM's three masks by
 predicted IoU) which is added to the mask, or removed from it for a subtracting point; a box selects the one object
-it frames. Masks come back at the image's size through the processor's own ``post_process_masks``.
+it frames. Masks come back at the image's size through the processor's own `post_process_masks`.
 """
 
 from __future__ import annotations
@@ -26,17 +26,17 @@ from asuka.defaults import SEGMENT_MODEL_REPO
 from asuka.methods.loading import ModelLoadError
 
 
-#: A point prompt: pixel column, pixel row, and whether its object is added (True) or removed (False).
+# A point prompt: pixel column, pixel row, and whether its object is added (True) or removed (False).
 Point = tuple[int, int, bool]
-#: A box prompt: two opposite corners ``(x0, y0, x1, y1)`` in pixels, in any order.
+# A box prompt: two opposite corners `(x0, y0, x1, y1)` in pixels, in any order.
 Box = tuple[int, int, int, int]
 
-#: Side of the square input of the tiny random model (``--tiny``), its masks a quarter of that.
+# Side of the square input of the tiny random model (`--tiny`), its masks a quarter of that.
 TINY_IMAGE_SIZE = 128
 
 
 def make_tiny_segmenter(seed: int = 0) -> tuple[Any, Any]:
-    """A tiny random SAM 2 model (124 k parameters) and its processor, the same for the same ``seed``; no download.
+    """A tiny random SAM 2 model (124 k parameters) and its processor, the same for the same `seed`; no download.
 
     The global random state is left as it was.
     """
@@ -80,7 +80,7 @@ def make_tiny_segmenter(seed: int = 0) -> tuple[Any, Any]:
 
 
 def image_key(image: Image.Image) -> str:
-    """A fingerprint of ``image``'s pixels: a selection and cached embeddings belong to the image of the same key."""
+    """A fingerprint of `image`'s pixels: a selection and cached embeddings belong to the image of the same key."""
     digest = hashlib.blake2b(image.tobytes(), digest_size=16)
     return f"{image.mode}:{image.width}x{image.height}:{digest.hexdigest()}"
 
@@ -107,7 +107,7 @@ def check_prompts(image: Image.Image | None, points: Sequence[Point] = (), box: 
 
 
 def parse_prompts(points: Any, box: Any) -> tuple[list[Point], Box | None]:
-    """The points (``[[x, y], ...]`` or ``[[x, y, add], ...]``, ``add`` 1 or 0) and box (``[x0, y0, x1, y1]`` or
+    """The points (`[[x, y], ...]` or `[[x, y, add], ...]`, `add` 1 or 0) and box (`[x0, y0, x1, y1]` or
     empty) of an API call, checked for shape; `ValueError` names what is accepted."""
     parsed = []
     for point in points or []:
@@ -132,7 +132,7 @@ def parse_prompts(points: Any, box: Any) -> tuple[list[Point], Box | None]:
 
 
 class Segmenter:
-    """SAM 2.1 behind a lock: loaded on first use (``tiny``: :func:`make_tiny_segmenter`), on ``device``."""
+    """SAM 2.1 behind a lock: loaded on first use (`tiny`: [`make_tiny_segmenter`]), on `device`."""
 
     def __init__(self, model: str | None = None, device: str = "cpu", tiny: bool = False):
         self.model_id = model or SEGMENT_MODEL_REPO
@@ -167,7 +167,7 @@ class Segmenter:
         self._model, self._processor = model.to(self.device), processor
 
     def _embeddings(self, image: Image.Image) -> tuple[Any, Any]:
-        """The image encoder's output for ``image`` (and its original size), reused while the image is the same."""
+        """The image encoder's output for `image` (and its original size), reused while the image is the same."""
         key = image_key(image)
         if self._embedded is None or self._embedded[0] != key:
             inputs = self._processor(images=image, return_tensors="pt")
@@ -177,7 +177,7 @@ class Segmenter:
 
     @torch.no_grad()
     def masks(self, image: Image.Image, points: Sequence[Point] = (), box: Box | None = None) -> np.ndarray:
-        """One boolean ``(H, W)`` mask per point (the object under it), then one for the box: ``(N, H, W)``."""
+        """One boolean `(H, W)` mask per point (the object under it), then one for the box: `(N, H, W)`."""
         check_prompts(image, points, box)
         image = image.convert("RGB")
         with self._lock:
@@ -226,7 +226,7 @@ class Segmenter:
         box: Box | None = None,
         start: np.ndarray | None = None,
     ) -> np.ndarray:
-        """The boolean ``(H, W)`` selection after the box (added) and then each point in turn, from ``start``."""
+        """The boolean `(H, W)` selection after the box (added) and then each point in turn, from `start`."""
         masks = self.masks(image, points, box)
         selection = np.zeros(masks.shape[1:], dtype=bool) if start is None else start.astype(bool).copy()
         if selection.shape != masks.shape[1:]:

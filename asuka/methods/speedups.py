@@ -19,8 +19,8 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-#: `--cache` help: the caches of `asuka.pipelines.step_cache.CACHE_KNOBS` and their main knob (written out, so that
-#: the interfaces start without importing the pipelines).
+# `--cache` help: the caches of `asuka.pipelines.step_cache.CACHE_KNOBS` and their main knob (written out, so that
+# the interfaces start without importing the pipelines).
 CACHE_HELP = (
     "diffusers step cache NAME[:VALUE]: first-block[:threshold], taylorseer[:cache_interval], mag[:threshold], "
     "faster[:spatial block skip range], pab[:spatial block skip range]; e.g. first-block:0.12"

@@ -24,7 +24,7 @@ logger = logging.get_logger(name=__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-#: The orders in which `AsukaMAE` makes its input at `image_size` (see its docstring).
+# The orders in which `AsukaMAE` makes its input at `image_size` (see its docstring).
 INPUT_PREPROCESSING = ("visible", "reference")
 
 

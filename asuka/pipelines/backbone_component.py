@@ -25,9 +25,9 @@ import diffusers
 from diffusers import ModelMixin
 
 
-#: Pointer file of a backbone-component folder.
+# Pointer file of a backbone-component folder.
 POINTER_FILE = "backbone.json"
-#: `from_pretrained` arguments a scheduler accepts too (where and how files are read).
+# `from_pretrained` arguments a scheduler accepts too (where and how files are read).
 HUB_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token")
 
 

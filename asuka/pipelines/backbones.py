@@ -77,9 +77,9 @@ class NoisePredictionObjective:
         return (noisy - (1 - alphas).sqrt() * prediction) / alphas.sqrt()
 
 
-#: The timestep densities of `FlowMatchingObjective` (diffusers' `compute_density_for_timestep_sampling`).
+# The timestep densities of `FlowMatchingObjective` (diffusers' `compute_density_for_timestep_sampling`).
 TIMESTEP_DENSITIES = ("logit_normal", "mode", "uniform")
-#: Its timestep shifts: none, the scheduler config's static `shift`, or the resolution-dependent shift of inference.
+# Its timestep shifts: none, the scheduler config's static `shift`, or the resolution-dependent shift of inference.
 TIMESTEP_SHIFTS = ("none", "static", "resolution")
 
 
@@ -90,16 +90,21 @@ class FlowMatchingObjective:
     scheduler's `num_train_timesteps` scale, which the denoise call divides back as the pipeline does).
 
     Args:
-        weighting_scheme: the density σ is drawn from, one of `TIMESTEP_DENSITIES`: `"logit_normal"` (SD3's
-            default, σ = sigmoid(N(logit_mean, logit_std))), `"mode"` (SD3's mode sampling with `mode_scale`) or
-            `"uniform"`.
-        logit_mean, logit_std: the logit-normal density's parameters.
-        mode_scale: the mode density's scale.
-        shift: one of `TIMESTEP_SHIFTS`: `"none"`, `"static"` (σ' = sσ / (1 + (s - 1)σ) with the scheduler config's
+        weighting_scheme (`str`, *optional*, defaults to `"logit_normal"`):
+            The density σ is drawn from, one of `TIMESTEP_DENSITIES`: `"logit_normal"` (SD3's default, σ =
+            sigmoid(N(logit_mean, logit_std))), `"mode"` (SD3's mode sampling with `mode_scale`) or `"uniform"`.
+        logit_mean (`float`, *optional*, defaults to 0.0):
+            The logit-normal density's mean.
+        logit_std (`float`, *optional*, defaults to 1.0):
+            The logit-normal density's standard deviation.
+        mode_scale (`float`, *optional*, defaults to 1.29):
+            The mode density's scale.
+        shift (`str`, *optional*, defaults to `"none"`):
+            One of `TIMESTEP_SHIFTS`: `"none"`, `"static"` (σ' = sσ / (1 + (s - 1)σ) with the scheduler config's
             `shift`, 3 for FLUX.1) or `"resolution"` (the exponential shift with FLUX's resolution-dependent `mu`,
             as the inference schedule at the latents' size).
-        latent_packing: the latent patch side the denoiser packs into one token (the resolution shift counts
-            tokens).
+        latent_packing (`int`, *optional*, defaults to 2):
+            The latent patch side the denoiser packs into one token (the resolution shift counts tokens).
     """
 
     weighting_scheme: str = "logit_normal"
@@ -203,18 +208,26 @@ class DenoiserCall(Protocol):
     """How training calls a backbone's denoiser (`BackboneSpec.denoise`).
 
     Args:
-        denoiser: the frozen UNet or transformer.
-        noisy: (B, C, h, w) noisy latents, scaled as the VAE's config says.
-        timesteps: (B,) timesteps as the spec's objective draws them.
-        conditioning: the conditioning as the backbone's diffusers pipeline takes it: `prompt_embeds` (B, T, D)
-            and, for a backbone with a pooled vector (`pooled_width`), `pooled_prompt_embeds` (B, P).
-        masked_image_latents: (B, C, h, w) scaled latents of the masked image.
-        mask: (B, 1, H, W), 1 = hole, at any resolution (pixels, or the latents'); each call resizes it (nearest)
-            to what its denoiser takes.
-        guidance: the embedded guidance scale (a float or a (B,) tensor) of a denoiser that embeds one; `None`
-            the backbone's default. Ignored by a denoiser that embeds none.
+        denoiser (`torch.nn.Module`):
+            The frozen UNet or transformer.
+        noisy (`torch.Tensor` of shape `(B, C, h, w)`):
+            Noisy latents, scaled as the VAE's config says.
+        timesteps (`torch.Tensor` of shape `(B,)`):
+            Timesteps as the spec's objective draws them.
+        conditioning (`dict[str, torch.Tensor]`):
+            The conditioning as the backbone's diffusers pipeline takes it: `prompt_embeds` (B, T, D) and, for a
+            backbone with a pooled vector (`pooled_width`), `pooled_prompt_embeds` (B, P).
+        masked_image_latents (`torch.Tensor` of shape `(B, C, h, w)`):
+            Scaled latents of the masked image.
+        mask (`torch.Tensor` of shape `(B, 1, H, W)`):
+            1 = hole, at any resolution (pixels, or the latents'); each call resizes it (nearest) to what its
+            denoiser takes.
+        guidance (`float` or `torch.Tensor` of shape `(B,)`, *optional*):
+            The embedded guidance scale of a denoiser that embeds one; `None` the backbone's default. Ignored by a
+            denoiser that embeds none.
 
-    Returns the prediction as (B, C, h, w) latent maps.
+    Returns:
+        `torch.Tensor` of shape `(B, C, h, w)`: the prediction as latent maps.
     """
 
     def __call__(
@@ -246,7 +259,7 @@ def call_inpainting_unet(
     return unet(sample, timesteps, encoder_hidden_states=conditioning["prompt_embeds"]).sample
 
 
-#: FLUX.1-Fill's embedded guidance scale in the release (ASUKA-FLUX's and FluxFillPipeline's default is 30).
+# FLUX.1-Fill's embedded guidance scale in the release (ASUKA-FLUX's and FluxFillPipeline's default is 30).
 FLUX_GUIDANCE = 30.0
 
 
@@ -318,26 +331,47 @@ class BackboneSpec:
     """Everything ASUKA needs to know about one frozen inpainting backbone.
 
     Args:
-        name: the registry name.
-        repo: the backbone's Hub repo; `licence` its licence (a light repo's model card names it).
-        pipeline_class: the ASUKA pipeline class that runs it; `base_pipeline_class` the diffusers pipeline of the
-            plain backbone (a folder of either is a starting point for training).
-        denoiser: the denoiser's component name, `denoiser_class` its diffusers class; `vae_class` that of the VAE.
-        denoiser_in_channels: the denoiser's input channels (the noisy latents and the inpainting inputs; training
-            checks them).
-        components: the backbone's components an ASUKA pipeline takes (a light repo points to them).
-        scheduler_class: the scheduler its Hub repo ships (the checkpoint's choice: not an architecture fact).
-        token_width: the denoiser config key of the conditioning tokens' width (the aligner's `hidden_dim`);
-            `pooled_width` that of the pooled vector, for a backbone that takes one.
-        text_tokens: the sequence length of the text encoder the conditioning replaces (the baselines' prompts);
-            `pooled_text_tokens` that of the one whose pooled vector the pooled conditioning replaces.
-        null_embeddings: what the aligners' null embeddings stand for (`AsukaAligner(null_embedding=...)`), one per
-            aligner; empty where the aligner holds none.
-        latent_packing: side of the latent patches the denoiser packs into one token (1: none).
-        denoise: how training calls the denoiser (a `DenoiserCall`); `objective` the training objective
-            (`NoisePredictionObjective`, `FlowMatchingObjective`). None where training on this backbone is not
-            written yet.
-        tiny_factory: `"module:function"` of its tiny random ASUKA pipeline (`asuka.testing.make_tiny_pipeline`).
+        name (`str`):
+            The registry name.
+        repo (`str`):
+            The backbone's Hub repo.
+        licence (`Licence`):
+            Its licence (a light repo's model card names it).
+        pipeline_class (`str`):
+            The ASUKA pipeline class that runs it (a folder of it is a starting point for training).
+        base_pipeline_class (`str`):
+            The diffusers pipeline of the plain backbone (a folder of it is a starting point for training too).
+        denoiser (`str`):
+            The denoiser's component name.
+        denoiser_class (`str`):
+            The denoiser's diffusers class.
+        denoiser_in_channels (`int`):
+            The denoiser's input channels (the noisy latents and the inpainting inputs; training checks them).
+        components (`tuple[str, ...]`):
+            The backbone's components an ASUKA pipeline takes (a light repo points to them).
+        scheduler_class (`str`):
+            The scheduler its Hub repo ships (the checkpoint's choice: not an architecture fact).
+        token_width (`str`):
+            The denoiser config key of the conditioning tokens' width (the aligner's `hidden_dim`).
+        text_tokens (`int`):
+            The sequence length of the text encoder the conditioning replaces (the baselines' prompts).
+        vae_class (`str`, *optional*, defaults to `"AutoencoderKL"`):
+            The diffusers class of the VAE.
+        pooled_width (`str`, *optional*):
+            The denoiser config key of the pooled vector's width, for a backbone that takes one.
+        pooled_text_tokens (`int`, *optional*):
+            The sequence length of the text encoder whose pooled vector the pooled conditioning replaces.
+        null_embeddings (`tuple[str, ...]`, *optional*, defaults to `()`):
+            What the aligners' null embeddings stand for (`AsukaAligner(null_embedding=...)`), one per aligner;
+            empty where the aligner holds none.
+        latent_packing (`int`, *optional*, defaults to 1):
+            Side of the latent patches the denoiser packs into one token (1: none).
+        denoise (`DenoiserCall`, *optional*):
+            How training calls the denoiser. None where training on this backbone is not written yet.
+        objective (`NoisePredictionObjective` or `FlowMatchingObjective`, *optional*):
+            The training objective. None where training on this backbone is not written yet.
+        tiny_factory (`str`, *optional*):
+            `"module:function"` of its tiny random ASUKA pipeline (`asuka.testing.make_tiny_pipeline`).
     """
 
     name: str
@@ -398,7 +432,7 @@ class BackboneSpec:
             )
 
 
-#: The fields every backbone of one pipeline class shares (the architecture; the rest is the checkpoint's).
+# The fields every backbone of one pipeline class shares (the architecture; the rest is the checkpoint's).
 ARCHITECTURE_FIELDS = (
     "base_pipeline_class",
     "denoiser",

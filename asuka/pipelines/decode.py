@@ -121,15 +121,24 @@ def decode_with_asuka_decoder(
     """Decode a pipeline's scaled latents with an `AsukaDecoder` instead of `vae.decode`.
 
     Args:
-        latents: the `images` of a `FluxFillPipeline` / `StableDiffusionInpaintPipeline` run with
-            `output_type="latent"` (packed FLUX latents or SD latent maps, still scaled).
-        image, mask_image: the inputs of that run (PIL, path, numpy or tensors in [0,1], as the asuka
-            pipelines take them; white = hole); they are resized to the decoded size.
-        decoder: an `AsukaDecoder` whose latent channels match `vae` (16 for FLUX, 4 for SD).
-        vae: the run's VAE; only its config is read (scaling/shift factor, downsampling).
-        height, width: the pixel size the FLUX run used (needed only for packed latents; default:
-            the image's size).
-        output_type: "pil", "np" or "pt" (images in [0,1]).
+        latents (`torch.Tensor`):
+            The `images` of a `FluxFillPipeline` / `StableDiffusionInpaintPipeline` run with `output_type="latent"`
+            (packed FLUX latents or SD latent maps, still scaled).
+        image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor`, `str` or a `list` of them):
+            The image input of that run (PIL, path, numpy or tensors in [0,1], as the asuka pipelines take them);
+            resized to the decoded size.
+        mask_image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor`, `str` or a `list` of them):
+            The mask input of that run (white = hole), in the same forms; resized to the decoded size.
+        decoder ([`AsukaDecoder`]):
+            A decoder whose latent channels match `vae` (16 for FLUX, 4 for SD).
+        vae ([`AutoencoderKL`]):
+            The run's VAE; only its config is read (scaling/shift factor, downsampling).
+        height (`int`, *optional*):
+            The pixel height the FLUX run used (needed only for packed latents; default: the image's).
+        width (`int`, *optional*):
+            The pixel width the FLUX run used (needed only for packed latents; default: the image's).
+        output_type (`str`, *optional*, defaults to `"pil"`):
+            `"pil"`, `"np"` or `"pt"` (images in [0,1]).
     """
     if output_type not in ("pil", "np", "pt"):
         raise ValueError(f"Unknown output_type {output_type!r}; accepted: 'pil', 'np', 'pt'.")

@@ -108,13 +108,25 @@ def write_light_repo(
     """Write a light repo for `pipeline_class` into `save_directory`; returns the folder.
 
     Args:
-        components: ASUKA's own components by name (saved with weights and code); `None` for an absent optional one.
-        backbone: the backbone's components by name -> diffusers class name, e.g. `{"unet": "UNet2DConditionModel"}`;
-            they are written as pointers into `backbone_repo` (a Hub id, or a folder for local use).
-        backbone_revision: the backbone commit to pin (a commit hash keeps the repo reproducible).
-        backbone_variants: weight variants the backbone offers (e.g. `("fp16",)`), so `variant=` reaches it.
-        config: the pipeline's own config values (e.g. `{"working_resolution": 1024}`).
-        model_card: README.md text.
+        save_directory (`str` or `os.PathLike`):
+            The folder to write.
+        pipeline_class (`type`):
+            The pipeline class the repo loads as.
+        components (`Mapping[str, torch.nn.Module | None]`):
+            ASUKA's own components by name (saved with weights and code); `None` for an absent optional one.
+        backbone (`Mapping[str, str]`):
+            The backbone's components by name -> diffusers class name, e.g. `{"unet": "UNet2DConditionModel"}`;
+            they are written as pointers into `backbone_repo`.
+        backbone_repo (`str`):
+            A Hub id, or a folder for local use.
+        backbone_revision (`str`, *optional*):
+            The backbone commit to pin (a commit hash keeps the repo reproducible).
+        backbone_variants (`Sequence[str]`, *optional*, defaults to `()`):
+            Weight variants the backbone offers (e.g. `("fp16",)`), so `variant=` reaches it.
+        config (`Mapping[str, Any]`, *optional*):
+            The pipeline's own config values (e.g. `{"working_resolution": 1024}`).
+        model_card (`str`, *optional*):
+            README.md text.
 
     The pipeline's code is bundled at the root by `hub_export.bundle_module`, each ASUKA component's code goes into
     its folder.

@@ -39,11 +39,11 @@ from diffusers import PipelineQuantizationConfig
 from .backbone_component import HUB_KWARGS, BackboneComponent, load_backbone_component, read_pointer
 
 
-#: model_index.json key that marks a light repo and names its backbone.
+# model_index.json key that marks a light repo and names its backbone.
 BACKBONE_KEY = "_asuka_backbone"
-#: The model_index.json entry of a component that lives in the backbone repo.
+# The model_index.json entry of a component that lives in the backbone repo.
 BACKBONE_ENTRY = [BackboneComponent.__module__.rsplit(".", 1)[-1], BackboneComponent.__name__]
-#: The installed module that writes both Hub formats; it is not shipped, so it is imported when a save needs it.
+# The installed module that writes both Hub formats; it is not shipped, so it is imported when a save needs it.
 EXPORTER = "asuka.pipelines.hub_export"
 
 

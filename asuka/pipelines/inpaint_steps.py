@@ -38,7 +38,8 @@ class AsukaPipelineOutput(BaseOutput):
     """Output of the ASUKA pipelines.
 
     Args:
-        images: the inpainted images at the input's size (`pil` list, `np` array or `pt` tensor), or latents.
+        images (`list[PIL.Image.Image]`, `np.ndarray` or `torch.Tensor`):
+            The inpainted images at the input's size (`pil` list, `np` array or `pt` tensor), or latents.
     """
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor

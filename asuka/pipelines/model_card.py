@@ -11,7 +11,7 @@ from .backbones import Licence, backbone_for_repo
 
 
 PAPER = "https://arxiv.org/abs/2312.04831"
-#: The paper's title and venue, and its BibTeX, as the authors give them (github.com/Yikai-Wang/asuka-misato).
+# The paper's title and venue, and its BibTeX, as the authors give them (github.com/Yikai-Wang/asuka-misato).
 PAPER_TITLE = (
     "Towards Enhanced Image Inpainting: Mitigating Unwanted Object Insertion and Preserving Color Consistency"
 )
@@ -22,7 +22,7 @@ PAPER_BIBTEX = """@inproceedings{wang2025towards,
   booktitle={Proceedings of the IEEE/CVF conference on computer vision and pattern recognition},
   year={2025}
 }"""
-#: The "Citation" section of every model card that names the paper.
+# The "Citation" section of every model card that names the paper.
 PAPER_CITATION = f"## Citation\n\n```bibtex\n{PAPER_BIBTEX}\n```\n"
 
 

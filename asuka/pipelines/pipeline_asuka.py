@@ -94,7 +94,7 @@ class AsukaPipeline(
             The mask-conditioned decoder; `None` decodes with the plain VAE (the paper's decoder ablation).
     """
 
-    #: What the rest of asuka knows about the backbone (SD-2-inpainting shares its architecture facts).
+    # What the rest of asuka knows about the backbone (SD-2-inpainting shares its architecture facts).
     backbone_spec: BackboneSpec = SD15_INPAINTING
     model_cpu_offload_seq = "mae->aligner->vae->unet->decoder"
     compiled_components = ("mae", "aligner", "decoder")  # compiled whole; the UNet block by block

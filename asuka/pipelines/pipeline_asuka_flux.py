@@ -125,7 +125,7 @@ class AsukaFluxPipeline(
             The default long side the backbone runs at (saved in the pipeline config).
     """
 
-    #: What the rest of asuka knows about the backbone.
+    # What the rest of asuka knows about the backbone.
     backbone_spec: BackboneSpec = FLUX_FILL
     # The VAE encodes the image (for `prepare_latents`), then it or the release's encoder the masked image, before
     # denoising; with an ASUKA decoder neither is needed again.

@@ -38,7 +38,7 @@ from diffusers.hooks import (
 from diffusers.hooks.mag_cache import FLUX_MAG_RATIOS
 
 
-#: The configs a denoiser with diffusers' `CacheMixin` takes (the FLUX transformer).
+# The configs a denoiser with diffusers' `CacheMixin` takes (the FLUX transformer).
 CACHE_CONFIGS = (
     FirstBlockCacheConfig,
     TaylorSeerCacheConfig,
@@ -148,7 +148,7 @@ def _has_hook(module: torch.nn.Module, name: str) -> bool:
     return registry is not None and registry.get_hook(name) is not None
 
 
-#: `--cache NAME[:VALUE]`: each cache's main knob and its default.
+# `--cache NAME[:VALUE]`: each cache's main knob and its default.
 CACHE_KNOBS = {
     "first-block": ("threshold", 0.12),
     "taylorseer": ("cache_interval", 5),

@@ -10,7 +10,7 @@ import importlib
 from typing import Any
 
 
-#: The short kinds of the built-in backbones' tiny ASUKA pipelines: backbone names.
+# The short kinds of the built-in backbones' tiny ASUKA pipelines: backbone names.
 _BACKBONE_KINDS = {"sd": "sd-1.5-inpainting", "flux": "flux.1-fill"}
 _KINDS = {
     "sd-backbone": "asuka.testing.sd:make_tiny_sd_backbone_pipeline",

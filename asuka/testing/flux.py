@@ -73,7 +73,7 @@ def make_tiny_masked_image_encoder(vae: AutoencoderKL, seed: int = 1) -> AsukaVA
     return AsukaVAEEncoder(**AsukaVAEEncoder.config_from_vae(vae.config)).eval()
 
 
-#: Default long side of the tiny pipeline's working region (the real one uses FLUX's 1024).
+# Default long side of the tiny pipeline's working region (the real one uses FLUX's 1024).
 TINY_WORKING_RESOLUTION = 64
 
 

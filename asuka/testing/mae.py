@@ -3,8 +3,8 @@
 from asuka.models import AsukaMAE
 
 
-#: 32² input, 8² patches (16 tokens); the encoder and the decoder alike have two blocks of width 32 with two heads;
-#: the prior is taken after decoder block 1.
+# 32² input, 8² patches (16 tokens); the encoder and the decoder alike have two blocks of width 32 with two heads;
+# the prior is taken after decoder block 1.
 _BLOCKS = dict(embed_dim=32, depth=2, num_heads=2)
 TINY_MAE_CONFIG = dict(
     image_size=32,

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 
-#: The stored fields of one sample: the two VAE posteriors and the two MAE priors.
+# The stored fields of one sample: the two VAE posteriors and the two MAE priors.
 POSTERIOR_FIELDS = ("latent_mean", "latent_std", "masked_latent_mean", "masked_latent_std")
 PRIOR_FIELDS = ("prior", "prior_full")
 

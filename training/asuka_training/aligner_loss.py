@@ -71,18 +71,30 @@ def aligner_loss(
     """The MSE of the frozen denoiser's prediction against the objective's target, conditioned on the aligned prior.
 
     Args:
-        backbone: the backbone's spec (its `denoise` call; its `objective` unless `objective` is given, e.g. the
-            spec's with the training flags' density).
-        denoiser, scheduler: the frozen denoiser and the objective's `training_scheduler`.
-        aligner: the trained `AsukaAligner` or `AlignerPair` (prepared or not).
-        prior: (B, N, D) MAE prior of each sample (from the masked image, or from the whole image with the
-            reconstructed-prior probability).
-        latents, masked_image_latents: (B, C, h, w) scaled VAE latents of the image and of the masked image; the
-            denoiser runs in their dtype.
-        mask: (B, 1, H, W), 1 = hole, at pixel (or latent) resolution.
-        guidance: the embedded guidance scale (a float or per sample) where the denoiser embeds one; `None` the
+        backbone (`BackboneSpec`):
+            The backbone's spec (its `denoise` call; its `objective` unless `objective` is given).
+        denoiser (`torch.nn.Module`):
+            The frozen denoiser.
+        scheduler:
+            The objective's `training_scheduler`.
+        aligner (`torch.nn.Module`):
+            The trained `AsukaAligner` or `AlignerPair` (prepared or not).
+        prior (`torch.Tensor` of shape `(B, N, D)`):
+            MAE prior of each sample (from the masked image, or from the whole image with the reconstructed-prior
+            probability).
+        latents (`torch.Tensor` of shape `(B, C, h, w)`):
+            Scaled VAE latents of the image; the denoiser runs in their dtype.
+        masked_image_latents (`torch.Tensor` of shape `(B, C, h, w)`):
+            Scaled VAE latents of the masked image.
+        mask (`torch.Tensor` of shape `(B, 1, H, W)`):
+            1 = hole, at pixel (or latent) resolution.
+        objective (`NoisePredictionObjective` or `FlowMatchingObjective`, *optional*):
+            Replaces the spec's objective, e.g. the spec's with the training flags' density.
+        guidance (`float` or `torch.Tensor`, *optional*):
+            The embedded guidance scale (a float or per sample) where the denoiser embeds one; `None` the
             backbone's default (FLUX.1-Fill: 30).
-        generator: draws the noise, then the timesteps (default: the global RNG).
+        generator (`torch.Generator`, *optional*):
+            Draws the noise, then the timesteps (default: the global RNG).
     """
     objective = objective or backbone.objective
     with torch.no_grad():

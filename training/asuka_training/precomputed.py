@@ -36,7 +36,7 @@ logger = logging.getLogger("asuka.training")
 MANIFEST = "manifest.json"
 VALIDATION = "validation.safetensors"
 FORMAT = "asuka-aligner-inputs"
-#: The per-sample integers a shard stores beside the inputs (int64).
+# The per-sample integers a shard stores beside the inputs (int64).
 COUNT_FIELDS = ("num_bad_images", "num_bad_masks", "epoch", "index")
 
 
