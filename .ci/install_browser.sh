@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install Debian's chromium for the browser test (tests/test_app_browser.py).
+# Install Debian's chromium for the browser test (tests/app/test_browser.py).
 # Playwright's Python package is used only as a driver: it must never download a browser.
 set -euo pipefail
 if ! command -v chromium >/dev/null 2>&1; then

@@ -18,7 +18,8 @@ What it measures (see benchmarks/README.md for figures and benchmarks/NOTES.md f
   copies of the same architectures): time on a shared CPU swings by +-10 % between identical calls, FLOPs do not.
 
 Models are full-size architectures with random weights, built from the public configs written below (no
-download). `--tiny` swaps in the tiny test components (used by tests/test_benchmarks_smoke.py so the code cannot rot).
+download). `--tiny` swaps in the tiny test components (used by tests/benchmarks/test_bench_pipelines.py so the code
+cannot rot).
 
     python -m benchmarks.bench_pipelines                          # CPU: 256x256, 2 steps
     python -m benchmarks.bench_pipelines --device cuda --dtype bf16 --size 512 --steps 50 --flux

@@ -5,7 +5,7 @@ decode; the baselines' text encoders instead of the prior and aligner). `call_pl
 inputs' shapes, and `count_plan` counts each distinct call once with `torch.utils.flop_counter.FlopCounterMode`
 and multiplies by how often it runs. Everything else a pipeline does (scheduler updates, resizing, packing) is
 element-wise, which the counter does not count. So the full-size architectures can be built on the `meta` device
-(no memory, no weights, no download) and counted in seconds; tests/test_benchmarks_flops.py checks on tiny
+(no memory, no weights, no download) and counted in seconds; tests/benchmarks/test_flops.py checks on tiny
 components that the plan's total equals `FlopCounterMode` over the real pipeline call, and the counter against a
 hand count of a Linear layer and an attention block.
 

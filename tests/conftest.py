@@ -1,6 +1,7 @@
-"""Test-wide settings: the Hub is never contacted."""
+"""Test-wide settings (the Hub is never contacted) and the fixtures several rooms use."""
 
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -20,6 +21,17 @@ def tiny_app_url(tmp_path_factory):
 
     with running_app(["--tiny"], tmp_path_factory.mktemp("app") / "app.log") as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def offline(tmp_path_factory) -> Iterator[None]:
+    """No network, and no user accelerate config or Hub cache leaking into a module's runs (its own HF_HOME)."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("HF_HUB_OFFLINE", "1")
+    patch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf_home")))
+    patch.setenv("OMP_NUM_THREADS", "1")
+    yield
+    patch.undo()
 
 
 def pytest_addoption(parser):

@@ -149,7 +149,7 @@ DECODER_PREFIX = "decoder."
 CONDITION_ENCODER_PREFIX = "decoder.encoder."
 # `decoder.up_layers.{0..3}.deconv` are transposed convolutions the release's decoder module builds
 # in its constructor but never calls in its forward pass: the conditioning enters only through the
-# blends with `encoder.layers` features, and the golden output (tests/test_golden_asuka_flux_decoder.py) is
+# blends with `encoder.layers` features, and the golden output (tests/models/test_golden_asuka_flux_decoder.py) is
 # reproduced without them. They are dropped.
 UNUSED_PREFIXES = ("decoder.up_layers.",)
 

@@ -2,7 +2,7 @@
 
 The app and the CLI take `--quantize none|int8|fp8|nf4|gguf:PATH` and `--offload none|model|group|sequential`;
 without them, on a GPU, `choose_configuration` picks the fastest configuration whose planned peak memory
-(`REQUIRED_GB`, the figures of `benchmarks/memory_plan.py` at 1024 pixels, which tests/test_memory_plan.py
+(`REQUIRED_GB`, the figures of `benchmarks/memory_plan.py` at 1024 pixels, which tests/methods/test_memory_plan.py
 recomputes) fits the free memory `torch.cuda.mem_get_info` reports, with 1 GB of headroom. On a ZeroGPU Space the
 GPU exists only inside a call, so nothing can be measured at start: the default there is the slice's own fit
 (bf16, nothing offloaded: the H200 slice has 70 GB).

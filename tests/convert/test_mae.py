@@ -8,45 +8,18 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import ViTMAEConfig, ViTMAEForPreTraining
-from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_position_embedding
+from transformers import ViTMAEForPreTraining
 
 from asuka.convert.__main__ import main as convert_main
 from asuka.convert.mae import convert_mae
 from asuka.models.mae import IMAGENET_MEAN, IMAGENET_STD, AsukaMAE, get_2d_sincos_pos_embed
-
-
-TINY = dict(
-    image_size=32,
-    patch_size=8,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=64,
-    decoder_hidden_size=16,
-    decoder_num_hidden_layers=2,
-    decoder_num_attention_heads=2,
-    decoder_intermediate_size=32,
-    layer_norm_eps=1e-5,
-)
-
-
-def mae_sincos_table(width: int, grid: int) -> torch.Tensor:
-    """MAE's fixed table (cls row first) as transformers builds it for pretrained weights (halves rotated)."""
-    table = build_2d_sinusoidal_position_embedding(grid, grid, embed_dim=width, cls_token=True)
-    return torch.cat([table[..., width // 2 :], table[..., : width // 2]], dim=-1).unsqueeze(0)
+from tests.support.vitmae import tiny_vitmae
 
 
 @pytest.fixture(scope="module")
 def vitmae(tmp_path_factory):
     """A seeded tiny ViTMAE (every weight random, LayerNorms too; MAE's sin-cos tables) and its saved folder."""
-    torch.manual_seed(0)
-    model = ViTMAEForPreTraining(ViTMAEConfig(**TINY)).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            param.copy_(torch.randn_like(param) * 0.2 + (1.0 if "layernorm" in name or "norm.w" in name else 0.0))
-        model.vit.embeddings.position_embeddings.copy_(mae_sincos_table(32, 4))
-        model.decoder.decoder_pos_embed.copy_(mae_sincos_table(16, 4))
+    model = tiny_vitmae(random_weights=True)
     folder = tmp_path_factory.mktemp("vitmae") / "tiny-vit-mae"
     model.save_pretrained(folder)
     return model, folder

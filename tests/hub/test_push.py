@@ -19,11 +19,13 @@ from asuka.testing.flux import make_tiny_flux_components, make_tiny_masked_image
 from tests.support.hub import save_flux_backbone, weight_files
 from tests.support.training import (
     intercept_hub,
-    offline,  # noqa: F401 (the module-wide autouse fixture)
     random_images,
     tiny_pipeline_dir,
     training_argv,
 )
+
+
+pytestmark = pytest.mark.usefixtures("offline")  # this module's runs get their own HF_HOME, offline
 
 
 LIGHT_FLUX_WEIGHTS = [

@@ -36,11 +36,13 @@ from tests.support.hub import (
 )
 from tests.support.inputs import make_inputs
 from tests.support.training import (
-    offline,  # noqa: F401 (the module-wide autouse fixture)
     random_images,
     tiny_pipeline_dir,
     training_argv,
 )
+
+
+pytestmark = pytest.mark.usefixtures("offline")  # this module's runs get their own HF_HOME, offline
 
 
 STEPS = 2

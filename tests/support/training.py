@@ -3,7 +3,6 @@ a fake Hub."""
 
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -58,17 +57,6 @@ def random_images(folder: Path, sizes: list[tuple[int, int]]) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module", autouse=True)
-def offline(tmp_path_factory) -> Iterator[None]:
-    """No network, and no user accelerate config or Hub cache leaking into the runs (import it to use it)."""
-    patch = pytest.MonkeyPatch()
-    patch.setenv("HF_HUB_OFFLINE", "1")
-    patch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf_home")))
-    patch.setenv("OMP_NUM_THREADS", "1")
-    yield
-    patch.undo()
-
-
 def intercept_hub(patch: pytest.MonkeyPatch, uploads: Path) -> list[tuple[str, dict]]:
     """Replace `HfApi.create_repo`/`upload_folder`: files land in `uploads/<repo_id>/`, honouring the
     ignore patterns like the real upload. Returns the (repo_id, kwargs) of every created repo."""
@@ -92,15 +80,3 @@ def intercept_hub(patch: pytest.MonkeyPatch, uploads: Path) -> list[tuple[str, d
     patch.setattr(HfApi, "create_repo", fake_create_repo)
     patch.setattr(HfApi, "upload_folder", fake_upload_folder)
     return repos
-
-
-@pytest.fixture
-def fresh_accelerate_state():
-    """accelerate keeps one process-wide state; a run with another mixed precision needs a fresh one."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()

@@ -27,10 +27,8 @@ from tests.support.hub import weight_files
 from tests.support.inputs import make_inputs
 from tests.support.training import (
     ROOT,
-    fresh_accelerate_state,  # noqa: F401 (a fixture)
     intercept_hub,
     launch_env,
-    offline,  # noqa: F401 (the module-wide autouse fixture)
     random_images,
     tiny_pipeline_dir,
     training_argv,

@@ -30,10 +30,8 @@ from tests.support.flux import pipeline_transformer_call
 from tests.support.hub import BACKBONE_SHA, hub_cache, weight_files
 from tests.support.training import (
     ROOT,
-    fresh_accelerate_state,  # noqa: F401 (a fixture)
     intercept_hub,
     launch_env,
-    offline,  # noqa: F401 (the module-wide autouse fixture)
     random_images,
     training_argv,
 )

@@ -15,7 +15,6 @@ from safetensors.torch import load_file
 import asuka_training
 from asuka import AsukaFluxPipeline
 from tests.support.training import (
-    offline,  # noqa: F401 (the module-wide autouse fixture)
     random_images,
     tiny_pipeline_dir,
     training_argv,

@@ -11,7 +11,6 @@ from PIL import Image
 import asuka_training
 from asuka.masks import MaskGenerator
 from tests.support.training import (
-    offline,  # noqa: F401 (the module-wide autouse fixture)
     random_images,
     tiny_pipeline_dir,
     training_argv,

@@ -20,9 +20,7 @@ from asuka_training.aligner_inputs import vae_posteriors
 from tests.support.accelerate_launch import two_process_launch
 from tests.support.training import (
     ROOT,
-    fresh_accelerate_state,  # noqa: F401 (a fixture)
     launch_env,
-    offline,  # noqa: F401 (the module-wide autouse fixture)
     random_images,
     tiny_pipeline_dir,
 )

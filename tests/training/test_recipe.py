@@ -12,15 +12,14 @@ import pytest
 import recipe
 import torch
 
-from tests.convert.test_mae import TINY, mae_sincos_table
-from tests.support.training import (  # noqa: F401 (offline: the module-wide autouse fixture)
+from tests.support.training import (
     ROOT,
     intercept_hub,
     launch_env,
-    offline,
     random_images,
     tiny_pipeline_dir,
 )
+from tests.support.vitmae import TINY_VITMAE, tiny_vitmae
 
 
 STEPS = {"mae": 2, "aligner": 12, "decoder": 2}
@@ -30,13 +29,7 @@ FLUX_SCHEDULE = {"steps": 2, "batch_size": 2, "resolution": 32}
 @pytest.fixture(scope="module")
 def vitmae_dir(tmp_path_factory):
     """A tiny random transformers ViTMAEForPreTraining folder (facebook's MAE format), the recipe's MAE source."""
-    from transformers import ViTMAEConfig, ViTMAEForPreTraining
-
-    torch.manual_seed(0)
-    model = ViTMAEForPreTraining(ViTMAEConfig(**TINY)).eval()
-    with torch.no_grad():
-        model.vit.embeddings.position_embeddings.copy_(mae_sincos_table(TINY["hidden_size"], 4))
-        model.decoder.decoder_pos_embed.copy_(mae_sincos_table(TINY["decoder_hidden_size"], 4))
+    model = tiny_vitmae()
     folder = tmp_path_factory.mktemp("vitmae") / "tiny-vit-mae"
     model.save_pretrained(folder)
     return folder
@@ -130,7 +123,7 @@ def test_sd_recipe_runs_every_stage_resumes_a_killed_one_and_then_skips_all(tmp_
 
     converted = AsukaMAE.from_pretrained(out / "mae_start")
     trained = AsukaMAE.from_pretrained(out / "mae")
-    assert converted.config.patch_size == TINY["patch_size"] and trained.config.input_preprocessing == "visible"
+    assert converted.config.patch_size == TINY_VITMAE["patch_size"] and trained.config.input_preprocessing == "visible"
     light = check_light_repo(AsukaPipeline, out, ("mae", "aligner", "decoder"))
     assert torch.equal(light.mae.state_dict()["alpha"], trained.state_dict()["alpha"])
 

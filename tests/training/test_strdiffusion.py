@@ -13,7 +13,6 @@ from asuka.models import StrDiffusionDiscriminator, StrDiffusionUNet
 from asuka.schedulers.ir_sde import IRSDEScheduler
 from tests.support.training import (
     intercept_hub,
-    offline,  # noqa: F401 (the module-wide autouse fixture)
     tiny_pipeline_dir,
     training_argv,
 )
