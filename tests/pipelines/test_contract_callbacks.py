@@ -12,17 +12,7 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback, SDCFGC
 
 from asuka import StrDiffusionPipeline
 from asuka.testing import make_tiny_pipeline
-from tests.support.pipeline_contract import CASES, Case, make_pipe, run
-
-
-@pytest.fixture(scope="module", params=CASES, ids=str)
-def case(request) -> Case:
-    return request.param
-
-
-@pytest.fixture(scope="module")
-def pipe(case):
-    return make_pipe(case)
+from tests.support.pipeline_contract import CASES, make_pipe, run
 
 
 class Recorder(PipelineCallback):

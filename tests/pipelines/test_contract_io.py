@@ -14,22 +14,11 @@ from tests.support.inputs import generator
 from tests.support.pipeline_contract import (
     CASES,
     REQUIRED_OPTIONAL_PARAMS,
-    Case,
     make_image,
     make_mask,
     make_pipe,
     run,
 )
-
-
-@pytest.fixture(scope="module", params=CASES, ids=str)
-def case(request) -> Case:
-    return request.param
-
-
-@pytest.fixture(scope="module")
-def pipe(case):
-    return make_pipe(case)
 
 
 def test_call_signature_has_the_arguments_diffusers_pipeline_tests_require(pipe, case):
