@@ -17,7 +17,7 @@ from tests.support.app_launcher import ROOT, browser_page, segment_call
 
 
 WIDTH, HEIGHT = 1366, 768  # a common laptop screen
-#: Seconds a click may take to show its selection on CPU with --tiny (typically under 1 s on an idle machine).
+# Seconds a click may take to show its selection on CPU with --tiny (typically under 1 s on an idle machine).
 CLICK_SECONDS = 15
 
 
@@ -92,7 +92,7 @@ def test_paint_a_stroke_run_and_see_the_result(page, tmp_path):
 
 
 def _wait_until_idle(page, selector: str) -> None:
-    """Wait until the event just triggered has updated ``selector`` (its status tracker is hidden again)."""
+    """Wait until the event just triggered has updated `selector` (its status tracker is hidden again)."""
     page.wait_for_timeout(300)  # the tracker shows within a frame of the click
     page.wait_for_function(
         "sel => document.querySelector(sel + ' [data-testid=status-tracker]').classList.contains('hide')", arg=selector
@@ -102,7 +102,7 @@ def _wait_until_idle(page, selector: str) -> None:
 def _click_and_read_selection(
     page, photo: np.ndarray, x: int, y: int, to=None, key: str | None = None
 ) -> tuple[np.ndarray, float]:
-    """Click pixel (x, y) of the "Click to select" view (or drag from there to pixel ``to``; holding ``key``);
+    """Click pixel (x, y) of the "Click to select" view (or drag from there to pixel `to`; holding `key`);
     return the selection its overlay shows and the seconds until it showed. The overlay tints the selected pixels,
     so they are the pixels that differ from the photo."""
     view = page.locator("#select-view img")

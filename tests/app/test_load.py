@@ -31,7 +31,7 @@ def _call(url, image, mask, steps):
 
 
 def _burst(call) -> list[tuple[str, object]]:
-    """``call(index)`` for CALLS indices at once: each ("ok", output) or ("refused", message); every refusal must be
+    """`call(index)` for CALLS indices at once: each ("ok", output) or ("refused", message); every refusal must be
     the queue's, and at least one call served."""
 
     def one(index):

@@ -12,10 +12,10 @@ from tests.support.app_launcher import inpaint_call, running_app, small_inputs
 CALLS = 60
 MAX_AGE_S = 4  # --cache-max-age: Gradio then deletes every max(1, 4 // 4) = 1 s what is older than 4 s
 SWEEP_S = 1
-#: Calls are paced to at least this many seconds each, so the run outlasts the age several times over.
+# Calls are paced to at least this many seconds each, so the run outlasts the age several times over.
 MIN_CALL_S = 0.3
 MAX_RESULTS = 5
-#: Files one call may leave: 2 uploads (image, mask) + result + before/after (2) + reconstruction + mask + download.
+# Files one call may leave: 2 uploads (image, mask) + result + before/after (2) + reconstruction + mask + download.
 FILES_PER_CALL = 8
 
 

@@ -10,7 +10,7 @@ from asuka.defaults import SEGMENT_MODEL_REPO
 from tests.support.app_launcher import ROOT
 
 
-#: Hardware flavours documented for `suggested_hardware` in the Spaces configuration reference.
+# Hardware flavours documented for `suggested_hardware` in the Spaces configuration reference.
 HARDWARE = {"cpu-basic", "cpu-upgrade", "t4-small", "t4-medium", "a10g-small", "a10g-large", "a10g-largex2"}
 HARDWARE |= {"a10g-largex4", "a100-large", "l4x1", "l4x4", "l40sx1", "l40sx4", "h100", "zero-a10g"}
 

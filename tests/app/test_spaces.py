@@ -25,7 +25,7 @@ SPACE_ENV = {
 
 
 def _cache_tiny_sd_inpainting(hf_home) -> None:
-    """A tiny random SD-1.5 inpainting pipeline in ``hf_home`` laid out as the Hub cache stores a download."""
+    """A tiny random SD-1.5 inpainting pipeline in `hf_home` laid out as the Hub cache stores a download."""
     from transformers import CLIPTokenizer
 
     from asuka.testing import make_tiny_pipeline

@@ -10,7 +10,7 @@ from asuka.masks import distance_to_hole, feather_weights, grow_mask, invert_mas
 
 
 def _disk(radius: int) -> np.ndarray:
-    """The structuring element of a disk of ``radius``: the pixels within ``radius`` of the centre."""
+    """The structuring element of a disk of `radius`: the pixels within `radius` of the centre."""
     y, x = np.mgrid[-radius : radius + 1, -radius : radius + 1]
     return (x * x + y * y <= radius * radius).astype(np.uint8)
 

@@ -20,10 +20,10 @@ from tests.support.seeded import relative_error
 MEAN = np.array(IMAGENET_MEAN)
 STD = np.array(IMAGENET_STD)
 
-#: (width, height) of the inputs: integer and fractional shrinks, enlargements, mixed (one side grows), extreme
-#: aspect ratios; all go to 256x256.
+# (width, height) of the inputs: integer and fractional shrinks, enlargements, mixed (one side grows), extreme
+# aspect ratios; all go to 256x256.
 INPUT_SIZES = [(512, 512), (384, 384), (192, 192), (640, 480), (1024, 576), (77, 1000), (208, 352), (1024, 1024)]
-#: (source (w, h), target (w, h)) pairs beyond the MAE's: identity, 1-pixel sides, tiny targets, mixed.
+# (source (w, h), target (w, h)) pairs beyond the MAE's: identity, 1-pixel sides, tiny targets, mixed.
 OTHER_RESIZES = [
     ((256, 256), (256, 256)),
     ((1, 1), (256, 256)),

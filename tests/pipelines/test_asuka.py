@@ -159,7 +159,7 @@ def test_output_types_and_num_images_per_prompt(pipe, output_type):
 
 
 def test_decoder_gets_a_binary_mask_whatever_the_mask_values():
-    """The decoder no longer inspects its mask (no device sync per decode): the pipeline must binarise it."""
+    """The decoder does not inspect its mask (that would cost a device sync per decode): the pipeline binarises it."""
     pipe = make_tiny_pipeline("sd")
     seen = []
     decode = pipe.decoder.forward

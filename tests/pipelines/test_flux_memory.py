@@ -18,9 +18,9 @@ from tests.support.inputs import make_inputs
 
 STEPS = 2
 IMAGE, MASK = make_inputs()
-#: Memory-mapped (disk-offloaded) weights make the FLUX transformer's matmuls round differently (~3e-6).
+# Memory-mapped (disk-offloaded) weights make the FLUX transformer's matmuls round differently (~3e-6).
 OFFLOAD_TOLERANCE = 1e-5
-#: The conditioning parts, used once per image before the denoising loop.
+# The conditioning parts, used once per image before the denoising loop.
 PRIOR_PARTS = ("mae", "token_aligner", "pooled_aligner")
 
 

@@ -27,9 +27,9 @@ import pytest
 from tests.support import ROOT
 
 
-#: Names under which the code holds diffusers components (`self.scheduler`, `vae`, ...), for the literal rule.
+# Names under which the code holds diffusers components (`self.scheduler`, `vae`, ...), for the literal rule.
 COMPONENTS = {"vae", "unet", "transformer", "scheduler", "noise_scheduler", "image_processor"}
-#: The borrowed functions the sources must call (so the scan cannot pass by finding nothing).
+# The borrowed functions the sources must call (so the scan cannot pass by finding nothing).
 EXPECTED_CALLS = {
     "prepare_latents",
     "prepare_mask_latents",

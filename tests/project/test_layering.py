@@ -10,7 +10,7 @@ import pytest
 from tests.support import ROOT
 
 
-#: room -> the other rooms it may import (see docs/architecture.md); a module in no room here fits no room and fails.
+# room -> the other rooms it may import (see docs/architecture.md); a module in no room here fits no room and fails.
 ALLOWED = {
     "models": set(),
     "schedulers": set(),
@@ -37,8 +37,8 @@ ALLOWED = {
     "masks": {"imageio"},
 }
 
-#: room -> the only third-party packages it may import (besides the standard library); rooms not listed may use any.
-#: models and schedulers ship to the Hub as remote code; the floor modules promise a small footprint.
+# room -> the only third-party packages it may import (besides the standard library); rooms not listed may use any.
+# models and schedulers ship to the Hub as remote code; the floor modules promise a small footprint.
 THIRD_PARTY = {
     "models": {"torch", "diffusers", "timm", "numpy", "PIL"},
     "schedulers": {"torch", "diffusers", "numpy"},

@@ -23,7 +23,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-#: Variables by which the app recognises a Hugging Face Space; the tests set them only where they mean to.
+# Variables by which the app recognises a Hugging Face Space; the tests set them only where they mean to.
 SPACES_VARIABLES = ("SYSTEM", "SPACE_ID", "SPACE_AUTHOR_NAME", "SPACE_REPO_NAME", "SPACE_HOST")
 
 
@@ -46,7 +46,7 @@ def quiet_env(**extra: str) -> dict:
 def running_app(
     args: Sequence[str] = ("--tiny",), log_path: Path | None = None, env: dict[str, str] | None = None
 ) -> Iterator[str]:
-    """Yield the base URL of a running `python app.py ARGS` (``env``: extra variables); stopped afterwards."""
+    """Yield the base URL of a running `python app.py ARGS` (`env`: extra variables); stopped afterwards."""
     port = free_port()
     log = open(log_path, "w") if log_path else subprocess.DEVNULL
     process = subprocess.Popen(
@@ -83,7 +83,7 @@ def running_app(
             log.close()
 
 
-#: Debian's chromium (installed by .ci/install_browser.sh); Playwright never downloads a browser of its own.
+# Debian's chromium (installed by .ci/install_browser.sh); Playwright never downloads a browser of its own.
 CHROMIUM = os.environ.get("ASUKA_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = [
     "--headless",
@@ -99,7 +99,7 @@ CHROMIUM_FLAGS = [
 
 @contextmanager
 def browser_page(url: str, width: int = 1366, height: int = 768) -> Iterator[Any]:
-    """A Playwright page of chromium showing ``url`` at ``width`` x ``height``, closed afterwards."""
+    """A Playwright page of chromium showing `url` at `width` x `height`, closed afterwards."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -130,7 +130,7 @@ def photo_and_hole(width: int = 77, height: int = 53) -> tuple[Any, Any]:
 
 
 def small_inputs(tmp_path: Path) -> tuple[Path, Path, Any, Any]:
-    """A 64x48 photo and a rectangular hole saved in ``tmp_path``, for :func:`inpaint_call`.
+    """A 64x48 photo and a rectangular hole saved in `tmp_path`, for [`inpaint_call`].
 
     Returns the photo's file, the mask's file, the photo (uint8 HxWx3) and the hole (bool HxW).
     """
@@ -146,7 +146,7 @@ def small_inputs(tmp_path: Path) -> tuple[Path, Path, Any, Any]:
 
 
 def inpaint_call(client: Any, image_path, mask_path=None, layers=(), **settings) -> dict:
-    """Call `/inpaint` with files (ASUKA-SD, 2 steps unless ``settings`` say otherwise); returns the named outputs."""
+    """Call `/inpaint` with files (ASUKA-SD, 2 steps unless `settings` say otherwise); returns the named outputs."""
     from gradio_client import handle_file
 
     values = dict(
@@ -177,7 +177,7 @@ def inpaint_call(client: Any, image_path, mask_path=None, layers=(), **settings)
 
 
 def segment_call(client: Any, image_path, points=(), box=()) -> Any:
-    """Call `/segment` (points ``[x, y]`` or ``[x, y, add]``, a box ``[x0, y0, x1, y1]`` or empty); returns the mask
+    """Call `/segment` (points `[x, y]` or `[x, y, add]`, a box `[x0, y0, x1, y1]` or empty); returns the mask
     as a boolean HxW array."""
     import numpy as np
     from gradio_client import handle_file

@@ -13,7 +13,7 @@ from asuka.pipelines.backbones import SD15_INPAINTING, Licence, register_backbon
 from asuka.testing.sd import make_tiny_sd_components, make_tiny_sd_pipeline
 
 
-#: OpenCLIP ViT-H's width, the cross-attention context of SD-2's UNet.
+# OpenCLIP ViT-H's width, the cross-attention context of SD-2's UNet.
 CONTEXT_WIDTH = 1024
 SD2_REPO = "stabilityai/stable-diffusion-2-inpainting"
 

@@ -27,7 +27,7 @@ from tests.support.inputs import make_inputs
 BACKBONE_SHA = "0123456789abcdef0123456789abcdef01234567"
 SD_BACKBONE = "tiny-hub/sd-inpainting"
 FLUX_BACKBONE = "tiny-hub/flux-fill"
-#: The backbone's component classes a light repo points to.
+# The backbone's component classes a light repo points to.
 SD_BACKBONE_CLASSES = {"vae": "AutoencoderKL", "unet": "UNet2DConditionModel", "scheduler": "PNDMScheduler"}
 FLUX_BACKBONE_CLASSES = {
     "vae": "AutoencoderKL",

@@ -18,7 +18,7 @@ from tests.support import FIXTURES
 
 
 CHECKPOINT_KEYS = FIXTURES / "asuka_flux_checkpoint_keys.json"
-#: The decoder entry of `CHECKPOINT_KEYS` (its keys without the release file's `decoder.` prefix).
+# The decoder entry of `CHECKPOINT_KEYS` (its keys without the release file's `decoder.` prefix).
 DECODER_KEYS = "asuka_decoder.ckpt:state_dict (each key prefixed 'decoder.')"
 
 # Keys of `mae_300.pth` that hold the fixed 2-D sin-cos tables instead of random values.

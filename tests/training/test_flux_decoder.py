@@ -38,7 +38,7 @@ from tests.support.training import (
 
 
 RESOLUTION = 32  # the tiny FLUX VAE downsamples 8x: 4x4 latents, 2x2 packed tokens
-#: The light repo's weights: ASUKA's parts only (no transformer, VAE or text encoder).
+# The light repo's weights: ASUKA's parts only (no transformer, VAE or text encoder).
 LIGHT_WEIGHTS = [
     f"{name}/diffusion_pytorch_model.safetensors" for name in ("decoder", "mae", "pooled_aligner", "token_aligner")
 ]
@@ -146,10 +146,10 @@ def held_out_l1(decoder, vae, images, holes, shifted):
     return error.mean().item(), (error * holes).sum().item() / (3 * holes.sum().item())
 
 
-#: Measured on this test's setup (80 steps, lr 1e-3, batch 4) with --seed 0-4 (and the starting decoder seeded alike):
-#: the whole-image L1 fell from 0.49-0.52 to 0.23-0.24 (ratio 0.45-0.49), the hole's from 0.58-0.60 to 0.41-0.44
-#: (ratio 0.70-0.74); at 40 steps the ratios were 0.53-0.64 and 0.71-0.75. The margins sit above the worst measured
-#: ratio at 80 steps and far below 1 (no learning).
+# Measured on this test's setup (80 steps, lr 1e-3, batch 4) with --seed 0-4 (and the starting decoder seeded alike):
+# the whole-image L1 fell from 0.49-0.52 to 0.23-0.24 (ratio 0.45-0.49), the hole's from 0.58-0.60 to 0.41-0.44
+# (ratio 0.70-0.74); at 40 steps the ratios were 0.53-0.64 and 0.71-0.75. The margins sit above the worst measured
+# ratio at 80 steps and far below 1 (no learning).
 STEPS, WHOLE_MARGIN, HOLE_MARGIN = 80, 0.6, 0.85
 
 
