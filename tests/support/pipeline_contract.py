@@ -1,4 +1,4 @@
-"""Shared cases for the diffusers-contract tests (tests/test_pipeline_contract_*.py): one entry per public pipeline
+"""Shared cases for the diffusers-contract tests (tests/pipelines/test_contract_*.py): one entry per public pipeline
 and per backbone.
 
 Each case names the tiny pipeline kind (and the backbone, for a second backbone of one pipeline class), a test
