@@ -86,7 +86,8 @@ def test_to_half_precision_casts_every_model_and_stays_close_to_float32(case, dt
     assert modules and {m.dtype for m in modules.values()} == {dtype}
     out = run(half, case, output_type="pt")
     assert out.shape == (1, 3, case.size[1], case.size[0]) and torch.isfinite(out).all()
-    assert np.abs(run(half, case) - run(make_pipe(case), case)).mean() < 5e-3
+    difference = np.abs(run(half, case) - run(make_pipe(case), case))
+    assert difference.mean() < 5e-3 and difference.max() < 0.5  # the same picture, up to rounding
 
 
 def test_rebuilding_from_components_is_identical(pipe, case):
