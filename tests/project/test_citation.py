@@ -1,5 +1,5 @@
 """The ASUKA paper is cited as its authors title it now (CVPR 2025, arXiv 2312.04831), with their BibTeX: once in
-README.md and in the training scripts' model cards (the light repos' card: tests/hub/test_light_sd.py)."""
+README.md and in the training scripts' model cards (the light repos' card: tests/hub/test_light.py)."""
 
 import asuka_training
 from asuka.pipelines.model_card import PAPER_BIBTEX, PAPER_TITLE
