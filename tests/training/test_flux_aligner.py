@@ -41,11 +41,6 @@ ALIGNER_WEIGHTS = [f"{name}/diffusion_pytorch_model.safetensors" for name in ("t
 
 
 @pytest.fixture(scope="module")
-def flux_dir(tmp_path_factory):
-    return tiny_pipeline_dir(tmp_path_factory, "flux")
-
-
-@pytest.fixture(scope="module")
 def image_dir(tmp_path_factory):
     return random_images(tmp_path_factory.mktemp("images"), [(40, 48), (36, 36), (32, 50)])
 

@@ -16,7 +16,6 @@ import asuka_training
 from asuka import AsukaFluxPipeline
 from tests.support.training import (
     random_images,
-    tiny_pipeline_dir,
     training_argv,
 )
 
@@ -58,11 +57,6 @@ class ShardStandIn(torch.nn.Module):
             return super().__getattr__(name)
         except AttributeError:
             return getattr(self.module, name)
-
-
-@pytest.fixture(scope="module")
-def flux_dir(tmp_path_factory):
-    return tiny_pipeline_dir(tmp_path_factory, "flux")
 
 
 @pytest.fixture(scope="module")
