@@ -3,7 +3,6 @@
 
 import argparse
 
-import numpy as np
 import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -12,13 +11,6 @@ from benchmarks import bench_pipelines, flops
 
 
 SIZE = 32  # tiny SD: VAE factor 2, MAE image_size 32; tiny FLUX: factor 8 and 2x2 packing
-
-
-def _inputs(size: int = 64):
-    image = np.random.RandomState(0).rand(size, size, 3).astype(np.float32)
-    mask = np.zeros((size, size), np.float32)
-    mask[size // 4 : size // 2 + 8, size // 4 : size // 2 + 8] = 1
-    return image, mask
 
 
 def test_main_reports_the_measured_medians_and_the_counted_flop_ratios(monkeypatch):
