@@ -3,19 +3,16 @@
 import json
 
 import numpy as np
-import PIL.Image
 
 import asuka.convert.asuka_flux
 from asuka.methods import InpaintRequest, get_method, load_pipeline, run_method
 from asuka.methods.flux import converted_release
+from tests.support.inputs import box_mask, random_image
 
 
 def request() -> InpaintRequest:
-    rng = np.random.RandomState(0)
-    image = PIL.Image.fromarray((rng.rand(40, 56, 3) * 255).astype(np.uint8))
-    mask = np.zeros((40, 56), dtype=np.uint8)
-    mask[10:25, 20:40] = 255
-    return InpaintRequest(image=image, mask=PIL.Image.fromarray(mask), steps=2, seed=0, reconstruction=True)
+    image, mask = random_image(40, 56), box_mask(40, 56, rows=(10, 25), cols=(20, 40))
+    return InpaintRequest(image=image, mask=mask, steps=2, seed=0, reconstruction=True)
 
 
 def test_asuka_flux_and_flux_fill_are_registered_and_run_tiny():

@@ -6,7 +6,6 @@ import functools
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import app
 from asuka import methods
@@ -14,13 +13,12 @@ from asuka.cli import main
 from asuka.methods.speedups import compile_and_warm_up, load_loras, parse_lora, use_step_cache
 from asuka.pipelines.step_cache import CACHE_KNOBS
 from asuka.testing import make_tiny_pipeline
+from tests.support.inputs import box_mask, random_image
 from tests.support.lora import save_tiny_lora
 
 
 def request(**kwargs) -> methods.InpaintRequest:
-    image = Image.fromarray((np.random.RandomState(0).rand(32, 48, 3) * 255).astype(np.uint8))
-    mask = Image.new("L", image.size, 0)
-    mask.paste(255, (16, 8, 32, 20))
+    image, mask = random_image(32, 48), box_mask(32, 48, rows=(8, 20), cols=(16, 32))
     return methods.InpaintRequest(image=image, mask=mask, steps=2, **kwargs)
 
 

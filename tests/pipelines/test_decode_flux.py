@@ -8,14 +8,12 @@ import torch
 from asuka.decode import decode_with_asuka_decoder
 from asuka.models import AsukaDecoder
 from asuka.testing import make_tiny_pipeline
+from tests.support.inputs import box_mask, random_image
 
 
 def inputs(height: int, width: int):
-    rng = np.random.RandomState(0)
-    image = PIL.Image.fromarray((rng.rand(height, width, 3) * 255).astype(np.uint8))
-    mask = np.zeros((height, width), dtype=np.uint8)
-    mask[height // 4 : height // 2, width // 4 : width // 2] = 255
-    return image, PIL.Image.fromarray(mask)
+    mask = box_mask(height, width, rows=(height // 4, height // 2), cols=(width // 4, width // 2))
+    return random_image(height, width), mask
 
 
 def run_both(pipe, **kwargs):

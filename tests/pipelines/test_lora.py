@@ -5,7 +5,6 @@ base output exactly."""
 import copy
 
 import numpy as np
-import PIL.Image
 import pytest
 import torch
 from peft import LoraConfig
@@ -13,18 +12,16 @@ from peft.utils import get_peft_model_state_dict
 
 from asuka import AsukaFluxPipeline, AsukaPipeline
 from asuka.testing import make_tiny_pipeline
+from tests.support.inputs import box_mask, generator, random_image
 from tests.support.lora import CASES, save_tiny_lora
 
 
 def run(pipe) -> np.ndarray:
-    image = PIL.Image.fromarray((np.random.RandomState(0).rand(32, 48, 3) * 255).astype(np.uint8))
-    mask = np.zeros((32, 48), dtype=np.uint8)
-    mask[8:20, 16:32] = 255
     return pipe(
-        image,
-        PIL.Image.fromarray(mask),
+        random_image(32, 48),
+        box_mask(32, 48, rows=(8, 20), cols=(16, 32)),
         num_inference_steps=2,
-        generator=torch.Generator().manual_seed(0),
+        generator=generator(),
         output_type="np",
         keep_unmasked=False,
     ).images
