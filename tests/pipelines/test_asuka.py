@@ -9,10 +9,11 @@ import torch
 from diffusers import AsymmetricAutoencoderKL
 
 from asuka import AsukaPipeline
+from asuka.methods import seeded_generator
 from asuka.pipelines.inpaint_steps import plan_working_region
 from asuka.testing import make_tiny_pipeline
 from tests.support.hub import run_hub_format_without_asuka
-from tests.support.inputs import box_mask, generator, random_image
+from tests.support.inputs import box_mask, random_image
 
 
 STEPS = 2
@@ -38,7 +39,7 @@ def test_equals_diffusers_inpaint_pipeline_with_same_embeddings():
     asuka = make_tiny_pipeline("sd", decoder=None)
     backbone = make_tiny_pipeline("sd-backbone")
     image, mask = random_image(64, 64), make_mask(64, 64)
-    embeds = torch.randn(1, 16, 32, generator=generator(3))
+    embeds = torch.randn(1, 16, 32, generator=seeded_generator(3))
     expected = backbone(
         prompt_embeds=embeds,
         image=image,
@@ -47,7 +48,7 @@ def test_equals_diffusers_inpaint_pipeline_with_same_embeddings():
         width=64,
         guidance_scale=1.0,
         num_inference_steps=STEPS,
-        generator=generator(),
+        generator=seeded_generator(0),
         output_type="np",
     ).images
     ours = asuka(
@@ -55,7 +56,7 @@ def test_equals_diffusers_inpaint_pipeline_with_same_embeddings():
         mask,
         prompt_embeds=embeds,
         num_inference_steps=STEPS,
-        generator=generator(),
+        generator=seeded_generator(0),
         keep_unmasked=False,
         output_type="np",
     ).images
@@ -65,13 +66,13 @@ def test_equals_diffusers_inpaint_pipeline_with_same_embeddings():
 
 def test_asuka_conditioning_differs_from_given_embeddings(pipe):
     image, mask = random_image(64, 64), make_mask(64, 64)
-    prior_run = pipe(image, mask, num_inference_steps=STEPS, generator=generator(), output_type="np").images
+    prior_run = pipe(image, mask, num_inference_steps=STEPS, generator=seeded_generator(0), output_type="np").images
     zeros_run = pipe(
         image,
         mask,
         prompt_embeds=torch.zeros(1, 16, 32),
         num_inference_steps=STEPS,
-        generator=generator(),
+        generator=seeded_generator(0),
         output_type="np",
     ).images
     assert np.abs(prior_run - zeros_run).max() > 1e-4
@@ -81,7 +82,7 @@ def test_asuka_conditioning_differs_from_given_embeddings(pipe):
 def test_output_has_input_size_and_exact_unmasked_pixels(pipe, size):
     width, height = size
     image, mask = random_image(height, width), make_mask(height, width)
-    out = pipe(image, mask, num_inference_steps=STEPS, generator=generator()).images[0]
+    out = pipe(image, mask, num_inference_steps=STEPS, generator=seeded_generator(0)).images[0]
     assert out.size == (width, height)
     hole = np.asarray(mask) > 127
     assert np.array_equal(np.asarray(out)[~hole], np.asarray(image)[~hole])
@@ -97,7 +98,7 @@ def test_large_image_works_on_a_crop_around_a_small_mask(pipe):
     assert x0 <= 2000 and y0 <= 1500 and x1 >= 2040 and y1 >= 1530
     assert (x1 - x0) * (y1 - y0) < width * height / 100  # a crop, not a downscaled whole photo
     image = random_image(height, width)
-    out = pipe(image, mask, num_inference_steps=STEPS, generator=generator(), keep_unmasked=False).images[0]
+    out = pipe(image, mask, num_inference_steps=STEPS, generator=seeded_generator(0), keep_unmasked=False).images[0]
     out_np, in_np = np.asarray(out), np.asarray(image)
     outside_crop = np.ones((height, width), bool)
     outside_crop[y0:y1, x0:x1] = False
@@ -129,7 +130,7 @@ def test_determinism(pipe):
     image, mask = random_image(64, 64), make_mask(64, 64)
 
     def run(seed):
-        return pipe(image, mask, num_inference_steps=STEPS, generator=generator(seed), output_type="np").images
+        return pipe(image, mask, num_inference_steps=STEPS, generator=seeded_generator(seed), output_type="np").images
 
     a, b, c = run(0), run(0), run(1)
     assert np.array_equal(a, b)
@@ -144,7 +145,7 @@ def test_output_types_and_num_images_per_prompt(pipe, output_type):
         mask,
         num_images_per_prompt=2,
         num_inference_steps=STEPS,
-        generator=generator(),
+        generator=seeded_generator(0),
         output_type=output_type,
     ).images
     if output_type == "pil":
@@ -167,9 +168,11 @@ def test_decoder_gets_a_binary_mask_whatever_the_mask_values():
         seen.append(mask) or decode(latents, image, mask, **kwargs)
     )
     mask = torch.from_numpy(np.asarray(make_mask(64, 64), np.float32) / 255 * 3 - 0.5)  # values -0.5 and 2.5
-    soft = pipe(random_image(64, 64), mask, num_inference_steps=STEPS, generator=generator(), output_type="np").images
+    soft = pipe(
+        random_image(64, 64), mask, num_inference_steps=STEPS, generator=seeded_generator(0), output_type="np"
+    ).images
     binary = pipe(
-        random_image(64, 64), mask > 0.5, num_inference_steps=STEPS, generator=generator(), output_type="np"
+        random_image(64, 64), mask > 0.5, num_inference_steps=STEPS, generator=seeded_generator(0), output_type="np"
     ).images
     assert len(seen) == 2 and all(set(m.unique().tolist()) == {0.0, 1.0} for m in seen)
     assert np.array_equal(soft, binary)
@@ -210,7 +213,7 @@ def test_truncated_file_is_a_value_error(pipe, tmp_path):
 
 def test_save_and_load_round_trip(pipe, tmp_path):
     image, mask = random_image(64, 64), make_mask(64, 64)
-    before = pipe(image, mask, num_inference_steps=STEPS, generator=generator(), output_type="np").images
+    before = pipe(image, mask, num_inference_steps=STEPS, generator=seeded_generator(0), output_type="np").images
     pipe.save_pretrained(tmp_path)
     assert all(
         (tmp_path / name / "diffusion_pytorch_model.safetensors").exists()
@@ -218,13 +221,13 @@ def test_save_and_load_round_trip(pipe, tmp_path):
     )
     loaded = AsukaPipeline.from_pretrained(tmp_path)
     loaded.set_progress_bar_config(disable=True)
-    after = loaded(image, mask, num_inference_steps=STEPS, generator=generator(), output_type="np").images
+    after = loaded(image, mask, num_inference_steps=STEPS, generator=seeded_generator(0), output_type="np").images
     assert np.array_equal(before, after)
 
 
 def test_hub_format_loads_without_the_asuka_package(pipe, tmp_path):
     image, mask = random_image(64, 64), make_mask(64, 64)
-    expected = pipe(image, mask, num_inference_steps=STEPS, generator=generator(), output_type="np").images
+    expected = pipe(image, mask, num_inference_steps=STEPS, generator=seeded_generator(0), output_type="np").images
     folder = tmp_path / "hub"
     code = ("pipeline_asuka.py", "mae/mae.py", "aligner/aligner.py", "decoder/decoder.py")
     out = run_hub_format_without_asuka(pipe, folder, tmp_path, image, mask, STEPS, python_imports=code)
@@ -260,9 +263,9 @@ def test_asymmetric_vae_decoder_row():
     ).eval()
     pipe = make_tiny_pipeline("sd", decoder=asymmetric)
     image, mask = random_image(64, 64), make_mask(64, 64)
-    latents = pipe(image, mask, num_inference_steps=STEPS, generator=generator(), output_type="latent").images
+    latents = pipe(image, mask, num_inference_steps=STEPS, generator=seeded_generator(0), output_type="latent").images
     out = pipe(
-        image, mask, num_inference_steps=STEPS, generator=generator(), keep_unmasked=False, output_type="pt"
+        image, mask, num_inference_steps=STEPS, generator=seeded_generator(0), keep_unmasked=False, output_type="pt"
     ).images
     init = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 127.5 - 1
     hole = torch.from_numpy(np.asarray(mask) > 127)[None, None].float()
@@ -273,10 +276,10 @@ def test_asymmetric_vae_decoder_row():
 def test_decoder_tiling_in_the_pipeline():
     pipe = make_tiny_pipeline("sd")
     image, mask = random_image(64, 64), make_mask(64, 64)
-    whole = pipe(image, mask, num_inference_steps=STEPS, generator=generator(), output_type="np").images
+    whole = pipe(image, mask, num_inference_steps=STEPS, generator=seeded_generator(0), output_type="np").images
     pipe.vae.enable_tiling()
     pipe.decoder.enable_tiling(tile_sample_size=32)
-    tiled = pipe(image, mask, num_inference_steps=STEPS, generator=generator(), output_type="np").images
+    tiled = pipe(image, mask, num_inference_steps=STEPS, generator=seeded_generator(0), output_type="np").images
     hole = np.asarray(mask) > 127
     assert tiled.shape == whole.shape
     assert np.array_equal(tiled[0][~hole], whole[0][~hole])  # unmasked pixels are the input's either way
@@ -286,7 +289,7 @@ def test_decoder_tiling_in_the_pipeline():
 def test_vae_tiling_is_used_and_close_to_untiled():
     image, mask = random_image(64, 64), make_mask(64, 64)
     kwargs = dict(num_inference_steps=2, output_type="np")
-    reference = make_tiny_pipeline("sd", decoder=None)(image, mask, generator=generator(), **kwargs).images
+    reference = make_tiny_pipeline("sd", decoder=None)(image, mask, generator=seeded_generator(0), **kwargs).images
     pipe = make_tiny_pipeline("sd", decoder=None)
     pipe.vae.enable_tiling()
     pipe.vae.tile_sample_min_size, pipe.vae.tile_latent_min_size = 32, 16  # tiles smaller than the 64x64 input
@@ -294,6 +297,6 @@ def test_vae_tiling_is_used_and_close_to_untiled():
     for name in ("_tiled_encode", "tiled_decode"):
         original = getattr(pipe.vae, name)
         setattr(pipe.vae, name, lambda *a, _o=original, _n=name, **k: tiled.append(_n) or _o(*a, **k))
-    out = pipe(image, mask, generator=generator(), **kwargs).images
+    out = pipe(image, mask, generator=seeded_generator(0), **kwargs).images
     assert set(tiled) == {"_tiled_encode", "tiled_decode"}
     assert np.abs(out - reference).mean() < 1e-2  # tiles are blended, so only close, not equal

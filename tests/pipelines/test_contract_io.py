@@ -9,8 +9,8 @@ import pytest
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
+from asuka.methods import seeded_generator
 from asuka.pipelines.pipeline_strdiffusion import extract_structure
-from tests.support.inputs import generator
 from tests.support.pipeline_contract import (
     CASES,
     REQUIRED_OPTIONAL_PARAMS,
@@ -37,10 +37,12 @@ def test_num_images_per_prompt_times_a_batch_of_two(pipe, case):
     assert len(out) == 4 and all(im.size == case.size for im in out)
 
     # With one generator per output, each output is the single run of its input with its generator.
-    batched = run(pipe, case, images, masks, num_images_per_prompt=2, generator=[generator(10 + j) for j in range(4)])
+    batched = run(
+        pipe, case, images, masks, num_images_per_prompt=2, generator=[seeded_generator(10 + j) for j in range(4)]
+    )
     assert batched.shape == (4, case.size[1], case.size[0], 3)
     for j in range(4):
-        single = run(pipe, case, images[j // 2], masks[j // 2], generator=generator(10 + j))
+        single = run(pipe, case, images[j // 2], masks[j // 2], generator=seeded_generator(10 + j))
         assert np.abs(batched[j] - single[0]).max() <= 1e-4, f"output {j}"
     assert np.abs(batched[0] - batched[1]).max() > 1e-3  # two samples of one input differ
 
@@ -48,10 +50,10 @@ def test_num_images_per_prompt_times_a_batch_of_two(pipe, case):
 def test_given_latents_start_the_run(pipe, case):
     # A run's latent output is its final latents, so it has the shape of the latents the run starts from.
     shape = run(pipe, case, output_type="latent").shape
-    latents = torch.randn(shape, generator=generator(5))
+    latents = torch.randn(shape, generator=seeded_generator(5))
     given = run(pipe, case, latents=latents)
     assert np.array_equal(run(pipe, case, latents=latents.clone()), given)
-    assert np.abs(run(pipe, case, latents=torch.randn(shape, generator=generator(6))) - given).max() > 1e-3
+    assert np.abs(run(pipe, case, latents=torch.randn(shape, generator=seeded_generator(6))) - given).max() > 1e-3
     assert np.abs(run(pipe, case) - given).max() > 1e-3  # the drawn latents are other ones
     wrong = torch.randn(shape[0], shape[1] + 1, *shape[2:])
     with pytest.raises(ValueError, match=r"`latents` has shape .*; expected"):
@@ -132,13 +134,13 @@ def test_strdiffusion_latents_and_initial_structure_state_replace_the_first_draw
     case = CASES[2]
     pipe = make_pipe(case)
     image, mask = make_image(case), make_mask(case)
-    drawn = run(pipe, case, generator=generator(3))
+    drawn = run(pipe, case, generator=seeded_generator(3))
 
     width, height = case.size
     pixels = torch.from_numpy(np.asarray(image).astype(np.float32) / 255).permute(2, 0, 1)[None]
     known = 1 - torch.from_numpy(np.asarray(mask) > 127).float()[None, None]
     _, edges = extract_structure(pixels, pipe.config.canny_sigma)
-    noise_generator = generator(3)
+    noise_generator = seeded_generator(3)
     texture_noise = randn_tensor((1, 3, height, width), generator=noise_generator)
     structure_noise = randn_tensor((1, 1, height, width), generator=noise_generator)
     max_sigma = pipe.scheduler.max_sigma
@@ -152,7 +154,7 @@ def test_strdiffusion_latents_and_initial_structure_state_replace_the_first_draw
         initial_structure_state=edges * known + max_sigma * structure_noise,
     )
     assert np.abs(given - drawn).max() <= 1e-5
-    other = run(pipe, case, generator=generator(3), latents=torch.zeros(1, 3, height, width))
+    other = run(pipe, case, generator=seeded_generator(3), latents=torch.zeros(1, 3, height, width))
     assert np.abs(other - drawn).max() > 1e-3
     with pytest.raises(ValueError, match="`latents` has shape"):
         run(pipe, case, latents=torch.zeros(1, 3, height + 1, width))

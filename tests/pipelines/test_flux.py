@@ -9,6 +9,7 @@ import torch
 from diffusers import AutoencoderKL
 
 from asuka import AsukaFluxPipeline
+from asuka.methods import seeded_generator
 from asuka.models import AsukaDecoder, AsukaVAEEncoder
 from asuka.testing import make_tiny_pipeline
 from asuka.testing.flux import (
@@ -17,7 +18,7 @@ from asuka.testing.flux import (
     make_tiny_masked_image_encoder,
 )
 from tests.support.hub import run_hub_format_without_asuka
-from tests.support.inputs import box_mask, generator, random_image
+from tests.support.inputs import box_mask, random_image
 
 
 STEPS = 2
@@ -39,8 +40,8 @@ def test_equals_diffusers_flux_fill_with_explicit_embeddings():
     flux_fill = make_tiny_flux_backbone_pipeline(seed=0)
     asuka = make_tiny_pipeline(kind="flux", seed=0, decoder=None)
     image, mask = random_image(32, 48), make_mask(32, 48)
-    embeds = torch.randn(1, 7, 32, generator=generator(1))
-    pooled = torch.randn(1, 24, generator=generator(2))
+    embeds = torch.randn(1, 7, 32, generator=seeded_generator(1))
+    pooled = torch.randn(1, 24, generator=seeded_generator(2))
 
     both = dict(
         image=image,
@@ -51,8 +52,8 @@ def test_equals_diffusers_flux_fill_with_explicit_embeddings():
         guidance_scale=30.0,
         output_type="np",
     )
-    expected = flux_fill(**both, height=32, width=48, generator=generator(0)).images
-    actual = asuka(**both, generator=generator(0), keep_unmasked=False).images
+    expected = flux_fill(**both, height=32, width=48, generator=seeded_generator(0)).images
+    actual = asuka(**both, generator=seeded_generator(0), keep_unmasked=False).images
     assert actual.shape == expected.shape == (1, 32, 48, 3)
     assert np.abs(actual - expected).max() <= 1e-5
 
@@ -61,7 +62,7 @@ def test_equals_diffusers_flux_fill_with_explicit_embeddings():
 def test_any_size_output_at_input_size_and_unmasked_pixels_exact(pipe, size):
     height, width = size
     image, mask = random_image(height, width), make_mask(height, width)
-    out = pipe(image=image, mask_image=mask, num_inference_steps=STEPS, generator=generator()).images[0]
+    out = pipe(image=image, mask_image=mask, num_inference_steps=STEPS, generator=seeded_generator(0)).images[0]
     assert out.size == (width, height)
     keep = np.asarray(mask) == 0
     assert np.array_equal(np.asarray(out)[keep], np.asarray(image)[keep])
@@ -76,7 +77,7 @@ def test_large_image_processed_on_a_crop(pipe):
         image=image,
         mask_image=PIL.Image.fromarray(mask),
         num_inference_steps=STEPS,
-        generator=generator(),
+        generator=seeded_generator(0),
         output_type="np",
     ).images[0]
     assert out.shape == (300, 400, 3)
@@ -88,22 +89,24 @@ def test_condition_weight_zero_is_exactly_the_null_conditioning(pipe):
     image, mask = random_image(32, 32), make_mask(32, 32)
     with torch.no_grad():
         tokens, pooled = pipe.encode_prior(
-            torch.rand(1, 3, 32, 32, generator=generator(4)), torch.ones(1, 1, 32, 32), condition_weight=0.0
+            torch.rand(1, 3, 32, 32, generator=seeded_generator(4)), torch.ones(1, 1, 32, 32), condition_weight=0.0
         )
     token_null = pipe.token_aligner.null_embed.detach()
     pooled_null = pipe.pooled_aligner.null_embed.detach()
     assert torch.equal(tokens, token_null) and torch.equal(pooled, pooled_null)
 
     kwargs = dict(image=image, mask_image=mask, num_inference_steps=STEPS, output_type="np")
-    null_run = pipe(**kwargs, condition_weight=0.0, generator=generator()).images
-    explicit = pipe(**kwargs, prompt_embeds=token_null, pooled_prompt_embeds=pooled_null, generator=generator()).images
-    default = pipe(**kwargs, generator=generator()).images  # condition_weight 0.5 from the aligners
+    null_run = pipe(**kwargs, condition_weight=0.0, generator=seeded_generator(0)).images
+    explicit = pipe(
+        **kwargs, prompt_embeds=token_null, pooled_prompt_embeds=pooled_null, generator=seeded_generator(0)
+    ).images
+    default = pipe(**kwargs, generator=seeded_generator(0)).images  # condition_weight 0.5 from the aligners
     assert np.array_equal(null_run, explicit)
     assert not np.array_equal(null_run, default)
 
 
 def test_condition_is_interpolated_with_the_weight(pipe):
-    image, hole = torch.rand(1, 3, 32, 32, generator=generator(5)), torch.zeros(1, 1, 32, 32)
+    image, hole = torch.rand(1, 3, 32, 32, generator=seeded_generator(5)), torch.zeros(1, 1, 32, 32)
     hole[..., 8:20, 8:20] = 1
     with torch.no_grad():
         full_tokens, full_pooled = pipe.encode_prior(image, hole, condition_weight=1.0)
@@ -116,7 +119,7 @@ def test_condition_is_interpolated_with_the_weight(pipe):
 
 def test_decoder_is_used_and_unscales_latents(pipe):
     """The AsukaDecoder gets FLUX-unscaled latents: built from the VAE with an all-ones mask it equals vae.decode."""
-    latents = torch.randn(1, 16, 4, 4, generator=generator(6))
+    latents = torch.randn(1, 16, 4, 4, generator=seeded_generator(6))
     image, hole = torch.rand(1, 3, 32, 32) * 2 - 1, torch.ones(1, 1, 32, 32)
     decoder = AsukaDecoder.from_vae(pipe.vae)
     flux = AsukaFluxPipeline(**{**pipe.components, "decoder": decoder})
@@ -132,7 +135,7 @@ def test_determinism_and_seeds(pipe):
 
     def run(seed):
         return pipe(
-            image=image, mask_image=mask, num_inference_steps=STEPS, generator=generator(seed), output_type="np"
+            image=image, mask_image=mask, num_inference_steps=STEPS, generator=seeded_generator(seed), output_type="np"
         ).images
 
     first, again, other = run(0), run(0), run(1)
@@ -143,10 +146,10 @@ def test_determinism_and_seeds(pipe):
 def test_output_types_and_num_images(pipe):
     image, mask = random_image(32, 48), make_mask(32, 48)
     kwargs = dict(image=image, mask_image=mask, num_inference_steps=STEPS, num_images_per_prompt=2)
-    pil = pipe(**kwargs, generator=generator()).images
-    array = pipe(**kwargs, generator=generator(), output_type="np").images
-    tensor = pipe(**kwargs, generator=generator(), output_type="pt").images
-    latents = pipe(**kwargs, generator=generator(), output_type="latent").images
+    pil = pipe(**kwargs, generator=seeded_generator(0)).images
+    array = pipe(**kwargs, generator=seeded_generator(0), output_type="np").images
+    tensor = pipe(**kwargs, generator=seeded_generator(0), output_type="pt").images
+    latents = pipe(**kwargs, generator=seeded_generator(0), output_type="latent").images
     assert len(pil) == 2 and pil[0].size == (48, 32)
     assert array.shape == (2, 32, 48, 3) and tensor.shape == (2, 3, 32, 48)
     assert np.allclose(tensor.permute(0, 2, 3, 1).numpy(), array)
@@ -160,7 +163,7 @@ def test_full_mask_gives_a_valid_image(pipe):
         image=random_image(40, 24),
         mask_image=PIL.Image.new("L", (24, 40), 255),
         num_inference_steps=STEPS,
-        generator=generator(),
+        generator=seeded_generator(0),
         output_type="np",
     ).images
     assert out.shape == (1, 40, 24, 3) and np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
@@ -204,7 +207,7 @@ def run_two_per_image(pipe) -> np.ndarray:
         mask_image=make_mask(32, 48),
         num_inference_steps=STEPS,
         num_images_per_prompt=2,
-        generator=[generator(0), generator(1)],
+        generator=[seeded_generator(0), seeded_generator(1)],
         output_type="np",
     ).images
 
@@ -247,7 +250,10 @@ def test_save_and_load_round_trip(pipe, tmp_path):
     )
     # Identical weights; loaded tensors may take other BLAS paths, hence float32 round-off only.
     assert (
-        np.abs(pipe(**kwargs, generator=generator()).images - loaded(**kwargs, generator=generator()).images).max()
+        np.abs(
+            pipe(**kwargs, generator=seeded_generator(0)).images
+            - loaded(**kwargs, generator=seeded_generator(0)).images
+        ).max()
         <= 1e-5
     )
 
@@ -276,11 +282,11 @@ def test_hub_format_loads_without_the_asuka_package(pipe, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        reference = loaded(**kwargs, generator=generator()).images
+        reference = loaded(**kwargs, generator=seeded_generator(0)).images
     finally:
         torch.set_num_threads(threads)
     assert np.array_equal(out, reference)
-    assert np.abs(out - pipe(**kwargs, generator=generator()).images).max() <= 1e-5
+    assert np.abs(out - pipe(**kwargs, generator=seeded_generator(0)).images).max() <= 1e-5
 
 
 def test_assembly_from_flux_repo_and_converted_asuka_folder(tmp_path):
@@ -310,7 +316,10 @@ def test_assembly_from_flux_repo_and_converted_asuka_folder(tmp_path):
     kwargs = dict(
         image=random_image(32, 32), mask_image=make_mask(32, 32), num_inference_steps=STEPS, output_type="np"
     )
-    actual, expected = pipe(**kwargs, generator=generator()).images, reference(**kwargs, generator=generator()).images
+    actual, expected = (
+        pipe(**kwargs, generator=seeded_generator(0)).images,
+        reference(**kwargs, generator=seeded_generator(0)).images,
+    )
     assert np.abs(actual - expected).max() <= 1e-5
 
     with pytest.raises(ValueError, match="Unsupported argument"):

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
+from asuka.methods import seeded_generator
 from asuka.testing import make_tiny_pipeline
-from tests.support.inputs import box_mask_array, generator, random_array
+from tests.support.inputs import box_mask_array, random_array
 
 
 def _inputs(size: int = 64):
@@ -23,7 +24,7 @@ def test_model_cpu_offload_moves_every_component_in_order_including_the_mae(kind
     FLUX masked-image encoder's `encode`)."""
     image, mask = _inputs()
     kwargs = dict(num_inference_steps=2, output_type="np")
-    reference = make_tiny_pipeline(kind, **extra)(image, mask, generator=generator(), **kwargs).images
+    reference = make_tiny_pipeline(kind, **extra)(image, mask, generator=seeded_generator(0), **kwargs).images
     pipe = make_tiny_pipeline(kind, **extra)
     pipe.enable_model_cpu_offload(device="cpu")
     sequence = pipe.model_cpu_offload_seq.split("->")
@@ -39,7 +40,7 @@ def test_model_cpu_offload_moves_every_component_in_order_including_the_mae(kind
             return _original(module, *args, **kw)
 
         hook.pre_forward = spy
-    out = pipe(image, mask, generator=generator(), **kwargs).images
+    out = pipe(image, mask, generator=seeded_generator(0), **kwargs).images
     first_calls = list(dict.fromkeys(calls))
     assert first_calls == sequence
     np.testing.assert_array_equal(out, reference)

@@ -1,8 +1,8 @@
-"""Seeded inputs for pipeline runs: a random picture, a rectangular hole, a generator."""
+"""Seeded inputs for pipeline runs: a random picture and a rectangular hole (the generator is
+`asuka.methods.seeded_generator`)."""
 
 import numpy as np
 import PIL.Image
-import torch
 
 
 def random_array(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -25,11 +25,6 @@ def box_mask(height: int, width: int, rows: tuple[int, int], cols: tuple[int, in
 def box_mask_array(height: int, width: int, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
     """`box_mask` as the pipelines' numpy input: float32, 1 in the hole and 0 elsewhere."""
     return np.asarray(box_mask(height, width, rows, cols), np.float32) / 255
-
-
-def generator(seed: int = 0) -> torch.Generator:
-    """A CPU generator seeded with `seed`, as diffusers' tests pass one to each call."""
-    return torch.Generator().manual_seed(seed)
 
 
 def make_inputs(size: int = 64) -> tuple[PIL.Image.Image, PIL.Image.Image]:
